@@ -1,0 +1,310 @@
+"""Find, download, load and save FG-CLIP checkpoints.
+
+A model reference is a registry name (``fg-clip-base``), ``hf-hub:ORG/NAME[@REVISION]`` or a
+local directory holding ``config.json`` and weights (``model.safetensors``, ``pytorch_model.bin``
+or a sharded ``*.index.json``). Hub models are downloaded through huggingface_hub into its cache
+on first use (with its progress bar) and read from the cache afterwards, also offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fgsearch.errors import CheckpointError, ModelNotFoundError
+from fgsearch.model.config import FGCLIPConfig
+from fgsearch.model.registry import REGISTRY, ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from fgsearch.model.fgclip import FGCLIP
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# Buffers some transformers versions saved; they are recomputed, never learned.
+IGNORED_KEY_SUFFIXES = ("embeddings.position_ids",)
+FGSEARCH_META = "fgsearch.json"
+
+
+def resolve_spec(model: str | os.PathLike[str]) -> ModelSpec:
+    """Turn a model reference into a :class:`ModelSpec` (no download)."""
+    ref = str(model)
+    if ref in REGISTRY:
+        return REGISTRY[ref]
+    if ref.startswith("hf-hub:"):
+        repo, _, rev = ref[len("hf-hub:") :].partition("@")
+        if repo.count("/") != 1:
+            raise ModelNotFoundError(f"bad hub reference {ref!r}; expected hf-hub:ORG/NAME[@REVISION]")
+        return ModelSpec(name=ref, hub_id=repo, revision=rev or None)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return ModelSpec(name=path.name, local_dir=str(path.resolve()))
+    names = ", ".join(REGISTRY)
+    raise ModelNotFoundError(
+        f"unknown model {ref!r}: not a registry name ({names}), not hf-hub:ORG/NAME, and not a directory"
+    )
+
+
+def checkpoint_dir(spec: ModelSpec, *, download: bool = True) -> Path:
+    """Local directory with the spec's checkpoint, downloading it into the HF cache if needed."""
+    if spec.local_dir:
+        path = Path(spec.local_dir)
+        if not (path / "config.json").exists():
+            hint = " (train it with the command in README's Training section)" if spec.name == "demo" else ""
+            raise ModelNotFoundError(f"model {spec.name}: no config.json in {path}{hint}")
+        return path
+    assert spec.hub_id is not None
+    return _download(spec, download=download)
+
+
+def _download(spec: ModelSpec, *, download: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    kw: dict[str, Any] = {"repo_id": spec.hub_id, "revision": spec.revision}
+    base = ["config.json", "preprocessor_config.json"]
+    attempts = [base + ["*.safetensors", "model.safetensors.index.json"], base + ["pytorch_model*.bin", "*.bin.index.json"]]
+    last_error: Exception | None = None
+    for patterns in attempts:
+        try:
+            path = Path(
+                snapshot_download(allow_patterns=patterns, local_files_only=not download, **kw)  # type: ignore[arg-type]
+            )
+        except Exception as e:  # huggingface_hub raises many types for offline / missing / auth
+            last_error = e
+            continue
+        if _weight_files(path, required=False):
+            return path
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or not download
+    reason = f"{type(last_error).__name__}: {last_error}" if last_error else "no weight files in the repo"
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    raise ModelNotFoundError(
+        f"model {spec.name} ({spec.hub_id}) is not in the Hugging Face cache ({HF_HUB_CACHE})"
+        + (" and HF_HUB_OFFLINE is set" if offline else " and could not be downloaded")
+        + f" [{reason.splitlines()[0][:200]}]; connect once to download it (unset HF_HUB_OFFLINE), "
+        "or pass --model PATH to a local checkpoint directory (config.json + model.safetensors)"
+    )
+
+
+def is_cached(spec: ModelSpec) -> bool:
+    """Whether a model's weights are available without a download."""
+    if spec.local_dir:
+        return (Path(spec.local_dir) / "config.json").exists()
+    try:
+        _download(spec, download=False)
+    except ModelNotFoundError:
+        return False
+    return True
+
+
+def _weight_files(path: Path, required: bool = True) -> list[Path]:
+    for name in INDEX_FILES:
+        index = path / name
+        if index.exists():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"{index} is not a valid sharded-checkpoint index: {e}") from e
+            missing = [s for s in shards if not (path / s).exists()]
+            if missing:
+                raise CheckpointError(f"{index} lists shards that are missing: {', '.join(missing)}")
+            return [path / s for s in shards]
+    for name in WEIGHT_FILES:
+        if (path / name).exists():
+            return [path / name]
+    if required:
+        raise CheckpointError(
+            f"no weights in {path}: expected model.safetensors, pytorch_model.bin or a sharded *.index.json"
+        )
+    return []
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory (safetensors, torch .bin with weights_only, shards)."""
+    import torch
+
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(path):
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                part = load_file(str(f))
+            else:
+                part = torch.load(str(f), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"cannot read weights {f}: {e}") from e
+        if not isinstance(part, dict):
+            raise CheckpointError(f"{f} does not hold a state dict")
+        state.update(part)
+    return state
+
+
+def read_config(path: Path) -> tuple[FGCLIPConfig, dict[str, Any]]:
+    cfg_file = path / "config.json"
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{cfg_file} is missing") from e
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+    return FGCLIPConfig.from_hf_dict(raw), raw
+
+
+def _preprocessing(path: Path, spec: ModelSpec, cfg: FGCLIPConfig) -> ModelSpec:
+    """Fill the spec's preprocessing from the checkpoint (our fgsearch.json, else HF processor config)."""
+    changes: dict[str, Any] = {}
+    meta = path / FGSEARCH_META
+    proc = path / "preprocessor_config.json"
+    src: dict[str, Any] = {}
+    if meta.exists():
+        src = json.loads(meta.read_text()).get("preprocess", {})
+    elif proc.exists():
+        try:
+            src = json.loads(proc.read_text())
+        except ValueError:
+            src = {}
+    if "image_mean" in src and "image_std" in src:
+        changes["mean"] = tuple(float(x) for x in src["image_mean"])
+        changes["std"] = tuple(float(x) for x in src["image_std"])
+    if spec.image_size is not None and tuple(spec.image_size) != tuple(cfg.vision.image_size):
+        logger.warning(
+            "model %s: registry image size %s differs from the checkpoint's %s; using the checkpoint's",
+            spec.name, spec.image_size, cfg.vision.image_size,
+        )
+    changes["image_size"] = tuple(cfg.vision.image_size)
+    changes["short_length"] = cfg.text.max_position_embeddings
+    changes["long_length"] = cfg.text.long_positions
+    return spec.resolved(**changes)
+
+
+def checkpoint_fingerprint(path: Path) -> str:
+    """Cheap identity of a checkpoint directory: sha256 over config + weight file names and sizes,
+    plus the first and last MiB of each weight file (full hashing of GBs is too slow for each run)."""
+    h = hashlib.sha256()
+    h.update((path / "config.json").read_bytes())
+    for f in _weight_files(path):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            if st.st_size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def load_model(model: str | os.PathLike[str] = "fg-clip-base", *, device: str | torch.device = "cpu",
+               download: bool = True) -> tuple[FGCLIP, ModelSpec]:
+    """Load a model by registry name, ``hf-hub:`` id or directory -> (model in eval mode, resolved spec).
+
+    Unknown or missing parameter names are an error listing them (``*.position_ids`` buffers that
+    older transformers versions saved are ignored). Weights are loaded as float32.
+    """
+    import torch
+
+    from fgsearch.model.fgclip import FGCLIP
+
+    spec = resolve_spec(model)
+    path = checkpoint_dir(spec, download=download)
+    cfg, _ = read_config(path)
+    state = {k: v for k, v in read_state_dict(path).items() if not k.endswith(IGNORED_KEY_SUFFIXES)}
+    net = FGCLIP(cfg)
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unknown = sorted(set(state) - set(expected))
+    if missing or unknown:
+        hint = ""
+        if "text_filip_projection.weight" in missing and "text_projection.weight" in state:
+            hint = " This looks like a plain CLIP checkpoint: convert it with `fgsearch convert-clip SRC OUT`."
+        raise CheckpointError(
+            f"checkpoint {path} does not match the FG-CLIP architecture in its config.json: "
+            f"missing {_short_list(missing)}; unknown {_short_list(unknown)}.{hint}"
+        )
+    bad_shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                  if tuple(state[k].shape) != tuple(v.shape)]
+    if bad_shapes:
+        raise CheckpointError(f"checkpoint {path} has tensors of the wrong shape: {_short_list(bad_shapes)}")
+    net.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    net.eval().requires_grad_(False).to(device)
+    spec = _preprocessing(path, spec, cfg).resolved(local_dir=spec.local_dir or str(path))
+    return net, spec
+
+
+def _short_list(items: list[str], n: int = 8) -> str:
+    if not items:
+        return "none"
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def save_model(model: FGCLIP, out_dir: str | os.PathLike[str], spec: ModelSpec | None = None, *,
+               dtype: torch.dtype | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ ``fgsearch.json``) that :func:`load_model` reads.
+
+    ``dtype=torch.float16`` halves the size (for shipping small models); loading upcasts to float32.
+    The files are written to a temporary name and renamed, so a crash never leaves half a checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.detach().to(dtype) if dtype is not None else v.detach()).cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    tmp = out / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / "model.safetensors")
+    _write_json(out / "config.json", model.config.to_hf_dict())
+    meta: dict[str, Any] = {"preprocess": {}}
+    if spec is not None:
+        meta["preprocess"] = {"image_mean": list(spec.mean), "image_std": list(spec.std)}
+        meta["source"] = spec.source
+    meta.update(extra or {})
+    _write_json(out / FGSEARCH_META, meta)
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def convert_openai_clip(src: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """Convert an OpenAI CLIP checkpoint (transformers format: config.json + weights) into an
+    FG-CLIP starting point in ``out_dir`` (77 -> 248 position stretch, projection copy)."""
+    import torch
+
+    from fgsearch.model.convert import openai_to_fgclip_state
+    from fgsearch.model.fgclip import FGCLIP
+
+    src_path = Path(src)
+    cfg, _ = read_config(src_path)
+    state = {k: v for k, v in read_state_dict(src_path).items() if not k.endswith(IGNORED_KEY_SUFFIXES)}
+    if "text_filip_projection.weight" in state:
+        raise CheckpointError(f"{src_path} is already an FG-CLIP checkpoint; use it directly with --model")
+    if "text_model.embeddings.position_embedding.weight" not in state or "text_projection.weight" not in state:
+        raise CheckpointError(f"{src_path} is not a CLIP checkpoint in transformers format (no text tower found)")
+    state = openai_to_fgclip_state(state, cfg.text.long_keep, cfg.text.long_positions, cfg.logit_scale_init_value)
+    net = FGCLIP(cfg)
+    missing = sorted(set(net.state_dict()) - set(state))
+    unknown = sorted(set(state) - set(net.state_dict()))
+    if missing or unknown:
+        raise CheckpointError(
+            f"{src_path} does not match CLIP's layout: missing {_short_list(missing)}; unknown {_short_list(unknown)}"
+        )
+    net.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    spec = ModelSpec(name=src_path.name, local_dir=str(src_path), image_size=cfg.vision.image_size)
+    proc = src_path / "preprocessor_config.json"
+    if proc.exists():
+        p = json.loads(proc.read_text())
+        if "image_mean" in p and "image_std" in p:
+            spec = spec.resolved(mean=tuple(p["image_mean"]), std=tuple(p["image_std"]))
+    return save_model(net, out_dir, spec, extra={"converted_from": str(src_path)})

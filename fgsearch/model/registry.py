@@ -1,0 +1,68 @@
+"""Model registry: a name maps to where the weights live AND how inputs are prepared.
+
+Architecture comes from the checkpoint's ``config.json``; the registry adds the weight source
+(hub id + revision) and the preprocessing the authors used (square resize to the checkpoint's
+image size, OpenAI CLIP mean/std, 77/248 text tokens). A local directory or ``hf-hub:ORG/NAME``
+works too; their preprocessing is read from the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fgsearch.model.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageTransform
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model's weights come from and how its inputs are prepared."""
+
+    name: str
+    hub_id: str | None = None  # Hugging Face repo id, or None for a local directory
+    revision: str | None = None  # branch, tag or commit; None = the repo's default branch
+    local_dir: str | None = None
+    image_size: tuple[int, int] | None = None  # None: from the checkpoint's config
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    short_length: int = 77
+    long_length: int = 248
+    description: str = ""
+
+    @property
+    def source(self) -> str:
+        if self.local_dir:
+            return self.local_dir
+        return f"hf-hub:{self.hub_id}" + (f"@{self.revision}" if self.revision else "")
+
+    @property
+    def transform(self) -> ImageTransform:
+        if self.image_size is None:
+            raise ValueError(f"model spec {self.name} has no image size yet; load the checkpoint first")
+        return ImageTransform(self.image_size, self.mean, self.std)
+
+    def resolved(self, **changes: object) -> ModelSpec:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "fg-clip-base": ModelSpec(
+        name="fg-clip-base",
+        hub_id="qihoo360/fg-clip-base",
+        image_size=(224, 224),
+        description="FG-CLIP ViT-B/16, 224 px, 512-d (released weights, ~600 MB)",
+    ),
+    "fg-clip-large": ModelSpec(
+        name="fg-clip-large",
+        hub_id="qihoo360/fg-clip-large",
+        image_size=(336, 336),
+        description="FG-CLIP ViT-L/14, 336 px, 768-d (released weights, ~1.7 GB)",
+    ),
+    "demo": ModelSpec(
+        name="demo",
+        local_dir=str(ASSETS / "demo-model"),
+        description="small model trained on FineShapes, shipped in the package (offline demo)",
+    ),
+}
