@@ -7,6 +7,7 @@ heavy modules (torch, faiss, the model) are imported inside the commands so ``--
 from __future__ import annotations
 
 import sys
+
 import typer
 
 from fgsearch._version import __version__

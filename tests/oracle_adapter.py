@@ -1,6 +1,6 @@
 """check_parity.py adapter: the oracle's interface implemented through fgsearch's PUBLIC model API.
 
-    python tests/fixtures/oracle/check_parity.py tests/oracle_adapter.py:load
+python tests/fixtures/oracle/check_parity.py tests/oracle_adapter.py:load
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ class FGSearchAdapter:
 
     def region_features(self, pixel_values: np.ndarray, boxes: list[np.ndarray]) -> torch.Tensor:
         with torch.inference_mode():
-            out = self.model.encode_image_and_regions(torch.from_numpy(pixel_values),
-                                                      [torch.from_numpy(b) for b in boxes])
+            out = self.model.encode_image_and_regions(
+                torch.from_numpy(pixel_values), [torch.from_numpy(b) for b in boxes]
+            )
         return out.regions
 
     def text_features(self, ids: np.ndarray, long: bool) -> torch.Tensor:

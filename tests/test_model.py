@@ -31,8 +31,15 @@ CONFIGS = [
     FGCLIPConfig.tiny(),
     FGCLIPConfig(  # non-default patch, depth, width, activation, non-square input
         text=TextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=3),
-        vision=VisionConfig(hidden_size=40, intermediate_size=80, num_hidden_layers=3, num_attention_heads=5,
-                            image_size=(48, 80), patch_size=8, hidden_act="gelu"),
+        vision=VisionConfig(
+            hidden_size=40,
+            intermediate_size=80,
+            num_hidden_layers=3,
+            num_attention_heads=5,
+            image_size=(48, 80),
+            patch_size=8,
+            hidden_act="gelu",
+        ),
         projection_dim=24,
     ),
     FGCLIPConfig.tiny(image_size=56, patch_size=14, width=32, layers=1),
@@ -54,8 +61,10 @@ def test_one_pass_matches_separate_paths(cfg: FGCLIPConfig) -> None:
     model = FGCLIP(cfg).eval()
     h, w = cfg.vision.image_size
     pv = torch.randn(2, 3, h, w)
-    boxes = [torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 0.0, 0.0]]),
-             torch.tensor([[0.3, 0.3, 0.7, 0.6]])]
+    boxes = [
+        torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 0.0, 0.0]]),
+        torch.tensor([[0.3, 0.3, 0.7, 0.6]]),
+    ]
     with torch.no_grad():
         out = model.encode_image_and_regions(pv, boxes)
         glob = model.encode_image(pv)
@@ -193,9 +202,13 @@ def test_plain_clip_is_recognised_and_converted(tmp_path: Path) -> None:
     cfg = model.config.to_hf_dict()
     cfg.pop("fgsearch")
     (clip_dir / "config.json").write_text(json.dumps(cfg))
-    state = {k: v.contiguous() for k, v in model.state_dict().items()
-             if "position_embedding_ori" not in k and "position_embedding_res" not in k
-             and k not in ("text_filip_projection.weight", "logit_scale_finegraind", "logit_scale_hardneg")}
+    state = {
+        k: v.contiguous()
+        for k, v in model.state_dict().items()
+        if "position_embedding_ori" not in k
+        and "position_embedding_res" not in k
+        and k not in ("text_filip_projection.weight", "logit_scale_finegraind", "logit_scale_hardneg")
+    }
     save_file(state, str(clip_dir / "model.safetensors"))
     with pytest.raises(CheckpointError, match="fgsearch convert-clip"):
         load_model(clip_dir)
@@ -228,13 +241,14 @@ def test_hub_download_goes_through_snapshot_download(monkeypatch: pytest.MonkeyP
 
     calls = []
 
-    def fake_snapshot_download(repo_id: str, revision: str | None = None, allow_patterns=None,
-                               local_files_only: bool = False, **kw: object) -> str:
+    def fake_snapshot_download(
+        repo_id: str, revision: str | None = None, allow_patterns=None, local_files_only: bool = False, **kw: object
+    ) -> str:
         calls.append((repo_id, revision, tuple(allow_patterns), local_files_only))
         return str(tiny_model_dir)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    model, spec = load_model("hf-hub:org/tiny@abc123")
+    _, spec = load_model("hf-hub:org/tiny@abc123")
     assert calls[0][:2] == ("org/tiny", "abc123") and "*.safetensors" in calls[0][2]
     assert calls[0][3] is False
     assert spec.image_size == (64, 64)

@@ -160,10 +160,9 @@ class FGCLIPConfig:
         image_size = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
         fg = d.get("fgsearch", {})  # our own extra keys (long-text table sizes), absent in released configs
         try:
-            text = TextConfig(
-                **{f.name: tc[f.name] for f in fields(TextConfig) if f.name in tc},
-                **{k: int(v) for k, v in fg.items() if k in ("long_positions", "long_keep")},
-            )
+            text_kw: dict[str, Any] = {f.name: tc[f.name] for f in fields(TextConfig) if f.name in tc}
+            text_kw.update({k: int(v) for k, v in fg.items() if k in ("long_positions", "long_keep")})
+            text = TextConfig(**text_kw)
             vision = VisionConfig(
                 **{f.name: vc[f.name] for f in fields(VisionConfig) if f.name in vc and f.name != "image_size"},
                 image_size=image_size,

@@ -34,8 +34,9 @@ def stretch_positions(table: torch.Tensor, keep: int = 20, factor: int = 4) -> t
     return torch.cat(rows).to(table.dtype)
 
 
-def openai_to_fgclip_state(state: dict[str, torch.Tensor], keep: int = 20, long_positions: int = 248,
-                           logit_scale_init: float = 2.6592) -> dict[str, torch.Tensor]:
+def openai_to_fgclip_state(
+    state: dict[str, torch.Tensor], keep: int = 20, long_positions: int = 248, logit_scale_init: float = 2.6592
+) -> dict[str, torch.Tensor]:
     """Map an OpenAI CLIP (transformers layout) state dict to FG-CLIP's keys."""
     import torch
 

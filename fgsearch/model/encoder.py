@@ -67,8 +67,7 @@ class EncodedImages:
 class Encoder:
     """A loaded model ready for inference. ``Encoder.load("fg-clip-base")`` downloads on first use."""
 
-    def __init__(self, model: FGCLIP, spec: ModelSpec, device: str | Any = "auto",
-                 precision: str = "auto") -> None:
+    def __init__(self, model: FGCLIP, spec: ModelSpec, device: str | Any = "auto", precision: str = "auto") -> None:
         import torch
 
         from fgsearch.model.tokenizer import Tokenizer
@@ -86,8 +85,13 @@ class Encoder:
         self._torch = torch
 
     @classmethod
-    def load(cls, model: str | os.PathLike[str] = "fg-clip-base", device: str | Any = "auto",
-             precision: str = "auto", download: bool = True) -> Encoder:
+    def load(
+        cls,
+        model: str | os.PathLike[str] = "fg-clip-base",
+        device: str | Any = "auto",
+        precision: str = "auto",
+        download: bool = True,
+    ) -> Encoder:
         from fgsearch.model.loading import load_model
 
         net, spec = load_model(model, device="cpu", download=download)
@@ -111,8 +115,9 @@ class Encoder:
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.transform.batch(images)
 
-    def encode_pixels(self, pixel_values: np.ndarray | torch.Tensor,
-                      boxes: Sequence[np.ndarray] | None = None, normalize: bool = True) -> EncodedImages:
+    def encode_pixels(
+        self, pixel_values: np.ndarray | torch.Tensor, boxes: Sequence[np.ndarray] | None = None, normalize: bool = True
+    ) -> EncodedImages:
         """Preprocessed ``[B, 3, H, W]`` -> global + region vectors from one forward pass."""
         torch = self._torch
         pv = torch.as_tensor(pixel_values).to(self.device, non_blocking=True)
@@ -135,8 +140,13 @@ class Encoder:
         split = np.split(reg, np.cumsum(counts)[:-1]) if counts else []
         return EncodedImages(image=img, regions=list(split))
 
-    def encode_images(self, images: Sequence[Image.Image], boxes: Sequence[np.ndarray] | None = None,
-                      batch_size: int = 32, normalize: bool = True) -> EncodedImages:
+    def encode_images(
+        self,
+        images: Sequence[Image.Image],
+        boxes: Sequence[np.ndarray] | None = None,
+        batch_size: int = 32,
+        normalize: bool = True,
+    ) -> EncodedImages:
         """Pillow images (any mode) -> normalised global vectors and per-image region vectors."""
         if boxes is not None and len(boxes) != len(images):
             raise InputError(f"got box lists for {len(boxes)} images but {len(images)} images")
@@ -155,10 +165,10 @@ class Encoder:
         """The documented short/long rule (see :meth:`Tokenizer.choose_path`)."""
         return self.tokenizer.choose_path(text)
 
-    def encode_texts(self, texts: Sequence[str], path: TextPath | str | None = None, batch_size: int = 64,
-                     normalize: bool = True) -> np.ndarray:
+    def encode_texts(
+        self, texts: Sequence[str], path: TextPath | str | None = None, batch_size: int = 64, normalize: bool = True
+    ) -> np.ndarray:
         """Texts -> ``[N, P]`` vectors. ``path=None`` applies the rule per text; otherwise forced."""
-        torch = self._torch
         if isinstance(texts, str):
             texts = [texts]
         out = np.zeros((len(texts), self.dim), np.float32)

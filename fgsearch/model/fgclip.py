@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +115,7 @@ class EncoderLayer(nn.Module):
         return x + self.mlp(self.layer_norm2(x))
 
 
-class Encoder(nn.Module):
+class LayerStack(nn.Module):
     def __init__(self, cfg: TextConfig | VisionConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
@@ -147,7 +148,7 @@ class TextTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embeddings = TextEmbeddings(cfg)
-        self.encoder = Encoder(cfg)
+        self.encoder = LayerStack(cfg)
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, input_ids: Tensor, path: TextPath) -> Tensor:
@@ -155,7 +156,9 @@ class TextTransformer(nn.Module):
         is_eos = input_ids == self.cfg.eos_token_id
         has_eos = is_eos.any(dim=1)
         # the first EOS; rows without one pool at the last token
-        eos = torch.where(has_eos, is_eos.int().argmax(dim=1), input_ids.new_full(has_eos.shape, input_ids.shape[1] - 1))
+        eos = torch.where(
+            has_eos, is_eos.int().argmax(dim=1), input_ids.new_full(has_eos.shape, input_ids.shape[1] - 1)
+        )
         # causal attention: tokens after the last pooled position never influence it, so skip them
         n = int(eos.max().item()) + 1 if input_ids.numel() else 0
         ids = input_ids[:, :n]
@@ -188,7 +191,7 @@ class VisionTransformer(nn.Module):
         self.cfg = cfg
         self.embeddings = VisionEmbeddings(cfg)
         self.pre_layrnorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.encoder = Encoder(cfg)
+        self.encoder = LayerStack(cfg)
         self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def trunk(self, pixel_values: Tensor) -> Tensor:
@@ -209,7 +212,7 @@ class VisionTransformer(nn.Module):
 
         Returns post-LN hidden states: class token ``[B, D]`` and patches ``[B, N, D]``.
         """
-        last = self.encoder.layers[-1]
+        last = cast(EncoderLayer, self.encoder.layers[-1])
         attn = last.self_attn
         h = last.layer_norm1(x)
         v = attn.v_proj(h)  # shared by the class-token attention and the dense value path
@@ -291,7 +294,7 @@ class FGCLIP(nn.Module):
 
         if len(boxes) != dense.shape[0]:
             raise InputError(f"got box lists for {len(boxes)} images but {dense.shape[0]} images")
-        b, gh, gw, p = dense.shape
+        _, gh, gw, p = dense.shape
         scale = torch.tensor([gw, gh, gw, gh], dtype=torch.float32, device=dense.device)
         fm_boxes = []
         for bx in boxes:
@@ -325,9 +328,7 @@ class FGCLIP(nn.Module):
         path = TextPath(path)
         limit = self.max_tokens(path)
         if input_ids.ndim != 2 or input_ids.shape[1] > limit:
-            raise InputError(
-                f"the {path.value} text path takes [B, <= {limit}] token ids, got {list(input_ids.shape)}"
-            )
+            raise InputError(f"the {path.value} text path takes [B, <= {limit}] token ids, got {list(input_ids.shape)}")
         pooled = self.text_model(input_ids, path)
         proj = self.text_projection if path is TextPath.SHORT else self.text_filip_projection
         return proj(pooled)

@@ -69,13 +69,14 @@ def _download(spec: ModelSpec, *, download: bool) -> Path:
 
     kw: dict[str, Any] = {"repo_id": spec.hub_id, "revision": spec.revision}
     base = ["config.json", "preprocessor_config.json"]
-    attempts = [base + ["*.safetensors", "model.safetensors.index.json"], base + ["pytorch_model*.bin", "*.bin.index.json"]]
+    attempts = [
+        [*base, "*.safetensors", "model.safetensors.index.json"],
+        [*base, "pytorch_model*.bin", "*.bin.index.json"],
+    ]
     last_error: Exception | None = None
     for patterns in attempts:
         try:
-            path = Path(
-                snapshot_download(allow_patterns=patterns, local_files_only=not download, **kw)  # type: ignore[arg-type]
-            )
+            path = Path(snapshot_download(allow_patterns=patterns, local_files_only=not download, **kw))
         except Exception as e:  # huggingface_hub raises many types for offline / missing / auth
             last_error = e
             continue
@@ -177,7 +178,9 @@ def _preprocessing(path: Path, spec: ModelSpec, cfg: FGCLIPConfig) -> ModelSpec:
     if spec.image_size is not None and tuple(spec.image_size) != tuple(cfg.vision.image_size):
         logger.warning(
             "model %s: registry image size %s differs from the checkpoint's %s; using the checkpoint's",
-            spec.name, spec.image_size, cfg.vision.image_size,
+            spec.name,
+            spec.image_size,
+            cfg.vision.image_size,
         )
     changes["image_size"] = tuple(cfg.vision.image_size)
     changes["short_length"] = cfg.text.max_position_embeddings
@@ -201,8 +204,9 @@ def checkpoint_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def load_model(model: str | os.PathLike[str] = "fg-clip-base", *, device: str | torch.device = "cpu",
-               download: bool = True) -> tuple[FGCLIP, ModelSpec]:
+def load_model(
+    model: str | os.PathLike[str] = "fg-clip-base", *, device: str | torch.device = "cpu", download: bool = True
+) -> tuple[FGCLIP, ModelSpec]:
     """Load a model by registry name, ``hf-hub:`` id or directory -> (model in eval mode, resolved spec).
 
     Unknown or missing parameter names are an error listing them (``*.position_ids`` buffers that
@@ -228,8 +232,11 @@ def load_model(model: str | os.PathLike[str] = "fg-clip-base", *, device: str | 
             f"checkpoint {path} does not match the FG-CLIP architecture in its config.json: "
             f"missing {_short_list(missing)}; unknown {_short_list(unknown)}.{hint}"
         )
-    bad_shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                  if tuple(state[k].shape) != tuple(v.shape)]
+    bad_shapes = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
     if bad_shapes:
         raise CheckpointError(f"checkpoint {path} has tensors of the wrong shape: {_short_list(bad_shapes)}")
     net.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
@@ -245,8 +252,14 @@ def _short_list(items: list[str], n: int = 8) -> str:
     return ", ".join(items[:n]) + more
 
 
-def save_model(model: FGCLIP, out_dir: str | os.PathLike[str], spec: ModelSpec | None = None, *,
-               dtype: torch.dtype | None = None, extra: dict[str, Any] | None = None) -> Path:
+def save_model(
+    model: FGCLIP,
+    out_dir: str | os.PathLike[str],
+    spec: ModelSpec | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write ``config.json`` + ``model.safetensors`` (+ ``fgsearch.json``) that :func:`load_model` reads.
 
     ``dtype=torch.float16`` halves the size (for shipping small models); loading upcasts to float32.
@@ -256,8 +269,10 @@ def save_model(model: FGCLIP, out_dir: str | os.PathLike[str], spec: ModelSpec |
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.detach().to(dtype) if dtype is not None else v.detach()).cpu().contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: (v.detach().to(dtype) if dtype is not None else v.detach()).cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
     tmp = out / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / "model.safetensors")

@@ -81,8 +81,9 @@ class Tokenized:
 class Tokenizer:
     """CLIP BPE. ``short_length`` and ``long_length`` come from the model (77 and 248 for FG-CLIP)."""
 
-    def __init__(self, vocab_path: str | os.PathLike[str] | None = None, short_length: int = 77,
-                 long_length: int = 248) -> None:
+    def __init__(
+        self, vocab_path: str | os.PathLike[str] | None = None, short_length: int = 77, long_length: int = 248
+    ) -> None:
         self.short_length = short_length
         self.long_length = long_length
         path = Path(vocab_path) if vocab_path else default_vocab_path()
@@ -159,7 +160,7 @@ class Tokenizer:
             rows.append(row + [self.pad_id] * (length - len(row)))
         return Tokenized(rows, path, dropped)
 
-    def __call__(self, texts: str | Sequence[str], path: TextPath | str, *, warn: bool = True):  # noqa: ANN204
+    def __call__(self, texts: str | Sequence[str], path: TextPath | str, *, warn: bool = True):
         """Texts -> ``LongTensor [B, length]`` for ``path``; warns when text is truncated."""
         import torch
 
@@ -167,7 +168,7 @@ class Tokenizer:
             texts = [texts]
         tok = self.tokenize_rows(texts, path)
         if warn:
-            for text, n in zip(texts, tok.dropped):
+            for text, n in zip(texts, tok.dropped, strict=True):
                 if n:
                     warnings.warn(
                         f"text truncated to {self.length(path)} tokens ({tok.path.value} path): dropped {n} "
