@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_check_parity_passes_everything() -> None:
     proc = subprocess.run(
         [sys.executable, str(ORACLE / "check_parity.py"), "tests/oracle_adapter.py:load"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
