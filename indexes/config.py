@@ -1,0 +1,206 @@
+"""Frozen configuration of the index backends.
+
+Each backend has one frozen dataclass; :class:`IndexSpec` names a backend, a dimension and its
+configuration so that callers (the catalog) can record and reopen exactly what they built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import IndexInputError
+
+Kind = Literal["exact", "faiss", "qdrant"]
+KINDS: tuple[str, ...] = ("exact", "faiss", "qdrant")
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """When the journal of a file-backed index is folded into a new snapshot.
+
+    ``flush()`` appends the changes since the previous flush to the journal and fsyncs it (cost
+    proportional to the changes). When the journal grows past ``max(compact_min_bytes,
+    compact_ratio * snapshot_bytes)`` a flush also writes a new snapshot (amortized: each byte of
+    the snapshot is rewritten after at most ``1/compact_ratio`` of its size in new changes).
+    """
+
+    compact_min_bytes: int = 64 * 1024 * 1024
+    compact_ratio: float = 0.25
+    auto_compact: bool = True
+
+    def __post_init__(self) -> None:
+        if self.compact_min_bytes < 0:
+            raise IndexInputError(f"compact_min_bytes must be >= 0, got {self.compact_min_bytes}")
+        if not self.compact_ratio > 0:
+            raise IndexInputError(f"compact_ratio must be > 0, got {self.compact_ratio}")
+
+
+@dataclass(frozen=True)
+class ExactConfig:
+    """Exact (brute-force numpy) backend: the yardstick for every other backend."""
+
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    norm_tolerance: float = 0.01
+    block_rows: int = 32768
+
+
+@dataclass(frozen=True)
+class FaissConfig:
+    """FAISS backend: exact while small, IVF-PQ with exact re-ranking once large.
+
+    * ``flat_threshold``: below this many vectors search is exact brute force (BLAS over the stored
+      vectors). At or above it the next snapshot trains an IVF-PQ index.
+    * ``nlist`` (IVF cells): ``None`` derives a power of two near ``2 * sqrt(n)``, clamped to
+      [64, 65536]; ``pq_m`` (bytes per vector): ``None`` derives ``dim // 8``.
+    * ``nprobe``: ``None`` calibrates it when the IVF index is trained: the smallest power of two
+      whose recall@10 on ``calibration_queries`` sample queries, measured against exact search, is
+      at least ``recall_target + calibration_margin``.
+    * ``rerank_factor``/``min_rerank``: the IVF-PQ search returns ``max(k * rerank_factor,
+      min_rerank)`` candidates, re-scored with exact inner products from the stored vectors.
+    * ``retrain_growth``: retrain when the collection has grown this many times since training.
+    * ``filter_exact_max``: allowed-id filters with at most this many ids are answered exactly.
+    * ``use_gpu``: ``None`` uses a GPU when FAISS sees one; ``False`` never; ``True`` requires one.
+    * ``mmap``: load the IVF index memory-mapped (read-only use; snapshots are immutable).
+    """
+
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    norm_tolerance: float = 0.01
+    block_rows: int = 32768
+    flat_threshold: int = 50_000
+    recall_target: float = 0.95
+    calibration_margin: float = 0.02
+    calibration_queries: int = 200
+    nlist: int | None = None
+    pq_m: int | None = None
+    nprobe: int | None = None
+    rerank_factor: int = 10
+    min_rerank: int = 100
+    retrain_growth: float = 4.0
+    filter_exact_max: int = 20_000
+    train_sample: int | None = None
+    use_gpu: bool | None = None
+    mmap: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.flat_threshold < 1:
+            raise IndexInputError(f"flat_threshold must be >= 1, got {self.flat_threshold}")
+        if not 0.0 < self.recall_target <= 1.0:
+            raise IndexInputError(f"recall_target must be in (0, 1], got {self.recall_target}")
+        if self.rerank_factor < 1 or self.min_rerank < 1:
+            raise IndexInputError("rerank_factor and min_rerank must be >= 1")
+        if self.retrain_growth <= 1.0:
+            raise IndexInputError(f"retrain_growth must be > 1, got {self.retrain_growth}")
+        for name in ("nlist", "pq_m", "nprobe"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise IndexInputError(f"{name} must be >= 1 or None, got {value}")
+
+
+@dataclass(frozen=True)
+class QdrantConfig:
+    """Qdrant backend: embedded (``path``) or server (``url`` + ``api_key``) mode.
+
+    Give exactly one of ``path`` (embedded, local files; brute force, for small libraries and tests)
+    and ``url`` (a Qdrant server or cluster). Collection settings apply when the collection is
+    created: ``on_disk`` vectors, HNSW ``hnsw_m``/``hnsw_ef_construct``, ``quantization``
+    (``"none"``, ``"scalar"`` int8 or ``"binary"``, kept in RAM with re-scoring), ``shard_number``
+    and ``replication_factor`` for a cluster. Upserts go in batches of ``batch_size`` with up to
+    ``max_retries`` retries and exponential backoff.
+    """
+
+    path: str | None = None
+    url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    collection: str = "fgsearch"
+    distance: Literal["dot", "cosine"] = "dot"
+    on_disk: bool = True
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 128
+    hnsw_ef: int | None = None
+    quantization: Literal["none", "scalar", "binary"] = "scalar"
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+    batch_size: int = 256
+    max_retries: int = 3
+    retry_backoff_s: float = 0.5
+    timeout_s: float = 30.0
+    norm_tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.path is not None and self.url is not None:
+            raise IndexInputError("QdrantConfig: give either path= (embedded) or url= (server), not both")
+        if self.api_key is not None and self.url is None:
+            raise IndexInputError("QdrantConfig: api_key is only used with url= (server mode)")
+        if self.quantization not in ("none", "scalar", "binary"):
+            raise IndexInputError(
+                f"QdrantConfig: quantization must be none, scalar or binary, got {self.quantization!r}"
+            )
+        if self.distance not in ("dot", "cosine"):
+            raise IndexInputError(f"QdrantConfig: distance must be dot or cosine, got {self.distance!r}")
+        if self.batch_size < 1 or self.max_retries < 0:
+            raise IndexInputError("QdrantConfig: batch_size must be >= 1 and max_retries >= 0")
+
+
+BackendConfig = ExactConfig | FaissConfig | QdrantConfig
+_CONFIG_TYPES: dict[str, type] = {"exact": ExactConfig, "faiss": FaissConfig, "qdrant": QdrantConfig}
+
+
+def default_config(kind: str) -> Any:
+    """The default configuration of backend ``kind``."""
+    check_kind(kind)
+    return _CONFIG_TYPES[kind]()
+
+
+def check_kind(kind: str) -> None:
+    """Reject an unknown backend name with the list of known ones."""
+    if kind not in KINDS:
+        raise IndexInputError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def check_config(kind: str, config: Any) -> Any:
+    """Return ``config`` (or the default) after checking that it belongs to backend ``kind``."""
+    check_kind(kind)
+    if config is None:
+        return default_config(kind)
+    expected = _CONFIG_TYPES[kind]
+    if not isinstance(config, expected):
+        raise IndexInputError(f"index kind {kind!r} takes a {expected.__name__}, got {type(config).__name__}")
+    return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain-JSON form of a config (secrets dropped), for manifests and stats."""
+    data = dataclasses.asdict(config)
+    if "api_key" in data:
+        data["api_key"] = None if data["api_key"] is None else "***"
+    return data
+
+
+def config_from_dict(kind: str, data: dict[str, Any]) -> Any:
+    """Inverse of :func:`config_to_dict` (unknown keys are ignored, so old manifests still load)."""
+    cls = _CONFIG_TYPES[kind]
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in data.items() if k in names}
+    if "journal" in kwargs and isinstance(kwargs["journal"], dict):
+        jnames = {f.name for f in dataclasses.fields(JournalConfig)}
+        kwargs["journal"] = JournalConfig(**{k: v for k, v in kwargs["journal"].items() if k in jnames})
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What to build: a backend ``kind``, the vector ``dim`` and the backend's configuration."""
+
+    kind: str
+    dim: int
+    config: Any = None
+
+    def __post_init__(self) -> None:
+        check_kind(self.kind)
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise IndexInputError(f"dim must be a positive integer, got {self.dim!r}")
+        object.__setattr__(self, "config", check_config(self.kind, self.config))

@@ -1,0 +1,306 @@
+"""The exact backend (brute-force inner products with numpy/BLAS) and the shared file-backed base.
+
+:class:`StoreBackedIndex` implements the whole :class:`~.base.VectorIndex` contract on top of
+:class:`~._store.JournaledStore` (snapshot + journal durability); :class:`ExactIndex` adds exact
+search. It is the yardstick every other backend is tested against, and a usable backend for small
+libraries and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._store import JournaledStore
+from .base import (
+    IndexStats,
+    MissingPolicy,
+    Payload,
+    SearchResult,
+    VectorIndex,
+    as_ids,
+    as_k,
+    as_queries,
+    as_vectors,
+    check_missing_policy,
+    check_payload,
+    empty_result,
+    topk_rows,
+)
+from .config import ExactConfig, config_from_dict, config_to_dict
+from .errors import DimensionMismatchError, DuplicateIdError, UnknownIdError
+
+log = logging.getLogger(__name__)
+
+_QUERY_CHUNK = 256
+
+
+def _fmt_ids(ids: np.ndarray, limit: int = 5) -> str:
+    shown = ", ".join(str(int(i)) for i in ids[:limit])
+    return shown + (f", ... ({ids.size} in all)" if ids.size > limit else "")
+
+
+def exact_topk(
+    queries: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` by inner product over ``(vectors, ids)`` blocks (ids -1 = skip)."""
+    nq = queries.shape[0]
+    best_i = np.full((nq, 0), -1, dtype=np.int64)
+    best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
+    for vecs, ids in blocks:
+        if ids.size == 0:
+            continue
+        scores = queries @ np.asarray(vecs).T
+        dead = ids < 0
+        if dead.any():
+            scores[:, dead] = -np.inf
+        if ids.size > k:
+            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            cand_s = np.take_along_axis(scores, part, axis=1)
+            cand_i = ids[part]
+        else:
+            cand_s = scores
+            cand_i = np.broadcast_to(ids, scores.shape)
+        all_i = np.concatenate([best_i, cand_i], axis=1)
+        all_s = np.concatenate([best_s, cand_s], axis=1)
+        if all_s.shape[1] > k:
+            part = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
+            all_i = np.take_along_axis(all_i, part, axis=1)
+            all_s = np.take_along_axis(all_s, part, axis=1)
+        best_i, best_s = all_i, all_s
+    return topk_rows(best_i, best_s, k)
+
+
+def chunked_queries(queries: np.ndarray, chunk: int = _QUERY_CHUNK) -> Iterable[tuple[int, np.ndarray]]:
+    for s in range(0, queries.shape[0], chunk):
+        yield s, queries[s : s + chunk]
+
+
+class StoreBackedIndex(VectorIndex):
+    """A :class:`VectorIndex` whose vectors live in a :class:`JournaledStore` directory."""
+
+    kind = "abstract-store"
+    config_type: type = ExactConfig
+
+    def __init__(self, store: JournaledStore, config: Any, *, read_only: bool) -> None:
+        super().__init__(store.dim, read_only=read_only)
+        self._store = store
+        self._config = config
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(cls, path: str | Path, dim: int, config: Any = None) -> StoreBackedIndex:
+        """Create a new empty index directory at ``path``."""
+        config = config if config is not None else cls.config_type()
+        store = JournaledStore.create(Path(path), kind=cls.kind, dim=dim, config=config_to_dict(config))
+        index = cls(store, config, read_only=False)
+        index._after_load()
+        return index
+
+    @classmethod
+    def open(
+        cls, path: str | Path, *, read_only: bool = False, config: Any = None, dim: int | None = None
+    ) -> StoreBackedIndex:
+        """Open an existing index; ``config=None`` uses the configuration saved with it."""
+        store = JournaledStore.open(Path(path), kind=cls.kind, read_only=read_only)
+        try:
+            if dim is not None and dim != store.dim:
+                raise DimensionMismatchError(
+                    f"index {path} holds {store.dim}-d vectors but {dim}-d were expected; "
+                    "rebuild the index for this model"
+                )
+            if config is None:
+                config = config_from_dict(cls.kind, store.manifest.get("config", {}))
+            elif not read_only:
+                store.set_config(config_to_dict(config))
+            index = cls(store, config, read_only=read_only)
+            index._after_load()
+        except BaseException:
+            store.close()
+            raise
+        return index
+
+    def _after_load(self) -> None:
+        """Hook: rebuild derived in-memory state after (re)loading the store."""
+
+    # ------------------------------------------------------------------ reads
+    @property
+    def path(self) -> Path:
+        return self._store.path
+
+    @property
+    def config(self) -> Any:
+        return self._config
+
+    def count(self) -> int:
+        self._check_open()
+        return int(self._store.n_live)
+
+    def ids(self) -> np.ndarray:
+        self._check_open()
+        return self._store.live_ids()
+
+    def contains(self, ids: Any) -> np.ndarray:
+        self._check_open()
+        arr = as_ids(ids, unique=False)
+        return self._store.lookup(arr) >= 0
+
+    def get(self, ids: Any) -> np.ndarray:
+        self._check_open()
+        arr = as_ids(ids, unique=False)
+        rows = self._store.lookup(arr)
+        missing = rows < 0
+        if missing.any():
+            raise UnknownIdError(f"ids not in the index: {_fmt_ids(arr[missing])}")
+        return self._store.gather(rows)
+
+    # ------------------------------------------------------------------ writes
+    def add(
+        self,
+        ids: Any,
+        vectors: Any,
+        *,
+        upsert: bool = False,
+        payload: Payload | None = None,
+    ) -> None:
+        self._check_writable()
+        arr = as_ids(ids)
+        vecs = as_vectors(vectors, self.dim, arr.size, norm_tolerance=self._config.norm_tolerance, ids=arr)
+        check_payload(payload, arr.size)
+        if arr.size == 0:
+            return
+        existing = self._store.lookup(arr) >= 0
+        if existing.any() and not upsert:
+            raise DuplicateIdError(
+                f"ids already in the index: {_fmt_ids(arr[existing])}; pass upsert=True to replace them"
+            )
+        self._before_change(arr, vecs, existing)
+        self._store.add(arr, vecs)
+
+    def remove(self, ids: Any, *, missing: MissingPolicy = "error") -> int:
+        self._check_writable()
+        check_missing_policy(missing)
+        arr = as_ids(ids)
+        if arr.size == 0:
+            return 0
+        present = self._store.lookup(arr) >= 0
+        if not present.all() and missing == "error":
+            raise UnknownIdError(
+                f"cannot remove ids not in the index: {_fmt_ids(arr[~present])}; pass missing='ignore' to skip them"
+            )
+        arr = arr[present]
+        if arr.size:
+            self._before_change(arr, None, np.ones(arr.size, dtype=bool))
+            self._store.remove(arr)
+        return int(arr.size)
+
+    def _before_change(self, ids: np.ndarray, vecs: np.ndarray | None, existing: np.ndarray) -> None:
+        """Hook called before an add (vecs given) or remove (vecs None) reaches the store."""
+
+    # ------------------------------------------------------------------ durability
+    def flush(self) -> None:
+        self._check_open()
+        if self._read_only:
+            return
+        self._store.flush()
+        jc = self._config.journal
+        if (jc.auto_compact and self._store.wants_compaction(jc.compact_min_bytes, jc.compact_ratio)) or (
+            self._wants_rebuild()
+        ):
+            self.save()
+
+    def _wants_rebuild(self) -> bool:
+        """Hook: True when derived structures must be rebuilt at the next flush/close."""
+        return False
+
+    def save(self) -> None:
+        self._check_writable()
+        self._store.flush()
+        self._compact()
+        self._after_load()
+
+    def _compact(self) -> None:
+        self._store.compact()
+
+    def reload(self) -> None:
+        self._check_open()
+        if self._read_only and self._store.reload():
+            self._after_load()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            if not self._read_only:
+                self.flush()
+        finally:
+            self._store.close()
+            self._closed = True
+
+    # ------------------------------------------------------------------ stats
+    def _params(self) -> dict[str, Any]:
+        return {"generation": self._store.generation, "journal_bytes": self._store.journal_bytes}
+
+    def stats(self) -> IndexStats:
+        self._check_open()
+        return IndexStats(
+            kind=self.kind,
+            dim=self.dim,
+            count=self.count(),
+            params=self._params(),
+            bytes_in_memory=self._bytes_in_memory(),
+            bytes_on_disk=self._store.bytes_on_disk(),
+            location=str(self._store.path),
+        )
+
+    def _bytes_in_memory(self) -> int:
+        return self._store.bytes_in_memory()
+
+    # ------------------------------------------------------------------ search helpers
+    def _exact_over_allowed(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._store.lookup(allowed)
+        keep = rows >= 0
+        rows, ids = rows[keep], allowed[keep]
+        block = self._config.block_rows
+
+        def blocks() -> Iterable[tuple[np.ndarray, np.ndarray]]:
+            for s in range(0, rows.size, block):
+                yield self._store.gather(rows[s : s + block]), ids[s : s + block]
+
+        return exact_topk(queries, blocks(), k)
+
+    def _prepare_search(self, queries: Any, k: Any, allowed_ids: Any) -> tuple[np.ndarray, int, Any]:
+        self._check_open()
+        q = as_queries(queries, self.dim)
+        kk = as_k(k)
+        allowed = None if allowed_ids is None else np.unique(as_ids(allowed_ids, name="allowed_ids", unique=False))
+        return q, kk, allowed
+
+
+class ExactIndex(StoreBackedIndex):
+    """Exact inner-product search over every stored vector (BLAS, blocked)."""
+
+    kind = "exact"
+    config_type = ExactConfig
+
+    def search(self, queries: Any, k: int = 10, *, allowed_ids: Any = None) -> SearchResult:
+        q, kk, allowed = self._prepare_search(queries, k, allowed_ids)
+        if q.shape[0] == 0 or self._store.n_live == 0:
+            return empty_result(q.shape[0], kk)
+        out_i = np.empty((q.shape[0], kk), dtype=np.int64)
+        out_s = np.empty((q.shape[0], kk), dtype=np.float32)
+        for s, chunk in chunked_queries(q):
+            if allowed is not None:
+                i, sc = self._exact_over_allowed(chunk, kk, allowed)
+            else:
+                i, sc = exact_topk(chunk, self._store.iter_blocks(self._config.block_rows), kk)
+            out_i[s : s + chunk.shape[0]] = i
+            out_s[s : s + chunk.shape[0]] = sc
+        return SearchResult(ids=out_i, scores=out_s)
+
+    def _params(self) -> dict[str, Any]:
+        return {**super()._params(), "search": "exact"}
