@@ -58,7 +58,9 @@ class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x), the activation of OpenAI CLIP."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        if x.requires_grad:
+            return x * torch.sigmoid(1.702 * x)
+        return x.mul_(torch.sigmoid(x * 1.702))  # inference: reuse the fc1 output buffer
 
 
 class Attention(nn.Module):
@@ -86,7 +88,13 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
     def forward(self, x: Tensor, causal: bool = False) -> Tensor:
-        return self.attend(x, x, causal=causal)
+        # self-attention: one fused q/k/v matmul (the parameters stay separate, as checkpoints store them)
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        q, k, v = (self._split(t) for t in F.linear(x, w, bias).chunk(3, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        b, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class MLP(nn.Module):
