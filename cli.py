@@ -7,6 +7,7 @@ heavy modules (torch, faiss, the model) are imported inside the commands so ``--
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -40,6 +41,34 @@ def _root(
     ),
 ) -> None:
     """Find things inside image collections from long, detailed descriptions (FG-CLIP)."""
+
+
+@app.command()
+def models() -> None:
+    """List the model registry and which models are present on this machine."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fgsearch.model import REGISTRY, is_cached
+
+    table = Table("name", "source", "image size", "present", "description")
+    for spec in REGISTRY.values():
+        size = "x".join(map(str, spec.image_size)) if spec.image_size else "from checkpoint"
+        table.add_row(spec.name, spec.source, size, "yes" if is_cached(spec) else "no", spec.description)
+    Console().print(table)
+    typer.echo("Also accepted: --model PATH (a checkpoint directory) or --model hf-hub:ORG/NAME[@REVISION].")
+
+
+@app.command("convert-clip")
+def convert_clip(
+    src: Path = typer.Argument(..., help="OpenAI CLIP checkpoint directory (transformers format)."),
+    out: Path = typer.Argument(..., help="Directory to write the FG-CLIP starting point to."),
+) -> None:
+    """Turn an OpenAI CLIP checkpoint into an FG-CLIP starting point (248 text positions)."""
+    from fgsearch.model import convert_openai_clip
+
+    path = convert_openai_clip(src, out)
+    typer.echo(f"wrote {path}")
 
 
 def main() -> None:
