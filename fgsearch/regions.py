@@ -196,9 +196,7 @@ class SidecarBoxes:
         for key in (rel, rel.replace(os.sep, "/"), os.path.basename(image_path)):
             if key in self.by_name:
                 w0, h0 = self.sizes.get(key, (width, height))
-                return [
-                    Box.from_xywh_pixels(*b, width=w0, height=h0) for b in self.by_name[key] if b[2] > 0 and b[3] > 0
-                ]
+                return [_xywh(b, w0, h0) for b in self.by_name[key] if b[2] > 0 and b[3] > 0]
         return []
 
     @staticmethod
