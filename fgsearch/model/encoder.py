@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -139,6 +139,36 @@ class Encoder:
             img, reg = _normalize(img), _normalize(reg)
         split = np.split(reg, np.cumsum(counts)[:-1]) if counts else []
         return EncodedImages(image=img, regions=list(split))
+
+    def encode_proposed(
+        self,
+        pixel_values: np.ndarray | torch.Tensor,
+        propose: Callable[[int, np.ndarray], np.ndarray],
+        normalize: bool = True,
+    ) -> tuple[EncodedImages, list[np.ndarray]]:
+        """One forward pass where the boxes come from each image's own dense map.
+
+        ``propose(i, dense_i)`` gets image i's dense map ``[h, w, P]`` (float32 numpy) and returns
+        its boxes ``[K, 4]`` (normalised x1, y1, x2, y2). Returns the vectors and the boxes used.
+        """
+        torch = self._torch
+        pv = torch.as_tensor(pixel_values).to(self.device, non_blocking=True)
+        m = self.model
+        with self._ctx():
+            cls, dense = m.vision_model.last_layer(m.vision_model.trunk(pv), True, True)
+            assert cls is not None and dense is not None
+            image = m.visual_projection(cls).float()
+            dmap = m._dense_grid(m.visual_projection(dense)).float()
+        dense_np = dmap.cpu().numpy()
+        boxes = [np.asarray(propose(i, dense_np[i]), np.float32).reshape(-1, 4) for i in range(len(dense_np))]
+        with torch.inference_mode():
+            regions = m.encode_regions(dmap, [torch.from_numpy(b) for b in boxes])
+        img = image.cpu().numpy()
+        reg = regions.cpu().numpy()
+        if normalize:
+            img, reg = _normalize(img), _normalize(reg)
+        counts = [len(b) for b in boxes]
+        return EncodedImages(image=img, regions=list(np.split(reg, np.cumsum(counts)[:-1]))), boxes
 
     def encode_images(
         self,
