@@ -1,0 +1,129 @@
+"""Pictures of search results: a PNG contact sheet and a self-contained HTML page.
+
+Both draw each hit's thumbnail with its matching region box and its scores. The HTML page embeds
+the thumbnails as base64 JPEG and draws boxes with CSS, so it opens in a browser with no server.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from fgsearch.boxes import Box
+
+logger = logging.getLogger(__name__)
+
+BOX_COLOUR = (255, 48, 48)
+
+
+@dataclass(frozen=True)
+class RenderItem:
+    """One hit to draw: an image file, an optional box (normalised) and a caption."""
+
+    path: str
+    caption: str
+    box: Box | None = None
+
+
+def _thumbnail(path: str, size: int) -> Image.Image:
+    from fgsearch.model.preprocess import to_rgb
+
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (size * 2, size * 2))
+            rgb = to_rgb(im)
+            rgb.thumbnail((size, size), Image.Resampling.BICUBIC)
+            return rgb.copy()
+    except Exception as e:  # a file that vanished or broke since indexing still gets a tile
+        logger.warning("cannot read %s for the picture: %s", path, e)
+        tile = Image.new("RGB", (size, size), (60, 60, 60))
+        ImageDraw.Draw(tile).text((6, size // 2), "unreadable", fill=(230, 230, 230))
+        return tile
+
+
+def _draw_box(img: Image.Image, box: Box, width: int = 3) -> None:
+    x1, y1, x2, y2 = box.to_pixels(*img.size)
+    d = ImageDraw.Draw(img)
+    for i in range(width):
+        d.rectangle([x1 + i, y1 + i, max(x1 + i, x2 - 1 - i), max(y1 + i, y2 - 1 - i)], outline=BOX_COLOUR)
+
+
+def contact_sheet(
+    items: Sequence[RenderItem], out: str | Path, *, thumb: int = 256, columns: int = 4, title: str | None = None
+) -> Path:
+    """Write a PNG grid of thumbnails with boxes drawn and captions under each."""
+    out = Path(out)
+    n = max(1, len(items))
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    pad, text_h = 8, 34
+    head = 28 if title else 0
+    sheet = Image.new("RGB", (cols * (thumb + pad) + pad, head + rows * (thumb + text_h + pad) + pad), (250, 250, 250))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    if title:
+        draw.text((pad, 8), title[:160], fill=(0, 0, 0), font=font)
+    if not items:
+        draw.text((pad, head + pad), "no results", fill=(0, 0, 0), font=font)
+    for i, item in enumerate(items):
+        r, c = divmod(i, cols)
+        x0 = pad + c * (thumb + pad)
+        y0 = head + pad + r * (thumb + text_h + pad)
+        im = _thumbnail(item.path, thumb)
+        if item.box is not None:
+            _draw_box(im, item.box)
+        sheet.paste(im, (x0 + (thumb - im.width) // 2, y0 + (thumb - im.height) // 2))
+        for j, line in enumerate(item.caption.splitlines()[:2]):
+            draw.text((x0, y0 + thumb + 4 + 14 * j), line[:48], fill=(0, 0, 0), font=font)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, format="PNG")
+    return out
+
+
+def html_page(
+    items: Sequence[RenderItem], out: str | Path, *, title: str = "fgsearch results", thumb: int = 320
+) -> Path:
+    """Write one self-contained HTML file (inline images, CSS boxes, no external resources)."""
+    out = Path(out)
+    cards = []
+    for item in items:
+        im = _thumbnail(item.path, thumb)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85)
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        box_html = ""
+        if item.box is not None:
+            b = item.box
+            box_html = (
+                f'<div class="box" style="left:{b.x1 * 100:.2f}%;top:{b.y1 * 100:.2f}%;'
+                f'width:{(b.x2 - b.x1) * 100:.2f}%;height:{(b.y2 - b.y1) * 100:.2f}%"></div>'
+            )
+        cards.append(
+            f'<figure><div class="pic"><img src="data:image/jpeg;base64,{data}" width="{im.width}" '
+            f'height="{im.height}" alt="">{box_html}</div><figcaption>{html.escape(item.caption)}<br>'
+            f"<code>{html.escape(item.path)}</code></figcaption></figure>"
+        )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>"
+        + html.escape(title)
+        + "</title><style>body{font-family:sans-serif;margin:16px;background:#fafafa}"
+        "main{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;background:#fff;padding:8px;"
+        "box-shadow:0 1px 3px #0003;max-width:" + str(thumb) + "px}.pic{position:relative;display:inline-block}"
+        ".pic img{display:block}.box{position:absolute;border:3px solid #ff3030;box-sizing:border-box}"
+        "figcaption{font-size:13px;white-space:pre-line;word-break:break-all}</style></head><body><h1>"
+        + html.escape(title)
+        + "</h1><main>"
+        + ("".join(cards) if cards else "<p>no results</p>")
+        + "</main></body></html>\n"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
