@@ -60,6 +60,7 @@ OP_ADD = 1
 OP_REMOVE = 2
 _COPY_ROWS = 16384
 _OPEN_RETRIES = 20
+_PREAD_MAX_ROWS = 65536
 
 #: Builds backend files for a new generation: (generation, vectors, ids) -> (manifest extras, files).
 ExtraBuilder = Callable[[int, np.ndarray, np.ndarray], tuple[dict[str, Any], list[str]]]
@@ -199,6 +200,8 @@ class JournaledStore:
         self.generation = 0
         self.version = 0  # bumped on every in-memory change (lets backends cache derived data)
         self._lock_fd: int | None = None
+        self._base_fd: int | None = None
+        self._base_offset = 0
         self._journal: Any = None  # writer: open journal file
         self._journal_size = 0  # bytes of intact records + header on disk
         self._pending: list[bytes] = []
@@ -207,6 +210,9 @@ class JournaledStore:
 
     # ------------------------------------------------------------------ lifecycle
     def _reset_memory(self) -> None:
+        if getattr(self, "_base_fd", None) is not None:
+            os.close(self._base_fd)  # type: ignore[arg-type]
+            self._base_fd = None
         self.base_vecs: np.ndarray = np.zeros((0, max(self.dim, 1)), dtype=np.float32)
         self.base_ids: np.ndarray = np.zeros(0, dtype=np.int64)
         self.base_alive: np.ndarray = np.zeros(0, dtype=bool)
@@ -304,8 +310,11 @@ class JournaledStore:
         self.dim = dim
         self._reset_memory()
         if manifest["vectors"] is not None:
-            self.base_vecs = _load_npy(self.path / manifest["vectors"], "<f4", (count, dim))
+            vpath = self.path / manifest["vectors"]
+            self.base_vecs = _load_npy(vpath, "<f4", (count, dim))
             self.base_ids = _load_npy(self.path / manifest["ids"], "<i8", (count,))
+            self._base_fd = os.open(vpath, os.O_RDONLY)
+            self._base_offset = int(getattr(self.base_vecs, "offset", 0))
         elif count:
             raise IndexCorruptError(f"{self.path / MANIFEST}: count {count} but no vectors file")
         self.base_alive = np.ones(count, dtype=bool)
@@ -412,6 +421,29 @@ class JournaledStore:
             out[in_base] = self.base_vecs[rows[in_base]]
         if not in_base.all():
             out[~in_base] = self.delta.vecs[rows[~in_base] - nb]
+        return out
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Like :meth:`gather`, but snapshot rows are read with ``pread`` into a private buffer.
+
+        Used for re-ranking a few hundred candidates per query: the rows come from the page cache
+        without becoming resident pages of this process (as touched ``mmap`` pages would).
+        """
+        nb = self.n_base
+        if self._base_fd is None or rows.size > _PREAD_MAX_ROWS:
+            return self.gather(rows)
+        out = np.empty((rows.size, self.dim), dtype=np.float32)
+        in_base = rows < nb
+        if not in_base.all():
+            out[~in_base] = self.delta.vecs[rows[~in_base] - nb]
+        mv = memoryview(out).cast("B")
+        rb = 4 * self.dim
+        off = self._base_offset
+        fd = self._base_fd
+        for j in np.flatnonzero(in_base).tolist():
+            got = os.preadv(fd, [mv[j * rb : (j + 1) * rb]], off + int(rows[j]) * rb)
+            if got != rb:
+                raise IndexCorruptError(f"{self.path}: short read from the vectors file")
         return out
 
     def live_ids(self) -> np.ndarray:

@@ -53,12 +53,14 @@ class FaissConfig:
     * ``flat_threshold``: below this many vectors search is exact brute force (BLAS over the stored
       vectors). At or above it the next snapshot trains an IVF-PQ index.
     * ``nlist`` (IVF cells): ``None`` derives a power of two near ``2 * sqrt(n)``, clamped to
-      [64, 65536]; ``pq_m`` (bytes per vector): ``None`` derives ``dim // 8``.
+      [64, 65536]; ``pq_m`` (bytes per vector): ``None`` derives ``dim // 4``.
     * ``nprobe``: ``None`` calibrates it when the IVF index is trained: the smallest power of two
-      whose recall@10 on ``calibration_queries`` sample queries, measured against exact search, is
-      at least ``recall_target + calibration_margin``.
+      (up to ``nlist / 4``) whose recall@10 on ``calibration_queries`` sample queries, measured
+      against exact search, is at least ``recall_target + calibration_margin``; if none gets there
+      the re-rank depth is doubled (up to 8x) and the search repeated.
     * ``rerank_factor``/``min_rerank``: the IVF-PQ search returns ``max(k * rerank_factor,
-      min_rerank)`` candidates, re-scored with exact inner products from the stored vectors.
+      min_rerank)`` candidates (factor as calibrated), re-scored with exact inner products from the
+      stored vectors.
     * ``retrain_growth``: retrain when the collection has grown this many times since training.
     * ``filter_exact_max``: allowed-id filters with at most this many ids are answered exactly.
     * ``use_gpu``: ``None`` uses a GPU when FAISS sees one; ``False`` never; ``True`` requires one.

@@ -1,0 +1,161 @@
+"""Congruence: every backend against the exact backend on the same data and the same operations.
+
+Exact backends (exact, FAISS's flat tier, Qdrant embedded) must return the same top-k (ties aside);
+FAISS's IVF-PQ tier must reach recall@10 >= 0.95, with exact scores for what it returns. Checked
+after adds, after removals and upserts, after reopening, and after a new snapshot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _indexes_data import ivf_config, near_queries, recall, same_topk, small_journal, unit_vectors
+
+from fgsearch.indexes import ExactConfig, FaissConfig, QdrantConfig, VectorIndex, create_index, open_index
+
+DIM = 32
+N = 3000
+
+
+def _apply_ops(indexes: list[VectorIndex], data: np.ndarray, *, save_midway: bool) -> None:
+    """The same sequence of adds, removals, upserts and re-adds on every index."""
+    rng = np.random.default_rng(7)
+    for s in range(0, N, 500):
+        for idx in indexes:
+            idx.add(np.arange(s, s + 500), data[s : s + 500])
+            idx.flush()
+    if save_midway:
+        for idx in indexes:
+            idx.save()
+    removed = rng.choice(N, size=300, replace=False)
+    replaced = rng.choice(np.setdiff1d(np.arange(N), removed), size=150, replace=False)
+    new_vecs = unit_vectors(150, DIM, seed=99)
+    readded = removed[:50]
+    for idx in indexes:
+        assert idx.remove(removed) == 300
+        idx.add(replaced, new_vecs, upsert=True)
+        idx.add(readded, data[readded] * -1.0)  # re-add removed ids with other vectors
+        idx.add(np.arange(N, N + 100), unit_vectors(100, DIM, seed=5))
+        idx.flush()
+
+
+def _compare(ref: VectorIndex, other: VectorIndex, queries: np.ndarray, *, exact: bool) -> None:
+    np.testing.assert_array_equal(ref.ids(), other.ids())
+    probe = ref.ids()[::97]
+    np.testing.assert_allclose(ref.get(probe), other.get(probe), atol=1e-6)
+    allowed = ref.ids()[::3]
+    for kw in ({}, {"allowed_ids": allowed}, {"allowed_ids": allowed[:40]}):
+        r = ref.search(queries, 10, **kw)
+        o = other.search(queries, 10, **kw)
+        if exact:
+            assert same_topk(r.ids, r.scores, o.ids, o.scores), kw.keys()
+        else:
+            assert recall(o.ids, r.ids) >= 0.95, kw.keys()
+            valid = o.ids >= 0
+            vecs = ref.get(o.ids[valid])
+            rows = np.nonzero(valid)[0]
+            np.testing.assert_allclose(o.scores[valid], np.einsum("ij,ij->i", vecs, queries[rows]), atol=1e-5)
+        if "allowed_ids" in kw:
+            assert np.isin(o.ids[o.ids >= 0], kw["allowed_ids"]).all()
+
+
+def _congruence(tmp_path: Path, kind: str, config: Any, *, exact: bool, save_midway: bool) -> VectorIndex:
+    data = unit_vectors(N, DIM, seed=3)
+    queries = near_queries(data, 60)
+    ref = create_index("exact", tmp_path / "ref", DIM, config=ExactConfig(journal=small_journal()))
+    other = create_index(kind, tmp_path / kind, DIM, config=config)
+    _apply_ops([ref, other], data, save_midway=save_midway)
+    _compare(ref, other, queries, exact=exact)
+    # reopen: snapshot + journal replay must give the same answers
+    ref.close()
+    other.close()
+    ref = open_index("exact", tmp_path / "ref", read_only=True)
+    other = open_index(kind, tmp_path / kind)
+    _compare(ref, other, queries, exact=exact)
+    other.save()  # fold the journal into a new snapshot
+    _compare(ref, other, queries, exact=exact)
+    other.close()
+    other = open_index(kind, tmp_path / kind, read_only=kind != "qdrant")
+    _compare(ref, other, queries, exact=exact)
+    ref.close()
+    return other
+
+
+def test_exact_backend_persistence_roundtrip(tmp_path: Path) -> None:
+    other = _congruence(tmp_path, "exact", ExactConfig(), exact=True, save_midway=False)
+    other.close()
+
+
+def test_faiss_flat_tier_is_exact(tmp_path: Path) -> None:
+    other = _congruence(tmp_path, "faiss", FaissConfig(journal=small_journal()), exact=True, save_midway=True)
+    assert other.stats().params["tier"] == "flat"
+    other.close()
+
+
+@pytest.mark.parametrize("save_midway", [True, False])
+def test_faiss_ivf_tier_recall(tmp_path: Path, save_midway: bool) -> None:
+    other = _congruence(tmp_path, "faiss", ivf_config(), exact=False, save_midway=save_midway)
+    params = other.stats().params
+    assert params["tier"] == "ivf"
+    assert params["calibrated_recall"] >= 0.95
+    other.close()
+
+
+def test_qdrant_embedded_is_exact(tmp_path: Path) -> None:
+    cfg = QdrantConfig(path=str(tmp_path / "qdrant"), batch_size=300)
+    other = _congruence(tmp_path, "qdrant", cfg, exact=True, save_midway=False)
+    other.close()
+
+
+def test_qdrant_payload_carries_image_and_region(tmp_path: Path) -> None:
+    data = unit_vectors(32, DIM)
+    with create_index("qdrant", tmp_path / "q", DIM) as idx:
+        ids = np.arange(1000, 1032)
+        idx.add(ids, data, payload={"image_id": ids // 16, "region": ids % 16})
+        recs = idx._client.retrieve("fgsearch", [1017], with_payload=True)  # type: ignore[attr-defined]
+        assert recs[0].payload == {"image_id": 63, "region": 9}
+
+
+def test_faiss_switches_tiers_automatically(tmp_path: Path) -> None:
+    cfg = ivf_config(flat_threshold=800, retrain_growth=2.0)
+    data = unit_vectors(2000, DIM, seed=11)
+    with create_index("faiss", tmp_path / "f", DIM, config=cfg) as idx:
+        idx.add(np.arange(700), data[:700])
+        idx.flush()
+        assert idx.stats().params["tier"] == "flat"
+        idx.add(np.arange(700, 900), data[700:900])
+        idx.flush()  # crossed flat_threshold: the flush trains IVF-PQ
+        p = idx.stats().params
+        assert p["tier"] == "ivf" and p["trained_n"] == 900
+        idx.add(np.arange(900, 2000), data[900:])
+        idx.flush()  # grew past retrain_growth x trained_n: retrained
+        assert idx.stats().params["trained_n"] == 2000
+        idx.remove(np.arange(1700))
+        idx.flush()  # fell below flat_threshold / 2: back to exact search
+        assert idx.stats().params["tier"] == "flat"
+        res = idx.search(data[1900], 1)
+        assert res.ids[0, 0] == 1900
+
+
+def test_faiss_large_filter_uses_ivf_selector(tmp_path: Path) -> None:
+    cfg = ivf_config(filter_exact_max=10)
+    data = unit_vectors(2000, DIM, seed=12)
+    queries = near_queries(data, 30)
+    with (
+        create_index("faiss", tmp_path / "f", DIM, config=cfg) as idx,
+        create_index("exact", tmp_path / "e", DIM) as ref,
+    ):
+        for i in (idx, ref):
+            i.add(np.arange(2000), data)
+            i.save()
+            i.remove(np.arange(0, 2000, 5))  # masked in the IVF snapshot
+            i.add(np.arange(5000, 5100), unit_vectors(100, DIM, seed=13))  # delta, searched exactly
+        allowed = np.concatenate([np.arange(0, 2000, 2), np.arange(5000, 5100, 2)])
+        got = idx.search(queries, 10, allowed_ids=allowed)
+        want = ref.search(queries, 10, allowed_ids=allowed)
+        assert np.isin(got.ids[got.ids >= 0], allowed).all()
+        assert not np.isin(got.ids, np.arange(0, 2000, 5)).any()
+        assert recall(got.ids, want.ids) >= 0.95
