@@ -12,12 +12,13 @@ Data generator (fixed seed, generated in chunks of 50k rows so 1M x 512 never si
 vectors plus Gaussian noise of norm 0.5, normalized (cosine to their source ~0.9). Ground truth is
 the exact backend's top 10.
 
-Each backend is built in one subprocess (timed: adds in batches of 50k, flush, ``save()``, which
-trains FAISS's IVF-PQ) and measured in a fresh one that opens the index read-only. RAM is read from
-``/proc/self/status`` before the open and after all queries: ``RssAnon`` is memory the process owns,
-``RssFile`` is memory-mapped file pages it touched (page cache the kernel can drop); both are
-printed, and bytes/vector uses their sum. Qdrant's embedded mode is capped at ``--qdrant-max``
-vectors (it is brute force in Python and slow to load).
+Each backend is built in one subprocess (timed: adds in batches of 50k, each followed by
+``flush()`` as the ingest pipeline does, then ``save()``) and measured in a fresh one that opens
+the index read-only. RAM is read from ``/proc/self/status`` before the open (after importing the
+backend's libraries) and after all queries: ``RssAnon`` is memory the process owns, ``RssFile``
+is memory-mapped file pages it touched (page cache the kernel can drop); both are printed, and
+bytes/vector uses their sum. Qdrant's embedded mode is capped at ``--qdrant-max`` vectors (it is
+brute force in Python and slow to build).
 """
 
 from __future__ import annotations
@@ -119,6 +120,11 @@ def worker_query(kind: str, index_dir: Path, queries_path: Path, truth_path: Pat
     from fgsearch.indexes import open_index
 
     q = np.load(queries_path)
+    # import the backend's libraries first so their code pages are not counted as index memory
+    if kind == "qdrant":
+        import qdrant_client  # noqa: F401
+    else:
+        import faiss  # noqa: F401
     before = _rss()
     t0 = time.perf_counter()
     index = open_index(kind, index_dir, read_only=kind != "qdrant", config=_config(kind, index_dir))

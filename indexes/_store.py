@@ -436,7 +436,7 @@ class JournaledStore:
         in_base = rows < nb
         if not in_base.all():
             out[~in_base] = self.delta.vecs[rows[~in_base] - nb]
-        mv = memoryview(out).cast("B")
+        mv = out.data.cast("B")
         rb = 4 * self.dim
         off = self._base_offset
         fd = self._base_fd

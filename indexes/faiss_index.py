@@ -41,6 +41,8 @@ from .exact import StoreBackedIndex, chunked_queries, exact_topk
 log = logging.getLogger(__name__)
 
 _ADD_CHUNK = 65536
+#: PQ trains 256 centroids per sub-quantizer: below this many vectors the IVF tier is never used.
+MIN_IVF_VECTORS = 1000
 
 
 def _faiss() -> Any:
@@ -163,12 +165,15 @@ class FaissIndex(StoreBackedIndex):
             return self._config.rerank_factor
         return int(self._extra.get("rerank_factor", self._config.rerank_factor))
 
+    def _ivf_threshold(self) -> int:
+        return max(self._config.flat_threshold, MIN_IVF_VECTORS)
+
     def _wants_rebuild(self) -> bool:
         n = self._store.n_live
         cfg = self._config
         if self._ivf is None:
-            return n >= cfg.flat_threshold
-        if n < cfg.flat_threshold / 2:
+            return n >= self._ivf_threshold()
+        if n < self._ivf_threshold() / 2:
             return True
         return n >= cfg.retrain_growth * int(self._extra.get("trained_n", n))
 
@@ -181,7 +186,8 @@ class FaissIndex(StoreBackedIndex):
         cfg = self._config
         n = int(ids.size)
         old_ivf = self._ivf is not None
-        if n < cfg.flat_threshold and not (old_ivf and n >= cfg.flat_threshold / 2):
+        threshold = self._ivf_threshold()
+        if n < threshold and not (old_ivf and n >= threshold / 2):
             return {"tier": "flat"}, []
         trained_n = int(self._extra.get("trained_n", 0))
         retrain = (not old_ivf) or n >= cfg.retrain_growth * max(trained_n, 1)
@@ -220,6 +226,12 @@ class FaissIndex(StoreBackedIndex):
         sample = np.ascontiguousarray(vecs[rows], dtype=np.float32)
         log.info("training IVF%d,PQ%d on %d of %d vectors", nlist, m, n_train, n)
         ivf = faiss.index_factory(dim, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
+        # PQ k-means on tiny sub-vectors is slow in FAISS: 64 points per centroid (16k residuals)
+        # and 10 iterations train 128 sub-quantizers in seconds, with no measurable recall loss
+        # after exact re-ranking.
+        ivf.pq.cp.max_points_per_centroid = 64
+        ivf.pq.cp.niter = 10
+        ivf.do_polysemous_training = False  # on by default in index_factory; minutes at 128 codes
         ivf.train(sample)
         del sample
         for s in range(0, n, _ADD_CHUNK):

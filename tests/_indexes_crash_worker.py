@@ -1,0 +1,137 @@
+"""Subprocess used by the crash-safety tests: it is SIGKILLed in the middle of its work.
+
+``stream KIND PATH``: create an index and run batches of add/remove/upsert + ``flush()`` forever,
+printing ``flushed I`` after each flush returns.
+
+``save KIND PATH STAGE``: open the index the test prepared, add a batch without flushing, then call
+``save()`` with a hook that prints ``at STAGE`` and blocks at that point of the snapshot write
+(``vectors``: half the vectors file written; ``faiss``: IVF file written, not renamed;
+``manifest``: new manifest written to its temp file, not renamed; ``after``: manifest renamed,
+old files not yet deleted; ``none``: no hook, print ``saving`` and save).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _indexes_data import ivf_config, small_journal, unit_vectors
+
+from fgsearch.indexes import ExactConfig, VectorIndex, create_index, open_index
+from fgsearch.indexes import _store as store_mod
+from fgsearch.indexes import faiss_index as faiss_mod
+
+DIM = 16
+BATCH = 150
+
+
+def config(kind: str) -> Any:
+    if kind == "exact":
+        return ExactConfig(journal=small_journal())
+    return ivf_config(flat_threshold=1000, journal=small_journal(), calibration_queries=50)
+
+
+def batch_ops(i: int) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """The deterministic operations of batch ``i`` (the test replays them to know the state)."""
+    ops: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+    ids = np.arange(i * BATCH, (i + 1) * BATCH)
+    ops.append(("add", ids, unit_vectors(BATCH, DIM, seed=1000 + i)))
+    if i % 3 == 2:
+        prev = np.arange((i - 1) * BATCH, i * BATCH, 2)
+        ops.append(("remove", prev, None))
+    if i % 4 == 3:
+        ops.append(("upsert", np.arange(5), unit_vectors(5, DIM, seed=5000 + i)))
+    return ops
+
+
+def expected_state(n_batches: int) -> dict[int, np.ndarray]:
+    state: dict[int, np.ndarray] = {}
+    for i in range(n_batches):
+        for op, ids, vecs in batch_ops(i):
+            if op == "remove":
+                for x in ids.tolist():
+                    del state[x]
+            else:
+                assert vecs is not None
+                for x, v in zip(ids.tolist(), vecs, strict=True):
+                    state[x] = v
+    return state
+
+
+def apply_batch(index: VectorIndex, i: int) -> None:
+    for op, ids, vecs in batch_ops(i):
+        if op == "add":
+            index.add(ids, vecs)
+        elif op == "upsert":
+            index.add(ids, vecs, upsert=True)
+        else:
+            index.remove(ids)
+
+
+def _block(stage: str) -> None:
+    print(f"at {stage}", flush=True)
+    while True:
+        time.sleep(1)
+
+
+def install_hook(stage: str) -> None:
+    if stage == "vectors":
+        real = store_mod._write_npy
+
+        def write_npy(path: Path, shape: Any, dtype: str, chunks: Any) -> None:
+            if not path.name.startswith("vectors."):
+                return real(path, shape, dtype, chunks)
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+                first = next(iter(chunks))
+                f.write(first[: len(first) // 2].tobytes())
+                f.flush()
+            _block(stage)
+
+        store_mod._write_npy = write_npy  # type: ignore[assignment]
+    elif stage == "faiss":
+        faiss_mod.fsync_file = lambda path: _block(stage)  # type: ignore[assignment]
+    elif stage == "manifest":
+        real_atomic = store_mod.atomic_write_bytes
+
+        def atomic(path: Path, data: bytes) -> None:
+            if path.name != store_mod.MANIFEST:
+                return real_atomic(path, data)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            _block(stage)
+
+        store_mod.atomic_write_bytes = atomic  # type: ignore[assignment]
+    elif stage == "after":
+        store_mod.JournaledStore._collect_garbage = lambda self: _block(stage)  # type: ignore[method-assign]
+
+
+def main() -> None:
+    mode, kind, path = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    if mode == "stream":
+        index = create_index(kind, path, DIM, config=config(kind))
+        i = 0
+        while True:
+            apply_batch(index, i)
+            index.flush()
+            print(f"flushed {i}", flush=True)
+            i += 1
+    elif mode == "save":
+        stage = sys.argv[4]
+        n_done = int(sys.argv[5])
+        index = open_index(kind, path)
+        apply_batch(index, n_done)  # not flushed: only a completed save makes it durable
+        install_hook(stage)
+        if stage == "none":
+            print("saving", flush=True)
+        index.save()
+        print("saved", flush=True)
+        _block("done")
+
+
+if __name__ == "__main__":
+    main()
