@@ -6,8 +6,11 @@ heavy modules (torch, faiss, the model) are imported inside the commands so ``--
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 
@@ -28,6 +31,33 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _errors(fn: F) -> F:
+    """Turn the library's errors into one clear line and exit code 1 (Ctrl-C into 130)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from fgsearch.errors import FgsearchError
+
+        try:
+            return fn(*args, **kwargs)
+        except FgsearchError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            typer.echo("interrupted: work committed so far is kept; run the command again to resume", err=True)
+            raise typer.Exit(130) from None
+        except Exception as e:
+            from fgsearch.indexes import IndexBackendError
+
+            if isinstance(e, IndexBackendError):
+                _fail(str(e))
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"fgsearch {__version__}")
@@ -44,6 +74,7 @@ def _root(
 
 
 @app.command()
+@_errors
 def models() -> None:
     """List the model registry and which models are present on this machine."""
     from rich.console import Console
@@ -60,6 +91,7 @@ def models() -> None:
 
 
 @app.command("convert-clip")
+@_errors
 def convert_clip(
     src: Path = typer.Argument(..., help="OpenAI CLIP checkpoint directory (transformers format)."),
     out: Path = typer.Argument(..., help="Directory to write the FG-CLIP starting point to."),
@@ -69,6 +101,325 @@ def convert_clip(
 
     path = convert_openai_clip(src, out)
     typer.echo(f"wrote {path}")
+
+
+LIBRARY_OPT = typer.Option(None, "--library", "-l", help="Library directory (default: $FGSEARCH_HOME/default).")
+MODEL_HELP = "Model: registry name (fgsearch models), hf-hub:ORG/NAME or a checkpoint directory."
+
+
+def _console(json_mode: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=json_mode)
+
+
+@app.command()
+@_errors
+def index(
+    paths: list[Path] = typer.Argument(..., help="Folders (or files) to index."),
+    library: Path | None = LIBRARY_OPT,
+    model: str | None = typer.Option(
+        None, "--model", "-m", help=MODEL_HELP + " Default: the library's, else fg-clip-base."
+    ),
+    backend: str | None = typer.Option(
+        None, "--backend", help="Vector store for a NEW library: faiss (default), exact, qdrant."
+    ),
+    qdrant_url: str | None = typer.Option(
+        None, "--qdrant-url", help="Qdrant server URL (with --backend qdrant); API key from QDRANT_API_KEY."
+    ),
+    qdrant_path: Path | None = typer.Option(
+        None, "--qdrant-path", help="Embedded Qdrant directory (with --backend qdrant)."
+    ),
+    regions: str | None = typer.Option(
+        None, "--regions", help="Region proposer for a new library: auto (default), grid, none, sidecar."
+    ),
+    max_regions: int | None = typer.Option(None, "--max-regions", help="Regions per image (default 16)."),
+    sidecar: str | None = typer.Option(
+        None,
+        "--sidecar",
+        help="With --regions sidecar: a COCO instances JSON, or per-image (IMAGE.json beside each image).",
+    ),
+    include: list[str] = typer.Option(
+        [], "--include", help="Glob (relative to the folder) a file must match; repeatable."
+    ),
+    exclude: list[str] = typer.Option([], "--exclude", help="Glob of files or folders to skip; repeatable."),
+    hidden: bool = typer.Option(False, "--hidden", help="Also index hidden files and folders."),
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="Remove files that disappeared from the folders."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Try again files that failed before and did not change."
+    ),
+    reindex: bool = typer.Option(
+        False, "--reindex", help="Rebuild the library from scratch (e.g. with another model)."
+    ),
+    max_megapixels: float = typer.Option(
+        100.0, "--max-megapixels", help="Skip images larger than this (decompression-bomb guard)."
+    ),
+    min_side: int = typer.Option(16, "--min-side", help="Skip images smaller than this many pixels on a side."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    workers: int = typer.Option(0, "--workers", help="Decode threads (0: automatic)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Index image folders: global and region vectors, incremental and resumable."""
+    import json
+
+    from fgsearch.ingest import IndexOptions
+    from fgsearch.library import BackendSettings, Library
+    from fgsearch.regions import RegionSettings
+
+    for p in paths:
+        if not p.exists():
+            _fail(f"{p} does not exist; give a folder of images")
+    bk = None
+    if backend or qdrant_url or qdrant_path:
+        bk = BackendSettings(
+            kind=backend or "qdrant", qdrant_url=qdrant_url, qdrant_path=str(qdrant_path) if qdrant_path else None
+        )
+    rs = None
+    if regions or max_regions is not None or sidecar:
+        rs = RegionSettings(
+            proposer=regions or ("sidecar" if sidecar else "auto"),
+            max_regions=16 if max_regions is None else max_regions,
+            sidecar=sidecar,
+        )
+    opts = IndexOptions(
+        include=tuple(include),
+        exclude=tuple(exclude),
+        hidden=hidden,
+        prune=prune,
+        retry_failed=retry_failed,
+        batch_size=batch_size,
+        workers=workers,
+        max_megapixels=max_megapixels,
+        min_side=min_side,
+    )
+    console = _console(json_out)
+    with Library.open(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib:
+        if quiet or json_out:
+            report = lib.index([str(p) for p in paths], opts)
+        else:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = (
+                TextColumn("indexing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+            )
+            with Progress(*columns, console=console, transient=True) as bar:
+                task = bar.add_task("index", total=None, rate="")
+                import time
+
+                t0 = time.perf_counter()
+
+                def progress(stage: str, done: int, total: int) -> None:
+                    rate = done / max(time.perf_counter() - t0, 1e-9)
+                    bar.update(task, completed=done, total=total, rate=f"{rate:.1f} images/s")
+
+                report = lib.index([str(p) for p in paths], opts, progress=progress)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    console.print(
+        f"scanned {report.scanned}: indexed {report.indexed} ({report.regions} regions), reused {report.reused}, "
+        f"unchanged {report.unchanged}, failed {report.failed}, pruned {report.pruned} "
+        f"in {report.seconds:.1f}s ({report.images_per_second:.1f} images/s)",
+        highlight=False,
+    )
+    for path, reason in report.failures[:10]:
+        console.print(f"  skipping {path}: {reason}", highlight=False, markup=False)
+    if report.failed > min(10, len(report.failures)):
+        console.print(f"  ... {report.failed} failures in all: `fgsearch status --failed` lists them", highlight=False)
+
+
+def _parse_time(value: str | None, flag: str):
+    from datetime import datetime
+
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{flag} {value!r} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM")
+    return None
+
+
+@app.command()
+@_errors
+def query(
+    text: str | None = typer.Argument(None, help="What to find; any length (up to 248 tokens are read)."),
+    library: Path | None = LIBRARY_OPT,
+    top: int = typer.Option(10, "-k", "--top", help="Number of results."),
+    image: Path | None = typer.Option(
+        None, "--image", help="Query by an image (combined with TEXT when both are given)."
+    ),
+    box: str | None = typer.Option(None, "--box", help="With --image: query by this region x1,y1,x2,y2 (normalised)."),
+    negative: str | None = typer.Option(None, "--not", help="Push down images that match this text."),
+    by: str = typer.Option("image", "--by", help="image: rank images (best box each); region: rank regions."),
+    path_glob: str | None = typer.Option(None, "--path", help="Only paths matching this glob (e.g. '*/2024/*')."),
+    path_prefix: str | None = typer.Option(None, "--under", help="Only paths under this folder."),
+    captured_after: str | None = typer.Option(
+        None, "--taken-after", help="Capture time (EXIF) on or after YYYY-MM-DD."
+    ),
+    captured_before: str | None = typer.Option(None, "--taken-before", help="Capture time (EXIF) before YYYY-MM-DD."),
+    modified_after: str | None = typer.Option(None, "--modified-after", help="File modified on or after YYYY-MM-DD."),
+    modified_before: str | None = typer.Option(None, "--modified-before", help="File modified before YYYY-MM-DD."),
+    min_score: float | None = typer.Option(None, "--min-score", help="Drop results scoring below this."),
+    w_global: float = typer.Option(0.5, "--w-global", help="Fusion weight of the whole-image score."),
+    w_region: float = typer.Option(0.5, "--w-region", help="Fusion weight of the best-region score."),
+    w_negative: float = typer.Option(0.5, "--w-not", help="Weight of the --not penalty."),
+    text_path: str | None = typer.Option(None, "--text-path", help="Force the short (77) or long (248) text path."),
+    json_out: bool = typer.Option(False, "--json", help="Print results as JSON (schema in README)."),
+    paths_out: bool = typer.Option(False, "--paths", help="Print one path per line."),
+    show: Path | None = typer.Option(None, "--show", help="Write a PNG contact sheet with the boxes drawn."),
+    html_out: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML page of the results."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
+) -> None:
+    """Search the library: ranked images and the matching region."""
+    import json
+
+    from fgsearch.boxes import Box
+    from fgsearch.library import Library
+    from fgsearch.search import Filters, FusionWeights, QueryInfo, SearchQuery, run_search
+
+    if box is not None and image is None:
+        _fail("--box needs --image (the box is a region of the query image)")
+    if text_path not in (None, "short", "long"):
+        _fail("--text-path must be short or long")
+    filters = Filters(
+        path_glob=path_glob,
+        path_prefix=str(Path(path_prefix).expanduser().resolve()) if path_prefix else None,
+        captured_after=_parse_time(captured_after, "--taken-after"),
+        captured_before=_parse_time(captured_before, "--taken-before"),
+        modified_after=_parse_time(modified_after, "--modified-after"),
+        modified_before=_parse_time(modified_before, "--modified-before"),
+        min_score=min_score,
+    )
+    q = SearchQuery(
+        text=text,
+        image=str(image) if image else None,
+        box=Box.parse(box) if box else None,
+        negative=negative,
+        k=top,
+        by=by,
+        filters=filters,
+        weights=FusionWeights(global_=w_global, region=w_region, negative=w_negative),
+        text_path=text_path,
+    )
+    info = QueryInfo()
+    with Library.open(library, read_only=True, device=device) as lib:
+        hits = run_search(lib, q, info)
+    console = _console(json_out)
+    for notice in info.notices:
+        console.print(f"notice: {notice}", highlight=False, markup=False)
+    if json_out:
+        typer.echo(
+            json.dumps(
+                {
+                    "query": {
+                        "text": text,
+                        "image": str(image) if image else None,
+                        "box": box,
+                        "not": negative,
+                        "by": by,
+                        "k": top,
+                        "text_path": info.text_path,
+                    },
+                    "results": [h.to_dict() for h in hits],
+                },
+                indent=2,
+            )
+        )
+    elif paths_out:
+        for h in hits:
+            typer.echo(h.path)
+    else:
+        from rich.table import Table
+
+        table = Table("rank", "score", "global", "region", "path", "box (x1,y1,x2,y2)")
+        for h in hits:
+            bx = ",".join(f"{v:.2f}" for v in h.box.as_tuple()) if h.box else "-"
+            rs = f"{h.region_score:.3f}" if h.region_score is not None else "-"
+            gs = "-" if h.global_score != h.global_score else f"{h.global_score:.3f}"
+            table.add_row(str(h.rank), f"{h.score:.3f}", gs, rs, h.path, bx)
+        console.print(table)
+        if not hits:
+            console.print("no results")
+    if show or html_out:
+        from fgsearch.render import RenderItem, contact_sheet, html_page
+
+        items = [RenderItem(h.path, f"#{h.rank} score {h.score:.3f}", h.box) for h in hits]
+        title = text or (f"image {image}" if image else "")
+        if show:
+            contact_sheet(items, show, title=title)
+            console.print(f"wrote {show}")
+        if html_out:
+            html_page(items, html_out, title=f"fgsearch: {title}")
+            console.print(f"wrote {html_out}")
+
+
+@app.command()
+@_errors
+def status(
+    library: Path | None = LIBRARY_OPT,
+    failed: bool = typer.Option(False, "--failed", help="List every file that could not be indexed, with the reason."),
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Counts, model, backend, sizes and failures of a library."""
+    import json
+
+    from fgsearch.library import Library
+
+    with Library.open(library, read_only=True) as lib:
+        st = lib.status()
+        fails = lib.failures() if failed else []
+    if json_out:
+        if failed:
+            st["failures"] = [{"path": p, "reason": r} for p, r in fails]
+        typer.echo(json.dumps(st, indent=2, default=str))
+        return
+    if failed:
+        for p, r in fails:
+            typer.echo(f"{p}\t{r}")
+        return
+    console = _console()
+    console.print(f"library  {st['library']}", highlight=False)
+    console.print(f"model    {st['model']} (dim {st['dim']}, ref {st['model_ref']})", highlight=False)
+    console.print(
+        f"backend  {st['backend']['kind']}   regions {st['regions']['proposer']} (max {st['regions']['max_regions']})",
+        highlight=False,
+    )
+    for k, v in st["counts"].items():
+        console.print(f"{k:<16} {v}", highlight=False)
+    console.print(f"vectors  global {st['vectors']['global']}, regions {st['vectors']['regions']}", highlight=False)
+
+
+@app.command()
+@_errors
+def doctor(
+    library: Path | None = LIBRARY_OPT,
+    repair: bool = typer.Option(False, "--repair", help="Fix disagreements (remove orphan vectors, re-queue images)."),
+) -> None:
+    """Check that the catalog and the vector indexes agree."""
+    from fgsearch.library import Library
+
+    with Library.open(library, read_only=not repair) as lib:
+        rep = lib.doctor(repair=repair)
+    for name in ("global", "regions"):
+        r = rep[name]
+        typer.echo(
+            f"{name}: catalog {r['catalog']}, index {r['index']}, orphan vectors {r['orphan_vectors']}, "
+            f"missing vectors {r['missing_vectors']}"
+        )
+    if rep["consistent"]:
+        typer.echo("ok: catalog and indexes agree")
+    elif rep["repaired"]:
+        typer.echo("repaired: run `fgsearch index` again to re-embed images whose vectors were missing")
+    else:
+        typer.echo("catalog and indexes disagree: run `fgsearch doctor --repair`")
+        raise typer.Exit(1)
 
 
 def main() -> None:

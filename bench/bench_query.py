@@ -1,0 +1,153 @@
+"""Query latency on a library of 1M region vectors (synthetic vectors in a real catalog).
+
+    python bench/bench_query.py [--images 62500] [--regions-per-image 16] [--queries 50]
+
+Builds (once, kept in --work) a library whose catalog holds --images images with
+--regions-per-image boxes each (1M region vectors by default) and whose FAISS indexes hold
+synthetic unit vectors with cluster structure (the same generator as bench_indexes.py: a mixture
+of clusters on the sphere). The text encoder is the fg-clip-base architecture with random weights.
+Prints warm p50/p95 of text encoding and of search + fusion + catalog lookup for a 20-word and a
+150-word query, and the cold time of a whole `fgsearch query` process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def clustered(n: int, dim: int, rng: np.random.Generator, centers: np.ndarray) -> np.ndarray:
+    c = centers[rng.integers(0, len(centers), n)]
+    v = c + rng.normal(0, 0.6 / np.sqrt(dim), (n, dim)).astype(np.float32) * np.sqrt(dim) * 0.05
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v.astype(np.float32)
+
+
+def build(work: Path, n_images: int, per: int, dim: int, model_dir: Path) -> Path:
+    from fgsearch.library import Library
+    from fgsearch.regions import RegionSettings
+
+    lib_dir = work / "lib"
+    if (lib_dir / "catalog.sqlite").exists():
+        return lib_dir
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(2000, dim)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    t0 = time.perf_counter()
+    with Library.open(lib_dir, model=str(model_dir), regions=RegionSettings(proposer="grid", max_regions=per)) as lib:
+        chunk = 2000
+        for s in range(0, n_images, chunk):
+            m = min(chunk, n_images - s)
+            items = []
+            for i in range(s, s + m):
+                boxes = [
+                    (0.05 * (j % 4), 0.05 * (j // 4), 0.5 + 0.05 * (j % 4), 0.5 + 0.05 * (j // 4)) for j in range(per)
+                ]
+                items.append(
+                    {
+                        "sha256": f"{i:064x}",
+                        "width": 1024,
+                        "height": 768,
+                        "captured_at": None,
+                        "boxes": boxes,
+                        "proposer": "grid",
+                    }
+                )
+            cids, rids = lib.catalog.reserve_contents(items)
+            lib.global_index.add(np.asarray(cids, np.int64), clustered(m, dim, rng, centers))
+            flat = np.asarray([r for rr in rids for r in rr], np.int64)
+            lib.region_index.add(flat, clustered(len(flat), dim, rng, centers))
+            lib.global_index.flush()
+            lib.region_index.flush()
+            files = [
+                (f"/photos/{i // 1000:03d}/img_{i:07d}.jpg", 100_000, 1_700_000_000_000_000_000)
+                for i in range(s, s + m)
+            ]
+            lib.catalog.confirm_contents(cids, files, 1)
+            print(f"\r  built {s + m}/{n_images} images", end="", flush=True)
+        lib.global_index.save()
+        lib.region_index.save()
+    print(f"\nbuilt library with {n_images} images / {n_images * per} regions in {time.perf_counter() - t0:.0f}s")
+    return lib_dir
+
+
+def pct(xs: list[float], p: float) -> float:
+    return float(np.percentile(xs, p))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=62_500)
+    ap.add_argument("--regions-per-image", type=int, default=16)
+    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fgsearch-bench-query")
+    args = ap.parse_args()
+
+    import torch
+
+    from fgsearch.library import Library
+    from fgsearch.model import FGCLIP, FGCLIPConfig, save_model
+    from fgsearch.search import QueryInfo, SearchQuery, run_search
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    model_dir = args.work / "model"
+    if not (model_dir / "model.safetensors").exists():
+        torch.manual_seed(0)
+        save_model(FGCLIP(FGCLIPConfig.base()), model_dir)
+    lib_dir = build(args.work, args.images, args.regions_per_image, 512, model_dir)
+    rng = np.random.default_rng(1)
+    words = (
+        "red ceramic mug left of an open silver laptop next to a potted cactus on a wooden desk under "
+        "a window with white curtains and a striped towel"
+    ).split()
+    print(f"torch threads={torch.get_num_threads()}")
+    with Library.open(lib_dir, read_only=True) as lib:
+        print(f"library: {lib.global_index.count()} images, {lib.region_index.count()} region vectors")
+        for n_words in (20, 150):
+            enc_ms, search_ms = [], []
+            for qi in range(args.queries + 3):
+                text = " ".join(rng.choice(words, n_words))
+                info = QueryInfo()
+                run_search(lib, SearchQuery(text=text, k=10), info)
+                if qi >= 3:  # warm-up
+                    enc_ms.append(info.encode_ms)
+                    search_ms.append(info.search_ms)
+            total = [a + b for a, b in zip(enc_ms, search_ms, strict=True)]
+            print(
+                f"{n_words:>3}-word query ({info.text_path} path): text encoding p50 {pct(enc_ms, 50):.1f} ms "
+                f"p95 {pct(enc_ms, 95):.1f} | search+fusion+lookup p50 {pct(search_ms, 50):.1f} ms "
+                f"p95 {pct(search_ms, 95):.1f} | end-to-end p50 {pct(total, 50):.1f} ms p95 {pct(total, 95):.1f}"
+            )
+    cold = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fgsearch",
+                "query",
+                "a red mug left of a laptop",
+                "--library",
+                str(lib_dir),
+                "--paths",
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ},
+        )
+        cold.append(time.perf_counter() - t0)
+    print(f"cold `fgsearch query` process: median {statistics.median(cold):.2f}s over 3 runs")
+    print("targets: search+fusion+lookup <= 20 ms p50; warm end-to-end <= 150 ms p50 (20-word query)")
+
+
+if __name__ == "__main__":
+    main()

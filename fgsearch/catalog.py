@@ -1,0 +1,680 @@
+"""The SQLite catalog (SQLAlchemy): files, image contents, regions, settings, runs.
+
+Vectors are keyed by CONTENT, not by path: several files (duplicates, or a file that moved) share
+one ``contents`` row, whose id is its global-vector id; each ``regions`` row id is a region-vector
+id. Ids are AUTOINCREMENT, so an id is never reused after a delete and an orphan vector left by a
+crash can never be mistaken for a new image.
+
+Durability: WAL journal with ``synchronous=NORMAL``. A killed process never loses a committed
+transaction in WAL mode; an OS crash may roll back the last commits, which the ingest protocol
+tolerates (unconfirmed contents stay ``pending`` and are recovered). Readers work while a writer
+writes (WAL), with a busy timeout for the short moments the writer holds the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from fgsearch.boxes import Box
+from fgsearch.errors import LibraryError, LibraryLockedError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+_CHUNK = 30_000  # SQLite bound-parameter limit is 32,766
+
+metadata = sa.MetaData()
+meta_t = sa.Table("meta", metadata, sa.Column("key", sa.String, primary_key=True), sa.Column("value", sa.Text))
+contents_t = sa.Table(
+    "contents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("captured_at", sa.DateTime, nullable=True),
+    sa.Column("state", sa.String(8), nullable=False),  # pending | ok
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Index("ix_contents_captured", "captured_at"),
+    sqlite_autoincrement=True,
+)
+regions_t = sa.Table(
+    "regions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("content_id", sa.Integer, sa.ForeignKey("contents.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("x1", sa.Float, nullable=False),
+    sa.Column("y1", sa.Float, nullable=False),
+    sa.Column("x2", sa.Float, nullable=False),
+    sa.Column("y2", sa.Float, nullable=False),
+    sa.Column("proposer", sa.String(16), nullable=False),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("score", sa.Float, nullable=True),  # schema v2
+    sa.Index("ix_regions_content", "content_id"),
+    sqlite_autoincrement=True,
+)
+files_t = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("path", sa.Text, nullable=False, unique=True),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("mtime_ns", sa.Integer, nullable=False),
+    sa.Column("content_id", sa.Integer, sa.ForeignKey("contents.id", ondelete="SET NULL"), nullable=True),
+    sa.Column("status", sa.String(8), nullable=False),  # ok | failed
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("seen_run", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Index("ix_files_content", "content_id"),
+    sqlite_autoincrement=True,
+)
+runs_t = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime, nullable=True),
+    sa.Column("summary", sa.Text, nullable=True),
+    sqlite_autoincrement=True,
+)
+
+
+def _pk(result: Any) -> int:
+    """The primary key an INSERT produced."""
+    return int(result.inserted_primary_key[0])
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _migrate_1_to_2(conn: sa.Connection) -> None:
+    """v2 adds a proposal score to each region."""
+    conn.exec_driver_sql("ALTER TABLE regions ADD COLUMN score FLOAT")
+
+
+MIGRATIONS = {1: _migrate_1_to_2}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model a library was built with; vectors from another model are never mixed in."""
+
+    name: str
+    ref: str  # revision or checkpoint fingerprint
+    dim: int
+    image_size: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ref": self.ref, "dim": self.dim, "image_size": list(self.image_size)}
+
+
+@dataclass(frozen=True)
+class FileState:
+    size: int
+    mtime_ns: int
+    status: str
+
+
+@dataclass(frozen=True)
+class ContentRow:
+    """An indexed image: one representative path (the first by name) and every path with its bytes."""
+
+    id: int
+    path: str
+    paths: tuple[str, ...]
+    width: int
+    height: int
+    captured_at: datetime | None
+
+
+def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class WriteLock:
+    """Exclusive writer lock on ``<library>/lock`` (flock: released by the kernel if the holder dies)."""
+
+    def __init__(self, lib_dir: Path) -> None:
+        self.path = Path(lib_dir) / "lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                pid = os.pread(fd, 32, 0).decode(errors="ignore").strip() or "?"
+            finally:
+                os.close(fd)
+            raise LibraryLockedError(
+                f"library {self.path.parent} is locked by PID {pid} (another fgsearch is indexing it); "
+                "wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+
+class Catalog:
+    """Typed access to one library's SQLite catalog. Writers are single-threaded; readers may be many."""
+
+    def __init__(self, engine: sa.Engine, path: Path, read_only: bool) -> None:
+        self.engine = engine
+        self.path = path
+        self.read_only = read_only
+        self._pending_files: list[dict[str, Any]] = []
+        self._pending_links: list[tuple[str, int, int, str, int]] = []
+        self._pending_seen: list[tuple[list[str], int]] = []
+        self.last_sweep_files = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], create: bool = False, read_only: bool = False) -> Catalog:
+        p = Path(path)
+        if not p.exists() and not create:
+            raise LibraryError(f"no catalog at {p}; create the library with `fgsearch index PHOTOS`")
+        if read_only:
+            url = f"sqlite:///file:{p}?mode=ro&uri=true"
+        else:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{p}"
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if not read_only:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        cat = cls(engine, p, read_only)
+        try:
+            cat._prepare_schema(create)
+        except sa.exc.DatabaseError as e:
+            engine.dispose()
+            raise LibraryError(
+                f"catalog {p} is not a readable SQLite database ({e.orig}); restore it or --reindex"
+            ) from e
+        except BaseException:
+            engine.dispose()
+            raise
+        return cat
+
+    def _prepare_schema(self, create: bool) -> None:
+        with self.engine.connect() as conn:
+            has_meta = sa.inspect(conn).has_table("meta")
+        if not has_meta:
+            if self.read_only or not create:
+                raise LibraryError(f"catalog {self.path} is empty; index some images first")
+            with self.engine.begin() as conn:
+                metadata.create_all(conn)
+                conn.execute(sa.insert(meta_t).values(key="schema_version", value=json.dumps(SCHEMA_VERSION)))
+            return
+        version = int(self.get_meta().get("schema_version", 1))
+        if version > SCHEMA_VERSION:
+            raise LibraryError(
+                f"catalog {self.path} has schema v{version}, newer than this fgsearch supports "
+                f"(v{SCHEMA_VERSION}); upgrade fgsearch"
+            )
+        if version < SCHEMA_VERSION:
+            if self.read_only:
+                raise LibraryError(
+                    f"catalog {self.path} has schema v{version}; run `fgsearch index` once to upgrade it "
+                    f"to v{SCHEMA_VERSION}"
+                )
+            with self.engine.begin() as conn:
+                for v in range(version, SCHEMA_VERSION):
+                    logger.info("migrating catalog %s: v%d -> v%d", self.path, v, v + 1)
+                    MIGRATIONS[v](conn)
+                conn.execute(
+                    sa.update(meta_t).where(meta_t.c.key == "schema_version").values(value=json.dumps(SCHEMA_VERSION))
+                )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- settings --------------------------------------------------------------------------
+    def get_meta(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(meta_t.c.key, meta_t.c.value)).all()
+        return {k: json.loads(v) for k, v in rows}
+
+    def set_meta(self, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            for k, v in values.items():
+                stmt = sqlite_insert(meta_t).values(key=k, value=json.dumps(v))
+                conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value}))
+
+    def init_library(self, model: ModelInfo, regions: dict[str, Any], backend: dict[str, Any]) -> None:
+        from fgsearch import __version__
+
+        self.set_meta(
+            model_name=model.name,
+            model_ref=model.ref,
+            dim=model.dim,
+            image_size=list(model.image_size),
+            regions=regions,
+            backend=backend,
+            created_at=_now().isoformat(),
+            fgsearch_version=__version__,
+        )
+
+    def check_model(self, model: ModelInfo) -> None:
+        """Refuse a model other than the one that built the library."""
+        m = self.get_meta()
+        same = (
+            m.get("dim") == model.dim
+            and m.get("model_ref") == model.ref
+            and (m.get("model_name") == model.name or bool(model.ref))
+        )
+        if not same:
+            raise LibraryError(
+                f"library {self.path.parent} was built with model {m.get('model_name')} (dim {m.get('dim')}, ref "
+                f"{m.get('model_ref') or '-'}); this run uses {model.name} (dim {model.dim}, ref {model.ref or '-'}). "
+                "Use the same --model, --reindex to rebuild the library, or --library to choose another"
+            )
+
+    # ---- runs ------------------------------------------------------------------------------
+    def begin_run(self) -> int:
+        with self.engine.begin() as conn:
+            return _pk(conn.execute(sa.insert(runs_t).values(started_at=_now())))
+
+    def end_run(self, run_id: int, summary: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(runs_t).where(runs_t.c.id == run_id).values(finished_at=_now(), summary=json.dumps(summary))
+            )
+
+    # ---- files -----------------------------------------------------------------------------
+    def file_states(self, paths: Sequence[str]) -> dict[str, FileState]:
+        out: dict[str, FileState] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(paths)):
+                q = sa.select(files_t.c.path, files_t.c.size, files_t.c.mtime_ns, files_t.c.status).where(
+                    files_t.c.path.in_(chunk)
+                )
+                for p, size, mtime, status in conn.execute(q):
+                    out[p] = FileState(size, mtime, status)
+        return out
+
+    def record_failure(self, path: str, size: int, mtime_ns: int, reason: str, run_id: int) -> None:
+        self._pending_files.append(
+            {
+                "path": path,
+                "size": size,
+                "mtime_ns": mtime_ns,
+                "content_id": None,
+                "status": "failed",
+                "reason": reason,
+                "seen_run": run_id,
+            }
+        )
+
+    def mark_seen(self, paths: Sequence[str], run_id: int) -> None:
+        if paths:
+            self._pending_seen.append((list(paths), run_id))
+
+    def link_file(self, path: str, size: int, mtime_ns: int, sha256: str, run_id: int) -> None:
+        """Point a file at already-embedded content with the same bytes (rename, move, duplicate)."""
+        self._pending_links.append((path, size, mtime_ns, sha256, run_id))
+
+    def commit(self) -> None:
+        """Write buffered failures, links and seen-marks in one transaction."""
+        if not (self._pending_files or self._pending_links or self._pending_seen):
+            return
+        with self.engine.begin() as conn:
+            rows = list(self._pending_files)
+            for path, size, mtime, sha, run_id in self._pending_links:
+                cid = conn.execute(
+                    sa.select(contents_t.c.id).where(contents_t.c.sha256 == sha, contents_t.c.state == "ok")
+                ).scalar()
+                if cid is None:
+                    rows.append(
+                        {
+                            "path": path,
+                            "size": size,
+                            "mtime_ns": mtime,
+                            "content_id": None,
+                            "status": "failed",
+                            "reason": "content vanished during indexing; run again",
+                            "seen_run": run_id,
+                        }
+                    )
+                else:
+                    rows.append(
+                        {
+                            "path": path,
+                            "size": size,
+                            "mtime_ns": mtime,
+                            "content_id": cid,
+                            "status": "ok",
+                            "reason": None,
+                            "seen_run": run_id,
+                        }
+                    )
+            self._upsert_files(conn, rows)
+            for paths, run_id in self._pending_seen:
+                for chunk in _chunks(paths):
+                    conn.execute(sa.update(files_t).where(files_t.c.path.in_(chunk)).values(seen_run=run_id))
+        self._pending_files.clear()
+        self._pending_links.clear()
+        self._pending_seen.clear()
+
+    @staticmethod
+    def _upsert_files(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        now = _now()
+        for r in rows:
+            r["updated_at"] = now
+        stmt = sqlite_insert(files_t)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["path"],
+            set_={
+                c: stmt.excluded[c]
+                for c in ("size", "mtime_ns", "content_id", "status", "reason", "seen_run", "updated_at")
+            },
+        )
+        for chunk in _chunks(rows, 2000):
+            conn.execute(stmt, list(chunk))
+
+    # ---- contents --------------------------------------------------------------------------
+    def content_hashes(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(contents_t.c.sha256).where(contents_t.c.state == "ok")).scalars())
+
+    def reserve_contents(self, items: Sequence[dict[str, Any]]) -> tuple[list[int], list[list[int]]]:
+        """Insert contents (state ``pending``) and their regions; returns their ids (committed)."""
+        now = _now()
+        region_ids: list[list[int]] = []
+        if not items:
+            return [], []
+        with self.engine.begin() as conn:
+            rows = [
+                {
+                    "sha256": it["sha256"],
+                    "width": it["width"],
+                    "height": it["height"],
+                    "captured_at": it.get("captured_at"),
+                    "state": "pending",
+                    "created_at": now,
+                }
+                for it in items
+            ]
+            ins = sa.insert(contents_t).returning(contents_t.c.id, sort_by_parameter_order=True)
+            content_ids = [int(r[0]) for r in conn.execute(ins, rows)]
+            region_rows = []
+            for cid, it in zip(content_ids, items, strict=True):
+                scores = it.get("scores") or [None] * len(it["boxes"])
+                for rank, (b, sc) in enumerate(zip(it["boxes"], scores, strict=True)):
+                    region_rows.append(
+                        {
+                            "content_id": cid,
+                            "x1": float(b[0]),
+                            "y1": float(b[1]),
+                            "x2": float(b[2]),
+                            "y2": float(b[3]),
+                            "proposer": it["proposer"],
+                            "rank": rank,
+                            "score": sc,
+                        }
+                    )
+            flat: list[int] = []
+            if region_rows:
+                ins_r = sa.insert(regions_t).returning(regions_t.c.id, sort_by_parameter_order=True)
+                flat = [int(r[0]) for r in conn.execute(ins_r, region_rows)]
+            pos = 0
+            for it in items:
+                region_ids.append(flat[pos : pos + len(it["boxes"])])
+                pos += len(it["boxes"])
+        return content_ids, region_ids
+
+    def confirm_contents(self, content_ids: Sequence[int], files: Sequence[tuple[str, int, int]], run_id: int) -> None:
+        """Mark contents ``ok`` and write their file rows, in one transaction."""
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(content_ids)):
+                conn.execute(sa.update(contents_t).where(contents_t.c.id.in_(chunk)).values(state="ok"))
+            self._upsert_files(
+                conn,
+                [
+                    {
+                        "path": p,
+                        "size": s,
+                        "mtime_ns": m,
+                        "content_id": cid,
+                        "status": "ok",
+                        "reason": None,
+                        "seen_run": run_id,
+                    }
+                    for cid, (p, s, m) in zip(content_ids, files, strict=True)
+                ],
+            )
+
+    def pending_contents(self) -> tuple[list[int], list[int]]:
+        with self.engine.connect() as conn:
+            cids = list(conn.execute(sa.select(contents_t.c.id).where(contents_t.c.state == "pending")).scalars())
+        return cids, self.region_ids_of(cids)
+
+    def drop_contents(
+        self, content_ids: Sequence[int], keep_files_for_reindex: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """Delete contents (their regions go too). With ``keep_files_for_reindex`` their files are
+        reset so the next index run embeds them again."""
+        rids = self.region_ids_of(content_ids)
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(content_ids)):
+                if keep_files_for_reindex:
+                    conn.execute(
+                        sa.update(files_t).where(files_t.c.content_id.in_(chunk)).values(mtime_ns=-1, content_id=None)
+                    )
+                conn.execute(sa.delete(regions_t).where(regions_t.c.content_id.in_(chunk)))
+                conn.execute(sa.delete(contents_t).where(contents_t.c.id.in_(chunk)))
+        return list(content_ids), rids
+
+    def sweep(self, run_id: int, roots: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Delete files under ``roots`` not seen in ``run_id``, then contents no file uses any more.
+
+        Returns the removed content ids and region ids (to remove from the vector indexes)."""
+        removed_files = 0
+        with self.engine.begin() as conn:
+            for root in roots:
+                root = root.rstrip(os.sep) or os.sep
+                under = sa.or_(
+                    files_t.c.path == root,
+                    sa.func.substr(files_t.c.path, 1, len(root) + 1) == root.rstrip(os.sep) + os.sep,
+                )
+                res = conn.execute(sa.delete(files_t).where(under, files_t.c.seen_run != run_id))
+                removed_files += res.rowcount or 0
+            orphan = sa.select(contents_t.c.id).where(
+                contents_t.c.state == "ok",
+                ~sa.exists().where(files_t.c.content_id == contents_t.c.id),
+            )
+            cids = list(conn.execute(orphan).scalars())
+        self.last_sweep_files = removed_files
+        if not cids:
+            return [], []
+        return self.drop_contents(cids)
+
+    # ---- reading ---------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+
+            def one(q: Any) -> int:
+                return int(conn.execute(q).scalar() or 0)
+
+            return {
+                "files_ok": one(sa.select(sa.func.count()).select_from(files_t).where(files_t.c.status == "ok")),
+                "files_failed": one(
+                    sa.select(sa.func.count()).select_from(files_t).where(files_t.c.status == "failed")
+                ),
+                "images": one(sa.select(sa.func.count()).select_from(contents_t).where(contents_t.c.state == "ok")),
+                "regions": one(sa.select(sa.func.count()).select_from(regions_t)),
+                "bytes_indexed": one(sa.select(sa.func.sum(files_t.c.size)).where(files_t.c.status == "ok")),
+                "catalog_bytes": self.path.stat().st_size if self.path.exists() else 0,
+            }
+
+    def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
+        q = sa.select(files_t.c.path, files_t.c.reason).where(files_t.c.status == "failed").order_by(files_t.c.path)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            return [(p, r or "") for p, r in conn.execute(q)]
+
+    def all_vector_ids(self) -> tuple[list[int], list[int]]:
+        with self.engine.connect() as conn:
+            cids = list(conn.execute(sa.select(contents_t.c.id).where(contents_t.c.state == "ok")).scalars())
+            rids = list(
+                conn.execute(sa.select(regions_t.c.id).join(contents_t).where(contents_t.c.state == "ok")).scalars()
+            )
+        return cids, rids
+
+    def region_ids_of(self, content_ids: Sequence[int]) -> list[int]:
+        out: list[int] = []
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(content_ids)):
+                out.extend(conn.execute(sa.select(regions_t.c.id).where(regions_t.c.content_id.in_(chunk))).scalars())
+        return out
+
+    def contents_of_regions(self, region_ids: Sequence[int]) -> list[int]:
+        """Content ids owning the given regions, unique, in the order of first appearance."""
+        owner: dict[int, int] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(region_ids)):
+                q = sa.select(regions_t.c.id, regions_t.c.content_id).where(regions_t.c.id.in_(chunk))
+                owner.update((int(r), int(c)) for r, c in conn.execute(q))
+        seen: dict[int, None] = {}
+        for rid in region_ids:
+            if rid in owner:
+                seen.setdefault(owner[rid], None)
+        return list(seen)
+
+    def contents_by_ids(self, ids: Sequence[int]) -> list[ContentRow]:
+        """Indexed images for ids (in the given order), skipping ids without an ok file."""
+        found: dict[int, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(ids)):
+                q = (
+                    sa.select(
+                        contents_t.c.id,
+                        contents_t.c.width,
+                        contents_t.c.height,
+                        contents_t.c.captured_at,
+                        files_t.c.path,
+                    )
+                    .join(files_t, files_t.c.content_id == contents_t.c.id)
+                    .where(contents_t.c.id.in_(chunk), contents_t.c.state == "ok", files_t.c.status == "ok")
+                    .order_by(contents_t.c.id, files_t.c.path)
+                )
+                for cid, w, h, cap, path in conn.execute(q):
+                    row = found.setdefault(cid, {"w": w, "h": h, "cap": cap, "paths": []})
+                    row["paths"].append(path)
+        return [
+            ContentRow(
+                cid,
+                found[cid]["paths"][0],
+                tuple(found[cid]["paths"]),
+                found[cid]["w"],
+                found[cid]["h"],
+                found[cid]["cap"],
+            )
+            for cid in ids
+            if cid in found
+        ]
+
+    def regions_for_contents(self, content_ids: Sequence[int]) -> dict[int, list[tuple[int, Box]]]:
+        out: dict[int, list[tuple[int, Box]]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(content_ids)):
+                q = (
+                    sa.select(
+                        regions_t.c.content_id,
+                        regions_t.c.id,
+                        regions_t.c.x1,
+                        regions_t.c.y1,
+                        regions_t.c.x2,
+                        regions_t.c.y2,
+                    )
+                    .where(regions_t.c.content_id.in_(chunk))
+                    .order_by(regions_t.c.content_id, regions_t.c.rank)
+                )
+                for cid, rid, x1, y1, x2, y2 in conn.execute(q):
+                    out.setdefault(cid, []).append((rid, Box(x1, y1, x2, y2)))
+        return out
+
+    def regions_by_ids(self, region_ids: Sequence[int]) -> dict[int, tuple[Box, ContentRow]]:
+        boxes: dict[int, tuple[int, Box]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(region_ids)):
+                q = sa.select(
+                    regions_t.c.id,
+                    regions_t.c.content_id,
+                    regions_t.c.x1,
+                    regions_t.c.y1,
+                    regions_t.c.x2,
+                    regions_t.c.y2,
+                ).where(regions_t.c.id.in_(chunk))
+                for rid, cid, x1, y1, x2, y2 in conn.execute(q):
+                    boxes[rid] = (cid, Box(x1, y1, x2, y2))
+        rows = {r.id: r for r in self.contents_by_ids(sorted({c for c, _ in boxes.values()}))}
+        return {rid: (box, rows[cid]) for rid, (cid, box) in boxes.items() if cid in rows}
+
+    def filter_contents(
+        self,
+        *,
+        path_glob: str | None = None,
+        path_prefix: str | None = None,
+        captured_after: datetime | None = None,
+        captured_before: datetime | None = None,
+        modified_after: datetime | None = None,
+        modified_before: datetime | None = None,
+    ) -> list[int]:
+        """Content ids with at least one ok file matching every given condition."""
+        conds: list[Any] = [contents_t.c.state == "ok", files_t.c.status == "ok"]
+        if path_glob:
+            conds.append(files_t.c.path.op("GLOB")(path_glob))
+        if path_prefix:
+            prefix = path_prefix.rstrip(os.sep) + os.sep
+            conds.append(sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix)
+        if captured_after:
+            conds.append(contents_t.c.captured_at >= captured_after)
+        if captured_before:
+            conds.append(contents_t.c.captured_at < captured_before)
+        if modified_after:
+            conds.append(files_t.c.mtime_ns >= int(modified_after.timestamp() * 1e9))
+        if modified_before:
+            conds.append(files_t.c.mtime_ns < int(modified_before.timestamp() * 1e9))
+        q = sa.select(contents_t.c.id).distinct().join(files_t, files_t.c.content_id == contents_t.c.id).where(*conds)
+        with self.engine.connect() as conn:
+            return list(conn.execute(q).scalars())

@@ -1,0 +1,93 @@
+"""Reading one image file safely: every way a file can be bad becomes a short reason.
+
+:func:`load_image` reads the bytes once (they are hashed by the caller and decoded here), checks
+the pixel count against ``max_megapixels`` BEFORE decoding pixels (decompression bombs), fully
+decodes (truncated data is an error, never silently padded), applies EXIF orientation and returns
+an 8-bit RGB image. Animated images and multi-page TIFFs give their first frame.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+
+from PIL import Image, UnidentifiedImageError
+
+from fgsearch.errors import ImageError
+from fgsearch.model.preprocess import to_rgb
+
+logger = logging.getLogger(__name__)
+
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL = 0x9003
+_DATETIME = 0x0132
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image as displayed (EXIF-oriented RGB), with its displayed size and capture time."""
+
+    image: Image.Image
+    width: int
+    height: int
+    captured_at: datetime | None
+
+
+def _captured_at(img: Image.Image) -> datetime | None:
+    try:
+        exif = img.getexif()
+        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
+        if not raw:
+            return None
+        text = raw.decode(errors="ignore") if isinstance(raw, bytes) else str(raw)
+        return datetime.strptime(text.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except Exception:  # EXIF is often broken; a bad date never fails the image
+        return None
+
+
+def load_image(
+    data: bytes, *, max_megapixels: float = 100.0, min_side: int = 16, draft: tuple[int, int] | None = None
+) -> LoadedImage:
+    """Decode image bytes or raise :class:`ImageError` with a short, actionable reason.
+
+    ``draft`` (height, width): let JPEG decode at a reduced scale no smaller than twice this size
+    (much faster for big photos; pixels then differ slightly from a full decode + resize).
+    """
+    if not data:
+        raise ImageError("file is empty (zero bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_megapixels * 1e6:
+                raise ImageError(
+                    f"image is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the {max_megapixels:g} limit "
+                    "(possible decompression bomb); raise it with --max-megapixels"
+                )
+            if draft is not None and img.format == "JPEG":
+                img.draft("RGB", (draft[1] * 2, draft[0] * 2))
+            img.seek(0)
+            img.load()
+            rgb = to_rgb(img)
+            captured = _captured_at(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"image is too large (possible decompression bomb): {e}; raise --max-megapixels") from e
+    except UnidentifiedImageError as e:
+        raise ImageError("not an image Pillow can read (unknown format or corrupt header)") from e
+    except OSError as e:
+        msg = str(e)
+        if "truncated" in msg.lower():
+            raise ImageError(f"truncated image data ({msg})") from e
+        raise ImageError(f"corrupt image data ({msg})") from e
+    except (ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as e:
+        raise ImageError(f"corrupt image data ({type(e).__name__}: {e})") from e
+    width, height = rgb.size
+    if min(width, height) < min_side:
+        raise ImageError(f"image is too small ({width}x{height} px; minimum {min_side} px, see --min-side)")
+    return LoadedImage(image=rgb, width=width, height=height, captured_at=captured)

@@ -1,0 +1,342 @@
+"""The indexing pipeline: walk -> read + hash -> decode + preprocess (worker threads) ->
+batched forward pass (global + regions) -> vectors and catalog rows committed together.
+
+Consistency protocol, per batch of new images:
+
+1. the catalog reserves content and region ids in state ``pending`` (commit);
+2. the vectors go into both vector indexes, which are flushed (journaled, fsynced);
+3. the catalog marks the contents ``ok`` and writes their file rows (commit).
+
+A crash between 1 and 3 leaves ``pending`` rows; the next writer removes their ids from the
+indexes and drops them before doing anything else (:func:`recover`). Ids are never reused, so an
+orphan vector can never be mistaken for a new image. Unchanged files (same path, size and mtime)
+are skipped without being read; a file whose bytes hash to known content is linked to that
+content's vectors without decoding (renames, moves, duplicates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fgsearch.errors import FgsearchError, ImageError
+from fgsearch.regions import RegionSettings, SidecarBoxes, propose
+
+if TYPE_CHECKING:
+    from fgsearch.library import Library
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """What ``fgsearch index`` does; defaults are what a user expects."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    hidden: bool = False
+    prune: bool = True
+    retry_failed: bool = False
+    batch_size: int = 32
+    workers: int = 0  # decode threads; 0 = min(8, CPU count)
+    max_megapixels: float = 100.0
+    min_side: int = 16
+    fast_decode: bool = False  # JPEG draft decoding: faster, not bit-exact with the reference resize
+
+    def resolved_workers(self) -> int:
+        return self.workers if self.workers > 0 else min(8, os.cpu_count() or 2)
+
+
+@dataclass
+class IndexReport:
+    """Counts of one run, and the failures it recorded (path, reason)."""
+
+    scanned: int = 0
+    unchanged: int = 0
+    indexed: int = 0
+    reused: int = 0
+    failed: int = 0
+    pruned: int = 0
+    regions: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scanned": self.scanned,
+            "unchanged": self.unchanged,
+            "indexed": self.indexed,
+            "reused": self.reused,
+            "failed": self.failed,
+            "pruned": self.pruned,
+            "regions": self.regions,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "failures": [{"path": p, "reason": r} for p, r in self.failures],
+        }
+
+
+@dataclass
+class _Prepared:
+    kind: str  # "new", "reuse", "failed"
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str = ""
+    pixels: np.ndarray | None = None
+    width: int = 0
+    height: int = 0
+    captured_at: Any = None
+    boxes: np.ndarray | None = None
+    reason: str = ""
+
+
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def _prepare(
+    entry: Any, known: set[str], lib: Library, opts: IndexOptions, root: str | None, sidecar: SidecarBoxes | None
+) -> _Prepared:
+    """Worker: read, hash, decode and preprocess one file (never raises for a bad file)."""
+    from fgsearch.decode import load_image
+
+    base = _Prepared("failed", entry.path, entry.size, entry.mtime_ns)
+    try:
+        with open(entry.path, "rb") as f:
+            data = f.read()
+    except PermissionError:
+        base.reason = "permission denied; make the file readable (chmod +r)"
+        return base
+    except OSError as e:
+        base.reason = f"cannot read: {e.strerror or e}"
+        return base
+    sha = hashlib.sha256(data).hexdigest()
+    base.sha256 = sha
+    if sha in known:
+        base.kind = "reuse"
+        return base
+    try:
+        loaded = load_image(
+            data,
+            max_megapixels=opts.max_megapixels,
+            min_side=opts.min_side,
+            draft=lib.encoder.transform.image_size if opts.fast_decode else None,
+        )
+        base.pixels = lib.encoder.transform.to_array(loaded.image)
+        base.width, base.height, base.captured_at = loaded.width, loaded.height, loaded.captured_at
+        if sidecar is not None:
+            from fgsearch.boxes import boxes_array
+
+            base.boxes = boxes_array(sidecar.boxes_for(entry.path, root, loaded.width, loaded.height))
+    except ImageError as e:
+        base.reason = str(e)
+        return base
+    except FgsearchError as e:
+        base.reason = str(e)
+        return base
+    except Exception as e:  # a decoder bug on one odd file must not stop the run
+        logger.debug("unexpected error on %s", entry.path, exc_info=True)
+        base.reason = f"cannot decode ({type(e).__name__}: {e})"
+        return base
+    base.kind = "new"
+    return base
+
+
+def _ordered(
+    pool: ThreadPoolExecutor, fn: Callable[[Any], _Prepared], items: Sequence[Any], ahead: int
+) -> Iterator[_Prepared]:
+    """Map ``fn`` over items in worker threads, yielding in order with bounded look-ahead."""
+    pending: list[Future[_Prepared]] = []
+    it = iter(items)
+    for item in it:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        fut = pending.pop(0)
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.submit(fn, nxt))
+        yield fut.result()
+
+
+def run_index(
+    lib: Library,
+    roots: Sequence[str],
+    opts: IndexOptions,
+    progress: ProgressFn | None = None,
+    max_failures_listed: int = 20,
+) -> IndexReport:
+    """Index ``roots`` into an open, writable library; see the module docstring for guarantees."""
+    from fgsearch.scan import walk
+
+    t0 = time.perf_counter()
+    report = IndexReport()
+    cat = lib.catalog
+    settings = lib.region_settings
+    run_id = cat.begin_run()
+    roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
+    entries = []
+    for root in roots:
+        for entry in walk([root], include=opts.include, exclude=opts.exclude, hidden=opts.hidden):
+            entries.append((root, entry))
+    report.scanned = len(entries)
+    known_files = cat.file_states([e.path for _, e in entries if not e.error])
+    todo: list[tuple[str, Any]] = []
+    unchanged: list[str] = []
+    for root, e in entries:
+        if e.error:
+            cat.record_failure(e.path, e.size, e.mtime_ns, e.error, run_id)
+            _note_failure(report, e.path, e.error, max_failures_listed)
+            continue
+        st = known_files.get(e.path)
+        if (
+            st is not None
+            and st.size == e.size
+            and st.mtime_ns == e.mtime_ns
+            and (st.status == "ok" or (st.status == "failed" and not opts.retry_failed))
+        ):
+            unchanged.append(e.path)
+            if st.status == "failed":
+                report.failed += 1
+            continue
+        todo.append((root, e))
+    cat.mark_seen(unchanged, run_id)
+    report.unchanged = len(unchanged)
+    cat.commit()
+
+    sidecar = SidecarBoxes(settings.sidecar) if settings.proposer == "sidecar" and settings.sidecar else None
+    known = cat.content_hashes()
+    batch: list[_Prepared] = []
+    links: list[_Prepared] = []
+    in_batch: dict[str, _Prepared] = {}
+    done = 0
+    total = len(todo)
+    if progress:
+        progress("index", 0, total)
+
+    def flush_batch() -> None:
+        nonlocal batch, links
+        if batch:
+            report.regions += _embed_and_store(lib, batch, settings, run_id)
+            report.indexed += len(batch)
+            known.update(p.sha256 for p in batch)
+        if links:
+            for p in links:
+                cat.link_file(p.path, p.size, p.mtime_ns, p.sha256, run_id)
+            report.reused += len(links)
+            cat.commit()
+        batch, links = [], []
+        in_batch.clear()
+
+    def work(item: tuple[str, Any]) -> _Prepared:
+        root, e = item
+        return _prepare(e, known, lib, opts, root, sidecar)
+
+    with ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool:
+        for prep in _ordered(pool, work, todo, ahead=max(2 * opts.batch_size, 8)):
+            done += 1
+            if prep.kind == "failed":
+                cat.record_failure(prep.path, prep.size, prep.mtime_ns, prep.reason, run_id)
+                _note_failure(report, prep.path, prep.reason, max_failures_listed)
+            elif prep.kind == "reuse" or prep.sha256 in in_batch:
+                links.append(prep)
+            else:
+                batch.append(prep)
+                in_batch[prep.sha256] = prep
+            if len(batch) >= opts.batch_size:
+                flush_batch()
+            if progress:
+                progress("index", done, total)
+        flush_batch()
+    cat.commit()
+
+    if opts.prune:
+        removed_contents, removed_regions = cat.sweep(run_id, roots)
+        report.pruned = cat.last_sweep_files
+        if len(removed_contents) or len(removed_regions):
+            lib.global_index.remove(np.asarray(removed_contents, np.int64), missing="ignore")
+            lib.region_index.remove(np.asarray(removed_regions, np.int64), missing="ignore")
+            lib.global_index.flush()
+            lib.region_index.flush()
+    lib.global_index.save()
+    lib.region_index.save()
+    cat.end_run(run_id, report.to_dict())
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _note_failure(report: IndexReport, path: str, reason: str, limit: int) -> None:
+    report.failed += 1
+    if len(report.failures) < limit:
+        report.failures.append((path, reason))
+    logger.info("skipping %s: %s", path, reason)
+
+
+def _embed_and_store(lib: Library, batch: list[_Prepared], settings: RegionSettings, run_id: int) -> int:
+    """Forward pass for a batch, then the three-step commit. Returns the number of regions stored."""
+    enc = lib.encoder
+    pixels = np.stack([p.pixels for p in batch])  # type: ignore[misc]
+    if settings.needs_dense:
+
+        def proposer(i: int, dense: np.ndarray) -> np.ndarray:
+            given = batch[i].boxes
+            return propose(settings, dense, None)[0] if given is None else given[: settings.max_regions]
+
+        out, boxes = enc.encode_proposed(pixels, proposer)
+    else:
+        out = enc.encode_pixels(pixels, None)
+        boxes = [np.zeros((0, 4), np.float32) for _ in batch]
+    items = [
+        {
+            "sha256": p.sha256,
+            "width": p.width,
+            "height": p.height,
+            "captured_at": p.captured_at,
+            "boxes": [tuple(map(float, b)) for b in boxes[i]],
+            "proposer": settings.proposer,
+        }
+        for i, p in enumerate(batch)
+    ]
+    content_ids, region_ids = lib.catalog.reserve_contents(items)
+    lib.global_index.add(np.asarray(content_ids, np.int64), out.image)
+    flat_regions = [rid for rids in region_ids for rid in rids]
+    if flat_regions:
+        owners = [cid for cid, rids in zip(content_ids, region_ids, strict=True) for _ in rids]
+        ranks = [k for rids in region_ids for k in range(len(rids))]
+        lib.region_index.add(
+            np.asarray(flat_regions, np.int64),
+            np.concatenate(out.regions),
+            payload={"image_id": owners, "region": ranks},
+        )
+    lib.global_index.flush()
+    lib.region_index.flush()
+    files = [(p.path, p.size, p.mtime_ns) for p in batch]
+    lib.catalog.confirm_contents(content_ids, files, run_id)
+    return len(flat_regions)
+
+
+def recover(lib: Library) -> int:
+    """Undo batches a crashed writer left half-done (ids reserved, vectors maybe written)."""
+    content_ids, region_ids = lib.catalog.pending_contents()
+    if not content_ids:
+        return 0
+    logger.warning("recovering %d images from an interrupted run", len(content_ids))
+    lib.global_index.remove(np.asarray(content_ids, np.int64), missing="ignore")
+    lib.region_index.remove(np.asarray(region_ids, np.int64), missing="ignore")
+    lib.global_index.flush()
+    lib.region_index.flush()
+    lib.catalog.drop_contents(content_ids)
+    return len(content_ids)

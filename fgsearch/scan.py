@@ -1,0 +1,141 @@
+"""Walking folders for images: recursive, deterministic, hidden entries skipped, no symlink loops.
+
+Each file is yielded as a :class:`FileEntry` (absolute path, size, mtime in ns). Entries that cannot
+be used at all (a name that is not valid UTF-8, a broken symlink, a file that cannot be stat'ed)
+come with ``error`` set, so the caller records them as failures instead of losing them.
+Include/exclude globs match the path relative to the walked root (``fnmatch``; ``**/`` also
+matches zero folders), e.g. ``--include '*.jpg' --exclude 'raw/**'``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from fgsearch.errors import InputError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int = 0
+    mtime_ns: int = 0
+    error: str | None = None
+
+
+def display_path(path: str) -> str:
+    """A storable, printable form of a path whose name may not be valid UTF-8."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _valid_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _matches(rel: str, patterns: Iterable[str]) -> bool:
+    for pat in patterns:
+        if fnmatch.fnmatchcase(rel, pat) or fnmatch.fnmatchcase(os.path.basename(rel), pat):
+            return True
+        if pat.startswith("**/") and fnmatch.fnmatchcase(rel, pat[3:]):
+            return True
+        if pat.endswith("/**") and (rel == pat[:-3] or rel.startswith(pat[:-3] + "/")):
+            return True
+    return False
+
+
+def walk(
+    roots: Iterable[str | os.PathLike[str]],
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    hidden: bool = False,
+    extensions: frozenset[str] = IMAGE_EXTENSIONS,
+) -> Iterator[FileEntry]:
+    """Yield image files under ``roots`` in sorted order (a root may also be a single file)."""
+    include, exclude = tuple(include), tuple(exclude)
+    for root in roots:
+        root_s = os.path.abspath(os.path.expanduser(os.fspath(root)))
+        if not os.path.exists(root_s):
+            raise InputError(f"{root_s} does not exist; give a folder of images")
+        if os.path.isfile(root_s):
+            yield _entry(root_s)
+            continue
+        visited: set[tuple[int, int]] = set()
+        yield from _walk_dir(root_s, root_s, include, exclude, hidden, extensions, visited)
+
+
+def _entry(path: str) -> FileEntry:
+    if not _valid_utf8(path):
+        return FileEntry(display_path(path), error="file name is not valid UTF-8; rename the file")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return FileEntry(path, error="broken symbolic link or file vanished")
+    except OSError as e:
+        return FileEntry(path, error=f"cannot stat: {e.strerror or e}")
+    return FileEntry(path, st.st_size, st.st_mtime_ns)
+
+
+def _walk_dir(
+    directory: str,
+    root: str,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    hidden: bool,
+    extensions: frozenset[str],
+    visited: set[tuple[int, int]],
+) -> Iterator[FileEntry]:
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return
+    key = (st.st_dev, st.st_ino)
+    if key in visited:  # a symlink cycle or a second link to a folder already walked
+        return
+    visited.add(key)
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except PermissionError:
+        yield FileEntry(directory, error="folder cannot be read (permission denied)")
+        return
+    except OSError as e:
+        yield FileEntry(directory, error=f"folder cannot be read: {e.strerror or e}")
+        return
+    for de in entries:
+        if not hidden and de.name.startswith("."):
+            continue
+        path = os.path.join(directory, de.name)
+        rel = os.path.relpath(path, root)
+        try:
+            is_dir = de.is_dir(follow_symlinks=True)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if exclude and _matches(rel, exclude):
+                continue
+            yield from _walk_dir(path, root, include, exclude, hidden, extensions, visited)
+            continue
+        if os.path.splitext(de.name)[1].lower() not in extensions:
+            continue
+        if exclude and _matches(rel, exclude):
+            continue
+        if include and not _matches(rel, include):
+            continue
+        try:
+            if de.is_symlink() and not os.path.exists(path):
+                yield FileEntry(display_path(path), error="broken symbolic link")
+                continue
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                continue
+        except OSError:
+            pass
+        yield _entry(path)

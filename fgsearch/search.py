@@ -1,0 +1,326 @@
+"""Search: a text and/or image query against a library's global and region vectors.
+
+Fusion (one image ranking from two kinds of evidence). For each candidate image, with ``q`` the
+L2-normalised query vector::
+
+    global_score = <q, image vector>
+    region_score = max over the image's regions r of <q, r>     (the best-matching box)
+    score        = w_global * global_score + w_region * region_score
+                   - w_negative * max(<n, image vector>, best region of n)   (with --not text n)
+
+Candidates are the union of the top hits of both indexes (over-fetched); every candidate's two
+scores are then computed exactly from its stored vectors, so the ranking does not depend on which
+list found it. Defaults: ``w_global = w_region = 0.5``, ``w_negative = 0.5``. With ``by="region"``
+the regions themselves are ranked by ``<q, r>``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fgsearch.boxes import Box
+from fgsearch.errors import ImageError, InputError, LibraryError
+
+if TYPE_CHECKING:
+    from fgsearch.library import Library
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrict results: path glob or prefix, capture / modification time range, minimum score."""
+
+    path_glob: str | None = None
+    path_prefix: str | None = None
+    captured_after: datetime | None = None
+    captured_before: datetime | None = None
+    modified_after: datetime | None = None
+    modified_before: datetime | None = None
+    min_score: float | None = None
+
+    @property
+    def restricts_ids(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.path_glob,
+                self.path_prefix,
+                self.captured_after,
+                self.captured_before,
+                self.modified_after,
+                self.modified_before,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class FusionWeights:
+    global_: float = 0.5
+    region: float = 0.5
+    negative: float = 0.5
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """Everything a search takes. At least one of ``text`` and ``image`` is needed."""
+
+    text: str | None = None
+    image: Any = None  # a path or a PIL image
+    box: Box | None = None  # restrict the query image to this region (normalised x1,y1,x2,y2)
+    negative: str | None = None
+    k: int = 10
+    by: str = "image"  # "image" or "region"
+    filters: Filters = field(default_factory=Filters)
+    weights: FusionWeights = field(default_factory=FusionWeights)
+    text_path: str | None = None  # force "short"/"long"; None = the model layer's rule
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One result. ``box`` is the best-matching region (normalised x1,y1,x2,y2) or None."""
+
+    rank: int
+    score: float
+    global_score: float
+    region_score: float | None
+    path: str
+    paths: tuple[str, ...]
+    box: Box | None
+    region_id: int | None
+    image_id: int
+    width: int
+    height: int
+    captured_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "score": round(self.score, 6),
+            "global_score": round(self.global_score, 6),
+            "region_score": None if self.region_score is None else round(self.region_score, 6),
+            "path": self.path,
+            "paths": list(self.paths),
+            "box": None if self.box is None else [round(v, 5) for v in self.box.as_tuple()],
+            "region_id": self.region_id,
+            "image_id": self.image_id,
+            "width": self.width,
+            "height": self.height,
+            "captured_at": self.captured_at.isoformat() if self.captured_at else None,
+        }
+
+
+@dataclass
+class QueryInfo:
+    """What the search did, for display: which text path, what got truncated, timings."""
+
+    text_path: str | None = None
+    truncated_tokens: int = 0
+    encode_ms: float = 0.0
+    search_ms: float = 0.0
+    notices: list[str] = field(default_factory=list)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+def encode_query(lib: Library, q: SearchQuery, info: QueryInfo) -> tuple[np.ndarray, np.ndarray | None]:
+    """Query vector (and negative vector) from text and/or image."""
+    from fgsearch.model import TextTruncatedWarning
+
+    enc = lib.encoder
+    if (q.text is None or not q.text.strip()) and q.image is None:
+        raise InputError("empty query: give a text, --image PATH, or both")
+    parts = []
+    if q.text is not None and q.text.strip():
+        path = q.text_path or enc.text_path(q.text).value
+        info.text_path = path
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TextTruncatedWarning)
+            parts.append(enc.encode_texts([q.text], path=path)[0])
+        for w in caught:
+            if issubclass(w.category, TextTruncatedWarning):
+                info.notices.append(str(w.message))
+    if q.image is not None:
+        parts.append(_image_vector(lib, q.image, q.box))
+    vec = _unit(np.sum(parts, axis=0))
+    neg = None
+    if q.negative:
+        neg = enc.encode_texts([q.negative])[0]
+    return vec, neg
+
+
+def _image_vector(lib: Library, image: Any, box: Box | None) -> np.ndarray:
+    from PIL import Image
+
+    from fgsearch.model import to_rgb
+
+    if isinstance(image, Image.Image):
+        img = image
+    else:
+        try:
+            with Image.open(image) as im:
+                im.load()
+                img = to_rgb(im)
+        except FileNotFoundError as e:
+            raise ImageError(f"query image {image} does not exist") from e
+        except Exception as e:
+            raise ImageError(f"cannot read query image {image}: {e}") from e
+    if box is None:
+        return lib.encoder.encode_images([img]).image[0]
+    out = lib.encoder.encode_images([img], boxes=[np.asarray([box.as_tuple()], np.float32)])
+    return out.regions[0][0]
+
+
+def run_search(lib: Library, q: SearchQuery, info: QueryInfo | None = None) -> list[SearchHit]:
+    """Run a query against an open library (see the module docstring for the scoring)."""
+    import time
+
+    info = info if info is not None else QueryInfo()
+    if q.k < 1:
+        raise InputError(f"-k/--top must be at least 1, got {q.k}")
+    if q.by not in ("image", "region"):
+        raise InputError(f"--by must be image or region, got {q.by!r}")
+    if lib.global_index.count() == 0:
+        raise LibraryError(f"library {lib.path} is empty; index some images first (`fgsearch index PHOTOS`)")
+    t0 = time.perf_counter()
+    qv, neg = encode_query(lib, q, info)
+    t1 = time.perf_counter()
+    info.encode_ms = (t1 - t0) * 1000
+    hits = _search_regions(lib, q, qv) if q.by == "region" else _search_images(lib, q, qv, neg)
+    info.search_ms = (time.perf_counter() - t1) * 1000
+    return hits
+
+
+def _allowed(lib: Library, f: Filters) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if not f.restricts_ids:
+        return None, None
+    content_ids = lib.catalog.filter_contents(
+        path_glob=f.path_glob,
+        path_prefix=f.path_prefix,
+        captured_after=f.captured_after,
+        captured_before=f.captured_before,
+        modified_after=f.modified_after,
+        modified_before=f.modified_before,
+    )
+    region_ids = lib.catalog.region_ids_of(content_ids)
+    return np.asarray(content_ids, np.int64), np.asarray(region_ids, np.int64)
+
+
+def _search_images(lib: Library, q: SearchQuery, qv: np.ndarray, neg: np.ndarray | None) -> list[SearchHit]:
+    allowed_g, allowed_r = _allowed(lib, q.filters)
+    if allowed_g is not None and len(allowed_g) == 0:
+        return []
+    fetch = max(4 * q.k, 50)
+    g = lib.global_index.search(qv[None], fetch, allowed_ids=allowed_g)
+    cand = set(int(i) for i in g.ids[0] if i >= 0)
+    if lib.region_index.count():
+        r = lib.region_index.search(qv[None], 4 * fetch, allowed_ids=allowed_r)
+        rids = [int(i) for i in r.ids[0] if i >= 0]
+        cand |= set(lib.catalog.contents_of_regions(rids))
+    if not cand:
+        return []
+    rows = lib.catalog.contents_by_ids(sorted(cand))  # skips ids the catalog no longer knows
+    if not rows:
+        return []
+    ids = np.asarray([row.id for row in rows], np.int64)
+    gvec = lib.global_index.get(ids)
+    gscore = gvec @ qv
+    region_map = lib.catalog.regions_for_contents(ids.tolist())  # content id -> [(region id, Box)]
+    all_rids = np.asarray([rid for cid in ids.tolist() for rid, _ in region_map.get(cid, [])], np.int64)
+    rvec = lib.region_index.get(all_rids) if len(all_rids) else np.zeros((0, qv.shape[0]), np.float32)
+    rscore_all = rvec @ qv
+    nscore_all = rvec @ neg if neg is not None and len(rvec) else None
+    w = q.weights
+    scored = []
+    pos = 0
+    for i, cid in enumerate(ids.tolist()):
+        regs = region_map.get(cid, [])
+        best_box, best_rid, best_r = None, None, None
+        neg_score = float(gvec[i] @ neg) if neg is not None else 0.0
+        if regs:
+            seg = rscore_all[pos : pos + len(regs)]
+            j = int(np.argmax(seg))
+            best_r = float(seg[j])
+            best_rid, best_box = regs[j]
+            if nscore_all is not None:
+                neg_score = max(neg_score, float(nscore_all[pos : pos + len(regs)].max()))
+            pos += len(regs)
+        s = w.global_ * float(gscore[i]) + w.region * (best_r if best_r is not None else float(gscore[i]))
+        if neg is not None:
+            s -= w.negative * neg_score
+        scored.append((s, float(gscore[i]), best_r, best_box, best_rid, rows[i]))
+    scored.sort(key=lambda t: (-t[0], t[5].id))
+    if q.filters.min_score is not None:
+        scored = [t for t in scored if t[0] >= q.filters.min_score]
+    hits = []
+    for rank, (s, gs, rs, box, rid, row) in enumerate(scored[: q.k], start=1):
+        hits.append(
+            SearchHit(
+                rank=rank,
+                score=s,
+                global_score=gs,
+                region_score=rs,
+                path=row.path,
+                paths=tuple(row.paths),
+                box=box,
+                region_id=rid,
+                image_id=row.id,
+                width=row.width,
+                height=row.height,
+                captured_at=row.captured_at,
+            )
+        )
+    return hits
+
+
+def _search_regions(lib: Library, q: SearchQuery, qv: np.ndarray) -> list[SearchHit]:
+    _, allowed_r = _allowed(lib, q.filters)
+    if allowed_r is not None and len(allowed_r) == 0:
+        return []
+    if lib.region_index.count() == 0:
+        raise LibraryError(f"library {lib.path} has no region vectors (built with --regions none)")
+    r = lib.region_index.search(qv[None], max(2 * q.k, 20), allowed_ids=allowed_r)
+    pairs = [(int(i), float(s)) for i, s in zip(r.ids[0], r.scores[0], strict=True) if i >= 0]
+    info = lib.catalog.regions_by_ids([i for i, _ in pairs])  # region id -> (Box, content row)
+    hits: list[SearchHit] = []
+    for rid, s in pairs:
+        if rid not in info:
+            continue
+        if q.filters.min_score is not None and s < q.filters.min_score:
+            continue
+        box, row = info[rid]
+        hits.append(
+            SearchHit(
+                rank=len(hits) + 1,
+                score=s,
+                global_score=float("nan"),
+                region_score=s,
+                path=row.path,
+                paths=tuple(row.paths),
+                box=box,
+                region_id=rid,
+                image_id=row.id,
+                width=row.width,
+                height=row.height,
+                captured_at=row.captured_at,
+            )
+        )
+        if len(hits) >= q.k:
+            break
+    return hits
+
+
+def path_matches(path: str, glob: str | None, prefix: str | None) -> bool:
+    """The path filter rule: fnmatch glob on the full path, or plain prefix."""
+    if glob is not None and not fnmatch.fnmatch(path, glob):
+        return False
+    return prefix is None or path.startswith(prefix)

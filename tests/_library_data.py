@@ -1,0 +1,74 @@
+"""Generated photo folders (good and broken files) and a tiny model for library tests."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 60, 220), "yellow": (240, 220, 30)}
+
+
+def scene(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
+    """A background with two coloured shapes, deterministic per seed."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    img = Image.new("RGB", size, tuple(int(v) for v in rng.integers(90, 170, 3)))
+    d = ImageDraw.Draw(img)
+    for _ in range(2):
+        x, y = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
+        s = int(rng.integers(25, 40))
+        colour = list(COLOURS.values())[int(rng.integers(0, 4))]
+        (d.ellipse if rng.random() < 0.5 else d.rectangle)([x, y, x + s, y + s], fill=colour)
+    return img
+
+
+def png_bomb_header(width: int = 50000, height: int = 50000) -> bytes:
+    """A tiny PNG file whose header claims a huge image (no pixel memory allocated)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+def make_folder(root: Path, n_good: int = 6, bad: bool = True, seed: int = 0) -> dict[str, list[Path]]:
+    """Good images in several formats and sub-folders, plus every kind of bad file."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sub").mkdir(exist_ok=True)
+    good: list[Path] = []
+    exts = ["jpg", "png", "webp", "bmp", "gif", "tiff"]
+    for i in range(n_good):
+        ext = exts[i % len(exts)]
+        p = (root / "sub" if i % 2 else root) / f"good_{i}.{ext}"
+        scene(seed * 1000 + i).save(p)
+        good.append(p)
+    out: dict[str, list[Path]] = {"good": good, "bad": []}
+    if not bad:
+        return out
+    bad_files = []
+    trunc = root / "truncated.jpg"
+    buf = scene(99)
+    buf.save(trunc, quality=95)
+    trunc.write_bytes(trunc.read_bytes()[: len(trunc.read_bytes()) // 2])
+    bad_files.append(trunc)
+    (root / "garbage.png").write_bytes(os.urandom(2048))
+    bad_files.append(root / "garbage.png")
+    (root / "empty.jpg").write_bytes(b"")
+    bad_files.append(root / "empty.jpg")
+    (root / "bomb.png").write_bytes(png_bomb_header())
+    bad_files.append(root / "bomb.png")
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(root / "tiny.png")
+    bad_files.append(root / "tiny.png")
+    out["bad"] = bad_files
+    (root / "notes.txt").write_text("not an image, ignored")
+    (root / ".hidden").mkdir(exist_ok=True)
+    scene(5).save(root / ".hidden" / "secret.jpg")
+    return out

@@ -1,0 +1,247 @@
+"""Indexing and search end to end with a tiny random model: incremental, safe, and queryable."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _library_data import make_folder, scene
+from typer.testing import CliRunner
+
+from fgsearch.boxes import Box
+from fgsearch.errors import InputError, LibraryError, LibraryLockedError
+from fgsearch.library import Library
+from fgsearch.regions import RegionSettings
+from fgsearch.search import Filters
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> dict[str, list[Path]]:
+    return make_folder(tmp_path / "photos")
+
+
+def _open(tmp_path: Path, model: Path, **kw: object) -> Library:
+    return Library.open(tmp_path / "lib", model=str(model), **kw)  # type: ignore[arg-type]
+
+
+def test_index_reports_every_file_and_reruns_do_nothing(tmp_path: Path, tiny_model_dir: Path, photos) -> None:
+    n_good, n_bad = len(photos["good"]), len(photos["bad"])
+    with _open(tmp_path, tiny_model_dir, regions=RegionSettings(proposer="grid", max_regions=5)) as lib:
+        rep = lib.index(tmp_path / "photos", batch_size=4)
+        assert rep.indexed == n_good and rep.failed == n_bad and rep.reused == 0
+        assert rep.regions == 5 * n_good
+        assert lib.global_index.count() == n_good and lib.region_index.count() == 5 * n_good
+        reasons = dict(lib.failures())
+        assert set(reasons) == {str(p) for p in photos["bad"]}
+        assert "megapixels" in reasons[str(tmp_path / "photos" / "bomb.png")]
+        assert "too small" in reasons[str(tmp_path / "photos" / "tiny.png")]
+        assert (
+            "empty" in reasons[str(tmp_path / "photos" / "empty.jpg")].lower()
+            or "zero" in reasons[str(tmp_path / "photos" / "empty.jpg")].lower()
+        )
+        assert all(".hidden" not in p for p in reasons)
+        again = lib.index(tmp_path / "photos", batch_size=4)
+        assert again.indexed == 0 and again.reused == 0 and again.unchanged == n_good + n_bad
+        assert lib.doctor()["consistent"]
+
+
+def test_rename_duplicate_and_delete(tmp_path: Path, tiny_model_dir: Path, photos) -> None:
+    root = tmp_path / "photos"
+    with _open(tmp_path, tiny_model_dir, regions=RegionSettings(proposer="grid", max_regions=3)) as lib:
+        lib.index(root)
+        n = lib.global_index.count()
+        first, second = photos["good"][0], photos["good"][1]
+        moved = root / "sub" / "renamed.jpg"
+        first.rename(moved)
+        shutil.copy(second, root / f"dup{second.suffix}")
+        rep = lib.index(root)
+        assert rep.indexed == 0 and rep.reused == 2 and rep.pruned == 1
+        assert lib.global_index.count() == n  # no new vectors for a rename or a duplicate
+        paths = {p for row in lib.catalog.contents_by_ids(lib.catalog.all_vector_ids()[0]) for p in row.paths}
+        assert str(moved) in paths and str(first) not in paths and str(root / f"dup{second.suffix}") in paths
+        second.unlink()
+        (root / f"dup{second.suffix}").unlink()
+        rep = lib.index(root)
+        assert rep.pruned == 2
+        assert lib.global_index.count() == n - 1 and lib.region_index.count() == 3 * (n - 1)
+        assert lib.doctor()["consistent"]
+
+
+def test_query_by_region_returns_that_image_and_box(tmp_path: Path, tiny_model_dir: Path) -> None:
+    root = tmp_path / "photos"
+    make_folder(root, n_good=8, bad=False)
+    with _open(tmp_path, tiny_model_dir, regions=RegionSettings(proposer="grid", max_regions=9)) as lib:
+        lib.index(root)
+        target = root / "sub" / "good_3.bmp"
+        box = Box(0.0, 0.0, 0.5, 0.5)  # the first grid cell
+        hits = lib.search(image=str(target), box=box, k=3)
+        assert hits[0].path == str(target)
+        assert hits[0].box is not None and hits[0].box.iou(box) > 0.99
+        by_region = lib.search(image=str(target), box=box, k=2, by="region")
+        assert by_region[0].path == str(target) and by_region[0].box.iou(box) > 0.99
+
+
+def test_filters_negative_and_json(tmp_path: Path, tiny_model_dir: Path) -> None:
+    root = tmp_path / "photos"
+    make_folder(root, n_good=8, bad=False)
+    with _open(tmp_path, tiny_model_dir, regions=RegionSettings(proposer="grid", max_regions=4)) as lib:
+        lib.index(root)
+        all_hits = lib.search("a red circle on a grey background", k=8)
+        assert len(all_hits) == 8 and all_hits == sorted(all_hits, key=lambda h: -h.score)
+        sub = lib.search("a red circle on a grey background", k=8, filters=Filters(path_glob="*/sub/*"))
+        assert sub and all("/sub/" in h.path for h in sub)
+        top = all_hits[0]
+        # negative text equal to the query: each image loses w_negative * its best match to that text
+        neg = lib.search("a red circle on a grey background", negative="a red circle on a grey background", k=8)
+        by_id = {h.image_id: h for h in all_hits}
+        for h in neg:
+            a = by_id[h.image_id]
+            assert h.score == pytest.approx(a.score - 0.5 * max(a.global_score, a.region_score), abs=1e-5)
+        assert [h.image_id for h in neg] == sorted(
+            by_id, key=lambda i: -(by_id[i].score - 0.5 * max(by_id[i].global_score, by_id[i].region_score))
+        )
+        floor = lib.search("a red circle on a grey background", k=8, filters=Filters(min_score=top.score - 1e-6))
+        assert [h.path for h in floor] == [top.path]
+        d = top.to_dict()
+        assert set(d) == {
+            "rank",
+            "score",
+            "global_score",
+            "region_score",
+            "path",
+            "paths",
+            "box",
+            "region_id",
+            "image_id",
+            "width",
+            "height",
+            "captured_at",
+        }
+        with pytest.raises(InputError, match="empty query"):
+            lib.search("   ")
+
+
+def test_errors_lock_model_mismatch_and_empty(tmp_path: Path, tiny_model_dir: Path) -> None:
+    with _open(tmp_path, tiny_model_dir):
+        with pytest.raises(LibraryLockedError, match=f"PID {os.getpid()}"):
+            _open(tmp_path, tiny_model_dir)
+        with Library.open(tmp_path / "lib", read_only=True) as reader, pytest.raises(LibraryError, match="empty"):
+            reader.search("anything")
+    from fgsearch.model import FGCLIP, FGCLIPConfig, save_model
+
+    other = save_model(FGCLIP(FGCLIPConfig.tiny(width=32)), tmp_path / "other-model")
+    with pytest.raises(LibraryError, match="--reindex"):
+        _open(tmp_path, other)
+    with _open(tmp_path, other, reindex=True) as lib:
+        assert lib.encoder.dim == 16
+    with pytest.raises(LibraryError, match="no library"):
+        Library.open(tmp_path / "nowhere", read_only=True)
+
+
+KILL_SCRIPT = """
+import sys
+from fgsearch.library import Library
+from fgsearch.regions import RegionSettings
+lib = Library.open(sys.argv[1], model=sys.argv[2], regions=RegionSettings(proposer="grid", max_regions=4))
+lib.index(sys.argv[3], batch_size=2, workers=1)
+"""
+
+
+def test_kill9_midway_then_rerun_is_consistent(tmp_path: Path, tiny_model_dir: Path) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(120):
+        scene(i).save(root / f"p{i:03d}.png")
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    lib_dir = tmp_path / "lib"
+    proc = subprocess.Popen([sys.executable, str(script), str(lib_dir), str(tiny_model_dir), str(root)])
+    deadline = time.time() + 120
+    done_at_kill = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            con = sqlite3.connect(f"file:{lib_dir / 'catalog.sqlite'}?mode=ro", uri=True, timeout=1)
+            done_at_kill = con.execute("SELECT count(*) FROM files WHERE status='ok'").fetchone()[0]
+            con.close()
+        except sqlite3.Error:
+            pass
+        if done_at_kill >= 10:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished
+    assert 10 <= done_at_kill < 120
+    with Library.open(lib_dir, model=str(tiny_model_dir)) as lib:
+        rep = lib.index(root, batch_size=8)
+        assert lib.doctor()["consistent"]
+        counts = lib.catalog.counts()
+        assert lib.global_index.count() == 120
+        assert lib.region_index.count() == 4 * 120
+        assert counts["files_ok"] == 120
+        assert rep.indexed + rep.unchanged == 120
+
+
+def test_cli_index_query_status(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from fgsearch.console.cli import app
+
+    root = tmp_path / "photos"
+    make_folder(root, n_good=5)
+    lib = tmp_path / "lib"
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        [
+            "index",
+            str(root),
+            "--library",
+            str(lib),
+            "--model",
+            str(tiny_model_dir),
+            "--regions",
+            "grid",
+            "--max-regions",
+            "4",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["indexed"] == 5 and summary["failed"] == 5
+    r = runner.invoke(
+        app,
+        [
+            "query",
+            "a blue square",
+            "--library",
+            str(lib),
+            "--json",
+            "-k",
+            "3",
+            "--show",
+            str(tmp_path / "s.png"),
+            "--html",
+            str(tmp_path / "s.html"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
+    assert len(out["results"]) == 3 and out["query"]["text_path"] == "short"
+    assert (tmp_path / "s.png").exists() and (tmp_path / "s.html").read_text().count('class="box"') == 3
+    r = runner.invoke(app, ["query", "a blue square", "--library", str(lib), "--paths", "-k", "2"])
+    assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 2
+    r = runner.invoke(app, ["status", "--library", str(lib), "--failed"])
+    assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 5
+    r = runner.invoke(app, ["query", "", "--library", str(lib)])
+    assert r.exit_code == 1 and "empty query" in r.output
+    r = runner.invoke(app, ["query", "x", "--library", str(tmp_path / "none")])
+    assert r.exit_code == 1 and "no library" in r.output
+    r = runner.invoke(app, ["doctor", "--library", str(lib)])
+    assert r.exit_code == 0 and "agree" in r.stdout
