@@ -1,0 +1,212 @@
+"""Catalog, walker and decoder: migrations, locking, ids, bad files and odd folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _library_data import png_bomb_header, scene
+from PIL import Image
+
+from fgsearch.catalog import SCHEMA_VERSION, Catalog, ModelInfo, WriteLock
+from fgsearch.decode import load_image
+from fgsearch.errors import ImageError, InputError, LibraryError, LibraryLockedError
+from fgsearch.scan import walk
+
+MODEL = ModelInfo(name="m", ref="abc", dim=8, image_size=(64, 64))
+
+
+def _new(tmp_path: Path) -> Catalog:
+    cat = Catalog.open(tmp_path / "catalog.sqlite", create=True)
+    cat.init_library(MODEL, regions={"proposer": "grid"}, backend={"kind": "exact"})
+    return cat
+
+
+def _item(sha: str, n_boxes: int = 2) -> dict:
+    return {
+        "sha256": sha,
+        "width": 10,
+        "height": 10,
+        "captured_at": None,
+        "proposer": "grid",
+        "boxes": [(0.0, 0.0, 0.5, 0.5)] * n_boxes,
+    }
+
+
+def test_ids_are_never_reused_and_pending_is_recoverable(tmp_path: Path) -> None:
+    cat = _new(tmp_path)
+    run = cat.begin_run()
+    cids, rids = cat.reserve_contents([_item("a"), _item("b", 3)])
+    assert [len(r) for r in rids] == [2, 3]
+    assert cat.pending_contents() == (cids, [r for rr in rids for r in rr])
+    cat.drop_contents(cids)
+    cids2, rids2 = cat.reserve_contents([_item("a")])
+    assert cids2[0] > max(cids) and rids2[0][0] > max(r for rr in rids for r in rr)
+    cat.confirm_contents(cids2, [("/p/a.jpg", 1, 2)], run)
+    assert cat.pending_contents() == ([], [])
+    assert cat.content_hashes() == {"a"}
+    assert [r.path for r in cat.contents_by_ids(cids2)] == ["/p/a.jpg"]
+
+
+def test_links_sweep_and_filters(tmp_path: Path) -> None:
+    cat = _new(tmp_path)
+    run = cat.begin_run()
+    cids, _ = cat.reserve_contents([_item("a"), _item("b")])
+    cat.confirm_contents(cids, [("/p/x/a.jpg", 1, 10), ("/p/b.jpg", 1, 20)], run)
+    cat.link_file("/p/y/a-copy.jpg", 1, 30, "a", run)
+    cat.record_failure("/p/bad.jpg", 0, 40, "file is empty", run)
+    cat.commit()
+    row = cat.contents_by_ids([cids[0]])[0]
+    assert row.paths == ("/p/x/a.jpg", "/p/y/a-copy.jpg")
+    assert cat.filter_contents(path_glob="*/y/*") == [cids[0]]
+    assert sorted(cat.filter_contents(path_prefix="/p")) == sorted(cids)
+    assert cat.failures() == [("/p/bad.jpg", "file is empty")]
+    # a new run that sees only the copy and b: a.jpg and bad.jpg are swept, content a survives via the copy
+    run2 = cat.begin_run()
+    cat.mark_seen(["/p/y/a-copy.jpg", "/p/b.jpg"], run2)
+    cat.commit()
+    removed = cat.sweep(run2, ["/p"])
+    assert removed == ([], []) and cat.last_sweep_files == 2
+    run3 = cat.begin_run()
+    cat.mark_seen(["/p/b.jpg"], run3)
+    cat.commit()
+    gone_c, gone_r = cat.sweep(run3, ["/p/y"])  # only files under the swept root are touched
+    assert gone_c == [cids[0]] and len(gone_r) == 2
+    assert cat.counts()["images"] == 1
+
+
+def test_model_check_and_schema_versions(tmp_path: Path) -> None:
+    cat = _new(tmp_path)
+    cat.check_model(MODEL)
+    with pytest.raises(LibraryError, match="--reindex"):
+        cat.check_model(ModelInfo(name="other", ref="zzz", dim=8, image_size=(64, 64)))
+    cat.close()
+    db = tmp_path / "catalog.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("UPDATE meta SET value=? WHERE key='schema_version'", (json.dumps(SCHEMA_VERSION + 1),))
+    con.commit()
+    con.close()
+    with pytest.raises(LibraryError, match="newer than this fgsearch"):
+        Catalog.open(db)
+
+
+def test_step_migration_from_v1(tmp_path: Path) -> None:
+    db = tmp_path / "catalog.sqlite"
+    cat = _new(tmp_path)
+    cat.close()
+    con = sqlite3.connect(db)  # turn it into a v1 catalog: no regions.score
+    con.executescript("ALTER TABLE regions DROP COLUMN score; UPDATE meta SET value='1' WHERE key='schema_version';")
+    con.close()
+    with pytest.raises(LibraryError, match="upgrade it"):
+        Catalog.open(db, read_only=True)
+    cat = Catalog.open(db)
+    assert cat.get_meta()["schema_version"] == SCHEMA_VERSION
+    cols = [r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(regions)")]
+    assert "score" in cols
+    cids, _ = cat.reserve_contents([{**_item("z"), "scores": [0.5, 0.25]}])
+    assert cids
+
+
+def test_corrupt_catalog_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "catalog.sqlite"
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(LibraryError, match="not a readable SQLite database"):
+        Catalog.open(db)
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from fgsearch.catalog import WriteLock
+WriteLock(Path(sys.argv[1])).acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_write_lock_names_the_holder_and_dies_with_it(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    with pytest.raises(LibraryLockedError, match=f"PID {proc.pid}"):
+        WriteLock(tmp_path).acquire()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lock = WriteLock(tmp_path)
+    lock.acquire()  # the kernel released the dead holder's lock
+    lock.release()
+
+
+def test_walk_rules(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / ".hid").mkdir()
+    for p in (
+        root / "x.JPG",
+        root / "a" / "y.png",
+        root / "a" / "b" / "z.webp",
+        root / ".hid" / "h.png",
+        root / "a" / "raw.tiff",
+    ):
+        scene(1).save(p, format="PNG")
+    (root / "a" / "doc.pdf").write_bytes(b"%PDF")
+    os.symlink(root, root / "a" / "loop")  # a cycle back to the root
+    os.symlink(root / "missing.png", root / "dangling.png")
+    bad_name = os.fsdecode(b"bad-\xff.png")
+    scene(2).save(
+        os.path.join(os.fsencode(root), os.fsencode(bad_name)).decode("utf-8", "surrogateescape"), format="PNG"
+    )
+    entries = list(walk([root]))
+    names = [os.path.relpath(e.path, root) for e in entries if not e.error]
+    assert names == ["a/b/z.webp", "a/raw.tiff", "a/y.png", "x.JPG"]
+    errors = {os.path.basename(e.path): e.error for e in entries if e.error}
+    assert "broken symbolic link" in errors["dangling.png"]
+    assert any("not valid UTF-8" in v for v in errors.values())
+    assert [os.path.basename(e.path) for e in walk([root], include=["*.png"]) if not e.error] == ["y.png"]
+    kept = [os.path.basename(e.path) for e in walk([root], exclude=["a/**"]) if not e.error]
+    assert kept == ["x.JPG"]
+    assert len([e for e in walk([root], hidden=True) if not e.error]) == 5
+    with pytest.raises(InputError, match="does not exist"):
+        list(walk([tmp_path / "nope"]))
+
+
+def test_decode_failures_and_modes(tmp_path: Path) -> None:
+    good = tmp_path / "g.jpg"
+    scene(3).save(good, quality=90)
+    data = good.read_bytes()
+    img = load_image(data)
+    assert (img.width, img.height) == (160, 120) and img.image.mode == "RGB"
+    with pytest.raises(ImageError, match=r"truncated|corrupt"):
+        load_image(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="empty"):
+        load_image(b"")
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(b"\x00garbage" * 50)
+    with pytest.raises(ImageError, match="--max-megapixels"):
+        load_image(png_bomb_header())
+    with pytest.raises(ImageError, match="too small"):
+        buf = tmp_path / "t.png"
+        Image.new("RGB", (8, 8)).save(buf)
+        load_image(buf.read_bytes())
+    for mode in ("RGBA", "LA", "P", "L", "CMYK", "I;16"):
+        p = tmp_path / f"m.{'tiff' if mode in ('CMYK', 'I;16') else 'png'}"
+        src = scene(4).convert("L").convert(mode) if mode == "I;16" else scene(4).convert(mode)
+        src.save(p)
+        assert load_image(p.read_bytes()).image.mode == "RGB"
+    gif = tmp_path / "anim.gif"
+    frames = [scene(i) for i in range(3)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    assert load_image(gif.read_bytes()).width == 160
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif.get_ifd(0x8769)[0x9003] = "2021:05:04 10:11:12"
+    rot = tmp_path / "rot.jpg"
+    scene(5).save(rot, exif=exif.tobytes())
+    out = load_image(rot.read_bytes())
+    assert (out.width, out.height) == (120, 160)
+    assert out.captured_at is not None and out.captured_at.year == 2021
