@@ -5,7 +5,20 @@ The package is importable without torch being imported: heavy modules load on fi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from fgsearch._version import __version__
 from fgsearch.errors import FgsearchError
 
-__all__ = ["FgsearchError", "__version__"]
+if TYPE_CHECKING:
+    from fgsearch.library import Library
+
+__all__ = ["FgsearchError", "Library", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Library":  # imported on first use: `import fgsearch` stays light
+        from fgsearch.library import Library
+
+        return Library
+    raise AttributeError(f"module 'fgsearch' has no attribute {name!r}")
