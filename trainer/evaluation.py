@@ -1,0 +1,111 @@
+"""Held-out evaluation during training: retrieval R@1, hard-negative and region->text accuracy."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def heldout_samples(cfg: Any, source: Any) -> list[Any]:
+    """The held-out split next to the training data (``jsonfiles/heldout.json``), capped at ``eval_limit``."""
+    from pathlib import Path
+
+    from fgsearch.errors import DataError
+    from fgsearch.trainer.data import ReadStats, resolve_data
+
+    root = source.image_root if source.kind == "finehard" else None
+    if root is None or not (Path(root) / "jsonfiles" / "heldout.json").exists():
+        logger.info("no held-out split (jsonfiles/heldout.json) next to the data: periodic evaluation is off")
+        return []
+    try:
+        held = resolve_data(str(root), None, split="heldout")
+    except DataError:
+        return []
+    out = []
+    for s in held.iter_samples(ReadStats()):
+        out.append(s)
+        if len(out) >= cfg.eval_limit:
+            break
+    return out
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def evaluate_heldout(
+    model: Any, samples: list[Any], transform: Any, tokenizer: Any, device: Any, batch_size: int = 64
+) -> dict[str, float]:
+    """t2i/i2t R@1 (long captions), hard-negative accuracy (region vs its short expression and
+    negatives) and region->text accuracy (each region against every region text of the split)."""
+    import torch
+    from PIL import Image
+
+    from fgsearch.model import TextPath, to_rgb
+
+    imgs, regs, caps, rtexts, hards = [], [], [], [], []
+    with torch.inference_mode():
+        for s0 in range(0, len(samples), batch_size):
+            chunk = samples[s0 : s0 + batch_size]
+            arr = []
+            for s in chunk:
+                with Image.open(s.image) as im:
+                    im.load()
+                    arr.append(transform.to_array(to_rgb(im)))
+            pv = torch.from_numpy(np.stack(arr)).to(device)
+            boxes = [torch.tensor(s.boxes, dtype=torch.float32).reshape(-1, 4).to(device) for s in chunk]
+            out = model.encode_image_and_regions(pv, boxes)
+            imgs.append(out.image.float().cpu().numpy())
+            regs.append(out.regions.float().cpu().numpy())
+            caps.append(
+                model.encode_text(
+                    tokenizer([s.caption for s in chunk], TextPath.LONG, warn=False).to(device), TextPath.LONG
+                )
+                .float()
+                .cpu()
+                .numpy()
+            )
+        for s in samples:
+            for j, se in enumerate(s.region_short):
+                rtexts.append(se)
+                hards.append([se, *s.negatives[j]] if s.negatives[j] else [])
+
+        def enc(texts: list[str]) -> np.ndarray:
+            if not texts:
+                return np.zeros((0, 1), np.float32)
+            parts = []
+            for i in range(0, len(texts), 256):
+                ids = tokenizer(texts[i : i + 256], TextPath.SHORT, warn=False).to(device)
+                parts.append(model.encode_text(ids, TextPath.SHORT).float().cpu().numpy())
+            return _norm(np.concatenate(parts))
+
+        uniq = sorted(set(rtexts))
+        uniq_vec = enc(uniq)
+        flat_hard = [t for h in hards for t in h]
+        hard_vec = enc(flat_hard)
+    img, cap = _norm(np.concatenate(imgs)), _norm(np.concatenate(caps))
+    reg = _norm(np.concatenate(regs)) if regs else np.zeros((0, img.shape[1]), np.float32)
+    sim = img @ cap.T
+    n = len(samples)
+    metrics = {
+        "t2i_r1": float(np.mean(sim.argmax(axis=0) == np.arange(n))),
+        "i2t_r1": float(np.mean(sim.argmax(axis=1) == np.arange(n))),
+    }
+    if len(reg):
+        index = {t: i for i, t in enumerate(uniq)}
+        target = np.array([index[t] for t in rtexts])
+        metrics["region_text_acc"] = float(np.mean((reg @ uniq_vec.T).argmax(axis=1) == target))
+        correct, total, pos = 0, 0, 0
+        for r, h in zip(reg, hards, strict=True):
+            if h:
+                scores = hard_vec[pos : pos + len(h)] @ r
+                correct += int(scores[0] > scores[1:].max())
+                total += 1
+                pos += len(h)
+        if total:
+            metrics["hardneg_acc"] = correct / total
+    return {k: round(v, 4) for k, v in metrics.items()}

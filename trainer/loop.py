@@ -1,0 +1,369 @@
+"""The training loop: AdamW, warmup + cosine, accumulation, clipping, checkpoints with exact resume,
+held-out evaluation, JSONL log; world size 1 or torchrun DDP.
+
+Output directory::
+
+    OUT/config.json, model.safetensors, fgsearch.json   the final model (``--model OUT`` loads it)
+    OUT/train_config.json                                 the resolved TrainConfig
+    OUT/checkpoints/step-000500/{state.pt,train_config.json}   resumable checkpoints (latest kept + every N)
+    OUT/log.jsonl                                         one line per logged step / evaluation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fgsearch.errors import DataError, InputError
+
+logger = logging.getLogger(__name__)
+
+FREEZE_CHOICES = ("none", "vision", "text", "all-but-projections")
+LOSS_CHOICES = ("global", "region", "hardneg")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a training run (saved next to every checkpoint)."""
+
+    data: str
+    out: str
+    data_root: str | None = None
+    init: str = "tiny"  # tiny | registry name | checkpoint dir | hf-hub:ORG/NAME | openai-clip:DIR
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup: int = 100
+    grad_accum: int = 1
+    clip_grad: float = 1.0
+    freeze: str = "none"
+    losses: tuple[str, ...] = LOSS_CHOICES
+    save_every: int = 500
+    eval_every: int = 500
+    eval_limit: int = 500
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = True
+    # shape of a fresh model (--init tiny)
+    tiny_image_size: int = 96
+    tiny_patch: int = 12
+    tiny_width: int = 128
+    tiny_layers: int = 4
+    tiny_text_width: int = 64
+    tiny_text_layers: int = 2
+    tiny_dim: int = 64
+
+    def __post_init__(self) -> None:
+        if self.freeze not in FREEZE_CHOICES:
+            raise InputError(f"--freeze must be one of {', '.join(FREEZE_CHOICES)}, got {self.freeze!r}")
+        bad = [x for x in self.losses if x not in LOSS_CHOICES]
+        if bad or not self.losses:
+            raise InputError(f"--losses takes a comma list of {', '.join(LOSS_CHOICES)}, got {','.join(self.losses)}")
+        for name in ("steps", "batch_size", "grad_accum", "save_every", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["losses"] = list(self.losses)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["losses"] = tuple(d.get("losses", LOSS_CHOICES))
+        return cls(**d)
+
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def init_model(cfg: TrainConfig, out: Path) -> tuple[Any, Any]:
+    """The starting model and its spec, from --init."""
+    from fgsearch.model import FGCLIP, FGCLIPConfig, ModelSpec, TextConfig, VisionConfig, load_model
+    from fgsearch.model.loading import convert_openai_clip
+
+    if cfg.init == "tiny":
+        if cfg.tiny_image_size % cfg.tiny_patch:
+            raise InputError(
+                f"--tiny-image-size {cfg.tiny_image_size} must be a multiple of --tiny-patch {cfg.tiny_patch}"
+            )
+        mc = FGCLIPConfig(
+            text=TextConfig(
+                hidden_size=cfg.tiny_text_width,
+                intermediate_size=4 * cfg.tiny_text_width,
+                num_hidden_layers=cfg.tiny_text_layers,
+                num_attention_heads=max(1, cfg.tiny_text_width // 32),
+            ),
+            vision=VisionConfig(
+                hidden_size=cfg.tiny_width,
+                intermediate_size=4 * cfg.tiny_width,
+                num_hidden_layers=cfg.tiny_layers,
+                num_attention_heads=max(1, cfg.tiny_width // 32),
+                image_size=(cfg.tiny_image_size, cfg.tiny_image_size),
+                patch_size=cfg.tiny_patch,
+            ),
+            projection_dim=cfg.tiny_dim,
+        )
+        model = FGCLIP(mc)
+        spec = ModelSpec(name="tiny", image_size=mc.vision.image_size)
+        return model, spec
+    if cfg.init.startswith("openai-clip:"):
+        src = cfg.init.split(":", 1)[1]
+        model, spec = load_model(convert_openai_clip(src, out / "init"))
+    else:
+        model, spec = load_model(cfg.init)
+    model.requires_grad_(True)
+    return model, spec
+
+
+def apply_freeze(model: Any, freeze: str) -> None:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if freeze == "vision":
+        model.vision_model.requires_grad_(False)
+    elif freeze == "text":
+        model.text_model.requires_grad_(False)
+    elif freeze == "all-but-projections":
+        model.requires_grad_(False)
+        for mod in (model.visual_projection, model.text_projection, model.text_filip_projection):
+            mod.requires_grad_(True)
+        for p in (model.logit_scale, model.logit_scale_finegraind, model.logit_scale_hardneg):
+            p.requires_grad_(True)
+
+
+def make_optimizer(model: Any, cfg: TrainConfig) -> Any:
+    import torch
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to 1, then cosine decay to 0 at ``cfg.steps``."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ck = out / "checkpoints"
+    if not ck.is_dir():
+        return None
+    steps = sorted(p for p in ck.iterdir() if p.name.startswith("step-") and (p / "state.pt").exists())
+    return steps[-1] if steps else None
+
+
+def _save_checkpoint(
+    out: Path, step: int, model: Any, opt: Any, sched: Any, position: tuple[int, int], cfg: TrainConfig
+) -> Path:
+    import torch
+
+    final = out / "checkpoints" / f"step-{step:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "step": step,
+            "position": list(position),
+            "rng": _rng_state(),
+        },
+        tmp / "state.pt",
+    )
+    (tmp / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def _batches(stream: Any, batch_size: int, start: tuple[int, int]) -> Iterator[tuple[list[Any], tuple[int, int]]]:
+    """Endless batches over epochs; yields (samples, position after the batch)."""
+    epoch, consumed = start
+    while True:
+        batch: list[Any] = []
+        got_any = False
+        for s in stream.epoch(epoch, skip=consumed):
+            got_any = True
+            batch.append(s)
+            consumed += 1
+            if len(batch) == batch_size:
+                yield batch, (epoch, consumed)
+                batch = []
+        if not got_any and consumed == 0:
+            raise DataError(
+                f"no usable training records ({stream.stats.bad} bad of {stream.stats.records}); first problems: "
+                + "; ".join(stream.stats.reasons[:3])
+            )
+        if batch:
+            yield batch, (epoch + 1, 0)
+        epoch, consumed = epoch + 1, 0
+
+
+def train(cfg: TrainConfig, progress: ProgressFn | None = None, stop_at: int | None = None) -> Path:
+    """Run (or resume) a training run; returns the output directory holding the final model.
+
+    ``stop_at`` ends this process after that step (with a checkpoint), as an interruption would;
+    running again with ``resume`` continues exactly where it stopped."""
+    import torch
+
+    from fgsearch.model import Tokenizer, resolve_device, save_model
+    from fgsearch.trainer.data import SampleStream, collate, resolve_data
+    from fgsearch.trainer.evaluation import evaluate_heldout, heldout_samples
+    from fgsearch.trainer.losses import FeatureModule, total_loss
+
+    rank, world, local_rank = _dist_env()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    source = resolve_data(cfg.data, cfg.data_root)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    model, spec = init_model(cfg, out)
+    apply_freeze(model, cfg.freeze)
+    model.train().to(device)
+    transform = spec.transform
+    tokenizer = Tokenizer(short_length=spec.short_length, long_length=spec.long_length)
+    opt = make_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    step, position = 0, (0, 0)
+    ck = latest_checkpoint(out) if cfg.resume else None
+    if ck is not None:
+        state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, position = int(state["step"]), tuple(state["position"])
+        _set_rng_state(state["rng"])
+        logger.info("resumed from %s (step %d)", ck, step)
+    if rank == 0:
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    ddp = None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(FeatureModule(model), device_ids=[local_rank] if device.type == "cuda" else None)
+    stream = SampleStream(source, cfg.seed, rank, world)
+    heldout = heldout_samples(cfg, source) if rank == 0 else []
+    amp = device.type == "cuda"
+    log = open(out / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed in finally
+    batches = _batches(stream, cfg.batch_size, position)
+    t0 = time.perf_counter()
+    try:
+        while step < cfg.steps:
+            parts_sum = {"loss": 0.0, "global": 0.0, "region": 0.0, "hardneg": 0.0}
+            for _ in range(cfg.grad_accum):
+                samples, position = next(batches)
+                batch = collate(samples, transform, tokenizer)
+                batch = _to(batch, device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    parts = total_loss(model, batch, cfg.losses, ddp=ddp)
+                (parts.total / cfg.grad_accum).backward()
+                parts_sum["loss"] += float(parts.total.detach()) / cfg.grad_accum
+                parts_sum["global"] += parts.global_ / cfg.grad_accum
+                parts_sum["region"] += parts.region / cfg.grad_accum
+                parts_sum["hardneg"] += parts.hardneg / cfg.grad_accum
+            if cfg.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip_grad)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():  # as in CLIP: temperatures stay within exp(4.6052) = 100
+                for p in (model.logit_scale, model.logit_scale_finegraind, model.logit_scale_hardneg):
+                    p.clamp_(0, math.log(100))
+            step += 1
+            record: dict[str, Any] = {
+                "step": step,
+                **{k: round(v, 6) for k, v in parts_sum.items()},
+                "lr": sched.get_last_lr()[0],
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            if rank == 0 and heldout and (step % cfg.eval_every == 0 or step == cfg.steps):
+                model.eval()
+                record["eval"] = evaluate_heldout(model, heldout, transform, tokenizer, device)
+                model.train()
+            if log is not None and (step % cfg.log_every == 0 or "eval" in record or step == cfg.steps):
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if progress is not None and rank == 0:
+                progress(step, cfg.steps, {k: v for k, v in record.items() if isinstance(v, float)})
+            if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps or step == stop_at):
+                _save_checkpoint(out, step, model, opt, sched, position, cfg)
+            if stop_at is not None and step >= stop_at:
+                return out
+        if rank == 0:
+            model.eval()
+            save_model(model, out, spec, extra={"trained_with": cfg.to_dict(), "steps": step})
+            if stream.stats.bad:
+                logger.warning("%d bad records skipped; first: %s", stream.stats.bad, stream.stats.reasons[:3])
+    finally:
+        if log is not None:
+            log.close()
+    return out
+
+
+def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(device)
+        elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+            out[k] = [t.to(device) for t in v]
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,167 @@
+"""FG-CLIP's three losses as pure functions of features and (log-space) temperatures.
+
+* global: symmetric InfoNCE of images against long captions plus images against short captions;
+* region (weight 0.1 in the total): symmetric InfoNCE of region vectors against their texts over
+  every valid box of the (global) batch, with ``logit_scale_finegraind``;
+* hard negatives (weight 0.5): per box, cross-entropy over [positive, negatives...] with
+  ``logit_scale_hardneg``.
+
+Features are L2-normalised here. Under ``torch.distributed`` the contrastive losses gather
+features from every rank WITH gradients (each rank scores its own rows against all columns);
+with world size 1 nothing is gathered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+REGION_WEIGHT = 0.1
+HARDNEG_WEIGHT = 0.5
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from every rank along dim 0, keeping gradients (identity at world size 1).
+
+    Ranks may hold different numbers of rows (regions): rows are padded to the largest count for
+    the collective and the padding is removed afterwards."""
+    _, world = _dist()
+    if world == 1:
+        return x
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dnn
+
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    counts = [int(s.item()) for s in sizes]
+    m = max(counts)
+    padded = torch.cat([x, x.new_zeros((m - x.shape[0], *x.shape[1:]))]) if x.shape[0] < m else x
+    parts = dnn.all_gather(padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
+
+
+def _offset(local_n: int) -> int:
+    """Index of this rank's first row in the gathered tensor."""
+    rank, world = _dist()
+    if world == 1:
+        return 0
+    import torch.distributed as dist
+
+    n = torch.tensor([local_n])
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    return int(sum(int(s.item()) for s in sizes[:rank]))
+
+
+def symmetric_infonce(a: Tensor, b: Tensor, logit_scale: Tensor) -> Tensor:
+    """Mean of a->b and b->a cross-entropy; row i of ``a`` matches row i of ``b``. Local rows are
+    scored against the gathered columns of the other side."""
+    a = F.normalize(a.float(), dim=-1)
+    b = F.normalize(b.float(), dim=-1)
+    ga, gb = gather_with_grad(a), gather_with_grad(b)
+    scale = logit_scale.float().exp()
+    labels = torch.arange(a.shape[0], device=a.device) + _offset(a.shape[0])
+    return (F.cross_entropy(scale * a @ gb.T, labels) + F.cross_entropy(scale * b @ ga.T, labels)) / 2
+
+
+def global_loss(image: Tensor, long_text: Tensor, short_text: Tensor, logit_scale: Tensor) -> Tensor:
+    return symmetric_infonce(image, long_text, logit_scale) + symmetric_infonce(image, short_text, logit_scale)
+
+
+def region_loss(regions: Tensor, texts: Tensor, logit_scale: Tensor) -> Tensor:
+    return symmetric_infonce(regions, texts, logit_scale)
+
+
+def hardneg_loss(regions: Tensor, texts: Tensor, logit_scale: Tensor) -> Tensor:
+    """``regions [M, P]``, ``texts [M, K, P]`` with the positive at k=0 -> mean cross-entropy."""
+    r = F.normalize(regions.float(), dim=-1)
+    t = F.normalize(texts.float(), dim=-1)
+    logits = logit_scale.float().exp() * torch.einsum("mp,mkp->mk", r, t)
+    return F.cross_entropy(logits, torch.zeros(r.shape[0], dtype=torch.long, device=r.device))
+
+
+@dataclass
+class LossParts:
+    total: Tensor
+    global_: float
+    region: float
+    hardneg: float
+
+
+def total_loss(
+    model: torch.nn.Module,
+    batch: dict,
+    losses: tuple[str, ...] = ("global", "region", "hardneg"),
+    ddp: torch.nn.Module | None = None,
+) -> LossParts:
+    """Forward ``model`` (an FGCLIP; through its DDP wrapper when given) and combine the enabled losses."""
+    m = model
+    out = ddp(batch) if ddp is not None else forward_features(m, batch)
+    zero = out["image"].new_zeros(())
+    g = global_loss(out["image"], out["long"], out["short"], m.logit_scale) if "global" in losses else zero
+    r = zero
+    has_regions = _any_rows(out["regions"].shape[0])
+    if "region" in losses and has_regions:
+        r = region_loss(out["regions"], out["region_text"], m.logit_scale_finegraind)
+    h = zero
+    if "hardneg" in losses and out.get("hard_text") is not None and out["hard_text"].shape[0]:
+        h = hardneg_loss(out["regions"][batch["hard_index"]], out["hard_text"], m.logit_scale_hardneg)
+    total = g + REGION_WEIGHT * r + HARDNEG_WEIGHT * h
+    return LossParts(total, float(g.detach()), float(r.detach()), float(h.detach()))
+
+
+def _any_rows(local: int) -> bool:
+    _, world = _dist()
+    if world == 1:
+        return local > 0
+    import torch.distributed as dist
+
+    t = torch.tensor([local])
+    dist.all_reduce(t)
+    return int(t.item()) > 0
+
+
+def forward_features(model: torch.nn.Module, batch: dict) -> dict[str, Tensor]:
+    """Every feature the losses need, from one pass per tower input."""
+    from fgsearch.model import TextPath
+
+    img = model.encode_image_and_regions(batch["pixel_values"], batch["boxes"])
+    out = {
+        "image": img.image,
+        "regions": img.regions,
+        "long": model.encode_text(batch["long_ids"], TextPath.LONG),
+        "short": model.encode_text(batch["short_ids"], TextPath.SHORT),
+    }
+    p = img.image.shape[-1]
+    out["region_text"] = (
+        model.encode_text(batch["region_ids"], TextPath.SHORT)
+        if batch.get("region_ids") is not None
+        else img.image.new_zeros((0, p))
+    )
+    if batch.get("hard_ids") is not None:
+        k = batch["hard_k"]
+        out["hard_text"] = model.encode_text(batch["hard_ids"], TextPath.SHORT).reshape(-1, k, p)
+    return out
+
+
+class FeatureModule(torch.nn.Module):
+    """Wraps FGCLIP so DistributedDataParallel sees one forward for all features."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        return forward_features(self.inner, batch)
