@@ -422,6 +422,139 @@ def doctor(
         raise typer.Exit(1)
 
 
+@app.command("make-data")
+@_errors
+def make_data(
+    kind: str = typer.Argument(..., help="Dataset to generate: fineshapes."),
+    out: Path = typer.Argument(..., help="Output folder (FineHARD layout)."),
+    n: int = typer.Option(2000, "--n", help="Number of images."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same data)."),
+    heldout: float = typer.Option(0.1, "--heldout", help="Fraction written to jsonfiles/heldout.json."),
+) -> None:
+    """Generate a synthetic fine-grained dataset (FineShapes) in FineHARD format."""
+    if kind != "fineshapes":
+        _fail(f"unknown dataset {kind!r}; available: fineshapes")
+    from fgsearch.trainer.fineshapes import make_fineshapes
+
+    path = make_fineshapes(out, n=n, seed=seed, heldout=heldout)
+    typer.echo(f"wrote {n} images to {path} (jsonfiles/train.json, jsonfiles/heldout.json, images/)")
+
+
+@app.command()
+@_errors
+def train(
+    data: str = typer.Option(
+        ..., "--data", help="finehard (see --data-root), a FineHARD folder, or a .json/.jsonl file."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder: the final model (usable as --model) and checkpoints."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="FineHARD location (or FGSEARCH_FINEHARD)."),
+    init: str = typer.Option(
+        "tiny",
+        "--init",
+        help="tiny (fresh small model), a registry name, a checkpoint dir, hf-hub:ORG/NAME, or openai-clip:DIR.",
+    ),
+    steps: int = typer.Option(1000, "--steps"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(5e-4, "--lr"),
+    weight_decay: float = typer.Option(0.1, "--weight-decay"),
+    warmup: int = typer.Option(100, "--warmup", help="Linear warmup steps, then cosine decay."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Batches per optimizer step."),
+    clip_grad: float = typer.Option(1.0, "--clip-grad", help="Gradient norm clip (0: off)."),
+    freeze: str = typer.Option("none", "--freeze", help="none, vision, text, all-but-projections."),
+    losses: str = typer.Option("global,region,hardneg", "--losses", help="Comma list of global, region, hardneg."),
+    save_every: int = typer.Option(500, "--save-every", help="Checkpoint every N steps."),
+    eval_every: int = typer.Option(500, "--eval-every", help="Held-out evaluation every N steps."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
+    tiny_image_size: int = typer.Option(96, "--tiny-image-size", help="With --init tiny: input size."),
+    tiny_patch: int = typer.Option(12, "--tiny-patch", help="With --init tiny: patch size."),
+    tiny_width: int = typer.Option(128, "--tiny-width", help="With --init tiny: vision width."),
+    tiny_layers: int = typer.Option(4, "--tiny-layers", help="With --init tiny: vision layers."),
+) -> None:
+    """Fine-tune FG-CLIP (global, region and hard-negative losses); torchrun for several GPUs."""
+    from fgsearch.trainer import TrainConfig
+    from fgsearch.trainer import train as run_train
+
+    cfg = TrainConfig(
+        data=data,
+        out=str(out),
+        data_root=str(data_root) if data_root else None,
+        init=init,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        grad_accum=grad_accum,
+        clip_grad=clip_grad,
+        freeze=freeze,
+        losses=tuple(x.strip() for x in losses.split(",") if x.strip()),
+        save_every=save_every,
+        eval_every=eval_every,
+        seed=seed,
+        device=device,
+        resume=resume,
+        tiny_image_size=tiny_image_size,
+        tiny_patch=tiny_patch,
+        tiny_width=tiny_width,
+        tiny_layers=tiny_layers,
+    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=_console(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task("train", total=steps, info="")
+
+        def progress(step: int, total: int, m: dict[str, float]) -> None:
+            bar.update(task, completed=step, info=f"loss {m.get('loss', float('nan')):.3f}")
+
+        path = run_train(cfg, progress=progress)
+    typer.echo(f"model saved in {path} (use it with --model {path}); log: {path / 'log.jsonl'}")
+
+
+@app.command()
+@_errors
+def demo(
+    folder: Path = typer.Argument(
+        Path("fgsearch-demo"), help="Where to write the photos, the library and the pictures."
+    ),
+    n: int = typer.Option(60, "--n", help="Number of generated photos."),
+) -> None:
+    """Offline demo: generate FineShapes photos, index them with the shipped demo model, run queries."""
+    from fgsearch.library import Library
+    from fgsearch.model import REGISTRY
+    from fgsearch.render import RenderItem, contact_sheet, html_page
+    from fgsearch.trainer.fineshapes import EXAMPLE_QUERIES, make_fineshapes
+
+    model_dir = REGISTRY["demo"].local_dir
+    data = make_fineshapes(folder / "photos", n=n, seed=1234, heldout=0)
+    console = _console()
+    with Library.open(folder / "library", model=str(model_dir), device="cpu") as lib:
+        rep = lib.index(str(data / "images"))
+        console.print(f"indexed {rep.indexed} photos ({rep.regions} regions) in {rep.seconds:.1f}s", highlight=False)
+        from rich.table import Table
+
+        for i, q in enumerate(EXAMPLE_QUERIES):
+            hits = lib.search(q, k=4)
+            table = Table("rank", "score", "path", "box", title=f"query: {q}")
+            for h in hits:
+                box = ",".join(f"{v:.2f}" for v in h.box.as_tuple()) if h.box else "-"
+                table.add_row(str(h.rank), f"{h.score:.3f}", str(Path(h.path).relative_to(folder.resolve())), box)
+            console.print(table)
+            items = [RenderItem(h.path, f"#{h.rank} {h.score:.3f}", h.box) for h in hits]
+            contact_sheet(items, folder / f"query{i + 1}.png", thumb=160, title=q)
+            html_page(items, folder / f"query{i + 1}.html", title=q)
+    console.print(f"pictures with the boxes drawn: {folder}/query1.png ... query{len(EXAMPLE_QUERIES)}.png (and .html)")
+
+
 def main() -> None:
     """Console-script entry point."""
     from fgsearch.errors import FgsearchError
