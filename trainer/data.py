@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import random
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,6 @@ FINEHARD_HELP = (
     "as the FG-CLIP README describes (folders coyo_image_<i>/...). Point fgsearch at it with --data-root DIR or "
     "FGSEARCH_FINEHARD=DIR"
 )
-_RESYNC = re.compile(r"\}\s*,\s*\{")
 
 
 @dataclass
@@ -101,18 +99,48 @@ def iter_json_array(path: Path, stats: ReadStats, chunk: int = 1 << 20) -> Itera
                         buf, pos = buf[pos:] + more, 0
                         continue
                     eof = True
-                stats.bad_record(f"{path.name}:{index}", f"malformed JSON ({e.msg} at byte {e.pos})")
+                stats.bad_record(f"{path.name}:{index}", f"malformed JSON ({e.msg})")
                 index += 1
-                m = _RESYNC.search(buf, e.pos if e.pos > pos else pos)
-                if m is None:
+                while True:  # skip to the end of the malformed element by bracket counting
+                    end = _element_end(buf, pos)
+                    if end >= 0 or eof:
+                        break
+                    more = f.read(chunk)
+                    eof = not more
+                    buf += more
+                if end < 0:
                     return
-                pos = m.start() + m.group(0).index("{")
+                pos = end
                 continue
             yield index, value
             index += 1
             pos = end
             if pos > chunk and not eof:  # keep the buffer bounded
                 buf, pos = buf[pos:], 0
+
+
+def _element_end(buf: str, start: int) -> int:
+    """Index just past the JSON value starting at ``start`` (brackets counted outside strings),
+    or -1 if the buffer ends first."""
+    depth, in_str, esc = 0, False, False
+    for i in range(start, len(buf)):
+        c = buf[i]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return -1
 
 
 def _box(raw: Any) -> tuple[float, float, float, float]:
