@@ -245,3 +245,20 @@ def test_cli_index_query_status(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert r.exit_code == 1 and "no library" in r.output
     r = runner.invoke(app, ["doctor", "--library", str(lib)])
     assert r.exit_code == 0 and "agree" in r.stdout
+
+
+def test_reader_works_while_writer_holds_the_library(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path / "photos"
+    make_folder(root, n_good=6, bad=False)
+    with _open(tmp_path, tiny_model_dir, regions=RegionSettings(proposer="grid", max_regions=4)) as writer:
+        writer.index(root)
+        with Library.open(tmp_path / "lib", read_only=True) as reader:
+            first = reader.search("a green square", k=3)
+            with ThreadPoolExecutor(4) as pool:  # searches from several threads agree
+                results = list(pool.map(lambda _: reader.search("a green square", k=3), range(8)))
+            assert all([h.path for h in r] == [h.path for h in first] for r in results)
+            make_folder(root / "more", n_good=2, bad=False, seed=9)
+            writer.index(root)  # the writer goes on while the reader is open
+            assert len(reader.search("a green square", k=3)) == 3
