@@ -17,7 +17,7 @@ from _library_data import make_folder, scene
 from typer.testing import CliRunner
 
 from fgsearch.boxes import Box
-from fgsearch.errors import InputError, LibraryError, LibraryLockedError
+from fgsearch.errors import ImageError, InputError, LibraryError, LibraryLockedError
 from fgsearch.library import Library
 from fgsearch.regions import RegionSettings
 from fgsearch.search import Filters
@@ -127,6 +127,11 @@ def test_filters_negative_and_json(tmp_path: Path, tiny_model_dir: Path) -> None
         }
         with pytest.raises(InputError, match="empty query"):
             lib.search("   ")
+        with pytest.raises(ImageError, match="does not exist"):
+            lib.search(image=str(tmp_path / "missing.jpg"))
+        (tmp_path / "broken.jpg").write_bytes(b"not an image")
+        with pytest.raises(ImageError, match="cannot read query image"):
+            lib.search(image=str(tmp_path / "broken.jpg"))
 
 
 def test_errors_lock_model_mismatch_and_empty(tmp_path: Path, tiny_model_dir: Path) -> None:
