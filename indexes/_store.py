@@ -61,6 +61,7 @@ OP_REMOVE = 2
 _COPY_ROWS = 16384
 _OPEN_RETRIES = 20
 _PREAD_MAX_ROWS = 65536
+_DICT_LOOKUP_MAX = 4096
 
 #: Builds backend files for a new generation: (generation, vectors, ids) -> (manifest extras, files).
 ExtraBuilder = Callable[[int, np.ndarray, np.ndarray], tuple[dict[str, Any], list[str]]]
@@ -405,11 +406,20 @@ class JournaledStore:
             hit = (pos < nb) & (self.base_ids[posc] == ids) & self.base_alive[posc]
             rows[hit] = posc[hit]
         if self.delta_map:
-            get = self.delta_map.get
-            for i, ident in enumerate(ids.tolist()):
-                j = get(ident)
-                if j is not None:
-                    rows[i] = nb + j
+            if ids.size <= _DICT_LOOKUP_MAX:
+                get = self.delta_map.get
+                for i, ident in enumerate(ids.tolist()):
+                    j = get(ident)
+                    if j is not None:
+                        rows[i] = nb + j
+            else:  # many ids (a large allowed-id filter): vectorized over the live delta rows
+                live = np.flatnonzero(self.delta.ids[: self.delta.n] >= 0)
+                d_ids = self.delta.ids[live]
+                order = np.argsort(d_ids)
+                d_ids, live = d_ids[order], live[order]
+                pos = np.minimum(np.searchsorted(d_ids, ids), max(d_ids.size - 1, 0))
+                hit = d_ids[pos] == ids if d_ids.size else np.zeros(ids.size, dtype=bool)
+                rows[hit] = nb + live[pos[hit]]
         return rows
 
     def gather(self, rows: np.ndarray) -> np.ndarray:

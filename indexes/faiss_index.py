@@ -35,7 +35,7 @@ import numpy as np
 from ._store import fsync_file
 from .base import SearchResult, empty_result, merge_topk, topk_rows
 from .config import FaissConfig
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, IndexCorruptError
 from .exact import StoreBackedIndex, chunked_queries, exact_topk
 
 log = logging.getLogger(__name__)
@@ -341,7 +341,12 @@ class FaissIndex(StoreBackedIndex):
         return topk_rows(cand, scores, k)
 
     def _store_gather(self, cand: np.ndarray) -> np.ndarray:
-        return self._store.read_rows(self._store.lookup(cand))
+        rows = self._store.lookup(cand)
+        if (rows < 0).any():  # the IVF file and the snapshot disagree: never expected
+            raise IndexCorruptError(
+                f"{self._store.path}: the FAISS index returned ids missing from the snapshot; rebuild it with save()"
+            )
+        return self._store.read_rows(rows)
 
     def _unfiltered_selector(self) -> Any:
         """Selector excluding ids removed/replaced since the IVF snapshot (cached per change)."""

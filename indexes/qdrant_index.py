@@ -83,6 +83,11 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError))
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's text on one line (qdrant-client's messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _fmt_ids(ids: np.ndarray, limit: int = 5) -> str:
     shown = ", ".join(str(int(i)) for i in ids[:limit])
     return shown + (f", ... ({ids.size} in all)" if ids.size > limit else "")
@@ -125,7 +130,8 @@ class QdrantIndex(VectorIndex):
             except Exception as e:
                 client.close()
                 raise BackendUnavailableError(
-                    f"cannot reach Qdrant at {config.url}: {e}; check the URL, API key and that the server is running"
+                    f"cannot reach Qdrant at {config.url}: {_one_line(e)}; "
+                    "check the URL, API key and that the server is running"
                 ) from e
             return client
         Path(config.path).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
@@ -226,7 +232,9 @@ class QdrantIndex(VectorIndex):
                 if attempt >= cfg.max_retries or not _is_transient(e):
                     raise
                 delay = cfg.retry_backoff_s * (2**attempt)
-                log.warning("%s failed (%s); retry %d/%d in %.1fs", what, e, attempt + 1, cfg.max_retries, delay)
+                log.warning(
+                    "%s failed (%s); retry %d/%d in %.1fs", what, _one_line(e), attempt + 1, cfg.max_retries, delay
+                )
                 time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -360,8 +368,9 @@ class QdrantIndex(VectorIndex):
     def _undo_partial_add(self, ids: np.ndarray, existing: np.ndarray, written: int, exc: Exception) -> str:
         """Delete the new points a failed add wrote; return a message saying what is left."""
         where = self._where(self._config)
+        err = _one_line(exc)
         if written == 0:
-            return f"adding {ids.size} vectors to {where} failed, nothing was written: {exc}"
+            return f"adding {ids.size} vectors to {where} failed, nothing was written: {err}"
         new = ids[:written][~existing[:written]]
         try:
             if new.size:
@@ -372,13 +381,13 @@ class QdrantIndex(VectorIndex):
                 )
         except Exception as e2:
             return (
-                f"adding {ids.size} vectors to {where} failed after {written} were written ({exc}), and "
-                f"removing them failed too ({e2}); call remove(ids, missing='ignore') for these ids"
+                f"adding {ids.size} vectors to {where} failed after {written} were written ({err}), and "
+                f"removing them failed too ({_one_line(e2)}); call remove(ids, missing='ignore') for these ids"
             )
         replaced = int(existing[:written].sum())
         tail = f"; {replaced} existing vectors were already replaced" if replaced else ""
         return (
-            f"adding {ids.size} vectors to {where} failed ({exc}); the {new.size} new ones written were removed{tail}"
+            f"adding {ids.size} vectors to {where} failed ({err}); the {new.size} new ones written were removed{tail}"
         )
 
     def remove(self, ids: Any, *, missing: MissingPolicy = "error") -> int:

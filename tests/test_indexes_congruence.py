@@ -17,28 +17,31 @@ from _indexes_data import ivf_config, near_queries, recall, same_topk, small_jou
 from fgsearch.indexes import ExactConfig, FaissConfig, QdrantConfig, VectorIndex, create_index, open_index
 
 DIM = 32
-N = 3000
+N = 3000  # qdrant embedded writes ~1 ms per point: its test uses N_QDRANT
+N_QDRANT = 1000
 
 
 def _apply_ops(indexes: list[VectorIndex], data: np.ndarray, *, save_midway: bool) -> None:
     """The same sequence of adds, removals, upserts and re-adds on every index."""
     rng = np.random.default_rng(7)
-    for s in range(0, N, 500):
+    n = data.shape[0]
+    step = n // 6
+    for s in range(0, n, step):
         for idx in indexes:
-            idx.add(np.arange(s, s + 500), data[s : s + 500])
+            idx.add(np.arange(s, min(s + step, n)), data[s : s + step])
             idx.flush()
     if save_midway:
         for idx in indexes:
             idx.save()
-    removed = rng.choice(N, size=300, replace=False)
-    replaced = rng.choice(np.setdiff1d(np.arange(N), removed), size=150, replace=False)
-    new_vecs = unit_vectors(150, DIM, seed=99)
-    readded = removed[:50]
+    removed = rng.choice(n, size=n // 10, replace=False)
+    replaced = rng.choice(np.setdiff1d(np.arange(n), removed), size=n // 20, replace=False)
+    new_vecs = unit_vectors(n // 20, DIM, seed=99)
+    readded = removed[: n // 60]
     for idx in indexes:
-        assert idx.remove(removed) == 300
+        assert idx.remove(removed) == n // 10
         idx.add(replaced, new_vecs, upsert=True)
         idx.add(readded, data[readded] * -1.0)  # re-add removed ids with other vectors
-        idx.add(np.arange(N, N + 100), unit_vectors(100, DIM, seed=5))
+        idx.add(np.arange(n, n + 100), unit_vectors(100, DIM, seed=5))
         idx.flush()
 
 
@@ -62,8 +65,8 @@ def _compare(ref: VectorIndex, other: VectorIndex, queries: np.ndarray, *, exact
             assert np.isin(o.ids[o.ids >= 0], kw["allowed_ids"]).all()
 
 
-def _congruence(tmp_path: Path, kind: str, config: Any, *, exact: bool, save_midway: bool) -> VectorIndex:
-    data = unit_vectors(N, DIM, seed=3)
+def _congruence(tmp_path: Path, kind: str, config: Any, *, exact: bool, save_midway: bool, n: int = N) -> VectorIndex:
+    data = unit_vectors(n, DIM, seed=3)
     queries = near_queries(data, 60)
     ref = create_index("exact", tmp_path / "ref", DIM, config=ExactConfig(journal=small_journal()))
     other = create_index(kind, tmp_path / kind, DIM, config=config)
@@ -106,7 +109,7 @@ def test_faiss_ivf_tier_recall(tmp_path: Path, save_midway: bool) -> None:
 
 def test_qdrant_embedded_is_exact(tmp_path: Path) -> None:
     cfg = QdrantConfig(path=str(tmp_path / "qdrant"), batch_size=300)
-    other = _congruence(tmp_path, "qdrant", cfg, exact=True, save_midway=False)
+    other = _congruence(tmp_path, "qdrant", cfg, exact=True, save_midway=False, n=N_QDRANT)
     other.close()
 
 
@@ -120,24 +123,24 @@ def test_qdrant_payload_carries_image_and_region(tmp_path: Path) -> None:
 
 
 def test_faiss_switches_tiers_automatically(tmp_path: Path) -> None:
-    cfg = ivf_config(flat_threshold=800, retrain_growth=2.0)
-    data = unit_vectors(2000, DIM, seed=11)
+    cfg = ivf_config(flat_threshold=1000, retrain_growth=2.0)
+    data = unit_vectors(2400, DIM, seed=11)
     with create_index("faiss", tmp_path / "f", DIM, config=cfg) as idx:
-        idx.add(np.arange(700), data[:700])
+        idx.add(np.arange(900), data[:900])
         idx.flush()
         assert idx.stats().params["tier"] == "flat"
-        idx.add(np.arange(700, 900), data[700:900])
+        idx.add(np.arange(900, 1100), data[900:1100])
         idx.flush()  # crossed flat_threshold: the flush trains IVF-PQ
         p = idx.stats().params
-        assert p["tier"] == "ivf" and p["trained_n"] == 900
-        idx.add(np.arange(900, 2000), data[900:])
+        assert p["tier"] == "ivf" and p["trained_n"] == 1100
+        idx.add(np.arange(1100, 2400), data[1100:])
         idx.flush()  # grew past retrain_growth x trained_n: retrained
-        assert idx.stats().params["trained_n"] == 2000
-        idx.remove(np.arange(1700))
+        assert idx.stats().params["trained_n"] == 2400
+        idx.remove(np.arange(2000))
         idx.flush()  # fell below flat_threshold / 2: back to exact search
         assert idx.stats().params["tier"] == "flat"
-        res = idx.search(data[1900], 1)
-        assert res.ids[0, 0] == 1900
+        res = idx.search(data[2300], 1)
+        assert res.ids[0, 0] == 2300
 
 
 def test_faiss_large_filter_uses_ivf_selector(tmp_path: Path) -> None:
