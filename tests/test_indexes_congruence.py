@@ -162,3 +162,27 @@ def test_faiss_large_filter_uses_ivf_selector(tmp_path: Path) -> None:
         assert np.isin(got.ids[got.ids >= 0], allowed).all()
         assert not np.isin(got.ids, np.arange(0, 2000, 5)).any()
         assert recall(got.ids, want.ids) >= 0.95
+
+
+def test_faiss_gpu_selection_falls_back_to_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a GPU reported but unusable, search stays on CPU; use_gpu=True without one is an error."""
+    import faiss
+
+    from fgsearch.indexes import BackendUnavailableError
+
+    data = unit_vectors(1500, DIM, seed=21)
+    with create_index("faiss", tmp_path / "f", DIM, config=ivf_config(use_gpu=False)) as idx:
+        idx.add(np.arange(1500), data)
+        idx.save()
+
+    def no_gpu_resources() -> None:
+        raise RuntimeError("CUDA driver not found")
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
+    monkeypatch.setattr(faiss, "StandardGpuResources", no_gpu_resources, raising=False)
+    with open_index("faiss", tmp_path / "f", read_only=True, config=ivf_config()) as idx:
+        assert idx.stats().params["gpu"] is False
+        assert idx.search(data[7], 1).ids[0, 0] == 7
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0, raising=False)
+    with pytest.raises(BackendUnavailableError, match="no GPU"):
+        open_index("faiss", tmp_path / "f", read_only=True, config=ivf_config(use_gpu=True))
