@@ -53,7 +53,8 @@ class FaissConfig:
     * ``flat_threshold``: below this many vectors search is exact brute force (BLAS over the stored
       vectors). At or above it the next snapshot trains an IVF-PQ index.
     * ``nlist`` (IVF cells): ``None`` derives a power of two near ``2 * sqrt(n)``, clamped to
-      [64, 65536]; ``pq_m`` (bytes per vector): ``None`` derives ``dim // 4``.
+      [64, 65536]; ``pq_m`` (bytes per vector): ``None`` derives ``dim // 4`` (``dim // 8`` when a
+      GPU will search it: FAISS's GPU IVF-PQ takes at most 96 bytes per code).
     * ``nprobe``: ``None`` calibrates it when the IVF index is trained: the smallest power of two
       (up to ``nlist / 4``) whose recall@10 on ``calibration_queries`` sample queries, measured
       against exact search, is at least ``recall_target + calibration_margin``; if none gets there

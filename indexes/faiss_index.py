@@ -121,13 +121,19 @@ class FaissIndex(StoreBackedIndex):
                 self._ivf = faiss.read_index(str(fpath))
             self._maybe_gpu()
 
+    def _gpu_wanted(self) -> bool:
+        """True when GPU FAISS should be used: allowed by config, and FAISS sees a GPU."""
+        if self._config.use_gpu is False:
+            return False
+        faiss = _faiss()
+        return bool(faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0)
+
     def _maybe_gpu(self) -> None:
         faiss = _faiss()
         want = self._config.use_gpu
         if want is False:
             return
-        n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-        if n_gpus == 0:
+        if not self._gpu_wanted():
             if want is True:
                 raise BackendUnavailableError(
                     "use_gpu=True but FAISS sees no GPU; install fgsearch[gpu] on a CUDA machine or set use_gpu=None"
@@ -136,7 +142,7 @@ class FaissIndex(StoreBackedIndex):
         try:
             res = faiss.StandardGpuResources()
             co = faiss.GpuClonerOptions()
-            co.useFloat16 = True  # float16 lookup tables: needed for 64 sub-quantizers on GPU
+            co.useFloat16 = True  # float16 lookup tables: 32-bit ones overflow shared memory at 64 codes
             ram = faiss.read_index(str(self._store.path / self._extra["faiss_file"]))
             gpu = faiss.index_cpu_to_gpu(res, 0, ram, co)
             faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", self._nprobe())
@@ -220,6 +226,12 @@ class FaissIndex(StoreBackedIndex):
         n, dim = vecs.shape
         nlist = cfg.nlist or derive_nlist(n)
         m = cfg.pq_m or derive_pq_m(dim)
+        if cfg.pq_m is None and self._gpu_wanted():
+            # FAISS's GPU IVF-PQ handles at most 96 bytes per code: use dim/8 codes there and let
+            # the calibration below deepen the re-rank instead
+            m = derive_pq_m(max(1, dim // 2))
+            while dim % m:
+                m -= 1
         rng = np.random.default_rng(cfg.seed)
         n_train = min(n, cfg.train_sample or max(50 * nlist, 20_000))
         rows = np.sort(rng.choice(n, size=n_train, replace=False))
