@@ -462,6 +462,10 @@ def train(
     clip_grad: float = typer.Option(1.0, "--clip-grad", help="Gradient norm clip (0: off)."),
     freeze: str = typer.Option("none", "--freeze", help="none, vision, text, all-but-projections."),
     losses: str = typer.Option("global,region,hardneg", "--losses", help="Comma list of global, region, hardneg."),
+    region_weight: float = typer.Option(0.1, "--region-weight", help="Weight of the region loss (paper: 0.1)."),
+    hardneg_weight: float = typer.Option(
+        0.5, "--hardneg-weight", help="Weight of the hard-negative loss (paper: 0.5)."
+    ),
     save_every: int = typer.Option(500, "--save-every", help="Checkpoint every N steps."),
     eval_every: int = typer.Option(500, "--eval-every", help="Held-out evaluation every N steps."),
     seed: int = typer.Option(0, "--seed"),

@@ -35,6 +35,8 @@ def run(work: Path, name: str, losses: tuple[str, ...], args: argparse.Namespace
         seed=args.seed,
         lr=args.lr,
         warmup=min(100, args.steps // 10),
+        region_weight=args.region_weight,
+        hardneg_weight=args.hardneg_weight,
     )
     t0 = time.perf_counter()
     train(cfg)
@@ -59,6 +61,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--region-weight", type=float, default=0.1, help="paper: 0.1")
+    ap.add_argument("--hardneg-weight", type=float, default=0.5, help="paper: 0.5")
     ap.add_argument("--work", type=Path, default=Path("bench-train"))
     ap.add_argument("--only", choices=("all", "global"), default=None)
     args = ap.parse_args()
@@ -72,7 +76,10 @@ def main() -> None:
         runs.append(run(args.work, "all-losses", ("global", "region", "hardneg"), args))
     if args.only in (None, "global"):
         runs.append(run(args.work, "global-only", ("global",), args))
-    print(f"FineShapes n={args.n} (10% held out), steps={args.steps}, batch={args.batch}, seed={args.seed}")
+    print(
+        f"FineShapes n={args.n} (10% held out), steps={args.steps}, batch={args.batch}, seed={args.seed}, "
+        f"loss weights region={args.region_weight} hardneg={args.hardneg_weight}"
+    )
     print(f"{'run':<12} {'steps/s':>8} {'img/s':>7} {'t2i R@1':>8} {'i2t R@1':>8} {'hard-neg':>9} {'region->text':>12}")
     for r in runs:
         print(

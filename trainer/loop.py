@@ -49,6 +49,8 @@ class TrainConfig:
     clip_grad: float = 1.0
     freeze: str = "none"
     losses: tuple[str, ...] = LOSS_CHOICES
+    region_weight: float = 0.1  # the paper's weights
+    hardneg_weight: float = 0.5
     save_every: int = 500
     eval_every: int = 500
     eval_limit: int = 500
@@ -310,7 +312,9 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, stop_at: int | N
                 batch = collate(samples, transform, tokenizer)
                 batch = _to(batch, device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    parts = total_loss(model, batch, cfg.losses, ddp=ddp)
+                    parts = total_loss(
+                        model, batch, cfg.losses, ddp=ddp, weights=(cfg.region_weight, cfg.hardneg_weight)
+                    )
                 (parts.total / cfg.grad_accum).backward()
                 parts_sum["loss"] += float(parts.total.detach()) / cfg.grad_accum
                 parts_sum["global"] += parts.global_ / cfg.grad_accum

@@ -105,6 +105,7 @@ def total_loss(
     batch: dict,
     losses: tuple[str, ...] = ("global", "region", "hardneg"),
     ddp: torch.nn.Module | None = None,
+    weights: tuple[float, float] = (REGION_WEIGHT, HARDNEG_WEIGHT),
 ) -> LossParts:
     """Forward ``model`` (an FGCLIP; through its DDP wrapper when given) and combine the enabled losses."""
     m = model
@@ -118,7 +119,7 @@ def total_loss(
     h = zero
     if "hardneg" in losses and out.get("hard_text") is not None and out["hard_text"].shape[0]:
         h = hardneg_loss(out["regions"][batch["hard_index"]], out["hard_text"], m.logit_scale_hardneg)
-    total = g + REGION_WEIGHT * r + HARDNEG_WEIGHT * h
+    total = g + weights[0] * r + weights[1] * h
     return LossParts(total, float(g.detach()), float(r.detach()), float(h.detach()))
 
 
