@@ -1,0 +1,458 @@
+"""Run a benchmark end to end: read the data, encode with the model layer, score, record.
+
+``run_eval(task, data, model)`` returns an :class:`EvalResult` (metrics in percent, the paper's
+numbers where the seed table has them, and the settings that produced them). Encoding goes
+through :class:`fgsearch.model.Encoder`, the same batching and device handling as indexing
+(GPU and bf16 when present). Region features come from the same forward pass as the global
+vector. The library never prints: progress is reported through an optional callback.
+
+Text paths follow the reference evaluation scripts: MSCOCO, Flickr30K, FG-OVD and box
+classification use the short path (77 tokens, longer captions truncated); DCI, ShareGPT4V-1k and
+Urban-1K use the long path (248 tokens). FineShapes uses the long path for its long captions and
+the short path for region expressions, as in training.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fgsearch.errors import DataError, InputError
+from fgsearch.eval import datasets as ds
+from fgsearch.eval.metrics import Ties, hard_negative_accuracy, retrieval_metrics, topk_accuracy
+from fgsearch.eval.paper import PaperNumber, paper_numbers
+
+if TYPE_CHECKING:
+    from fgsearch.model import Encoder
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called as work advances (``stage`` is a short label)."""
+
+SHORT, LONG = "short", "long"
+
+# Prompts for box classification (class name in the braces), averaged per class as CLIP does.
+# The reference averages over CLIP's 80 ImageNet templates; ours is a shorter set of our own, so
+# box-classification numbers can differ slightly from the paper's.
+BOX_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a cropped photo of a {}.",
+    "a close-up photo of a {}.",
+    "a photo of a small {}.",
+    "a photo of a large {}.",
+    "a blurry photo of a {}.",
+    "a {} in the scene.",
+)
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """A benchmark: how to read its data and how to score it."""
+
+    name: str
+    description: str
+    kind: str  # retrieval | regions | boxcls | fineshapes
+    reader: Callable[[str | os.PathLike[str], int | None], Any]
+    text_path: str  # the text path used: short, long, or "long captions, short regions"
+    layout: str  # the expected local layout, for help texts
+
+
+TASKS: dict[str, EvalTask] = {
+    "flickr30k": EvalTask(
+        "flickr30k",
+        "Flickr30K 1K test: text<->image R@1/5/10",
+        "retrieval",
+        lambda p, n: ds.read_karpathy(p, "flickr30k", "test", n),
+        SHORT,
+        "DIR/dataset_flickr30k.json (Karpathy) + DIR/flickr30k-images/*.jpg",
+    ),
+    "coco": EvalTask(
+        "coco",
+        "MSCOCO 5K: text<->image R@1/5/10",
+        "retrieval",
+        ds.read_coco_retrieval,
+        SHORT,
+        "DIR/annotations/captions_val2017.json + DIR/val2017/ (or DIR/dataset_coco.json, Karpathy 5K test)",
+    ),
+    "dci": EvalTask(
+        "dci",
+        "DCI long-caption retrieval: text<->image R@1",
+        "retrieval",
+        ds.read_dci,
+        LONG,
+        "DIR/annotations/*.json + DIR/photos/",
+    ),
+    "sharegpt4v": EvalTask(
+        "sharegpt4v",
+        "ShareGPT4V-1k long-caption retrieval: text<->image R@1",
+        "retrieval",
+        ds.read_sharegpt4v,
+        LONG,
+        f"DIR/{ds.SHAREGPT4V_FILE} + its images under DIR",
+    ),
+    "urban1k": EvalTask(
+        "urban1k",
+        "Urban-1K long-caption retrieval: text<->image R@1",
+        "retrieval",
+        ds.read_urban1k,
+        LONG,
+        "DIR/image/*.jpg + DIR/caption/*.txt",
+    ),
+    "fgovd": EvalTask(
+        "fgovd",
+        "FG-OVD: region vs positive and hard-negative expressions (accuracy)",
+        "regions",
+        ds.read_fgovd,
+        SHORT,
+        "FILE.jsonl or DIR/*.jsonl (FG-OVD benchmark files) + COCO val2017 images under DIR, DIR/coco or DIR/..",
+    ),
+    "coco-boxcls": EvalTask(
+        "coco-boxcls",
+        "COCO box classification: region vs class-name prompts (top-1/top-5 accuracy)",
+        "boxcls",
+        ds.read_coco_boxes,
+        SHORT,
+        "DIR/annotations/instances_val2017.json + DIR/val2017/",
+    ),
+    "fineshapes": EvalTask(
+        "fineshapes",
+        "FineShapes held-out: R@1/5/10, hard-negative and region->text accuracy",
+        "fineshapes",
+        ds.read_fineshapes,
+        "long captions, short region texts",
+        "DIR/jsonfiles/heldout.json + DIR/images/ (made by `fgsearch make-data fineshapes DIR`)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Metrics (percent), the paper's numbers keyed like them, and what produced them."""
+
+    task: str
+    metrics: dict[str, float]
+    paper: dict[str, tuple[PaperNumber, ...]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """Table rows ``(metric, ours, paper)``, values formatted to two decimals; paper ``""`` if none."""
+        out = []
+        for name, value in self.metrics.items():
+            ref = " / ".join(str(p) for p in self.paper.get(name, ()))
+            out.append((name, f"{value:.2f}", ref))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "metrics": dict(self.metrics),
+            "paper": {k: [{"value": p.value, "label": p.label} for p in v] for k, v in self.paper.items()},
+            "settings": dict(self.settings),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=str)
+
+
+# ---- encoding ------------------------------------------------------------------------------------
+def _report(progress: ProgressFn | None, stage: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(stage, done, total)
+
+
+def _load_pixels(enc: Encoder, paths: Sequence[Path]) -> np.ndarray:
+    from PIL import Image
+
+    arrays = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.load()
+                arrays.append(enc.transform.to_array(im))
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read evaluation image {p} ({e}); re-download the dataset's images") from e
+    return np.stack(arrays)
+
+
+def encode_images(
+    enc: Encoder,
+    paths: Sequence[Path],
+    boxes: Sequence[np.ndarray] | None = None,
+    batch_size: int = 32,
+    progress: ProgressFn | None = None,
+    stage: str = "images",
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Paths -> L2-normalised global vectors ``[N, P]`` and per-image region vectors (one pass each).
+
+    Decoding the next batch runs in a thread while the current one is encoded.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    starts = list(range(0, len(paths), batch_size))
+    globals_: list[np.ndarray] = []
+    regions: list[np.ndarray] = []
+    _report(progress, stage, 0, len(paths))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt: Future[np.ndarray] | None = pool.submit(_load_pixels, enc, paths[:batch_size]) if starts else None
+        for k, s in enumerate(starts):
+            assert nxt is not None
+            pv = nxt.result()
+            nxt = (
+                pool.submit(_load_pixels, enc, paths[starts[k + 1] : starts[k + 1] + batch_size])
+                if k + 1 < len(starts)
+                else None
+            )
+            out = enc.encode_pixels(pv, None if boxes is None else boxes[s : s + batch_size])
+            globals_.append(out.image)
+            if boxes is not None:
+                regions.extend(out.regions)
+            _report(progress, stage, min(s + batch_size, len(paths)), len(paths))
+    image = np.concatenate(globals_) if globals_ else np.zeros((0, enc.dim), np.float32)
+    return image, regions
+
+
+def encode_texts(
+    enc: Encoder,
+    texts: Sequence[str],
+    path: str,
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+    stage: str = "texts",
+) -> tuple[np.ndarray, int]:
+    """Texts on a FORCED path -> (L2-normalised ``[N, P]``, how many were truncated)."""
+    from fgsearch.model import TextTruncatedWarning
+
+    out = np.zeros((len(texts), enc.dim), np.float32)
+    truncated = 0
+    step = max(1, batch_size) * 4
+    _report(progress, stage, 0, len(texts))
+    for s in range(0, len(texts), step):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TextTruncatedWarning)
+            out[s : s + step] = enc.encode_texts(list(texts[s : s + step]), path=path, batch_size=batch_size)
+        truncated += sum(1 for w in caught if issubclass(w.category, TextTruncatedWarning))
+        _report(progress, stage, min(s + step, len(texts)), len(texts))
+    return out, truncated
+
+
+def _unique(texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct texts (first-seen order) and, per input, its index among them."""
+    index: dict[str, int] = {}
+    inverse = np.empty(len(texts), dtype=np.int64)
+    for i, t in enumerate(texts):
+        inverse[i] = index.setdefault(t, len(index))
+    return list(index), inverse
+
+
+# ---- scoring ---------------------------------------------------------------------------------------
+def score_retrieval(
+    enc: Encoder,
+    data: ds.RetrievalSet,
+    text_path: str,
+    batch_size: int,
+    progress: ProgressFn | None,
+    ties: Ties = "pessimistic",
+) -> tuple[dict[str, float], dict[str, Any]]:
+    img, _ = encode_images(enc, data.images, None, batch_size, progress)
+    txt, truncated = encode_texts(enc, data.texts, text_path, max(batch_size, 64), progress)
+    metrics = retrieval_metrics(img @ txt.T, data.text_images, (1, 5, 10), ties)
+    sizes = {"images": len(data.images), "texts": len(data.texts), "texts_truncated": truncated}
+    return metrics, sizes
+
+
+def _region_vectors(
+    enc: Encoder,
+    images: Sequence[Path],
+    boxes: Sequence[tuple[int, ds.Box4]],
+    batch_size: int,
+    progress: ProgressFn | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Global vectors and one region vector per ``(image, box)``, in the order given."""
+    per_image: list[list[ds.Box4]] = [[] for _ in images]
+    slot: list[tuple[int, int]] = []
+    for i, b in boxes:
+        slot.append((i, len(per_image[i])))
+        per_image[i].append(b)
+    arrays = [np.asarray(b, np.float32).reshape(-1, 4) for b in per_image]
+    img, regs = encode_images(enc, images, arrays, batch_size, progress, "images + regions")
+    out = np.stack([regs[i][k] for i, k in slot]) if slot else np.zeros((0, enc.dim), np.float32)
+    return img, out
+
+
+def _hardneg(region: np.ndarray, items: Sequence[ds.RegionItem], text_vec: np.ndarray, tindex: dict[str, int]) -> float:
+    scores = []
+    for r, it in zip(region, items, strict=True):
+        ids = [tindex[it.positive], *(tindex[t] for t in it.negatives)]
+        scores.append(text_vec[ids] @ r)
+    return hard_negative_accuracy(scores)
+
+
+def score_regions(
+    enc: Encoder, data: ds.RegionTextSet, batch_size: int, progress: ProgressFn | None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    items = [it for it in data.items if it.negatives]
+    if not items:
+        raise DataError(f"{data.name}: no region has hard negatives ({data.source})")
+    _, region = _region_vectors(enc, data.images, [(it.image, it.box) for it in items], batch_size, progress)
+    texts, _ = _unique([t for it in items for t in (it.positive, *it.negatives)])
+    tvec, truncated = encode_texts(enc, texts, SHORT, max(batch_size, 64), progress)
+    tindex = {t: i for i, t in enumerate(texts)}
+    metrics = {"hardneg_acc": _hardneg(region, items, tvec, tindex)}
+    subsets = sorted({it.subset for it in items})
+    if len(subsets) > 1:
+        for sub in subsets:
+            sel = [k for k, it in enumerate(items) if it.subset == sub]
+            metrics[f"hardneg_acc[{sub}]"] = _hardneg(region[sel], [items[k] for k in sel], tvec, tindex)
+    sizes = {"images": len(data.images), "regions": len(items), "texts": len(texts), "texts_truncated": truncated}
+    return metrics, sizes
+
+
+def class_embeddings(
+    enc: Encoder, class_names: Sequence[str], templates: Sequence[str] = BOX_TEMPLATES, batch_size: int = 64
+) -> tuple[np.ndarray, int]:
+    """One L2-normalised vector per class: the mean of its normalised prompt vectors (short path)."""
+    prompts = [t.format(c) for c in class_names for t in templates]
+    vec, truncated = encode_texts(enc, prompts, SHORT, batch_size)
+    mean = vec.reshape(len(class_names), len(templates), -1).mean(axis=1)
+    return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12), truncated
+
+
+def score_boxcls(
+    enc: Encoder, data: ds.BoxClassSet, batch_size: int, progress: ProgressFn | None, ties: Ties = "pessimistic"
+) -> tuple[dict[str, float], dict[str, Any]]:
+    if not data.boxes:
+        raise DataError(f"{data.name}: no usable boxes in {data.source}")
+    _, region = _region_vectors(enc, data.images, [(b.image, b.box) for b in data.boxes], batch_size, progress)
+    cls, truncated = class_embeddings(enc, data.class_names, BOX_TEMPLATES, max(batch_size, 64))
+    scores = region @ cls.T
+    labels = [b.label for b in data.boxes]
+    k5 = min(5, len(data.class_names))
+    metrics = {
+        "top1_acc": topk_accuracy(scores, labels, 1, ties),
+        f"top{k5}_acc": topk_accuracy(scores, labels, k5, ties),
+    }
+    sizes = {
+        "images": len(data.images),
+        "boxes": len(data.boxes),
+        "boxes_skipped": data.skipped,
+        "classes": len(data.class_names),
+        "templates": len(BOX_TEMPLATES),
+        "texts_truncated": truncated,
+    }
+    return metrics, sizes
+
+
+def score_fineshapes(
+    enc: Encoder, data: ds.FineShapesSet, batch_size: int, progress: ProgressFn | None, ties: Ties = "pessimistic"
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Retrieval on long captions; hard negatives and region->text over the regions' short expressions.
+
+    Region->text: each region against every distinct region expression of the split; correct when
+    its own expression ranks first (pessimistic ties).
+    """
+    r, items = data.retrieval, data.regions.items
+    img, region = _region_vectors(enc, r.images, [(it.image, it.box) for it in items], batch_size, progress)
+    cap, trunc_long = encode_texts(enc, r.texts, LONG, max(batch_size, 64), progress, "captions")
+    metrics = retrieval_metrics(img @ cap.T, r.text_images, (1, 5, 10), ties)
+    sizes: dict[str, Any] = {"images": len(r.images), "captions": len(r.texts), "regions": len(items)}
+    if items:
+        texts, _ = _unique([t for it in items for t in (it.positive, *it.negatives)])
+        tvec, trunc_short = encode_texts(enc, texts, SHORT, max(batch_size, 64), progress, "region texts")
+        tindex = {t: i for i, t in enumerate(texts)}
+        hard = [k for k, it in enumerate(items) if it.negatives]
+        if hard:
+            metrics["hardneg_acc"] = _hardneg(region[hard], [items[k] for k in hard], tvec, tindex)
+        positives, label = _unique([it.positive for it in items])
+        pvec = tvec[[tindex[t] for t in positives]]
+        metrics["region_text_acc"] = topk_accuracy(region @ pvec.T, label, 1, ties)
+        sizes.update(region_texts=len(positives), hardneg_regions=len(hard), texts_truncated=trunc_long + trunc_short)
+    else:
+        sizes["texts_truncated"] = trunc_long
+    return metrics, sizes
+
+
+# ---- entry point -----------------------------------------------------------------------------------
+def _model_record(enc: Encoder) -> dict[str, Any]:
+    from fgsearch.model import checkpoint_fingerprint
+
+    spec = enc.spec
+    rec: dict[str, Any] = {"name": spec.name, "source": spec.source, "image_size": list(enc.transform.image_size)}
+    if spec.local_dir:
+        try:
+            rec["fingerprint"] = checkpoint_fingerprint(Path(spec.local_dir))
+        except (OSError, ValueError) as e:  # a record, not a reason to fail
+            logger.debug("no checkpoint fingerprint for %s: %s", spec.local_dir, e)
+    return rec
+
+
+def run_eval(
+    task: str,
+    data: str | os.PathLike[str],
+    model: str | os.PathLike[str] | Encoder = "fg-clip-base",
+    batch_size: int = 32,
+    device: str = "auto",
+    limit: int | None = None,
+    progress: ProgressFn | None = None,
+    ties: Ties = "pessimistic",
+) -> EvalResult:
+    """Evaluate ``model`` on ``task`` (a key of :data:`TASKS`) with the local data at ``data``.
+
+    ``model`` is a registry name, ``hf-hub:`` id, checkpoint directory, or a loaded
+    :class:`~fgsearch.model.Encoder` (then ``device`` is ignored). ``limit`` keeps the first N
+    images (N items for FG-OVD) for a quick check; such numbers are not comparable to the paper's.
+    """
+    if task not in TASKS:
+        raise InputError(f"unknown evaluation task {task!r}; choose one of {', '.join(TASKS)}")
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be at least 1, got {limit}")
+    spec = TASKS[task]
+    started = _dt.datetime.now(_dt.timezone.utc)
+    dataset = spec.reader(data, limit)  # read (and check) the data before loading a model
+    from fgsearch.model import Encoder
+
+    enc = model if isinstance(model, Encoder) else Encoder.load(model, device=device)
+    if spec.kind == "retrieval":
+        metrics, sizes = score_retrieval(enc, dataset, spec.text_path, batch_size, progress, ties)
+        source = dataset.source
+    elif spec.kind == "regions":
+        metrics, sizes = score_regions(enc, dataset, batch_size, progress)
+        source = dataset.source
+    elif spec.kind == "boxcls":
+        metrics, sizes = score_boxcls(enc, dataset, batch_size, progress, ties)
+        source = dataset.source
+    else:
+        metrics, sizes = score_fineshapes(enc, dataset, batch_size, progress, ties)
+        source = dataset.source
+    settings = {
+        "task": task,
+        "description": spec.description,
+        "model": _model_record(enc),
+        "data": str(Path(data).resolve()),
+        "data_files": source,
+        "sizes": sizes,
+        "text_path": spec.text_path,
+        "batch_size": batch_size,
+        "device": str(enc.device),
+        "precision": enc.precision,
+        "limit": limit,
+        "ties": ties,
+        "units": "percent",
+        "date": started.isoformat(timespec="seconds"),
+        "seconds": round((_dt.datetime.now(_dt.timezone.utc) - started).total_seconds(), 2),
+    }
+    from fgsearch._version import __version__
+
+    settings["fgsearch_version"] = __version__
+    return EvalResult(task, {k: round(v, 4) for k, v in metrics.items()}, paper_numbers(task), settings)
