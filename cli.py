@@ -559,6 +559,51 @@ def demo(
     console.print(f"pictures with the boxes drawn: {folder}/query1.png ... query{len(EXAMPLE_QUERIES)}.png (and .html)")
 
 
+@app.command("eval")
+@_errors
+def eval_(
+    task: str = typer.Argument(..., help="flickr30k, coco, dci, sharegpt4v, urban1k, fgovd, coco-boxcls, fineshapes."),
+    data: Path = typer.Option(
+        ..., "--data", help="Local dataset folder (or file); the error names the expected layout."
+    ),
+    model: str = typer.Option("fg-clip-base", "--model", "-m", help=MODEL_HELP),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    device: str = typer.Option("auto", "--device"),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N images (a quick check, not comparable)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Reproduce the paper's benchmarks from local data; the paper's numbers are shown beside ours."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from fgsearch.eval import run_eval
+
+    console = _console(json_out)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        result = run_eval(task, data, model=model, batch_size=batch_size, device=device, limit=limit, progress=progress)
+    if json_out:
+        typer.echo(result.to_json())
+        return
+    table = Table("metric", "ours (%)", "paper (%)", title=f"{result.settings.get('description', task)}")
+    for name, ours, paper in result.rows():
+        table.add_row(name, ours, paper or "-")
+    console.print(table)
+    s = result.settings
+    console.print(
+        f"model {s['model']}  data {s['data']}  sizes {s['sizes']}  text path {s['text_path']}  device {s['device']}",
+        highlight=False,
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     from fgsearch.errors import FgsearchError
