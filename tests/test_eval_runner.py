@@ -170,6 +170,9 @@ def test_limit_keeps_first_images(tmp_path: Path, tiny_model_dir: Path) -> None:
     res = run_eval("coco", _write("coco", tmp_path), tiny_model_dir, device="cpu", limit=2)
     assert res.settings["sizes"]["images"] == 2 and res.settings["sizes"]["texts"] == 4
     assert res.settings["limit"] == 2
+    lines = dict(res.describe())
+    assert "not comparable" in lines["limit"] and "images 2" in lines["sizes"]
+    assert lines["model"].startswith("tiny-model") and res.settings["model"]["fingerprint"] in lines["model"]
 
 
 DEMO = ASSETS / "demo-model"

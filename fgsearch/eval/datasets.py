@@ -27,15 +27,15 @@ logger = logging.getLogger(__name__)
 
 Box4 = tuple[float, float, float, float]
 
-KARPATHY_URL = "https://cs.stanford.edu/people/karpathy/deepimagesent/ (caption_datasets.zip)"
-FLICKR_IMAGES_URL = "https://shannon.cs.illinois.edu/DenotationGraph/ (flickr30k-images)"
-COCO_URL = "https://cocodataset.org/#download (val2017.zip, annotations_trainval2017.zip)"
-DCI_URL = "https://github.com/facebookresearch/DCI (annotations; SA-1B photos as its README says)"
+KARPATHY_URL = "https://cs.stanford.edu/people/karpathy/deepimagesent/ caption_datasets.zip"
+FLICKR_IMAGES_URL = "https://shannon.cs.illinois.edu/DenotationGraph/ flickr30k-images"
+COCO_URL = "https://cocodataset.org/#download val2017.zip + annotations_trainval2017.zip"
+DCI_URL = "https://github.com/facebookresearch/DCI annotations + the SA-1B photos its README names"
 SHAREGPT4V_URL = (
-    "https://huggingface.co/datasets/Lin-Chen/ShareGPT4V (share-captioner_coco_lcs_sam_1246k_1107.json + its images)"
+    "https://huggingface.co/datasets/Lin-Chen/ShareGPT4V share-captioner_coco_lcs_sam_1246k_1107.json + its images"
 )
 URBAN1K_URL = "https://huggingface.co/datasets/BeichenZhang/Urban1k"
-FGOVD_URL = "https://github.com/lorebianchi98/FG-OVD (benchmark jsonl files; images are COCO val2017)"
+FGOVD_URL = "https://github.com/lorebianchi98/FG-OVD benchmark jsonl files, images from COCO val2017"
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def read_karpathy(
     ``annotations/``); images are looked up under that folder, its ``flickr30k-images/``, ``images/``."""
     p = Path(path)
     fname = f"dataset_{dataset}.json"
-    hint = f"expected {fname} (Karpathy split, {KARPATHY_URL}) next to the images"
+    hint = f"expected {fname} (the Karpathy split) next to the images; get it from {KARPATHY_URL}"
     js = p if p.is_file() else _first_existing([p / fname, p / "annotations" / fname])
     if js is None:
         raise DataError(f"{dataset}: no {fname} under {p}; {hint}")
@@ -192,7 +192,7 @@ def read_karpathy(
         sents = [s["raw"].strip() for s in e.get("sentences", [])][:5]
         if sents:
             b.add(_resolve_image(rel, roots), sents)
-    images_hint = f"put the images under {root} ({FLICKR_IMAGES_URL if dataset == 'flickr30k' else COCO_URL})"
+    images_hint = f"put the images under {root} from {FLICKR_IMAGES_URL if dataset == 'flickr30k' else COCO_URL}"
     _require_images(b.images, dataset, images_hint)
     return b.build(dataset, f"{js} split={split} (Karpathy), first 5 captions per image")
 
@@ -202,7 +202,7 @@ def read_coco_captions(path: str | os.PathLike[str], limit: int | None = None) -
     images in id order, the first 5 captions of each."""
     root = Path(path)
     js = root / "annotations" / "captions_val2017.json"
-    hint = f"expected {root}/annotations/captions_val2017.json and {root}/val2017/ ({COCO_URL})"
+    hint = f"expected {root}/annotations/captions_val2017.json and {root}/val2017/ from {COCO_URL}"
     data = _load_json(js, "coco", hint)
     caps: dict[int, list[str]] = {}
     for a in data.get("annotations", []):
@@ -228,8 +228,8 @@ def read_coco_retrieval(path: str | os.PathLike[str], limit: int | None = None) 
         return read_karpathy(p, "coco", "test", limit)
     raise DataError(
         f"coco: neither annotations/captions_val2017.json nor dataset_coco.json under {p}; "
-        f"expected {p}/annotations/captions_val2017.json + {p}/val2017/ ({COCO_URL}) "
-        f"or the Karpathy dataset_coco.json ({KARPATHY_URL})"
+        f"expected {p}/annotations/captions_val2017.json + {p}/val2017/ from {COCO_URL} "
+        f"or the Karpathy dataset_coco.json from {KARPATHY_URL}"
     )
 
 
@@ -239,7 +239,7 @@ def read_dci(path: str | os.PathLike[str], limit: int | None = None) -> Retrieva
     images under ``photos/``, ``images/`` or the folder itself."""
     root = Path(path)
     ann = root / "annotations" if (root / "annotations").is_dir() else root
-    hint = f"expected {root}/annotations/*.json and the photos in {root}/photos/ ({DCI_URL})"
+    hint = f"expected {root}/annotations/*.json and the photos in {root}/photos/ from {DCI_URL}"
     files = sorted(ann.glob("*.json")) if ann.is_dir() else []
     if not files:
         raise DataError(f"dci: no annotation files under {ann}; {hint}")
@@ -270,7 +270,7 @@ def read_sharegpt4v(path: str | os.PathLike[str], limit: int | None = None, n: i
     under the JSON's folder, ``images/``, ``coco/train2017/`` or ``sam/images/``."""
     p = Path(path)
     js = p if p.is_file() else p / SHAREGPT4V_FILE
-    hint = f"expected {SHAREGPT4V_FILE} and its images in one folder ({SHAREGPT4V_URL})"
+    hint = f"expected {SHAREGPT4V_FILE} and its images in one folder from {SHAREGPT4V_URL}"
     data = _load_json(js, "sharegpt4v", hint)
     root = js.parent
     roots = [root, root / "images", root / "coco" / "train2017", root / "coco", root / "sam" / "images", root / "sam"]
@@ -294,7 +294,7 @@ def read_urban1k(path: str | os.PathLike[str], limit: int | None = None) -> Retr
     root = Path(path)
     if not (root / "image").is_dir() and (root / "Urban1k" / "image").is_dir():
         root = root / "Urban1k"
-    hint = f"expected {root}/image/*.jpg and {root}/caption/*.txt with matching names ({URBAN1K_URL})"
+    hint = f"expected {root}/image/*.jpg and {root}/caption/*.txt with matching names from {URBAN1K_URL}"
     if not (root / "caption").is_dir() or not (root / "image").is_dir():
         raise DataError(f"urban1k: no image/ and caption/ folders under {root}; {hint}")
     caps = sorted((root / "caption").glob("*.txt"))
@@ -328,7 +328,7 @@ def read_fgovd(path: str | os.PathLike[str], limit: int | None = None) -> Region
     subset named by its file stem. Images (COCO val2017) are looked up by ``img_path`` under the
     folder, its parent, ``coco/`` and ``val2017/``. The positive is the first pos_expression."""
     p = Path(path)
-    hint = f"expected FG-OVD *.jsonl files and COCO val2017 images ({FGOVD_URL}; {COCO_URL})"
+    hint = f"expected FG-OVD *.jsonl files and COCO val2017 images; get them from {FGOVD_URL} and {COCO_URL}"
     if p.is_file():
         files = [p]
     else:
@@ -383,7 +383,7 @@ def read_coco_boxes(path: str | os.PathLike[str], limit: int | None = None) -> B
     included, as the reference does), images in id order; classes in the file's category order."""
     root = Path(path)
     js = root / "annotations" / "instances_val2017.json"
-    hint = f"expected {root}/annotations/instances_val2017.json and {root}/val2017/ ({COCO_URL})"
+    hint = f"expected {root}/annotations/instances_val2017.json and {root}/val2017/ from {COCO_URL}"
     data = _load_json(js, "coco-boxcls", hint)
     cats = data.get("categories", [])
     if not cats:

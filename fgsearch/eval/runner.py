@@ -154,6 +154,25 @@ class EvalResult:
             out.append((name, f"{value:.2f}", ref))
         return out
 
+    def describe(self) -> list[tuple[str, str]]:
+        """Readable ``(label, value)`` lines for the settings: model, data, sizes, text path, device, date."""
+        s = self.settings
+        m = s.get("model", {})
+        model = f"{m.get('name', '?')} ({m.get('source', '?')}"
+        model += f", fingerprint {m['fingerprint']})" if m.get("fingerprint") else ")"
+        sizes = ", ".join(f"{k} {v}" for k, v in s.get("sizes", {}).items())
+        lines = [
+            ("model", model),
+            ("data", f"{s.get('data', '?')} ({s.get('data_files', '')})"),
+            ("sizes", sizes),
+            ("text path", str(s.get("text_path", ""))),
+            ("device", f"{s.get('device', '?')} ({s.get('precision', '?')}), batch size {s.get('batch_size', '?')}"),
+            ("date", f"{s.get('date', '?')} ({s.get('seconds', '?')} s)"),
+        ]
+        if s.get("limit") is not None:
+            lines.append(("limit", f"first {s['limit']} only: not comparable with the paper's numbers"))
+        return lines
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "task": self.task,
@@ -419,6 +438,7 @@ def run_eval(
         raise InputError(f"limit must be at least 1, got {limit}")
     spec = TASKS[task]
     started = _dt.datetime.now(_dt.timezone.utc)
+    data = Path(data).expanduser().resolve()
     dataset = spec.reader(data, limit)  # read (and check) the data before loading a model
     from fgsearch.model import Encoder
 
@@ -439,7 +459,7 @@ def run_eval(
         "task": task,
         "description": spec.description,
         "model": _model_record(enc),
-        "data": str(Path(data).resolve()),
+        "data": str(data),
         "data_files": source,
         "sizes": sizes,
         "text_path": spec.text_path,
