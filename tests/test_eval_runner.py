@@ -189,3 +189,18 @@ def test_demo_model_beats_chance_on_fineshapes(tmp_path: Path) -> None:
     assert m["t2i_r1"] > 2 * 100 / n and m["i2t_r1"] > 2 * 100 / n
     assert m["hardneg_acc"] > 1.5 * 100 / 11  # 1 positive among 11
     assert m["region_text_acc"] > 2 * 100 / res.settings["sizes"]["region_texts"]
+
+
+def test_readme_eval_example_runs(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"## Evaluation: `fgsearch eval`.*?```python\n(.*?)```", readme, re.S)
+    assert block, "README has no evaluation python example"
+    data = _write("urban1k", tmp_path / "Urban1k")
+    code = (
+        block.group(1).replace('"/data/Urban1k"', repr(str(data))).replace('"fg-clip-base"', repr(str(tiny_model_dir)))
+    )
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["result"].metrics["t2i_r10"] == 100.0  # type: ignore[attr-defined]
