@@ -204,3 +204,12 @@ def test_readme_eval_example_runs(tmp_path: Path, tiny_model_dir: Path) -> None:
     scope: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["result"].metrics["t2i_r10"] == 100.0  # type: ignore[attr-defined]
+
+
+def test_corrupt_image_is_a_data_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from fgsearch.errors import DataError
+
+    data = _write("urban1k", tmp_path)
+    (data / "image" / "2.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"cannot read evaluation image .*2\.jpg"):
+        run_eval("urban1k", data, tiny_model_dir, device="cpu")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fgsearch.errors import DataError, InputError
+from fgsearch.errors import DataError, FgsearchError, InputError
 from fgsearch.eval import datasets as ds
 from fgsearch.eval.metrics import Ties, hard_negative_accuracy, retrieval_metrics, topk_accuracy
 from fgsearch.eval.paper import PaperNumber, paper_numbers
@@ -200,7 +200,7 @@ def _load_pixels(enc: Encoder, paths: Sequence[Path]) -> np.ndarray:
             with Image.open(p) as im:
                 im.load()
                 arrays.append(enc.transform.to_array(im))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError, FgsearchError) as e:
             raise DataError(f"cannot read evaluation image {p} ({e}); re-download the dataset's images") from e
     return np.stack(arrays)
 
