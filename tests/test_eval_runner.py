@@ -164,6 +164,8 @@ def test_bad_task_and_limit(tmp_path: Path) -> None:
         run_eval("imagenet", tmp_path)
     with pytest.raises(InputError, match="limit"):
         run_eval("dci", tmp_path, limit=0)
+    with pytest.raises(InputError, match="batch size"):
+        run_eval("dci", tmp_path, batch_size=0)
 
 
 def test_limit_keeps_first_images(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -436,6 +436,8 @@ def run_eval(
         raise InputError(f"unknown evaluation task {task!r}; choose one of {', '.join(TASKS)}")
     if limit is not None and limit < 1:
         raise InputError(f"limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
     spec = TASKS[task]
     started = _dt.datetime.now(_dt.timezone.utc)
     data = Path(data).expanduser().resolve()
