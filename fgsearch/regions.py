@@ -126,7 +126,9 @@ def _upsample(t: np.ndarray, factor: int) -> np.ndarray:
     return np.stack([np.interp(xs, np.arange(w), rows[i]) for i in range(h * factor)])  # [h*f, w*f]
 
 
-def _refine_box(f: np.ndarray, cells: np.ndarray, h: int, w: int, factor: int = 4) -> tuple[float, ...]:
+def _refine_box(
+    f: np.ndarray, cells: np.ndarray, h: int, w: int, factor: int = 4, level: float = 0.5
+) -> tuple[float, ...]:
     """Box of a segment at sub-cell precision.
 
     Each cell's similarity to the segment's mean vector is rescaled so the segment is ~1 and the
@@ -146,7 +148,7 @@ def _refine_box(f: np.ndarray, cells: np.ndarray, h: int, w: int, factor: int = 
     t = _upsample((sim - lo) / (hi - lo), factor)
     y0, y1 = max(0, ys.min() - 1) * factor, min(h, ys.max() + 2) * factor
     x0, x1 = max(0, xs.min() - 1) * factor, min(w, xs.max() + 2) * factor
-    win = t[y0:y1, x0:x1] > 0.5
+    win = t[y0:y1, x0:x1] > level
     if not win.any():
         return cell_box
     rr = np.nonzero(win.any(axis=1))[0]
@@ -159,11 +161,11 @@ def _refine_box(f: np.ndarray, cells: np.ndarray, h: int, w: int, factor: int = 
     )
 
 
-def _grow(sim_row: np.ndarray, seed: int, h: int, w: int) -> np.ndarray:
+def _grow(sim_row: np.ndarray, seed: int, h: int, w: int, level: float = 0.5) -> np.ndarray:
     """Cells connected to ``seed`` whose similarity to it is closer to the seed than to the background
     (the seed's median similarity)."""
     lo = float(np.median(sim_row))
-    inside = (sim_row - lo) / max(1.0 - lo, 1e-6) > 0.5
+    inside = (sim_row - lo) / max(1.0 - lo, 1e-6) > level
     seen = np.zeros(h * w, bool)
     stack, seen[seed] = [seed], True
     while stack:
