@@ -10,7 +10,7 @@ L2-normalised query vector::
 
 Candidates are the union of the top hits of both indexes (over-fetched); every candidate's two
 scores are then computed exactly from its stored vectors, so the ranking does not depend on which
-list found it. Defaults: ``w_global = w_region = 0.5``, ``w_negative = 0.5``. With ``by="region"``
+list found it. Defaults: ``w_global = 0.25``, ``w_region = 0.75``, ``w_negative = 0.5``. With ``by="region"``
 the regions themselves are ranked by ``<q, r>``.
 """
 
@@ -63,8 +63,11 @@ class Filters:
 
 @dataclass(frozen=True)
 class FusionWeights:
-    global_: float = 0.5
-    region: float = 0.5
+    """Region evidence weighs more by default: finding things INSIDE images is FG-CLIP's point, and
+    a short object query matches its box far better than the whole frame."""
+
+    global_: float = 0.25
+    region: float = 0.75
     negative: float = 0.5
 
 
