@@ -21,7 +21,7 @@ from fgsearch.boxes import Box
 
 logger = logging.getLogger(__name__)
 
-BOX_COLOUR = (255, 48, 48)
+BOX_COLOUR = (255, 0, 255)  # magenta with a black edge: visible on photos and on red objects
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ def _thumbnail(path: str, size: int) -> Image.Image:
         with Image.open(path) as im:
             im.draft("RGB", (size * 2, size * 2))
             rgb = to_rgb(im)
-            rgb.thumbnail((size, size), Image.Resampling.BICUBIC)
-            return rgb.copy()
+            scale = size / max(rgb.size)  # fit the tile: shrink big photos, enlarge small ones
+            new = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+            return rgb.resize(new, Image.Resampling.BICUBIC)
     except Exception as e:  # a file that vanished or broke since indexing still gets a tile
         logger.warning("cannot read %s for the picture: %s", path, e)
         tile = Image.new("RGB", (size, size), (60, 60, 60))
@@ -52,8 +53,9 @@ def _thumbnail(path: str, size: int) -> Image.Image:
 def _draw_box(img: Image.Image, box: Box, width: int = 3) -> None:
     x1, y1, x2, y2 = box.to_pixels(*img.size)
     d = ImageDraw.Draw(img)
-    for i in range(width):
-        d.rectangle([x1 + i, y1 + i, max(x1 + i, x2 - 1 - i), max(y1 + i, y2 - 1 - i)], outline=BOX_COLOUR)
+    for i in range(-1, width + 1):
+        colour = (0, 0, 0) if i in (-1, width) else BOX_COLOUR
+        d.rectangle([x1 + i, y1 + i, max(x1 + i, x2 - 1 - i), max(y1 + i, y2 - 1 - i)], outline=colour)
 
 
 def contact_sheet(
@@ -117,7 +119,8 @@ def html_page(
         + "</title><style>body{font-family:sans-serif;margin:16px;background:#fafafa}"
         "main{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;background:#fff;padding:8px;"
         "box-shadow:0 1px 3px #0003;max-width:" + str(thumb) + "px}.pic{position:relative;display:inline-block}"
-        ".pic img{display:block}.box{position:absolute;border:3px solid #ff3030;box-sizing:border-box}"
+        ".pic img{display:block}.box{position:absolute;border:3px solid #ff00ff;outline:1px solid #000;"
+        "box-sizing:border-box}"
         "figcaption{font-size:13px;white-space:pre-line;word-break:break-all}</style></head><body><h1>"
         + html.escape(title)
         + "</h1><main>"
