@@ -199,6 +199,8 @@ class Library:
 
         bk = BackendSettings(kind=backend) if isinstance(backend, str) else backend
         if reindex and exists:
+            # load the new model first: a model that fails to load must not cost the old library
+            encoder = encoder or shared_encoder(model or _stored_model(lib_dir) or DEFAULT_MODEL, device)
             cls._wipe(lib_dir)
             exists = False
         catalog = Catalog.open(lib_dir / "catalog.sqlite", create=not exists, read_only=read_only)
@@ -219,8 +221,12 @@ class Library:
                         f"(max {stored_regions.max_regions}); use the same settings or --reindex to rebuild"
                     )
                 model_ref = model or stored_model or DEFAULT_MODEL
-                enc = encoder or shared_encoder(model_ref, device)
-                catalog.check_model(_model_info(model_ref, enc))
+                enc: Encoder | None = encoder
+                if enc is None and not (read_only and model is None):
+                    enc = shared_encoder(model_ref, device)
+                if enc is not None:
+                    catalog.check_model(_model_info(model_ref, enc))
+                # a reader that was given no model loads the library's own on its first search
                 bk, regions = stored_bk, stored_regions
             else:
                 bk = bk or BackendSettings()
@@ -229,7 +235,7 @@ class Library:
                 enc = encoder or shared_encoder(model_ref, device)
                 catalog.init_library(_model_info(model_ref, enc), regions=regions.to_dict(), backend=bk.to_dict())
                 catalog.set_meta(model_source=_model_source(model_ref))
-            dim = enc.dim
+            dim = enc.dim if enc is not None else int(meta["dim"])
             gidx = _open_vector_index(lib_dir, bk, "global", dim, read_only=read_only, create=not read_only)
             ridx = _open_vector_index(lib_dir, bk, "regions", dim, read_only=read_only, create=not read_only)
         except BaseException:
@@ -265,8 +271,11 @@ class Library:
     # ---- use -------------------------------------------------------------------------------
     @property
     def encoder(self) -> Encoder:
+        """The library's model, loaded on first use (and checked against the one that built it)."""
         if self._encoder is None:
-            self._encoder = shared_encoder(self.model, self.device)
+            enc = shared_encoder(self.model, self.device)
+            self.catalog.check_model(_model_info(self.model, enc))
+            self._encoder = enc
         return self._encoder
 
     def index(
@@ -407,6 +416,26 @@ def _stats_dict(index: VectorIndex) -> dict[str, Any]:
     return asdict(st) if is_dataclass(st) and not isinstance(st, type) else dict(st)
 
 
+def _stored_model(lib_dir: Path) -> str | None:
+    """The model source recorded in an existing library's catalog (None if unreadable)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{lib_dir / 'catalog.sqlite'}?mode=ro", uri=True)
+        try:
+            row = con.execute(
+                "SELECT value FROM meta WHERE key IN ('model_source', 'model_name') "
+                "ORDER BY key = 'model_source' DESC LIMIT 1"
+            ).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    import json
+
+    return json.loads(row[0]) if row else None
+
+
 def _model_source(model_ref: str) -> str:
     """How to load the model again later: an absolute directory, or the name/hub id as given."""
     p = Path(model_ref).expanduser()
@@ -417,7 +446,7 @@ def _model_info(model_ref: str, enc: Encoder) -> Any:
     from fgsearch.catalog import ModelInfo
     from fgsearch.model import checkpoint_fingerprint
 
-    ref = enc.spec.revision or ""
-    if enc.spec.local_dir:
+    ref = enc.spec.fingerprint or enc.spec.revision or ""
+    if not ref and enc.spec.local_dir:
         ref = checkpoint_fingerprint(Path(enc.spec.local_dir))
     return ModelInfo(name=enc.spec.name, ref=ref, dim=enc.dim, image_size=tuple(enc.spec.image_size or ()))

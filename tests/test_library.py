@@ -267,3 +267,24 @@ def test_reader_works_while_writer_holds_the_library(tmp_path: Path, tiny_model_
             make_folder(root / "more", n_good=2, bad=False, seed=9)
             writer.index(root)  # the writer goes on while the reader is open
             assert len(reader.search("a green square", k=3)) == 3
+
+
+def test_status_needs_no_model_and_a_bad_reindex_keeps_the_library(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from fgsearch.errors import ModelNotFoundError
+
+    model = tmp_path / "model-copy"
+    shutil.copytree(tiny_model_dir, model)
+    root = tmp_path / "photos"
+    make_folder(root, n_good=3, bad=False)
+    with _open(tmp_path, model, regions=RegionSettings(proposer="none")) as lib:
+        lib.index(root)
+    with pytest.raises(ModelNotFoundError):
+        _open(tmp_path, tmp_path / "no-such-model", reindex=True)
+    shutil.rmtree(model)  # the library's model is gone: status still works, search says what is missing
+    import fgsearch.library
+
+    fgsearch.library._ENCODERS.clear()  # as in a new process
+    with Library.open(tmp_path / "lib", read_only=True) as reader:
+        assert reader.status()["counts"]["images"] == 3
+        with pytest.raises(ModelNotFoundError, match="model-copy"):
+            reader.search("anything")

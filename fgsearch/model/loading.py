@@ -241,7 +241,9 @@ def load_model(
         raise CheckpointError(f"checkpoint {path} has tensors of the wrong shape: {_short_list(bad_shapes)}")
     net.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
     net.eval().requires_grad_(False).to(device)
-    spec = _preprocessing(path, spec, cfg).resolved(local_dir=spec.local_dir or str(path))
+    spec = _preprocessing(path, spec, cfg).resolved(
+        local_dir=spec.local_dir or str(path), fingerprint=checkpoint_fingerprint(path)
+    )
     return net, spec
 
 

@@ -30,6 +30,7 @@ class ModelSpec:
     short_length: int = 77
     long_length: int = 248
     description: str = ""
+    fingerprint: str | None = None  # set when loaded: identity of the checkpoint files
 
     @property
     def source(self) -> str:
