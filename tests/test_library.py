@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _library_data import make_folder, scene
 from typer.testing import CliRunner
@@ -288,3 +289,23 @@ def test_status_needs_no_model_and_a_bad_reindex_keeps_the_library(tmp_path: Pat
         assert reader.status()["counts"]["images"] == 3
         with pytest.raises(ModelNotFoundError, match="model-copy"):
             reader.search("anything")
+
+
+def test_doctor_finds_and_repairs_disagreements(tmp_path: Path, tiny_model_dir: Path) -> None:
+    root = tmp_path / "photos"
+    make_folder(root, n_good=5, bad=False)
+    with _open(tmp_path, tiny_model_dir, regions=RegionSettings(proposer="grid", max_regions=2)) as lib:
+        lib.index(root)
+        cids, _ = lib.catalog.all_vector_ids()
+        lib.global_index.remove(np.asarray(cids[:2], np.int64))  # two images lose their vectors
+        lib.region_index.add(np.asarray([10_000], np.int64), np.eye(lib.encoder.dim, dtype=np.float32)[:1])
+        lib.global_index.flush()
+        lib.region_index.flush()
+        report = lib.doctor()
+        assert not report["consistent"]
+        assert report["global"]["missing_vectors"] == 2 and report["regions"]["orphan_vectors"] == 1
+        assert lib.doctor(repair=True)["repaired"]
+        assert lib.doctor()["consistent"]
+        rep = lib.index(root)  # the repaired images are embedded again
+        assert rep.indexed == 2
+        assert lib.doctor()["consistent"] and lib.global_index.count() == 5
