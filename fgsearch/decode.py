@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003
 _DATETIME = 0x0132
+_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -48,6 +49,27 @@ def _captured_at(img: Image.Image) -> datetime | None:
         return None
 
 
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_ORIENTATION, 1))
+    except Exception:  # broken EXIF: treat as upright, like to_rgb does
+        return 1
+
+
+def _let_pillow_open(max_pixels: int) -> None:
+    """Make ``max_megapixels`` the limit that counts.
+
+    Pillow refuses, while merely opening a file, images over its own global ``MAX_IMAGE_PIXELS``
+    (about 89 MP: a warning, made an error below; twice that: an error), so without this a
+    95 MP photo fails under the default 100 MP limit and ``--max-megapixels 300`` cannot admit a
+    200 MP scan. Our own check runs right after ``open`` and before any pixel is decoded, so we
+    raise Pillow's global to our limit (never lower it: other code in the process keeps its limit).
+    """
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def load_image(
     data: bytes, *, max_megapixels: float = 100.0, min_side: int = 16, draft: tuple[int, int] | None = None
 ) -> LoadedImage:
@@ -58,6 +80,7 @@ def load_image(
     """
     if not data:
         raise ImageError("file is empty (zero bytes)")
+    _let_pillow_open(int(max_megapixels * 1e6))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -88,6 +111,9 @@ def load_image(
     except (ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as e:
         raise ImageError(f"corrupt image data ({type(e).__name__}: {e})") from e
     width, height = rgb.size
+    if img.size != (w, h):  # JPEG draft decoded at a reduced scale: report the file's real size
+        turned = rgb.size != img.size or (img.size[0] == img.size[1] and _orientation(img) in (5, 6, 7, 8))
+        width, height = (h, w) if turned else (w, h)
     if min(width, height) < min_side:
         raise ImageError(f"image is too small ({width}x{height} px; minimum {min_side} px, see --min-side)")
     return LoadedImage(image=rgb, width=width, height=height, captured_at=captured)

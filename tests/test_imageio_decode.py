@@ -1,0 +1,218 @@
+"""fgsearch.decode.load_image: every bad file is a short ImageError; good files in every mode decode."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zlib
+
+import pytest
+from _library_data import png_bomb_header, scene
+from PIL import Image
+
+from fgsearch.decode import load_image
+from fgsearch.errors import ImageError
+
+
+def _bytes(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _gray_png_header(width: int, height: int) -> bytes:
+    """A PNG whose 8-bit grey header claims width x height, with (almost) no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
+
+
+# ---- bad files -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (
+            b"\xff\xd8\xff" + bytes(random.Random(1).randrange(256) for _ in range(3000)),
+            r"corrupt|truncated|not an image",
+        ),
+        (bytes(random.Random(2).randrange(256) for _ in range(3000)), "not an image"),
+        (b"GIF89a", r"not an image|corrupt|truncated"),
+    ],
+    ids=["zero-bytes", "jpeg-magic-then-noise", "random-bytes", "gif-magic-only"],
+)
+def test_bad_bytes_are_image_errors(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageError, match=reason):
+        load_image(data)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"])
+def test_truncated_files_fail_whatever_the_format(fmt: str) -> None:
+    data = _bytes(scene(1), fmt)
+    assert load_image(data).width == 160  # the intact file decodes
+    with pytest.raises(ImageError):
+        load_image(data[: len(data) * 2 // 3])
+
+
+def test_decompression_bomb_is_refused_before_decoding_and_names_the_flag() -> None:
+    with pytest.raises(ImageError, match="--max-megapixels"):
+        load_image(png_bomb_header(50000, 50000))
+    with pytest.raises(ImageError, match=r"1000x2000 \(2 megapixels\), over the 1.5 limit.*--max-megapixels"):
+        load_image(_gray_png_header(1000, 2000), max_megapixels=1.5)
+
+
+def test_max_megapixels_is_the_limit_that_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's own global limit (89 MP by default) must not override a higher --max-megapixels."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # stands for Pillow's 89 MP default, scaled down
+    data = _bytes(scene(2), "PNG")  # 19,200 px: over Pillow's (scaled) limit, under ours
+    out = load_image(data, max_megapixels=0.05)
+    assert (out.width, out.height) == (160, 120)
+    with pytest.raises(ImageError, match="--max-megapixels"):
+        load_image(data, max_megapixels=0.01)
+    assert Image.MAX_IMAGE_PIXELS >= 50_000  # raised to ours, never lowered below it
+
+
+def test_too_small_names_size_and_flag() -> None:
+    with pytest.raises(ImageError, match=r"too small \(4x4 px; minimum 16 px"):
+        load_image(_bytes(Image.new("RGB", (4, 4)), "PNG"))
+    with pytest.raises(ImageError, match=r"too small \(160x10 px; minimum 16 px"):
+        load_image(_bytes(Image.new("RGB", (160, 10)), "PNG"))
+    assert load_image(_bytes(Image.new("RGB", (4, 4)), "PNG"), min_side=4).width == 4
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_random_corruption_never_escapes_as_another_exception() -> None:
+    """Flipped, spliced and cut bytes in every format: the result is an image or an ImageError."""
+    rng = random.Random(0)
+    cases = [
+        ("JPEG", {}),
+        ("JPEG", {"progressive": True}),
+        ("PNG", {}),
+        ("GIF", {}),
+        ("WEBP", {}),
+        ("BMP", {}),
+        ("TIFF", {"compression": "tiff_deflate"}),
+        ("TIFF", {"compression": "tiff_lzw"}),
+    ]
+    outcomes = {"ok": 0, "error": 0}
+    for fmt, kw in cases:
+        data = _bytes(scene(3, (64, 48)), fmt, **kw)
+        for _ in range(60):
+            d = bytearray(data)
+            kind = rng.choice(["flip", "cut", "splice"])
+            if kind == "flip":
+                for _ in range(rng.randint(1, 8)):
+                    d[rng.randrange(len(d))] = rng.randrange(256)
+            elif kind == "cut":
+                d = d[: rng.randrange(len(d))]
+            else:
+                p = rng.randrange(len(d))
+                d[p : p + rng.randint(1, 40)] = bytes(rng.randrange(256) for _ in range(rng.randint(0, 40)))
+            try:
+                out = load_image(bytes(d), min_side=1)
+            except ImageError as e:
+                assert str(e) and "\n" not in str(e)
+                outcomes["error"] += 1
+            else:
+                assert out.image.mode == "RGB" and out.image.size == (out.width, out.height)
+                outcomes["ok"] += 1
+    assert outcomes["error"] > 100  # the corruption really hits
+
+
+# ---- good files --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [
+        ("RGB", "JPEG"),
+        ("L", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("RGBA", "PNG"),
+        ("LA", "PNG"),
+        ("P", "PNG"),
+        ("I;16", "PNG"),
+        ("1", "BMP"),
+        ("RGB", "WEBP"),
+        ("RGBA", "WEBP"),
+        ("CMYK", "TIFF"),
+        ("I;16", "TIFF"),
+        ("F", "TIFF"),
+    ],
+)
+def test_modes_and_formats_decode_to_rgb(mode: str, fmt: str) -> None:
+    base = scene(4)
+    src = base.convert("L").convert(mode) if mode in ("I;16", "F") else base.convert(mode)
+    out = load_image(_bytes(src, fmt))
+    assert out.image.mode == "RGB" and (out.width, out.height) == (160, 120) == out.image.size
+    lo, hi = out.image.getextrema()[1]
+    assert lo < hi  # the shapes survive: not a blank conversion
+
+
+def test_palette_with_transparency() -> None:
+    img = scene(5).convert("P")
+    out = load_image(_bytes(img, "PNG", transparency=0))
+    assert out.image.mode == "RGB" and out.width == 160
+
+
+def test_animated_gif_and_webp_and_multipage_tiff_give_the_first_frame() -> None:
+    frames = [Image.new("RGB", (40, 30), c) for c in ((200, 0, 0), (0, 200, 0), (0, 0, 200))]
+    for fmt in ("GIF", "WEBP", "TIFF"):
+        data = _bytes(frames[0], fmt, save_all=True, append_images=frames[1:], lossless=True)
+        with Image.open(io.BytesIO(data)) as check:
+            assert getattr(check, "n_frames", 1) == 3, fmt
+        out = load_image(data)
+        r, g, b = out.image.getpixel((20, 15))
+        assert r > 150 and g < 60 and b < 60, (fmt, (r, g, b))
+
+
+def _exif(orientation: int | None = None, original: object = None, plain: object = None) -> bytes:
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    if original is not None:
+        exif.get_ifd(0x8769)[0x9003] = original
+    if plain is not None:
+        exif[0x0132] = plain
+    return exif.tobytes()
+
+
+def test_exif_orientation_and_capture_time() -> None:
+    out = load_image(_bytes(scene(6), "JPEG", exif=_exif(6, "2019:12:31 23:59:58")))
+    assert (out.width, out.height) == (120, 160) == out.image.size
+    assert out.captured_at is not None and out.captured_at.isoformat() == "2019-12-31T23:59:58"
+    fallback = load_image(_bytes(scene(6), "JPEG", exif=_exif(plain="2001:02:03 04:05:06")))
+    assert fallback.captured_at is not None and fallback.captured_at.year == 2001
+    assert load_image(_bytes(scene(6), "JPEG")).captured_at is None
+
+
+@pytest.mark.parametrize("bad", ["0000:00:00 00:00:00", "garbage", "2020-01-02", "    ", "2020:13:45 99:00:00"])
+def test_bad_exif_dates_never_fail_the_image(bad: str) -> None:
+    out = load_image(_bytes(scene(7), "JPEG", exif=_exif(original=bad)))
+    assert out.captured_at is None and out.width == 160
+
+
+def test_broken_exif_orientation_keeps_the_picture() -> None:
+    out = load_image(_bytes(scene(8), "JPEG", exif=_exif(orientation=99)))
+    assert (out.width, out.height) == (160, 120)
+
+
+def test_draft_decodes_smaller_but_reports_the_real_size() -> None:
+    big = scene(9, (1600, 1200))
+    full = load_image(_bytes(big, "JPEG"))
+    fast = load_image(_bytes(big, "JPEG"), draft=(224, 224))
+    assert (full.width, full.height) == (fast.width, fast.height) == (1600, 1200)
+    assert fast.image.size[0] < 1600 and min(fast.image.size) >= 2 * 224  # decoded at a reduced scale
+    turned = load_image(_bytes(big, "JPEG", exif=_exif(6)), draft=(224, 224))
+    assert (turned.width, turned.height) == (1200, 1600)
+    assert turned.image.size[1] > turned.image.size[0]  # the picture itself is turned too
+    square = load_image(_bytes(scene(9, (1600, 1600)), "JPEG", exif=_exif(8)), draft=(224, 224))
+    assert (square.width, square.height) == (1600, 1600)
+    png = load_image(_bytes(big, "PNG"), draft=(224, 224))  # draft only applies to JPEG
+    assert png.image.size == (1600, 1200)
