@@ -105,10 +105,10 @@ def _walk_dir(
         with os.scandir(directory) as it:
             entries = sorted(it, key=lambda e: e.name)
     except PermissionError:
-        yield FileEntry(directory, error="folder cannot be read (permission denied)")
+        yield FileEntry(display_path(directory), error="folder cannot be read (permission denied)")
         return
     except OSError as e:
-        yield FileEntry(directory, error=f"folder cannot be read: {e.strerror or e}")
+        yield FileEntry(display_path(directory), error=f"folder cannot be read: {e.strerror or e}")
         return
     for de in entries:
         if not hidden and de.name.startswith("."):
