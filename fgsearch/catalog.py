@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -152,7 +153,12 @@ class WriteLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise LibraryError(
+                f"cannot open the lock file {self.path}: {e.strerror or e}; check the --library folder"
+            ) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -196,11 +202,12 @@ class Catalog:
         p = Path(path)
         if not p.exists() and not create:
             raise LibraryError(f"no catalog at {p}; create the library with `fgsearch index PHOTOS`")
+        # URL.create, not an f-string: a folder named "a?b", "a#b" or "a%20b" must open that folder
         if read_only:
-            url = f"sqlite:///file:{p}?mode=ro&uri=true"
+            url = sa.engine.URL.create("sqlite", database=f"file:{quote(str(p))}", query={"mode": "ro", "uri": "true"})
         else:
             p.parent.mkdir(parents=True, exist_ok=True)
-            url = f"sqlite:///{p}"
+            url = sa.engine.URL.create("sqlite", database=str(p))
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @sa.event.listens_for(engine, "connect")
@@ -249,6 +256,9 @@ class Catalog:
                     f"to v{SCHEMA_VERSION}"
                 )
             with self.engine.begin() as conn:
+                # pysqlite runs DDL outside any transaction unless one is begun explicitly; without
+                # this a crash between a step and the version bump would leave a half-migrated catalog
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
                 for v in range(version, SCHEMA_VERSION):
                     logger.info("migrating catalog %s: v%d -> v%d", self.path, v, v + 1)
                     MIGRATIONS[v](conn)
@@ -511,9 +521,10 @@ class Catalog:
         with self.engine.begin() as conn:
             for root in roots:
                 root = root.rstrip(os.sep) or os.sep
+                prefix = root if root.endswith(os.sep) else root + os.sep  # "/" stays "/"
                 under = sa.or_(
                     files_t.c.path == root,
-                    sa.func.substr(files_t.c.path, 1, len(root) + 1) == root.rstrip(os.sep) + os.sep,
+                    sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix,
                 )
                 res = conn.execute(sa.delete(files_t).where(under, files_t.c.seen_run != run_id))
                 removed_files += res.rowcount or 0
