@@ -25,6 +25,15 @@ _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003
 _DATETIME = 0x0132
 _ORIENTATION = 0x0112
+# Pillow renders EPS by running Ghostscript on the file: never do that for an untrusted folder
+# (a PostScript file renamed to .jpg would otherwise reach it).
+_REFUSED_FORMATS = frozenset({"EPS"})
+
+
+def _formats() -> list[str]:
+    """Every format Pillow can open (plugins registered later included), minus the refused ones."""
+    Image.init()
+    return [f for f in Image.OPEN if f not in _REFUSED_FORMATS]
 
 
 @dataclass
@@ -84,7 +93,7 @@ def load_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=_formats())
             w, h = img.size
             if w * h > max_megapixels * 1e6:
                 raise ImageError(

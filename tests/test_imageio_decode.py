@@ -216,3 +216,14 @@ def test_draft_decodes_smaller_but_reports_the_real_size() -> None:
     assert (square.width, square.height) == (1600, 1600)
     png = load_image(_bytes(big, "PNG"), draft=(224, 224))  # draft only applies to JPEG
     assert png.image.size == (1600, 1200)
+
+
+def test_postscript_is_refused_without_running_ghostscript(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import EpsImagePlugin
+
+    calls: list[object] = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a))
+    eps = _bytes(scene(10), "EPS")
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(eps)
+    assert calls == []
