@@ -13,6 +13,7 @@ writes (WAL), with a busy timeout for the short moments the writer holds the loc
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -161,7 +162,12 @@ class WriteLock:
             ) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)  # e.g. ENOLCK: the filesystem has no locks; nobody holds this one
+                raise LibraryError(
+                    f"cannot lock {self.path}: {e.strerror or e}; put the library on a local disk (--library)"
+                ) from e
             try:
                 pid = os.pread(fd, 32, 0).decode(errors="ignore").strip() or "?"
             finally:

@@ -256,3 +256,15 @@ def test_write_lock_is_exclusive_within_one_process_and_reusable(tmp_path: Path)
 def test_write_lock_on_a_missing_library_dir_is_a_library_error(tmp_path: Path) -> None:
     with pytest.raises(LibraryError):
         WriteLock(tmp_path / "not-there").acquire()
+
+
+def test_filesystem_without_locks_is_not_reported_as_locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(catalog_mod.fcntl, "flock", no_locks)
+    with pytest.raises(LibraryError, match=r"cannot lock .*No locks available.*local disk") as info:
+        WriteLock(tmp_path).acquire()
+    assert not isinstance(info.value, LibraryLockedError)
