@@ -1,0 +1,52 @@
+"""Walker, decoder and catalog inside a real index run: odd names and odd files never stop it."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from _library_data import scene
+
+from fgsearch.library import Library
+from fgsearch.regions import RegionSettings
+
+
+def test_odd_files_and_odd_library_folder_end_to_end(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for i, rel in enumerate(("a.jpg", "sub/b.png", "sub/c.webp")):
+        scene(i).save(photos / rel)
+    os.mkfifo(photos / "pipe.jpg")  # skipped: reading it would block the run
+    eps = io.BytesIO()
+    scene(9).save(eps, format="EPS")
+    (photos / "postscript.jpg").write_bytes(eps.getvalue())  # refused without running Ghostscript
+    with open(os.fsencode(photos) + b"/caf\xe9.png", "wb") as f:
+        scene(5).save(f, format="PNG")
+    locked = os.fsencode(photos) + b"/locked-\xff"
+    os.makedirs(locked)
+    real_scandir = os.scandir
+
+    def scandir(path: str) -> object:  # EACCES on that folder, also when the tests run as root
+        if os.fsencode(path) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    lib_dir = tmp_path / "my#lib?100%"
+    regions = RegionSettings(proposer="grid", max_regions=2)
+    with Library.open(lib_dir, model=str(tiny_model_dir), regions=regions) as lib:
+        rep = lib.index(photos, batch_size=2)
+        assert rep.indexed == 3 and rep.failed == 3
+        reasons = dict(lib.failures())
+        assert "not valid UTF-8" in reasons[str(photos / "caf\\xe9.png")]
+        assert "permission denied" in reasons[str(photos / "locked-\\xff")]
+        assert "not an image" in reasons[str(photos / "postscript.jpg")]
+        again = lib.index(photos, batch_size=2)
+        assert again.indexed == 0 and again.unchanged == 4 and again.failed == 3  # the PostScript file stays failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["photos", lib_dir.name])
+    with Library.open(lib_dir, read_only=True) as reader:
+        assert len(reader.failures()) == 3
