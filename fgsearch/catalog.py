@@ -631,24 +631,38 @@ class Catalog:
         ]
 
     def regions_for_contents(self, content_ids: Sequence[int]) -> dict[int, list[tuple[int, Box]]]:
-        out: dict[int, list[tuple[int, Box]]] = {}
+        """Region ids and boxes per content, in rank order."""
+        return {
+            cid: [(int(r), Box(*map(float, b))) for r, b in zip(rids, boxes, strict=True)]
+            for cid, (rids, boxes) in self.region_arrays(content_ids).items()
+        }
+
+    def region_arrays(self, content_ids: Sequence[int]) -> dict[int, tuple[Any, Any]]:
+        """Like :meth:`regions_for_contents` as arrays (int64 ids ``[K]``, float32 boxes ``[K, 4]``):
+        the fast path for search, which builds a Box only for the regions it returns."""
+        import numpy as np
+
+        rows: list[tuple[int, int, float, float, float, float]] = []
         with self.engine.connect() as conn:
             for chunk in _chunks(list(content_ids)):
-                q = (
-                    sa.select(
-                        regions_t.c.content_id,
-                        regions_t.c.id,
-                        regions_t.c.x1,
-                        regions_t.c.y1,
-                        regions_t.c.x2,
-                        regions_t.c.y2,
-                    )
-                    .where(regions_t.c.content_id.in_(chunk))
-                    .order_by(regions_t.c.content_id, regions_t.c.rank)
+                marks = ",".join("?" * len(chunk))
+                rows.extend(
+                    conn.exec_driver_sql(
+                        f"SELECT content_id, id, x1, y1, x2, y2 FROM regions WHERE content_id IN ({marks}) "
+                        "ORDER BY content_id, rank",
+                        tuple(int(c) for c in chunk),
+                    ).fetchall()
                 )
-                for cid, rid, x1, y1, x2, y2 in conn.execute(q):
-                    out.setdefault(cid, []).append((rid, Box(x1, y1, x2, y2)))
-        return out
+        if not rows:
+            return {}
+        arr = np.asarray(rows, dtype=np.float64)
+        cids = arr[:, 0].astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, cids[1:] != cids[:-1]])
+        ends = np.r_[starts[1:], len(cids)]
+        return {
+            int(cids[a]): (arr[a:b, 1].astype(np.int64), arr[a:b, 2:6].astype(np.float32))
+            for a, b in zip(starts, ends, strict=True)
+        }
 
     def regions_by_ids(self, region_ids: Sequence[int]) -> dict[int, tuple[Box, ContentRow]]:
         boxes: dict[int, tuple[int, Box]] = {}

@@ -237,26 +237,28 @@ def _search_images(lib: Library, q: SearchQuery, qv: np.ndarray, neg: np.ndarray
     ids = np.asarray([row.id for row in rows], np.int64)
     gvec = lib.global_index.get(ids)
     gscore = gvec @ qv
-    region_map = lib.catalog.regions_for_contents(ids.tolist())  # content id -> [(region id, Box)]
-    all_rids = np.asarray([rid for cid in ids.tolist() for rid, _ in region_map.get(cid, [])], np.int64)
+    region_map = lib.catalog.region_arrays(ids.tolist())  # content id -> (region ids, boxes [K, 4])
+    empty = (np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
+    per = [region_map.get(cid, empty) for cid in ids.tolist()]
+    all_rids = np.concatenate([r for r, _ in per]) if per else np.zeros(0, np.int64)
     rvec = lib.region_index.get(all_rids) if len(all_rids) else np.zeros((0, qv.shape[0]), np.float32)
     rscore_all = rvec @ qv
     nscore_all = rvec @ neg if neg is not None and len(rvec) else None
     w = q.weights
     scored = []
     pos = 0
-    for i, cid in enumerate(ids.tolist()):
-        regs = region_map.get(cid, [])
+    for i in range(len(ids)):
+        rids, rboxes = per[i]
         best_box, best_rid, best_r = None, None, None
         neg_score = float(gvec[i] @ neg) if neg is not None else 0.0
-        if regs:
-            seg = rscore_all[pos : pos + len(regs)]
+        if len(rids):
+            seg = rscore_all[pos : pos + len(rids)]
             j = int(np.argmax(seg))
             best_r = float(seg[j])
-            best_rid, best_box = regs[j]
+            best_rid, best_box = int(rids[j]), Box.clipped(*map(float, rboxes[j]))
             if nscore_all is not None:
-                neg_score = max(neg_score, float(nscore_all[pos : pos + len(regs)].max()))
-            pos += len(regs)
+                neg_score = max(neg_score, float(nscore_all[pos : pos + len(rids)].max()))
+            pos += len(rids)
         s = w.global_ * float(gscore[i]) + w.region * (best_r if best_r is not None else float(gscore[i]))
         if neg is not None:
             s -= w.negative * neg_score

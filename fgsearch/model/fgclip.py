@@ -87,10 +87,30 @@ class Attention(nn.Module):
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
+    def _fused_qkv(self) -> tuple[Tensor, Tensor]:
+        """q/k/v weights as one matrix. Cached while no gradient is recorded (inference); the cache
+        is keyed on the parameters' identity and version, so any update invalidates it."""
+        params = (
+            self.q_proj.weight,
+            self.k_proj.weight,
+            self.v_proj.weight,
+            self.q_proj.bias,
+            self.k_proj.bias,
+            self.v_proj.bias,
+        )
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return torch.cat(params[:3]), torch.cat(params[3:])
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cached = getattr(self, "_fused_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable in any mode
+                cached = (key, torch.cat(params[:3]), torch.cat(params[3:]))
+            self._fused_cache = cached
+        return cached[1], cached[2]
+
     def forward(self, x: Tensor, causal: bool = False) -> Tensor:
         # self-attention: one fused q/k/v matmul (the parameters stay separate, as checkpoints store them)
-        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        w, bias = self._fused_qkv()
         q, k, v = (self._split(t) for t in F.linear(x, w, bias).chunk(3, dim=-1))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         b, _, n, _ = out.shape
