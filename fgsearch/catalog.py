@@ -644,15 +644,16 @@ class Catalog:
 
         rows: list[tuple[int, int, float, float, float, float]] = []
         with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection  # plain tuples: much faster than Row objects here
+            assert raw is not None
             for chunk in _chunks(list(content_ids)):
                 marks = ",".join("?" * len(chunk))
-                rows.extend(
-                    conn.exec_driver_sql(
-                        f"SELECT content_id, id, x1, y1, x2, y2 FROM regions WHERE content_id IN ({marks}) "
-                        "ORDER BY content_id, rank",
-                        tuple(int(c) for c in chunk),
-                    ).fetchall()
+                cur = raw.execute(
+                    f"SELECT content_id, id, x1, y1, x2, y2 FROM regions WHERE content_id IN ({marks}) "
+                    "ORDER BY content_id, rank",
+                    tuple(int(c) for c in chunk),
                 )
+                rows.extend(cur.fetchall())
         if not rows:
             return {}
         arr = np.asarray(rows, dtype=np.float64)

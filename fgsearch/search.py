@@ -222,11 +222,11 @@ def _search_images(lib: Library, q: SearchQuery, qv: np.ndarray, neg: np.ndarray
     allowed_g, allowed_r = _allowed(lib, q.filters)
     if allowed_g is not None and len(allowed_g) == 0:
         return []
-    fetch = max(4 * q.k, 50)
+    fetch = max(4 * q.k, 40)  # candidates per index; each is then scored exactly
     g = lib.global_index.search(qv[None], fetch, allowed_ids=allowed_g)
     cand = set(int(i) for i in g.ids[0] if i >= 0)
     if lib.region_index.count():
-        r = lib.region_index.search(qv[None], 4 * fetch, allowed_ids=allowed_r)
+        r = lib.region_index.search(qv[None], 2 * fetch, allowed_ids=allowed_r)
         rids = [int(i) for i in r.ids[0] if i >= 0]
         cand |= set(lib.catalog.contents_of_regions(rids))
     if not cand:
