@@ -220,7 +220,8 @@ def load_model(
     path = checkpoint_dir(spec, download=download)
     cfg, _ = read_config(path)
     state = {k: v for k, v in read_state_dict(path).items() if not k.endswith(IGNORED_KEY_SUFFIXES)}
-    net = FGCLIP(cfg)
+    with torch.device("meta"):  # no random init: every parameter comes from the checkpoint
+        net = FGCLIP(cfg)
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state))
     unknown = sorted(set(state) - set(expected))
@@ -239,7 +240,7 @@ def load_model(
     ]
     if bad_shapes:
         raise CheckpointError(f"checkpoint {path} has tensors of the wrong shape: {_short_list(bad_shapes)}")
-    net.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    net.load_state_dict({k: v.to(torch.float32).contiguous() for k, v in state.items()}, assign=True)
     net.eval().requires_grad_(False).to(device)
     spec = _preprocessing(path, spec, cfg).resolved(
         local_dir=spec.local_dir or str(path), fingerprint=checkpoint_fingerprint(path)
