@@ -597,11 +597,8 @@ def eval_(
     for name, ours, paper in result.rows():
         table.add_row(name, ours, paper or "-")
     console.print(table)
-    s = result.settings
-    console.print(
-        f"model {s['model']}  data {s['data']}  sizes {s['sizes']}  text path {s['text_path']}  device {s['device']}",
-        highlight=False,
-    )
+    for label, value in result.describe():
+        console.print(f"{label}: {value}", highlight=False, markup=False)
 
 
 def main() -> None:
