@@ -153,6 +153,7 @@ def _ddp_worker(rank: int, world: int, init: str, data: dict, out: str) -> None:
         p.grad /= world
     if rank == 0:
         torch.save({"w": lin.weight.grad, "b": lin.bias.grad, "s": scale.grad}, out)
+    dist.barrier()  # nobody tears the group down while the other rank still talks
     dist.destroy_process_group()
 
 
