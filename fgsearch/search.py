@@ -266,25 +266,35 @@ def _search_images(lib: Library, q: SearchQuery, qv: np.ndarray, neg: np.ndarray
     scored.sort(key=lambda t: (-t[0], t[5].id))
     if q.filters.min_score is not None:
         scored = [t for t in scored if t[0] >= q.filters.min_score]
-    hits = []
-    for rank, (s, gs, rs, box, rid, row) in enumerate(scored[: q.k], start=1):
-        hits.append(
-            SearchHit(
-                rank=rank,
-                score=s,
-                global_score=gs,
-                region_score=rs,
-                path=row.path,
-                paths=tuple(row.paths),
-                box=box,
-                region_id=rid,
-                image_id=row.id,
-                width=row.width,
-                height=row.height,
-                captured_at=row.captured_at,
-            )
-        )
-    return hits
+    return [
+        _hit(rank, sc, gs, rs, box, rid, row) for rank, (sc, gs, rs, box, rid, row) in enumerate(scored[: q.k], start=1)
+    ]
+
+
+def _hit(
+    rank: int,
+    score: float,
+    global_score: float,
+    region_score: float | None,
+    box: Box | None,
+    region_id: int | None,
+    row: Any,
+) -> SearchHit:
+    """A result for one catalog content row."""
+    return SearchHit(
+        rank=rank,
+        score=score,
+        global_score=global_score,
+        region_score=region_score,
+        path=row.path,
+        paths=tuple(row.paths),
+        box=box,
+        region_id=region_id,
+        image_id=row.id,
+        width=row.width,
+        height=row.height,
+        captured_at=row.captured_at,
+    )
 
 
 def _search_regions(lib: Library, q: SearchQuery, qv: np.ndarray) -> list[SearchHit]:
@@ -303,22 +313,7 @@ def _search_regions(lib: Library, q: SearchQuery, qv: np.ndarray) -> list[Search
         if q.filters.min_score is not None and s < q.filters.min_score:
             continue
         box, row = info[rid]
-        hits.append(
-            SearchHit(
-                rank=len(hits) + 1,
-                score=s,
-                global_score=float("nan"),
-                region_score=s,
-                path=row.path,
-                paths=tuple(row.paths),
-                box=box,
-                region_id=rid,
-                image_id=row.id,
-                width=row.width,
-                height=row.height,
-                captured_at=row.captured_at,
-            )
-        )
+        hits.append(_hit(len(hits) + 1, s, float("nan"), s, box, rid, row))
         if len(hits) >= q.k:
             break
     return hits
