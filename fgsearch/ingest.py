@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fgsearch.errors import FgsearchError, ImageError
-from fgsearch.regions import RegionSettings, SidecarBoxes, propose
+from fgsearch.regions import RegionSettings, SidecarBoxes, auto_boxes_batch, propose
 
 if TYPE_CHECKING:
     from fgsearch.library import Library
@@ -291,9 +291,10 @@ def _embed_and_store(lib: Library, batch: list[_Prepared], settings: RegionSetti
     pixels = np.stack([p.pixels for p in batch])  # type: ignore[misc]
     if settings.needs_dense:
 
-        def proposer(i: int, dense: np.ndarray) -> np.ndarray:
-            given = batch[i].boxes
-            return propose(settings, dense, None)[0] if given is None else given[: settings.max_regions]
+        def proposer(dense: Any) -> list[Any]:
+            if settings.proposer == "auto":  # all images at once, on the model's device
+                return [b for b, _ in auto_boxes_batch(dense, settings)]
+            return [propose(settings, None)[0] if p.boxes is None else p.boxes[: settings.max_regions] for p in batch]
 
         out, boxes = enc.encode_proposed(pixels, proposer)
     else:

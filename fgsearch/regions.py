@@ -21,12 +21,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fgsearch.boxes import Box, iou_matrix, nms
+from fgsearch.boxes import Box, iou_matrix
 from fgsearch.errors import DataError, InputError
+
+if TYPE_CHECKING:
+    import torch
 
 PROPOSERS = ("auto", "grid", "none", "sidecar")
 
@@ -95,140 +98,249 @@ def grid_boxes(max_regions: int = 16) -> list[Box]:
     return out[:max_regions]
 
 
-def _components(mask_right: np.ndarray, mask_down: np.ndarray) -> np.ndarray:
-    """Connected components of an h x w grid given which right/down neighbour links are on."""
-    h, w = mask_down.shape[0] + 1, mask_right.shape[1] + 1
-    parent = np.arange(h * w)
+def _label(right: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """Connected components of a batch of h x w grids, all at once.
 
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
+    ``right[b, y, x]`` links cell (y, x) to (y, x + 1) and ``down[b, y, x]`` links it to (y + 1, x).
+    Returns ``[B, h * w]`` labels: each cell gets the smallest flat index in its component. Labels
+    spread along links as minima, with pointer jumping (a cell takes its label's label), until
+    nothing changes."""
+    import torch
 
-    for y, x in zip(*np.nonzero(mask_right), strict=True):
-        a, b = find(y * w + x), find(y * w + x + 1)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    for y, x in zip(*np.nonzero(mask_down), strict=True):
-        a, b = find(y * w + x), find((y + 1) * w + x)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return np.array([find(i) for i in range(h * w)]).reshape(h, w)
-
-
-def _upsample(t: np.ndarray, factor: int) -> np.ndarray:
-    """Bilinear upsampling of a cell map (values at cell centres) by an integer factor."""
-    h, w = t.shape
-    ys = (np.arange(h * factor) + 0.5) / factor - 0.5
-    xs = (np.arange(w * factor) + 0.5) / factor - 0.5
-    rows = np.stack([np.interp(ys, np.arange(h), t[:, j]) for j in range(w)], axis=1)  # [h*f, w]
-    return np.stack([np.interp(xs, np.arange(w), rows[i]) for i in range(h * factor)])  # [h*f, w*f]
+    b, h, w = right.shape[0], down.shape[1] + 1, right.shape[2] + 1
+    lab = torch.arange(h * w, device=right.device).view(1, h, w).expand(b, h, w).clone()
+    big = h * w
+    while True:
+        cur = lab.clone()
+        lab[:, :, :-1] = torch.minimum(lab[:, :, :-1], torch.where(right, cur[:, :, 1:], big))
+        lab[:, :, 1:] = torch.minimum(lab[:, :, 1:], torch.where(right, cur[:, :, :-1], big))
+        lab[:, :-1] = torch.minimum(lab[:, :-1], torch.where(down, cur[:, 1:], big))
+        lab[:, 1:] = torch.minimum(lab[:, 1:], torch.where(down, cur[:, :-1], big))
+        flat = lab.view(b, h * w)
+        flat = flat.gather(1, flat)
+        flat = flat.gather(1, flat)
+        lab = flat.view(b, h, w)
+        if torch.equal(lab, cur):
+            return flat
 
 
-def _refine_box(
-    f: np.ndarray, cells: np.ndarray, h: int, w: int, factor: int = 4, level: float = 0.5
-) -> tuple[float, ...]:
-    """Box of a segment at sub-cell precision.
-
-    Each cell's similarity to the segment's mean vector is rescaled so the segment is ~1 and the
-    rest ~0; partly covered cells fall in between. The map is upsampled bilinearly and the box is
-    the extent of the part above 0.5, searched within one cell around the segment."""
-    ys, xs = np.divmod(cells, w)
-    cell_box = (xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h)
-    if len(cells) == h * w:
-        return cell_box
-    proto = f[cells].mean(axis=0)
-    sim = (f @ proto).reshape(h, w)
-    inside = np.zeros(h * w, bool)
-    inside[cells] = True
-    lo, hi = float(sim.reshape(-1)[~inside].mean()), float(sim.reshape(-1)[inside].mean())
-    if hi - lo < 1e-6:
-        return cell_box
-    t = _upsample((sim - lo) / (hi - lo), factor)
-    y0, y1 = max(0, ys.min() - 1) * factor, min(h, ys.max() + 2) * factor
-    x0, x1 = max(0, xs.min() - 1) * factor, min(w, xs.max() + 2) * factor
-    win = t[y0:y1, x0:x1] > level
-    if not win.any():
-        return cell_box
-    rr = np.nonzero(win.any(axis=1))[0]
-    cc = np.nonzero(win.any(axis=0))[0]
-    return (
-        (x0 + cc[0]) / (w * factor),
-        (y0 + rr[0]) / (h * factor),
-        (x0 + cc[-1] + 1) / (w * factor),
-        (y0 + rr[-1] + 1) / (h * factor),
-    )
+def _upsample_matrix(n: int, factor: int) -> np.ndarray:
+    """``[n * factor, n]`` bilinear weights from cell centres to sub-cell centres (edges clamp)."""
+    pos = np.clip((np.arange(n * factor) + 0.5) / factor - 0.5, 0, n - 1)
+    i0 = np.minimum(np.floor(pos).astype(np.int64), max(n - 2, 0))
+    frac = pos - i0
+    m = np.zeros((n * factor, n), np.float64)
+    rows = np.arange(n * factor)
+    m[rows, i0] += 1.0 - frac
+    if n > 1:
+        m[rows, i0 + 1] += frac
+    return m
 
 
-def _grow(sim_row: np.ndarray, seed: int, h: int, w: int, level: float = 0.5) -> np.ndarray:
-    """Cells connected to ``seed`` whose similarity to it is closer to the seed than to the background
-    (the seed's median similarity)."""
-    lo = float(np.median(sim_row))
-    inside = (sim_row - lo) / max(1.0 - lo, 1e-6) > level
-    seen = np.zeros(h * w, bool)
-    stack, seen[seed] = [seed], True
-    while stack:
-        c = stack.pop()
-        y, x = divmod(c, w)
-        for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-            if 0 <= ny < h and 0 <= nx < w:
-                k = ny * w + nx
-                if not seen[k] and inside[k]:
-                    seen[k] = True
-                    stack.append(k)
-    return np.nonzero(seen)[0]
+def _extent(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``[..., n, m]`` boolean masks: ``[..., 4]`` first column, first row, last column, last
+    row that hold a true value, and whether any does."""
+    import torch
+
+    rows, cols = mask.any(dim=-1), mask.any(dim=-2)
+    n, m = rows.shape[-1], cols.shape[-1]
+    ri, ci = rows.to(torch.uint8), cols.to(torch.uint8)
+    y0, y1 = ri.argmax(dim=-1), n - 1 - ri.flip(-1).argmax(dim=-1)
+    x0, x1 = ci.argmax(dim=-1), m - 1 - ci.flip(-1).argmax(dim=-1)
+    return torch.stack([x0, y0, x1, y1], dim=-1), rows.any(dim=-1)
+
+
+def _first_true_order(mask: torch.Tensor) -> torch.Tensor:
+    """Per row of ``[B, S]``: indices that put the true entries first, each group in its order."""
+    import torch
+
+    return torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+
+
+def auto_boxes_batch(
+    dense: torch.Tensor, settings: RegionSettings | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Proposals for a batch of dense maps ``[B, h, w, P]`` on their own device.
+
+    Returns, per image, boxes ``[K, 4]`` (normalised x1, y1, x2, y2, best first) and their scores
+    ``[K]``. Two sources of segments: cells grown from salient seeds (cells unlike most of the
+    image: the seed's connected component among cells closer to it than to the image's median
+    similarity), and connected components of the neighbour-similarity graph keeping several
+    fractions of the most similar links. Each distinct segment is scored by contrast (mean
+    similarity inside minus mean similarity to the rest) and boxed at sub-cell precision; greedy
+    IoU suppression keeps the best ``max_regions``. Every step is a whole-batch tensor operation,
+    so it runs on the GPU beside the model; ``tests/reference_regions.py`` holds the same
+    algorithm as plain loops over one image, and the tests check that both agree."""
+    import torch
+
+    s = settings or RegionSettings()
+    b, h, w, _ = dense.shape
+    total = h * w
+    dev = dense.device
+    # float64 where the device has it: thresholds are compared exactly as the reference does
+    wide = torch.float32 if dev.type == "mps" else torch.float64
+    empty = [(dense.new_zeros((0, 4), dtype=torch.float32), dense.new_zeros((0,), dtype=torch.float32))] * b
+    if total < 2 or b == 0 or s.max_regions == 0:
+        return empty
+    f = dense.float().reshape(b, total, -1)
+    f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sim = f @ f.transpose(1, 2)  # [B, T, T]
+
+    # 1. segments grown from salient seeds
+    saliency = 1.0 - (sim.sum(dim=-1) - 1.0) / (total - 1)
+    k = min(max(2 * s.max_regions, 8), total)
+    seeds = torch.sort(-saliency, dim=1, stable=True).indices[:, :k]  # [B, k]
+    rows = sim.gather(1, seeds[:, :, None].expand(b, k, total))  # [B, k, T]
+    lo = torch.quantile(rows.to(wide), 0.5, dim=-1, keepdim=True)
+    inside = (rows.to(wide) - lo) / (1.0 - lo).clamp_min(1e-6) > 0.5
+    inside.scatter_(2, seeds[:, :, None], True)
+    g = inside.view(b * k, h, w)
+    lab = _label(g[:, :, :-1] & g[:, :, 1:], g[:, :-1] & g[:, 1:]).view(b, k, total)
+    parts = [lab == lab.gather(2, seeds[:, :, None])]
+
+    # 2. connected components of the neighbour graph at several link thresholds
+    cells = torch.arange(total, device=dev).view(h, w)
+    right = sim[:, cells[:, :-1].reshape(-1), cells[:, 1:].reshape(-1)].view(b, h, w - 1)
+    down = sim[:, cells[:-1].reshape(-1), cells[1:].reshape(-1)].view(b, h - 1, w)
+    edges = torch.cat([right.reshape(b, -1), down.reshape(b, -1)], dim=1)
+    if edges.shape[1] and s.thresholds:
+        q = 1.0 - torch.tensor(s.thresholds, dtype=wide, device=dev)
+        ts = torch.quantile(edges.to(wide), q, dim=1).T[:, :, None, None]  # [B, Q, 1, 1]
+        nq = ts.shape[1]
+        rl = (right.to(wide)[:, None] >= ts).reshape(b * nq, h, w - 1)
+        dl = (down.to(wide)[:, None] >= ts).reshape(b * nq, h - 1, w)
+        comp = _label(rl, dl).view(b, nq, 1, total)
+        # one row per possible label (a cell index) and threshold; unused labels are empty rows
+        parts.append((comp == cells.view(1, 1, total, 1)).view(b, nq * total, total))
+
+    member = torch.cat(parts, dim=1)  # [B, S, T] in the reference's order
+    n = member.sum(dim=-1)
+    valid = (n >= max(s.min_cells, 1)) & (n <= 0.9 * total)
+    # keep the valid rows, in order, padded to the batch's largest count
+    order = _first_true_order(valid)
+    smax = int(valid.sum(dim=1).max())
+    if smax == 0:
+        return empty
+    order = order[:, :smax]
+    valid = valid.gather(1, order)
+    member = member.gather(1, order[:, :, None].expand(b, smax, total)) & valid[:, :, None]
+
+    # 3. drop repeated segments (same cells as an earlier valid one)
+    fm = member.to(torch.float32)
+    n = fm.sum(dim=-1)
+    inter = fm @ fm.transpose(1, 2)  # [B, S, S] cells in common (exact small integers)
+    same = (inter == n[:, :, None]) & (inter == n[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    earlier = torch.ones(smax, smax, dtype=torch.bool, device=dev).tril(-1)
+    valid = valid & ~(same & earlier).any(dim=-1)
+    smax = int(valid.sum(dim=1).max())
+    order = _first_true_order(valid)[:, :smax]
+    valid = valid.gather(1, order)
+    member = member.gather(1, order[:, :, None].expand(b, smax, total)) & valid[:, :, None]
+    fm = member.to(torch.float32)
+    n = fm.sum(dim=-1)
+
+    # 4. contrast scores
+    a = fm @ sim  # [B, S, T]: per segment, each cell's summed similarity to the segment's cells
+    inside_sum = (a * fm).sum(dim=-1)
+    pairs = (n * (n - 1)).clamp_min(1.0)
+    inside_mean = torch.where(n > 1, (inside_sum - n) / pairs, torch.ones_like(n))
+    across = (a * (1.0 - fm)).sum(dim=-1) / (n * (total - n)).clamp_min(1.0)
+    scores = inside_mean - across
+
+    # 5. boxes at sub-cell precision
+    boxes = _refine_boxes(a, member, n, h, w, wide).float()  # boxes are float32 from here on, as stored
+
+    # 6. greedy IoU suppression, best score first
+    keep_lists = _suppress(boxes.to(wide), scores, valid, s.iou_threshold, s.max_regions)
+    out = []
+    for i in range(b):
+        idx = keep_lists[i]
+        out.append((boxes[i, idx], scores[i, idx].float()))
+    return out
+
+
+def _refine_boxes(
+    seg_sim: torch.Tensor,
+    member: torch.Tensor,
+    n: torch.Tensor,
+    h: int,
+    w: int,
+    wide: Any,
+    factor: int = 4,
+    level: float = 0.5,
+) -> torch.Tensor:
+    """Boxes ``[B, S, 4]`` of segments at sub-cell precision.
+
+    Each cell's similarity to a segment's mean vector (``seg_sim[b, s, c]`` sums cell c's
+    similarities to the segment's cells; divided by the segment's size it is c's similarity to
+    the segment's mean vector) is rescaled so the segment is ~1 and the rest ~0; partly covered
+    cells fall in between. The map is upsampled bilinearly and the box is the extent of the part
+    above ``level``, searched within one cell around the segment; a segment whose map has no
+    contrast keeps its cell box."""
+    import torch
+
+    b, smax, total = member.shape
+    dev = member.device
+    fm = member.to(wide)
+    size = n.to(wide)
+    ext, _ = _extent(member.view(b, smax, h, w))
+    scale = torch.tensor([w, h, w, h], dtype=wide, device=dev)
+    cell = (ext + torch.tensor([0, 0, 1, 1], device=dev)).to(wide) / scale
+    sim = seg_sim.to(wide) / size.clamp_min(1.0)[..., None]
+    out_n = total - size
+    hi = (sim * fm).sum(dim=-1) / size.clamp_min(1.0)
+    lo = (sim * (1.0 - fm)).sum(dim=-1) / out_n.clamp_min(1.0)
+    ok = (out_n > 0) & (hi - lo >= 1e-6)
+    t = (sim - lo[..., None]) / torch.where(ok, hi - lo, torch.ones_like(hi))[..., None]
+    uh = torch.from_numpy(_upsample_matrix(h, factor)).to(device=dev, dtype=wide)
+    uw = torch.from_numpy(_upsample_matrix(w, factor)).to(device=dev, dtype=wide)
+    up = uh @ t.view(b, smax, h, w) @ uw.T  # [B, S, h*f, w*f]
+    ys = torch.arange(h * factor, device=dev) // factor
+    xs = torch.arange(w * factor, device=dev) // factor
+    win_y = (ys >= ext[..., 1:2] - 1) & (ys <= ext[..., 3:4] + 1)  # [B, S, h*f]
+    win_x = (xs >= ext[..., 0:1] - 1) & (xs <= ext[..., 2:3] + 1)
+    above = (up > level) & win_y[..., :, None] & win_x[..., None, :]
+    fine, found = _extent(above)
+    fscale = torch.tensor([w * factor, h * factor, w * factor, h * factor], dtype=wide, device=dev)
+    fine_box = (fine + torch.tensor([0, 0, 1, 1], device=dev)).to(wide) / fscale
+    return torch.where((ok & found)[..., None], fine_box, cell)
+
+
+def _suppress(
+    boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, iou: float, limit: int
+) -> list[torch.Tensor]:
+    """Greedy non-maximum suppression for a batch ``[B, S, 4]``: per image, the indices kept, best
+    score first (ties in order), none overlapping a better kept box by more than ``iou``."""
+    import torch
+
+    b, smax, _ = boxes.shape
+    dev = boxes.device
+    order = torch.sort(torch.where(valid, -scores, torch.full_like(scores, float("inf"))), dim=1, stable=True).indices
+    bx = boxes.gather(1, order[..., None].expand(b, smax, 4))
+    ok = valid.gather(1, order)
+    area = (bx[..., 2] - bx[..., 0]).clamp_min(0) * (bx[..., 3] - bx[..., 1]).clamp_min(0)
+    lt = torch.maximum(bx[:, :, None, :2], bx[:, None, :, :2])
+    rb = torch.minimum(bx[:, :, None, 2:], bx[:, None, :, 2:])
+    wh = (rb - lt).clamp_min(0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area[:, :, None] + area[:, None, :] - inter
+    ious = torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+    kept = torch.zeros(b, smax, dtype=torch.bool, device=dev)
+    count = torch.zeros(b, dtype=torch.long, device=dev)
+    for i in range(min(smax, int(ok.sum(dim=1).max()))):
+        take = ok[:, i] & (count < limit) & ~((ious[:, i] > iou) & kept).any(dim=-1)
+        kept[:, i] = take
+        count += take.long()
+    return [order[j][kept[j]] for j in range(b)]
 
 
 def auto_boxes(dense: np.ndarray, settings: RegionSettings | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Proposals from one image's dense map ``[h, w, P]`` -> (boxes ``[K, 4]``, scores ``[K]``).
+    """Proposals from one image's dense map ``[h, w, P]`` (numpy) -> (boxes ``[K, 4]``, scores
+    ``[K]``), best first. See :func:`auto_boxes_batch`."""
+    import torch
 
-    Two sources of segments: cells grown from salient seeds (cells unlike most of the image), and
-    connected components of the neighbour-similarity graph at several thresholds. Each segment is
-    scored by contrast (mean similarity inside minus mean similarity to the rest) and boxed at
-    sub-cell precision (:func:`_refine_box`)."""
-    s = settings or RegionSettings()
-    h, w, _ = dense.shape
-    total = h * w
-    f = dense.astype(np.float32).reshape(total, -1)
-    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-    if total < 2:
-        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
-    sim = f @ f.T
-    segments: dict[bytes, np.ndarray] = {}
-    saliency = 1.0 - (sim.sum(axis=1) - 1.0) / (total - 1)
-    for seed in np.argsort(-saliency)[: max(2 * s.max_regions, 8)]:
-        cells = _grow(sim[seed], int(seed), h, w)
-        segments.setdefault(cells.tobytes(), cells)
-    g = f.reshape(h, w, -1)
-    right = (g[:, :-1] * g[:, 1:]).sum(-1)
-    down = (g[:-1] * g[1:]).sum(-1)
-    edges = np.concatenate([right.ravel(), down.ravel()])
-    if edges.size:
-        for q in s.thresholds:
-            t = float(np.quantile(edges, 1.0 - q))
-            labels = _components(right >= t, down >= t).ravel()
-            for lab in np.unique(labels):
-                cells = np.nonzero(labels == lab)[0]
-                segments.setdefault(cells.tobytes(), cells)
-    cand: list[tuple[float, ...]] = []
-    scores: list[float] = []
-    for cells in segments.values():
-        n = len(cells)
-        if n < s.min_cells or n > 0.9 * total:
-            continue
-        inside = (sim[np.ix_(cells, cells)].sum() - n) / (n * (n - 1)) if n > 1 else 1.0
-        mask = np.ones(total, bool)
-        mask[cells] = False
-        across = sim[np.ix_(cells, np.nonzero(mask)[0])].mean()
-        cand.append(_refine_box(f, cells, h, w))
-        scores.append(float(inside - across))
-    if not cand:
-        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
-    arr = np.asarray(cand, np.float32)
-    sc = np.asarray(scores, np.float32)
-    keep = nms(arr, sc, s.iou_threshold, limit=s.max_regions)
-    return arr[keep], sc[keep]
+    boxes, scores = auto_boxes_batch(torch.from_numpy(np.ascontiguousarray(dense, np.float32))[None], settings)[0]
+    return boxes.numpy(), scores.numpy()
 
 
 def _xywh(b: Sequence[float], width: int, height: int) -> Box:
@@ -308,4 +420,13 @@ def propose(
     return auto_boxes(dense, settings)
 
 
-__all__ = ["PROPOSERS", "RegionSettings", "SidecarBoxes", "auto_boxes", "grid_boxes", "iou_matrix", "propose"]
+__all__ = [
+    "PROPOSERS",
+    "RegionSettings",
+    "SidecarBoxes",
+    "auto_boxes",
+    "auto_boxes_batch",
+    "grid_boxes",
+    "iou_matrix",
+    "propose",
+]

@@ -76,6 +76,37 @@ def test_rename_duplicate_and_delete(tmp_path: Path, tiny_model_dir: Path, photo
         assert lib.doctor()["consistent"]
 
 
+def test_auto_regions_are_the_images_own_proposals(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Indexing proposes boxes for a whole batch at once; each image gets exactly what the proposer
+    gives for its dense map alone, and its region vectors are those boxes pooled from that map."""
+    import torch
+
+    from fgsearch.decode import load_image
+    from fgsearch.regions import auto_boxes
+
+    folder = make_folder(tmp_path / "photos", n_good=7, bad=False)
+    settings = RegionSettings(proposer="auto", max_regions=6)
+    with _open(tmp_path, tiny_model_dir, regions=settings) as lib:
+        rep = lib.index(tmp_path / "photos", batch_size=3)  # batches of 3, 3 and 1
+        assert rep.indexed == 7 and rep.regions > 7
+        enc = lib.encoder
+        cat = lib.catalog
+        content_ids = list(cat.all_vector_ids()[0])
+        rows = {r.path: r.id for r in cat.contents_by_ids(content_ids)}
+        stored = cat.regions_for_contents(content_ids)
+        for path in folder["good"]:
+            cid = rows[str(path)]
+            image = load_image(path.read_bytes()).image
+            pv = enc.preprocess([image])
+            dense = enc.model.encode_dense(torch.from_numpy(pv)).float().numpy()[0]
+            want, _ = auto_boxes(dense, settings)
+            got = np.array([b.as_tuple() for _, b in stored[cid]], np.float32).reshape(-1, 4)
+            np.testing.assert_allclose(got, want, atol=1e-6)
+            pooled = enc.encode_images([image], boxes=[want]).regions[0]
+            vectors = lib.region_index.get(np.array([rid for rid, _ in stored[cid]], np.int64))
+            np.testing.assert_allclose(vectors, pooled, atol=1e-4)
+
+
 def test_query_by_region_returns_that_image_and_box(tmp_path: Path, tiny_model_dir: Path) -> None:
     root = tmp_path / "photos"
     make_folder(root, n_good=8, bad=False)

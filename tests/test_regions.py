@@ -98,3 +98,114 @@ def test_sidecars(tmp_path: Path) -> None:
         sc.boxes_for(str(img), str(tmp_path), 100, 100)
     with pytest.raises(DataError, match="does not exist"):
         SidecarBoxes(str(tmp_path / "missing.json"))
+
+
+def _random_map(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    d = rng.normal(size=(h, w, 24)).astype(np.float32) * rng.uniform(0.1, 1.0) + rng.normal(size=24)
+    for _ in range(int(rng.integers(0, 4))):  # a few blocks of a shared vector: objects
+        y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        d[y0 : y0 + int(rng.integers(1, h + 1)), x0 : x0 + int(rng.integers(1, w + 1))] += rng.normal(size=24)
+    return d
+
+
+@pytest.mark.parametrize("shape", [(14, 14), (7, 9), (24, 24), (1, 5), (2, 3), (16, 12)])
+def test_auto_matches_the_loop_reference(shape: tuple[int, int]) -> None:
+    """The vectorised proposer computes exactly what the plain-loop specification does."""
+    from reference_regions import reference_auto_boxes
+
+    rng = np.random.default_rng(sum(shape))
+    for _ in range(12):
+        dense = _random_map(rng, *shape)
+        settings = RegionSettings(
+            max_regions=int(rng.integers(1, 24)),
+            min_cells=int(rng.integers(1, 4)),
+            thresholds=tuple(sorted(rng.uniform(0.2, 0.95, int(rng.integers(1, 4))).tolist())),
+        )
+        want_boxes, want_scores = reference_auto_boxes(dense, settings)
+        got_boxes, got_scores = auto_boxes(dense, settings)
+        assert got_boxes.shape == want_boxes.shape
+        np.testing.assert_allclose(got_boxes, want_boxes, atol=1e-5)
+        np.testing.assert_allclose(got_scores, want_scores, atol=1e-4)
+
+
+def _bfs_labels(right: np.ndarray, down: np.ndarray) -> np.ndarray:
+    h, w = down.shape[0] + 1, right.shape[1] + 1
+    labels = -np.ones(h * w, np.int64)
+    for start in range(h * w):
+        if labels[start] >= 0:
+            continue
+        labels[start], stack = start, [start]
+        while stack:
+            y, x = divmod(stack.pop(), w)
+            links = []
+            if x + 1 < w and right[y, x]:
+                links.append((y, x + 1))
+            if x > 0 and right[y, x - 1]:
+                links.append((y, x - 1))
+            if y + 1 < h and down[y, x]:
+                links.append((y + 1, x))
+            if y > 0 and down[y - 1, x]:
+                links.append((y - 1, x))
+            for ny, nx in links:
+                if labels[ny * w + nx] < 0:
+                    labels[ny * w + nx] = start
+                    stack.append(ny * w + nx)
+    return labels
+
+
+def test_component_labels_match_a_plain_search() -> None:
+    import torch
+
+    from fgsearch.regions import _label
+
+    rng = np.random.default_rng(3)
+    h, w = 9, 8
+    # a one-cell-wide snake through the whole grid: the slowest case for label spreading
+    right = np.ones((h, w - 1), bool)
+    down = np.zeros((h - 1, w), bool)
+    for y in range(h - 1):
+        down[y, w - 1 if y % 2 == 0 else 0] = True
+    masks = [(right, down)]
+    for p in (0.2, 0.5, 0.8, 1.0):
+        masks.append((rng.random((h, w - 1)) < p, rng.random((h - 1, w)) < p))
+    got = _label(torch.from_numpy(np.stack([r for r, _ in masks])), torch.from_numpy(np.stack([d for _, d in masks])))
+    for k, (r, d) in enumerate(masks):
+        np.testing.assert_array_equal(got[k].numpy(), _bfs_labels(r, d))
+    assert set(got[0].tolist()) == {0}
+
+
+@pytest.mark.parametrize(
+    "dense",
+    [
+        np.zeros((5, 5, 8), np.float32),  # zero vectors
+        np.ones((1, 2, 8), np.float32),  # two cells
+        np.ones((1, 1, 8), np.float32),  # one cell
+        np.tile(np.eye(2, dtype=np.float32)[None], (6, 3, 4))[:, :6, :],  # stripes
+    ],
+)
+def test_auto_on_degenerate_maps(dense: np.ndarray) -> None:
+    boxes, scores = auto_boxes(dense)
+    assert boxes.shape[1] == 4 and len(boxes) == len(scores)
+    assert np.all(np.isfinite(boxes)) and np.all(np.isfinite(scores))
+    assert np.all((boxes >= 0) & (boxes <= 1)) and np.all(boxes[:, :2] < boxes[:, 2:])
+
+
+def test_batched_proposals_equal_one_image_at_a_time() -> None:
+    """Images of one batch are padded to the batch's largest segment count; that changes nothing."""
+    import torch
+    from reference_regions import reference_auto_boxes
+
+    from fgsearch.regions import auto_boxes_batch
+
+    rng = np.random.default_rng(11)
+    maps = np.stack([_random_map(rng, 10, 12) for _ in range(9)])
+    maps[3] = 1.0  # a uniform map (few or no segments) inside a batch of busy ones
+    settings = RegionSettings(max_regions=7)
+    batch = auto_boxes_batch(torch.from_numpy(maps), settings)
+    assert len(batch) == len(maps)
+    for dense, (boxes, scores) in zip(maps, batch, strict=True):
+        want_boxes, want_scores = reference_auto_boxes(dense, settings)
+        np.testing.assert_allclose(boxes.numpy(), want_boxes, atol=1e-5)
+        np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-4)
+    assert auto_boxes_batch(torch.zeros((0, 4, 4, 8)), settings) == []
+    assert all(len(b) == 0 for b, _ in auto_boxes_batch(torch.from_numpy(maps), RegionSettings(max_regions=0)))

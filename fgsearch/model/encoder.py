@@ -143,13 +143,14 @@ class Encoder:
     def encode_proposed(
         self,
         pixel_values: np.ndarray | torch.Tensor,
-        propose: Callable[[int, np.ndarray], np.ndarray],
+        propose: Callable[[torch.Tensor], Sequence[np.ndarray | torch.Tensor]],
         normalize: bool = True,
     ) -> tuple[EncodedImages, list[np.ndarray]]:
-        """One forward pass where the boxes come from each image's own dense map.
+        """One forward pass where the boxes come from the images' own dense maps.
 
-        ``propose(i, dense_i)`` gets image i's dense map ``[h, w, P]`` (float32 numpy) and returns
-        its boxes ``[K, 4]`` (normalised x1, y1, x2, y2). Returns the vectors and the boxes used.
+        ``propose(dense)`` gets the batch's dense maps ``[B, h, w, P]`` (float32, on the model's
+        device) and returns each image's boxes ``[K_i, 4]`` (normalised x1, y1, x2, y2; numpy or
+        tensors on any device). Returns the vectors and the boxes used (numpy).
         """
         torch = self._torch
         pv = torch.as_tensor(pixel_values).to(self.device, non_blocking=True)
@@ -159,12 +160,15 @@ class Encoder:
             assert cls is not None and dense is not None
             image = m.visual_projection(cls).float()
             dmap = m._dense_grid(m.visual_projection(dense)).float()
-        dense_np = dmap.cpu().numpy()
-        boxes = [np.asarray(propose(i, dense_np[i]), np.float32).reshape(-1, 4) for i in range(len(dense_np))]
         with torch.inference_mode():
-            regions = m.encode_regions(dmap, [torch.from_numpy(b) for b in boxes])
+            proposed = propose(dmap)
+            if len(proposed) != len(dmap):
+                raise InputError(f"the proposer returned box lists for {len(proposed)} images, not {len(dmap)}")
+            tb = [torch.as_tensor(b, dtype=torch.float32).to(self.device).reshape(-1, 4) for b in proposed]
+            regions = m.encode_regions(dmap, tb)
         img = image.cpu().numpy()
         reg = regions.cpu().numpy()
+        boxes = [b.cpu().numpy() for b in tb]
         if normalize:
             img, reg = _normalize(img), _normalize(reg)
         counts = [len(b) for b in boxes]
