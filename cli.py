@@ -143,6 +143,12 @@ def index(
         [], "--include", help="Glob (relative to the folder) a file must match; repeatable."
     ),
     exclude: list[str] = typer.Option([], "--exclude", help="Glob of files or folders to skip; repeatable."),
+    ext: list[str] = typer.Option(
+        [],
+        "--ext",
+        help="Also walk files with this extension (e.g. .heic with a Pillow plugin); repeatable. "
+        "Common photo formats and every format Pillow reads are walked anyway.",
+    ),
     hidden: bool = typer.Option(False, "--hidden", help="Also index hidden files and folders."),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Remove files that disappeared from the folders."),
     retry_failed: bool = typer.Option(
@@ -186,6 +192,7 @@ def index(
     opts = IndexOptions(
         include=tuple(include),
         exclude=tuple(exclude),
+        extensions=tuple(ext),
         hidden=hidden,
         prune=prune,
         retry_failed=retry_failed,

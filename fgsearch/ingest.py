@@ -42,6 +42,7 @@ class IndexOptions:
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()  # extra file extensions to walk (Pillow-readable ones are walked anyway)
     hidden: bool = False
     prune: bool = True
     retry_failed: bool = False
@@ -180,7 +181,7 @@ def run_index(
     max_failures_listed: int = 20,
 ) -> IndexReport:
     """Index ``roots`` into an open, writable library; see the module docstring for guarantees."""
-    from fgsearch.scan import walk
+    from fgsearch.scan import readable_extensions, walk
 
     t0 = time.perf_counter()
     report = IndexReport()
@@ -189,8 +190,9 @@ def run_index(
     run_id = cat.begin_run()
     roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
     entries = []
+    exts = readable_extensions(opts.extensions)
     for root in roots:
-        for entry in walk([root], include=opts.include, exclude=opts.exclude, hidden=opts.hidden):
+        for entry in walk([root], include=opts.include, exclude=opts.exclude, hidden=opts.hidden, extensions=exts):
             entries.append((root, entry))
     report.scanned = len(entries)
     known_files = cat.file_states([e.path for _, e in entries if not e.error])

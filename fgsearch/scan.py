@@ -18,6 +18,30 @@ from dataclasses import dataclass
 from fgsearch.errors import InputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# formats Pillow only identifies (stubs: MPEG video, scientific data, Windows metafiles) or opens
+# through an external program (EPS via Ghostscript): not walked unless asked for with --ext
+_NOT_DECODED = frozenset({"EPS", "MPEG", "BUFR", "GRIB", "HDF5", "WMF"})
+
+
+def readable_extensions(extra: Iterable[str] = ()) -> frozenset[str]:
+    """The extensions the walker picks up: the common photo formats, every other format the
+    installed Pillow (with its plugins, e.g. pillow-heif) can read, and ``extra`` (``.heic`` or
+    ``heic``). Files that turn out not to decode are recorded as failures like any other."""
+    from PIL import Image
+
+    Image.init()
+    readable = {
+        ext.lower()
+        for ext, fmt in Image.registered_extensions().items()
+        if fmt in Image.OPEN and fmt not in _NOT_DECODED
+    }
+    added = set()
+    for e in extra:
+        e = e.strip().lower()
+        if not e or e in (".", "*"):
+            raise InputError(f"--ext {e!r} is not a file extension; give one like .heic")
+        added.add(e if e.startswith(".") else "." + e)
+    return IMAGE_EXTENSIONS | readable | added
 
 
 @dataclass(frozen=True)

@@ -252,6 +252,18 @@ def test_cli_index_query_status(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["indexed"] == 5 and summary["failed"] == 5
+    scene(42).save(root / "scan.raw", format="PNG")  # an extension nobody walks unless asked
+    base = ["index", str(root), "--library", str(lib), "--json"]
+    r = runner.invoke(app, base)
+    assert r.exit_code == 0 and json.loads(r.stdout)["indexed"] == 0, r.output
+    r = runner.invoke(app, [*base, "--ext", "raw"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["indexed"] == 1, r.output
+    r = runner.invoke(app, [*base, "--ext", "raw"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["unchanged"] == 11, r.output
+    r = runner.invoke(app, [*base, "--ext", "."])
+    assert r.exit_code != 0 and "--ext" in r.output
+    r = runner.invoke(app, base)  # a run walks what its options select: scan.raw is no longer selected
+    assert r.exit_code == 0 and json.loads(r.stdout)["pruned"] == 1, r.output
     r = runner.invoke(
         app,
         [

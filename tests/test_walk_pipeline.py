@@ -18,8 +18,8 @@ def test_odd_files_and_odd_library_folder_end_to_end(
 ) -> None:
     photos = tmp_path / "photos"
     (photos / "sub").mkdir(parents=True)
-    for i, rel in enumerate(("a.jpg", "sub/b.png", "sub/c.webp")):
-        scene(i).save(photos / rel)
+    for i, rel in enumerate(("a.jpg", "sub/b.png", "sub/c.webp", "d.ppm", "sub/e.tga")):
+        scene(i).save(photos / rel)  # the last two: formats outside the common list that Pillow reads
     os.mkfifo(photos / "pipe.jpg")  # skipped: reading it would block the run
     eps = io.BytesIO()
     scene(9).save(eps, format="EPS")
@@ -40,13 +40,13 @@ def test_odd_files_and_odd_library_folder_end_to_end(
     regions = RegionSettings(proposer="grid", max_regions=2)
     with Library.open(lib_dir, model=str(tiny_model_dir), regions=regions) as lib:
         rep = lib.index(photos, batch_size=2)
-        assert rep.indexed == 3 and rep.failed == 3
+        assert rep.indexed == 5 and rep.failed == 3
         reasons = dict(lib.failures())
         assert "not valid UTF-8" in reasons[str(photos / "caf\\xe9.png")]
         assert "permission denied" in reasons[str(photos / "locked-\\xff")]
         assert "not an image" in reasons[str(photos / "postscript.jpg")]
         again = lib.index(photos, batch_size=2)
-        assert again.indexed == 0 and again.unchanged == 4 and again.failed == 3  # the PostScript file stays failed
+        assert again.indexed == 0 and again.unchanged == 6 and again.failed == 3  # the PostScript file stays failed
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["photos", lib_dir.name])
     with Library.open(lib_dir, read_only=True) as reader:
         assert len(reader.failures()) == 3

@@ -214,3 +214,24 @@ def test_unreadable_file_is_listed_for_the_reader_to_report(tmp_path: Path) -> N
     finally:
         os.chmod(f, 0o644)
     assert entry.error is None and entry.size == 3  # stat works; reading fails later with its own reason
+
+
+def test_other_formats_pillow_reads_are_walked_and_more_can_be_asked_for(tmp_path: Path) -> None:
+    from fgsearch.scan import IMAGE_EXTENSIONS, readable_extensions
+
+    exts = readable_extensions()
+    assert exts >= IMAGE_EXTENSIONS and {".ppm", ".jfif", ".ico", ".tga"} <= exts
+    assert not {".mpg", ".mpeg", ".eps", ".h5", ".txt"} & exts  # stubs, external programs, not images
+    assert readable_extensions(["heic", ".JXL"]) - exts == {".heic", ".jxl"}
+    with pytest.raises(InputError, match="--ext"):
+        readable_extensions(["."])
+    root = tmp_path / "photos"
+    for rel in ("a.jpg", "b.ppm", "c.jfif", "clip.mpg", "d.heic", "notes.txt"):
+        _touch(root / rel)
+    assert _rel(list(walk([root], extensions=exts)), root) == ["a.jpg", "b.ppm", "c.jfif"]
+    assert _rel(list(walk([root], extensions=readable_extensions([".heic"]))), root) == [
+        "a.jpg",
+        "b.ppm",
+        "c.jfif",
+        "d.heic",
+    ]
