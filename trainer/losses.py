@@ -14,6 +14,7 @@ with world size 1 nothing is gathered.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,6 @@ def gather_with_grad(x: Tensor) -> Tensor:
     if world == 1:
         return x
     import torch.distributed as dist
-    import torch.distributed.nn.functional as dnn
 
     n = torch.tensor([x.shape[0]], device=x.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
@@ -48,8 +48,33 @@ def gather_with_grad(x: Tensor) -> Tensor:
     counts = [int(s.item()) for s in sizes]
     m = max(counts)
     padded = torch.cat([x, x.new_zeros((m - x.shape[0], *x.shape[1:]))]) if x.shape[0] < m else x
-    parts = dnn.all_gather(padded)
+    parts = cast(Tensor, _GatherRows.apply(padded)).split(m)
     return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 with gradients: the backward pass sums each rank's gradient for the
+    rows it holds (all-reduce, then this rank's slice). torch.distributed.nn's all_gather does the
+    same but its backward left a gloo thread that aborted the process at exit now and then."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        ctx.rows = x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start : start + ctx.rows]
 
 
 def _offset(local_n: int) -> int:
