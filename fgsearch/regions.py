@@ -174,11 +174,12 @@ def auto_boxes_batch(
     import torch
 
     s = settings or RegionSettings()
+    if dense.device.type not in ("cpu", "cuda"):  # e.g. Apple MPS: no float64, not every op; use the CPU
+        return [(bx.to(dense.device), sc.to(dense.device)) for bx, sc in auto_boxes_batch(dense.cpu(), s)]
     b, h, w, _ = dense.shape
     total = h * w
     dev = dense.device
-    # float64 where the device has it: thresholds are compared exactly as the reference does
-    wide = torch.float32 if dev.type == "mps" else torch.float64
+    wide = torch.float64  # thresholds and boxes are computed in float64, as the reference does
     empty = [(dense.new_zeros((0, 4), dtype=torch.float32), dense.new_zeros((0,), dtype=torch.float32))] * b
     if total < 2 or b == 0 or s.max_regions == 0:
         return empty
