@@ -184,13 +184,13 @@ def run_index(
     from fgsearch.scan import readable_extensions, walk
 
     t0 = time.perf_counter()
+    exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
     report = IndexReport()
     cat = lib.catalog
     settings = lib.region_settings
     run_id = cat.begin_run()
     roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
     entries = []
-    exts = readable_extensions(opts.extensions)
     for root in roots:
         for entry in walk([root], include=opts.include, exclude=opts.exclude, hidden=opts.hidden, extensions=exts):
             entries.append((root, entry))
