@@ -260,6 +260,27 @@ def test_cli_index_query_status(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert r.exit_code == 0 and json.loads(r.stdout)["indexed"] == 1, r.output
     r = runner.invoke(app, [*base, "--ext", "raw"])
     assert r.exit_code == 0 and json.loads(r.stdout)["unchanged"] == 11, r.output
+    import fgsearch.decode
+
+    drafts: list[object] = []
+    real_load = fgsearch.decode.load_image
+
+    def spy(data: bytes, **kw: object) -> object:
+        drafts.append(kw.get("draft"))
+        return real_load(data, **kw)  # type: ignore[arg-type]
+
+    big = tmp_path / "big"
+    big.mkdir()
+    scene(7, (1600, 1200)).save(big / "photo.jpg")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fgsearch.decode, "load_image", spy)
+        for lib_dir, extra in ((tmp_path / "lib-fast", ["--fast-decode"]), (tmp_path / "lib-full", [])):
+            args = ["index", str(big), "--library", str(lib_dir), "--model", str(tiny_model_dir), "--json", *extra]
+            r = runner.invoke(app, args)
+            assert r.exit_code == 0 and json.loads(r.stdout)["indexed"] == 1, r.output
+    assert drafts == [(64, 64), None]  # the model's input size: JPEGs decode at a reduced scale
+    with Library.open(tmp_path / "lib-fast", read_only=True) as fast:
+        assert fast.catalog.contents_by_ids([1])[0].width == 1600  # the file's real size is recorded
     r = runner.invoke(app, [*base, "--ext", "."])
     assert r.exit_code != 0 and "--ext" in r.output
     r = runner.invoke(app, base)  # a run walks what its options select: scan.raw is no longer selected
