@@ -13,6 +13,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
+from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -80,20 +81,29 @@ def _let_pillow_open(max_pixels: int) -> None:
 
 
 def load_image(
-    data: bytes, *, max_megapixels: float = 100.0, min_side: int = 16, draft: tuple[int, int] | None = None
+    data: bytes | BinaryIO,
+    *,
+    max_megapixels: float = 100.0,
+    min_side: int = 16,
+    draft: tuple[int, int] | None = None,
 ) -> LoadedImage:
-    """Decode image bytes or raise :class:`ImageError` with a short, actionable reason.
+    """Decode image bytes (or a binary file open at its start) or raise :class:`ImageError` with a
+    short, actionable reason.
 
     ``draft`` (height, width): let JPEG decode at a reduced scale no smaller than twice this size
     (much faster for big photos; pixels then differ slightly from a full decode + resize).
     """
-    if not data:
-        raise ImageError("file is empty (zero bytes)")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        if not data:
+            raise ImageError("file is empty (zero bytes)")
+        fp: BinaryIO = io.BytesIO(data)
+    else:
+        fp = data
     _let_pillow_open(int(max_megapixels * 1e6))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=_formats())
+            img = Image.open(fp, formats=_formats())
             w, h = img.size
             if w * h > max_megapixels * 1e6:
                 raise ImageError(

@@ -111,26 +111,55 @@ def _prepare(
     entry: Any, known: set[str], lib: Library, opts: IndexOptions, root: str | None, sidecar: SidecarBoxes | None
 ) -> _Prepared:
     """Worker: read, hash, decode and preprocess one file (never raises for a bad file)."""
-    from fgsearch.decode import load_image
-
     base = _Prepared("failed", entry.path, entry.size, entry.mtime_ns)
     try:
         with open(entry.path, "rb") as f:
-            data = f.read()
+            source = _read_and_hash(f, base)
+            if base.sha256 in known:
+                base.kind = "reuse"
+                return base
+            return _decode(source, base, lib, opts, root, sidecar)  # never raises
     except PermissionError:
         base.reason = "permission denied; make the file readable (chmod +r)"
         return base
     except OSError as e:
         base.reason = f"cannot read: {e.strerror or e}"
         return base
-    sha = hashlib.sha256(data).hexdigest()
-    base.sha256 = sha
-    if sha in known:
-        base.kind = "reuse"
-        return base
+
+
+READ_WHOLE_BYTES = 64 << 20  # smaller files are read once into memory; bigger ones are streamed
+
+
+def _read_and_hash(f: Any, base: _Prepared) -> bytes | Any:
+    """SHA-256 of the file into ``base.sha256``; returns what to decode from: the bytes themselves
+    for ordinary files, or the file (rewound) for big ones, so a worker never holds a huge file."""
+    digest = hashlib.sha256()
+    head = f.read(READ_WHOLE_BYTES + 1)
+    digest.update(head)
+    if len(head) <= READ_WHOLE_BYTES:
+        base.sha256 = digest.hexdigest()
+        return head
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        digest.update(chunk)
+    base.sha256 = digest.hexdigest()
+    f.seek(0)
+    return f
+
+
+def _decode(
+    source: bytes | Any,
+    base: _Prepared,
+    lib: Library,
+    opts: IndexOptions,
+    root: str | None,
+    sidecar: SidecarBoxes | None,
+) -> _Prepared:
+    from fgsearch.decode import load_image
+
+    entry_path = base.path
     try:
         loaded = load_image(
-            data,
+            source,
             max_megapixels=opts.max_megapixels,
             min_side=opts.min_side,
             draft=lib.encoder.transform.image_size if opts.fast_decode else None,
@@ -140,7 +169,7 @@ def _prepare(
         if sidecar is not None:
             from fgsearch.boxes import boxes_array
 
-            base.boxes = boxes_array(sidecar.boxes_for(entry.path, root, loaded.width, loaded.height))
+            base.boxes = boxes_array(sidecar.boxes_for(entry_path, root, loaded.width, loaded.height))
     except ImageError as e:
         base.reason = str(e)
         return base
@@ -148,7 +177,7 @@ def _prepare(
         base.reason = str(e)
         return base
     except Exception as e:  # a decoder bug on one odd file must not stop the run
-        logger.debug("unexpected error on %s", entry.path, exc_info=True)
+        logger.debug("unexpected error on %s", entry_path, exc_info=True)
         base.reason = f"cannot decode ({type(e).__name__}: {e})"
         return base
     base.kind = "new"

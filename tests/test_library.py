@@ -107,6 +107,31 @@ def test_auto_regions_are_the_images_own_proposals(tmp_path: Path, tiny_model_di
             np.testing.assert_allclose(vectors, pooled, atol=1e-4)
 
 
+def test_big_files_are_streamed_with_the_same_result(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files over READ_WHOLE_BYTES are hashed in chunks and decoded from the open file: same
+    content hashes and vectors as reading them whole, and bad ones still fail with a reason."""
+    import hashlib
+
+    import fgsearch.ingest
+
+    folder = make_folder(tmp_path / "photos", n_good=4, bad=False)
+    (tmp_path / "photos" / "cut.png").write_bytes(folder["good"][1].read_bytes()[:-200])  # truncated
+    results = []
+    for limit in (fgsearch.ingest.READ_WHOLE_BYTES, 100):  # 100 bytes: every file is streamed
+        monkeypatch.setattr(fgsearch.ingest, "READ_WHOLE_BYTES", limit)
+        with Library.open(tmp_path / f"lib-{limit}", model=str(tiny_model_dir), regions=RegionSettings("none")) as lib:
+            rep = lib.index(tmp_path / "photos")
+            assert rep.indexed == 4 and rep.failed == 1, rep.failures
+            assert "truncated" in dict(lib.failures())[str(tmp_path / "photos" / "cut.png")]
+            hashes = lib.catalog.content_hashes()
+            ids = np.array(sorted(lib.catalog.all_vector_ids()[0]), np.int64)
+            results.append((hashes, lib.global_index.get(ids)))
+    assert results[0][0] == results[1][0] == {hashlib.sha256(p.read_bytes()).hexdigest() for p in folder["good"]}
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
 def test_query_by_region_returns_that_image_and_box(tmp_path: Path, tiny_model_dir: Path) -> None:
     root = tmp_path / "photos"
     make_folder(root, n_good=8, bad=False)
