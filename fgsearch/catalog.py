@@ -241,8 +241,14 @@ class Catalog:
 
     def _prepare_schema(self, create: bool) -> None:
         with self.engine.connect() as conn:
-            has_meta = sa.inspect(conn).has_table("meta")
+            tables = set(sa.inspect(conn).get_table_names())
+        has_meta = "meta" in tables
         if not has_meta:
+            if tables:
+                raise LibraryError(
+                    f"{self.path} is an SQLite file but not an fgsearch catalog (tables: "
+                    f"{', '.join(sorted(tables)[:5])}); choose another --library folder"
+                )
             if self.read_only or not create:
                 raise LibraryError(f"catalog {self.path} is empty; index some images first")
             with self.engine.begin() as conn:

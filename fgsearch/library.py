@@ -170,6 +170,7 @@ class Library:
         if not exists and (read_only or not create):
             raise LibraryError(f"no library at {lib_dir}; create one with `fgsearch index PHOTOS --library {lib_dir}`")
         lock = None
+        made_dir = not lib_dir.exists()
         if not read_only:
             lib_dir.mkdir(parents=True, exist_ok=True)
             lock = WriteLock(lib_dir)
@@ -179,6 +180,8 @@ class Library:
         except BaseException:
             if lock is not None:
                 lock.release()
+            if made_dir:  # a library this call began to create and could not finish: leave nothing behind
+                shutil.rmtree(lib_dir, ignore_errors=True)
             raise
 
     @classmethod
@@ -198,6 +201,13 @@ class Library:
         from fgsearch.catalog import Catalog
 
         bk = BackendSettings(kind=backend) if isinstance(backend, str) else backend
+        if exists and not read_only and _unfinished(lib_dir):
+            # created by a run that failed before recording its model (nothing was indexed): start over
+            cls._wipe(lib_dir)
+            exists = False
+        if not exists and encoder is None:
+            # load the model before writing anything: a model that fails to load leaves no library behind
+            encoder = shared_encoder(model or DEFAULT_MODEL, device)
         if reindex and exists:
             # load the new model first: a model that fails to load must not cost the old library
             encoder = encoder or shared_encoder(model or _stored_model(lib_dir) or DEFAULT_MODEL, device)
@@ -414,6 +424,26 @@ def _stats_dict(index: VectorIndex) -> dict[str, Any]:
 
     st = index.stats()
     return asdict(st) if is_dataclass(st) and not isinstance(st, type) else dict(st)
+
+
+def _unfinished(lib_dir: Path) -> bool:
+    """A catalog without a recorded model and without any image: a creation that did not finish."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{lib_dir / 'catalog.sqlite'}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "meta" not in tables:
+                return False  # not a catalog of ours: never wiped
+            keys = {r[0] for r in con.execute("SELECT key FROM meta")}
+            if "schema_version" not in keys or "dim" in keys:
+                return False
+            return "contents" not in tables or not con.execute("SELECT 1 FROM contents LIMIT 1").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False  # not ours to judge: Catalog.open reports a damaged catalog clearly
 
 
 def _stored_model(lib_dir: Path) -> str | None:

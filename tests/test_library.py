@@ -208,6 +208,37 @@ def test_errors_lock_model_mismatch_and_empty(tmp_path: Path, tiny_model_dir: Pa
         Library.open(tmp_path / "nowhere", read_only=True)
 
 
+def test_a_model_that_fails_to_load_leaves_no_library_behind(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from fgsearch.catalog import Catalog
+    from fgsearch.errors import FgsearchError
+
+    with pytest.raises(FgsearchError, match="unknown model"):
+        Library.open(tmp_path / "new-lib", model="no-such-model")
+    assert not (tmp_path / "new-lib").exists()  # nothing half-made
+    (tmp_path / "mine").mkdir()  # a folder the user made keeps existing, empty of catalogs
+    with pytest.raises(FgsearchError, match="unknown model"):
+        Library.open(tmp_path / "mine", model="no-such-model")
+    assert not (tmp_path / "mine" / "catalog.sqlite").exists()
+    # a catalog that an older run created without ever recording a model is started over
+    Catalog.open(tmp_path / "mine" / "catalog.sqlite", create=True).close()
+    with Library.open(tmp_path / "mine", model=str(tiny_model_dir)) as lib:
+        assert lib.catalog.get_meta()["dim"] == lib.encoder.dim
+    # but never one with images in it, or a file that is not our catalog
+    (tmp_path / "alien").mkdir()
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "alien" / "catalog.sqlite")
+    con.execute("CREATE TABLE notes (x TEXT)")
+    con.execute("INSERT INTO notes VALUES ('keep me')")
+    con.commit()
+    con.close()
+    with pytest.raises(FgsearchError, match="not an fgsearch catalog"):
+        Library.open(tmp_path / "alien", model=str(tiny_model_dir))
+    con = sqlite3.connect(tmp_path / "alien" / "catalog.sqlite")
+    assert con.execute("SELECT x FROM notes").fetchall() == [("keep me",)]
+    con.close()
+
+
 KILL_SCRIPT = """
 import sys
 from fgsearch.library import Library
