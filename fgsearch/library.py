@@ -164,6 +164,8 @@ class Library:
         from fgsearch.library_paths import resolve_library_dir
 
         lib_dir = resolve_library_dir(path)
+        if lib_dir.exists() and not lib_dir.is_dir():
+            raise LibraryError(f"{lib_dir} is a file, not a library folder; give --library a folder (new or existing)")
         exists = (lib_dir / "catalog.sqlite").exists()
         if read_only and reindex:
             raise LibraryError("reindex needs a writable library")

@@ -206,6 +206,11 @@ def test_errors_lock_model_mismatch_and_empty(tmp_path: Path, tiny_model_dir: Pa
         assert lib.encoder.dim == 16
     with pytest.raises(LibraryError, match="no library"):
         Library.open(tmp_path / "nowhere", read_only=True)
+    (tmp_path / "a-file").write_text("not a folder")
+    for ro in (True, False):
+        with pytest.raises(LibraryError, match="is a file, not a library folder"):
+            Library.open(tmp_path / "a-file", model=str(tiny_model_dir), read_only=ro)
+    assert (tmp_path / "a-file").read_text() == "not a folder"
 
 
 def test_a_model_that_fails_to_load_leaves_no_library_behind(tmp_path: Path, tiny_model_dir: Path) -> None:
