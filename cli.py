@@ -350,9 +350,11 @@ def query(
         for h in hits:
             typer.echo(h.path)
     else:
-        from rich.table import Table
+        from rich.table import Column, Table
 
-        table = Table("rank", "score", "global", "region", "path", "box (x1,y1,x2,y2)")
+        # the path is what a user needs whole: it wraps instead of being cut on narrow terminals
+        path_col = Column("path", overflow="fold", ratio=1, min_width=16)
+        table = Table("rank", "score", "global", "region", path_col, Column("box (x1,y1,x2,y2)", no_wrap=True))
         for h in hits:
             bx = ",".join(f"{v:.2f}" for v in h.box.as_tuple()) if h.box else "-"
             rs = f"{h.region_score:.3f}" if h.region_score is not None else "-"
