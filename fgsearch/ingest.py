@@ -216,6 +216,7 @@ def run_index(
     exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
     report = IndexReport()
     cat = lib.catalog
+    _heal(lib)
     settings = lib.region_settings
     run_id = cat.begin_run()
     roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
@@ -358,6 +359,24 @@ def _embed_and_store(lib: Library, batch: list[_Prepared], settings: RegionSetti
     files = [(p.path, p.size, p.mtime_ns) for p in batch]
     lib.catalog.confirm_contents(content_ids, files, run_id)
     return len(flat_regions)
+
+
+def _heal(lib: Library) -> None:
+    """If the vector indexes no longer hold what the catalog says (a deleted or restored index
+    folder), make them agree first: images without vectors are then embedded again by this run."""
+    counts = lib.catalog.counts()
+    if counts["images"] == lib.global_index.count() and counts["regions"] == lib.region_index.count():
+        return
+    report = lib.doctor(repair=True)
+    missing = report["global"]["missing_vectors"] + report["regions"]["missing_vectors"]
+    orphans = report["global"]["orphan_vectors"] + report["regions"]["orphan_vectors"]
+    if missing or orphans:
+        logger.warning(
+            "catalog and vector indexes disagreed (%d vectors missing, %d unknown): repaired; "
+            "images without vectors are embedded again by this run",
+            missing,
+            orphans,
+        )
 
 
 def recover(lib: Library) -> int:

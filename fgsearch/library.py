@@ -247,9 +247,21 @@ class Library:
                 enc = encoder or shared_encoder(model_ref, device)
                 catalog.init_library(_model_info(model_ref, enc), regions=regions.to_dict(), backend=bk.to_dict())
                 catalog.set_meta(model_source=_model_source(model_ref))
+            from fgsearch.indexes import IndexNotFoundError
+
             dim = enc.dim if enc is not None else int(meta["dim"])
-            gidx = _open_vector_index(lib_dir, bk, "global", dim, read_only=read_only, create=not read_only)
-            ridx = _open_vector_index(lib_dir, bk, "regions", dim, read_only=read_only, create=not read_only)
+            opened = []
+            for name in ("global", "regions"):
+                try:
+                    opened.append(_open_vector_index(lib_dir, bk, name, dim, read_only=read_only, create=not read_only))
+                except IndexNotFoundError as e:
+                    for idx in opened:
+                        idx.close()
+                    raise LibraryError(
+                        f"library {lib_dir} has lost its {name} vector index; run `fgsearch index` on its "
+                        "folders (or `fgsearch doctor --repair`) to rebuild what is missing"
+                    ) from e
+            gidx, ridx = opened
         except BaseException:
             catalog.close()
             raise
@@ -391,6 +403,7 @@ class Library:
             broken |= set(self.catalog.contents_of_regions(list(map(int, report["regions_missing_ids"]))))
             if broken:
                 _, region_ids = self.catalog.drop_contents(sorted(broken), keep_files_for_reindex=True)
+                self.global_index.remove(np.asarray(sorted(broken), np.int64), missing="ignore")
                 self.region_index.remove(np.asarray(region_ids, np.int64), missing="ignore")
             self.global_index.flush()
             self.region_index.flush()

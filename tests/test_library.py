@@ -434,3 +434,34 @@ def test_doctor_finds_and_repairs_disagreements(tmp_path: Path, tiny_model_dir: 
         rep = lib.index(root)  # the repaired images are embedded again
         assert rep.indexed == 2
         assert lib.doctor()["consistent"] and lib.global_index.count() == 5
+
+
+def test_a_lost_vector_index_is_named_and_the_next_index_run_rebuilds_it(tmp_path: Path, tiny_model_dir: Path) -> None:
+    root = tmp_path / "photos"
+    make_folder(root, n_good=5, bad=False)
+    with _open(tmp_path, tiny_model_dir, regions=RegionSettings(proposer="grid", max_regions=2)) as lib:
+        lib.index(root)
+    shutil.rmtree(tmp_path / "lib" / "index" / "regions")  # e.g. a partial restore from a backup
+    with pytest.raises(LibraryError, match="lost its regions vector index; run `fgsearch index`"):
+        Library.open(tmp_path / "lib", read_only=True)
+    with _open(tmp_path, tiny_model_dir) as lib:
+        rep = lib.index(root)  # sees the disagreement, repairs, embeds the five images again
+        assert rep.indexed == 5 and rep.regions == 10
+        report = lib.doctor()
+        assert report["consistent"] and report["global"]["index"] == 5 and report["regions"]["index"] == 10
+    with Library.open(tmp_path / "lib", read_only=True) as reader:
+        assert len(reader.search("a blue square", k=5)) == 5
+
+
+def test_doctor_repair_drops_the_global_vectors_of_images_it_re_embeds(tmp_path: Path, tiny_model_dir: Path) -> None:
+    root = tmp_path / "photos"
+    make_folder(root, n_good=4, bad=False)
+    with _open(tmp_path, tiny_model_dir, regions=RegionSettings(proposer="grid", max_regions=2)) as lib:
+        lib.index(root)
+        _, rids = lib.catalog.all_vector_ids()
+        lib.region_index.remove(np.asarray(rids[:1], np.int64))  # one image loses one region vector
+        lib.region_index.flush()
+        assert lib.doctor(repair=True)["repaired"]
+        after = lib.doctor()
+        assert after["consistent"] and after["global"]["index"] == 3 and after["regions"]["index"] == 6
+        assert lib.index(root).indexed == 1 and lib.doctor()["consistent"]
