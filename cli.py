@@ -190,6 +190,8 @@ def index(
         )
     rs = None
     if regions or max_regions is not None or sidecar:
+        if sidecar and sidecar != "per-image":
+            sidecar = str(Path(sidecar).expanduser().resolve())  # stored in the library: any cwd later
         rs = RegionSettings(
             proposer=regions or ("sidecar" if sidecar else "auto"),
             max_regions=16 if max_regions is None else max_regions,

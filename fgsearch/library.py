@@ -207,6 +207,10 @@ class Library:
             # created by a run that failed before recording its model (nothing was indexed): start over
             cls._wipe(lib_dir)
             exists = False
+        if (not exists or reindex) and regions is not None and regions.proposer == "sidecar" and regions.sidecar:
+            from fgsearch.regions import SidecarBoxes
+
+            SidecarBoxes(regions.sidecar)  # a missing or malformed sidecar fails before anything is written
         if not exists and encoder is None:
             # load the model before writing anything: a model that fails to load leaves no library behind
             encoder = shared_encoder(model or DEFAULT_MODEL, device)

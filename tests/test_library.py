@@ -465,3 +465,30 @@ def test_doctor_repair_drops_the_global_vectors_of_images_it_re_embeds(tmp_path:
         after = lib.doctor()
         assert after["consistent"] and after["global"]["index"] == 3 and after["regions"]["index"] == 6
         assert lib.index(root).indexed == 1 and lib.doctor()["consistent"]
+
+
+def test_a_bad_sidecar_fails_before_a_library_is_made_and_a_good_one_is_stored_absolute(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fgsearch.console.cli import app
+    from fgsearch.errors import DataError
+
+    root = tmp_path / "photos"
+    make_folder(root, n_good=2, bad=False)
+    with pytest.raises(DataError, match="does not exist"):
+        Library.open(tmp_path / "lib", model=str(tiny_model_dir), regions=RegionSettings("sidecar", sidecar="no.json"))
+    assert not (tmp_path / "lib").exists()
+    coco = {
+        "images": [{"id": 1, "file_name": "good_0.jpg", "width": 160, "height": 120}],
+        "annotations": [{"image_id": 1, "bbox": [10, 10, 50, 40]}],
+    }
+    (tmp_path / "boxes.json").write_text(json.dumps(coco))
+    monkeypatch.chdir(tmp_path)
+    args = ["index", str(root), "--library", str(tmp_path / "lib"), "--model", str(tiny_model_dir), "--json"]
+    r = CliRunner().invoke(app, [*args, "--sidecar", "boxes.json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["regions"] == 1, r.output
+    monkeypatch.chdir(root)  # elsewhere: the library still finds its sidecar
+    r = CliRunner().invoke(app, [*args, "--sidecar", str(tmp_path / "boxes.json")])
+    assert r.exit_code == 0, r.output
+    with Library.open(tmp_path / "lib", read_only=True) as lib:
+        assert lib.region_settings.sidecar == str(tmp_path / "boxes.json")
