@@ -2,14 +2,16 @@
 
 * ``grid``: fixed multi-scale, overlapping windows (halves, thirds, centre), no model needed.
 * ``auto`` (default): class-agnostic proposals from the image's OWN dense feature map, no extra
-  weights. Neighbouring patches are joined when their vectors agree (cosine similarity above a
-  threshold); several thresholds, taken from the image's own similarity distribution, give
-  segments at several scales. Each segment's bounding box is scored by how much it stands out
-  (mean similarity inside minus mean similarity across its border), boxes are deduplicated by
-  IoU and the best ``max_regions`` are kept.
+  weights. Segments come from two sources: cells grown from salient seeds (patches unlike most of
+  the image), and connected components of the neighbour-similarity graph at several thresholds
+  taken from the image's own similarity distribution (segments at several scales). Each segment
+  is scored by how much it stands out (mean similarity inside minus mean similarity to the rest),
+  boxed at sub-cell precision, deduplicated by IoU, and the best ``max_regions`` are kept. A whole
+  batch is proposed at once with tensor operations on the model's device
+  (:func:`auto_boxes_batch`).
 * ``none``: global vectors only.
 * ``sidecar``: boxes supplied by the user (COCO instances JSON, or ``<image>.json`` beside each
-  image), see :func:`read_sidecar`.
+  image), see :class:`SidecarBoxes`.
 
 All boxes use :mod:`fgsearch.boxes`' convention: normalised x1, y1, x2, y2.
 """
