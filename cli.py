@@ -161,7 +161,9 @@ def index(
         100.0, "--max-megapixels", help="Skip images larger than this (decompression-bomb guard)."
     ),
     min_side: int = typer.Option(16, "--min-side", help="Skip images smaller than this many pixels on a side."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(
+        0, "--batch-size", help="Images per forward pass and per commit (0: 32 on a CPU, 256 on a GPU)."
+    ),
     workers: int = typer.Option(0, "--workers", help="Decode threads (0: automatic)."),
     fast_decode: bool = typer.Option(
         False,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fgsearch.errors import FgsearchError, ImageError
+from fgsearch.errors import FgsearchError, ImageError, InputError
 from fgsearch.regions import RegionSettings, SidecarBoxes, auto_boxes_batch, propose
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class IndexOptions:
     hidden: bool = False
     prune: bool = True
     retry_failed: bool = False
-    batch_size: int = 32
+    batch_size: int = 0  # images per forward pass and per commit; 0 = 32 on a CPU, 256 on a GPU
     workers: int = 0  # decode threads; 0 = min(8, CPU count)
     max_megapixels: float = 100.0
     min_side: int = 16
@@ -54,6 +54,15 @@ class IndexOptions:
 
     def resolved_workers(self) -> int:
         return self.workers if self.workers > 0 else min(8, os.cpu_count() or 2)
+
+    def resolved_batch_size(self, device_type: str) -> int:
+        """A GPU gets bigger batches: the per-batch commit (fsync of both indexes and the catalog)
+        would otherwise cost as much as its forward pass."""
+        if self.batch_size < 0:
+            raise InputError(f"--batch-size must be >= 1 (or 0 for automatic), got {self.batch_size}")
+        if self.batch_size > 0:
+            return self.batch_size
+        return 256 if device_type == "cuda" else 32
 
 
 @dataclass
@@ -214,6 +223,7 @@ def run_index(
 
     t0 = time.perf_counter()
     exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
+    batch_size = opts.resolved_batch_size(lib.encoder.device.type)
     report = IndexReport()
     cat = lib.catalog
     _heal(lib)
@@ -278,7 +288,7 @@ def run_index(
         return _prepare(e, known, lib, opts, root, sidecar)
 
     with ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool:
-        for prep in _ordered(pool, work, todo, ahead=max(2 * opts.batch_size, 8)):
+        for prep in _ordered(pool, work, todo, ahead=max(2 * batch_size, 8)):
             done += 1
             if prep.kind == "failed":
                 cat.record_failure(prep.path, prep.size, prep.mtime_ns, prep.reason, run_id)
@@ -288,7 +298,7 @@ def run_index(
             else:
                 batch.append(prep)
                 in_batch[prep.sha256] = prep
-            if len(batch) >= opts.batch_size:
+            if len(batch) >= batch_size:
                 flush_batch()
             if progress:
                 progress("index", done, total)

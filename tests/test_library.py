@@ -492,3 +492,13 @@ def test_a_bad_sidecar_fails_before_a_library_is_made_and_a_good_one_is_stored_a
     assert r.exit_code == 0, r.output
     with Library.open(tmp_path / "lib", read_only=True) as lib:
         assert lib.region_settings.sidecar == str(tmp_path / "boxes.json")
+
+
+def test_automatic_batch_size() -> None:
+    from fgsearch.ingest import IndexOptions
+
+    assert IndexOptions().resolved_batch_size("cpu") == 32
+    assert IndexOptions().resolved_batch_size("cuda") == 256
+    assert IndexOptions(batch_size=5).resolved_batch_size("cuda") == 5
+    with pytest.raises(InputError, match="--batch-size"):
+        IndexOptions(batch_size=-1).resolved_batch_size("cpu")
