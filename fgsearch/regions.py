@@ -152,11 +152,16 @@ def _extent(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([x0, y0, x1, y1], dim=-1), rows.any(dim=-1)
 
 
-def _first_true_order(mask: torch.Tensor) -> torch.Tensor:
-    """Per row of ``[B, S]``: indices that put the true entries first, each group in its order."""
+def _keep_rows(member: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the valid segments ``member[b, s]`` (``valid[b, s]``) of each image, in order, padded
+    with empty invalid rows to the batch's largest count."""
     import torch
 
-    return torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+    keep = int(valid.sum(dim=1).max()) if valid.numel() else 0
+    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, :keep]  # valid first
+    valid = valid.gather(1, order)
+    member = member.gather(1, order[:, :, None].expand(*order.shape, member.shape[2])) & valid[:, :, None]
+    return member, valid
 
 
 def auto_boxes_batch(
@@ -219,26 +224,18 @@ def auto_boxes_batch(
     member = torch.cat(parts, dim=1)  # [B, S, T] in the reference's order
     n = member.sum(dim=-1)
     valid = (n >= max(s.min_cells, 1)) & (n <= 0.9 * total)
-    # keep the valid rows, in order, padded to the batch's largest count
-    order = _first_true_order(valid)
-    smax = int(valid.sum(dim=1).max())
-    if smax == 0:
+    member, valid = _keep_rows(member, valid)
+    if member.shape[1] == 0:
         return empty
-    order = order[:, :smax]
-    valid = valid.gather(1, order)
-    member = member.gather(1, order[:, :, None].expand(b, smax, total)) & valid[:, :, None]
 
     # 3. drop repeated segments (same cells as an earlier valid one)
     fm = member.to(torch.float32)
     n = fm.sum(dim=-1)
     inter = fm @ fm.transpose(1, 2)  # [B, S, S] cells in common (exact small integers)
     same = (inter == n[:, :, None]) & (inter == n[:, None, :]) & valid[:, :, None] & valid[:, None, :]
-    earlier = torch.ones(smax, smax, dtype=torch.bool, device=dev).tril(-1)
-    valid = valid & ~(same & earlier).any(dim=-1)
-    smax = int(valid.sum(dim=1).max())
-    order = _first_true_order(valid)[:, :smax]
-    valid = valid.gather(1, order)
-    member = member.gather(1, order[:, :, None].expand(b, smax, total)) & valid[:, :, None]
+    segs = member.shape[1]
+    earlier = torch.ones(segs, segs, dtype=torch.bool, device=dev).tril(-1)
+    member, valid = _keep_rows(member, valid & ~(same & earlier).any(dim=-1))
     fm = member.to(torch.float32)
     n = fm.sum(dim=-1)
 
