@@ -31,7 +31,7 @@ _ORIENTATION = 0x0112
 _REFUSED_FORMATS = frozenset({"EPS"})
 
 
-def _formats() -> list[str]:
+def decodable_formats() -> list[str]:
     """Every format Pillow can open (plugins registered later included), minus the refused ones."""
     Image.init()
     return [f for f in Image.OPEN if f not in _REFUSED_FORMATS]
@@ -103,7 +103,7 @@ def load_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fp, formats=_formats())
+            img = Image.open(fp, formats=decodable_formats())
             w, h = img.size
             if w * h > max_megapixels * 1e6:
                 raise ImageError(

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from fgsearch.errors import InputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-# formats Pillow only identifies (stubs: MPEG video, scientific data, Windows metafiles) or opens
-# through an external program (EPS via Ghostscript): not walked unless asked for with --ext
-_NOT_DECODED = frozenset({"EPS", "MPEG", "BUFR", "GRIB", "HDF5", "WMF"})
+# formats Pillow opens but only identifies (stubs: MPEG video, scientific data, Windows metafiles):
+# not walked unless asked for with --ext
+_STUBS = frozenset({"MPEG", "BUFR", "GRIB", "HDF5", "WMF"})
 
 
 def readable_extensions(extra: Iterable[str] = ()) -> frozenset[str]:
@@ -29,12 +29,10 @@ def readable_extensions(extra: Iterable[str] = ()) -> frozenset[str]:
     ``heic``). Files that turn out not to decode are recorded as failures like any other."""
     from PIL import Image
 
-    Image.init()
-    readable = {
-        ext.lower()
-        for ext, fmt in Image.registered_extensions().items()
-        if fmt in Image.OPEN and fmt not in _NOT_DECODED
-    }
+    from fgsearch.decode import decodable_formats
+
+    formats = set(decodable_formats()) - _STUBS
+    readable = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in formats}
     added = set()
     for e in extra:
         e = e.strip().lower()
