@@ -165,7 +165,6 @@ def _decode(
 ) -> _Prepared:
     from fgsearch.decode import load_image
 
-    entry_path = base.path
     try:
         loaded = load_image(
             source,
@@ -178,7 +177,7 @@ def _decode(
         if sidecar is not None:
             from fgsearch.boxes import boxes_array
 
-            base.boxes = boxes_array(sidecar.boxes_for(entry_path, root, loaded.width, loaded.height))
+            base.boxes = boxes_array(sidecar.boxes_for(base.path, root, loaded.width, loaded.height))
     except ImageError as e:
         base.reason = str(e)
         return base
@@ -186,7 +185,7 @@ def _decode(
         base.reason = str(e)
         return base
     except Exception as e:  # a decoder bug on one odd file must not stop the run
-        logger.debug("unexpected error on %s", entry_path, exc_info=True)
+        logger.debug("unexpected error on %s", base.path, exc_info=True)
         base.reason = f"cannot decode ({type(e).__name__}: {e})"
         return base
     base.kind = "new"

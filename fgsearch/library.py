@@ -18,12 +18,15 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fgsearch.errors import LibraryError
 from fgsearch.regions import RegionSettings
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from fgsearch.indexes import VectorIndex
@@ -445,43 +448,50 @@ def _stats_dict(index: VectorIndex) -> dict[str, Any]:
     return asdict(st) if is_dataclass(st) and not isinstance(st, type) else dict(st)
 
 
-def _unfinished(lib_dir: Path) -> bool:
-    """A catalog without a recorded model and without any image: a creation that did not finish."""
+def _peek_catalog(lib_dir: Path, read: Callable[[Any], T], default: T) -> T:
+    """``read(connection)`` on a read-only plain-sqlite connection to the library's catalog (cheap:
+    no SQLAlchemy, no schema checks); ``default`` when the file cannot be read."""
     import sqlite3
+    from urllib.parse import quote
 
     try:
-        con = sqlite3.connect(f"file:{lib_dir / 'catalog.sqlite'}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{quote(str(lib_dir / 'catalog.sqlite'))}?mode=ro", uri=True)
         try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if "meta" not in tables:
-                return False  # not a catalog of ours: never wiped
-            keys = {r[0] for r in con.execute("SELECT key FROM meta")}
-            if "schema_version" not in keys or "dim" in keys:
-                return False
-            return "contents" not in tables or not con.execute("SELECT 1 FROM contents LIMIT 1").fetchone()
+            return read(con)
         finally:
             con.close()
     except sqlite3.Error:
-        return False  # not ours to judge: Catalog.open reports a damaged catalog clearly
+        return default
+
+
+def _unfinished(lib_dir: Path) -> bool:
+    """A catalog without a recorded model and without any image: a creation that did not finish.
+    Unreadable files are not ours to judge (Catalog.open reports a damaged catalog clearly)."""
+
+    def read(con: Any) -> bool:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables:
+            return False  # not a catalog of ours: never wiped
+        keys = {r[0] for r in con.execute("SELECT key FROM meta")}
+        if "schema_version" not in keys or "dim" in keys:
+            return False
+        return "contents" not in tables or not con.execute("SELECT 1 FROM contents LIMIT 1").fetchone()
+
+    return _peek_catalog(lib_dir, read, False)
 
 
 def _stored_model(lib_dir: Path) -> str | None:
     """The model source recorded in an existing library's catalog (None if unreadable)."""
-    import sqlite3
-
-    try:
-        con = sqlite3.connect(f"file:{lib_dir / 'catalog.sqlite'}?mode=ro", uri=True)
-        try:
-            row = con.execute(
-                "SELECT value FROM meta WHERE key IN ('model_source', 'model_name') "
-                "ORDER BY key = 'model_source' DESC LIMIT 1"
-            ).fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
     import json
 
+    row = _peek_catalog(
+        lib_dir,
+        lambda con: con.execute(
+            "SELECT value FROM meta WHERE key IN ('model_source', 'model_name') "
+            "ORDER BY key = 'model_source' DESC LIMIT 1"
+        ).fetchone(),
+        None,
+    )
     return json.loads(row[0]) if row else None
 
 
