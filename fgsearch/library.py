@@ -218,8 +218,10 @@ class Library:
             # load the model before writing anything: a model that fails to load leaves no library behind
             encoder = shared_encoder(model or DEFAULT_MODEL, device)
         if reindex and exists:
-            # load the new model first: a model that fails to load must not cost the old library
-            encoder = encoder or shared_encoder(model or _stored_model(lib_dir) or DEFAULT_MODEL, device)
+            # load the new model first: a model that fails to load must not cost the old library;
+            # without --model the rebuilt library keeps the model it had
+            model = model or _stored_model(lib_dir) or DEFAULT_MODEL
+            encoder = encoder or shared_encoder(model, device)
             cls._wipe(lib_dir)
             exists = False
         catalog = Catalog.open(lib_dir / "catalog.sqlite", create=not exists, read_only=read_only)

@@ -416,6 +416,21 @@ def test_status_needs_no_model_and_a_bad_reindex_keeps_the_library(tmp_path: Pat
             reader.search("anything")
 
 
+def test_reindex_without_a_model_keeps_the_librarys_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    root = tmp_path / "photos"
+    make_folder(root, n_good=2, bad=False)
+    lib_dir = tmp_path / "my#lib?100%"  # the catalog must be found under an odd folder name too
+    with Library.open(lib_dir, model=str(tiny_model_dir), regions=RegionSettings(proposer="none")) as lib:
+        lib.index(root)
+        before = lib.catalog.get_meta()
+    with Library.open(lib_dir, reindex=True) as lib:
+        after = lib.catalog.get_meta()
+        assert lib.model == str(tiny_model_dir) and lib.catalog.counts()["images"] == 0
+        assert (after["model_name"], after["model_ref"]) == (before["model_name"], before["model_ref"])
+    with Library.open(lib_dir) as lib:  # and it opens again with that model
+        assert lib.index(root).indexed == 2
+
+
 def test_doctor_finds_and_repairs_disagreements(tmp_path: Path, tiny_model_dir: Path) -> None:
     root = tmp_path / "photos"
     make_folder(root, n_good=5, bad=False)
