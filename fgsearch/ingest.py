@@ -119,7 +119,11 @@ ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 def _prepare(
     entry: Any, known: set[str], lib: Library, opts: IndexOptions, root: str | None, sidecar: SidecarBoxes | None
 ) -> _Prepared:
-    """Worker: read, hash, decode and preprocess one file (never raises for a bad file)."""
+    """Worker: read, hash, decode and preprocess one file (never raises for a bad file).
+
+    ``known`` holds the hashes already embedded or queued for embedding; it only grows, so a hit
+    means the decode can be skipped. A miss decides nothing: the main thread decides new vs reuse
+    (:func:`run_index`), because an earlier copy may be queued after this worker looked."""
     base = _Prepared("failed", entry.path, entry.size, entry.mtime_ns)
     try:
         with open(entry.path, "rb") as f:
@@ -259,10 +263,12 @@ def run_index(
     cat.commit()
 
     sidecar = SidecarBoxes(settings.sidecar) if settings.proposer == "sidecar" and settings.sidecar else None
-    known = cat.content_hashes()
+    # Content already embedded, plus content queued for embedding by this run: grown only by the
+    # main thread as it assembles batches, so a second copy of the same bytes is always linked to
+    # the first (committed in its batch before any link is written), never reserved twice.
+    reserved = cat.content_hashes()
     batch: list[_Prepared] = []
     links: list[_Prepared] = []
-    in_batch: dict[str, _Prepared] = {}
     done = 0
     total = len(todo)
     if progress:
@@ -273,18 +279,16 @@ def run_index(
         if batch:
             report.regions += _embed_and_store(lib, batch, settings, run_id)
             report.indexed += len(batch)
-            known.update(p.sha256 for p in batch)
         if links:
             for p in links:
                 cat.link_file(p.path, p.size, p.mtime_ns, p.sha256, run_id)
             report.reused += len(links)
             cat.commit()
         batch, links = [], []
-        in_batch.clear()
 
     def work(item: tuple[str, Any]) -> _Prepared:
         root, e = item
-        return _prepare(e, known, lib, opts, root, sidecar)
+        return _prepare(e, reserved, lib, opts, root, sidecar)
 
     with ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool:
         for prep in _ordered(pool, work, todo, ahead=max(2 * batch_size, 8)):
@@ -292,11 +296,11 @@ def run_index(
             if prep.kind == "failed":
                 cat.record_failure(prep.path, prep.size, prep.mtime_ns, prep.reason, run_id)
                 _note_failure(report, prep.path, prep.reason, max_failures_listed)
-            elif prep.kind == "reuse" or prep.sha256 in in_batch:
+            elif prep.sha256 in reserved:  # a worker's "reuse", or a copy it decoded before its original was queued
                 links.append(prep)
             else:
                 batch.append(prep)
-                in_batch[prep.sha256] = prep
+                reserved.add(prep.sha256)
             if len(batch) >= batch_size:
                 flush_batch()
             if progress:
