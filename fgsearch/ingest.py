@@ -124,14 +124,19 @@ def _prepare(
     ``known`` holds the hashes already embedded or queued for embedding; it only grows, so a hit
     means the decode can be skipped. A miss decides nothing: the main thread decides new vs reuse
     (:func:`run_index`), because an earlier copy may be queued after this worker looked."""
+    from fgsearch.decode import UnsafeFileError, open_regular
+
     base = _Prepared("failed", entry.path, entry.size, entry.mtime_ns)
     try:
-        with open(entry.path, "rb") as f:
+        with open_regular(entry.path) as f:
             source = _read_and_hash(f, base)
             if base.sha256 in known:
                 base.kind = "reuse"
                 return base
             return _decode(source, base, lib, opts, root, sidecar)  # never raises
+    except UnsafeFileError:
+        base.reason = "not a regular file (a pipe, device or socket); it is never read"
+        return base
     except PermissionError:
         base.reason = "permission denied; make the file readable (chmod +r)"
         return base
