@@ -175,7 +175,6 @@ def load_image(
                 )
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", (draft[1] * 2, draft[0] * 2))
-            img.seek(0)
             img.load()
             rgb = to_rgb(img)
             captured = _captured_at(img)
