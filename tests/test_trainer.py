@@ -157,6 +157,7 @@ def _ddp_worker(rank: int, world: int, init: str, data: dict, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_gradients_equal_single_process(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
@@ -182,6 +183,7 @@ def test_ddp_gradients_equal_single_process(tmp_path: Path) -> None:
     torch.testing.assert_close(got["s"], scale.grad, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_train_resume_is_exact_and_output_loads(tmp_path: Path) -> None:
     from fgsearch.model import load_model
     from fgsearch.trainer import TrainConfig, train
