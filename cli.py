@@ -526,23 +526,26 @@ def train(
         tiny_width=tiny_width,
         tiny_layers=tiny_layers,
     )
+    from contextlib import ExitStack
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(
-        TextColumn("training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        console=_console(),
-        transient=False,
-    ) as bar:
-        task = bar.add_task("train", total=steps, info="")
+    console = _console()
+    with ExitStack() as stack:
+        live: list[tuple[Progress, Any]] = []  # the bar starts with the first step: none before an error
 
         def progress(step: int, total: int, m: dict[str, float]) -> None:
+            if not live:
+                columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"))
+                bar = stack.enter_context(Progress(*columns, TimeRemainingColumn(), console=console))
+                live.append((bar, bar.add_task("train", total=total, completed=step - 1, info="")))
+            bar, task = live[0]
             bar.update(task, completed=step, info=f"loss {m.get('loss', float('nan')):.3f}")
 
-        path = run_train(cfg, progress=progress)
+        def notice(message: str) -> None:
+            console.print(message, highlight=False, markup=False)
+
+        path = run_train(cfg, progress=progress, notice=notice)
     typer.echo(f"model saved in {path} (use it with --model {path}); log: {path / 'log.jsonl'}")
 
 
