@@ -51,6 +51,8 @@ class IndexOptions:
     max_megapixels: float = 100.0
     min_side: int = 16
     fast_decode: bool = False  # JPEG draft decoding: faster, not bit-exact with the reference resize
+    follow_links: bool = False  # follow symbolic links that lead outside the indexed folders
+    prune_unselected: bool = False  # also drop files still on disk that include/exclude/hidden left out
 
     def resolved_workers(self) -> int:
         return self.workers if self.workers > 0 else min(8, os.cpu_count() or 2)
@@ -78,6 +80,7 @@ class IndexReport:
     regions: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # things a user should hear about (not failures)
 
     @property
     def images_per_second(self) -> float:
@@ -95,6 +98,7 @@ class IndexReport:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "failures": [{"path": p, "reason": r} for p, r in self.failures],
+            "warnings": list(self.warnings),
         }
 
 
@@ -227,7 +231,7 @@ def run_index(
     max_failures_listed: int = 20,
 ) -> IndexReport:
     """Index ``roots`` into an open, writable library; see the module docstring for guarantees."""
-    from fgsearch.scan import readable_extensions, walk
+    from fgsearch.scan import readable_extensions
 
     t0 = time.perf_counter()
     exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
@@ -238,10 +242,7 @@ def run_index(
     settings = lib.region_settings
     run_id = cat.begin_run()
     roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
-    entries = []
-    for root in roots:
-        for entry in walk([root], include=opts.include, exclude=opts.exclude, hidden=opts.hidden, extensions=exts):
-            entries.append((root, entry))
+    entries = _walk_roots(roots, opts, exts, report)
     report.scanned = len(entries)
     known_files = cat.file_states([e.path for _, e in entries if not e.error])
     todo: list[tuple[str, Any]] = []
@@ -314,18 +315,71 @@ def run_index(
     cat.commit()
 
     if opts.prune:
-        removed_contents, removed_regions = cat.sweep(run_id, roots)
+        _prune(lib, run_id, roots, opts.prune_unselected)
         report.pruned = cat.last_sweep_files
-        if len(removed_contents) or len(removed_regions):
-            lib.global_index.remove(np.asarray(removed_contents, np.int64), missing="ignore")
-            lib.region_index.remove(np.asarray(removed_regions, np.int64), missing="ignore")
-            lib.global_index.flush()
-            lib.region_index.flush()
     lib.global_index.save()
     lib.region_index.save()
     cat.end_run(run_id, report.to_dict())
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _walk_roots(
+    roots: list[str], opts: IndexOptions, exts: frozenset[str], report: IndexReport
+) -> list[tuple[str, Any]]:
+    """Walk stage: (root, entry) for every image file, each path once even when roots overlap
+    (``photos photos/sub``); warns about roots that give nothing and links left unfollowed."""
+    from fgsearch.scan import WalkStats, walk
+
+    entries: list[tuple[str, Any]] = []
+    seen: set[str] = set()
+    outside: set[str] = set()
+    for root in roots:
+        stats = WalkStats()
+        found = 0
+        for entry in walk(
+            [root],
+            include=opts.include,
+            exclude=opts.exclude,
+            hidden=opts.hidden,
+            extensions=exts,
+            follow_links=opts.follow_links,
+            within=roots,
+            stats=stats,
+        ):
+            found += 1
+            if entry.path not in seen:
+                seen.add(entry.path)
+                entries.append((root, entry))
+        outside.update(stats.links_outside)
+        if not found and stats.filtered:
+            report.warnings.append(
+                f"--include/--exclude left no image in {root} ({stats.filtered} image files there did not match)"
+            )
+        elif not found:
+            report.warnings.append(f"no image files in {root}; give a folder that holds images")
+    if outside:
+        report.warnings.append(
+            f"skipped {len(outside)} symbolic link(s) leading outside the indexed folders (e.g. {min(outside)}); "
+            "--follow-links follows them"
+        )
+    return entries
+
+
+def _prune(lib: Library, run_id: int, roots: list[str], unselected: bool) -> None:
+    """Sweep stage: drop the files under ``roots`` that are gone from disk, and contents no file
+    uses any more. Files still on disk that this run did not select (``--include``, ``--exclude``,
+    hidden) are kept unless ``unselected`` says to drop them too."""
+    cat = lib.catalog
+    if not unselected:
+        cat.mark_seen([p for p in cat.unseen_paths(run_id, roots) if os.path.isfile(p)], run_id)
+        cat.commit()
+    removed_contents, removed_regions = cat.sweep(run_id, roots)
+    if len(removed_contents) or len(removed_regions):
+        lib.global_index.remove(np.asarray(removed_contents, np.int64), missing="ignore")
+        lib.region_index.remove(np.asarray(removed_regions, np.int64), missing="ignore")
+        lib.global_index.flush()
+        lib.region_index.flush()
 
 
 def _note_failure(report: IndexReport, path: str, reason: str, limit: int) -> None:
