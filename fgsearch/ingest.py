@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fgsearch.errors import FgsearchError, ImageError, InputError
-from fgsearch.regions import RegionSettings, SidecarBoxes, auto_boxes_batch, propose
+from fgsearch.regions import RegionSettings, SidecarBoxes, SidecarMatch, auto_boxes_batch, propose
 
 if TYPE_CHECKING:
     from fgsearch.library import Library
@@ -114,6 +114,7 @@ class _Prepared:
     height: int = 0
     captured_at: Any = None
     boxes: np.ndarray | None = None
+    sidecar: SidecarMatch | None = None  # what the sidecar said about this image, if one is in use
     reason: str = ""
 
 
@@ -190,7 +191,8 @@ def _decode(
         if sidecar is not None:
             from fgsearch.boxes import boxes_array
 
-            base.boxes = boxes_array(sidecar.boxes_for(base.path, root, loaded.width, loaded.height))
+            base.sidecar = sidecar.match(base.path, root, loaded.width, loaded.height)
+            base.boxes = boxes_array(base.sidecar.boxes)
     except ImageError as e:
         base.reason = str(e)
         return base
@@ -275,6 +277,7 @@ def run_index(
     reserved = cat.content_hashes()
     batch: list[_Prepared] = []
     links: list[_Prepared] = []
+    sidecar_notes = _SidecarNotes()
     done = 0
     total = len(todo)
     if progress:
@@ -307,12 +310,16 @@ def run_index(
             else:
                 batch.append(prep)
                 reserved.add(prep.sha256)
+                if prep.sidecar is not None:
+                    sidecar_notes.note(prep.sidecar)
             if len(batch) >= batch_size:
                 flush_batch()
             if progress:
                 progress("index", done, total)
         flush_batch()
     cat.commit()
+    if sidecar is not None:
+        report.warnings.extend(sidecar_notes.warnings(settings.sidecar or ""))
 
     if opts.prune:
         _prune(lib, run_id, roots, opts.prune_unselected)
@@ -380,6 +387,32 @@ def _prune(lib: Library, run_id: int, roots: list[str], unselected: bool) -> Non
         lib.region_index.remove(np.asarray(removed_regions, np.int64), missing="ignore")
         lib.global_index.flush()
         lib.region_index.flush()
+
+
+@dataclass
+class _SidecarNotes:
+    """What the sidecar said over a run: boxes it gave that were skipped, and whether it
+    mentioned any image at all (a sidecar that matches nothing is a mistake worth a warning)."""
+
+    images: int = 0
+    matched: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def note(self, match: SidecarMatch) -> None:
+        self.images += 1
+        self.matched += match.source is not None
+        self.skipped.extend(match.skipped)
+        for reason in match.skipped:
+            logger.info("%s", reason)
+
+    def warnings(self, spec: str, listed: int = 10) -> list[str]:
+        out = self.skipped[:listed]
+        if len(self.skipped) > listed:
+            out.append(f"... {len(self.skipped)} sidecar boxes skipped in all")
+        if self.images and not self.matched:
+            where = "no IMAGE.json file beside any image" if spec == "per-image" else f"{spec} names none of them"
+            out.append(f"--regions sidecar: {where}; the {self.images} new images have no region vectors")
+        return out
 
 
 def _note_failure(report: IndexReport, path: str, reason: str, limit: int) -> None:
