@@ -242,8 +242,8 @@ def index(
 
                 t0 = time.perf_counter()
 
-                def progress(stage: str, done: int, total: int) -> None:
-                    rate = done / max(time.perf_counter() - t0, 1e-9)
+                def progress(stage: str, done: int, total: int, embedded: int) -> None:
+                    rate = embedded / max(time.perf_counter() - t0, 1e-9)  # like the summary's images/s
                     bar.update(task, completed=done, total=total, rate=f"{rate:.1f} images/s")
 
                 report = lib.index([str(p) for p in paths], opts, progress=progress)

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fgsearch.errors import FgsearchError, ImageError, InputError
+from fgsearch.errors import FgsearchError, InputError
 from fgsearch.regions import RegionSettings, SidecarBoxes, SidecarMatch, auto_boxes_batch, propose
 
 if TYPE_CHECKING:
+    from fgsearch.decode import PixelBudget
     from fgsearch.library import Library
 
 logger = logging.getLogger(__name__)
@@ -118,35 +119,75 @@ class _Prepared:
     reason: str = ""
 
 
-ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+ProgressFn = Callable[[str, int, int, int], None]  # (stage, files done, files to do, images embedded)
 
 
-def _prepare(
-    entry: Any, known: set[str], lib: Library, opts: IndexOptions, root: str | None, sidecar: SidecarBoxes | None
-) -> _Prepared:
-    """Worker: read, hash, decode and preprocess one file (never raises for a bad file).
+@dataclass
+class _Worker:
+    """What a decode worker needs: read, hash, decode and preprocess one file at a time.
 
     ``known`` holds the hashes already embedded or queued for embedding; it only grows, so a hit
     means the decode can be skipped. A miss decides nothing: the main thread decides new vs reuse
-    (:func:`run_index`), because an earlier copy may be queued after this worker looked."""
-    from fgsearch.decode import UnsafeFileError, open_regular
+    (:func:`run_index`), because an earlier copy may be queued after this worker looked.
+    ``budget`` bounds the pixels decoded at once by all workers together (peak memory)."""
 
-    base = _Prepared("failed", entry.path, entry.size, entry.mtime_ns)
-    try:
-        with open_regular(entry.path) as f:
-            source = _read_and_hash(f, base)
-            if base.sha256 in known:
-                base.kind = "reuse"
-                return base
-            return _decode(source, base, lib, opts, root, sidecar)  # never raises
-    except UnsafeFileError:
-        base.reason = "not a regular file (a pipe, device or socket); it is never read"
+    lib: Library
+    opts: IndexOptions
+    known: set[str]
+    budget: PixelBudget
+    sidecar: SidecarBoxes | None
+
+    def __call__(self, item: tuple[str, Any]) -> _Prepared:
+        """One file; never raises for a bad file (the reason is in the result)."""
+        from fgsearch.decode import UnsafeFileError, open_regular
+
+        root, entry = item
+        base = _Prepared("failed", entry.path, entry.size, entry.mtime_ns)
+        try:
+            with open_regular(entry.path) as f:
+                source = _read_and_hash(f, base)
+                if base.sha256 in self.known:
+                    base.kind = "reuse"
+                    return base
+                return self._decode(source, base, root)  # never raises
+        except UnsafeFileError:
+            base.reason = "not a regular file (a pipe, device or socket); it is never read"
+        except PermissionError:
+            base.reason = "permission denied; make the file readable (chmod +r)"
+        except OSError as e:
+            base.reason = f"cannot read: {e.strerror or e}"
         return base
-    except PermissionError:
-        base.reason = "permission denied; make the file readable (chmod +r)"
-        return base
-    except OSError as e:
-        base.reason = f"cannot read: {e.strerror or e}"
+
+    def _decode(self, source: bytes | Any, base: _Prepared, root: str | None) -> _Prepared:
+        from fgsearch.decode import load_image
+
+        transform = self.lib.encoder.transform
+        try:
+            with self.budget.hold() as reserve:  # the full-size image lives until to_array
+                loaded = load_image(
+                    source,
+                    max_megapixels=self.opts.max_megapixels,
+                    min_side=self.opts.min_side,
+                    draft=transform.image_size if self.opts.fast_decode else None,
+                    reserve=reserve,
+                )
+                base.pixels = transform.to_array(loaded.image)
+            base.width, base.height, base.captured_at = loaded.width, loaded.height, loaded.captured_at
+            for heard in loaded.warnings:
+                logger.info("%s: %s", base.path, heard)
+            if self.sidecar is not None:
+                from fgsearch.boxes import boxes_array
+
+                base.sidecar = self.sidecar.match(base.path, root, loaded.width, loaded.height)
+                base.boxes = boxes_array(base.sidecar.boxes)
+        except FgsearchError as e:  # ImageError, or a sidecar's DataError
+            base.reason = str(e)
+            return base
+        except Exception as e:  # a decoder bug on one odd file must not stop the run
+            logger.debug("unexpected error on %s", base.path, exc_info=True)
+            base.reason = f"cannot decode ({type(e).__name__}: {e})"
+            return base
+        base.kind = "new"
         return base
 
 
@@ -167,44 +208,6 @@ def _read_and_hash(f: Any, base: _Prepared) -> bytes | Any:
     base.sha256 = digest.hexdigest()
     f.seek(0)
     return f
-
-
-def _decode(
-    source: bytes | Any,
-    base: _Prepared,
-    lib: Library,
-    opts: IndexOptions,
-    root: str | None,
-    sidecar: SidecarBoxes | None,
-) -> _Prepared:
-    from fgsearch.decode import load_image
-
-    try:
-        loaded = load_image(
-            source,
-            max_megapixels=opts.max_megapixels,
-            min_side=opts.min_side,
-            draft=lib.encoder.transform.image_size if opts.fast_decode else None,
-        )
-        base.pixels = lib.encoder.transform.to_array(loaded.image)
-        base.width, base.height, base.captured_at = loaded.width, loaded.height, loaded.captured_at
-        if sidecar is not None:
-            from fgsearch.boxes import boxes_array
-
-            base.sidecar = sidecar.match(base.path, root, loaded.width, loaded.height)
-            base.boxes = boxes_array(base.sidecar.boxes)
-    except ImageError as e:
-        base.reason = str(e)
-        return base
-    except FgsearchError as e:
-        base.reason = str(e)
-        return base
-    except Exception as e:  # a decoder bug on one odd file must not stop the run
-        logger.debug("unexpected error on %s", base.path, exc_info=True)
-        base.reason = f"cannot decode ({type(e).__name__}: {e})"
-        return base
-    base.kind = "new"
-    return base
 
 
 def _ordered(
@@ -233,6 +236,7 @@ def run_index(
     max_failures_listed: int = 20,
 ) -> IndexReport:
     """Index ``roots`` into an open, writable library; see the module docstring for guarantees."""
+    from fgsearch.decode import PixelBudget, routed_warnings
     from fgsearch.scan import readable_extensions
 
     t0 = time.perf_counter()
@@ -281,7 +285,7 @@ def run_index(
     done = 0
     total = len(todo)
     if progress:
-        progress("index", 0, total)
+        progress("index", 0, total, 0)
 
     def flush_batch() -> None:
         nonlocal batch, links
@@ -295,11 +299,11 @@ def run_index(
             cat.commit()
         batch, links = [], []
 
-    def work(item: tuple[str, Any]) -> _Prepared:
-        root, e = item
-        return _prepare(e, reserved, lib, opts, root, sidecar)
-
-    with ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool:
+    work = _Worker(lib, opts, reserved, PixelBudget(int(opts.max_megapixels * 1e6)), sidecar)
+    with (
+        routed_warnings(),
+        ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool,
+    ):
         for prep in _ordered(pool, work, todo, ahead=max(2 * batch_size, 8)):
             done += 1
             if prep.kind == "failed":
@@ -315,9 +319,11 @@ def run_index(
             if len(batch) >= batch_size:
                 flush_batch()
             if progress:
-                progress("index", done, total)
+                progress("index", done, total, report.indexed)
         flush_batch()
     cat.commit()
+    if progress:
+        progress("index", done, total, report.indexed)
     if sidecar is not None:
         report.warnings.extend(sidecar_notes.warnings(settings.sidecar or ""))
 
