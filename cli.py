@@ -151,6 +151,14 @@ def index(
     ),
     hidden: bool = typer.Option(False, "--hidden", help="Also index hidden files and folders."),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Remove files that disappeared from the folders."),
+    prune_unselected: bool = typer.Option(
+        False,
+        "--prune-unselected",
+        help="Also remove indexed files still on disk that --include/--exclude/--hidden now leave out.",
+    ),
+    follow_links: bool = typer.Option(
+        False, "--follow-links", help="Follow symbolic links that lead outside the folders given."
+    ),
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Try again files that failed before and did not change."
     ),
@@ -205,6 +213,8 @@ def index(
         extensions=tuple(ext),
         hidden=hidden,
         prune=prune,
+        prune_unselected=prune_unselected,
+        follow_links=follow_links,
         retry_failed=retry_failed,
         batch_size=batch_size,
         workers=workers,
@@ -232,8 +242,8 @@ def index(
 
                 t0 = time.perf_counter()
 
-                def progress(stage: str, done: int, total: int) -> None:
-                    rate = done / max(time.perf_counter() - t0, 1e-9)
+                def progress(stage: str, done: int, total: int, embedded: int) -> None:
+                    rate = embedded / max(time.perf_counter() - t0, 1e-9)  # like the summary's images/s
                     bar.update(task, completed=done, total=total, rate=f"{rate:.1f} images/s")
 
                 report = lib.index([str(p) for p in paths], opts, progress=progress)
@@ -248,6 +258,8 @@ def index(
     )
     for path, reason in report.failures[:10]:
         console.print(f"  skipping {path}: {reason}", highlight=False, markup=False)
+    for warning in report.warnings:
+        console.print(f"warning: {warning}", highlight=False, markup=False)
     if report.failed > min(10, len(report.failures)):
         console.print(f"  ... {report.failed} failures in all: `fgsearch status --failed` lists them", highlight=False)
 

@@ -141,6 +141,13 @@ class ContentRow:
     captured_at: datetime | None
 
 
+def _under(root: str) -> Any:
+    """SQL condition: a file row at ``root`` or inside it."""
+    root = root.rstrip(os.sep) or os.sep
+    prefix = root if root.endswith(os.sep) else root + os.sep  # "/" stays "/"
+    return sa.or_(files_t.c.path == root, sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix)
+
+
 def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
@@ -525,6 +532,17 @@ class Catalog:
                 conn.execute(sa.delete(contents_t).where(contents_t.c.id.in_(chunk)))
         return list(content_ids), rids
 
+    def unseen_paths(self, run_id: int, roots: Sequence[str]) -> list[str]:
+        """Paths of files under ``roots`` that run ``run_id`` has not seen (what :meth:`sweep` would delete)."""
+        with self.engine.connect() as conn:
+            return [
+                p
+                for root in roots
+                for p in conn.execute(sa.select(files_t.c.path).where(_under(root), files_t.c.seen_run != run_id))
+                .scalars()
+                .all()
+            ]
+
     def sweep(self, run_id: int, roots: Sequence[str]) -> tuple[list[int], list[int]]:
         """Delete files under ``roots`` not seen in ``run_id``, then contents no file uses any more.
 
@@ -532,13 +550,7 @@ class Catalog:
         removed_files = 0
         with self.engine.begin() as conn:
             for root in roots:
-                root = root.rstrip(os.sep) or os.sep
-                prefix = root if root.endswith(os.sep) else root + os.sep  # "/" stays "/"
-                under = sa.or_(
-                    files_t.c.path == root,
-                    sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix,
-                )
-                res = conn.execute(sa.delete(files_t).where(under, files_t.c.seen_run != run_id))
+                res = conn.execute(sa.delete(files_t).where(_under(root), files_t.c.seen_run != run_id))
                 removed_files += res.rowcount or 0
             orphan = sa.select(contents_t.c.id).where(
                 contents_t.c.state == "ok",

@@ -345,7 +345,9 @@ def test_cli_index_query_status(tmp_path: Path, tiny_model_dir: Path) -> None:
         assert fast.catalog.contents_by_ids([1])[0].width == 1600  # the file's real size is recorded
     r = runner.invoke(app, [*base, "--ext", "."])
     assert r.exit_code != 0 and "--ext" in r.output
-    r = runner.invoke(app, base)  # a run walks what its options select: scan.raw is no longer selected
+    r = runner.invoke(app, base)  # scan.raw is no longer selected but still on disk: kept
+    assert r.exit_code == 0 and json.loads(r.stdout)["pruned"] == 0, r.output
+    r = runner.invoke(app, [*base, "--prune-unselected"])
     assert r.exit_code == 0 and json.loads(r.stdout)["pruned"] == 1, r.output
     r = runner.invoke(
         app,
