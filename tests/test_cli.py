@@ -183,3 +183,23 @@ def test_make_data_refuses_a_non_empty_folder_unless_overwrite(tmp_path: Path) -
     r = run("make-data", "fineshapes", str(out), "--n", "3", "--overwrite")
     assert r.exit_code == 1 and "mine.txt" in r.output, r.output
     assert (out / "mine.txt").exists()
+
+
+def test_a_qdrant_library_accepts_its_own_qdrant_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("qdrant_client")
+    from _library_data import scene
+
+    (tmp_path / "photos").mkdir()
+    for i in range(2):
+        scene(i).save(tmp_path / "photos" / f"p{i}.png")
+    monkeypatch.chdir(tmp_path)
+    base = ["index", "photos", "--library", "lib", "--model", "demo", "--regions", "none", "--json"]
+    r = run(*base, "--backend", "qdrant")
+    assert r.exit_code == 0, r.output
+    r = run(*base, "--qdrant-path", "lib/qdrant")  # where the library keeps it anyway, given relative
+    assert r.exit_code == 0 and json.loads(r.stdout)["unchanged"] == 2, r.output
+    r = run(*base, "--qdrant-path", "elsewhere")
+    assert r.exit_code == 1, r.output
+    assert f"uses qdrant at {tmp_path / 'lib' / 'qdrant'}; it cannot switch to qdrant at {tmp_path / 'elsewhere'}" in (
+        r.output
+    )
