@@ -203,3 +203,43 @@ def test_a_qdrant_library_accepts_its_own_qdrant_path(tmp_path: Path, monkeypatc
     assert f"uses qdrant at {tmp_path / 'lib' / 'qdrant'}; it cannot switch to qdrant at {tmp_path / 'elsewhere'}" in (
         r.output
     )
+
+
+HUB_ERROR = (
+    "Cannot reach the hub at this time. Check your connection, e.g. a proxy. Then try again.\n"
+    "Traceback details that nobody needs."
+)
+
+
+def _hub_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    def fail(**kw: object) -> str:
+        raise OSError(HUB_ERROR)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_default_model_missing_names_the_offline_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: bool
+) -> None:
+    _hub_down(monkeypatch)
+    if not offline:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (tmp_path / "photos").mkdir()
+    r = run("index", str(tmp_path / "photos"), "--library", str(tmp_path / "lib"))
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert "model fg-clip-base (qihoo360/fg-clip-base) is not in the Hugging Face cache" in r.output
+    assert "[OSError: Cannot reach the hub at this time.]" in r.output  # a whole sentence, not cut
+    assert "--model demo (`fgsearch demo` shows it)" in r.output and "--model PATH" in r.output
+    assert ("unset HF_HUB_OFFLINE" in r.output) == offline
+    assert ("HF_HUB_OFFLINE is set" in r.output) == offline
+
+
+def test_train_names_init_for_a_missing_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _hub_down(monkeypatch)
+    data = make_fineshapes(tmp_path / "fs", n=4, seed=0)
+    r = run("train", "--data", str(data), "--out", str(tmp_path / "out"), "--init", "fg-clip-base")
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert "--init PATH" in r.output and "--init demo" in r.output and "--model" not in r.output
