@@ -148,7 +148,7 @@ def convert_clip(
     from fgsearch.model import convert_openai_clip
 
     path = convert_openai_clip(src, out)
-    typer.echo(f"wrote {path}")
+    typer.echo(_safe(f"wrote {path}"))
 
 
 LIBRARY_OPT = typer.Option(None, "--library", "-l", help="Library directory (default: $FGSEARCH_HOME/default).")
@@ -579,7 +579,7 @@ def make_data(
     from fgsearch.trainer.fineshapes import make_fineshapes
 
     path = make_fineshapes(out, n=n, seed=seed, heldout=heldout, overwrite=overwrite)
-    typer.echo(f"wrote {n} images to {path} (jsonfiles/train.json, jsonfiles/heldout.json, images/)")
+    typer.echo(_safe(f"wrote {n} images to {path} (jsonfiles/train.json, jsonfiles/heldout.json, images/)"))
 
 
 @app.command()
@@ -668,7 +668,7 @@ def train(
             console.print(message, highlight=False, markup=False)
 
         path = run_train(cfg, progress=progress, notice=notice)
-    typer.echo(f"model saved in {path} (use it with --model {path}); log: {path / 'log.jsonl'}")
+    typer.echo(_safe(f"model saved in {path} (use it with --model {path}); log: {path / 'log.jsonl'}"))
 
 
 @app.command()
@@ -755,5 +755,5 @@ def main() -> None:
     try:
         app()
     except FgsearchError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {_safe(str(e))}", err=True)
         sys.exit(1)
