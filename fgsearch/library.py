@@ -106,6 +106,15 @@ def _open_vector_index(
     return open_index(backend.kind, lib_dir / "index" / name, dim=dim, read_only=read_only, create=create)
 
 
+def _where(bk: BackendSettings, lib_dir: Path) -> str:
+    """A backend as a user names it: the kind, and for qdrant where it lives (default folder made explicit)."""
+    if bk.kind != "qdrant":
+        return f"backend {bk.kind}"
+    where = bk.qdrant_url or str(Path(bk.qdrant_path or lib_dir / "qdrant").resolve())
+    extra = f" (collection {bk.qdrant_collection})" if bk.qdrant_collection != "fgsearch" else ""
+    return f"qdrant at {where}{extra}"
+
+
 class Library:
     """A searchable image library. Open with :meth:`Library.open`; close (or use ``with``) when done.
 
@@ -231,10 +240,11 @@ class Library:
                 stored_model = meta.get("model_source") or meta.get("model_name")
                 stored_bk = BackendSettings.from_dict(meta.get("backend") or {})
                 stored_regions = RegionSettings.from_dict(meta.get("regions") or {})
-                if bk is not None and bk != stored_bk:
+                if bk is not None and _where(bk, lib_dir) != _where(stored_bk, lib_dir):
                     raise LibraryError(
-                        f"library {lib_dir} uses backend {stored_bk.kind}; it cannot switch to {bk.kind} "
-                        "(use --reindex to rebuild it, or --library to choose another)"
+                        f"library {lib_dir} uses {_where(stored_bk, lib_dir)}; it cannot switch to "
+                        f"{_where(bk, lib_dir)} (leave out --backend/--qdrant-* to use its own, "
+                        "--reindex to rebuild it, or --library to choose another)"
                     )
                 if regions is not None and regions != stored_regions and not read_only:
                     raise LibraryError(
