@@ -425,7 +425,7 @@ def doctor(
     """Check that the catalog and the vector indexes agree."""
     from fgsearch.library import Library
 
-    with Library.open(library, read_only=not repair) as lib:
+    with Library.open(library, read_only=not repair, create=False) as lib:
         rep = lib.doctor(repair=repair)
     for name in ("global", "regions"):
         r = rep[name]

@@ -14,6 +14,7 @@ backend that built it and refuses to mix vectors from another model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -174,6 +175,8 @@ class Library:
             raise LibraryError("reindex needs a writable library")
         if not exists and (read_only or not create):
             raise LibraryError(f"no library at {lib_dir}; create one with `fgsearch index PHOTOS --library {lib_dir}`")
+        if not exists:
+            _check_new_library_dir(lib_dir)
         lock = None
         made_dir = not lib_dir.exists()
         if not read_only:
@@ -219,10 +222,13 @@ class Library:
             encoder = shared_encoder(model or DEFAULT_MODEL, device)
         if reindex and exists:
             # load the new model first: a model that fails to load must not cost the old library;
-            # without --model the rebuilt library keeps the model it had
-            model = model or _stored_model(lib_dir) or DEFAULT_MODEL
+            # without --model, --backend or --regions the rebuilt library keeps the ones it had
+            stored = _stored_settings(lib_dir)
+            model = model or stored.get("model") or DEFAULT_MODEL
+            bk = bk or stored.get("backend")
+            regions = regions or stored.get("regions")
             encoder = encoder or shared_encoder(model, device)
-            cls._wipe(lib_dir)
+            cls._wipe(lib_dir, stored.get("backend"))
             exists = False
         catalog = Catalog.open(lib_dir / "catalog.sqlite", create=not exists, read_only=read_only)
         try:
@@ -294,12 +300,16 @@ class Library:
         return lib
 
     @staticmethod
-    def _wipe(lib_dir: Path) -> None:
-        """Remove a library's catalog and local indexes (for --reindex); the lock file stays."""
+    def _wipe(lib_dir: Path, backend: BackendSettings | None = None) -> None:
+        """Remove what the library created (for --reindex): its catalog and the vector-index folders
+        of its recorded backend. Anything else in the folder is left alone; the lock file stays."""
         for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
             (lib_dir / name).unlink(missing_ok=True)
-        for sub in ("index", "qdrant"):
-            shutil.rmtree(lib_dir / sub, ignore_errors=True)
+        for parent, names in _owned_index_dirs(lib_dir, backend).items():
+            for name in names:
+                shutil.rmtree(parent / name, ignore_errors=True)
+            with contextlib.suppress(OSError):  # only if now empty: never a folder with the user's files
+                parent.rmdir()
 
     # ---- use -------------------------------------------------------------------------------
     @property
@@ -482,19 +492,63 @@ def _unfinished(lib_dir: Path) -> bool:
     return _peek_catalog(lib_dir, read, False)
 
 
-def _stored_model(lib_dir: Path) -> str | None:
-    """The model source recorded in an existing library's catalog (None if unreadable)."""
+def _stored_settings(lib_dir: Path) -> dict[str, Any]:
+    """The model source, backend and region settings recorded in an existing library's catalog
+    (keys missing when unreadable)."""
     import json
 
-    row = _peek_catalog(
-        lib_dir,
-        lambda con: con.execute(
-            "SELECT value FROM meta WHERE key IN ('model_source', 'model_name') "
-            "ORDER BY key = 'model_source' DESC LIMIT 1"
-        ).fetchone(),
-        None,
-    )
-    return json.loads(row[0]) if row else None
+    def read(con: Any) -> dict[str, Any]:
+        keys = ("model_source", "model_name", "backend", "regions")
+        marks = ",".join("?" * len(keys))
+        return {k: json.loads(v) for k, v in con.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})", keys)}
+
+    meta: dict[str, Any] = _peek_catalog(lib_dir, read, {})
+    out: dict[str, Any] = {}
+    if meta.get("model_source") or meta.get("model_name"):
+        out["model"] = meta.get("model_source") or meta.get("model_name")
+    if isinstance(meta.get("backend"), dict):
+        out["backend"] = BackendSettings.from_dict(meta["backend"])
+    if isinstance(meta.get("regions"), dict):
+        out["regions"] = RegionSettings.from_dict(meta["regions"])
+    return out
+
+
+#: What a library folder may hold before it becomes one (a failed creation leaves its lock file).
+_NEW_LIBRARY_LEFTOVERS = {"lock", "catalog.sqlite-wal", "catalog.sqlite-shm"}
+
+
+def _check_new_library_dir(lib_dir: Path) -> None:
+    """A new library goes into a new or empty folder, never into a folder of the user's files
+    (``--reindex`` later deletes what the library created there, so the two must not mix)."""
+    try:
+        entries = sorted(e.name for e in lib_dir.iterdir()) if lib_dir.is_dir() else []
+    except OSError as e:
+        raise LibraryError(f"cannot read the library folder {lib_dir}: {e.strerror or e}") from e
+    others = [name for name in entries if name not in _NEW_LIBRARY_LEFTOVERS]
+    if others:
+        shown = ", ".join(others[:3]) + (f", ... ({len(others)} entries)" if len(others) > 3 else "")
+        raise LibraryError(
+            f"{lib_dir} is not empty ({shown}) and is not an fgsearch library; give --library a new "
+            "or empty folder (e.g. --library PHOTOS-library)"
+        )
+
+
+def _owned_index_dirs(lib_dir: Path, backend: BackendSettings | None) -> dict[Path, list[str]]:
+    """The vector-index folders a library with ``backend`` created inside ``lib_dir``, by parent.
+
+    File-backed indexes count only when they hold an index manifest; an embedded Qdrant store
+    counts only at the library's own default path (a ``--qdrant-path`` is the user's folder).
+    """
+    from fgsearch.indexes._store import MANIFEST
+
+    out: dict[Path, list[str]] = {}
+    names = ("global", "regions")
+    kind = backend.kind if backend is not None else None
+    if kind != "qdrant":
+        out[lib_dir / "index"] = [n for n in names if (lib_dir / "index" / n / MANIFEST).is_file()]
+    if (kind is None or kind == "qdrant") and not (backend and (backend.qdrant_path or backend.qdrant_url)):
+        out[lib_dir / "qdrant"] = [n for n in names if (lib_dir / "qdrant" / n).is_dir()]
+    return out
 
 
 def _model_source(model_ref: str) -> str:
