@@ -575,11 +575,14 @@ class Catalog:
         with self.engine.connect() as conn:
             return [(p, r or "") for p, r in conn.execute(q)]
 
-    def all_vector_ids(self) -> tuple[list[int], list[int]]:
-        with self.engine.connect() as conn:
-            cids = list(conn.execute(sa.select(contents_t.c.id).where(contents_t.c.state == "ok")).scalars())
+    def all_vector_ids(self, include_pending: bool = False) -> tuple[list[int], list[int]]:
+        """Global and region vector ids of confirmed contents (also of reserved ones: ``include_pending``),
+        read in one transaction."""
+        states = ("ok", "pending") if include_pending else ("ok",)
+        with self.engine.connect() as conn, conn.begin():
+            cids = list(conn.execute(sa.select(contents_t.c.id).where(contents_t.c.state.in_(states))).scalars())
             rids = list(
-                conn.execute(sa.select(regions_t.c.id).join(contents_t).where(contents_t.c.state == "ok")).scalars()
+                conn.execute(sa.select(regions_t.c.id).join(contents_t).where(contents_t.c.state.in_(states))).scalars()
             )
         return cids, rids
 

@@ -228,8 +228,11 @@ class StoreBackedIndex(VectorIndex):
 
     def reload(self) -> None:
         self._check_open()
-        if self._read_only and self._store.reload():
-            self._after_load()
+        if not self._read_only:
+            return
+        generation = self._store.generation
+        if self._store.reload() and self._store.generation != generation:
+            self._after_load()  # derived structures follow the snapshot; journal records need nothing
 
     def close(self) -> None:
         if self._closed:

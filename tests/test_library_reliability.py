@@ -86,3 +86,122 @@ def test_doctor_on_a_folder_without_a_library_refuses_and_writes_nothing(tmp_pat
         assert r.exit_code == 1 and f"no library at {empty}" in r.output, r.output
         assert "Traceback" not in r.output
     assert list(empty.iterdir()) == []  # no lock file, no catalog
+
+
+WRITER = """
+import sys
+from fgsearch.library import Library
+with Library.open(sys.argv[1], model=sys.argv[2]) as lib:
+    lib.index(sys.argv[3], batch_size=2, workers=1)
+"""
+
+
+def _photos(root: Path, n: int, seed: int = 0) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    paths = [root / f"p{i:03d}.png" for i in range(n)]
+    for i, p in enumerate(paths):
+        scene(seed * 1000 + i).save(p)
+    return paths
+
+
+def _check_hits(hits: list, want: Path) -> None:
+    """A query by an indexed image: a hit scoring as that very image must be that image."""
+    for h in hits:
+        if h.global_score > 0.9999:
+            assert h.path == str(want), f"{h.path} scored {h.global_score} for {want}"
+
+
+@pytest.mark.slow
+def test_readers_see_one_consistent_state_while_another_process_indexes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "photos"
+    paths = _photos(root, 90)
+    lib_dir = tmp_path / "lib"
+    grid = RegionSettings(proposer="grid", max_regions=4)
+    with Library.open(lib_dir, model="demo", regions=grid) as lib:
+        lib.index(paths[:3])  # readers have something to find from the start
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    proc = subprocess.Popen([sys.executable, str(script), str(lib_dir), "demo", str(root)])
+    errors: list[str] = []
+    fresh = long_lived = doctors = 0
+    probe = paths[0]
+    with Library.open(lib_dir, read_only=True) as reader:
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                _check_hits(reader.search(image=probe, k=5), probe)
+                long_lived += 1
+                with Library.open(lib_dir, read_only=True) as one:
+                    _check_hits(one.search(image=probe, k=5), probe)
+                    fresh += 1
+                    if fresh % 3 == 0:
+                        rep = one.doctor()
+                        doctors += 1
+                        if not rep["consistent"]:
+                            errors.append(f"doctor: {rep}")
+            except Exception as e:  # every failure is counted, none may happen
+                errors.append(f"{type(e).__name__}: {e}")
+        assert proc.wait(timeout=60) == 0
+        assert reader.status()["counts"]["images"] == 90  # and the long-lived reader sees the end state
+        assert reader.doctor()["consistent"]
+    assert fresh >= 5 and doctors >= 1, (fresh, doctors)
+    assert not errors, f"{len(errors)} failures in {fresh} fresh and {long_lived} long-lived queries: {errors[:3]}"
+
+
+@pytest.mark.slow
+def test_a_writable_library_searched_from_other_threads_while_it_indexes(tmp_path: Path) -> None:
+    import threading
+
+    root = tmp_path / "photos"
+    paths = _photos(root, 24)
+    errors: list[str] = []
+    searches = 0
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        lib.index(paths[:2])
+        done = threading.Event()
+
+        def search_loop() -> None:
+            nonlocal searches
+            while not done.is_set():
+                try:
+                    _check_hits(lib.search(image=paths[0], k=5), paths[0])
+                    searches += 1
+                except Exception as e:
+                    errors.append(f"{type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=search_loop) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            lib.index(root, batch_size=2, workers=1)
+            for _ in range(30):  # compactions swap an index's whole state: as a long run does now and then
+                lib.global_index.save()
+                lib.region_index.save()
+        finally:
+            done.set()
+            for t in threads:
+                t.join()
+        assert lib.doctor()["consistent"] and lib.global_index.count() == 24
+    assert searches >= 10 and not errors, (searches, errors[:3])
+
+
+def test_a_long_lived_reader_follows_a_reindex_and_never_mixes_the_two_builds(tmp_path: Path) -> None:
+    first = _photos(tmp_path / "first", 6, seed=1)
+    second = _photos(tmp_path / "second", 6, seed=2)
+    lib_dir = tmp_path / "lib"
+    with Library.open(lib_dir, model="demo", regions=RegionSettings(proposer="none")) as lib:
+        lib.index(tmp_path / "first")
+    with Library.open(lib_dir, read_only=True) as reader:
+        hits = reader.search(image=first[3], k=1)
+        assert hits[0].path == str(first[3]) and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        with Library.open(lib_dir, reindex=True) as lib:  # ids start again at 1, for other files
+            lib.index(list(reversed(second)))
+        hits = reader.search(image=second[3], k=1)
+        assert hits[0].path == str(second[3]) and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert all(h.global_score < 0.9999 for h in reader.search(image=first[3], k=6))
+        assert reader.status()["counts"]["images"] == 6
+        assert reader.doctor()["consistent"]
