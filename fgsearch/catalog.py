@@ -250,7 +250,10 @@ class Catalog:
                     f"{', '.join(sorted(tables)[:5])}); choose another --library folder"
                 )
             if self.read_only or not create:
-                raise LibraryError(f"catalog {self.path} is empty; index some images first")
+                raise LibraryError(
+                    f"catalog {self.path} is empty (its records are lost); rebuild the library with "
+                    f"`fgsearch index PHOTOS --library {self.path.parent} --reindex --model MODEL`"
+                )
             with self.engine.begin() as conn:
                 metadata.create_all(conn)
                 conn.execute(sa.insert(meta_t).values(key="schema_version", value=json.dumps(SCHEMA_VERSION)))

@@ -201,6 +201,10 @@ class _GuardedIndex:
         with self._rw.shared():
             return self.inner.stats()
 
+    def verify(self) -> Any:
+        with self._rw.shared():
+            return self.inner.verify()
+
     def add(self, ids: Any, vectors: Any, *, upsert: bool = False, payload: Any = None) -> None:
         with self._rw.exclusive():
             self.inner.add(ids, vectors, upsert=upsert, payload=payload)
@@ -276,6 +280,7 @@ class Library:
         reindex: bool = False,
         device: str = "auto",
         encoder: Encoder | None = None,
+        rebuild_damaged: bool = False,
     ) -> Library:
         """Open (or create) a library.
 
@@ -283,6 +288,7 @@ class Library:
         ``model``: registry name, ``hf-hub:`` id or checkpoint directory; ``None`` uses the library's
         own (``fg-clip-base`` for a new library). ``backend`` and ``regions`` apply when the library
         is created (or rebuilt with ``reindex=True``); passing different ones later is an error.
+        ``rebuild_damaged`` (for ``doctor --repair``) replaces a damaged vector index by an empty one.
         """
         from fgsearch.catalog import WriteLock
         from fgsearch.library_paths import resolve_library_dir
@@ -304,7 +310,9 @@ class Library:
             lock = WriteLock(lib_dir)
             lock.acquire()
         try:
-            return cls._open_locked(lib_dir, exists, model, backend, regions, read_only, reindex, device, encoder, lock)
+            return cls._open_locked(
+                lib_dir, exists, model, backend, regions, read_only, reindex, device, encoder, lock, rebuild_damaged
+            )
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -325,6 +333,7 @@ class Library:
         device: str,
         encoder: Encoder | None,
         lock: Any,
+        rebuild_damaged: bool = False,
     ) -> Library:
         from fgsearch.catalog import Catalog
 
@@ -384,21 +393,8 @@ class Library:
                 catalog.set_meta(model_source=_model_source(model_ref), library_id=_new_library_id())
             if exists and not read_only and not meta.get("library_id"):
                 catalog.set_meta(library_id=_new_library_id())  # a library made before ids were recorded
-            from fgsearch.indexes import IndexNotFoundError
-
             dim = enc.dim if enc is not None else int(meta["dim"])
-            opened = []
-            for name in ("global", "regions"):
-                try:
-                    opened.append(_open_vector_index(lib_dir, bk, name, dim, read_only=read_only, create=not read_only))
-                except IndexNotFoundError as e:
-                    for idx in opened:
-                        idx.close()
-                    raise LibraryError(
-                        f"library {lib_dir} has lost its {name} vector index; run `fgsearch index` on its "
-                        "folders (or `fgsearch doctor --repair`) to rebuild what is missing"
-                    ) from e
-            gidx, ridx = opened
+            gidx, ridx = _open_indexes(lib_dir, bk, dim, read_only=read_only, rebuild_damaged=rebuild_damaged)
         except BaseException:
             catalog.close()
             raise
@@ -622,7 +618,8 @@ class Library:
         found, counts = self.consistent(self._disagreements)
         if self.read_only and any(v.size for v in found.values()):
             found = self._persisting(found)
-        report: dict[str, Any] = {}
+        damaged = self.consistent(self._damaged)
+        report: dict[str, Any] = {"damaged_files": damaged["files"]}
         for name in ("global", "regions"):
             cat_n, idx_n = counts[name]
             report[name] = {
@@ -630,15 +627,17 @@ class Library:
                 "index": idx_n,
                 "orphan_vectors": int(found[name + "_orphan"].size),
                 "missing_vectors": int(found[name + "_missing"].size),
+                "damaged_vectors": int(damaged[name].size),
             }
-        ok = not any(v.size for v in found.values())
+        ok = not any(v.size for v in found.values()) and not damaged["files"]
         if repair and not ok:
             if self.read_only:
                 raise LibraryError("doctor --repair needs a writable library")
             self.global_index.remove(found["global_orphan"], missing="ignore")
             self.region_index.remove(found["regions_orphan"], missing="ignore")
-            broken = set(map(int, found["global_missing"]))
-            broken |= set(self.catalog.contents_of_regions(list(map(int, found["regions_missing"]))))
+            broken = set(map(int, found["global_missing"])) | set(map(int, damaged["global"]))
+            regions_lost = list(map(int, np.union1d(found["regions_missing"], damaged["regions"])))
+            broken |= set(self.catalog.contents_of_regions(regions_lost))
             if broken:
                 _, region_ids = self.catalog.drop_contents(sorted(broken), keep_files_for_reindex=True)
                 self.global_index.remove(np.asarray(sorted(broken), np.int64), missing="ignore")
@@ -668,6 +667,16 @@ class Library:
             out[name + "_missing"] = np.setdiff1d(ok_ids, idx[name])
             counts[name] = (int(ok_ids.size), int(idx[name].size))
         return out, counts
+
+    def _damaged(self) -> dict[str, Any]:
+        """Snapshot files that fail their checksums, and the ids of each index whose stored vectors
+        they make untrustworthy (every full read of the index files happens here)."""
+        out: dict[str, Any] = {"files": []}
+        for name, idx in (("global", self.global_index), ("regions", self.region_index)):
+            files, ids = idx.verify()
+            out["files"] += [f"{name}/{f}" for f in files]
+            out[name] = ids
+        return out
 
     def _persisting(self, found: dict[str, Any]) -> dict[str, Any]:
         """Keep only the disagreements that are still there after the writer (if any) has had time
@@ -735,6 +744,41 @@ def _read_errors() -> tuple[type[Exception], ...]:
     from fgsearch.indexes import IndexBackendError
 
     return (FgsearchError, IndexBackendError, sqlite3.Error, sqlalchemy.exc.SQLAlchemyError)
+
+
+def _open_indexes(
+    lib_dir: Path, bk: BackendSettings, dim: int, *, read_only: bool, rebuild_damaged: bool
+) -> tuple[VectorIndex, VectorIndex]:
+    """The global and region indexes. A damaged file-backed index is an error naming the repair;
+    with ``rebuild_damaged`` (doctor --repair) it is replaced by an empty one, and the catalog's
+    images without vectors are then re-queued by the doctor for the next ``index`` run."""
+    from fgsearch.indexes import IndexCorruptError, IndexNotFoundError
+
+    opened: list[VectorIndex] = []
+    try:
+        for name in ("global", "regions"):
+            try:
+                opened.append(_open_vector_index(lib_dir, bk, name, dim, read_only=read_only, create=not read_only))
+            except IndexNotFoundError as e:
+                raise LibraryError(
+                    f"library {lib_dir} has lost its {name} vector index; run `fgsearch index` on its "
+                    "folders (or `fgsearch doctor --repair`) to rebuild what is missing"
+                ) from e
+            except IndexCorruptError as e:
+                folder = lib_dir / "index" / name
+                if not (rebuild_damaged and bk.kind != "qdrant" and folder.is_dir()):
+                    raise LibraryError(
+                        f"library {lib_dir}: the {name} vector index is damaged ({e}); run "
+                        f"`fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index` on its folders"
+                    ) from e
+                logger.warning("replacing the damaged %s vector index of %s (%s)", name, lib_dir, e)
+                shutil.rmtree(folder)
+                opened.append(_open_vector_index(lib_dir, bk, name, dim, read_only=False, create=True))
+    except BaseException:
+        for idx in opened:
+            idx.close()
+        raise
+    return opened[0], opened[1]
 
 
 def _stats_dict(index: VectorIndex) -> dict[str, Any]:

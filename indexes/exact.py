@@ -244,6 +244,10 @@ class StoreBackedIndex(VectorIndex):
             self._store.close()
             self._closed = True
 
+    def verify(self) -> tuple[list[str], np.ndarray]:
+        self._check_open()
+        return self._store.verify()
+
     # ------------------------------------------------------------------ stats
     def _params(self) -> dict[str, Any]:
         return {"generation": self._store.generation, "journal_bytes": self._store.journal_bytes}

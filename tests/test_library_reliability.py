@@ -205,3 +205,111 @@ def test_a_long_lived_reader_follows_a_reindex_and_never_mixes_the_two_builds(tm
         assert all(h.global_score < 0.9999 for h in reader.search(image=first[3], k=6))
         assert reader.status()["counts"]["images"] == 6
         assert reader.doctor()["consistent"]
+
+
+def _snapshot_file(lib_dir: Path, name: str, key: str) -> Path:
+    import json
+
+    folder = lib_dir / "index" / name
+    return folder / json.loads((folder / "manifest.json").read_text())[key]
+
+
+def _damage_rows(path: Path, how: str) -> None:
+    import numpy as np
+
+    arr = np.load(path, mmap_mode="r+")
+    if how == "garble":
+        arr[1, :8] = arr[1, :8] + np.float32(0.25)
+    elif how == "permute":
+        arr[[0, 1]] = arr[[1, 0]]
+    else:  # ids out of order
+        arr[[0, 1]] = arr[[1, 0]]
+    arr.flush()
+    del arr
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    from fgsearch.console.cli import app
+
+    r = CliRunner().invoke(app, list(args))
+    assert "Traceback" not in r.output
+    return r.exit_code, r.output
+
+
+@pytest.fixture()
+def built(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, Path]:
+    root = tmp_path / "photos"
+    make_folder(root, n_good=6, bad=False)
+    lib_dir = tmp_path / "lib"
+    with Library.open(
+        lib_dir, model=str(tiny_model_dir), regions=RegionSettings(proposer="grid", max_regions=2)
+    ) as lib:
+        lib.index(root)
+    return lib_dir, root
+
+
+@pytest.mark.parametrize("how", ["garble", "permute"])
+def test_doctor_detects_damaged_vectors_and_repair_plus_index_re_embeds_them(built, tiny_model_dir, how) -> None:
+    lib_dir, root = built
+    _damage_rows(_snapshot_file(lib_dir, "global", "vectors"), how)
+    with Library.open(lib_dir, read_only=True) as lib:
+        rep = lib.doctor()
+        assert not rep["consistent"] and rep["global"]["damaged_vectors"] == 6
+        assert rep["damaged_files"] == [f"global/{_snapshot_file(lib_dir, 'global', 'vectors').name}"]
+    code, out = _cli("doctor", "--library", str(lib_dir))
+    assert code == 1 and "damaged file (checksum mismatch): global/vectors." in out
+    code, out = _cli("doctor", "--repair", "--library", str(lib_dir))
+    assert code == 0 and "repaired" in out
+    with Library.open(lib_dir, model=str(tiny_model_dir)) as lib:
+        assert lib.index(root).indexed == 6  # every image of the damaged block is embedded again
+        rep = lib.doctor()
+        assert rep["consistent"] and rep["global"]["index"] == 6 and not rep["damaged_files"]
+
+
+def _unsorted_ids(lib_dir: Path) -> None:
+    _damage_rows(_snapshot_file(lib_dir, "global", "ids"), "ids")
+
+
+def _truncated_vectors(lib_dir: Path) -> None:
+    p = _snapshot_file(lib_dir, "global", "vectors")
+    p.write_bytes(p.read_bytes()[:-100])
+
+
+def _garbled_journal_header(lib_dir: Path) -> None:
+    p = _snapshot_file(lib_dir, "global", "journal")
+    p.write_bytes(b"garbage!" + p.read_bytes()[8:])
+
+
+def _garbage_manifest(lib_dir: Path) -> None:
+    (lib_dir / "index" / "global" / "manifest.json").write_bytes(b"\x00\xff not json")
+
+
+@pytest.mark.parametrize("damage", [_unsorted_ids, _truncated_vectors, _garbled_journal_header, _garbage_manifest])
+def test_an_index_that_cannot_be_opened_names_the_repair_and_the_repair_works(built, tiny_model_dir, damage) -> None:
+    lib_dir, root = built
+    damage(lib_dir)
+    for args in (["status"], ["doctor"], ["index", str(root), "--model", str(tiny_model_dir)]):
+        code, out = _cli(*args, "--library", str(lib_dir))
+        assert code == 1 and "global vector index is damaged" in out, out
+        assert f"run `fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index`" in out
+        assert len(out.strip().splitlines()) == 1
+    code, out = _cli("doctor", "--repair", "--library", str(lib_dir))
+    assert code == 0 and "repaired" in out, out
+    with Library.open(lib_dir, model=str(tiny_model_dir)) as lib:
+        assert lib.index(root).indexed == 6
+        assert lib.doctor()["consistent"]
+    with Library.open(lib_dir, read_only=True) as lib:
+        assert len(lib.search("a red circle", k=6)) == 6
+
+
+def test_an_empty_catalog_names_the_rebuild(built, tiny_model_dir) -> None:
+    lib_dir, root = built
+    (lib_dir / "catalog.sqlite").write_bytes(b"")
+    for f in ("catalog.sqlite-wal", "catalog.sqlite-shm"):
+        (lib_dir / f).unlink(missing_ok=True)
+    code, out = _cli("status", "--library", str(lib_dir))
+    assert code == 1 and "is empty (its records are lost)" in out and "--reindex --model MODEL" in out
+    code, out = _cli("index", str(root), "--library", str(lib_dir), "--reindex", "--model", str(tiny_model_dir), "-q")
+    assert code == 0, out
+    with Library.open(lib_dir, read_only=True) as lib:
+        assert lib.status()["counts"]["images"] == 6 and lib.doctor()["consistent"]
