@@ -553,17 +553,19 @@ def doctor(
     library: Path | None = LIBRARY_OPT,
     repair: bool = typer.Option(False, "--repair", help="Fix disagreements (remove orphan vectors, re-queue images)."),
 ) -> None:
-    """Check that the catalog and the vector indexes agree."""
+    """Check that the catalog and the vector indexes agree and that index files match their checksums."""
     from fgsearch.library import Library
 
-    with Library.open(library, read_only=not repair) as lib:
+    with Library.open(library, read_only=not repair, create=False, rebuild_damaged=repair) as lib:
         rep = lib.doctor(repair=repair)
     for name in ("global", "regions"):
         r = rep[name]
         typer.echo(
             f"{name}: catalog {r['catalog']}, index {r['index']}, orphan vectors {r['orphan_vectors']}, "
-            f"missing vectors {r['missing_vectors']}"
+            f"missing vectors {r['missing_vectors']}, damaged vectors {r['damaged_vectors']}"
         )
+    for f in rep["damaged_files"]:
+        typer.echo(f"damaged file (checksum mismatch): {f}")
     if rep["consistent"]:
         typer.echo("ok: catalog and indexes agree")
     elif rep["repaired"]:

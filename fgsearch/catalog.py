@@ -257,7 +257,10 @@ class Catalog:
                     f"{', '.join(sorted(tables)[:5])}); choose another --library folder"
                 )
             if self.read_only or not create:
-                raise LibraryError(f"catalog {self.path} is empty; index some images first")
+                raise LibraryError(
+                    f"catalog {self.path} is empty (its records are lost); rebuild the library with "
+                    f"`fgsearch index PHOTOS --library {self.path.parent} --reindex --model MODEL`"
+                )
             with self.engine.begin() as conn:
                 metadata.create_all(conn)
                 conn.execute(sa.insert(meta_t).values(key="schema_version", value=json.dumps(SCHEMA_VERSION)))
@@ -587,11 +590,14 @@ class Catalog:
         with self.engine.connect() as conn:
             return [(p, r or "") for p, r in conn.execute(q)]
 
-    def all_vector_ids(self) -> tuple[list[int], list[int]]:
-        with self.engine.connect() as conn:
-            cids = list(conn.execute(sa.select(contents_t.c.id).where(contents_t.c.state == "ok")).scalars())
+    def all_vector_ids(self, include_pending: bool = False) -> tuple[list[int], list[int]]:
+        """Global and region vector ids of confirmed contents (also of reserved ones: ``include_pending``),
+        read in one transaction."""
+        states = ("ok", "pending") if include_pending else ("ok",)
+        with self.engine.connect() as conn, conn.begin():
+            cids = list(conn.execute(sa.select(contents_t.c.id).where(contents_t.c.state.in_(states))).scalars())
             rids = list(
-                conn.execute(sa.select(regions_t.c.id).join(contents_t).where(contents_t.c.state == "ok")).scalars()
+                conn.execute(sa.select(regions_t.c.id).join(contents_t).where(contents_t.c.state.in_(states))).scalars()
             )
         return cids, rids
 

@@ -230,6 +230,7 @@ def _search_images(lib: Library, q: SearchQuery, qv: np.ndarray, neg: np.ndarray
     if not cand:
         return []
     rows = lib.catalog.contents_by_ids(sorted(cand))  # skips ids the catalog no longer knows
+    rows = lib.visible_contents(rows)  # and a reader skips images its index view does not hold yet
     if not rows:
         return []
     ids = np.asarray([row.id for row in rows], np.int64)
