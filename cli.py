@@ -364,8 +364,12 @@ def query(
     modified_after: str | None = typer.Option(None, "--modified-after", help="File modified on or after YYYY-MM-DD."),
     modified_before: str | None = typer.Option(None, "--modified-before", help="File modified before YYYY-MM-DD."),
     min_score: float | None = typer.Option(None, "--min-score", help="Drop results scoring below this."),
-    w_global: float = typer.Option(0.25, "--w-global", help="Fusion weight of the whole-image score."),
-    w_region: float = typer.Option(0.75, "--w-region", help="Fusion weight of the best-region score."),
+    w_global: float | None = typer.Option(
+        None, "--w-global", help="Weight of the whole-image score [default: 0.25 text, 1 image, 0 box]."
+    ),
+    w_region: float | None = typer.Option(
+        None, "--w-region", help="Weight of the best-region score [default: 0.75 text, 0 image, 1 box]."
+    ),
     w_negative: float = typer.Option(0.5, "--w-not", help="Weight of the --not penalty."),
     text_path: str | None = typer.Option(None, "--text-path", help="Force the short (77) or long (248) text path."),
     json_out: bool = typer.Option(False, "--json", help="Print results as JSON (schema in README)."),
@@ -485,7 +489,7 @@ def _print_hits(console: Any, hits: list[Any]) -> None:
     for h in hits:
         bx = ",".join(f"{v:.2f}" for v in h.box.as_tuple()) if h.box else "-"
         rs = f"{h.region_score:.3f}" if h.region_score is not None else "-"
-        gs = "-" if h.global_score != h.global_score else f"{h.global_score:.3f}"
+        gs = f"{h.global_score:.3f}" if h.global_score is not None and h.global_score == h.global_score else "-"
         line = f"{h.rank:>4}  {h.score:>6.3f}  {gs:>6}  {rs:>6}  {bx:<19}  {_safe(h.path)}"
         console.print(_text(line), soft_wrap=True)
 

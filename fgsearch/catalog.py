@@ -717,20 +717,47 @@ class Catalog:
         modified_before: datetime | None = None,
     ) -> list[int]:
         """Content ids with at least one ok file matching every given condition."""
-        conds: list[Any] = [contents_t.c.state == "ok", files_t.c.status == "ok"]
-        if path_glob:
-            conds.append(files_t.c.path.op("GLOB")(path_glob))
-        if path_prefix:
-            prefix = path_prefix.rstrip(os.sep) + os.sep
-            conds.append(sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix)
+        conds = [contents_t.c.state == "ok", *_file_conditions(path_glob, path_prefix, modified_after, modified_before)]
         if captured_after:
             conds.append(contents_t.c.captured_at >= captured_after)
         if captured_before:
             conds.append(contents_t.c.captured_at < captured_before)
-        if modified_after:
-            conds.append(files_t.c.mtime_ns >= int(modified_after.timestamp() * 1e9))
-        if modified_before:
-            conds.append(files_t.c.mtime_ns < int(modified_before.timestamp() * 1e9))
         q = sa.select(contents_t.c.id).distinct().join(files_t, files_t.c.content_id == contents_t.c.id).where(*conds)
         with self.engine.connect() as conn:
             return list(conn.execute(q).scalars())
+
+    def matching_paths(
+        self,
+        content_ids: Sequence[int],
+        *,
+        path_glob: str | None = None,
+        path_prefix: str | None = None,
+        modified_after: datetime | None = None,
+        modified_before: datetime | None = None,
+    ) -> dict[int, list[str]]:
+        """Per content id, its ok paths (sorted) that pass the file conditions of :meth:`filter_contents`."""
+        conds = _file_conditions(path_glob, path_prefix, modified_after, modified_before)
+        out: dict[int, list[str]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(content_ids)):
+                q = sa.select(files_t.c.content_id, files_t.c.path).where(files_t.c.content_id.in_(chunk), *conds)
+                for cid, path in conn.execute(q.order_by(files_t.c.path)):
+                    out.setdefault(int(cid), []).append(path)
+        return out
+
+
+def _file_conditions(
+    path_glob: str | None, path_prefix: str | None, modified_after: datetime | None, modified_before: datetime | None
+) -> list[Any]:
+    """SQL conditions on one file row: ok, and matching every given path and modification-time filter."""
+    conds: list[Any] = [files_t.c.status == "ok"]
+    if path_glob:
+        conds.append(files_t.c.path.op("GLOB")(path_glob))
+    if path_prefix:
+        prefix = path_prefix.rstrip(os.sep) + os.sep
+        conds.append(sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix)
+    if modified_after:
+        conds.append(files_t.c.mtime_ns >= int(modified_after.timestamp() * 1e9))
+    if modified_before:
+        conds.append(files_t.c.mtime_ns < int(modified_before.timestamp() * 1e9))
+    return conds
