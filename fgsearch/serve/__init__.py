@@ -9,6 +9,7 @@ bearer auth, limits, JSON errors, the static page in ``static/``). Both need the
 from __future__ import annotations
 
 import hmac
+import signal
 from typing import TYPE_CHECKING
 
 from fgsearch.errors import InputError
@@ -68,4 +69,21 @@ def run_server(settings: ServeSettings) -> None:
         timeout_graceful_shutdown=30,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    # uvicorn drains the requests in flight on SIGINT/SIGTERM, then raises the signal again: handled
+    # here, so a server stopped on purpose exits with status 0 (not "killed by SIGTERM")
+    previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(config).run()
+    except _Stopped:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise _Stopped

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_VIEW_RETRIES = 3
 THUMB_SIZES = (128, 256, 512, 1024)  # a requested size is rounded up to one of these (bounded cache)
 
 
@@ -237,7 +238,7 @@ class SearchService:
         now = time.monotonic()
         if not force and now - self._last_reload < self.settings.reload_interval:
             return
-        if not self._reload_lock.acquire(blocking=False):
+        if not self._reload_lock.acquire(blocking=force):
             return  # another thread is reloading right now: searching the current view is fine
         try:
             with self._views.writing():
@@ -260,10 +261,22 @@ class SearchService:
         for name, text in (("text", q.text), ("negative", q.negative)):
             if text is not None and len(text) > s.max_text_chars:
                 raise InputError(f"{name} is {len(text)} characters; at most {s.max_text_chars} are accepted")
+        from fgsearch.indexes import UnknownIdError
+
         self.refresh()
-        info = QueryInfo()
-        with self._views.reading():
-            hits = run_search(self.lib, replace(q, k=offset + q.k + 1), info)  # one more: is there a next page?
+        for attempt in range(_VIEW_RETRIES):
+            info = QueryInfo()
+            try:
+                with self._views.reading():
+                    hits = run_search(self.lib, replace(q, k=offset + q.k + 1), info)  # one more: a next page?
+                break
+            except UnknownIdError:
+                # The catalog is read live but the vector indexes are a view loaded a moment ago: an
+                # indexer confirmed a batch after this view was loaded. Its vectors were flushed
+                # before it was confirmed, so a fresh view has them.
+                if attempt == _VIEW_RETRIES - 1:
+                    raise
+                self.refresh(force=True)
         more = len(hits) > offset + q.k
         return hits[offset : offset + q.k], info, more
 
