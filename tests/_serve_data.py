@@ -96,3 +96,46 @@ def start_server(lib_dir: Path, *args: str, timeout: float = 90.0) -> tuple[Any,
 def serve_library_fixture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """One library for every serve test that only reads (13 images: 12 photos + sideways.jpg)."""
     return build_library(tmp_path_factory.mktemp("serve"))
+
+
+def build_large_library(root: Path, n: int) -> Path:
+    """A library of ``n`` real tiny PNG files whose vectors are random (nothing is embedded): big
+    enough to page through, quick to make. Catalog rows are written the way the indexer writes them."""
+    import hashlib
+
+    import numpy as np
+
+    from fgsearch.library import Library
+    from fgsearch.regions import RegionSettings
+
+    photos = root / "photos"
+    photos.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with Library.open(root / "lib", model=DEMO_DIR, device="cpu", regions=RegionSettings("grid", max_regions=2)) as lib:
+        dim = lib.encoder.dim
+        items, files = [], []
+        for i in range(n):
+            path = photos / f"{i // 1000:02d}" / f"p{i:05d}.png"
+            path.parent.mkdir(exist_ok=True)
+            Image.new("RGB", (48, 36), (i % 256, (i // 256) % 256, 160)).save(path)
+            data = path.read_bytes()
+            st = path.stat()
+            boxes = [(0.1, 0.1, 0.6, 0.6), (0.4, 0.3, 0.9, 0.9)]
+            items.append({"sha256": hashlib.sha256(data).hexdigest(), "width": 48, "height": 36, "boxes": boxes})
+            items[-1]["proposer"] = "grid"
+            files.append((str(path), st.st_size, st.st_mtime_ns))
+        cids, rids = lib.catalog.reserve_contents(items)
+
+        def unit(k: int) -> np.ndarray:
+            v = rng.normal(size=(k, dim)).astype(np.float32)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+        lib.global_index.add(np.asarray(cids, np.int64), unit(len(cids)))
+        flat = np.asarray([r for rr in rids for r in rr], np.int64)
+        lib.region_index.add(flat, unit(len(flat)))
+        lib.global_index.flush()
+        lib.region_index.flush()
+        lib.catalog.confirm_contents(cids, files, lib.catalog.begin_run())
+        lib.global_index.save()
+        lib.region_index.save()
+    return root / "lib"

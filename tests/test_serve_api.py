@@ -12,6 +12,8 @@ from _library_data import png_bomb_header
 from _serve_data import make_client, png_bytes, serve_library_fixture  # noqa: F401  (the fixture serve_library)
 from PIL import Image
 
+from fgsearch.search import FusionWeights
+
 pytest.importorskip("fastapi")
 
 HIT_KEYS = {
@@ -73,6 +75,21 @@ def test_pages_join_into_the_full_ranking(served) -> None:
     assert [h["rank"] for h in second["results"]] == [5, 6, 7, 8, 9]
     last = _search(client, text="a small green star", k=10, offset=10).json()
     assert last["more"] is False and len(last["results"]) == 3  # 13 images in all
+
+
+def test_negative_text_weights_and_filters_reach_the_search(served) -> None:
+    client, service, _ = served
+    body = _search(client, text="a red circle", negative="a green star", weights={"negative": 0.9}, k=13).json()
+    direct = service.lib.search("a red circle", negative="a green star", k=13, weights=FusionWeights(negative=0.9))
+    assert [(h["image_id"], h["score"]) for h in body["results"]] == [(h.image_id, round(h.score, 6)) for h in direct]
+    assert body["query"]["not"] == "a green star"
+    globbed = _search(client, text="a red circle", k=20, filters={"path": "*/00000[0-4].png"}).json()["results"]
+    assert sorted(Path(h["path"]).name for h in globbed) == [f"00000{i}.png" for i in range(5)]
+    assert _search(client, text="a red circle", filters={"taken_after": "2020-01-01"}).json()["results"] == []
+    assert (
+        len(_search(client, text="a red circle", k=50, filters={"modified_after": "2020-01-01"}).json()["results"])
+        == 13
+    )
 
 
 def test_region_ranking_has_null_global_score(served) -> None:

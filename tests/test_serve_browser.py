@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _serve_data import build_library, start_server
+from _serve_data import build_large_library, build_library, start_server
 
 CHROMIUM = os.environ.get("FGSEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -24,6 +24,9 @@ pytestmark = [
 
 # a file name that would run script if the page ever put names into HTML
 HOSTILE = "<img src=x onerror=alert(1)>.png"
+VISIBLE_THUMBS_LOADED = """() => [...document.querySelectorAll('#grid .card')]
+    .filter(c => { const r = c.getBoundingClientRect(); return r.bottom > 0 && r.top < innerHeight; })
+    .every(c => { const i = c.querySelector('img'); return i.complete && i.naturalWidth > 0; })"""
 VIEWER_LOADED = "() => { const i = document.getElementById('viewer-img'); return i.complete && i.naturalWidth > 0; }"
 
 
@@ -53,14 +56,6 @@ def browser():
         b.close()
 
 
-def _thumbs_loaded(page, n: int) -> None:
-    page.wait_for_function(
-        "n => [...document.querySelectorAll('#grid .card img')].filter(i => i.complete && i.naturalWidth).length >= n",
-        arg=n,
-        timeout=30_000,
-    )
-
-
 def test_query_open_photo_and_draw_a_box(server: str, browser, shots: Path) -> None:
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     dialogs: list[str] = []
@@ -71,7 +66,7 @@ def test_query_open_photo_and_draw_a_box(server: str, browser, shots: Path) -> N
     page.fill("#q", "a big red circle")
     page.press("#q", "Enter")
     page.wait_for_selector("#grid .card .box.best")
-    _thumbs_loaded(page, 6)
+    page.wait_for_function(VISIBLE_THUMBS_LOADED)
     assert "q=a+big+red+circle" in page.url  # shareable
     n_cards = page.locator("#grid .card").count()
     assert n_cards >= 10
@@ -106,7 +101,7 @@ def test_query_open_photo_and_draw_a_box(server: str, browser, shots: Path) -> N
     page.wait_for_selector("#viewer", state="hidden")
     page.wait_for_function("() => document.getElementById('image-query-label').textContent.startsWith('Region of')")
     page.wait_for_selector("#grid .card .box.best")
-    _thumbs_loaded(page, 6)
+    page.wait_for_function(VISIBLE_THUMBS_LOADED)
     assert "box=" in page.url and "image=" in page.url and "q=" not in page.url  # the region is the query
     page.screenshot(path=str(shots / "4-region-results.png"))
     label = page.text_content("#image-query-label") or ""
@@ -134,10 +129,34 @@ def test_token_prompt_kept_for_the_session(tmp_path_factory: pytest.TempPathFact
         page.fill("#token", "s3cret-token")
         page.press("#token", "Enter")
         page.wait_for_selector("#grid .card .box.best")
-        _thumbs_loaded(page, 3)
+        page.wait_for_function(VISIBLE_THUMBS_LOADED)
         page.reload()  # the same tab keeps the token: no second prompt
         page.wait_for_selector("#grid .card")
         assert page.locator("#token-dialog").is_hidden()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_10000_image_library_pages_as_you_scroll(tmp_path_factory: pytest.TempPathFactory, browser, shots) -> None:
+    lib = build_large_library(tmp_path_factory.mktemp("browser-large"), 10_000)
+    proc, url = start_server(lib)
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(url + "/?q=a+small+red+circle")
+        page.wait_for_function("() => document.querySelectorAll('#grid .card').length === 60")
+        assert "60 results so far" in (page.text_content("#status") or "")
+        for pages in (2, 3):
+            page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+            page.wait_for_function(f"() => document.querySelectorAll('#grid .card').length === {60 * pages}")
+        page.wait_for_function("() => !document.getElementById('status').textContent.startsWith('Searching')")
+        page.wait_for_function(VISIBLE_THUMBS_LOADED)
+        # thumbnails are fetched as cards come into view, not all at once
+        loaded = page.evaluate("() => [...document.querySelectorAll('#grid .card img')].filter(i => i.src).length")
+        assert loaded < page.locator("#grid .card").count()
+        page.screenshot(path=str(shots / "6-paged-grid-10000.png"))
+        ranks = page.evaluate("() => [...document.querySelectorAll('#grid .card')].map(c => c.dataset.imageId)")
+        assert len(set(ranks)) == len(ranks)  # pages join without repeats
     finally:
         proc.terminate()
         proc.wait(timeout=30)
