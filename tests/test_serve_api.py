@@ -16,21 +16,6 @@ from fgsearch.search import FusionWeights
 
 pytest.importorskip("fastapi")
 
-HIT_KEYS = {
-    "rank",
-    "score",
-    "global_score",
-    "region_score",
-    "path",
-    "paths",
-    "box",
-    "region_id",
-    "image_id",
-    "width",
-    "height",
-    "captured_at",
-}
-
 
 @pytest.fixture(scope="module")
 def served(serve_library):
@@ -59,9 +44,9 @@ def test_search_returns_the_libraries_ranking_in_the_cli_schema(served) -> None:
     body = resp.json()
     assert set(body["query"]) >= {"text", "image", "box", "not", "by", "k", "text_path"}
     assert body["query"]["text_path"] == "short"
-    assert [set(h) for h in body["results"]] == [HIT_KEYS] * 5
     assert body["more"] is True
     direct = service.lib.search("a big red circle", k=5)
+    assert [set(h) for h in body["results"]] == [set(direct[0].to_dict())] * 5
     assert [h["image_id"] for h in body["results"]] == [h.image_id for h in direct]
     assert body["results"][0] == json.loads(json.dumps(direct[0].to_dict()))
 
