@@ -775,3 +775,26 @@ def main() -> None:
     except FgsearchError as e:
         typer.echo(f"error: {_safe(str(e))}", err=True)
         sys.exit(1)
+
+
+@app.command()
+@_errors
+def serve(
+    library: Path | None = LIBRARY_OPT,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --token."),
+    port: int = typer.Option(7860, "--port", help="TCP port."),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP + " Default: the library's own."),
+    token: str | None = typer.Option(
+        None, "--token", envvar="FGSEARCH_TOKEN", help="Require 'Authorization: Bearer TOKEN' on every API route."
+    ),
+    cors: str | None = typer.Option(None, "--cors", help="Let pages from this origin (https://host) call the API."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
+) -> None:
+    """Serve the library: a web page at / and a JSON API (OpenAPI at /docs); the model loads once."""
+    from fgsearch.serve import run_server
+    from fgsearch.serve.engine import ServeSettings
+
+    where = str(library) if library else None
+    settings = ServeSettings(library=where, model=model, device=device, host=host, port=port, token=token, cors=cors)
+    typer.echo(f"fgsearch serve: loading the library and the model; then http://{host}:{port}/", err=True)
+    run_server(settings)
