@@ -163,7 +163,7 @@ def test_corrupt_and_bomb_uploads_are_refused_before_decoding(served) -> None:
     assert "uploaded image: not an image" in _error(garbage, 400)
     bomb = client.post("/api/search", files={"image": ("b.png", png_bomb_header(20000, 20000))})
     msg = _error(bomb, 400)
-    assert "(400 megapixels), over the 50 limit" in msg
+    assert "(400 megapixels), over the 50 megapixel limit" in msg
     assert "--max-megapixels" not in msg  # the indexer's flag is no fix for a client
 
 
