@@ -7,6 +7,7 @@ heavy modules (torch, faiss, the model) are imported inside the commands so ``--
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -406,7 +407,7 @@ def query(
         html_out = check_target(html_out, (".html", ".htm"))
     filters = Filters(
         path_glob=path_glob,
-        path_prefix=str(Path(path_prefix).expanduser().resolve()) if path_prefix else None,
+        path_prefix=os.path.abspath(os.path.expanduser(path_prefix)) if path_prefix else None,  # as ingest stores paths
         captured_after=_parse_time(captured_after, "--taken-after"),
         captured_before=_parse_time(captured_before, "--taken-before"),
         modified_after=_parse_time(modified_after, "--modified-after"),
