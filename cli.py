@@ -428,7 +428,7 @@ def query(
     info = QueryInfo()
     with Library.open(library, read_only=True, device=device) as lib:
         hits = run_search(lib, q, info)
-    console = _console(json_out)
+    console = _console(json_out or paths_out)  # stdout holds only the JSON or the paths
     for notice in info.notices:
         console.print(_text(f"notice: {notice}"))
     if json_out:
