@@ -159,7 +159,7 @@ MODEL_HELP = "Model: registry name (fgsearch models), hf-hub:ORG/NAME or a check
 def _console(json_mode: bool = False):
     from rich.console import Console
 
-    return Console(stderr=json_mode)
+    return Console(stderr=json_mode, soft_wrap=True)  # never fold a line (a path) at the terminal width
 
 
 @app.command()
