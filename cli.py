@@ -431,6 +431,8 @@ def query(
     console = _console(json_out or paths_out)  # stdout holds only the JSON or the paths
     for notice in info.notices:
         console.print(_text(f"notice: {notice}"))
+    if filters.path_prefix and not os.path.isdir(filters.path_prefix):
+        console.print(_text(f"warning: --under {filters.path_prefix}: no such folder on disk"))
     if json_out:
         typer.echo(
             json.dumps(
