@@ -68,8 +68,9 @@ class FiltersIn(BaseModel):
 
 class WeightsIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    global_: float = Field(default=0.25, alias="global")
-    region: float = 0.75
+    # None: the default for the kind of query (text, image, box; see fgsearch.search), as in the CLI
+    global_: float | None = Field(default=None, alias="global")
+    region: float | None = None
     negative: float = 0.5
 
 
