@@ -72,3 +72,21 @@ def make_folder(root: Path, n_good: int = 6, bad: bool = True, seed: int = 0) ->
     (root / ".hidden").mkdir(exist_ok=True)
     scene(5).save(root / ".hidden" / "secret.jpg")
     return out
+
+
+def demo_cli_library(tmp_path: Path, n_good: int) -> str:
+    """``fgsearch index`` of ``n_good`` generated photos with the shipped demo model, global
+    vectors only, through the CLI; returns the library path."""
+    from typer.testing import CliRunner
+
+    from fgsearch.console.cli import app
+    from fgsearch.model import REGISTRY
+
+    make_folder(tmp_path / "photos", n_good=n_good, bad=False)
+    lib = str(tmp_path / "lib")
+    demo = str(REGISTRY["demo"].local_dir)
+    r = CliRunner().invoke(
+        app, ["index", str(tmp_path / "photos"), "--library", lib, "--model", demo, "--regions", "none", "--quiet"]
+    )
+    assert r.exit_code == 0, r.output
+    return lib

@@ -7,34 +7,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from _library_data import make_folder
+from _library_data import demo_cli_library
 from typer.testing import CliRunner
 
 from fgsearch.console.cli import app
-from fgsearch.model import REGISTRY
 
 LONG_TEXT = "a large red circle on the left of a small blue square " * 30  # far over 248 tokens
 
 
 def test_paths_output_holds_only_paths_when_the_text_is_truncated(tmp_path: Path) -> None:
-    make_folder(tmp_path / "photos", n_good=3, bad=False)
-    lib = str(tmp_path / "lib")
+    lib = demo_cli_library(tmp_path, n_good=3)
     runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "index",
-            str(tmp_path / "photos"),
-            "--library",
-            lib,
-            "--model",
-            str(REGISTRY["demo"].local_dir),
-            "--regions",
-            "none",
-            "--quiet",
-        ],
-    )
-    assert r.exit_code == 0, r.output
     for extra in (["--paths"], ["--paths", "-0"]):
         r = runner.invoke(app, ["query", LONG_TEXT, "--library", lib, "-k", "3", *extra])
         assert r.exit_code == 0, r.output
@@ -46,24 +29,8 @@ def test_paths_output_holds_only_paths_when_the_text_is_truncated(tmp_path: Path
 
 def test_under_a_folder_that_does_not_exist_warns(tmp_path: Path) -> None:
     """It answered a bare "no results", as if the folder held nothing that matched."""
-    make_folder(tmp_path / "photos", n_good=2, bad=False)
-    lib = str(tmp_path / "lib")
+    lib = demo_cli_library(tmp_path, n_good=2)
     runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "index",
-            str(tmp_path / "photos"),
-            "--library",
-            lib,
-            "--model",
-            str(REGISTRY["demo"].local_dir),
-            "--regions",
-            "none",
-            "--quiet",
-        ],
-    )
-    assert r.exit_code == 0, r.output
     missing = tmp_path / "photoz"
     r = runner.invoke(app, ["query", "a photo", "--library", lib, "--under", str(missing)])
     assert r.exit_code == 0, r.output

@@ -6,32 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _library_data import make_folder, png_bomb_header
+from _library_data import demo_cli_library, png_bomb_header
 from typer.testing import CliRunner
 
 from fgsearch.console.cli import app
-from fgsearch.model import REGISTRY
 
 
 def test_a_bomb_query_image_names_no_flag_query_lacks(tmp_path: Path) -> None:
-    make_folder(tmp_path / "photos", n_good=2, bad=False)
-    lib = str(tmp_path / "lib")
+    lib = demo_cli_library(tmp_path, n_good=2)
     runner = CliRunner()
-    r = runner.invoke(
-        app,
-        [
-            "index",
-            str(tmp_path / "photos"),
-            "--library",
-            lib,
-            "--model",
-            str(REGISTRY["demo"].local_dir),
-            "--regions",
-            "none",
-            "--quiet",
-        ],
-    )
-    assert r.exit_code == 0, r.output
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_bomb_header(30000, 30000))
     r = runner.invoke(app, ["query", "--image", str(bomb), "--library", lib])
