@@ -473,10 +473,12 @@ def train(
         "--init",
         help="tiny (fresh small model), a registry name, a checkpoint dir, hf-hub:ORG/NAME, or openai-clip:DIR.",
     ),
-    steps: int = typer.Option(1000, "--steps"),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    lr: float = typer.Option(5e-4, "--lr"),
-    weight_decay: float = typer.Option(0.1, "--weight-decay"),
+    steps: int = typer.Option(1000, "--steps", help="Optimizer steps in all (a resumed run stops at the same step)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Image-text pairs per batch (per process)."),
+    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (AdamW)."),
+    weight_decay: float = typer.Option(
+        0.1, "--weight-decay", help="AdamW weight decay (not on norms, biases and embeddings)."
+    ),
     warmup: int = typer.Option(100, "--warmup", help="Linear warmup steps, then cosine decay."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Batches per optimizer step."),
     clip_grad: float = typer.Option(1.0, "--clip-grad", help="Gradient norm clip (0: off)."),
@@ -488,8 +490,8 @@ def train(
     ),
     save_every: int = typer.Option(500, "--save-every", help="Checkpoint every N steps."),
     eval_every: int = typer.Option(500, "--eval-every", help="Held-out evaluation every N steps."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
+    seed: int = typer.Option(0, "--seed", help="Random seed (data order and a fresh model's weights)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
     tiny_image_size: int = typer.Option(96, "--tiny-image-size", help="With --init tiny: input size."),
     tiny_patch: int = typer.Option(12, "--tiny-patch", help="With --init tiny: patch size."),
@@ -524,23 +526,26 @@ def train(
         tiny_width=tiny_width,
         tiny_layers=tiny_layers,
     )
+    from contextlib import ExitStack
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(
-        TextColumn("training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        console=_console(),
-        transient=False,
-    ) as bar:
-        task = bar.add_task("train", total=steps, info="")
+    console = _console()
+    with ExitStack() as stack:
+        live: list[tuple[Progress, Any]] = []  # the bar starts with the first step: none before an error
 
         def progress(step: int, total: int, m: dict[str, float]) -> None:
+            if not live:
+                columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"))
+                bar = stack.enter_context(Progress(*columns, TimeRemainingColumn(), console=console))
+                live.append((bar, bar.add_task("train", total=total, completed=step - 1, info="")))
+            bar, task = live[0]
             bar.update(task, completed=step, info=f"loss {m.get('loss', float('nan')):.3f}")
 
-        path = run_train(cfg, progress=progress)
+        def notice(message: str) -> None:
+            console.print(message, highlight=False, markup=False)
+
+        path = run_train(cfg, progress=progress, notice=notice)
     typer.echo(f"model saved in {path} (use it with --model {path}); log: {path / 'log.jsonl'}")
 
 
@@ -587,8 +592,8 @@ def eval_(
         ..., "--data", help="Local dataset folder (or file); the error names the expected layout."
     ),
     model: str = typer.Option("fg-clip-base", "--model", "-m", help=MODEL_HELP),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images (or texts) per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N images (a quick check, not comparable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:

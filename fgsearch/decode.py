@@ -1,6 +1,9 @@
 """Reading one image file safely: every way a file can be bad becomes a short reason.
 
-:func:`load_image` reads the bytes once (they are hashed by the caller and decoded here), checks
+:func:`open_image` is the one way fgsearch opens an image file by path (indexing, query images,
+thumbnails): regular files only (a FIFO or a device never blocks or floods the reader), then
+:func:`load_image`. :func:`read_small_file` reads other untrusted files (sidecars) the same way,
+with a size cap. :func:`load_image` reads the bytes once (they are hashed by the caller and decoded here), checks
 the pixel count against ``max_megapixels`` BEFORE decoding pixels (decompression bombs), fully
 decodes (truncated data is an error, never silently padded), applies EXIF orientation and returns
 an 8-bit RGB image. Animated images and multi-page TIFFs give their first frame.
@@ -10,6 +13,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +22,7 @@ from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
-from fgsearch.errors import ImageError
+from fgsearch.errors import FgsearchError, ImageError
 from fgsearch.model.preprocess import to_rgb
 
 logger = logging.getLogger(__name__)
@@ -45,6 +50,64 @@ class LoadedImage:
     width: int
     height: int
     captured_at: datetime | None
+
+
+class UnsafeFileError(FgsearchError):
+    """A file to read is not a regular file (a FIFO, a device, a socket, a folder), or is bigger
+    than its reader accepts."""
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open ``path`` for reading if it is a regular file (symbolic links followed).
+
+    The check is made on the opened descriptor (no race with a file swapped in between), and the
+    open itself does not block: opening a FIFO for reading would otherwise wait for a writer."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a pipe, device or socket"
+            raise UnsafeFileError(f"{os.fspath(path)} is {kind}, not a regular file; give an image file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_small_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (a sidecar): :class:`UnsafeFileError`
+    for a FIFO, a device or a bigger file (``/dev/zero`` would otherwise be read until memory
+    runs out)."""
+    with open_regular(path) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UnsafeFileError(f"{os.fspath(path)} is bigger than {limit:,} bytes")
+    return data
+
+
+def open_image(
+    path: str | os.PathLike[str],
+    *,
+    max_megapixels: float = 100.0,
+    min_side: int = 1,
+    draft: tuple[int, int] | None = None,
+) -> LoadedImage:
+    """Decode the image file at ``path`` through every guard of :func:`load_image` (format
+    allow-list: never Ghostscript; pixel limit before decoding) after :func:`open_regular`.
+    Raises :class:`ImageError` with a short reason (the caller names the file)."""
+    try:
+        with open_regular(path) as f:
+            return load_image(f, max_megapixels=max_megapixels, min_side=min_side, draft=draft)
+    except UnsafeFileError as e:
+        raise ImageError("not a regular file (a pipe, device, socket or folder); give an image file") from e
+    except FileNotFoundError as e:
+        raise ImageError("file does not exist") from e
+    except PermissionError as e:
+        raise ImageError("permission denied; make the file readable (chmod +r)") from e
+    except OSError as e:  # load_image turns decoder errors into ImageError: this is the open itself
+        raise ImageError(f"cannot read: {e.strerror or e}") from e
 
 
 def _captured_at(img: Image.Image) -> datetime | None:
@@ -112,7 +175,6 @@ def load_image(
                 )
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", (draft[1] * 2, draft[0] * 2))
-            img.seek(0)
             img.load()
             rgb = to_rgb(img)
             captured = _captured_at(img)

@@ -119,15 +119,24 @@ ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 def _prepare(
     entry: Any, known: set[str], lib: Library, opts: IndexOptions, root: str | None, sidecar: SidecarBoxes | None
 ) -> _Prepared:
-    """Worker: read, hash, decode and preprocess one file (never raises for a bad file)."""
+    """Worker: read, hash, decode and preprocess one file (never raises for a bad file).
+
+    ``known`` holds the hashes already embedded or queued for embedding; it only grows, so a hit
+    means the decode can be skipped. A miss decides nothing: the main thread decides new vs reuse
+    (:func:`run_index`), because an earlier copy may be queued after this worker looked."""
+    from fgsearch.decode import UnsafeFileError, open_regular
+
     base = _Prepared("failed", entry.path, entry.size, entry.mtime_ns)
     try:
-        with open(entry.path, "rb") as f:
+        with open_regular(entry.path) as f:
             source = _read_and_hash(f, base)
             if base.sha256 in known:
                 base.kind = "reuse"
                 return base
             return _decode(source, base, lib, opts, root, sidecar)  # never raises
+    except UnsafeFileError:
+        base.reason = "not a regular file (a pipe, device or socket); it is never read"
+        return base
     except PermissionError:
         base.reason = "permission denied; make the file readable (chmod +r)"
         return base
@@ -259,10 +268,12 @@ def run_index(
     cat.commit()
 
     sidecar = SidecarBoxes(settings.sidecar) if settings.proposer == "sidecar" and settings.sidecar else None
-    known = cat.content_hashes()
+    # Content already embedded, plus content queued for embedding by this run: grown only by the
+    # main thread as it assembles batches, so a second copy of the same bytes is always linked to
+    # the first (committed in its batch before any link is written), never reserved twice.
+    reserved = cat.content_hashes()
     batch: list[_Prepared] = []
     links: list[_Prepared] = []
-    in_batch: dict[str, _Prepared] = {}
     done = 0
     total = len(todo)
     if progress:
@@ -273,18 +284,16 @@ def run_index(
         if batch:
             report.regions += _embed_and_store(lib, batch, settings, run_id)
             report.indexed += len(batch)
-            known.update(p.sha256 for p in batch)
         if links:
             for p in links:
                 cat.link_file(p.path, p.size, p.mtime_ns, p.sha256, run_id)
             report.reused += len(links)
             cat.commit()
         batch, links = [], []
-        in_batch.clear()
 
     def work(item: tuple[str, Any]) -> _Prepared:
         root, e = item
-        return _prepare(e, known, lib, opts, root, sidecar)
+        return _prepare(e, reserved, lib, opts, root, sidecar)
 
     with ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool:
         for prep in _ordered(pool, work, todo, ahead=max(2 * batch_size, 8)):
@@ -292,11 +301,11 @@ def run_index(
             if prep.kind == "failed":
                 cat.record_failure(prep.path, prep.size, prep.mtime_ns, prep.reason, run_id)
                 _note_failure(report, prep.path, prep.reason, max_failures_listed)
-            elif prep.kind == "reuse" or prep.sha256 in in_batch:
+            elif prep.sha256 in reserved:  # a worker's "reuse", or a copy it decoded before its original was queued
                 links.append(prep)
             else:
                 batch.append(prep)
-                in_batch[prep.sha256] = prep
+                reserved.add(prep.sha256)
             if len(batch) >= batch_size:
                 flush_batch()
             if progress:

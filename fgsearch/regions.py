@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import torch
 
 PROPOSERS = ("auto", "grid", "none", "sidecar")
+SIDECAR_MAX_BYTES = 16 << 20  # an <image>.json of boxes; bigger is not a sidecar (or is /dev/zero)
+COCO_MAX_BYTES = 4 << 30  # COCO 2017's train instances file is 450 MB
 
 
 @dataclass(frozen=True)
@@ -364,8 +366,10 @@ class SidecarBoxes:
             self._load_coco(Path(spec))
 
     def _load_coco(self, path: Path) -> None:
+        from fgsearch.decode import UnsafeFileError, read_small_file
+
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_small_file(path, COCO_MAX_BYTES))
             images = {im["id"]: im for im in data["images"]}
             for ann in data.get("annotations", []):
                 im = images[ann["image_id"]]
@@ -374,6 +378,8 @@ class SidecarBoxes:
                 self.sizes[name] = (int(im["width"]), int(im["height"]))
         except FileNotFoundError as e:
             raise DataError(f"sidecar file {path} does not exist; pass a COCO instances JSON or 'per-image'") from e
+        except (UnsafeFileError, OSError) as e:
+            raise DataError(f"sidecar {path} cannot be read ({e}); pass a COCO instances JSON file") from e
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"sidecar {path} is not a COCO instances JSON (images + annotations): {e}") from e
 
@@ -389,10 +395,12 @@ class SidecarBoxes:
 
     @staticmethod
     def _per_image(image_path: str, width: int, height: int) -> list[Box]:
+        from fgsearch.decode import UnsafeFileError, read_small_file
+
         for cand in (image_path + ".json", os.path.splitext(image_path)[0] + ".json"):
-            if os.path.exists(cand):
+            if os.path.lexists(cand):
                 try:
-                    data = json.loads(Path(cand).read_text())
+                    data = json.loads(read_small_file(cand, SIDECAR_MAX_BYTES))
                     if "boxes" in data:
                         return [Box.clipped(*b) for b in data["boxes"]]
                     return [_xywh(b, width, height) for b in data["boxes_xywh_pixels"]]
@@ -400,6 +408,8 @@ class SidecarBoxes:
                     raise DataError(
                         f'sidecar {cand} is malformed ({e}); expected {{"boxes": [[x1,y1,x2,y2], ...]}}'
                     ) from e
+                except (UnsafeFileError, OSError) as e:
+                    raise DataError(f"sidecar {cand} cannot be read ({e}); make it a small JSON file") from e
         return []
 
 

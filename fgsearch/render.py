@@ -34,15 +34,13 @@ class RenderItem:
 
 
 def _thumbnail(path: str, size: int) -> Image.Image:
-    from fgsearch.model.preprocess import to_rgb
+    from fgsearch.decode import open_image
 
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (size * 2, size * 2))
-            rgb = to_rgb(im)
-            scale = size / max(rgb.size)  # fit the tile: shrink big photos, enlarge small ones
-            new = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-            return rgb.resize(new, Image.Resampling.BICUBIC)
+        rgb = open_image(path, draft=(size, size)).image  # the indexer's guards: never Ghostscript
+        scale = size / max(rgb.size)  # fit the tile: shrink big photos, enlarge small ones
+        new = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        return rgb.resize(new, Image.Resampling.BICUBIC)
     except Exception as e:  # a file that vanished or broke since indexing still gets a tile
         logger.warning("cannot read %s for the picture: %s", path, e)
         tile = Image.new("RGB", (size, size), (60, 60, 60))

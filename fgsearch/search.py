@@ -164,15 +164,13 @@ def encode_query(lib: Library, q: SearchQuery, info: QueryInfo) -> tuple[np.ndar
 def _image_vector(lib: Library, image: Any, box: Box | None) -> np.ndarray:
     from PIL import Image
 
-    from fgsearch.model import to_rgb
+    from fgsearch.decode import open_image
 
     if isinstance(image, Image.Image):
         img = image
     else:
         try:
-            with Image.open(image) as im:
-                im.load()
-                img = to_rgb(im)
+            img = open_image(image).image  # the indexer's guards: format allow-list, pixel limit, regular file
         except FileNotFoundError as e:
             raise ImageError(f"query image {image} does not exist") from e
         except Exception as e:

@@ -253,6 +253,7 @@ lib.index(sys.argv[3], batch_size=2, workers=1)
 """
 
 
+@pytest.mark.slow
 def test_kill9_midway_then_rerun_is_consistent(tmp_path: Path, tiny_model_dir: Path) -> None:
     root = tmp_path / "photos"
     root.mkdir()
