@@ -82,10 +82,13 @@ def models() -> None:
 
     from fgsearch.model import REGISTRY, is_cached
 
-    table = Table("name", "source", "image size", "present", "description")
+    table = Table("name", "family", "source", "image size", "present", "description")
     for spec in REGISTRY.values():
         size = "x".join(map(str, spec.image_size)) if spec.image_size else "from checkpoint"
-        table.add_row(spec.name, spec.source, size, "yes" if is_cached(spec) else "no", spec.description)
+        if spec.family == "fgclip2":
+            size = "NaFlex, 128-1024 patches"
+        present = "yes" if is_cached(spec) else "no"
+        table.add_row(spec.name, spec.family or "-", spec.source, size, present, spec.description)
     Console().print(table)
     typer.echo("Also accepted: --model PATH (a checkpoint directory) or --model hf-hub:ORG/NAME[@REVISION].")
 

@@ -12,6 +12,15 @@ Candidates are the union of the top hits of both indexes (over-fetched); every c
 scores are then computed exactly from its stored vectors, so the ranking does not depend on which
 list found it. Defaults: ``w_global = 0.25``, ``w_region = 0.75``, ``w_negative = 0.5``. With ``by="region"``
 the regions themselves are ranked by ``<q, r>``.
+
+Text walks: the image vectors are compared with the text's global walk (short or long, by length);
+region vectors are compared with the family's REGION walk, which for FG-CLIP 2 is its box walk for
+texts that fit the short length (object phrases, as the model was trained) and the long walk
+otherwise; FG-CLIP uses the same walk for both. A forced ``text_path`` applies to both.
+
+Probabilities: for a text query on a family with a calibration (FG-CLIP 2:
+``sigmoid(cos * exp(logit_scale) + logit_bias)``) every hit also reports the model's own
+probability for its global and its region cosine; ranking stays on the cosines.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +111,8 @@ class SearchHit:
     width: int
     height: int
     captured_at: datetime | None
+    probability: float | None = None  # the model's probability for global_score (text queries, calibrated families)
+    region_probability: float | None = None  # the same for region_score
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +128,8 @@ class SearchHit:
             "width": self.width,
             "height": self.height,
             "captured_at": self.captured_at.isoformat() if self.captured_at else None,
+            "probability": None if self.probability is None else round(self.probability, 6),
+            "region_probability": None if self.region_probability is None else round(self.region_probability, 6),
         }
 
 
@@ -125,6 +138,7 @@ class QueryInfo:
     """What the search did, for display: which text path, what got truncated, timings."""
 
     text_path: str | None = None
+    region_walk: str | None = None  # the walk region vectors were matched with
     truncated_tokens: int = 0
     encode_ms: float = 0.0
     search_ms: float = 0.0
@@ -135,30 +149,42 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
-def encode_query(lib: Library, q: SearchQuery, info: QueryInfo) -> tuple[np.ndarray, np.ndarray | None]:
-    """Query vector (and negative vector) from text and/or image."""
+@dataclass
+class QueryVectors:
+    """A query as vectors: for images, for regions (the family's region walk), and a negative."""
+
+    image: np.ndarray
+    region: np.ndarray
+    negative: np.ndarray | None
+    calibrated: bool  # a text-only query on a family whose scores have a probability
+
+
+def encode_query(lib: Library, q: SearchQuery, info: QueryInfo) -> QueryVectors:
+    """Query vectors (and negative vector) from text and/or image."""
     from fgsearch.model import TextTruncatedWarning
 
     enc = lib.encoder
     if (q.text is None or not q.text.strip()) and q.image is None:
         raise InputError("empty query: give a text, --image PATH, or both")
-    parts = []
+    parts: list[np.ndarray] = []
+    region_parts: list[np.ndarray] = []
     if q.text is not None and q.text.strip():
         path = q.text_path or enc.text_path(q.text).value
-        info.text_path = path
+        walk = q.text_path or enc.region_walk(q.text).value
+        info.text_path, info.region_walk = path, walk
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TextTruncatedWarning)
             parts.append(enc.encode_texts([q.text], path=path)[0])
+            region_parts.append(parts[-1] if walk == path else enc.encode_texts([q.text], path=walk)[0])
         for w in caught:
-            if issubclass(w.category, TextTruncatedWarning):
+            if issubclass(w.category, TextTruncatedWarning) and str(w.message) not in info.notices:
                 info.notices.append(str(w.message))
     if q.image is not None:
         parts.append(_image_vector(lib, q.image, q.box))
-    vec = _unit(np.sum(parts, axis=0))
-    neg = None
-    if q.negative:
-        neg = enc.encode_texts([q.negative])[0]
-    return vec, neg
+        region_parts.append(parts[-1])
+    neg = enc.encode_texts([q.negative])[0] if q.negative else None
+    calibrated = q.image is None and enc.calibration is not None
+    return QueryVectors(_unit(np.sum(parts, axis=0)), _unit(np.sum(region_parts, axis=0)), neg, calibrated)
 
 
 def _image_vector(lib: Library, image: Any, box: Box | None) -> np.ndarray:
@@ -193,12 +219,22 @@ def run_search(lib: Library, q: SearchQuery, info: QueryInfo | None = None) -> l
     if lib.global_index.count() == 0:
         raise LibraryError(f"library {lib.path} is empty; index some images first (`fgsearch index PHOTOS`)")
     t0 = time.perf_counter()
-    qv, neg = encode_query(lib, q, info)
+    qv = encode_query(lib, q, info)
     t1 = time.perf_counter()
     info.encode_ms = (t1 - t0) * 1000
-    hits = _search_regions(lib, q, qv) if q.by == "region" else _search_images(lib, q, qv, neg)
+    hits = _search_regions(lib, q, qv.region) if q.by == "region" else _search_images(lib, q, qv)
     info.search_ms = (time.perf_counter() - t1) * 1000
-    return hits
+    cal = lib.encoder.calibration if qv.calibrated else None
+    if cal is None:
+        return hits
+    return [
+        replace(
+            h,
+            probability=None if h.global_score != h.global_score else float(cal.probability(h.global_score)),
+            region_probability=None if h.region_score is None else float(cal.probability(h.region_score)),
+        )
+        for h in hits
+    ]
 
 
 def _allowed(lib: Library, f: Filters) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -216,7 +252,8 @@ def _allowed(lib: Library, f: Filters) -> tuple[np.ndarray | None, np.ndarray | 
     return np.asarray(content_ids, np.int64), np.asarray(region_ids, np.int64)
 
 
-def _search_images(lib: Library, q: SearchQuery, qv: np.ndarray, neg: np.ndarray | None) -> list[SearchHit]:
+def _search_images(lib: Library, q: SearchQuery, vecs: QueryVectors) -> list[SearchHit]:
+    qv, rv, neg = vecs.image, vecs.region, vecs.negative
     allowed_g, allowed_r = _allowed(lib, q.filters)
     if allowed_g is not None and len(allowed_g) == 0:
         return []
@@ -224,7 +261,7 @@ def _search_images(lib: Library, q: SearchQuery, qv: np.ndarray, neg: np.ndarray
     g = lib.global_index.search(qv[None], fetch, allowed_ids=allowed_g)
     cand = set(int(i) for i in g.ids[0] if i >= 0)
     if lib.region_index.count():
-        r = lib.region_index.search(qv[None], 2 * fetch, allowed_ids=allowed_r)
+        r = lib.region_index.search(rv[None], 2 * fetch, allowed_ids=allowed_r)
         rids = [int(i) for i in r.ids[0] if i >= 0]
         cand |= set(lib.catalog.contents_of_regions(rids))
     if not cand:
@@ -240,7 +277,7 @@ def _search_images(lib: Library, q: SearchQuery, qv: np.ndarray, neg: np.ndarray
     per = [region_map.get(cid, empty) for cid in ids.tolist()]
     all_rids = np.concatenate([r for r, _ in per]) if per else np.zeros(0, np.int64)
     rvec = lib.region_index.get(all_rids) if len(all_rids) else np.zeros((0, qv.shape[0]), np.float32)
-    rscore_all = rvec @ qv
+    rscore_all = rvec @ rv
     nscore_all = rvec @ neg if neg is not None and len(rvec) else None
     w = q.weights
     scored = []

@@ -203,7 +203,10 @@ def test_text_walks_lengths_heads_and_position_tables(cfg: FGCLIP2Config) -> Non
         emb.position_embedding_res.weight[: t.keep_len] += 5.0  # rows the long walk never reads
         emb.position_embedding_ori.weight[t.keep_len :] += 5.0
         torch.testing.assert_close(m.encode_text(long_ids, "long"), long)
-        emb.position_embedding_res.weight[t.keep_len] += 5.0  # a row it does read
+        pos = emb.positions(t.longtext_len, TextPath.LONG)
+        torch.testing.assert_close(pos[: t.keep_len], emb.position_embedding_ori.weight[: t.keep_len])
+        torch.testing.assert_close(pos[t.keep_len :], emb.position_embedding_res.weight[t.keep_len :])
+        emb.position_embedding_res.weight[-1] += 5.0  # the pooled position's row: read by the long walk
         assert not torch.allclose(m.encode_text(long_ids, "long"), long)
 
 
@@ -378,3 +381,21 @@ def test_save_and_reload_roundtrip_keeps_tokenizer_and_processor(tiny2: Path, tm
     ids_a = Encoder(model, spec, device="cpu").tokenizer(["红色的杯子 and a mug"], "short")
     ids_b = Encoder(again, spec2, device="cpu").tokenizer(["红色的杯子 and a mug"], "short")
     assert torch.equal(ids_a, ids_b)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_text_last_layer_shortcut_equals_the_textbook_forward(cfg: FGCLIP2Config) -> None:
+    """The last layer runs for the pooled (last) position only; a full pass gives the same vector."""
+    m = _model(cfg)
+    tm = m.text_model
+    ids = torch.randint(4, cfg.text.vocab_size, (2, cfg.text.max_position_embeddings))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    for am in (None, mask):
+        with torch.inference_mode():
+            x = tm.embeddings.token_embedding(ids) + tm.embeddings.positions(ids.shape[1], TextPath.SHORT)
+            km = None if am is None else am.bool()[:, None, None, :]
+            for layer in tm.encoder.layers:
+                x = layer(x, mask=km)
+            naive = tm.head(tm.final_layer_norm(x)[:, -1])
+            torch.testing.assert_close(m.encode_text(ids, "short", attention_mask=am), naive, rtol=0, atol=2e-6)

@@ -81,12 +81,14 @@ class Attention(nn.Module):
         b, n, d = x.shape
         return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
-    def attend(self, q_in: Tensor, kv_in: Tensor, v: Tensor | None = None, causal: bool = False) -> Tensor:
+    def attend(
+        self, q_in: Tensor, kv_in: Tensor, v: Tensor | None = None, causal: bool = False, mask: Tensor | None = None
+    ) -> Tensor:
         """Attention of ``q_in`` tokens over ``kv_in`` tokens; ``v`` may be passed precomputed."""
         q = self._split(self.q_proj(q_in))
         k = self._split(self.k_proj(kv_in))
         v = self._split(self.v_proj(kv_in) if v is None else v)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 

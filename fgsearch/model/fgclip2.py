@@ -197,8 +197,11 @@ Shapes = Tensor | Sequence[Sequence[int]] | np.ndarray  # every image's patch gr
 
 
 def key_mask(mask: Tensor | None) -> Tensor | None:
-    """``[B, N]`` 1/0 padding mask -> boolean ``[B, 1, 1, N]`` for SDPA (None stays None)."""
-    return None if mask is None else mask.to(torch.bool)[:, None, None, :]
+    """``[B, N]`` 1/0 padding mask -> boolean ``[B, 1, 1, N]`` for SDPA; None when nothing is padded
+    (the same result, and SDPA's fastest kernels take no mask)."""
+    if mask is None or bool(mask.all()):
+        return None
+    return mask.to(torch.bool)[:, None, None, :]
 
 
 class AttentionPoolingHead(nn.Module):
@@ -322,9 +325,15 @@ class TextTransformer2(nn.Module):
         n = input_ids.shape[1]
         x = self.embeddings.token_embedding(input_ids) + self.embeddings.positions(n, walk)
         m = key_mask(attention_mask)
-        for layer in self.encoder.layers:
+        *first, last_layer = self.encoder.layers
+        last: Any = last_layer
+        for layer in first:
             x = layer(x, mask=m)
-        return self.final_layer_norm(x[:, -1])  # LayerNorm is per token: only the pooled row is needed
+        # only the last position is pooled: the last layer needs it as the only query (keys: all)
+        h = last.layer_norm1(x)
+        y = x[:, -1:] + last.self_attn.attend(h[:, -1:], h, mask=m)
+        y = y + last.mlp(last.layer_norm2(y))
+        return self.final_layer_norm(y[:, 0])
 
 
 class FGCLIP2(nn.Module):
