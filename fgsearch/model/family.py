@@ -39,6 +39,18 @@ if TYPE_CHECKING:
     from fgsearch.model.registry import ModelSpec
 
 
+def read_json(file: Path, required: bool = True) -> dict[str, Any]:
+    """A checkpoint's JSON file (``{}`` for a missing optional one); errors name the file."""
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError as e:
+        if not required:
+            return {}
+        raise CheckpointError(f"{file} is missing") from e
+    except ValueError as e:
+        raise CheckpointError(f"{file} is not valid JSON: {e}") from e
+
+
 @dataclass(frozen=True)
 class ScoreCalibration:
     """How a family turns a cosine into its own probability: ``sigmoid(cos * scale + bias)``."""
@@ -201,13 +213,8 @@ class FGCLIP2Family(ModelFamily):
         return FGCLIP2(cfg)
 
     def resolve_spec(self, path: Path, spec: ModelSpec, cfg: Any) -> ModelSpec:
-        proc: dict[str, Any] = {}
         file = path / "preprocessor_config.json"
-        if file.exists():
-            try:
-                proc = json.loads(file.read_text())
-            except ValueError as e:
-                raise CheckpointError(f"{file} is not valid JSON: {e}") from e
+        proc = read_json(file, required=False)
         patch = int(proc.get("patch_size", cfg.vision.patch_size))
         if patch != cfg.vision.patch_size:
             raise CheckpointError(

@@ -161,17 +161,20 @@ class LayerStack(nn.Module):
 
 
 class TextEmbeddings(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
+    """Tokens, the short position table, and the two long tables (FG-CLIP and FG-CLIP 2 alike)."""
+
+    def __init__(self, vocab_size: int, width: int, short_positions: int, long_positions: int, long_keep: int) -> None:
         super().__init__()
-        self.long_keep = cfg.long_keep
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.position_embedding_ori = nn.Embedding(cfg.long_positions, cfg.hidden_size)
-        self.position_embedding_res = nn.Embedding(cfg.long_positions, cfg.hidden_size)
+        self.long_keep = long_keep
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.position_embedding = nn.Embedding(short_positions, width)
+        self.position_embedding_ori = nn.Embedding(long_positions, width)
+        self.position_embedding_res = nn.Embedding(long_positions, width)
 
     def positions(self, n: int, path: TextPath) -> Tensor:
-        """The ``[n, D]`` position rows the given path adds to its first n tokens."""
-        if path is TextPath.SHORT:
+        """The ``[n, D]`` position rows the given path adds to its first n tokens (short and box
+        walks: the short table; long: ``position_embedding_ori`` below ``long_keep``, then ``_res``)."""
+        if path is not TextPath.LONG:
             return self.position_embedding.weight[:n]
         keep = min(n, self.long_keep)
         return torch.cat([self.position_embedding_ori.weight[:keep], self.position_embedding_res.weight[keep:n]])
@@ -181,7 +184,9 @@ class TextTransformer(nn.Module):
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embeddings = TextEmbeddings(cfg)
+        self.embeddings = TextEmbeddings(
+            cfg.vocab_size, cfg.hidden_size, cfg.max_position_embeddings, cfg.long_positions, cfg.long_keep
+        )
         self.encoder = LayerStack(cfg)
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 

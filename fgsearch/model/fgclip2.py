@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgsearch.errors import CheckpointError, InputError
-from fgsearch.model.config import SUPPORTED_ACTIVATIONS
-from fgsearch.model.fgclip import MLP, LayerStack, TextPath
+from fgsearch.model.config import check_towers
+from fgsearch.model.fgclip import MLP, LayerStack, TextEmbeddings, TextPath
 from fgsearch.model.roi import roi_pool
 
 # The reference's defaults (configuration_fgclip2.py) for keys a config.json may leave out.
@@ -96,17 +96,7 @@ class FGCLIP2Config:
     vision: Vision2Config = field(default_factory=Vision2Config)
 
     def __post_init__(self) -> None:
-        for name, tower in (("text", self.text), ("vision", self.vision)):
-            if tower.hidden_size % tower.num_attention_heads:
-                raise CheckpointError(
-                    f"{name} hidden_size {tower.hidden_size} is not divisible by "
-                    f"num_attention_heads {tower.num_attention_heads}"
-                )
-            if tower.hidden_act not in SUPPORTED_ACTIVATIONS:
-                raise CheckpointError(
-                    f"{name} hidden_act {tower.hidden_act!r} is not supported "
-                    f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})"
-                )
+        check_towers(self.text, self.vision)
         if self.vision.grid**2 != self.vision.num_patches:
             raise CheckpointError(f"vision num_patches {self.vision.num_patches} is not a square grid")
         if self.vision.hidden_size != self.text.hidden_size:
@@ -295,27 +285,13 @@ def _shapes(shapes: Shapes, pixel_values: Tensor) -> list[tuple[int, int]]:
     return hw
 
 
-class TextEmbeddings2(nn.Module):
-    def __init__(self, cfg: Text2Config) -> None:
-        super().__init__()
-        self.keep = cfg.keep_len
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.position_embedding_ori = nn.Embedding(cfg.longtext_len, cfg.hidden_size)
-        self.position_embedding_res = nn.Embedding(cfg.longtext_len, cfg.hidden_size)
-
-    def positions(self, n: int, walk: TextPath) -> Tensor:
-        if walk is not TextPath.LONG:
-            return self.position_embedding.weight[:n]
-        keep = min(n, self.keep)
-        return torch.cat([self.position_embedding_ori.weight[:keep], self.position_embedding_res.weight[keep:n]])
-
-
 class TextTransformer2(nn.Module):
     def __init__(self, cfg: Text2Config) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embeddings = TextEmbeddings2(cfg)
+        self.embeddings = TextEmbeddings(
+            cfg.vocab_size, cfg.hidden_size, cfg.max_position_embeddings, cfg.longtext_len, cfg.keep_len
+        )
         self.encoder = LayerStack(cfg)  # type: ignore[arg-type]
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.head = nn.Linear(cfg.hidden_size, cfg.projection_size)

@@ -15,13 +15,13 @@ matching uses the BOX walk for texts that fit the short length (:meth:`HFTokeniz
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fgsearch.errors import CheckpointError, ModelNotFoundError
+from fgsearch.model.family import read_json
 from fgsearch.model.fgclip import TextPath
 from fgsearch.model.tokenizer import TextTruncatedWarning
 
@@ -49,13 +49,7 @@ class HFTokenizer:
             tok = tk.Tokenizer.from_file(str(file))
         except Exception as e:  # tokenizers raises its own Exception type
             raise CheckpointError(f"cannot read {file}: {e}") from e
-        cfg: dict[str, Any] = {}
-        cfg_file = path / "tokenizer_config.json"
-        if cfg_file.exists():
-            try:
-                cfg = json.loads(cfg_file.read_text())
-            except ValueError as e:
-                raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+        cfg = read_json(path / "tokenizer_config.json", required=False)
         self.short_length = short_length
         self.long_length = long_length
         self.pad_id = self._special_id(tok, cfg.get("pad_token", "<pad>"), "pad")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from fgsearch.errors import CheckpointError, ModelNotFoundError
 from fgsearch.model.config import FGCLIPConfig
-from fgsearch.model.family import ModelFamily, family_for_config, get_family
+from fgsearch.model.family import ModelFamily, family_for_config, get_family, read_json
 from fgsearch.model.registry import REGISTRY, ModelSpec
 
 if TYPE_CHECKING:
@@ -154,13 +154,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_config(path: Path) -> tuple[FGCLIPConfig, dict[str, Any]]:
-    cfg_file = path / "config.json"
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{cfg_file} is missing") from e
-    except ValueError as e:
-        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+    raw = read_json(path / "config.json")
     return FGCLIPConfig.from_hf_dict(raw), raw
 
 
@@ -214,12 +208,7 @@ def checkpoint_fingerprint(path: Path) -> str:
 def read_family_config(path: Path, spec: ModelSpec) -> tuple[ModelFamily, Any, dict[str, Any]]:
     """The checkpoint's family (the registry's, else from ``model_type``), its config and the raw dict."""
     cfg_file = path / "config.json"
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{cfg_file} is missing") from e
-    except ValueError as e:
-        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+    raw = read_json(cfg_file)
     found = family_for_config(raw, str(cfg_file))
     if spec.family is not None and get_family(spec.family) is not found:
         raise CheckpointError(
