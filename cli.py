@@ -347,6 +347,7 @@ def query(
                         "by": by,
                         "k": top,
                         "text_path": info.text_path,
+                        "region_walk": info.region_walk,
                     },
                     "results": [h.to_dict() for h in hits],
                 },

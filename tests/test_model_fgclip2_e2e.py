@@ -53,6 +53,7 @@ def test_index_mixed_shapes_then_query_in_english_and_chinese(tiny2: Path, tmp_p
         r = run("query", text, "--library", str(lib_dir), "--json", "--device", "cpu", "-k", "3")  # fmt: skip
         assert r.exit_code == 0, r.output
         out = json.loads(r.output)
+        assert (out["query"]["text_path"], out["query"]["region_walk"]) == ("short", "box")
         assert len(out["results"]) == 3
         for h in out["results"]:  # the model's own probability beside each cosine
             assert h["probability"] == pytest.approx(
