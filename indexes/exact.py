@@ -228,8 +228,11 @@ class StoreBackedIndex(VectorIndex):
 
     def reload(self) -> None:
         self._check_open()
-        if self._read_only and self._store.reload():
-            self._after_load()
+        if not self._read_only:
+            return
+        generation = self._store.generation
+        if self._store.reload() and self._store.generation != generation:
+            self._after_load()  # derived structures follow the snapshot; journal records need nothing
 
     def close(self) -> None:
         if self._closed:
@@ -240,6 +243,10 @@ class StoreBackedIndex(VectorIndex):
         finally:
             self._store.close()
             self._closed = True
+
+    def verify(self) -> tuple[list[str], np.ndarray]:
+        self._check_open()
+        return self._store.verify()
 
     # ------------------------------------------------------------------ stats
     def _params(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ the repository (a folder named `fgsearch` holding `cli.py`) never shadows the in
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -27,14 +28,17 @@ def _source_files() -> set[str]:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    build = tmp_path_factory.mktemp("build")
-    # offline: no build isolation, the environment's setuptools and wheel (dev extra) build it;
-    # build/ is kept out of the source tree so parallel runs never share it
+    src = tmp_path_factory.mktemp("src")  # a fresh copy: no stale build/ and no race with other runs
+    for name in ("pyproject.toml", "README.md", "cli.py"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("fgsearch", "indexes", "trainer"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # offline: no build isolation, the environment's setuptools and wheel (dev extra) build it
     r = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
         capture_output=True,
         text=True,
-        env={**os.environ, "PIP_NO_INDEX": "1", "TMPDIR": str(build)},
+        env={**os.environ, "PIP_NO_INDEX": "1"},
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fgsearch.errors import DataError, InputError
+from fgsearch.errors import DataError, InputError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +127,14 @@ def init_model(cfg: TrainConfig, out: Path) -> tuple[Any, Any]:
         model = FGCLIP(mc)
         spec = ModelSpec(name="tiny", image_size=mc.vision.image_size)
         return model, spec
-    if cfg.init.startswith("openai-clip:"):
-        src = cfg.init.split(":", 1)[1]
-        model, spec = load_model(convert_openai_clip(src, out / "init"))
-    else:
-        model, spec = load_model(cfg.init)
+    try:
+        if cfg.init.startswith("openai-clip:"):
+            src = cfg.init.split(":", 1)[1]
+            model, spec = load_model(convert_openai_clip(src, out / "init"))
+        else:
+            model, spec = load_model(cfg.init)
+    except ModelNotFoundError as e:  # the model layer names --model; here the option is --init
+        raise ModelNotFoundError(str(e).replace("--model ", "--init ")) from e
     model.requires_grad_(True)
     return model, spec
 
