@@ -10,7 +10,7 @@ FG-CLIP 2 checkpoints train with the same three terms and two differences: the g
 SigLIP's pairwise sigmoid loss with the model's ``logit_scale`` and ``logit_bias`` (the calibration
 its scores are read with), and the region and hard-negative terms use ``logit_scale`` (the model has
 no separate temperatures); region texts and hard negatives go through its box walk. The paper's
-other stage-2 terms (its textual intra-modal and dense-alignment losses) are not implemented.
+other stage-2 terms are not implemented.
 
 Features are L2-normalised here. Under ``torch.distributed`` the contrastive losses gather
 features from every rank WITH gradients (each rank scores its own rows against all columns);
