@@ -401,6 +401,8 @@ class Library:
                 catalog.set_meta(library_id=_new_library_id())  # a library made before ids were recorded
             dim = enc.dim if enc is not None else int(meta["dim"])
             gidx, ridx = _open_indexes(lib_dir, bk, dim, read_only=read_only, rebuild_damaged=rebuild_damaged)
+            if not exists:
+                _start_empty(lib_dir, (gidx, ridx), rebuilt=reindex)
         except BaseException:
             catalog.close()
             raise
@@ -837,6 +839,26 @@ def _open_indexes(
             idx.close()
         raise
     return opened[0], opened[1]
+
+
+def _start_empty(lib_dir: Path, indexes: tuple[VectorIndex, VectorIndex], *, rebuilt: bool) -> None:
+    """A new catalog starts its ids at 1, so vectors already in a (Qdrant) collection it is given
+    would be taken for its images: a rebuild clears what its old build left there; a new library
+    refuses a collection that holds vectors (another library's)."""
+    for idx in indexes:
+        n = idx.count()
+        if not n:
+            continue
+        if not rebuilt:
+            where = idx.stats().location
+            for other in indexes:
+                other.close()
+            raise LibraryError(
+                f"the vector store of the new library {lib_dir} already holds {n} vectors ({where}); "
+                "give the library its own --qdrant-path or collection"
+            )
+        idx.remove(idx.ids(), missing="ignore")
+        idx.flush()
 
 
 def _stats_dict(index: VectorIndex) -> dict[str, Any]:

@@ -448,3 +448,22 @@ def test_damaged_catalog_pages_are_one_line(built) -> None:
     for args in (["status"], ["query", "a red circle"], ["doctor"]):
         code, out = _cli(*args, "--library", str(lib_dir))
         assert code == 1 and "--reindex" in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_reindex_of_a_qdrant_library_stays_qdrant_and_starts_from_an_empty_store(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    pytest.importorskip("qdrant_client")
+    root = tmp_path / "photos"
+    make_folder(root, n_good=3, bad=False)
+    lib_dir = tmp_path / "lib"
+    bk = BackendSettings(kind="qdrant", qdrant_path=str(tmp_path / "my-qdrant"))
+    none = RegionSettings(proposer="none")
+    with Library.open(lib_dir, model=str(tiny_model_dir), backend=bk, regions=none) as lib:
+        lib.index(root)
+    with Library.open(lib_dir, reindex=True) as lib:
+        assert lib.backend == bk and lib.region_settings == none
+        assert lib.global_index.count() == 0  # the old build's vectors do not come back under new ids
+        assert lib.index(root).indexed == 3 and lib.doctor()["consistent"]
+    with pytest.raises(LibraryError, match="already holds 3 vectors"):  # another library, same store
+        Library.open(tmp_path / "other", model=str(tiny_model_dir), backend=bk, regions=none)
