@@ -744,23 +744,17 @@ def _library_id(lib_dir: Path) -> str | None:
     import json
     import sqlite3
 
-    from fgsearch.catalog import cannot_write_here, read_only_uri
-
-    path = lib_dir / "catalog.sqlite"
-    for immutable in (False, True):
+    try:
+        con = _catalog_connection(lib_dir)
         try:
-            con = sqlite3.connect(read_only_uri(path, immutable=immutable), uri=True)
-            try:
-                row = con.execute("SELECT value FROM meta WHERE key='library_id'").fetchone()
-            finally:
-                con.close()
-            return json.loads(row[0]) if row else None
-        except sqlite3.OperationalError as e:
-            if not path.is_file() or "no such table" in str(e):
-                return ""
-            if immutable or not cannot_write_here(e):
-                raise
-    return ""
+            row = con.execute("SELECT value FROM meta WHERE key='library_id'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as e:
+        if not (lib_dir / "catalog.sqlite").is_file() or "no such table" in str(e):
+            return ""
+        raise
+    return json.loads(row[0]) if row else None
 
 
 @contextlib.contextmanager
@@ -873,19 +867,40 @@ def _peek_catalog(lib_dir: Path, read: Callable[[Any], T], default: T) -> T:
     no SQLAlchemy, no schema checks); ``default`` when the file cannot be read."""
     import sqlite3
 
+    try:
+        con = _catalog_connection(lib_dir)
+        try:
+            return read(con)
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return default
+
+
+def _catalog_connection(lib_dir: Path) -> Any:
+    """A read-only plain-sqlite connection to the library's catalog (immutable where the folder
+    cannot be written: a read-only mount or directory)."""
+    import sqlite3
+
     from fgsearch.catalog import cannot_write_here, read_only_uri
 
-    for immutable in (False, True):
+    path = lib_dir / "catalog.sqlite"
+
+    def connect(immutable: bool) -> Any:
+        con = sqlite3.connect(read_only_uri(path, immutable=immutable), uri=True)
         try:
-            con = sqlite3.connect(read_only_uri(lib_dir / "catalog.sqlite", immutable=immutable), uri=True)
-            try:
-                return read(con)
-            finally:
-                con.close()
-        except sqlite3.Error as e:
-            if immutable or not cannot_write_here(e) or not (lib_dir / "catalog.sqlite").is_file():
-                return default
-    return default
+            con.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opening is lazy: fail here, not later
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    try:
+        return connect(immutable=False)
+    except sqlite3.Error as e:
+        if not cannot_write_here(e) or not path.is_file():
+            raise
+    return connect(immutable=True)
 
 
 def _unfinished(lib_dir: Path) -> bool:
