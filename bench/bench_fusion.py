@@ -7,7 +7,11 @@ image first), every object expression ("a large red circle on the left": precisi
 image holding that object) and every image's long caption (recall@1 of its image). Also the cost of
 standardising (sample scores) per query.
 
-    python bench/bench_fusion.py --n 300
+    python bench/bench_fusion.py --n 300 [--overhead-images 62500]
+
+``--overhead-images N`` also times the fusion on bench_query.py's synthetic library (N images, 16
+regions each, 512-d): a whole image search (index search + exact scoring + catalog lookups), the
+standardisation inside it, and drawing the library sample (once per open library and index change).
 """
 
 from __future__ import annotations
@@ -122,11 +126,59 @@ def evaluate(lib: Library, data: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def overhead(n_images: int, queries: int = 50) -> None:
+    import importlib.util
+    from dataclasses import replace
+
+    import torch
+
+    from fgsearch.model import FGCLIP, FGCLIPConfig, save_model
+    from fgsearch.search import _SAMPLES, SearchQuery, search_vector
+
+    spec = importlib.util.spec_from_file_location("bench_query", Path(__file__).with_name("bench_query.py"))
+    assert spec is not None and spec.loader is not None
+    bench_query = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_query)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        torch.manual_seed(0)
+        save_model(FGCLIP(replace(FGCLIPConfig.tiny(), projection_dim=512)), work / "model")
+        lib_dir = bench_query.build(work, n_images, 16, 512, work / "model")
+        rng = np.random.default_rng(1)
+        with Library.open(lib_dir, read_only=True) as lib:
+            t0 = time.perf_counter()
+            sample = library_sample(lib)
+            draw_ms = (time.perf_counter() - t0) * 1000
+            total, zs = [], []
+            for _ in range(queries + 3):
+                q = rng.normal(size=512).astype(np.float32)
+                q /= np.linalg.norm(q)
+                t0 = time.perf_counter()
+                search_vector(lib, SearchQuery(text="synthetic", k=10), q)
+                t1 = time.perf_counter()
+                sg = sample.images @ q
+                standardise(sg, sg), standardise(*[best_regions(sg, sample.regions @ q, sample.counts)[0]] * 2)
+                t2 = time.perf_counter()
+                total.append((t1 - t0) * 1000)
+                zs.append((t2 - t1) * 1000)
+            _SAMPLES.pop(lib, None)
+        p50 = float(np.median(total[3:]))
+        z50 = float(np.median(zs[3:]))
+        print(
+            f"\noverhead: {n_images} images / {n_images * 16} regions, 512-d: image search p50 {p50:.1f} ms, of which "
+            f"standardising {z50:.2f} ms ({z50 / p50:.0%}); drawing the sample ({len(sample.images)} images, "
+            f"{len(sample.regions)} regions) {draw_ms:.0f} ms once per open library"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=300, help="FineShapes photos in the library")
     ap.add_argument("--seed", type=int, default=4242, help="FineShapes seed (the demo model was trained on seed 0)")
+    ap.add_argument("--overhead-images", type=int, default=0, help="also time the fusion on a library this big")
     args = ap.parse_args()
+    if args.overhead_images:
+        overhead(args.overhead_images)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = make_fineshapes(work / "photos", n=args.n, seed=args.seed, heldout=0)
