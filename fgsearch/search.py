@@ -337,7 +337,7 @@ def best_regions(gscore: np.ndarray, rscore: np.ndarray, counts: np.ndarray) -> 
 
 def standardise(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """``(x - mean) / std`` of the reference scores; a channel with no spread carries no evidence (0)."""
-    sd = float(reference.std())
+    sd = float(reference.std()) if len(reference) > 1 else 0.0
     if sd < 1e-9:
         return np.zeros_like(x, dtype=np.float64)
     return (x - float(reference.mean())) / sd
@@ -399,10 +399,7 @@ def _search_images(lib: Library, q: SearchQuery, qv: np.ndarray, neg: np.ndarray
         score = score - q.weights.negative * fused_scores(neg, gvec, rvec, counts, sample, weights)[0]
     bad = ~np.isfinite(score)
     if bad.any():
-        raise LibraryError(
-            f"library {lib.path} holds non-finite vectors for {rows[int(np.argmax(bad))].path}; "
-            "run `fgsearch doctor --repair`"
-        )
+        raise _damaged(lib, rows[int(np.argmax(bad))].path)
     order = sorted(range(len(rows)), key=lambda i: (-score[i], rows[i].id))
     if q.filters.min_score is not None:
         order = [i for i in order if score[i] >= q.filters.min_score]
@@ -415,6 +412,11 @@ def _search_images(lib: Library, q: SearchQuery, qv: np.ndarray, neg: np.ndarray
             _hit(rank, float(score[i]), float(gscore[i]), region, box, None if j < 0 else int(all_rids[j]), rows[i])
         )
     return hits
+
+
+def _damaged(lib: Library, path: str) -> LibraryError:
+    """A score that is not a number comes from a damaged stored vector: never rank or print it."""
+    return LibraryError(f"library {lib.path} holds non-finite vectors for {path}; run `fgsearch doctor --repair`")
 
 
 def _restrict_paths(lib: Library, rows: list[ContentRow], f: Filters) -> list[ContentRow]:
@@ -477,6 +479,8 @@ def _search_regions(lib: Library, q: SearchQuery, qv: np.ndarray) -> list[Search
         if q.filters.min_score is not None and s < q.filters.min_score:
             continue
         box, row = info[rid]
+        if not np.isfinite(s):
+            raise _damaged(lib, row.path)
         hits.append(_hit(len(hits) + 1, s, None, s, box, rid, rows[row.id]))
         if len(hits) >= q.k:
             break

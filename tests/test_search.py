@@ -13,7 +13,7 @@ import pytest
 from _library_data import scene
 from typer.testing import CliRunner
 
-from fgsearch.errors import InputError
+from fgsearch.errors import InputError, LibraryError
 from fgsearch.library import Library
 from fgsearch.regions import RegionSettings
 from fgsearch.search import (
@@ -180,3 +180,17 @@ def test_best_regions_matches_a_loop_over_images() -> None:
                 start += n
             else:
                 assert (arg[i], best[i]) == (-1, gscore[i])
+
+
+def test_a_damaged_vector_is_an_error_not_a_nan_score(library, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, lib = library
+    good = lib.global_index.get
+
+    def with_nan(ids: np.ndarray) -> np.ndarray:
+        out = good(ids).copy()
+        out[0, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(lib.global_index, "get", with_nan)
+    with pytest.raises(LibraryError, match=r"non-finite vectors for .*fgsearch doctor --repair"):
+        lib.search(TEXT, k=3)
