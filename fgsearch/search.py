@@ -343,6 +343,12 @@ def standardise(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (x - float(reference.mean())) / sd
 
 
+def sample_scores(sample: LibrarySample, qv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The query's global and region channels over the library sample: the reference distributions."""
+    sg = _dot(sample.images, qv)
+    return sg, best_regions(sg, _dot(sample.regions, qv), sample.counts)[0]
+
+
 def fused_scores(
     qv: np.ndarray,
     images: np.ndarray,
@@ -355,8 +361,7 @@ def fused_scores(
     query vector ``qv``, each channel standardised against ``sample`` (see the module docstring)."""
     g = _dot(images, qv)
     r, arg = best_regions(g, _dot(regions, qv), counts)
-    sg = _dot(sample.images, qv)
-    sr, _ = best_regions(sg, _dot(sample.regions, qv), sample.counts)
+    sg, sr = sample_scores(sample, qv)
     fused = w[0] * standardise(g, sg) + w[1] * standardise(r, sr)
     return fused, g, r, arg
 
