@@ -11,6 +11,7 @@ an 8-bit RGB image. Animated images and multi-page TIFFs give their first frame.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -245,11 +246,36 @@ def routed_warnings() -> Iterator[None]:
         yield
 
 
+TRIM_PIXELS = 16_000_000  # after a decode this big, free memory is handed back to the system
+
+
+def _trim_malloc() -> None:
+    """Hand free heap memory back to the system (glibc only; elsewhere nothing to do).
+
+    glibc gives each thread its own heap ("arena") and keeps what a thread freed for that thread:
+    three workers that decode one 100 MP image each, one after the other, would otherwise keep
+    three images' worth of memory between them, as if they had decoded together."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        return None
+
+
 class PixelBudget:
     """Pixels that decode workers may hold decoded at once. A big image waits until enough of the
     budget is free, so several huge images never decode together (peak memory stays near one
     huge image's) while ordinary photos still decode in parallel. An image bigger than the whole
-    budget waits for all of it, then runs alone."""
+    budget waits for all of it, then runs alone. After a big image the freed memory is returned
+    to the system (:func:`_trim_malloc`), so the next one does not add to it."""
 
     def __init__(self, pixels: int) -> None:
         self.total = max(1, int(pixels))
@@ -273,6 +299,8 @@ class PixelBudget:
         try:
             yield reserve
         finally:
+            if taken >= TRIM_PIXELS:
+                _trim_malloc()
             if taken:
                 with self._cv:
                     self.free += taken

@@ -163,7 +163,7 @@ class _Worker:
 
         transform = self.lib.encoder.transform
         try:
-            with self.budget.hold() as reserve:  # the full-size image lives until to_array
+            with self.budget.hold() as reserve:
                 loaded = load_image(
                     source,
                     max_megapixels=self.opts.max_megapixels,
@@ -172,13 +172,15 @@ class _Worker:
                     reserve=reserve,
                 )
                 base.pixels = transform.to_array(loaded.image)
-            base.width, base.height, base.captured_at = loaded.width, loaded.height, loaded.captured_at
-            for heard in loaded.warnings:
-                logger.info("%s: %s", base.path, heard)
+                base.width, base.height, base.captured_at = loaded.width, loaded.height, loaded.captured_at
+                heard = loaded.warnings
+                del loaded  # the full-size image is freed before its pixels go back to the budget
+            for warning in heard:
+                logger.info("%s: %s", base.path, warning)
             if self.sidecar is not None:
                 from fgsearch.boxes import boxes_array
 
-                base.sidecar = self.sidecar.match(base.path, root, loaded.width, loaded.height)
+                base.sidecar = self.sidecar.match(base.path, root, base.width, base.height)
                 base.boxes = boxes_array(base.sidecar.boxes)
         except FgsearchError as e:  # ImageError, or a sidecar's DataError
             base.reason = str(e)
