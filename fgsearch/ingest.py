@@ -250,7 +250,7 @@ def run_index(
     batch_size = opts.resolved_batch_size(lib.encoder.device.type)
     report = IndexReport()
     cat = lib.catalog
-    _heal(lib)
+    _heal(lib, report)
     settings = lib.region_settings
     run_id = cat.begin_run()
     roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
@@ -506,22 +506,22 @@ def _embed_and_store(lib: Library, batch: list[_Prepared], settings: RegionSetti
     return len(flat_regions)
 
 
-def _heal(lib: Library) -> None:
+def _heal(lib: Library, report: IndexReport) -> None:
     """If the vector indexes no longer hold what the catalog says (a deleted or restored index
-    folder), make them agree first: images without vectors are then embedded again by this run."""
+    folder), make them agree first: images without vectors are then embedded again by this run.
+    Said in the run's warnings (a log line would cut through the progress bar)."""
     counts = lib.catalog.counts()
     if counts["images"] == lib.global_index.count() and counts["regions"] == lib.region_index.count():
         return
-    report = lib.doctor(repair=True)
-    missing = report["global"]["missing_vectors"] + report["regions"]["missing_vectors"]
-    orphans = report["global"]["orphan_vectors"] + report["regions"]["orphan_vectors"]
+    doctor = lib.doctor(repair=True)
+    missing = doctor["global"]["missing_vectors"] + doctor["regions"]["missing_vectors"]
+    orphans = doctor["global"]["orphan_vectors"] + doctor["regions"]["orphan_vectors"]
     if missing or orphans:
-        logger.warning(
-            "catalog and vector indexes disagreed (%d vectors missing, %d unknown): repaired; "
-            "images without vectors are embedded again by this run",
-            missing,
-            orphans,
+        report.warnings.append(
+            f"catalog and vector indexes disagreed ({missing} vectors missing, {orphans} unknown): repaired; "
+            "images without vectors are embedded again by this run"
         )
+        logger.info("%s", report.warnings[-1])
 
 
 def recover(lib: Library) -> int:
