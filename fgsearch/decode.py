@@ -36,8 +36,9 @@ _DATETIME_ORIGINAL = 0x9003
 _DATETIME = 0x0132
 _ORIENTATION = 0x0112
 # Pillow renders EPS by running Ghostscript on the file: never do that for an untrusted folder
-# (a PostScript file renamed to .jpg would otherwise reach it).
-_REFUSED_FORMATS = frozenset({"EPS"})
+# (a PostScript file renamed to .jpg would otherwise reach it). IPTC/NAA files wrap an image that
+# Pillow opens with EVERY format, past any allow-list: PostScript inside one reached Ghostscript.
+_REFUSED_FORMATS = frozenset({"EPS", "IPTC"})
 
 
 def decodable_formats() -> list[str]:
