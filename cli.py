@@ -426,7 +426,7 @@ def query(
     )
     info = QueryInfo()
     with Library.open(library, read_only=True, device=device) as lib:
-        hits = run_search(lib, q, info)
+        hits = lib.consistent(lambda: run_search(lib, q, info))
     console = _console(json_out)
     for notice in info.notices:
         console.print(_text(f"notice: {notice}"))
