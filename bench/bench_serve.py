@@ -10,8 +10,10 @@ text tower runs). A real server process is started (``fgsearch serve`` through r
 for each client count, that many threads in this process post --words-word queries back to back
 over keep-alive connections for --duration seconds. Printed per level: requests/s, p50/p95
 latency, errors, the server's RSS at the start and end of the level and its maximum, and how many
-texts the server encoded per forward pass. --unbatched also runs every level against a server
-whose text batching is off (max_batch=1): the ratio shows what batching buys on this machine.
+texts the server encoded per forward pass. As a yardstick measured in the same run, the same
+queries first go through ``run_search`` in this process (no HTTP, one at a time). --unbatched
+also runs every level against a server whose text batching is off (max_batch=1): the ratio shows
+what batching buys on this machine.
 The clients share the CPU with the server: on a 2-core machine that costs the server some time.
 """
 
@@ -128,6 +130,22 @@ def level(port: int, pid: int, clients: int, duration: float, words: int) -> dic
     }
 
 
+def direct(lib_dir: Path, words: int, n: int = 30) -> float:
+    """p50 (ms) of the same queries through run_search in this process: no HTTP, one at a time."""
+    from fgsearch.library import Library
+    from fgsearch.search import SearchQuery, run_search
+
+    rng = np.random.default_rng(7)
+    times = []
+    with Library.open(lib_dir, read_only=True, device="cpu") as lib:
+        for i in range(n + 3):
+            t0 = time.perf_counter()
+            run_search(lib, SearchQuery(text=" ".join(rng.choice(WORDS, words)), k=21))
+            if i >= 3:
+                times.append((time.perf_counter() - t0) * 1000)
+    return float(np.percentile(times, 50))
+
+
 def run(lib_dir: Path, port: int, max_batch: int, levels: list[int], duration: float, words: int) -> list[dict]:
     proc = start(lib_dir, port, max_batch)
     try:
@@ -182,6 +200,9 @@ def main() -> None:
     print(
         f"library: {args.images} images, {args.images * args.regions_per_image} region vectors; "
         f"{args.words}-word queries, k=20; {os.cpu_count()} CPUs; {args.duration:.0f} s per level"
+    )
+    print(
+        f"peer: the same queries through run_search in-process, one at a time: p50 {direct(lib_dir, args.words):.1f} ms"
     )
     results = run(lib_dir, args.port, 32, levels, args.duration, args.words)
     if args.unbatched:
