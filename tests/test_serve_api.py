@@ -293,3 +293,15 @@ def test_cors_is_off_unless_an_origin_is_given(served, serve_library) -> None:
         assert pre.status_code == 200
     finally:
         service.close()
+
+
+def test_a_library_folder_that_cannot_be_written_still_serves_thumbnails(serve_library, monkeypatch) -> None:
+    client, service = make_client(serve_library[0])
+    try:
+        monkeypatch.setattr(service, "thumb_dir", serve_library[0] / "catalog.sqlite" / "thumbs")  # not a folder
+        first = client.get("/api/images/1/thumb?size=512")
+        second = client.get("/api/images/1/thumb?size=512")
+        assert first.status_code == second.status_code == 200 and first.content == second.content
+        assert not service._thumb_cache_ok  # gave up caching after the first failure, said so once in the log
+    finally:
+        service.close()

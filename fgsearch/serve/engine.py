@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _VIEW_RETRIES = 3
+# library images passed the indexer's --max-megapixels (100 by default, which a user may raise); the
+# catalog does not record the limit used, so the server bounds decoding memory with a generous one
+_INDEXED_MEGAPIXELS = 1000.0
 THUMB_SIZES = (128, 256, 512, 1024)  # a requested size is rounded up to one of these (bounded cache)
 
 
@@ -283,15 +286,13 @@ class SearchService:
     def decode_upload(self, data: bytes) -> Any:
         """An uploaded query image through the indexer's guarded decoder (size, bomb and corruption
         checks before any pixel is decoded). The one place the server decodes client bytes."""
-        from fgsearch.decode import load_image
-
         s = self.settings
         if len(data) > s.max_upload_bytes:
             raise ImageError(
                 f"uploaded image is {len(data)} bytes, over the {s.max_upload_bytes} byte limit; send a smaller image"
             )
         try:
-            return load_image(data, max_megapixels=s.max_upload_megapixels, min_side=1).image
+            return _decode(data, s.max_upload_megapixels)
         except ImageError as e:
             # the decoder's advice names the indexer's flags (--max-megapixels): no fix for a client
             reason = str(e).split("; raise")[0]
@@ -300,10 +301,7 @@ class SearchService:
 
     def image_for_query(self, image_id: int) -> Any:
         """A library image, decoded, as the query image of "more like this" or a drawn box."""
-        from fgsearch.decode import load_image
-
-        data = self.file_bytes(image_id)[0]
-        return load_image(data, max_megapixels=10_000, min_side=1).image  # indexed already: its size was accepted
+        return _decode(self.file_bytes(image_id)[0], _INDEXED_MEGAPIXELS)
 
     # ---- images ----------------------------------------------------------------------------
     def _row(self, image_id: int) -> Any:
@@ -366,8 +364,6 @@ class SearchService:
     def thumbnail(self, image_id: int, size: int) -> bytes:
         """A JPEG no larger than ``size`` (rounded up to one of THUMB_SIZES) on its longer side,
         EXIF-rotated; cached under ``<library>/thumbs/SIZE/`` by content hash."""
-        from fgsearch.decode import load_image
-
         if size < 1:
             raise InputError(f"thumbnail size must be positive, got {size}")
         size = next((t for t in THUMB_SIZES if t >= size), THUMB_SIZES[-1])
@@ -379,7 +375,7 @@ class SearchService:
         except OSError:
             pass
         data, _ = self.file_bytes(image_id)
-        img = load_image(data, max_megapixels=10_000, min_side=1, draft=(size, size)).image
+        img = _decode(data, _INDEXED_MEGAPIXELS, draft=size)
         img.thumbnail((size, size))
         import io
 
@@ -423,6 +419,14 @@ class SearchService:
     def close(self) -> None:
         self.encoder.close()
         self.lib.close()
+
+
+def _decode(data: bytes, max_megapixels: float, draft: int | None = None) -> Any:
+    """Bytes -> an EXIF-oriented RGB image, through the indexer's guarded decoder (pixel count checked
+    before any pixel is decoded, truncation and corruption refused). Every decode of the server."""
+    from fgsearch.decode import load_image
+
+    return load_image(data, max_megapixels=max_megapixels, min_side=1, draft=(draft, draft) if draft else None).image
 
 
 def _is_regular(mode: int) -> bool:
