@@ -13,9 +13,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _indexes_data import ann_config, near_queries, recall, same_topk, small_journal, unit_vectors
+from _indexes_data import ann_config, near_queries, recall, same_topk, small_journal, text_like_queries, unit_vectors
 
-from fgsearch.indexes import ExactConfig, FaissConfig, QdrantConfig, VectorIndex, create_index, open_index
+from fgsearch.indexes import (
+    ExactConfig,
+    FaissConfig,
+    IndexInputError,
+    QdrantConfig,
+    VectorIndex,
+    create_index,
+    open_index,
+)
+from fgsearch.indexes.faiss_index import FaissIndex
 
 DIM = 32
 N = 3000  # qdrant embedded writes ~1 ms per point: its test uses N_QDRANT
@@ -198,3 +207,77 @@ def test_faiss_gpu_selection_falls_back_to_cpu(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0, raising=False)
     with pytest.raises(BackendUnavailableError, match="no GPU"):
         open_index("faiss", tmp_path / "f", read_only=True, config=ann_config(use_gpu=True, structure="ivfpq"))
+
+
+def test_faiss_default_tier_holds_recall_on_text_like_queries(tmp_path: Path) -> None:
+    """Regression: the IVF-PQ tier was calibrated on image-like queries only and returned
+    recall@10 ~0.8 for text-like ones (far from every stored vector); the default must hold 0.95."""
+    data = unit_vectors(N, DIM, seed=3)
+    queries = text_like_queries(data, 100)
+    with (
+        create_index("faiss", tmp_path / "f", DIM, config=FaissConfig(flat_threshold=1000)) as idx,
+        create_index("exact", tmp_path / "e", DIM) as ref,
+    ):
+        for i in (idx, ref):
+            i.add(np.arange(N), data)
+            i.save()
+        assert idx.stats().params["tier"] == "hnsw"
+        assert recall(idx.search(queries, 10).ids, ref.search(queries, 10).ids) >= 0.95
+
+
+def test_faiss_calibrates_on_the_callers_queries(tmp_path: Path) -> None:
+    data = unit_vectors(2000, DIM, seed=4)
+    calls = []
+
+    def source() -> dict[str, np.ndarray]:
+        calls.append(1)
+        return {"text": text_like_queries(data, 80, seed=9)}
+
+    with create_index("faiss", tmp_path / "f", DIM, config=ann_config()) as idx:
+        assert isinstance(idx, FaissIndex)
+        idx.set_calibration_queries(source)
+        idx.add(np.arange(900), data[:900])
+        idx.flush()
+        assert calls == []  # nothing to calibrate below flat_threshold: the source is not called
+        idx.add(np.arange(900, 2000), data[900:])
+        idx.save()
+        assert calls == [1]
+        sets = idx.stats().params["calibration"]["sets"]
+        assert sets["text"] == {**sets["text"], "queries": 80, "source": "given by caller"}
+        assert set(sets) == {"image", "text"}
+        idx.set_calibration_queries({"text": np.ones((5, DIM + 1), np.float32)})
+        idx.add(np.arange(2000, 8000), unit_vectors(6000, DIM, seed=5))
+        with pytest.raises(IndexInputError, match=r"calibration query set 'text'.*expected 32-d"):
+            idx.save()  # grew 4x: the rebuild calibrates with the (bad) given set
+        idx.set_calibration_queries(None)
+
+
+def test_faiss_hnsw_keeps_removed_ids_as_tombstones_until_rebuild(tmp_path: Path) -> None:
+    data = unit_vectors(2000, DIM, seed=6)
+    queries = near_queries(data, 40)
+    with (
+        create_index("faiss", tmp_path / "f", DIM, config=ann_config()) as idx,
+        create_index("exact", tmp_path / "e", DIM) as ref,
+    ):
+        for i in (idx, ref):
+            i.add(np.arange(2000), data)
+            i.save()
+            i.remove(np.arange(0, 2000, 20))  # 100 ids: 5% < max_tombstones
+            i.add(np.arange(3000, 3050), unit_vectors(50, DIM, seed=7))
+            i.save()
+        p = idx.stats().params
+        assert (p["tier"], p["tombstones"], p["trained_n"]) == ("hnsw", 100, 2000)  # no rebuild
+        got = idx.search(queries, 10)
+        assert not np.isin(got.ids, np.arange(0, 2000, 20)).any()
+        assert recall(got.ids, ref.search(queries, 10).ids) >= 0.95
+        idx.close()
+        idx = open_index("faiss", tmp_path / "f", read_only=True)
+        assert not np.isin(idx.search(data[::20], 10).ids, np.arange(0, 2000, 20)).any()
+        idx.close()
+        idx = open_index("faiss", tmp_path / "f")
+        back = unit_vectors(1, DIM, seed=8)
+        idx.add([40], back)  # a tombstoned id comes back: the graph cannot hold it twice
+        idx.save()
+        assert idx.stats().params["tombstones"] == 0
+        assert idx.search(back[0], 1).ids[0, 0] == 40
+        idx.close()
