@@ -413,6 +413,10 @@ class Library:
             gidx, ridx = _open_indexes(lib_dir, bk, dim, read_only=read_only, rebuild_damaged=rebuild_damaged)
             if not exists:
                 _start_empty(lib_dir, (gidx, ridx), rebuilt=reindex)
+            if not read_only and enc is not None:  # approximate indexes tune search on text queries
+                texts = _calibration_texts(enc)
+                gidx.set_calibration_queries(texts)
+                ridx.set_calibration_queries(texts)
         except BaseException:
             catalog.close()
             raise
@@ -992,6 +996,17 @@ def _model_source(model_ref: str) -> str:
     """How to load the model again later: an absolute directory, or the name/hub id as given."""
     p = Path(model_ref).expanduser()
     return str(p.resolve()) if p.is_dir() else model_ref
+
+
+def _calibration_texts(enc: Encoder) -> Callable[[], dict[str, Any]]:
+    """The model's embeddings of 150 varied captions, computed on first use (an index build)."""
+    things = "a dog|two children|a red car|an old man|a cup of coffee|a bicycle|a cat|a plate of pasta"
+    things += "|a wooden boat|a woman in a blue dress|a birthday cake|a laptop|a horse|a street sign|a tent"
+    where = "on a beach at sunset|in a snowy forest|on a kitchen table|next to a window|in a crowded market"
+    where += "|under a bridge|at night under street lights|in a green field|on a white background|in a museum"
+    captions = [f"{t} {w}" for t in things.split("|") for w in where.split("|")]
+    cache: dict[str, Any] = {}
+    return lambda: cache.setdefault("sets", {"text": enc.encode_texts(captions)})
 
 
 def _model_info(model_ref: str, enc: Encoder) -> Any:
