@@ -141,6 +141,13 @@ class ContentRow:
     captured_at: datetime | None
 
 
+def _under(root: str) -> Any:
+    """SQL condition: a file row at ``root`` or inside it."""
+    root = root.rstrip(os.sep) or os.sep
+    prefix = root if root.endswith(os.sep) else root + os.sep  # "/" stays "/"
+    return sa.or_(files_t.c.path == root, sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix)
+
+
 def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
@@ -557,6 +564,17 @@ class Catalog:
                 conn.execute(sa.delete(contents_t).where(contents_t.c.id.in_(chunk)))
         return list(content_ids), rids
 
+    def unseen_paths(self, run_id: int, roots: Sequence[str]) -> list[str]:
+        """Paths of files under ``roots`` that run ``run_id`` has not seen (what :meth:`sweep` would delete)."""
+        with self.engine.connect() as conn:
+            return [
+                p
+                for root in roots
+                for p in conn.execute(sa.select(files_t.c.path).where(_under(root), files_t.c.seen_run != run_id))
+                .scalars()
+                .all()
+            ]
+
     def sweep(self, run_id: int, roots: Sequence[str]) -> tuple[list[int], list[int]]:
         """Delete files under ``roots`` not seen in ``run_id``, then contents no file uses any more.
 
@@ -564,13 +582,7 @@ class Catalog:
         removed_files = 0
         with self.engine.begin() as conn:
             for root in roots:
-                root = root.rstrip(os.sep) or os.sep
-                prefix = root if root.endswith(os.sep) else root + os.sep  # "/" stays "/"
-                under = sa.or_(
-                    files_t.c.path == root,
-                    sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix,
-                )
-                res = conn.execute(sa.delete(files_t).where(under, files_t.c.seen_run != run_id))
+                res = conn.execute(sa.delete(files_t).where(_under(root), files_t.c.seen_run != run_id))
                 removed_files += res.rowcount or 0
             orphan = sa.select(contents_t.c.id).where(
                 contents_t.c.state == "ok",
@@ -734,20 +746,47 @@ class Catalog:
         modified_before: datetime | None = None,
     ) -> list[int]:
         """Content ids with at least one ok file matching every given condition."""
-        conds: list[Any] = [contents_t.c.state == "ok", files_t.c.status == "ok"]
-        if path_glob:
-            conds.append(files_t.c.path.op("GLOB")(path_glob))
-        if path_prefix:
-            prefix = path_prefix.rstrip(os.sep) + os.sep
-            conds.append(sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix)
+        conds = [contents_t.c.state == "ok", *_file_conditions(path_glob, path_prefix, modified_after, modified_before)]
         if captured_after:
             conds.append(contents_t.c.captured_at >= captured_after)
         if captured_before:
             conds.append(contents_t.c.captured_at < captured_before)
-        if modified_after:
-            conds.append(files_t.c.mtime_ns >= int(modified_after.timestamp() * 1e9))
-        if modified_before:
-            conds.append(files_t.c.mtime_ns < int(modified_before.timestamp() * 1e9))
         q = sa.select(contents_t.c.id).distinct().join(files_t, files_t.c.content_id == contents_t.c.id).where(*conds)
         with self.engine.connect() as conn:
             return list(conn.execute(q).scalars())
+
+    def matching_paths(
+        self,
+        content_ids: Sequence[int],
+        *,
+        path_glob: str | None = None,
+        path_prefix: str | None = None,
+        modified_after: datetime | None = None,
+        modified_before: datetime | None = None,
+    ) -> dict[int, list[str]]:
+        """Per content id, its ok paths (sorted) that pass the file conditions of :meth:`filter_contents`."""
+        conds = _file_conditions(path_glob, path_prefix, modified_after, modified_before)
+        out: dict[int, list[str]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(content_ids)):
+                q = sa.select(files_t.c.content_id, files_t.c.path).where(files_t.c.content_id.in_(chunk), *conds)
+                for cid, path in conn.execute(q.order_by(files_t.c.path)):
+                    out.setdefault(int(cid), []).append(path)
+        return out
+
+
+def _file_conditions(
+    path_glob: str | None, path_prefix: str | None, modified_after: datetime | None, modified_before: datetime | None
+) -> list[Any]:
+    """SQL conditions on one file row: ok, and matching every given path and modification-time filter."""
+    conds: list[Any] = [files_t.c.status == "ok"]
+    if path_glob:
+        conds.append(files_t.c.path.op("GLOB")(path_glob))
+    if path_prefix:
+        prefix = path_prefix.rstrip(os.sep) + os.sep
+        conds.append(sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix)
+    if modified_after:
+        conds.append(files_t.c.mtime_ns >= int(modified_after.timestamp() * 1e9))
+    if modified_before:
+        conds.append(files_t.c.mtime_ns < int(modified_before.timestamp() * 1e9))
+    return conds

@@ -107,6 +107,15 @@ def _open_vector_index(
     return open_index(backend.kind, lib_dir / "index" / name, dim=dim, read_only=read_only, create=create)
 
 
+def _where(bk: BackendSettings, lib_dir: Path) -> str:
+    """A backend as a user names it: the kind, and for qdrant where it lives (default folder made explicit)."""
+    if bk.kind != "qdrant":
+        return f"backend {bk.kind}"
+    where = bk.qdrant_url or str(Path(bk.qdrant_path or lib_dir / "qdrant").resolve())
+    extra = f" (collection {bk.qdrant_collection})" if bk.qdrant_collection != "fgsearch" else ""
+    return f"qdrant at {where}{extra}"
+
+
 class _ReadWriteLock:
     """Many readers or one writer (writers first). A thread may re-enter what it holds, and a
     thread that holds the only read lock may take the write lock."""
@@ -372,10 +381,11 @@ class Library:
                 stored_model = meta.get("model_source") or meta.get("model_name")
                 stored_bk = BackendSettings.from_dict(meta.get("backend") or {})
                 stored_regions = RegionSettings.from_dict(meta.get("regions") or {})
-                if bk is not None and bk != stored_bk:
+                if bk is not None and _where(bk, lib_dir) != _where(stored_bk, lib_dir):
                     raise LibraryError(
-                        f"library {lib_dir} uses backend {stored_bk.kind}; it cannot switch to {bk.kind} "
-                        "(use --reindex to rebuild it, or --library to choose another)"
+                        f"library {lib_dir} uses {_where(stored_bk, lib_dir)}; it cannot switch to "
+                        f"{_where(bk, lib_dir)} (leave out --backend/--qdrant-* to use its own, "
+                        "--reindex to rebuild it, or --library to choose another)"
                     )
                 if regions is not None and regions != stored_regions and not read_only:
                     raise LibraryError(
@@ -403,6 +413,10 @@ class Library:
             gidx, ridx = _open_indexes(lib_dir, bk, dim, read_only=read_only, rebuild_damaged=rebuild_damaged)
             if not exists:
                 _start_empty(lib_dir, (gidx, ridx), rebuilt=reindex)
+            if not read_only and enc is not None:  # approximate indexes tune search on text queries
+                texts = _calibration_texts(enc)
+                gidx.set_calibration_queries(texts)
+                ridx.set_calibration_queries(texts)
         except BaseException:
             catalog.close()
             raise
@@ -982,6 +996,17 @@ def _model_source(model_ref: str) -> str:
     """How to load the model again later: an absolute directory, or the name/hub id as given."""
     p = Path(model_ref).expanduser()
     return str(p.resolve()) if p.is_dir() else model_ref
+
+
+def _calibration_texts(enc: Encoder) -> Callable[[], dict[str, Any]]:
+    """The model's embeddings of 150 varied captions, computed on first use (an index build)."""
+    things = "a dog|two children|a red car|an old man|a cup of coffee|a bicycle|a cat|a plate of pasta"
+    things += "|a wooden boat|a woman in a blue dress|a birthday cake|a laptop|a horse|a street sign|a tent"
+    where = "on a beach at sunset|in a snowy forest|on a kitchen table|next to a window|in a crowded market"
+    where += "|under a bridge|at night under street lights|in a green field|on a white background|in a museum"
+    captions = [f"{t} {w}" for t in things.split("|") for w in where.split("|")]
+    cache: dict[str, Any] = {}
+    return lambda: cache.setdefault("sets", {"text": enc.encode_texts(captions)})
 
 
 def _model_info(model_ref: str, enc: Encoder) -> Any:

@@ -142,6 +142,7 @@ def test_kill_in_the_middle_of_save(tmp_path: Path, kind: str, stage: str) -> No
     assert _matches_any(path, kind, [expected_state(9)]) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", FILE_BACKENDS)
 def test_kill_at_random_points_of_save(tmp_path: Path, kind: str) -> None:
     rng = np.random.default_rng(0)

@@ -197,11 +197,11 @@ def test_a_long_lived_reader_follows_a_reindex_and_never_mixes_the_two_builds(tm
         lib.index(tmp_path / "first")
     with Library.open(lib_dir, read_only=True) as reader:
         hits = reader.search(image=first[3], k=1)
-        assert hits[0].path == str(first[3]) and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert hits[0].path == str(first[3]) and hits[0].global_score == pytest.approx(1.0, abs=1e-4)
         with Library.open(lib_dir, reindex=True) as lib:  # ids start again at 1, for other files
             lib.index(list(reversed(second)))
         hits = reader.search(image=second[3], k=1)
-        assert hits[0].path == str(second[3]) and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert hits[0].path == str(second[3]) and hits[0].global_score == pytest.approx(1.0, abs=1e-4)
         assert all(h.global_score < 0.9999 for h in reader.search(image=first[3], k=6))
         assert reader.status()["counts"]["images"] == 6
         assert reader.doctor()["consistent"]

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,16 +83,25 @@ def _download(spec: ModelSpec, *, download: bool) -> Path:
             continue
         if _weight_files(path, required=False):
             return path
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or not download
+    env_offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     reason = f"{type(last_error).__name__}: {last_error}" if last_error else "no weight files in the repo"
     from huggingface_hub.constants import HF_HUB_CACHE
 
+    state = " and HF_HUB_OFFLINE is set" if env_offline else (" and could not be downloaded" if download else "")
     raise ModelNotFoundError(
-        f"model {spec.name} ({spec.hub_id}) is not in the Hugging Face cache ({HF_HUB_CACHE})"
-        + (" and HF_HUB_OFFLINE is set" if offline else " and could not be downloaded")
-        + f" [{reason.splitlines()[0][:200]}]; connect once to download it (unset HF_HUB_OFFLINE), "
-        "or pass --model PATH to a local checkpoint directory (config.json + model.safetensors)"
+        f"model {spec.name} ({spec.hub_id}) is not in the Hugging Face cache ({HF_HUB_CACHE}){state} "
+        f"[{_first_sentence(reason)}]; connect once to download it"
+        + (" (unset HF_HUB_OFFLINE)" if env_offline else "")
+        + ", pass --model PATH to a local checkpoint directory (config.json + model.safetensors), "
+        "or work offline with the small shipped model: --model demo (`fgsearch demo` shows it)"
     )
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of an error text (whole: never cut mid-sentence), on one line."""
+    line = next((x.strip() for x in text.splitlines() if x.strip()), "")
+    end = re.search(r"[.!?](\s|$)", line)
+    return line[: end.start() + 1] if end else line
 
 
 def is_cached(spec: ModelSpec) -> bool:
