@@ -306,6 +306,9 @@ def test_snapshot_files_are_checksummed_and_damage_is_localised(tmp_path: Path) 
     with open_index("faiss", tmp_path / "ix", read_only=True) as reader:
         bad, ids = reader.verify()
         assert ivf.name in bad and ids.size == n  # derived from every row: all are re-embedded
+    ivf.write_bytes(b"\x00" * len(raw))  # same size, nothing FAISS can read: refused on open, by name
+    with pytest.raises(IndexCorruptError, match="cannot read the backend files"):
+        open_index("faiss", tmp_path / "ix", read_only=True)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "unsorted"])
