@@ -176,15 +176,29 @@ class _GuardedIndex:
     library's read lock, changes (including a reload or a compaction, which swap the whole
     in-memory state) under its write lock, so no thread ever sees a half-loaded index."""
 
+    _OWN = frozenset({"inner", "_rw"})
+
     def __init__(self, inner: VectorIndex, rw: _ReadWriteLock) -> None:
-        self.inner = inner
-        self._rw = rw
+        object.__setattr__(self, "inner", inner)
+        object.__setattr__(self, "_rw", rw)
+
+    # Otherwise it is the backend to its users: isinstance, attributes and backend extras (path,
+    # tier, _config, ...) all reach the wrapped index.
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type(self.inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._OWN or name in type(self).__dict__:
+            object.__setattr__(self, name, value)  # e.g. a test replacing a guarded method
+        else:
+            setattr(self.inner, name, value)
 
     def __len__(self) -> int:
         return self.count()
-
-    def __getattr__(self, name: str) -> Any:  # backend extras (path, tier, ...)
-        return getattr(self.inner, name)
 
     def count(self) -> int:
         with self._rw.shared():
