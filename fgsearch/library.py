@@ -258,6 +258,9 @@ class Library:
 
     Readers (``read_only=True``) never block and are safe to share between threads; one writer at a
     time holds ``<library>/lock`` (a second gets :class:`~fgsearch.errors.LibraryLockedError`).
+    Every search, ``status`` and ``doctor`` of a reader first picks up what the writer has committed
+    (:meth:`refresh`, under a millisecond) and sees one consistent state (:meth:`consistent`); a
+    writable library may be searched from other threads while it indexes.
     """
 
     def __init__(
