@@ -13,6 +13,7 @@ from _serve_data import make_client, png_bytes, serve_library_fixture  # noqa: F
 from PIL import Image
 
 from fgsearch.boxes import Box
+from fgsearch.indexes import IndexBackendError
 from fgsearch.search import FusionWeights
 
 pytest.importorskip("fastapi")
@@ -192,6 +193,12 @@ def test_unexpected_faults_are_500_json_without_details(served, monkeypatch: pyt
     monkeypatch.setattr(service, "search", broken)
     msg = _error(_search(client, text="x"), 500)
     assert "RuntimeError" in msg and "secret" not in msg
+
+    def store_down(*a, **k):
+        raise IndexBackendError("qdrant server at http://localhost:6333 is unreachable; start it or check --qdrant-url")
+
+    monkeypatch.setattr(service, "search", store_down)
+    assert "unreachable; start it" in _error(_search(client, text="x"), 503)
 
 
 # ---- images ---------------------------------------------------------------------------------

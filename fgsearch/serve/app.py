@@ -13,7 +13,8 @@ Routes (every ``/api/`` route needs ``Authorization: Bearer TOKEN`` when the ser
 
 Errors are ``{"status": CODE, "error": "one line"}``: 400 bad input or image, 401 missing or wrong
 token, 404 unknown image or route, 409 the library cannot answer (empty, no regions), 413 a body
-over the limit, 422 a malformed request, 500 an unexpected fault (logged).
+over the limit, 422 a malformed request, 500 an unexpected fault (logged), 503 the vector store
+failed (a Qdrant server unreachable).
 """
 
 from __future__ import annotations
