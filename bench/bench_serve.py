@@ -85,7 +85,8 @@ def server_stats(port: int) -> dict:
 
 def level(port: int, pid: int, clients: int, duration: float, words: int) -> dict:
     lat: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
+    errors = [0] * clients  # HTTP statuses other than 200
+    timeouts = [0] * clients  # no answer within the client's 60 s (or the connection dropped)
     stop = threading.Event()
 
     def client(i: int) -> None:
@@ -97,8 +98,9 @@ def level(port: int, pid: int, clients: int, duration: float, words: int) -> dic
             try:
                 status = post(conn, {"text": text, "k": 20})
             except OSError:
-                status = 0
+                timeouts[i] += 1
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                continue
             if status == 200:
                 lat[i].append(time.perf_counter() - t0)
             else:
@@ -128,6 +130,7 @@ def level(port: int, pid: int, clients: int, duration: float, words: int) -> dic
         "p50": float(np.percentile(flat, 50)) if len(flat) else float("nan"),
         "p95": float(np.percentile(flat, 95)) if len(flat) else float("nan"),
         "errors": sum(errors),
+        "timeouts": sum(timeouts),
         "anon_start": rss[0][0],
         "anon_end": rss[-1][0],
         "anon_max": max(a for a, _ in rss),
@@ -164,7 +167,7 @@ def run(lib_dir: Path, port: int, max_batch: int, levels: list[int], duration: f
             r["batching"] = "on" if max_batch > 1 else "off"
             print(
                 f"batching {r['batching']:>3} | {n:>2} clients: {r['rps']:6.2f} req/s, p50 {r['p50']:7.1f} ms, "
-                f"p95 {r['p95']:7.1f} ms, errors {r['errors']}, "
+                f"p95 {r['p95']:7.1f} ms, errors {r['errors']}, timeouts {r['timeouts']}, "
                 f"anon RSS {r['anon_start']:.0f} -> {r['anon_end']:.0f} MB "
                 f"(max {r['anon_max']:.0f}), mapped {r['file_end']:.0f} MB, {r['texts_per_forward']:.2f} texts/forward",
                 flush=True,
