@@ -15,6 +15,7 @@ import functools
 import io
 import logging
 import os
+import re
 import stat
 import threading
 import warnings
@@ -195,7 +196,9 @@ def load_image(
     except ImageError as e:
         raise ImageError(_with_warnings(str(e), heard)) from e
     except Image.DecompressionBombError as e:  # over twice Pillow's limit, found while opening
-        raise ImageError(f"image is {too_big}") from e
+        pixels = re.search(r"\((\d+) pixels\)", str(e))  # Pillow's "Image size (N pixels) exceeds ..."
+        size = f"too large ({int(pixels[1]) / 1e6:.0f} megapixels), " if pixels else ""
+        raise ImageError(f"image is {size}{too_big}") from e
     except UnidentifiedImageError as e:
         raise ImageError(
             _with_warnings("not an image Pillow can read (unknown format or corrupt header)", heard)

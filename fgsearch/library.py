@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from fgsearch.boxes import Box
 from fgsearch.errors import FgsearchError, LibraryError
 from fgsearch.regions import RegionSettings
 
@@ -518,7 +519,7 @@ class Library:
             q,
             text=text if text is not None else q.text,
             image=image if image is not None else q.image,
-            box=box if box is not None else q.box,
+            box=Box.coerce(box) if box is not None else q.box,
             negative=negative if negative is not None else q.negative,
             k=k,
             **kw,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -120,7 +121,7 @@ def _to_query(req: SearchRequest, image: Any) -> Any:
         by=req.by,
         filters=Filters(
             path_glob=f.path or None,
-            path_prefix=str(Path(f.under).expanduser().resolve()) if f.under else None,
+            path_prefix=os.path.abspath(os.path.expanduser(f.under)) if f.under else None,  # as ingest stores paths
             captured_after=_time(f.taken_after, "taken_after"),
             captured_before=_time(f.taken_before, "taken_before"),
             modified_after=_time(f.modified_after, "modified_after"),

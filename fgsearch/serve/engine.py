@@ -222,9 +222,8 @@ class SearchService:
             return _decode(data, s.max_upload_megapixels)
         except ImageError as e:
             # the decoder's advice names the indexer's flags (--max-megapixels): no fix for a client
-            reason = str(e).split("; raise")[0]
-            limit = f"the server accepts at most {s.max_upload_megapixels:g} megapixels"
-            raise ImageError(f"uploaded image: {reason}; {limit}") from e
+            # (a bomb's reason already names the server's limit; other reasons have nothing to do with it)
+            raise ImageError(f"uploaded image: {str(e).split('; raise')[0]}") from e
 
     def image_for_query(self, image_id: int) -> Any:
         """A library image, decoded, as the query image of "more like this" or a drawn box."""
