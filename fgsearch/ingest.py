@@ -110,7 +110,7 @@ class _Prepared:
     size: int
     mtime_ns: int
     sha256: str = ""
-    pixels: np.ndarray | None = None
+    pixels: Any = None  # the model family's preprocessed item (ImageItem)
     width: int = 0
     height: int = 0
     captured_at: Any = None
@@ -163,7 +163,7 @@ class _Worker:
 
         transform = self.lib.encoder.transform
         try:
-            with self.budget.hold() as reserve:
+            with self.budget.hold() as reserve:  # the full-size image lives until item()
                 loaded = load_image(
                     source,
                     max_megapixels=self.opts.max_megapixels,
@@ -171,7 +171,7 @@ class _Worker:
                     draft=transform.image_size if self.opts.fast_decode else None,
                     reserve=reserve,
                 )
-                base.pixels = transform.to_array(loaded.image)
+                base.pixels = transform.item(loaded.image)
                 base.width, base.height, base.captured_at = loaded.width, loaded.height, loaded.captured_at
                 heard = loaded.warnings
                 del loaded  # the full-size image is freed before its pixels go back to the budget
@@ -465,15 +465,15 @@ def _note_failure(report: IndexReport, path: str, reason: str, limit: int) -> No
 def _embed_and_store(lib: Library, batch: list[_Prepared], settings: RegionSettings, run_id: int) -> int:
     """Forward pass for a batch, then the three-step commit. Returns the number of regions stored."""
     enc = lib.encoder
-    pixels = np.stack([p.pixels for p in batch])  # type: ignore[misc]
-    if settings.needs_dense:
-
-        def proposer(dense: Any) -> list[Any]:
-            if settings.proposer == "auto":  # all images at once, on the model's device
-                return [b for b, _ in auto_boxes_batch(dense, settings)]
-            return [propose(settings, None)[0] if p.boxes is None else p.boxes[: settings.max_regions] for p in batch]
-
-        out, boxes = enc.encode_proposed(pixels, proposer)
+    # images of different shapes (FG-CLIP 2) share one batch: padded, with masks
+    pixels = enc.transform.collate([p.pixels for p in batch])
+    if settings.needs_dense and settings.proposer == "auto":
+        # all images of one dense-map shape at once, on the model's device
+        out, boxes = enc.encode_proposed(pixels, lambda dense: [b for b, _ in auto_boxes_batch(dense, settings)])
+    elif settings.needs_dense:
+        given = [propose(settings, None)[0] if p.boxes is None else p.boxes[: settings.max_regions] for p in batch]
+        out = enc.encode_pixels(pixels, given)
+        boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in given]
     else:
         out = enc.encode_pixels(pixels, None)
         boxes = [np.zeros((0, 4), np.float32) for _ in batch]

@@ -424,7 +424,13 @@ class Library:
                 model_ref = model or DEFAULT_MODEL
                 enc = encoder or shared_encoder(model_ref, device)
                 catalog.init_library(_model_info(model_ref, enc), regions=regions.to_dict(), backend=bk.to_dict())
-                catalog.set_meta(model_source=_model_source(model_ref), library_id=_new_library_id())
+                cal = enc.calibration
+                catalog.set_meta(
+                    model_source=_model_source(model_ref),
+                    library_id=_new_library_id(),
+                    model_family=enc.family.name,
+                    score_calibration=cal.to_dict() if cal is not None else None,
+                )
             if exists and not read_only and not meta.get("library_id"):
                 catalog.set_meta(library_id=_new_library_id())  # a library made before ids were recorded
             dim = enc.dim if enc is not None else int(meta["dim"])
@@ -634,6 +640,8 @@ class Library:
             "model": meta.get("model_name"),
             "model_ref": meta.get("model_ref"),
             "dim": meta.get("dim"),
+            "family": meta.get("model_family", "fgclip"),  # libraries from before families: FG-CLIP
+            "score_calibration": meta.get("score_calibration"),
             "regions": self.region_settings.to_dict(),
             "backend": self.backend.to_dict(),
             "counts": counts,
