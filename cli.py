@@ -7,6 +7,7 @@ heavy modules (torch, faiss, the model) are imported inside the commands so ``--
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -159,7 +160,7 @@ MODEL_HELP = "Model: registry name (fgsearch models), hf-hub:ORG/NAME or a check
 def _console(json_mode: bool = False):
     from rich.console import Console
 
-    return Console(stderr=json_mode)
+    return Console(stderr=json_mode, soft_wrap=True)  # never fold a line (a path) at the terminal width
 
 
 @app.command()
@@ -407,7 +408,7 @@ def query(
         html_out = check_target(html_out, (".html", ".htm"))
     filters = Filters(
         path_glob=path_glob,
-        path_prefix=str(Path(path_prefix).expanduser().resolve()) if path_prefix else None,
+        path_prefix=os.path.abspath(os.path.expanduser(path_prefix)) if path_prefix else None,  # as ingest stores paths
         captured_after=_parse_time(captured_after, "--taken-after"),
         captured_before=_parse_time(captured_before, "--taken-before"),
         modified_after=_parse_time(modified_after, "--modified-after"),
@@ -427,10 +428,12 @@ def query(
     )
     info = QueryInfo()
     with Library.open(library, read_only=True, device=device) as lib:
-        hits = run_search(lib, q, info)
-    console = _console(json_out)
+        hits = lib.consistent(lambda: run_search(lib, q, info))
+    console = _console(json_out or paths_out)  # stdout holds only the JSON or the paths
     for notice in info.notices:
         console.print(_text(f"notice: {notice}"))
+    if filters.path_prefix and not os.path.isdir(filters.path_prefix):
+        console.print(_text(f"warning: --under {filters.path_prefix}: no such folder on disk"))
     if json_out:
         typer.echo(
             json.dumps(

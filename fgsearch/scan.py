@@ -109,7 +109,7 @@ def walk(
     for root_s in paths:
         if not os.path.exists(root_s):
             raise InputError(f"{root_s} does not exist; give a folder of images")
-        if os.path.isfile(root_s):
+        if not os.path.isdir(root_s):  # a file (or a pipe or device: the decoder's guard names it)
             yield _entry(root_s)
             continue
         yield from walker.walk_dir(root_s, root_s, set())
