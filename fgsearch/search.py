@@ -72,6 +72,10 @@ class Filters:
     modified_before: datetime | None = None
     min_score: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.min_score is not None and not np.isfinite(self.min_score):  # NaN kept nothing, silently
+            raise InputError(f"--min-score must be a finite number, got {self.min_score}")
+
     @property
     def restricts_ids(self) -> bool:
         return any(
