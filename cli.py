@@ -117,10 +117,11 @@ def models() -> None:
 
     from fgsearch.model import REGISTRY, is_cached
 
-    table = Table("name", Column("source", overflow="fold"), "image size", "present", "description")
+    table = Table("name", "family", Column("source", overflow="fold"), "image size", "present", "description")
     for spec in REGISTRY.values():
-        size = _image_size(spec)
-        table.add_row(spec.name, _text(spec.source), size, "yes" if is_cached(spec) else "no", spec.description)
+        size = "NaFlex, 128-1024 patches" if spec.family == "fgclip2" else _image_size(spec)
+        present = "yes" if is_cached(spec) else "no"
+        table.add_row(spec.name, spec.family or "-", _text(spec.source), size, present, spec.description)
     Console().print(table)
     typer.echo("Also accepted: --model PATH (a checkpoint directory) or --model hf-hub:ORG/NAME[@REVISION].")
 
@@ -427,7 +428,7 @@ def query(
     )
     info = QueryInfo()
     with Library.open(library, read_only=True, device=device) as lib:
-        hits = run_search(lib, q, info)
+        hits = lib.consistent(lambda: run_search(lib, q, info))
     console = _console(json_out or paths_out)  # stdout holds only the JSON or the paths
     for notice in info.notices:
         console.print(_text(f"notice: {notice}"))
@@ -445,6 +446,7 @@ def query(
                         "by": by,
                         "k": top,
                         "text_path": info.text_path,
+                        "region_walk": info.region_walk,
                     },
                     "results": [h.to_dict() for h in hits],
                 },

@@ -7,7 +7,11 @@ image first), every object expression ("a large red circle on the left": precisi
 image holding that object) and every image's long caption (recall@1 of its image). Also the cost of
 standardising (sample scores) per query.
 
-    python bench/bench_fusion.py --n 300
+    python bench/bench_fusion.py --n 300 [--overhead-images 62500]
+
+``--overhead-images N`` also times the fusion on bench_query.py's synthetic library (N images, 16
+regions each, 512-d): a whole image search (index search + exact scoring + catalog lookups), the
+standardisation inside it, and drawing the library sample (once per open library and index change).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 
 from fgsearch.library import Library
 from fgsearch.model import REGISTRY
-from fgsearch.search import DEFAULT_WEIGHTS, best_regions, library_sample, standardise
+from fgsearch.search import DEFAULT_WEIGHTS, LibrarySample, best_regions, library_sample, sample_scores, standardise
 from fgsearch.trainer.fineshapes import make_fineshapes
 
 Rule = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str], np.ndarray]
@@ -52,6 +56,8 @@ def rules() -> dict[str, Rule]:
         return lambda g, r, sg, sr, kind: wg / (60 + _ranks(g)) + wr / (60 + _ranks(r))
 
     return {
+        "global only": raw(1, 0),
+        "region only": raw(0, 1),
         "raw 0.25/0.75 (before)": raw(0.25, 0.75),
         "raw 0.5/0.5": raw(0.5, 0.5),
         "RRF 0.25/0.75": rrf(0.25, 0.75),
@@ -59,6 +65,12 @@ def rules() -> dict[str, Rule]:
         "z 0.5/0.5 every kind": z(0.5, 0.5),
         "z by query kind (default)": z(None, None),
     }
+
+
+def _standardising(sample: LibrarySample, q: np.ndarray) -> None:
+    """What standardising adds to a query: the sample's scores and their mean and spread."""
+    sg, sr = sample_scores(sample, q)
+    standardise(sg, sg), standardise(sr, sr)
 
 
 def evaluate(lib: Library, data: Path) -> dict[str, dict[str, float]]:
@@ -89,8 +101,7 @@ def evaluate(lib: Library, data: Path) -> dict[str, dict[str, float]]:
 
     def channels(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         g = images @ q
-        sg = sample.images @ q
-        return g, best_regions(g, regions @ q, counts)[0], sg, best_regions(sg, sample.regions @ q, sample.counts)[0]
+        return g, best_regions(g, regions @ q, counts)[0], *sample_scores(sample, q)
 
     out: dict[str, dict[str, float]] = {}
     for name, rule in rules().items():
@@ -110,11 +121,9 @@ def evaluate(lib: Library, data: Path) -> dict[str, dict[str, float]]:
             "object MRR": float(np.mean(rr)),
             "caption R@1": float(cap1),
         }
-    q = tvec[0]
     t0 = time.perf_counter()
     for _ in range(200):
-        sg = sample.images @ q
-        standardise(sg, sg), standardise(*[best_regions(sg, sample.regions @ q, sample.counts)[0]] * 2)
+        _standardising(sample, tvec[0])
     out["_cost"] = {
         "standardise ms/query": (time.perf_counter() - t0) / 200 * 1000,
         "sample images": len(sample.images),
@@ -122,11 +131,58 @@ def evaluate(lib: Library, data: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def overhead(n_images: int, queries: int = 50) -> None:
+    import importlib.util
+    from dataclasses import replace
+
+    import torch
+
+    from fgsearch.model import FGCLIP, FGCLIPConfig, save_model
+    from fgsearch.search import _SAMPLES, SearchQuery, search_vector
+
+    spec = importlib.util.spec_from_file_location("bench_query", Path(__file__).with_name("bench_query.py"))
+    assert spec is not None and spec.loader is not None
+    bench_query = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_query)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        torch.manual_seed(0)
+        save_model(FGCLIP(replace(FGCLIPConfig.tiny(), projection_dim=512)), work / "model")
+        lib_dir = bench_query.build(work, n_images, 16, 512, work / "model")
+        rng = np.random.default_rng(1)
+        with Library.open(lib_dir, read_only=True) as lib:
+            t0 = time.perf_counter()
+            sample = library_sample(lib)
+            draw_ms = (time.perf_counter() - t0) * 1000
+            total, zs = [], []
+            for _ in range(queries + 3):
+                q = rng.normal(size=512).astype(np.float32)
+                q /= np.linalg.norm(q)
+                t0 = time.perf_counter()
+                search_vector(lib, SearchQuery(text="synthetic", k=10), q)
+                t1 = time.perf_counter()
+                _standardising(sample, q)
+                t2 = time.perf_counter()
+                total.append((t1 - t0) * 1000)
+                zs.append((t2 - t1) * 1000)
+            _SAMPLES.pop(lib, None)
+        p50 = float(np.median(total[3:]))
+        z50 = float(np.median(zs[3:]))
+        print(
+            f"\noverhead: {n_images} images / {n_images * 16} regions, 512-d: image search p50 {p50:.1f} ms, of which "
+            f"standardising {z50:.2f} ms ({z50 / p50:.0%}); drawing the sample ({len(sample.images)} images, "
+            f"{len(sample.regions)} regions) {draw_ms:.0f} ms once per open library"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=300, help="FineShapes photos in the library")
     ap.add_argument("--seed", type=int, default=4242, help="FineShapes seed (the demo model was trained on seed 0)")
+    ap.add_argument("--overhead-images", type=int, default=0, help="also time the fusion on a library this big")
     args = ap.parse_args()
+    if args.overhead_images:
+        overhead(args.overhead_images)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = make_fineshapes(work / "photos", n=args.n, seed=args.seed, heldout=0)

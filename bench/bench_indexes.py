@@ -1,24 +1,48 @@
-"""Benchmark the vector index backends: build time, RAM per vector, recall@10, latency, throughput.
+"""Benchmark the vector index backends side by side: build time, memory, recall@10, latency, throughput.
 
 Usage::
 
-    python bench/bench_indexes.py --n 100000 --n 1000000 --backends exact,faiss,qdrant
+    python bench/bench_indexes.py --n 100000 --n 1000000
+    python bench/bench_indexes.py --demo 3000          # real text vs image/region embeddings, demo model
 
-Data generator (fixed seed, generated in chunks of 50k rows so 1M x 512 never sits in RAM twice):
+Every backend gets the same data and the same query sets in the same run:
+
+* ``exact``: our exact backend (brute force; its answers are the ground truth).
+* ``faiss``: our default (HNSW-SQ8 M=32 with exact re-rank, efSearch/re-rank depth calibrated on
+  image-like and synthetic text-like queries, see ``fgsearch.indexes.calibration``).
+* ``faiss-ivfpq``: our backend with ``structure="ivfpq"`` (the previous default, IVF-PQ).
+* ``hnsw-sq8``: plain FAISS ``IndexHNSWSQ`` (8-bit, M=32, FAISS's default efConstruction 40) with an
+  exact re-rank of 100 candidates from the memory-mapped float32 data, at efSearch 128/256/512.
+* ``qdrant-edge``: the Qdrant engine embedded in-process (PyPI ``qdrant-edge-py``): HNSW m=32,
+  ef_construct 100, int8 scalar quantisation in RAM, 10x oversampling re-scored from the stored
+  vectors (100 candidates for k=10, as ours), one optimised segment, at hnsw_ef 64/128/256/512.
+* ``qdrant``: qdrant-client's local mode (brute force in Python), only up to ``--qdrant-max``.
+
+Synthetic data (fixed seed, generated in chunks of 50k rows so 1M x 512 never sits in RAM twice):
 ``clusters`` centres drawn uniformly on the unit sphere, cluster sizes from a Zipf-like law
 (weights ``1 / rank**0.8``), each vector ``normalize(0.5 * m + c_j + s_j * g / sqrt(dim))`` where
-``m`` is one direction shared by all vectors (CLIP embeddings share a large common component),
-``g`` is standard Gaussian noise and ``s_j`` a per-cluster spread in [0.8, 1.6]. Queries are stored
-vectors plus Gaussian noise of norm 0.5, normalized (cosine to their source ~0.9). Ground truth is
-the exact backend's top 10.
+``m`` is one direction shared by all vectors (CLIP image embeddings share a large common
+component), ``g`` is standard Gaussian noise and ``s_j`` a per-cluster spread in [0.8, 1.6].
+
+Query sets (each reported separately):
+
+* ``image``: stored vectors plus Gaussian noise of norm 0.5, normalized (cosine to their source ~0.9).
+* ``text``: cross-modal queries (``cross_modal_queries`` with another seed than the index's own
+  calibration): their own shared direction, almost nothing of the images' common direction, and a
+  meaning drawn from a stored vector and its neighbours, scaled so the best match has cosine 0.30;
+  on this data the 10th match has ~0.25 and the 100th ~0.18 (CLIP ViT-B/16 on COCO: ~0.30 / 0.15).
+  The cosines of ranks 1, 10 and 100 are printed for every set.
+* ``--demo N``: the shipped demo model's text embeddings of varied FineShapes-style captions
+  against its image and region embeddings of N generated FineShapes-like photos (real modality
+  gap, small dimension). Index calibration there uses synthetic queries only.
 
 Each backend is built in one subprocess (timed: adds in batches of 50k, each followed by
 ``flush()`` as the ingest pipeline does, then ``save()``) and measured in a fresh one that opens
-the index read-only. RAM is read from ``/proc/self/status`` before the open (after importing the
-backend's libraries) and after all queries: ``RssAnon`` is memory the process owns, ``RssFile``
-is memory-mapped file pages it touched (page cache the kernel can drop); both are printed, and
-bytes/vector uses their sum. Qdrant's embedded mode is capped at ``--qdrant-max`` vectors (it is
-brute force in Python and slow to build).
+the index read-only. Latency is single queries on one thread (FAISS OpenMP and Qdrant's search
+pool set to 1); throughput is one batch of all queries, also on one thread. RAM is read from
+``/proc/self/status`` before the open (after importing the backend's libraries) and after all
+queries: ``RssAnon`` is memory the process owns, ``RssFile`` is memory-mapped file pages it
+touched (page cache the kernel can drop); both are printed, and bytes/vector uses their sum.
 """
 
 from __future__ import annotations
@@ -38,6 +62,8 @@ import numpy as np
 
 CHUNK = 50_000
 SEED = 1234
+PEER_EF = {"hnsw-sq8": (128, 256, 512), "qdrant-edge": (64, 128, 256, 512)}
+PEER_RERANK = 100
 
 
 # --------------------------------------------------------------------------- data
@@ -70,12 +96,55 @@ def generate(path: Path, n: int, dim: int, clusters: int, seed: int = SEED) -> n
 
 
 def make_queries(data: np.ndarray, nq: int, seed: int = SEED + 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(data.shape[0], size=nq, replace=False))
-    q = np.asarray(data[rows], dtype=np.float32)
-    q += rng.standard_normal(q.shape).astype(np.float32) * (0.5 / math.sqrt(q.shape[1]))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    return q
+    from fgsearch.indexes.calibration import in_distribution_queries
+
+    return in_distribution_queries(data, nq, seed)
+
+
+def make_text_queries(data: np.ndarray, nq: int, seed: int = SEED + 3) -> np.ndarray:
+    from fgsearch.indexes.calibration import cross_modal_queries
+
+    return cross_modal_queries(data, nq, seed)
+
+
+def demo_dataset(work: Path, n_images: int, nq: int) -> tuple[Path, dict[str, Path]]:
+    """Demo-model embeddings of generated FineShapes-like photos (one global vector and region vectors
+    for each shape's box and a 2x2 grid, as a library stores them) and of their varied captions
+    (whole-image captions, short and long referring expressions) as text queries."""
+    import random
+
+    from PIL import Image
+
+    from fgsearch.model import Encoder
+    from fgsearch.trainer.fineshapes import make_record
+
+    data_path = work / f"demo-{n_images}.npy"
+    text_path = work / f"demo-{n_images}-text.npy"
+    if not (data_path.exists() and text_path.exists()):
+        enc = Encoder.load("demo", device="cpu")
+        img_dir = work / "demo-images"
+        img_dir.mkdir(exist_ok=True)
+        grid = [(x, y, x + 0.5, y + 0.5) for x in (0.0, 0.5) for y in (0.0, 0.5)]
+        vecs: list[np.ndarray] = []
+        captions: list[str] = []
+        for s in range(0, n_images, 32):
+            recs = [make_record(i, SEED, img_dir, "")[0] for i in range(s, min(s + 32, n_images))]
+            images = [Image.open(img_dir / r["f_path"]).convert("RGB") for r in recs]
+            boxes = [np.asarray([b["bbox"] for b in r["bbox_info"]] + grid, np.float32) for r in recs]
+            out = enc.encode_images(images, boxes=boxes)
+            vecs.append(np.concatenate([out.image, *out.regions]))
+            for r in recs:
+                captions += [r["caption"], r["short_caption"]]
+                captions += [t for b in r["bbox_info"] for t in (b["short_expr"], b["long_expr"])]
+            print(f"\r  demo: embedded {min(s + 32, n_images)}/{n_images} photos", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        np.save(data_path, np.concatenate(vecs).astype(np.float32))
+        picked = random.Random(SEED).sample(captions, min(nq, len(captions)))
+        np.save(text_path, np.asarray(enc.encode_texts(picked), dtype=np.float32))
+    data = np.load(data_path, mmap_mode="r")
+    image_path = work / f"demo-{n_images}-image.npy"
+    np.save(image_path, make_queries(data, nq))
+    return data_path, {"image": image_path, "text": text_path}
 
 
 # --------------------------------------------------------------------------- workers
@@ -94,18 +163,60 @@ def _config(kind: str, index_dir: Path) -> object:
 
     if kind == "faiss":
         return FaissConfig()
+    if kind == "faiss-ivfpq":
+        return FaissConfig(structure="ivfpq")
     if kind == "qdrant":
         return QdrantConfig(path=str(index_dir))
     return None
 
 
-def worker_build(kind: str, data_path: Path, index_dir: Path) -> dict[str, float]:
-    from fgsearch.indexes import create_index
+def _ours(kind: str) -> str:
+    return "faiss" if kind.startswith("faiss") else kind
 
+
+def _edge_config(dim: int, threads: int | None = None) -> object:
+    import qdrant_edge as qe
+
+    return qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot),
+        hnsw_config=qe.HnswIndexConfig(m=32, ef_construct=100, full_scan_threshold=10_000),
+        quantization_config=qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True),
+        optimizers=qe.EdgeOptimizersConfig(default_segment_number=1),
+        max_search_threads=threads,
+        wal_enabled=False,
+    )
+
+
+def worker_build(kind: str, data_path: Path, index_dir: Path) -> dict[str, float]:
     data = np.load(data_path, mmap_mode="r")
     n, dim = data.shape
     t0 = time.perf_counter()
-    index = create_index(kind, index_dir, dim, config=_config(kind, index_dir))
+    if kind == "hnsw-sq8":
+        import faiss
+
+        index_dir.mkdir(parents=True)
+        idx = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, 32, faiss.METRIC_INNER_PRODUCT)
+        rows = np.sort(np.random.default_rng(0).choice(n, size=min(n, 100_000), replace=False))
+        idx.train(np.ascontiguousarray(data[rows]))
+        for s in range(0, n, CHUNK):
+            idx.add(np.ascontiguousarray(data[s : s + CHUNK]))
+        faiss.write_index(idx, str(index_dir / "hnsw.index"))
+        return {"build_s": time.perf_counter() - t0, "add_s": 0.0}
+    if kind == "qdrant-edge":
+        import qdrant_edge as qe
+
+        shard = qe.EdgeShard.create(str(index_dir), _edge_config(dim))
+        for s in range(0, n, 5000):
+            blk = np.asarray(data[s : s + 5000])
+            shard.update(qe.UpdateOperation.upsert_points([qe.Point(s + i, v.tolist()) for i, v in enumerate(blk)]))
+        t_add = time.perf_counter() - t0
+        shard.optimize()
+        shard.flush()
+        shard.close()
+        return {"build_s": time.perf_counter() - t0, "add_s": t_add}
+    from fgsearch.indexes import create_index
+
+    index = create_index(_ours(kind), index_dir, dim, config=_config(kind, index_dir))
     for s in range(0, n, CHUNK):
         e = min(s + CHUNK, n)
         index.add(np.arange(s, e), np.asarray(data[s:e]))
@@ -116,58 +227,125 @@ def worker_build(kind: str, data_path: Path, index_dir: Path) -> dict[str, float
     return {"build_s": time.perf_counter() - t0, "add_s": t_add}
 
 
-def worker_query(kind: str, index_dir: Path, queries_path: Path, truth_path: Path | None, out_ids: Path) -> dict:
-    from fgsearch.indexes import open_index
+class _Searcher:
+    """One loaded index and its search settings; ``search(q, k) -> ids``."""
 
-    q = np.load(queries_path)
-    # import the backend's libraries first so their code pages are not counted as index memory
-    if kind == "qdrant":
+    def __init__(self, kind: str, index_dir: Path, data_path: Path) -> None:
+        self.kind = kind
+        self.settings: list[object] = [None]
+        if kind == "hnsw-sq8":
+            import faiss
+
+            self.index = faiss.read_index(str(index_dir / "hnsw.index"))
+            self.data = np.load(data_path, mmap_mode="r")
+            self.settings = list(PEER_EF[kind])
+            self.n = int(self.index.ntotal)
+        elif kind == "qdrant-edge":
+            import qdrant_edge as qe
+
+            self.qe = qe
+            self.index = qe.EdgeShard.load(str(index_dir), _edge_config(np.load(data_path, mmap_mode="r").shape[1], 1))
+            self.settings = list(PEER_EF[kind])
+            self.n = int(self.index.count(qe.CountRequest(exact=True)))
+        else:
+            from fgsearch.indexes import open_index
+
+            self.index = open_index(_ours(kind), index_dir, read_only=kind != "qdrant", config=_config(kind, index_dir))
+            self.n = self.index.count()
+        self.setting: object = self.settings[0]
+
+    def search(self, q: np.ndarray, k: int) -> np.ndarray:
+        if self.kind == "hnsw-sq8":
+            import faiss
+
+            p = faiss.SearchParametersHNSW()
+            p.efSearch = int(self.setting)  # type: ignore[call-overload]
+            _, cand = self.index.search(q, PEER_RERANK, params=p)
+            out = np.empty((q.shape[0], k), dtype=np.int64)
+            for r in range(q.shape[0]):  # exact re-rank from the memory-mapped float32 vectors
+                c = cand[r][cand[r] >= 0]
+                out[r] = c[np.argsort(-(np.asarray(self.data[c]) @ q[r]))[:k]]
+            return out
+        if self.kind == "qdrant-edge":
+            qe = self.qe
+            params = qe.SearchParams(
+                hnsw_ef=int(self.setting),  # type: ignore[call-overload]
+                quantization=qe.QuantizationSearchParams(rescore=True, oversampling=PEER_RERANK / 10),
+            )
+            reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(v.tolist()), params=params) for v in q]
+            res = [self.index.query(reqs[0])] if len(reqs) == 1 else self.index.query_batch(qe.QueryBatchRequest(reqs))
+            return np.asarray([[int(p.id) for p in r] + [-1] * (k - len(r)) for r in res], dtype=np.int64)
+        return np.asarray(self.index.search(q, k).ids)
+
+    def params(self) -> dict:
+        if self.kind in PEER_EF:
+            return {"ef": self.setting}
+        return {k: v for k, v in self.index.stats().params.items() if k != "config"}
+
+    def disk_bytes(self, index_dir: Path) -> int:
+        return sum(p.stat().st_size for p in index_dir.rglob("*") if p.is_file())
+
+
+def worker_query(kind: str, index_dir: Path, data_path: Path, qsets: dict[str, tuple[Path, Path | None]]) -> dict:
+    """Latency, throughput, recall for every query set and search setting; memory after all of it."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    if kind.startswith("qdrant"):
         import qdrant_client  # noqa: F401
-    else:
-        import faiss  # noqa: F401
+        import qdrant_edge  # noqa: F401
     before = _rss()
     t0 = time.perf_counter()
-    index = open_index(kind, index_dir, read_only=kind != "qdrant", config=_config(kind, index_dir))
+    searcher = _Searcher(kind, index_dir, data_path)
     open_s = time.perf_counter() - t0
     after_open = _rss()
-    n = index.count()
-    n_single = min(200, q.shape[0])
-    for i in range(10):  # warm-up
-        index.search(q[i], 10)
-    lat = []
-    for i in range(n_single):
-        t = time.perf_counter()
-        index.search(q[i], 10)
-        lat.append(time.perf_counter() - t)
-    nb = q.shape[0]
-    t = time.perf_counter()
-    res = index.search(q, 10)
-    batch_s = time.perf_counter() - t
-    after = _rss()
-    np.save(out_ids, res.ids)
-    recall = None
-    if truth_path is not None:
-        from fgsearch.indexes.faiss_index import recall_at_k
+    runs = []
+    for setting in searcher.settings:
+        searcher.setting = setting
+        for name, (qpath, tpath) in qsets.items():
+            q = np.load(qpath)
+            for i in range(10):  # warm-up
+                searcher.search(q[i : i + 1], 10)
+            lat = []
+            for i in range(min(30 if kind == "exact" else 300, q.shape[0])):  # exact: only its truth matters
+                t = time.perf_counter()
+                searcher.search(q[i : i + 1], 10)
+                lat.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ids = searcher.search(q, 10)
+            batch_s = time.perf_counter() - t
+            recall = None
+            if tpath is not None:
+                from fgsearch.indexes.calibration import recall_at_k
 
-        recall = recall_at_k(res.ids, np.load(truth_path))
-    stats = index.stats()
-    index.close()
+                recall = recall_at_k(ids, np.load(tpath))
+            else:
+                np.save(qpath.with_name(qpath.stem + "-truth.npy"), ids)
+            runs.append(
+                {
+                    "setting": setting,
+                    "set": name,
+                    "recall10": recall,
+                    "p50_ms": 1000 * float(np.percentile(lat, 50)),
+                    "p95_ms": 1000 * float(np.percentile(lat, 95)),
+                    "batch_qps": q.shape[0] / batch_s,
+                }
+            )
+    after = _rss()
+    n = searcher.n
     d_anon = after["RssAnon"] - before["RssAnon"]
     d_file = after["RssFile"] - before["RssFile"]
     return {
         "n": n,
         "open_s": open_s,
-        "p50_ms": 1000 * float(np.percentile(lat, 50)),
-        "p95_ms": 1000 * float(np.percentile(lat, 95)),
-        "batch_qps": nb / batch_s,
-        "recall10": recall,
+        "runs": runs,
         "rss_anon_open_B": after_open["RssAnon"] - before["RssAnon"],
         "rss_anon_B": d_anon,
         "rss_file_B": d_file,
         "bytes_per_vector": (d_anon + d_file) / max(n, 1),
         "anon_bytes_per_vector": d_anon / max(n, 1),
-        "disk_B": stats.bytes_on_disk,
-        "params": {k: v for k, v in stats.params.items() if k not in ("config",)},
+        "disk_B": searcher.disk_bytes(index_dir),
+        "params": searcher.params(),
     }
 
 
@@ -181,18 +359,80 @@ def _run_worker(args: list[str], timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _cosines(data_path: Path, q: np.ndarray) -> str:
+    """Median cosine of ranks 1, 10 and 100 (exact, over every stored vector)."""
+    data = np.load(data_path, mmap_mode="r")
+    best = np.full((q.shape[0], 0), -np.inf, dtype=np.float32)
+    for s in range(0, data.shape[0], CHUNK):
+        sc = q @ np.asarray(data[s : s + CHUNK]).T
+        best = -np.sort(-np.concatenate([best, sc], axis=1), axis=1)[:, :100]
+    r1, r10, r100 = np.median(best[:, [0, 9, min(99, best.shape[1] - 1)]], axis=0)
+    return f"best match cosine {r1:.3f}, 10th {r10:.3f}, 100th {r100:.3f}"
+
+
 # --------------------------------------------------------------------------- main
+def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path], backends: list[str], args) -> list:
+    rows = []
+    n = int(np.load(data_path, mmap_mode="r").shape[0])
+    for name, qp in qpaths.items():
+        print(f"# {label}: {name} queries: {_cosines(data_path, np.load(qp))}", flush=True)
+    for kind in backends:
+        if kind == "qdrant" and n > args.qdrant_max:
+            print(f"# {label}: qdrant (client local mode) skipped (> --qdrant-max {args.qdrant_max})", flush=True)
+            continue
+        idx_dir = work / f"{kind}-{label}"
+        shutil.rmtree(idx_dir, ignore_errors=True)
+        b = _run_worker(["--worker", "build", kind, str(data_path), str(idx_dir)], args.timeout)
+        qsets = {
+            name: (str(qp), "-" if kind == "exact" else str(qp.with_name(qp.stem + "-truth.npy")))
+            for name, qp in qpaths.items()
+        }
+        r = _run_worker(["--worker", "query", kind, str(idx_dir), str(data_path), json.dumps(qsets)], args.timeout)
+        if kind == "exact":
+            for run in r["runs"]:
+                run["recall10"] = 1.0
+        for run in r["runs"]:
+            row = {"backend": kind, "data": label, **b, **{k: v for k, v in r.items() if k != "runs"}, **run}
+            rows.append(row)
+            print(
+                f"# {kind} {label} {run['set']} setting={run['setting']}: build {b['build_s']:.1f}s "
+                f"recall {run['recall10']:.4f} p50 {run['p50_ms']:.2f}ms p95 {run['p95_ms']:.2f}ms",
+                flush=True,
+            )
+        print(f"#   params {r['params']}", flush=True)
+        shutil.rmtree(idx_dir, ignore_errors=True)
+    return rows
+
+
+def print_table(rows: list) -> None:
+    head = (
+        f"{'backend':<12} {'setting':>7} {'data':>9} {'set':>5} {'recall@10':>9} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'batch q/s':>9} {'build s':>8} {'B/vec':>6} {'anon':>6} {'file':>6} {'disk MB':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        setting = "-" if r["setting"] is None else str(r["setting"])
+        print(
+            f"{r['backend']:<12} {setting:>7} {r['data']:>9} {r['set']:>5} {r['recall10']:>9.4f} {r['p50_ms']:>7.2f} "
+            f"{r['p95_ms']:>7.2f} {r['batch_qps']:>9.0f} {r['build_s']:>8.1f} {r['bytes_per_vector']:>6.0f} "
+            f"{r['anon_bytes_per_vector']:>6.0f} {r['rss_file_B'] / max(r['n'], 1):>6.0f} "
+            f"{(r['disk_B'] or 0) / 1e6:>8.0f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, action="append", help="collection size (repeatable)")
+    ap.add_argument("--n", type=int, action="append", help="synthetic collection size (repeatable)")
+    ap.add_argument("--demo", type=int, default=0, help="also run the demo-model set over this many photos")
     ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--backends", default="exact,faiss,qdrant")
+    ap.add_argument("--backends", default="exact,faiss,hnsw-sq8,qdrant-edge,faiss-ivfpq")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--clusters", type=int, default=1000)
-    ap.add_argument("--qdrant-max", type=int, default=100_000, help="skip Qdrant embedded above this size")
+    ap.add_argument("--qdrant-max", type=int, default=100_000, help="skip qdrant-client's local mode above this")
     ap.add_argument("--workdir", type=Path, default=None, help="where data and indexes go (default: temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -201,12 +441,11 @@ def main() -> None:
         if w[0] == "build":
             res = worker_build(w[1], Path(w[2]), Path(w[3]))
         else:
-            truth = Path(w[4]) if w[4] != "-" else None
-            res = worker_query(w[1], Path(w[2]), Path(w[3]), truth, Path(w[5]))
+            qsets = {k: (Path(q), None if t == "-" else Path(t)) for k, (q, t) in json.loads(w[4]).items()}
+            res = worker_query(w[1], Path(w[2]), Path(w[3]), qsets)
         print(json.dumps(res))
         return
 
-    sizes = args.n or [100_000]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if "exact" in backends:
         backends.remove("exact")
@@ -215,54 +454,24 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     try:
-        for n in sizes:
+        for n in args.n or ([] if args.demo else [100_000]):
             data_path = work / f"data-{n}-{args.dim}.npy"
             t = time.perf_counter()
             data = generate(data_path, n, args.dim, args.clusters)
-            q = make_queries(data, args.queries)
+            qpaths = {"image": work / f"queries-{n}-image.npy", "text": work / f"queries-{n}-text.npy"}
+            np.save(qpaths["image"], make_queries(data, args.queries))
+            np.save(qpaths["text"], make_text_queries(data, args.queries))
             del data
-            q_path = work / f"queries-{n}.npy"
-            np.save(q_path, q)
-            print(f"# n={n}: data generated in {time.perf_counter() - t:.1f}s", flush=True)
-            truth_path = work / f"truth-{n}.npy"
-            for kind in backends:
-                if kind == "qdrant" and n > args.qdrant_max:
-                    print(f"# n={n}: qdrant embedded skipped (> --qdrant-max {args.qdrant_max})", flush=True)
-                    continue
-                idx_dir = work / f"{kind}-{n}"
-                shutil.rmtree(idx_dir, ignore_errors=True)
-                b = _run_worker(["--worker", "build", kind, str(data_path), str(idx_dir)], args.timeout)
-                out_ids = work / f"ids-{kind}-{n}.npy"
-                tr = "-" if kind == "exact" else str(truth_path)
-                r = _run_worker(["--worker", "query", kind, str(idx_dir), str(q_path), tr, str(out_ids)], args.timeout)
-                if kind == "exact":
-                    shutil.copy(out_ids, truth_path)
-                    r["recall10"] = 1.0
-                row = {"backend": kind, "n": n, **b, **r}
-                rows.append(row)
-                print(
-                    f"# {kind} n={n}: build {b['build_s']:.1f}s recall {r['recall10']:.4f} "
-                    f"p50 {r['p50_ms']:.2f}ms params {r['params']}",
-                    flush=True,
-                )
-                shutil.rmtree(idx_dir, ignore_errors=True)
+            print(f"# n={n}: data and queries generated in {time.perf_counter() - t:.1f}s", flush=True)
+            rows += run_dataset(str(n), work, data_path, qpaths, backends, args)
+        if args.demo:
+            data_path, qpaths = demo_dataset(work, args.demo, args.queries)
+            rows += run_dataset(f"demo{args.demo}", work, data_path, qpaths, backends, args)
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     print()
-    head = (
-        f"{'backend':<8} {'n':>9} {'build s':>8} {'B/vec RAM':>10} {'(anon':>7} {'+file)':>7} "
-        f"{'recall@10':>9} {'p50 ms':>7} {'p95 ms':>7} {'batch q/s':>10} {'disk MB':>8}"
-    )
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(
-            f"{r['backend']:<8} {r['n']:>9} {r['build_s']:>8.1f} {r['bytes_per_vector']:>10.0f} "
-            f"{r['anon_bytes_per_vector']:>7.0f} {r['rss_file_B'] / max(r['n'], 1):>7.0f} "
-            f"{r['recall10']:>9.4f} {r['p50_ms']:>7.2f} {r['p95_ms']:>7.2f} {r['batch_qps']:>10.0f} "
-            f"{(r['disk_B'] or 0) / 1e6:>8.0f}"
-        )
+    print_table(rows)
     print()
     print(json.dumps(rows, indent=1, default=str))
 

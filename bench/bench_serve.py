@@ -9,9 +9,12 @@ images and --regions-per-image boxes each, and FAISS indexes of synthetic cluste
 text tower runs). A real server process is started (``fgsearch serve`` through run_server) and,
 for each client count, that many threads in this process post --words-word queries back to back
 over keep-alive connections for --duration seconds. Printed per level: requests/s, p50/p95
-latency, errors, the server's RSS at the start and end of the level and its maximum, and how many
-texts the server encoded per forward pass. --unbatched also runs every level against a server
-whose text batching is off (max_batch=1): the ratio shows what batching buys on this machine.
+latency, errors, the server's anonymous RSS at the start and end of the level and its maximum, its
+file-backed RSS (memory-mapped vectors) at the end, and how many
+texts the server encoded per forward pass. As a yardstick measured in the same run, the same
+queries first go through ``run_search`` in this process (no HTTP, one at a time). --unbatched
+also runs every level against a server whose text batching is off (max_batch=1): the ratio shows
+what batching buys on this machine.
 The clients share the CPU with the server: on a 2-core machine that costs the server some time.
 """
 
@@ -36,12 +39,16 @@ WORDS = (
 ).split()
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(anonymous, file-backed) resident MB: file pages are the memory-mapped vectors, which grow as
+    searches touch them and are bounded by the index files; anonymous memory is the process's own."""
+    out = {"RssAnon:": float("nan"), "RssFile:": float("nan")}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+            key = line.split(":")[0] + ":"
+            if key in out:
+                out[key] = int(line.split()[1]) / 1024
+    return out["RssAnon:"], out["RssFile:"]
 
 
 def start(lib_dir: Path, port: int, max_batch: int) -> subprocess.Popen[bytes]:
@@ -78,7 +85,8 @@ def server_stats(port: int) -> dict:
 
 def level(port: int, pid: int, clients: int, duration: float, words: int) -> dict:
     lat: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
+    errors = [0] * clients  # HTTP statuses other than 200
+    timeouts = [0] * clients  # no answer within the client's 60 s (or the connection dropped)
     stop = threading.Event()
 
     def client(i: int) -> None:
@@ -90,8 +98,9 @@ def level(port: int, pid: int, clients: int, duration: float, words: int) -> dic
             try:
                 status = post(conn, {"text": text, "k": 20})
             except OSError:
-                status = 0
+                timeouts[i] += 1
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                continue
             if status == 200:
                 lat[i].append(time.perf_counter() - t0)
             else:
@@ -121,11 +130,29 @@ def level(port: int, pid: int, clients: int, duration: float, words: int) -> dic
         "p50": float(np.percentile(flat, 50)) if len(flat) else float("nan"),
         "p95": float(np.percentile(flat, 95)) if len(flat) else float("nan"),
         "errors": sum(errors),
-        "rss_start": rss[0],
-        "rss_end": rss[-1],
-        "rss_max": max(rss),
+        "timeouts": sum(timeouts),
+        "anon_start": rss[0][0],
+        "anon_end": rss[-1][0],
+        "anon_max": max(a for a, _ in rss),
+        "file_end": rss[-1][1],
         "texts_per_forward": texts / forwards if forwards else float("nan"),
     }
+
+
+def direct(lib_dir: Path, words: int, n: int = 30) -> float:
+    """p50 (ms) of the same queries through run_search in this process: no HTTP, one at a time."""
+    from fgsearch.library import Library
+    from fgsearch.search import SearchQuery, run_search
+
+    rng = np.random.default_rng(7)
+    times = []
+    with Library.open(lib_dir, read_only=True, device="cpu") as lib:
+        for i in range(n + 3):
+            t0 = time.perf_counter()
+            run_search(lib, SearchQuery(text=" ".join(rng.choice(WORDS, words)), k=21))
+            if i >= 3:
+                times.append((time.perf_counter() - t0) * 1000)
+    return float(np.percentile(times, 50))
 
 
 def run(lib_dir: Path, port: int, max_batch: int, levels: list[int], duration: float, words: int) -> list[dict]:
@@ -140,8 +167,9 @@ def run(lib_dir: Path, port: int, max_batch: int, levels: list[int], duration: f
             r["batching"] = "on" if max_batch > 1 else "off"
             print(
                 f"batching {r['batching']:>3} | {n:>2} clients: {r['rps']:6.2f} req/s, p50 {r['p50']:7.1f} ms, "
-                f"p95 {r['p95']:7.1f} ms, errors {r['errors']}, RSS {r['rss_start']:.0f} -> {r['rss_end']:.0f} MB "
-                f"(max {r['rss_max']:.0f}), {r['texts_per_forward']:.2f} texts/forward",
+                f"p95 {r['p95']:7.1f} ms, errors {r['errors']}, timeouts {r['timeouts']}, "
+                f"anon RSS {r['anon_start']:.0f} -> {r['anon_end']:.0f} MB "
+                f"(max {r['anon_max']:.0f}), mapped {r['file_end']:.0f} MB, {r['texts_per_forward']:.2f} texts/forward",
                 flush=True,
             )
             out.append(r)
@@ -182,6 +210,9 @@ def main() -> None:
     print(
         f"library: {args.images} images, {args.images * args.regions_per_image} region vectors; "
         f"{args.words}-word queries, k=20; {os.cpu_count()} CPUs; {args.duration:.0f} s per level"
+    )
+    print(
+        f"peer: the same queries through run_search in-process, one at a time: p50 {direct(lib_dir, args.words):.1f} ms"
     )
     results = run(lib_dir, args.port, 32, levels, args.duration, args.words)
     if args.unbatched:

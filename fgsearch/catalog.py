@@ -153,6 +153,21 @@ def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
         yield seq[i : i + n]
 
 
+def read_only_uri(path: Path, *, immutable: bool = False) -> str:
+    """An sqlite3 URI that opens ``path`` for reading only (any folder name: the path is quoted).
+
+    ``immutable`` is for a library on a read-only mount or in a folder this user cannot write:
+    SQLite then needs no ``-shm`` file (which it could not create), and reads the database file as
+    it is (a clean writer leaves nothing in the WAL when it closes)."""
+    return f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def cannot_write_here(err: BaseException) -> bool:
+    """Whether an sqlite error on a read-only open means the folder or mount is not writable."""
+    msg = str(err).lower()
+    return "readonly database" in msg or "unable to open database file" in msg
+
+
 class WriteLock:
     """Exclusive writer lock on ``<library>/lock`` (flock: released by the kernel if the holder dies)."""
 
@@ -217,9 +232,22 @@ class Catalog:
             raise LibraryError(f"no catalog at {p}; create the library with `fgsearch index PHOTOS`")
         # URL.create, not an f-string: a folder named "a?b", "a#b" or "a%20b" must open that folder
         if read_only:
-            url = sa.engine.URL.create("sqlite", database=f"file:{quote(str(p))}", query={"mode": "ro", "uri": "true"})
+            try:
+                return cls._open(p, create, read_only, immutable=False)
+            except LibraryError as e:
+                if not cannot_write_here(e.__cause__ or e):
+                    raise
+            logger.info("catalog %s is in a folder that cannot be written: reading it as immutable", p)
+            return cls._open(p, create, read_only, immutable=True)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return cls._open(p, create, read_only, immutable=False)
+
+    @classmethod
+    def _open(cls, p: Path, create: bool, read_only: bool, *, immutable: bool) -> Catalog:
+        if read_only:
+            query = {"mode": "ro", "uri": "true", **({"immutable": "1"} if immutable else {})}
+            url = sa.engine.URL.create("sqlite", database=f"file:{quote(str(p))}", query=query)
         else:
-            p.parent.mkdir(parents=True, exist_ok=True)
             url = sa.engine.URL.create("sqlite", database=str(p))
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -239,7 +267,8 @@ class Catalog:
         except sa.exc.DatabaseError as e:
             engine.dispose()
             raise LibraryError(
-                f"catalog {p} is not a readable SQLite database ({e.orig}); restore it or --reindex"
+                f"catalog {p} is not a readable SQLite database ({e.orig}); restore it from a backup or rebuild "
+                f"the library with `fgsearch index PHOTOS --library {p.parent} --reindex`"
             ) from e
         except BaseException:
             engine.dispose()

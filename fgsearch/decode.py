@@ -11,6 +11,7 @@ an 8-bit RGB image. Animated images and multi-page TIFFs give their first frame.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -36,8 +37,9 @@ _DATETIME_ORIGINAL = 0x9003
 _DATETIME = 0x0132
 _ORIENTATION = 0x0112
 # Pillow renders EPS by running Ghostscript on the file: never do that for an untrusted folder
-# (a PostScript file renamed to .jpg would otherwise reach it).
-_REFUSED_FORMATS = frozenset({"EPS"})
+# (a PostScript file renamed to .jpg would otherwise reach it). IPTC/NAA files wrap an image that
+# Pillow opens with EVERY format, past any allow-list: PostScript inside one reached Ghostscript.
+_REFUSED_FORMATS = frozenset({"EPS", "IPTC"})
 
 
 def decodable_formats() -> list[str]:
@@ -67,14 +69,15 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
 
     The check is made on the opened descriptor (no race with a file swapped in between), and the
     open itself does not block: opening a FIFO for reading would otherwise wait for a writer."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
+    nonblock = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs to block on
+    fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a pipe, device or socket"
             raise UnsafeFileError(f"{os.fspath(path)} is {kind}, not a regular file; give an image file")
-        os.set_blocking(fd, True)
+        if nonblock:
+            os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -248,11 +251,36 @@ def routed_warnings() -> Iterator[None]:
         yield
 
 
+TRIM_PIXELS = 16_000_000  # after a decode this big, free memory is handed back to the system
+
+
+def _trim_malloc() -> None:
+    """Hand free heap memory back to the system (glibc only; elsewhere nothing to do).
+
+    glibc gives each thread its own heap ("arena") and keeps what a thread freed for that thread:
+    three workers that decode one 100 MP image each, one after the other, would otherwise keep
+    three images' worth of memory between them, as if they had decoded together."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        return None
+
+
 class PixelBudget:
     """Pixels that decode workers may hold decoded at once. A big image waits until enough of the
     budget is free, so several huge images never decode together (peak memory stays near one
     huge image's) while ordinary photos still decode in parallel. An image bigger than the whole
-    budget waits for all of it, then runs alone."""
+    budget waits for all of it, then runs alone. After a big image the freed memory is returned
+    to the system (:func:`_trim_malloc`), so the next one does not add to it."""
 
     def __init__(self, pixels: int) -> None:
         self.total = max(1, int(pixels))
@@ -276,6 +304,8 @@ class PixelBudget:
         try:
             yield reserve
         finally:
+            if taken >= TRIM_PIXELS:
+                _trim_malloc()
             if taken:
                 with self._cv:
                     self.free += taken

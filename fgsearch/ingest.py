@@ -110,7 +110,7 @@ class _Prepared:
     size: int
     mtime_ns: int
     sha256: str = ""
-    pixels: np.ndarray | None = None
+    pixels: Any = None  # the model family's preprocessed item (ImageItem)
     width: int = 0
     height: int = 0
     captured_at: Any = None
@@ -163,7 +163,7 @@ class _Worker:
 
         transform = self.lib.encoder.transform
         try:
-            with self.budget.hold() as reserve:  # the full-size image lives until to_array
+            with self.budget.hold() as reserve:  # the full-size image lives until item()
                 loaded = load_image(
                     source,
                     max_megapixels=self.opts.max_megapixels,
@@ -171,14 +171,16 @@ class _Worker:
                     draft=transform.image_size if self.opts.fast_decode else None,
                     reserve=reserve,
                 )
-                base.pixels = transform.to_array(loaded.image)
-            base.width, base.height, base.captured_at = loaded.width, loaded.height, loaded.captured_at
-            for heard in loaded.warnings:
-                logger.info("%s: %s", base.path, heard)
+                base.pixels = transform.item(loaded.image)
+                base.width, base.height, base.captured_at = loaded.width, loaded.height, loaded.captured_at
+                heard = loaded.warnings
+                del loaded  # the full-size image is freed before its pixels go back to the budget
+            for warning in heard:
+                logger.info("%s: %s", base.path, warning)
             if self.sidecar is not None:
                 from fgsearch.boxes import boxes_array
 
-                base.sidecar = self.sidecar.match(base.path, root, loaded.width, loaded.height)
+                base.sidecar = self.sidecar.match(base.path, root, base.width, base.height)
                 base.boxes = boxes_array(base.sidecar.boxes)
         except FgsearchError as e:  # ImageError, or a sidecar's DataError
             base.reason = str(e)
@@ -235,7 +237,11 @@ def run_index(
     progress: ProgressFn | None = None,
     max_failures_listed: int = 20,
 ) -> IndexReport:
-    """Index ``roots`` into an open, writable library; see the module docstring for guarantees."""
+    """Index ``roots`` into an open, writable library; see the module docstring for guarantees.
+
+    Stages: walk (:func:`_walk_roots`) -> skip what did not change (:func:`_select_changed`) ->
+    read, hash and decode in worker threads (:class:`_Worker`) -> new or copy, batched forward
+    pass and commit in this thread (:class:`_Assembler`) -> prune (:func:`_prune`)."""
     from fgsearch.decode import PixelBudget, routed_warnings
     from fgsearch.scan import readable_extensions
 
@@ -244,19 +250,60 @@ def run_index(
     batch_size = opts.resolved_batch_size(lib.encoder.device.type)
     report = IndexReport()
     cat = lib.catalog
-    _heal(lib)
+    _heal(lib, report)
     settings = lib.region_settings
     run_id = cat.begin_run()
     roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
     entries = _walk_roots(roots, opts, exts, report)
     report.scanned = len(entries)
+    todo = _select_changed(lib, entries, opts, run_id, report, max_failures_listed)
+
+    sidecar = SidecarBoxes(settings.sidecar) if settings.proposer == "sidecar" and settings.sidecar else None
+    assembler = _Assembler(lib, settings, run_id, batch_size, report, cat.content_hashes(), max_failures_listed)
+    work = _Worker(lib, opts, assembler.reserved, PixelBudget(int(opts.max_megapixels * 1e6)), sidecar)
+    done = 0
+    if progress:
+        progress("index", 0, len(todo), 0)
+    with (
+        routed_warnings(),
+        ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool,
+    ):
+        for prep in _ordered(pool, work, todo, ahead=max(2 * batch_size, 8)):
+            done += 1
+            assembler.add(prep)
+            if progress:
+                progress("index", done, len(todo), report.indexed)
+        assembler.flush()
+    cat.commit()
+    if progress:
+        progress("index", done, len(todo), report.indexed)
+    if sidecar is not None:
+        report.warnings.extend(assembler.sidecar_notes.warnings(settings.sidecar or ""))
+
+    if opts.prune:
+        _prune(lib, run_id, roots, opts.prune_unselected)
+        report.pruned = cat.last_sweep_files
+    lib.global_index.save()
+    lib.region_index.save()
+    cat.end_run(run_id, report.to_dict())
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _select_changed(
+    lib: Library, entries: list[tuple[str, Any]], opts: IndexOptions, run_id: int, report: IndexReport, limit: int
+) -> list[tuple[str, Any]]:
+    """Skip stage: files whose path, size and mtime the catalog already has are marked seen (a
+    known failure stays failed unless ``retry_failed``); walk errors are recorded. Returns the
+    (root, entry) pairs left to read."""
+    cat = lib.catalog
     known_files = cat.file_states([e.path for _, e in entries if not e.error])
     todo: list[tuple[str, Any]] = []
     unchanged: list[str] = []
     for root, e in entries:
         if e.error:
             cat.record_failure(e.path, e.size, e.mtime_ns, e.error, run_id)
-            _note_failure(report, e.path, e.error, max_failures_listed)
+            _note_failure(report, e.path, e.error, limit)
             continue
         st = known_files.get(e.path)
         if (
@@ -273,68 +320,55 @@ def run_index(
     cat.mark_seen(unchanged, run_id)
     report.unchanged = len(unchanged)
     cat.commit()
+    return todo
 
-    sidecar = SidecarBoxes(settings.sidecar) if settings.proposer == "sidecar" and settings.sidecar else None
-    # Content already embedded, plus content queued for embedding by this run: grown only by the
-    # main thread as it assembles batches, so a second copy of the same bytes is always linked to
-    # the first (committed in its batch before any link is written), never reserved twice.
-    reserved = cat.content_hashes()
-    batch: list[_Prepared] = []
-    links: list[_Prepared] = []
-    sidecar_notes = _SidecarNotes()
-    done = 0
-    total = len(todo)
-    if progress:
-        progress("index", 0, total, 0)
 
-    def flush_batch() -> None:
-        nonlocal batch, links
-        if batch:
-            report.regions += _embed_and_store(lib, batch, settings, run_id)
-            report.indexed += len(batch)
-        if links:
-            for p in links:
-                cat.link_file(p.path, p.size, p.mtime_ns, p.sha256, run_id)
-            report.reused += len(links)
-            cat.commit()
-        batch, links = [], []
+@dataclass
+class _Assembler:
+    """Main-thread stage: takes the workers' results in walk order, decides new content or copy,
+    and embeds and commits a batch whenever one is full.
 
-    work = _Worker(lib, opts, reserved, PixelBudget(int(opts.max_megapixels * 1e6)), sidecar)
-    with (
-        routed_warnings(),
-        ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool,
-    ):
-        for prep in _ordered(pool, work, todo, ahead=max(2 * batch_size, 8)):
-            done += 1
-            if prep.kind == "failed":
-                cat.record_failure(prep.path, prep.size, prep.mtime_ns, prep.reason, run_id)
-                _note_failure(report, prep.path, prep.reason, max_failures_listed)
-            elif prep.sha256 in reserved:  # a worker's "reuse", or a copy it decoded before its original was queued
-                links.append(prep)
-            else:
-                batch.append(prep)
-                reserved.add(prep.sha256)
-                if prep.sidecar is not None:
-                    sidecar_notes.note(prep.sidecar)
-            if len(batch) >= batch_size:
-                flush_batch()
-            if progress:
-                progress("index", done, total, report.indexed)
-        flush_batch()
-    cat.commit()
-    if progress:
-        progress("index", done, total, report.indexed)
-    if sidecar is not None:
-        report.warnings.extend(sidecar_notes.warnings(settings.sidecar or ""))
+    ``reserved`` holds the content already embedded plus the content queued for embedding by this
+    run. Only this thread adds to it, as it assembles batches, so a second copy of the same bytes
+    is always linked to the first (committed in its batch before any link is written), never
+    reserved twice, however far ahead the workers decoded it."""
 
-    if opts.prune:
-        _prune(lib, run_id, roots, opts.prune_unselected)
-        report.pruned = cat.last_sweep_files
-    lib.global_index.save()
-    lib.region_index.save()
-    cat.end_run(run_id, report.to_dict())
-    report.seconds = time.perf_counter() - t0
-    return report
+    lib: Library
+    settings: RegionSettings
+    run_id: int
+    batch_size: int
+    report: IndexReport
+    reserved: set[str]
+    failures_listed: int
+    batch: list[_Prepared] = field(default_factory=list)
+    links: list[_Prepared] = field(default_factory=list)
+    sidecar_notes: _SidecarNotes = field(default_factory=lambda: _SidecarNotes())
+
+    def add(self, prep: _Prepared) -> None:
+        if prep.kind == "failed":
+            self.lib.catalog.record_failure(prep.path, prep.size, prep.mtime_ns, prep.reason, self.run_id)
+            _note_failure(self.report, prep.path, prep.reason, self.failures_listed)
+        elif prep.sha256 in self.reserved:  # a worker's "reuse", or a copy it decoded before its original was queued
+            self.links.append(prep)
+        else:
+            self.batch.append(prep)
+            self.reserved.add(prep.sha256)
+            if prep.sidecar is not None:
+                self.sidecar_notes.note(prep.sidecar)
+        if len(self.batch) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Embed and commit the batch, then link the copies (their content is committed by now)."""
+        if self.batch:
+            self.report.regions += _embed_and_store(self.lib, self.batch, self.settings, self.run_id)
+            self.report.indexed += len(self.batch)
+        if self.links:
+            for p in self.links:
+                self.lib.catalog.link_file(p.path, p.size, p.mtime_ns, p.sha256, self.run_id)
+            self.report.reused += len(self.links)
+            self.lib.catalog.commit()
+        self.batch, self.links = [], []
 
 
 def _walk_roots(
@@ -431,15 +465,15 @@ def _note_failure(report: IndexReport, path: str, reason: str, limit: int) -> No
 def _embed_and_store(lib: Library, batch: list[_Prepared], settings: RegionSettings, run_id: int) -> int:
     """Forward pass for a batch, then the three-step commit. Returns the number of regions stored."""
     enc = lib.encoder
-    pixels = np.stack([p.pixels for p in batch])  # type: ignore[misc]
-    if settings.needs_dense:
-
-        def proposer(dense: Any) -> list[Any]:
-            if settings.proposer == "auto":  # all images at once, on the model's device
-                return [b for b, _ in auto_boxes_batch(dense, settings)]
-            return [propose(settings, None)[0] if p.boxes is None else p.boxes[: settings.max_regions] for p in batch]
-
-        out, boxes = enc.encode_proposed(pixels, proposer)
+    # images of different shapes (FG-CLIP 2) share one batch: padded, with masks
+    pixels = enc.transform.collate([p.pixels for p in batch])
+    if settings.needs_dense and settings.proposer == "auto":
+        # all images of one dense-map shape at once, on the model's device
+        out, boxes = enc.encode_proposed(pixels, lambda dense: [b for b, _ in auto_boxes_batch(dense, settings)])
+    elif settings.needs_dense:
+        given = [propose(settings, None)[0] if p.boxes is None else p.boxes[: settings.max_regions] for p in batch]
+        out = enc.encode_pixels(pixels, given)
+        boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in given]
     else:
         out = enc.encode_pixels(pixels, None)
         boxes = [np.zeros((0, 4), np.float32) for _ in batch]
@@ -472,22 +506,22 @@ def _embed_and_store(lib: Library, batch: list[_Prepared], settings: RegionSetti
     return len(flat_regions)
 
 
-def _heal(lib: Library) -> None:
+def _heal(lib: Library, report: IndexReport) -> None:
     """If the vector indexes no longer hold what the catalog says (a deleted or restored index
-    folder), make them agree first: images without vectors are then embedded again by this run."""
+    folder), make them agree first: images without vectors are then embedded again by this run.
+    Said in the run's warnings (a log line would cut through the progress bar)."""
     counts = lib.catalog.counts()
     if counts["images"] == lib.global_index.count() and counts["regions"] == lib.region_index.count():
         return
-    report = lib.doctor(repair=True)
-    missing = report["global"]["missing_vectors"] + report["regions"]["missing_vectors"]
-    orphans = report["global"]["orphan_vectors"] + report["regions"]["orphan_vectors"]
+    doctor = lib.doctor(repair=True)
+    missing = doctor["global"]["missing_vectors"] + doctor["regions"]["missing_vectors"]
+    orphans = doctor["global"]["orphan_vectors"] + doctor["regions"]["orphan_vectors"]
     if missing or orphans:
-        logger.warning(
-            "catalog and vector indexes disagreed (%d vectors missing, %d unknown): repaired; "
-            "images without vectors are embedded again by this run",
-            missing,
-            orphans,
+        report.warnings.append(
+            f"catalog and vector indexes disagreed ({missing} vectors missing, {orphans} unknown): repaired; "
+            "images without vectors are embedded again by this run"
         )
+        logger.info("%s", report.warnings[-1])
 
 
 def recover(lib: Library) -> int:

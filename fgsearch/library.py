@@ -177,15 +177,29 @@ class _GuardedIndex:
     library's read lock, changes (including a reload or a compaction, which swap the whole
     in-memory state) under its write lock, so no thread ever sees a half-loaded index."""
 
+    _OWN = frozenset({"inner", "_rw"})
+
     def __init__(self, inner: VectorIndex, rw: _ReadWriteLock) -> None:
-        self.inner = inner
-        self._rw = rw
+        object.__setattr__(self, "inner", inner)
+        object.__setattr__(self, "_rw", rw)
+
+    # Otherwise it is the backend to its users: isinstance, attributes and backend extras (path,
+    # tier, _config, ...) all reach the wrapped index.
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type(self.inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._OWN or name in type(self).__dict__:
+            object.__setattr__(self, name, value)  # e.g. a test replacing a guarded method
+        else:
+            setattr(self.inner, name, value)
 
     def __len__(self) -> int:
         return self.count()
-
-    def __getattr__(self, name: str) -> Any:  # backend extras (path, tier, ...)
-        return getattr(self.inner, name)
 
     def count(self) -> int:
         with self._rw.shared():
@@ -245,6 +259,9 @@ class Library:
 
     Readers (``read_only=True``) never block and are safe to share between threads; one writer at a
     time holds ``<library>/lock`` (a second gets :class:`~fgsearch.errors.LibraryLockedError`).
+    Every search, ``status`` and ``doctor`` of a reader first picks up what the writer has committed
+    (:meth:`refresh`, under a millisecond) and sees one consistent state (:meth:`consistent`); a
+    writable library may be searched from other threads while it indexes.
     """
 
     def __init__(
@@ -316,7 +333,13 @@ class Library:
         lock = None
         made_dir = not lib_dir.exists()
         if not read_only:
-            lib_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                lib_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise LibraryError(
+                    f"cannot create the library folder {lib_dir}: {e.strerror or e}; "
+                    "give --library a folder you can write"
+                ) from e
             lock = WriteLock(lib_dir)
             lock.acquire()
         try:
@@ -401,11 +424,23 @@ class Library:
                 model_ref = model or DEFAULT_MODEL
                 enc = encoder or shared_encoder(model_ref, device)
                 catalog.init_library(_model_info(model_ref, enc), regions=regions.to_dict(), backend=bk.to_dict())
-                catalog.set_meta(model_source=_model_source(model_ref), library_id=_new_library_id())
+                cal = enc.calibration
+                catalog.set_meta(
+                    model_source=_model_source(model_ref),
+                    library_id=_new_library_id(),
+                    model_family=enc.family.name,
+                    score_calibration=cal.to_dict() if cal is not None else None,
+                )
             if exists and not read_only and not meta.get("library_id"):
                 catalog.set_meta(library_id=_new_library_id())  # a library made before ids were recorded
             dim = enc.dim if enc is not None else int(meta["dim"])
             gidx, ridx = _open_indexes(lib_dir, bk, dim, read_only=read_only, rebuild_damaged=rebuild_damaged)
+            if not exists:
+                _start_empty(lib_dir, (gidx, ridx), rebuilt=reindex)
+            if not read_only and enc is not None:  # approximate indexes tune search on text queries
+                texts = _calibration_texts(enc)
+                gidx.set_calibration_queries(texts)
+                ridx.set_calibration_queries(texts)
         except BaseException:
             catalog.close()
             raise
@@ -466,7 +501,8 @@ class Library:
             raise LibraryError(f"library {self.path} was opened read-only; open it without read_only to index")
         opts = replace(options or IndexOptions(), **kw)
         roots = [str(p) for p in paths] if isinstance(paths, list) else [str(paths)]
-        return run_index(self, roots, opts, progress)
+        with _storage_errors(self.path):
+            return run_index(self, roots, opts, progress)
 
     def search(
         self,
@@ -505,17 +541,18 @@ class Library:
         ids from one build are never looked up in another build's catalog.
         """
         for _ in range(_REBUILD_RETRIES):
-            self.refresh()
-            epoch = self._epoch
-            try:
-                with self._rw.shared():
-                    out = read()
-            except _read_errors():
+            with _storage_errors(self.path):
+                self.refresh()
+                epoch = self._epoch
+                try:
+                    with self._rw.shared():
+                        out = read()
+                except _read_errors():
+                    if not self.read_only or _library_id(self.path) == epoch:
+                        raise
+                    continue  # rebuilt under our feet: reopen and read again
                 if not self.read_only or _library_id(self.path) == epoch:
-                    raise
-                continue  # rebuilt under our feet: reopen and read again
-            if not self.read_only or _library_id(self.path) == epoch:
-                return out
+                    return out
         raise LibraryError(f"library {self.path} keeps being rebuilt (--reindex) while it is read; try again later")
 
     def refresh(self) -> None:
@@ -603,6 +640,8 @@ class Library:
             "model": meta.get("model_name"),
             "model_ref": meta.get("model_ref"),
             "dim": meta.get("dim"),
+            "family": meta.get("model_family", "fgclip"),  # libraries from before families: FG-CLIP
+            "score_calibration": meta.get("score_calibration"),
             "regions": self.region_settings.to_dict(),
             "backend": self.backend.to_dict(),
             "counts": counts,
@@ -624,8 +663,6 @@ class Library:
         A read-only check while another process indexes reports only disagreements that persist:
         a batch in flight (vectors written, catalog not yet confirmed) is not one.
         """
-        import numpy as np
-
         found, counts = self.consistent(self._disagreements)
         if self.read_only and any(v.size for v in found.values()):
             found = self._persisting(found)
@@ -644,22 +681,30 @@ class Library:
         if repair and not ok:
             if self.read_only:
                 raise LibraryError("doctor --repair needs a writable library")
-            self.global_index.remove(found["global_orphan"], missing="ignore")
-            self.region_index.remove(found["regions_orphan"], missing="ignore")
-            broken = set(map(int, found["global_missing"])) | set(map(int, damaged["global"]))
-            regions_lost = list(map(int, np.union1d(found["regions_missing"], damaged["regions"])))
-            broken |= set(self.catalog.contents_of_regions(regions_lost))
-            if broken:
-                _, region_ids = self.catalog.drop_contents(sorted(broken), keep_files_for_reindex=True)
-                self.global_index.remove(np.asarray(sorted(broken), np.int64), missing="ignore")
-                self.region_index.remove(np.asarray(region_ids, np.int64), missing="ignore")
-            self.global_index.flush()
-            self.region_index.flush()
-            self.global_index.save()
-            self.region_index.save()
+            with _storage_errors(self.path):
+                self._repair(found, damaged)
         report["consistent"] = ok
         report["repaired"] = bool(repair and not ok)
         return report
+
+    def _repair(self, found: dict[str, Any], damaged: dict[str, Any]) -> None:
+        """Remove orphan vectors; drop images with missing or damaged vectors (their files are
+        re-queued, so the next ``index`` run embeds them again); write clean snapshots."""
+        import numpy as np
+
+        self.global_index.remove(found["global_orphan"], missing="ignore")
+        self.region_index.remove(found["regions_orphan"], missing="ignore")
+        broken = set(map(int, found["global_missing"])) | set(map(int, damaged["global"]))
+        regions_lost = list(map(int, np.union1d(found["regions_missing"], damaged["regions"])))
+        broken |= set(self.catalog.contents_of_regions(regions_lost))
+        if broken:
+            _, region_ids = self.catalog.drop_contents(sorted(broken), keep_files_for_reindex=True)
+            self.global_index.remove(np.asarray(sorted(broken), np.int64), missing="ignore")
+            self.region_index.remove(np.asarray(region_ids, np.int64), missing="ignore")
+        self.global_index.flush()
+        self.region_index.flush()
+        self.global_index.save()
+        self.region_index.save()
 
     def _disagreements(self) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
         """Orphan vectors (ids the catalog has never reserved, or has deleted) and missing vectors
@@ -707,8 +752,8 @@ class Library:
         for idx in (self.global_index, self.region_index):
             try:
                 idx.close()
-            except Exception:  # closing must release the lock even if an index is broken
-                logger.exception("error while closing an index")
+            except Exception as e:  # closing must release the lock even if an index is broken (or the disk full)
+                logger.warning("could not close a vector index of %s cleanly: %s", self.path, e)
         self.catalog.close()
         if self._lock is not None:
             self._lock.release()
@@ -734,16 +779,54 @@ def _new_library_id() -> str:
 
 
 def _library_id(lib_dir: Path) -> str | None:
-    """The build id recorded in the library's catalog now ("" when the catalog cannot be read,
-    e.g. in the moment a --reindex replaces it)."""
+    """The build id recorded in the library's catalog now: "" in the moment a --reindex replaces
+    the catalog (no file, or no table yet); a damaged catalog raises."""
     import json
+    import sqlite3
 
-    row = _peek_catalog(
-        lib_dir, lambda con: con.execute("SELECT value FROM meta WHERE key='library_id'").fetchone(), ""
-    )
-    if row == "":
-        return ""
+    try:
+        con = _catalog_connection(lib_dir)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key='library_id'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as e:
+        if not (lib_dir / "catalog.sqlite").is_file() or "no such table" in str(e):
+            return ""
+        raise
     return json.loads(row[0]) if row else None
+
+
+@contextlib.contextmanager
+def _storage_errors(lib_dir: Path) -> Iterator[None]:
+    """Turn a full disk, a damaged catalog or an unwritable library into one line naming the fix."""
+    import errno
+    import sqlite3
+
+    import sqlalchemy
+
+    try:
+        yield
+    except (OSError, sqlite3.Error, sqlalchemy.exc.DBAPIError) as e:
+        msg = str(getattr(e, "orig", None) or e)
+        low = msg.lower()
+        code = getattr(e, "errno", None)
+        if code in (errno.ENOSPC, errno.EDQUOT) or "database or disk is full" in low:
+            raise LibraryError(
+                f"the disk of library {lib_dir} is full ({msg}); free some space and run the same command again "
+                "(what was committed so far is kept)"
+            ) from e
+        if "malformed" in low or "not a database" in low:
+            raise LibraryError(
+                f"the catalog of library {lib_dir} is damaged ({msg}); restore it from a backup, or rebuild the "
+                f"library with `fgsearch index PHOTOS --library {lib_dir} --reindex`"
+            ) from e
+        if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly database" in low:
+            raise LibraryError(
+                f"cannot write to library {lib_dir} ({msg}); it is read-only here: query it, or copy it to a "
+                "writable folder to change it"
+            ) from e
+        raise
 
 
 def _read_errors() -> tuple[type[Exception], ...]:
@@ -792,6 +875,26 @@ def _open_indexes(
     return opened[0], opened[1]
 
 
+def _start_empty(lib_dir: Path, indexes: tuple[VectorIndex, VectorIndex], *, rebuilt: bool) -> None:
+    """A new catalog starts its ids at 1, so vectors already in a (Qdrant) collection it is given
+    would be taken for its images: a rebuild clears what its old build left there; a new library
+    refuses a collection that holds vectors (another library's)."""
+    for idx in indexes:
+        n = idx.count()
+        if not n:
+            continue
+        if not rebuilt:
+            where = idx.stats().location
+            for other in indexes:
+                other.close()
+            raise LibraryError(
+                f"the vector store of the new library {lib_dir} already holds {n} vectors ({where}); "
+                "give the library its own --qdrant-path or collection"
+            )
+        idx.remove(idx.ids(), missing="ignore")
+        idx.flush()
+
+
 def _stats_dict(index: VectorIndex) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
@@ -803,16 +906,41 @@ def _peek_catalog(lib_dir: Path, read: Callable[[Any], T], default: T) -> T:
     """``read(connection)`` on a read-only plain-sqlite connection to the library's catalog (cheap:
     no SQLAlchemy, no schema checks); ``default`` when the file cannot be read."""
     import sqlite3
-    from urllib.parse import quote
 
     try:
-        con = sqlite3.connect(f"file:{quote(str(lib_dir / 'catalog.sqlite'))}?mode=ro", uri=True)
+        con = _catalog_connection(lib_dir)
         try:
             return read(con)
         finally:
             con.close()
     except sqlite3.Error:
         return default
+
+
+def _catalog_connection(lib_dir: Path) -> Any:
+    """A read-only plain-sqlite connection to the library's catalog (immutable where the folder
+    cannot be written: a read-only mount or directory)."""
+    import sqlite3
+
+    from fgsearch.catalog import cannot_write_here, read_only_uri
+
+    path = lib_dir / "catalog.sqlite"
+
+    def connect(immutable: bool) -> Any:
+        con = sqlite3.connect(read_only_uri(path, immutable=immutable), uri=True)
+        try:
+            con.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opening is lazy: fail here, not later
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    try:
+        return connect(immutable=False)
+    except sqlite3.Error as e:
+        if not cannot_write_here(e) or not path.is_file():
+            raise
+    return connect(immutable=True)
 
 
 def _unfinished(lib_dir: Path) -> bool:
@@ -894,6 +1022,17 @@ def _model_source(model_ref: str) -> str:
     """How to load the model again later: an absolute directory, or the name/hub id as given."""
     p = Path(model_ref).expanduser()
     return str(p.resolve()) if p.is_dir() else model_ref
+
+
+def _calibration_texts(enc: Encoder) -> Callable[[], dict[str, Any]]:
+    """The model's embeddings of 150 varied captions, computed on first use (an index build)."""
+    things = "a dog|two children|a red car|an old man|a cup of coffee|a bicycle|a cat|a plate of pasta"
+    things += "|a wooden boat|a woman in a blue dress|a birthday cake|a laptop|a horse|a street sign|a tent"
+    where = "on a beach at sunset|in a snowy forest|on a kitchen table|next to a window|in a crowded market"
+    where += "|under a bridge|at night under street lights|in a green field|on a white background|in a museum"
+    captions = [f"{t} {w}" for t in things.split("|") for w in where.split("|")]
+    cache: dict[str, Any] = {}
+    return lambda: cache.setdefault("sets", {"text": enc.encode_texts(captions)})
 
 
 def _model_info(model_ref: str, enc: Encoder) -> Any:

@@ -165,6 +165,16 @@ class VectorIndex(abc.ABC):
         self._check_open()
         return [], np.zeros(0, dtype=np.int64)
 
+    def set_calibration_queries(self, source: Any) -> None:
+        """Queries of the kinds this index will serve, for backends that tune their search on them.
+
+        ``source`` maps a set name (``"text"``) to ``[n, dim]`` query vectors, or is a callable
+        returning that mapping (called only when a tuning happens). FAISS's approximate tiers
+        calibrate on them (see ``FaissIndex.set_calibration_queries``); exact search has nothing to
+        tune, and Qdrant tunes its own HNSW, so those backends keep no reference to them.
+        """
+        del source  # nothing to tune here (FaissIndex overrides this)
+
     # ----------------------------------------------------------------- helpers for subclasses
     def _check_open(self) -> None:
         if self._closed:

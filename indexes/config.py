@@ -48,39 +48,53 @@ class ExactConfig:
 
 @dataclass(frozen=True)
 class FaissConfig:
-    """FAISS backend: exact while small, IVF-PQ with exact re-ranking once large.
+    """FAISS backend: exact while small; an HNSW graph (or IVF-PQ) with exact re-ranking once large.
 
     * ``flat_threshold``: below this many vectors search is exact brute force (BLAS over the stored
-      vectors). At or above it the next snapshot trains an IVF-PQ index.
+      vectors). At or above it the next snapshot builds the approximate ``structure``.
+    * ``structure``: ``"hnsw"`` (default): FAISS ``IndexHNSWSQ``, a graph of ``hnsw_m`` links per
+      vector over 8-bit scalar-quantised codes, built with ``hnsw_ef_construction``; ``"ivfpq"``:
+      ``IndexIVFPQ`` (``nlist`` cells, ``pq_m`` bytes per vector), kept for GPUs and comparison.
     * ``nlist`` (IVF cells): ``None`` derives a power of two near ``2 * sqrt(n)``, clamped to
       [64, 65536]; ``pq_m`` (bytes per vector): ``None`` derives ``dim // 4`` (``dim // 8`` when a
       GPU will search it: FAISS's GPU IVF-PQ takes at most 96 bytes per code).
-    * ``nprobe``: ``None`` calibrates it when the IVF index is trained: the smallest power of two
-      (up to ``nlist / 4``) whose recall@10 on ``calibration_queries`` sample queries, measured
-      against exact search, is at least ``recall_target + calibration_margin``; if none gets there
-      the re-rank depth is doubled (up to 8x) and the search repeated.
-    * ``rerank_factor``/``min_rerank``: the IVF-PQ search returns ``max(k * rerank_factor,
+    * ``ef_search`` (hnsw) / ``nprobe`` (ivfpq): ``None`` calibrates it when the structure is built:
+      the smallest power of two (``ef_search`` up to ``max_ef_search``, ``nprobe`` up to
+      ``nlist / 4``) whose recall@10 against exact search reaches ``recall_target +
+      calibration_margin`` on EVERY calibration set (``calibration_queries`` image-like queries, and
+      text-like ones: the caller's, see ``FaissIndex.set_calibration_queries``, or synthetic
+      cross-modal ones, see :mod:`.calibration`); if none gets there the re-rank depth is doubled
+      (up to 8x) and the search repeated.
+    * ``rerank_factor``/``min_rerank``: the approximate search returns ``max(k * rerank_factor,
       min_rerank)`` candidates (factor as calibrated), re-scored with exact inner products from the
-      stored vectors.
-    * ``retrain_growth``: retrain when the collection has grown this many times since training.
+      stored float32 vectors.
+    * ``retrain_growth``: rebuild when the collection has grown this many times since the build.
     * ``filter_exact_max``: allowed-id filters with at most this many ids are answered exactly.
-    * ``use_gpu``: ``None`` uses a GPU when FAISS sees one; ``False`` never; ``True`` requires one.
-    * ``mmap``: load the IVF index memory-mapped (read-only use; snapshots are immutable).
+    * ``use_gpu`` (ivfpq only): ``None`` uses a GPU when FAISS sees one; ``False`` never; ``True``
+      requires one.
+    * ``mmap``: load the IVF index memory-mapped (read-only use; snapshots are immutable). HNSW
+      graphs cannot be memory-mapped by FAISS and are read into memory.
     """
 
     journal: JournalConfig = field(default_factory=JournalConfig)
     norm_tolerance: float = 0.01
     block_rows: int = 32768
     flat_threshold: int = 50_000
-    recall_target: float = 0.95
-    calibration_margin: float = 0.02
+    structure: Literal["hnsw", "ivfpq"] = "hnsw"
+    recall_target: float = 0.97
+    calibration_margin: float = 0.01
     calibration_queries: int = 200
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    ef_search: int | None = None
+    max_ef_search: int = 2048
     nlist: int | None = None
     pq_m: int | None = None
     nprobe: int | None = None
     rerank_factor: int = 10
     min_rerank: int = 100
     retrain_growth: float = 4.0
+    max_tombstones: float = 0.1
     filter_exact_max: int = 20_000
     train_sample: int | None = None
     use_gpu: bool | None = None
@@ -90,13 +104,19 @@ class FaissConfig:
     def __post_init__(self) -> None:
         if self.flat_threshold < 1:
             raise IndexInputError(f"flat_threshold must be >= 1, got {self.flat_threshold}")
+        if self.structure not in ("hnsw", "ivfpq"):
+            raise IndexInputError(f"structure must be 'hnsw' or 'ivfpq', got {self.structure!r}")
         if not 0.0 < self.recall_target <= 1.0:
             raise IndexInputError(f"recall_target must be in (0, 1], got {self.recall_target}")
         if self.rerank_factor < 1 or self.min_rerank < 1:
             raise IndexInputError("rerank_factor and min_rerank must be >= 1")
         if self.retrain_growth <= 1.0:
             raise IndexInputError(f"retrain_growth must be > 1, got {self.retrain_growth}")
-        for name in ("nlist", "pq_m", "nprobe"):
+        if not 0.0 <= self.max_tombstones < 1.0:
+            raise IndexInputError(f"max_tombstones must be in [0, 1), got {self.max_tombstones}")
+        if self.hnsw_m < 2 or self.hnsw_ef_construction < 1 or self.max_ef_search < 1:
+            raise IndexInputError("hnsw_m must be >= 2, hnsw_ef_construction and max_ef_search >= 1")
+        for name in ("nlist", "pq_m", "nprobe", "ef_search"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise IndexInputError(f"{name} must be >= 1 or None, got {value}")

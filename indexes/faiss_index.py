@@ -1,26 +1,37 @@
-"""FAISS backend (the embedded default): exact while small, IVF-PQ + exact re-ranking when large.
+"""FAISS backend (the embedded default): exact while small, HNSW-SQ8 + exact re-ranking when large.
 
 How search works (see :class:`~.config.FaissConfig` for every knob):
 
 * **flat tier** (fewer than ``flat_threshold`` = 50k vectors): exact brute force over the stored
   float32 vectors (BLAS), identical to the exact backend.
-* **ivf tier**: when a flush/save/close finds the collection at or past ``flat_threshold``, the
-  next snapshot trains ``IndexIVFPQ`` (``nlist`` ≈ 2·√n cells; ``dim/4`` one-byte PQ codes, so
-  128 B + an 8 B id per vector at 512-d) on a sample, adds every vector under its catalog id, and
-  calibrates the search: the smallest power-of-two ``nprobe`` (up to ``nlist/4``) and re-rank depth
-  (``10·k`` doubling up to ``80·k``, at least 100) whose recall@10 on sample queries near stored
-  vectors, measured against exact search, reaches ``recall_target`` + 0.02. A query fetches that
-  many PQ candidates and re-scores them with exact inner products read from the memory-mapped
-  float32 snapshot, so scores are exact and only the candidate list is approximate.
-* Changes since the snapshot never touch the IVF file: removed or replaced ids are excluded with a
-  FAISS ``IDSelector``; new vectors are searched exactly and merged. Each snapshot (``save()``, or
-  a flush when the journal is large, see :class:`~.config.JournalConfig`) folds them into a new
-  IVF file; the IVF is retrained from scratch when the collection has grown ``retrain_growth``
-  (4×) since training, and dropped back to flat below ``flat_threshold / 2``.
+* **hnsw tier** (default ``structure="hnsw"``): when a flush/save/close finds the collection at or
+  past ``flat_threshold``, the next snapshot builds ``IndexHNSWSQ`` (8-bit scalar-quantised codes,
+  ``hnsw_m`` = 32 links per vector: 512 B of codes + ~260 B of graph per 512-d vector) under the
+  catalog ids, and calibrates the search: the smallest power-of-two ``efSearch`` and re-rank depth
+  (``10·k`` doubling up to ``80·k``, at least 100) whose recall@10 against exact search reaches
+  ``recall_target`` + 0.01 on every calibration set: image-like queries (stored vectors plus
+  noise) AND text-like queries (the caller's real text embeddings, or synthetic cross-modal ones,
+  see :mod:`.calibration`). Text queries sit far from every image vector, where an approximate
+  index loses most; calibrating on image-like queries alone under-sizes the search.
+* **ivf tier** (``structure="ivfpq"``): ``IndexIVFPQ`` (``nlist`` ≈ 2·√n cells; ``dim/4`` one-byte
+  PQ codes), calibrated the same way on ``nprobe``; kept for GPU search and comparison.
+* Either way a query fetches that many candidates and re-scores them with exact inner products
+  read from the memory-mapped float32 snapshot, so scores are exact and only the candidate list is
+  approximate. What was calibrated, on which query sets, and the recall each set reached are in
+  ``stats().params["calibration"]``.
+* Changes since the snapshot never touch the FAISS file: removed or replaced ids are excluded with a
+  FAISS ``IDSelector``; new vectors are searched exactly and merged, so adds are searchable at
+  once. Each snapshot (``save()``, or a flush when the journal is large, see
+  :class:`~.config.JournalConfig`) folds them into a new FAISS file: IVF drops removed ids; the
+  HNSW graph keeps them as tombstones (excluded from every search) until they pass
+  ``max_tombstones`` of the collection or an id comes back, then the graph is rebuilt. The
+  structure is rebuilt from scratch when the collection has grown ``retrain_growth`` (4×) since it
+  was built, and dropped back to flat below ``flat_threshold / 2``.
 * Allowed-id filters: up to ``filter_exact_max`` ids are answered exactly from their vectors;
-  larger filters run the IVF search with an ``IDSelectorBatch``.
-* The IVF file is loaded memory-mapped (``IO_FLAG_MMAP``) when ``mmap=True``. With
-  ``fgsearch[gpu]`` and a GPU, unfiltered IVF searches run on a GPU clone; filtered ones on CPU.
+  larger filters run the approximate search with an ``IDSelectorBatch``.
+* The IVF file is loaded memory-mapped (``IO_FLAG_MMAP``) when ``mmap=True``; the HNSW file is
+  read into memory (FAISS cannot map it). With ``fgsearch[gpu]`` and a GPU, unfiltered IVF searches
+  run on a GPU clone; filtered ones on CPU.
 """
 
 from __future__ import annotations
@@ -28,14 +39,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from ._store import fsync_file
-from .base import SearchResult, empty_result, merge_topk, topk_rows
+from .base import SearchResult, as_queries, empty_result, merge_topk, topk_rows
+from .calibration import cross_modal_queries, in_distribution_queries, recall_at_k
 from .config import FaissConfig
-from .errors import BackendUnavailableError, IndexCorruptError
+from .errors import BackendUnavailableError, IndexCorruptError, IndexInputError
 from .exact import StoreBackedIndex, chunked_queries, exact_topk
 
 log = logging.getLogger(__name__)
@@ -76,50 +89,82 @@ def derive_pq_m(dim: int) -> int:
 
 
 def calibration_queries(vectors: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Queries near stored vectors: a stored vector plus Gaussian noise of norm ~0.5, normalized."""
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(vectors.shape[0], size=min(n, vectors.shape[0]), replace=False))
-    q = np.asarray(vectors[rows], dtype=np.float32)
-    q = q + rng.standard_normal(q.shape).astype(np.float32) * (0.5 / math.sqrt(q.shape[1]))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    return q
+    """Image-like queries near stored vectors (see :func:`.calibration.in_distribution_queries`)."""
+    return in_distribution_queries(vectors, n, seed)
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of each row of ``truth`` (ids, -1 ignored) present in ``found``."""
-    hits = 0
-    total = 0
-    for f, t in zip(found, truth, strict=True):
-        t = t[t >= 0]
-        total += t.size
-        hits += np.isin(t, f).sum()
-    return float(hits / total) if total else 1.0
+CalibrationSource = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
 
 class FaissIndex(StoreBackedIndex):
-    """FAISS-backed index: flat below ``flat_threshold``, IVF-PQ with exact re-ranking above."""
+    """FAISS-backed index: flat below ``flat_threshold``; HNSW-SQ8 or IVF-PQ with exact re-ranking above."""
 
     kind = "faiss"
     config_type = FaissConfig
     _config: FaissConfig
+    _calibration_source: CalibrationSource | None = None
 
     def _after_load(self) -> None:
         faiss = _faiss()
         extra = self._store.manifest.get("extra", {})
-        self._ivf: Any = None
+        self._ann: Any = None
         self._gpu_ivf: Any = None
         self._sel_cache: tuple[int, Any] | None = None
         self._extra = extra
-        if extra.get("tier") == "ivf":
+        self._tombstones = np.zeros(0, dtype=np.int64)
+        tier = extra.get("tier")
+        if tier in ("ivf", "hnsw"):
             fpath = self._store.path / extra["faiss_file"]
-            flags = faiss.IO_FLAG_MMAP if self._config.mmap else 0
+            flags = faiss.IO_FLAG_MMAP if (self._config.mmap and tier == "ivf") else 0
             try:
-                self._ivf = faiss.read_index(str(fpath), flags)
+                self._ann = faiss.read_index(str(fpath), flags)
             except RuntimeError:
                 if not flags:
                     raise
-                self._ivf = faiss.read_index(str(fpath))
-            self._maybe_gpu()
+                self._ann = faiss.read_index(str(fpath))
+            if extra.get("tombstones_file"):
+                self._tombstones = np.load(self._store.path / extra["tombstones_file"])
+            if tier == "ivf":
+                self._maybe_gpu()
+
+    def set_calibration_queries(self, source: CalibrationSource | None) -> None:
+        """Queries of the kinds this index will serve, used the next time it builds its structure.
+
+        ``source`` maps a set name (e.g. ``"text"``) to ``[n, dim]`` query vectors, or is a callable
+        returning such a mapping (called only when a build happens, so encoding costs nothing until
+        then). Image-like queries are always added. Without a text-like set, synthetic cross-modal
+        queries stand in (see :mod:`.calibration`). ``None`` clears it.
+        """
+        self._calibration_source = source
+
+    def _calibration_sets(self, vecs: np.ndarray) -> dict[str, tuple[np.ndarray, str]]:
+        """Named query sets (queries, where they came from) the calibration must satisfy."""
+        cfg = self._config
+        sets: dict[str, tuple[np.ndarray, str]] = {
+            "image": (
+                in_distribution_queries(vecs, cfg.calibration_queries, cfg.seed + 1),
+                "synthetic: stored vectors plus noise",
+            )
+        }
+        given: Mapping[str, Any] = {}
+        if self._calibration_source is not None:
+            src = self._calibration_source
+            given = src() if callable(src) else src
+        for name, queries in given.items():
+            try:
+                q = as_queries(queries, self.dim)
+            except IndexInputError as e:
+                raise IndexInputError(f"calibration query set {name!r}: {e}") from e
+            if q.shape[0] == 0:
+                continue
+            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+            sets[str(name)] = (np.ascontiguousarray(q[: cfg.calibration_queries], dtype=np.float32), "given by caller")
+        if len(sets) == 1:
+            sets["text"] = (
+                cross_modal_queries(vecs, cfg.calibration_queries, cfg.seed + 2),
+                "synthetic cross-modal (no text queries given)",
+            )
+        return sets
 
     def _gpu_wanted(self) -> bool:
         """True when GPU FAISS should be used: allowed by config, and FAISS sees a GPU."""
@@ -145,7 +190,7 @@ class FaissIndex(StoreBackedIndex):
             co.useFloat16 = True  # float16 lookup tables: 32-bit ones overflow shared memory at 64 codes
             ram = faiss.read_index(str(self._store.path / self._extra["faiss_file"]))
             gpu = faiss.index_cpu_to_gpu(res, 0, ram, co)
-            faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", self._nprobe())
+            faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", self._breadth())
             self._gpu_ivf = gpu
             self._gpu_res = res
             log.info("faiss index cloned to GPU 0 for unfiltered searches")
@@ -158,16 +203,26 @@ class FaissIndex(StoreBackedIndex):
     # ------------------------------------------------------------------ tiers
     @property
     def tier(self) -> str:
-        """``"flat"`` (exact) or ``"ivf"`` (IVF-PQ + exact re-rank)."""
-        return "ivf" if self._ivf is not None else "flat"
+        """``"flat"`` (exact), ``"hnsw"`` (HNSW-SQ8 + exact re-rank) or ``"ivf"`` (IVF-PQ + re-rank)."""
+        return str(self._extra.get("tier", "flat")) if self._ann is not None else "flat"
 
-    def _nprobe(self) -> int:
-        if self._config.nprobe is not None:
-            return int(self._config.nprobe)
-        return int(self._extra.get("nprobe", 16))
+    def _structure(self) -> str:
+        """The approximate structure the next build makes (``"hnsw"`` or ``"ivf"``)."""
+        return "ivf" if self._config.structure == "ivfpq" else "hnsw"
+
+    def _configured_breadth(self, tier: str) -> int | None:
+        return self._config.nprobe if tier == "ivf" else self._config.ef_search
+
+    def _breadth(self) -> int:
+        """Search breadth of the loaded structure: ``nprobe`` (ivf) or ``efSearch`` (hnsw)."""
+        fixed = self._configured_breadth(self.tier)
+        if fixed is not None:
+            return int(fixed)
+        key = "nprobe" if self.tier == "ivf" else "ef_search"
+        return int(self._extra.get(key, 16 if self.tier == "ivf" else 128))
 
     def _rerank_factor(self) -> int:
-        if self._config.nprobe is not None and "rerank_factor" not in self._extra:
+        if self._configured_breadth(self.tier) is not None and "rerank_factor" not in self._extra:
             return self._config.rerank_factor
         return int(self._extra.get("rerank_factor", self._config.rerank_factor))
 
@@ -177,9 +232,9 @@ class FaissIndex(StoreBackedIndex):
     def _wants_rebuild(self) -> bool:
         n = self._store.n_live
         cfg = self._config
-        if self._ivf is None:
+        if self._ann is None:
             return n >= self._ivf_threshold()
-        if n < self._ivf_threshold() / 2:
+        if n < self._ivf_threshold() / 2 or self.tier != self._structure():
             return True
         return n >= cfg.retrain_growth * int(self._extra.get("trained_n", n))
 
@@ -187,40 +242,99 @@ class FaissIndex(StoreBackedIndex):
         self._store.compact(build_extra=self._build_extra)
 
     def _build_extra(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
-        """Build the IVF file of a new snapshot (called before the snapshot is committed)."""
+        """Build the FAISS file of a new snapshot (called before the snapshot is committed)."""
         faiss = _faiss()
         cfg = self._config
         n = int(ids.size)
-        old_ivf = self._ivf is not None
+        old = self._ann is not None and self.tier == self._structure()
         threshold = self._ivf_threshold()
-        if n < threshold and not (old_ivf and n >= threshold / 2):
+        if n < threshold and not (old and n >= threshold / 2):
             return {"tier": "flat"}, []
         trained_n = int(self._extra.get("trained_n", 0))
-        retrain = (not old_ivf) or n >= cfg.retrain_growth * max(trained_n, 1)
-        extra: dict[str, Any]
-        if retrain:
-            ivf, extra = self._train(vecs, ids)
-        else:
-            ivf = faiss.read_index(str(self._store.path / self._extra["faiss_file"]))
+        retrain = (not old) or n >= cfg.retrain_growth * max(trained_n, 1)
+        tombstones = np.zeros(0, dtype=np.int64)
+        ann: Any = None
+        extra: dict[str, Any] = {}
+        if not retrain:
+            ann = faiss.read_index(str(self._store.path / self._extra["faiss_file"]))
             dead = self._store.base_dead_ids()
-            if dead.size:
-                ivf.remove_ids(faiss.IDSelectorBatch(dead))
+            if self.tier == "hnsw":
+                # FAISS graphs cannot delete: dead ids stay in the graph as tombstones, excluded from
+                # every search, until there are too many or an id comes back (then rebuild)
+                tombstones = np.union1d(self._tombstones, dead)
+                back = [d[d >= 0] for _, d in self._store.iter_blocks(_ADD_CHUNK, base=False)]
+                if tombstones.size > cfg.max_tombstones * n or any(np.isin(b, tombstones).any() for b in back):
+                    retrain, ann = True, None
+            elif dead.size:
+                ann.remove_ids(faiss.IDSelectorBatch(dead))
+        if retrain:
+            ann, extra = self._train(vecs, ids)
+            tombstones = tombstones[:0]
+        else:
             for dvecs, dids in self._store.iter_blocks(_ADD_CHUNK, base=False):
                 live = dids >= 0
                 if live.any():
-                    ivf.add_with_ids(np.ascontiguousarray(dvecs[live]), dids[live])
-            extra = {k: v for k, v in self._extra.items() if k != "files"}
-        if ivf.ntotal != n:
-            raise RuntimeError(f"faiss index holds {ivf.ntotal} vectors, snapshot {n}")  # internal bug
+                    ann.add_with_ids(np.ascontiguousarray(dvecs[live]), dids[live])
+            extra = {k: v for k, v in self._extra.items() if k not in ("files", "tombstones_file")}
+        if ann.ntotal != n + tombstones.size:
+            raise RuntimeError(f"faiss index holds {ann.ntotal} vectors, snapshot {n}")  # internal bug
         name = f"faiss.{generation}.index"
+        files = [name]
+        self._write_file(name, lambda tmp: faiss.write_index(ann, str(tmp)))
+        if tombstones.size:
+            tname = f"faiss_tombstones.{generation}.npy"
+            self._write_file(tname, lambda tmp: np.save(tmp, tombstones))
+            files.append(tname)
+            extra["tombstones_file"] = tname
+        extra.update(tier=self._structure(), faiss_file=name, count=n, tombstones=int(tombstones.size))
+        return extra, files
+
+    def _write_file(self, name: str, write: Callable[[Any], None]) -> None:
+        """Write ``name`` in the index directory: to a temp file, fsync, rename."""
         tmp = self._store.path / (name + ".tmp")
-        faiss.write_index(ivf, str(tmp))
+        with open(tmp, "wb") as f:
+            write(f if name.endswith(".npy") else tmp)
         fsync_file(tmp)
         os.replace(tmp, self._store.path / name)
-        extra.update(tier="ivf", faiss_file=name, count=n)
-        return extra, [name]
 
     def _train(self, vecs: np.ndarray, ids: np.ndarray) -> tuple[Any, dict[str, Any]]:
+        """Build the configured structure over every vector and calibrate its search."""
+        if self._structure() == "hnsw":
+            ann, extra = self._build_hnsw(vecs, ids)
+        else:
+            ann, extra = self._build_ivf(vecs, ids)
+        extra["trained_n"] = int(ids.size)
+        extra.update(self._calibrate(ann, vecs, ids, extra["tier_built"]))
+        c = extra["calibration"]
+        log.info(
+            "%s: %s=%d, re-rank depth %d gives recall@10 %s",
+            extra["tier_built"],
+            c["breadth_name"],
+            c["breadth"],
+            c["rerank_depth_k10"],
+            ", ".join(f"{k} {v['recall10']:.3f}" for k, v in c["sets"].items()),
+        )
+        return ann, extra
+
+    def _build_hnsw(self, vecs: np.ndarray, ids: np.ndarray) -> tuple[Any, dict[str, Any]]:
+        faiss = _faiss()
+        cfg = self._config
+        n, dim = vecs.shape
+        hnsw = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = cfg.hnsw_ef_construction
+        rng = np.random.default_rng(cfg.seed)
+        n_train = min(n, cfg.train_sample or 100_000)
+        rows = np.sort(rng.choice(n, size=n_train, replace=False))
+        hnsw.train(np.ascontiguousarray(vecs[rows], dtype=np.float32))  # per-dimension value ranges
+        ann = faiss.IndexIDMap(hnsw)
+        ann.own_fields = True
+        hnsw.this.disown()  # the IDMap owns (and frees) the graph
+        log.info("building HNSW%d,SQ8 (efConstruction %d) over %d vectors", cfg.hnsw_m, cfg.hnsw_ef_construction, n)
+        for s in range(0, n, _ADD_CHUNK):
+            ann.add_with_ids(np.ascontiguousarray(vecs[s : s + _ADD_CHUNK]), np.asarray(ids[s : s + _ADD_CHUNK]))
+        return ann, {"tier_built": "hnsw", "hnsw_m": cfg.hnsw_m, "hnsw_ef_construction": cfg.hnsw_ef_construction}
+
+    def _build_ivf(self, vecs: np.ndarray, ids: np.ndarray) -> tuple[Any, dict[str, Any]]:
         faiss = _faiss()
         cfg = self._config
         n, dim = vecs.shape
@@ -248,102 +362,119 @@ class FaissIndex(StoreBackedIndex):
         del sample
         for s in range(0, n, _ADD_CHUNK):
             ivf.add_with_ids(np.ascontiguousarray(vecs[s : s + _ADD_CHUNK]), np.asarray(ids[s : s + _ADD_CHUNK]))
-        nprobe, factor, recall = self._calibrate(ivf, vecs, ids)
-        extra = {
-            "nlist": nlist,
-            "pq_m": m,
-            "nprobe": nprobe,
-            "rerank_factor": factor,
-            "calibrated_recall": recall,
-            "trained_n": n,
-        }
-        log.info(
-            "IVF%d,PQ%d: nprobe=%d, re-rank %dx gives recall@10=%.3f on sample queries",
-            nlist,
-            m,
-            nprobe,
-            factor,
-            recall,
-        )
-        return ivf, extra
+        return ivf, {"tier_built": "ivf", "nlist": nlist, "pq_m": m}
 
-    def _calibrate(self, ivf: Any, vecs: np.ndarray, ids: np.ndarray) -> tuple[int, int, float]:
-        """Pick ``(nprobe, rerank_factor)`` reaching the recall target (plus margin) cheaply.
+    def _calibrate(self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str) -> dict[str, Any]:
+        """Pick the search breadth and re-rank depth reaching the recall goal on every query set.
 
         For re-rank depth ``rerank_factor * k`` (doubling up to 8x the configured factor), find the
-        smallest power-of-two nprobe up to ``nlist / 4`` whose recall@10 on sample queries (stored
-        vectors plus noise, truth from exact search) reaches the goal; the first depth that gets
-        there wins. A configured ``nprobe`` is kept and only measured.
+        smallest power-of-two breadth (``nprobe`` up to ``nlist / 4``; ``efSearch`` from the depth
+        up to ``max_ef_search``) whose recall@10 against exact search reaches the goal on the
+        worst query set; the first depth that gets there wins. A configured breadth is kept and only
+        measured. Returns the manifest extras (``nprobe``/``ef_search``, ``rerank_factor`` and a
+        ``calibration`` record of what was measured and why).
         """
         cfg = self._config
-        nlist = int(ivf.nlist)
-        q = calibration_queries(vecs, cfg.calibration_queries, cfg.seed + 1)
+        sets = self._calibration_sets(vecs)
         block = cfg.block_rows
-        truth, _ = exact_topk(
-            q, ((vecs[s : s + block], np.asarray(ids[s : s + block])) for s in range(0, ids.size, block)), 10
-        )
+        truths = {
+            name: exact_topk(
+                q, ((vecs[s : s + block], np.asarray(ids[s : s + block])) for s in range(0, ids.size, block)), 10
+            )[0]
+            for name, (q, _) in sets.items()
+        }
 
         def gather(cand: np.ndarray) -> np.ndarray:
             return np.asarray(vecs[np.searchsorted(ids, cand)])
 
-        def measure(nprobe: int, factor: int) -> float:
-            found, _ = self._ivf_candidates(ivf, q, 10, nprobe, None, gather, rerank_factor=factor)
-            return recall_at_k(found, truth)
+        def measure(breadth: int, factor: int) -> dict[str, float]:
+            return {
+                name: recall_at_k(
+                    self._ann_candidates(ann, tier, q, 10, breadth, None, gather, rerank_factor=factor)[0], truths[name]
+                )
+                for name, (q, _) in sets.items()
+            }
 
         goal = min(1.0, cfg.recall_target + cfg.calibration_margin)
         factors = [cfg.rerank_factor * f for f in (1, 2, 4, 8)]
-        best = (0, cfg.rerank_factor, -1.0)
-        if cfg.nprobe is not None:
-            for factor in factors:
-                recall = measure(cfg.nprobe, factor)
-                if recall > best[2]:
-                    best = (cfg.nprobe, factor, recall)
-                if recall >= goal:
-                    break
-            return best
-        cap = max(1, nlist // 4)
+        fixed = self._configured_breadth(tier)
+        best: tuple[int, int, dict[str, float]] = (0, cfg.rerank_factor, {"-": -1.0})
+        reached = False
         for factor in factors:
-            nprobe = 1
-            while True:
-                recall = measure(nprobe, factor)
-                if recall > best[2]:
-                    best = (nprobe, factor, recall)
-                if recall >= goal:
-                    return nprobe, factor, recall
-                if nprobe >= cap:
+            depth = max(10 * factor, cfg.min_rerank)
+            if fixed is not None:
+                breadths = [fixed]
+            elif tier == "ivf":
+                cap = max(1, int(ann.nlist) // 4)
+                breadths = sorted({min(2**i, cap) for i in range(0, cap.bit_length() + 1)})
+            else:
+                start = 2 ** math.ceil(math.log2(depth))
+                breadths = [b for b in (start * 2**i for i in range(12)) if b <= cfg.max_ef_search] or [depth]
+            for breadth in breadths:
+                recalls = measure(breadth, factor)
+                if min(recalls.values()) > min(best[2].values()):
+                    best = (breadth, factor, recalls)
+                if min(recalls.values()) >= goal:
+                    reached = True
                     break
-                nprobe = min(nprobe * 2, cap)
-        log.warning(
-            "recall target %.3f not reached on sample queries (best %.3f); raise pq_m or nlist",
-            goal,
-            best[2],
-        )
-        return best
+            if reached:
+                break
+        breadth, factor, recalls = best
+        name = "nprobe" if tier == "ivf" else "ef_search"
+        if not reached:
+            log.warning(
+                "recall target %.3f not reached on calibration queries (worst set %.3f); %s",
+                goal,
+                min(recalls.values()),
+                "raise pq_m or nlist" if tier == "ivf" else "raise hnsw_m, hnsw_ef_construction or max_ef_search",
+            )
+        record = {
+            "goal_recall10": goal,
+            "reached": reached,
+            "breadth_name": name,
+            "breadth": breadth,
+            "rerank_depth_k10": max(10 * factor, cfg.min_rerank),
+            "rule": (
+                f"smallest power-of-two {name}{' (configured)' if fixed is not None else ''} and re-rank depth "
+                f"whose recall@10 against exact search reaches {goal:.3f} on every query set"
+            ),
+            "sets": {
+                k: {"queries": int(sets[k][0].shape[0]), "source": sets[k][1], "recall10": round(v, 4)}
+                for k, v in recalls.items()
+            },
+        }
+        worst = min(recalls.values())
+        return {name: breadth, "rerank_factor": factor, "calibrated_recall": worst, "calibration": record}
 
     # ------------------------------------------------------------------ search
-    def _ivf_candidates(
+    def _ann_candidates(
         self,
-        ivf: Any,
+        ann: Any,
+        tier: str,
         q: np.ndarray,
         k: int,
-        nprobe: int,
+        breadth: int,
         sel: Any,
         gather: Any,
         *,
         rerank_factor: int,
         use_gpu: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """IVF-PQ candidates re-ranked by exact inner products; ``gather(ids) -> vectors``."""
+        """Approximate candidates re-ranked by exact inner products; ``gather(ids) -> vectors``."""
         faiss = _faiss()
-        r = min(max(k * rerank_factor, self._config.min_rerank), max(int(ivf.ntotal), 1))
+        r = min(max(k * rerank_factor, self._config.min_rerank), max(int(ann.ntotal), 1))
         if use_gpu and sel is None and self._gpu_ivf is not None:
             _, cand = self._gpu_ivf.search(q, r)
         else:
-            params = faiss.SearchParametersIVF()
-            params.nprobe = int(nprobe)
+            if tier == "ivf":
+                params = faiss.SearchParametersIVF()
+                params.nprobe = int(breadth)
+            else:
+                params = faiss.SearchParametersHNSW()
+                params.efSearch = max(int(breadth), r)
             if sel is not None:
                 params.sel = sel
-            _, cand = ivf.search(q, r, params=params)
+            _, cand = ann.search(q, r, params=params)
         valid = cand >= 0
         scores = np.full(cand.shape, -np.inf, dtype=np.float32)
         if valid.any():
@@ -354,19 +485,21 @@ class FaissIndex(StoreBackedIndex):
 
     def _store_gather(self, cand: np.ndarray) -> np.ndarray:
         rows = self._store.lookup(cand)
-        if (rows < 0).any():  # the IVF file and the snapshot disagree: never expected
+        if (rows < 0).any():  # the FAISS file and the snapshot disagree: never expected
             raise IndexCorruptError(
                 f"{self._store.path}: the FAISS index returned ids missing from the snapshot; rebuild it with save()"
             )
         return self._store.read_rows(rows)
 
     def _unfiltered_selector(self) -> Any:
-        """Selector excluding ids removed/replaced since the IVF snapshot (cached per change)."""
+        """Selector excluding ids removed/replaced since the snapshot, and tombstones (cached per change)."""
         version = self._store.version
         if self._sel_cache is not None and self._sel_cache[0] == version:
             return self._sel_cache[1]
         faiss = _faiss()
         dead = self._store.base_dead_ids()
+        if self._tombstones.size:
+            dead = np.union1d(dead, self._tombstones)
         sel = None
         if dead.size:
             batch = faiss.IDSelectorBatch(dead)
@@ -381,10 +514,10 @@ class FaissIndex(StoreBackedIndex):
             return empty_result(q.shape[0], kk)
         out_i = np.empty((q.shape[0], kk), dtype=np.int64)
         out_s = np.empty((q.shape[0], kk), dtype=np.float32)
-        exact_filter = allowed is not None and (self._ivf is None or allowed.size <= self._config.filter_exact_max)
+        exact_filter = allowed is not None and (self._ann is None or allowed.size <= self._config.filter_exact_max)
         sel: Any = None
         delta_allowed: np.ndarray | None = None
-        if self._ivf is not None and not exact_filter:
+        if self._ann is not None and not exact_filter:
             if allowed is None:
                 sel = self._unfiltered_selector()
             else:
@@ -396,14 +529,15 @@ class FaissIndex(StoreBackedIndex):
         for s, chunk in chunked_queries(q):
             if exact_filter:
                 i, sc = self._exact_over_allowed(chunk, kk, allowed)
-            elif self._ivf is None:
+            elif self._ann is None:
                 i, sc = exact_topk(chunk, self._store.iter_blocks(self._config.block_rows), kk)
             else:
-                i, sc = self._ivf_candidates(
-                    self._ivf,
+                i, sc = self._ann_candidates(
+                    self._ann,
+                    self.tier,
                     chunk,
                     kk,
-                    self._nprobe(),
+                    self._breadth(),
                     sel,
                     self._store_gather,
                     rerank_factor=self._rerank_factor(),
@@ -423,23 +557,33 @@ class FaissIndex(StoreBackedIndex):
     # ------------------------------------------------------------------ stats
     def _params(self) -> dict[str, Any]:
         p: dict[str, Any] = {**super()._params(), "tier": self.tier}
-        if self._ivf is not None:
-            p.update(
-                nlist=int(self._ivf.nlist),
-                pq_m=int(self._extra.get("pq_m", 0)),
-                nprobe=self._nprobe(),
-                calibrated_recall=self._extra.get("calibrated_recall"),
-                trained_n=self._extra.get("trained_n"),
-                rerank_depth_k10=max(10 * self._rerank_factor(), self._config.min_rerank),
-                gpu=self._gpu_ivf is not None,
-                mmap=self._config.mmap,
-            )
+        if self._ann is None:
+            return p
+        e = self._extra
+        if self.tier == "ivf":
+            p.update(nlist=int(self._ann.nlist), pq_m=int(e.get("pq_m", 0)), nprobe=self._breadth())
+            p.update(gpu=self._gpu_ivf is not None, mmap=self._config.mmap)
+        else:
+            p.update(hnsw_m=e.get("hnsw_m"), hnsw_ef_construction=e.get("hnsw_ef_construction"))
+            p.update(codes="SQ8", ef_search=self._breadth(), tombstones=int(self._tombstones.size))
+        p.update(
+            calibrated_recall=e.get("calibrated_recall"),
+            trained_n=e.get("trained_n"),
+            rerank_depth_k10=max(10 * self._rerank_factor(), self._config.min_rerank),
+            calibration=e.get("calibration"),
+        )
         return p
 
     def _bytes_in_memory(self) -> int:
-        """Store memory plus the IVF's codes, ids and centroids (mapped pages included)."""
+        """Store memory plus the FAISS structure: codes, ids, graph links or IVF centroids."""
         total = super()._bytes_in_memory()
-        if self._ivf is not None:
-            ivf = self._ivf
-            total += int(ivf.ntotal) * (int(ivf.code_size) + 8) + int(ivf.nlist) * self.dim * 4
-        return total
+        ann = self._ann
+        if ann is None:
+            return total
+        if self.tier == "ivf":
+            return total + int(ann.ntotal) * (int(ann.code_size) + 8) + int(ann.nlist) * self.dim * 4
+        faiss = _faiss()
+        graph = faiss.downcast_index(ann.index)
+        code_size = int(faiss.downcast_index(graph.storage).code_size)
+        links = int(graph.hnsw.neighbors.size()) * 4 + int(graph.hnsw.offsets.size()) * 8
+        return total + int(ann.ntotal) * (code_size + 8 + 4) + links

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _indexes_data import ivf_config, small_journal, unit_vectors
+from _indexes_data import ann_config, small_journal, unit_vectors
 
 from fgsearch.indexes import ExactConfig, VectorIndex, create_index, open_index
 from fgsearch.indexes import _store as store_mod
@@ -31,7 +31,7 @@ BATCH = 150
 def config(kind: str) -> Any:
     if kind == "exact":
         return ExactConfig(journal=small_journal())
-    return ivf_config(flat_threshold=1000, journal=small_journal(), calibration_queries=50)
+    return ann_config(flat_threshold=1000, journal=small_journal(), calibration_queries=50)
 
 
 def batch_ops(i: int) -> list[tuple[str, np.ndarray, np.ndarray | None]]:

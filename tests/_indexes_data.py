@@ -40,6 +40,23 @@ def near_queries(data: np.ndarray, nq: int, seed: int = 1) -> np.ndarray:
     return q.astype(np.float32)
 
 
+def text_like_queries(data: np.ndarray, nq: int, seed: int = 2, best_cos: float = 0.3) -> np.ndarray:
+    """Queries from another "modality": a shared direction of their own, Gaussian noise, and a weak
+    pull towards one stored vector (cosine ~``best_cos`` to it). Independent of the generator the
+    FAISS calibration uses, so tests of it are not circular."""
+    rng = np.random.default_rng(seed)
+    dim = data.shape[1]
+    own = rng.standard_normal(dim)
+    own /= np.linalg.norm(own)
+    target = data[rng.choice(data.shape[0], size=nq, replace=False)]
+    noise = rng.standard_normal((nq, dim)) / np.sqrt(dim)
+    base = 0.7 * own + 0.7 * noise
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    q = best_cos * target + np.sqrt(1 - best_cos**2) * base
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return q.astype(np.float32)
+
+
 def small_journal() -> JournalConfig:
     """Compact after a few KiB of changes, so tests exercise snapshots often."""
     return JournalConfig(compact_min_bytes=4096, compact_ratio=0.25)
@@ -53,8 +70,11 @@ def config_for(kind: str, path: Path, **overrides: Any) -> Any:
     return QdrantConfig(path=str(path), **overrides)
 
 
-def ivf_config(**overrides: Any) -> FaissConfig:
-    """A FAISS config that switches to IVF-PQ at 1,000 vectors (tests use a few thousand)."""
+def ann_config(**overrides: Any) -> FaissConfig:
+    """A FAISS config that builds its approximate tier at 1,000 vectors (tests use a few thousand).
+
+    The structure is the default (HNSW-SQ8) unless ``structure="ivfpq"`` is passed.
+    """
     base: dict[str, Any] = {"flat_threshold": 1000, "calibration_queries": 100}
     base.update(overrides)
     return FaissConfig(**base)

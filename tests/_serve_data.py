@@ -54,7 +54,7 @@ def make_client(lib_dir: Path, **settings: Any) -> Any:
     from fgsearch.serve.app import create_app
     from fgsearch.serve.engine import SearchService, ServeSettings
 
-    service = SearchService(ServeSettings(library=str(lib_dir), device="cpu", reload_interval=0.0, **settings))
+    service = SearchService(ServeSettings(library=str(lib_dir), device="cpu", **settings))
     return TestClient(create_app(service), raise_server_exceptions=False), service
 
 

@@ -30,6 +30,7 @@ from fgsearch.indexes import (
     open_index,
 )
 from fgsearch.indexes.base import topk_rows
+from fgsearch.indexes.faiss_index import FaissIndex
 
 DIM = 16
 
@@ -233,3 +234,20 @@ def test_package_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_library_calibrates_its_faiss_indexes_on_its_models_text_embeddings(tmp_path: Path) -> None:
+    """The library hands its model's caption embeddings to the FAISS tiers; `status --json` shows them."""
+    import dataclasses
+
+    from fgsearch.library import Library
+
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        idx = getattr(lib.region_index, "inner", lib.region_index)  # the library shares it between threads
+        assert isinstance(idx, FaissIndex)
+        idx._config = dataclasses.replace(idx._config, flat_threshold=1000)  # build at a test's size
+        idx.add(np.arange(1500), unit_vectors(1500, lib.global_index.dim, seed=2))
+        idx.save()
+        calib = lib.status()["index"]["regions"]["params"]["calibration"]
+    assert calib["sets"]["text"]["source"] == "given by caller" and calib["sets"]["text"]["queries"] == 150
+    assert calib["sets"]["image"]["source"].startswith("synthetic")

@@ -1,7 +1,8 @@
 """Congruence: every backend against the exact backend on the same data and the same operations.
 
 Exact backends (exact, FAISS's flat tier, Qdrant embedded) must return the same top-k (ties aside);
-FAISS's IVF-PQ tier must reach recall@10 >= 0.95, with exact scores for what it returns. Checked
+FAISS's approximate tiers (HNSW-SQ8, IVF-PQ) must reach recall@10 >= 0.95, with exact scores for
+what they return. Checked
 after adds, after removals and upserts, after reopening, and after a new snapshot.
 """
 
@@ -12,9 +13,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _indexes_data import ivf_config, near_queries, recall, same_topk, small_journal, unit_vectors
+from _indexes_data import ann_config, near_queries, recall, same_topk, small_journal, text_like_queries, unit_vectors
 
-from fgsearch.indexes import ExactConfig, FaissConfig, QdrantConfig, VectorIndex, create_index, open_index
+from fgsearch.indexes import (
+    ExactConfig,
+    FaissConfig,
+    IndexInputError,
+    QdrantConfig,
+    VectorIndex,
+    create_index,
+    open_index,
+)
+from fgsearch.indexes.faiss_index import FaissIndex
 
 DIM = 32
 N = 3000  # qdrant embedded writes ~1 ms per point: its test uses N_QDRANT
@@ -98,12 +108,21 @@ def test_faiss_flat_tier_is_exact(tmp_path: Path) -> None:
     other.close()
 
 
+STRUCTURES = [("hnsw", "hnsw"), ("ivfpq", "ivf")]
+
+
 @pytest.mark.parametrize("save_midway", [True, False])
-def test_faiss_ivf_tier_recall(tmp_path: Path, save_midway: bool) -> None:
-    other = _congruence(tmp_path, "faiss", ivf_config(), exact=False, save_midway=save_midway)
+@pytest.mark.parametrize(("structure", "tier"), STRUCTURES)
+def test_faiss_approximate_tier_recall(tmp_path: Path, save_midway: bool, structure: str, tier: str) -> None:
+    cfg = ann_config(structure=structure)
+    other = _congruence(tmp_path, "faiss", cfg, exact=False, save_midway=save_midway)
     params = other.stats().params
-    assert params["tier"] == "ivf"
-    assert params["calibrated_recall"] >= 0.95
+    assert params["tier"] == tier
+    sets = params["calibration"]["sets"]
+    assert set(sets) == {"image", "text"} and sets["text"]["source"].startswith("synthetic cross-modal")
+    assert sets["image"]["recall10"] >= 0.95
+    if structure == "hnsw":  # IVF-PQ misses text-like queries at any nprobe here (worst set ~0.86)
+        assert params["calibrated_recall"] >= 0.95 and params["calibration"]["reached"]
     other.close()
 
 
@@ -122,17 +141,18 @@ def test_qdrant_payload_carries_image_and_region(tmp_path: Path) -> None:
         assert recs[0].payload == {"image_id": 63, "region": 9}
 
 
-def test_faiss_switches_tiers_automatically(tmp_path: Path) -> None:
-    cfg = ivf_config(flat_threshold=1000, retrain_growth=2.0)
+@pytest.mark.parametrize(("structure", "tier"), STRUCTURES)
+def test_faiss_switches_tiers_automatically(tmp_path: Path, structure: str, tier: str) -> None:
+    cfg = ann_config(flat_threshold=1000, retrain_growth=2.0, structure=structure)
     data = unit_vectors(2400, DIM, seed=11)
     with create_index("faiss", tmp_path / "f", DIM, config=cfg) as idx:
         idx.add(np.arange(900), data[:900])
         idx.flush()
         assert idx.stats().params["tier"] == "flat"
         idx.add(np.arange(900, 1100), data[900:1100])
-        idx.flush()  # crossed flat_threshold: the flush trains IVF-PQ
+        idx.flush()  # crossed flat_threshold: the flush builds the approximate structure
         p = idx.stats().params
-        assert p["tier"] == "ivf" and p["trained_n"] == 1100
+        assert p["tier"] == tier and p["trained_n"] == 1100
         idx.add(np.arange(1100, 2400), data[1100:])
         idx.flush()  # grew past retrain_growth x trained_n: retrained
         assert idx.stats().params["trained_n"] == 2400
@@ -143,8 +163,9 @@ def test_faiss_switches_tiers_automatically(tmp_path: Path) -> None:
         assert res.ids[0, 0] == 2300
 
 
-def test_faiss_large_filter_uses_ivf_selector(tmp_path: Path) -> None:
-    cfg = ivf_config(filter_exact_max=10)
+@pytest.mark.parametrize("structure", ["hnsw", "ivfpq"])
+def test_faiss_large_filter_uses_the_selector(tmp_path: Path, structure: str) -> None:
+    cfg = ann_config(filter_exact_max=10, structure=structure)
     data = unit_vectors(2000, DIM, seed=12)
     queries = near_queries(data, 30)
     with (
@@ -154,7 +175,7 @@ def test_faiss_large_filter_uses_ivf_selector(tmp_path: Path) -> None:
         for i in (idx, ref):
             i.add(np.arange(2000), data)
             i.save()
-            i.remove(np.arange(0, 2000, 5))  # masked in the IVF snapshot
+            i.remove(np.arange(0, 2000, 5))  # masked in the FAISS snapshot
             i.add(np.arange(5000, 5100), unit_vectors(100, DIM, seed=13))  # delta, searched exactly
         allowed = np.concatenate([np.arange(0, 2000, 2), np.arange(5000, 5100, 2)])
         got = idx.search(queries, 10, allowed_ids=allowed)
@@ -171,7 +192,7 @@ def test_faiss_gpu_selection_falls_back_to_cpu(tmp_path: Path, monkeypatch: pyte
     from fgsearch.indexes import BackendUnavailableError
 
     data = unit_vectors(1500, DIM, seed=21)
-    with create_index("faiss", tmp_path / "f", DIM, config=ivf_config(use_gpu=False)) as idx:
+    with create_index("faiss", tmp_path / "f", DIM, config=ann_config(use_gpu=False, structure="ivfpq")) as idx:
         idx.add(np.arange(1500), data)
         idx.save()
 
@@ -180,9 +201,83 @@ def test_faiss_gpu_selection_falls_back_to_cpu(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
     monkeypatch.setattr(faiss, "StandardGpuResources", no_gpu_resources, raising=False)
-    with open_index("faiss", tmp_path / "f", read_only=True, config=ivf_config()) as idx:
+    with open_index("faiss", tmp_path / "f", read_only=True, config=ann_config(structure="ivfpq")) as idx:
         assert idx.stats().params["gpu"] is False
         assert idx.search(data[7], 1).ids[0, 0] == 7
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0, raising=False)
     with pytest.raises(BackendUnavailableError, match="no GPU"):
-        open_index("faiss", tmp_path / "f", read_only=True, config=ivf_config(use_gpu=True))
+        open_index("faiss", tmp_path / "f", read_only=True, config=ann_config(use_gpu=True, structure="ivfpq"))
+
+
+def test_faiss_default_tier_holds_recall_on_text_like_queries(tmp_path: Path) -> None:
+    """Regression: the IVF-PQ tier was calibrated on image-like queries only and returned
+    recall@10 ~0.8 for text-like ones (far from every stored vector); the default must hold 0.95."""
+    data = unit_vectors(N, DIM, seed=3)
+    queries = text_like_queries(data, 100)
+    with (
+        create_index("faiss", tmp_path / "f", DIM, config=FaissConfig(flat_threshold=1000)) as idx,
+        create_index("exact", tmp_path / "e", DIM) as ref,
+    ):
+        for i in (idx, ref):
+            i.add(np.arange(N), data)
+            i.save()
+        assert idx.stats().params["tier"] == "hnsw"
+        assert recall(idx.search(queries, 10).ids, ref.search(queries, 10).ids) >= 0.95
+
+
+def test_faiss_calibrates_on_the_callers_queries(tmp_path: Path) -> None:
+    data = unit_vectors(2000, DIM, seed=4)
+    calls = []
+
+    def source() -> dict[str, np.ndarray]:
+        calls.append(1)
+        return {"text": text_like_queries(data, 80, seed=9)}
+
+    with create_index("faiss", tmp_path / "f", DIM, config=ann_config()) as idx:
+        assert isinstance(idx, FaissIndex)
+        idx.set_calibration_queries(source)
+        idx.add(np.arange(900), data[:900])
+        idx.flush()
+        assert calls == []  # nothing to calibrate below flat_threshold: the source is not called
+        idx.add(np.arange(900, 2000), data[900:])
+        idx.save()
+        assert calls == [1]
+        sets = idx.stats().params["calibration"]["sets"]
+        assert sets["text"] == {**sets["text"], "queries": 80, "source": "given by caller"}
+        assert set(sets) == {"image", "text"}
+        idx.set_calibration_queries({"text": np.ones((5, DIM + 1), np.float32)})
+        idx.add(np.arange(2000, 8000), unit_vectors(6000, DIM, seed=5))
+        with pytest.raises(IndexInputError, match=r"calibration query set 'text'.*expected 32-d"):
+            idx.save()  # grew 4x: the rebuild calibrates with the (bad) given set
+        idx.set_calibration_queries(None)
+
+
+def test_faiss_hnsw_keeps_removed_ids_as_tombstones_until_rebuild(tmp_path: Path) -> None:
+    data = unit_vectors(2000, DIM, seed=6)
+    queries = near_queries(data, 40)
+    with (
+        create_index("faiss", tmp_path / "f", DIM, config=ann_config()) as idx,
+        create_index("exact", tmp_path / "e", DIM) as ref,
+    ):
+        for i in (idx, ref):
+            i.add(np.arange(2000), data)
+            i.save()
+            i.remove(np.arange(0, 2000, 20))  # 100 ids: 5% < max_tombstones
+            i.add(np.arange(3000, 3050), unit_vectors(50, DIM, seed=7))
+            i.save()
+        p = idx.stats().params
+        assert (p["tier"], p["tombstones"], p["trained_n"]) == ("hnsw", 100, 2000)  # no rebuild
+        got = idx.search(queries, 10)
+        assert not np.isin(got.ids, np.arange(0, 2000, 20)).any()
+        assert recall(got.ids, ref.search(queries, 10).ids) >= 0.95
+        idx.close()
+        idx = open_index("faiss", tmp_path / "f", read_only=True)
+        assert not np.isin(idx.search(data[::20], 10).ids, np.arange(0, 2000, 20)).any()
+        idx.close()
+        idx = open_index("faiss", tmp_path / "f")
+        back = unit_vectors(1, DIM, seed=8)
+        idx.add([40], back)  # a tombstoned id comes back: the graph cannot hold it twice
+        idx.save()
+        assert idx.stats().params["tombstones"] == 0
+        assert idx.search(back[0], 1).ids[0, 0] == 40
+        idx.close()

@@ -146,3 +146,19 @@ def test_index_decodes_within_the_budget(tmp_path: Path, tiny_model_dir: Path, m
     with Library.open(tmp_path / "lib", model=str(tiny_model_dir), regions=RegionSettings(proposer="none")) as lib:
         rep = lib.index(photos, workers=4, max_megapixels=0.12)
     assert rep.indexed == 4 and state["peak"] == 1
+
+
+def test_big_decodes_hand_freed_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fgsearch.decode
+
+    trims: list[int] = []
+    monkeypatch.setattr(fgsearch.decode, "_trim_malloc", lambda: trims.append(1))
+    budget = PixelBudget(200_000_000)
+    with budget.hold() as reserve:
+        reserve(fgsearch.decode.TRIM_PIXELS)
+    with budget.hold() as reserve:
+        reserve(12_000_000)  # an ordinary photo: nothing to hand back
+    assert trims == [1]
+    fgsearch.decode._malloc_trim.cache_clear()
+    monkeypatch.undo()
+    fgsearch.decode._trim_malloc()  # the real call (glibc) or nothing: never an error

@@ -94,3 +94,24 @@ def test_a_run_that_finds_nothing_says_why(tmp_path: Path, lib_args: list[str]) 
 
     r = CliRunner().invoke(app, ["index", str(empty), *lib_args, "--quiet"])
     assert r.exit_code == 0 and f"warning: no image files in {empty}" in " ".join(r.output.split())
+
+
+def test_a_repaired_disagreement_is_a_warning_of_the_run(
+    tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    photos = tmp_path / "photos"
+    _photos(photos, ["a.jpg", "b.jpg"])
+    regions = RegionSettings(proposer="grid", max_regions=2)
+    with Library.open(tmp_path / "lib", model=str(tiny_model_dir), regions=regions) as lib:
+        lib.index(photos)
+    shutil.rmtree(tmp_path / "lib" / "index" / "regions")  # e.g. a partial restore from a backup
+    capfd.readouterr()
+    with Library.open(tmp_path / "lib", model=str(tiny_model_dir)) as lib:
+        rep = lib.index(photos)
+    assert rep.indexed == 2 and rep.warnings == [
+        "catalog and vector indexes disagreed (4 vectors missing, 0 unknown): repaired; "
+        "images without vectors are embedded again by this run"
+    ]
+    assert "disagreed" not in capfd.readouterr().err  # not a log line through the progress bar

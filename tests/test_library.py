@@ -177,6 +177,8 @@ def test_filters_negative_and_json(tmp_path: Path, tiny_model_dir: Path) -> None
             "width",
             "height",
             "captured_at",
+            "probability",
+            "region_probability",
         }
         with pytest.raises(InputError, match="empty query"):
             lib.search("   ")

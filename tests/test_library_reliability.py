@@ -313,3 +313,157 @@ def test_an_empty_catalog_names_the_rebuild(built, tiny_model_dir) -> None:
     assert code == 0, out
     with Library.open(lib_dir, read_only=True) as lib:
         assert lib.status()["counts"]["images"] == 6 and lib.doctor()["consistent"]
+
+
+RO_QUERY = """
+import sys
+from fgsearch.console.cli import app
+sys.argv = ["fgsearch", *sys.argv[1:]]
+app()
+"""
+
+
+def test_a_read_only_library_can_be_queried(tmp_path: Path) -> None:
+    """Files and folders without write permission (as on a read-only mount): query, status and doctor
+    work; indexing says the library is read-only. As root, the commands run as user nobody."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="fgsearch-ro-"))  # pytest's tmp_path is private to root
+    try:
+        base.chmod(0o755)
+        make_folder(base / "photos", n_good=3, bad=False)
+        lib_dir = base / "lib"
+        with Library.open(lib_dir, model="demo", regions=RegionSettings(proposer="grid", max_regions=2)) as lib:
+            lib.index(base / "photos")
+        for p in [lib_dir, *lib_dir.rglob("*")]:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        (base / "photos").chmod(0o755)
+        script = base / "run.py"
+        script.write_text(RO_QUERY)
+        script.chmod(0o644)
+        as_nobody: list[str] = []
+        if os.geteuid() == 0:  # root may write anything: drop to nobody
+            if not shutil.which("setpriv"):
+                pytest.skip("running as root without setpriv: cannot drop the right to write")
+            as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        env = {**os.environ, "HOME": str(base)}
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*as_nobody, sys.executable, str(script), *args, "--library", str(lib_dir)],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=base,
+                timeout=120,
+            )
+
+        r = run("query", "a red circle", "--json")
+        assert r.returncode == 0, r.stderr
+        assert len(json.loads(r.stdout)["results"]) == 3
+        for args in (("status",), ("doctor",)):
+            r = run(*args)
+            assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        if as_nobody:  # root could write anyway
+            r = run("index", str(base / "photos"))
+            assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+            assert "reindex" not in r.stderr, r.stderr
+        assert sorted(p.name for p in lib_dir.iterdir()) == ["catalog.sqlite", "index", "lock"]
+    finally:
+        for p in [base, *base.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o755)
+        shutil.rmtree(base)
+
+
+def test_a_full_disk_is_one_line_and_the_library_keeps_what_was_committed(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import sqlite3
+
+    import sqlalchemy
+
+    from fgsearch.catalog import Catalog
+    from fgsearch.indexes._store import JournaledStore
+
+    root = tmp_path / "photos"
+    make_folder(root, n_good=6, bad=False)
+    lib_dir = tmp_path / "lib"
+    real_flush = JournaledStore.flush
+    calls = {"n": 0}
+
+    def flush_until_full(self: JournaledStore) -> int:
+        calls["n"] += 1
+        if calls["n"] > 4:  # two batches of two indexes go through, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_flush(self)
+
+    def catalog_full(*a: object, **k: object) -> None:
+        raise sqlalchemy.exc.OperationalError("UPDATE", {}, sqlite3.OperationalError("database or disk is full"))
+
+    for patch in (("flush", flush_until_full), ("catalog", catalog_full)):
+        calls["n"] = 0
+        with monkeypatch.context() as m:
+            if patch[0] == "flush":
+                m.setattr(JournaledStore, "flush", flush_until_full)
+            else:
+                m.setattr(Catalog, "confirm_contents", catalog_full)
+            lib = Library.open(lib_dir, model=str(tiny_model_dir), regions=RegionSettings(proposer="none"))
+            with lib, pytest.raises(LibraryError, match=r"is full .*; free some space and run the same command again"):
+                lib.index(root, batch_size=2, workers=1)
+        with Library.open(lib_dir, model=str(tiny_model_dir)) as lib:  # opens with what was committed
+            assert lib.doctor()["consistent"]
+    with Library.open(lib_dir, model=str(tiny_model_dir)) as lib:
+        lib.index(root)
+        assert lib.catalog.counts()["images"] == 6 and lib.doctor()["consistent"]
+
+
+def test_an_unwritable_parent_for_a_new_library_is_one_line(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(LibraryError, match=r"cannot create the library folder .*a-file/lib: Not a directory"):
+        Library.open(tmp_path / "a-file" / "lib", model=str(tiny_model_dir))
+
+    def denied(self: Path, *a: object, **k: object) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    with pytest.raises(LibraryError, match=r"cannot create the library folder .*: Permission denied; give --library"):
+        Library.open(tmp_path / "no-access" / "lib", model=str(tiny_model_dir))
+
+
+def test_damaged_catalog_pages_are_one_line(built) -> None:
+    lib_dir, _ = built
+    cat = lib_dir / "catalog.sqlite"
+    data = bytearray(cat.read_bytes())
+    page = 4096
+    for off in range(2 * page, len(data), page):  # keep the header page, garble every other
+        data[off : off + 200] = b"\xa5" * 200
+    cat.write_bytes(bytes(data))
+    for args in (["status"], ["query", "a red circle"], ["doctor"]):
+        code, out = _cli(*args, "--library", str(lib_dir))
+        assert code == 1 and "--reindex" in out and len(out.strip().splitlines()) == 1, out
+
+
+def test_reindex_of_a_qdrant_library_stays_qdrant_and_starts_from_an_empty_store(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    pytest.importorskip("qdrant_client")
+    root = tmp_path / "photos"
+    make_folder(root, n_good=3, bad=False)
+    lib_dir = tmp_path / "lib"
+    bk = BackendSettings(kind="qdrant", qdrant_path=str(tmp_path / "my-qdrant"))
+    none = RegionSettings(proposer="none")
+    with Library.open(lib_dir, model=str(tiny_model_dir), backend=bk, regions=none) as lib:
+        lib.index(root)
+    with Library.open(lib_dir, reindex=True) as lib:
+        assert lib.backend == bk and lib.region_settings == none
+        assert lib.global_index.count() == 0  # the old build's vectors do not come back under new ids
+        assert lib.index(root).indexed == 3 and lib.doctor()["consistent"]
+    with pytest.raises(LibraryError, match="already holds 3 vectors"):  # another library, same store
+        Library.open(tmp_path / "other", model=str(tiny_model_dir), backend=bk, regions=none)

@@ -13,7 +13,7 @@ import pytest
 from _library_data import scene
 from typer.testing import CliRunner
 
-from fgsearch.errors import InputError
+from fgsearch.errors import InputError, LibraryError
 from fgsearch.library import Library
 from fgsearch.regions import RegionSettings
 from fgsearch.search import (
@@ -22,6 +22,7 @@ from fgsearch.search import (
     FusionWeights,
     LibrarySample,
     SearchQuery,
+    best_regions,
     fused_scores,
     query_kind,
 )
@@ -160,3 +161,36 @@ def test_cli_weights_are_checked_before_any_model_runs(library) -> None:
     _, lib_dir, _ = library
     r = CliRunner().invoke(app, ["query", TEXT, "--library", str(lib_dir), "--w-global", "0", "--w-region", "0"])
     assert r.exit_code == 1 and "both 0" in r.output
+
+
+def test_best_regions_matches_a_loop_over_images() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        counts = rng.integers(0, 4, rng.integers(1, 12))
+        rscore = rng.normal(size=counts.sum()).astype(np.float32)
+        if trial % 3 == 0 and len(rscore):
+            rscore[rng.integers(0, len(rscore))] = rscore.max()  # a tie: the first row wins
+        gscore = rng.normal(size=len(counts)).astype(np.float32)
+        best, arg = best_regions(gscore, rscore, counts)
+        start = 0
+        for i, n in enumerate(counts.tolist()):
+            if n:
+                j = start + int(np.argmax(rscore[start : start + n]))
+                assert (arg[i], best[i]) == (j, rscore[j])
+                start += n
+            else:
+                assert (arg[i], best[i]) == (-1, gscore[i])
+
+
+def test_a_damaged_vector_is_an_error_not_a_nan_score(library, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, lib = library
+    good = lib.global_index.get
+
+    def with_nan(ids: np.ndarray) -> np.ndarray:
+        out = good(ids).copy()
+        out[0, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(lib.global_index, "get", with_nan)
+    with pytest.raises(LibraryError, match=r"non-finite vectors for .*fgsearch doctor --repair"):
+        lib.search(TEXT, k=3)

@@ -63,7 +63,7 @@ def test_every_stored_image_ranks_itself_first(library) -> None:
 
 def test_query_by_an_indexed_file_returns_it_and_its_copies_first(library, photos: Path) -> None:
     name, lib = library
-    for i in range(0, N_IMAGES, 30):
+    for i in range(0, N_IMAGES, 60):
         path = photos / f"{i:06d}.png"
         hits = lib.search(image=str(path), k=2)
         assert hits[0].path == str(path), f"{name}: {path.name} ranked {hits[0].path} first"
@@ -102,7 +102,7 @@ def test_query_by_an_image_box_returns_regions_overlapping_it(library, photos: P
     """Through the encoder: an image with one of its stored boxes gives back that box of that image
     among the first results, whether images or regions are ranked."""
     name, lib = library
-    ids = sorted(lib.catalog.filter_contents())[::30]
+    ids = sorted(lib.catalog.filter_contents())[::60]
     regions = lib.catalog.region_arrays(ids)
     for row in lib.catalog.contents_by_ids(ids):
         if row.id not in regions:

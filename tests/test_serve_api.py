@@ -12,6 +12,8 @@ from _library_data import png_bomb_header
 from _serve_data import make_client, png_bytes, serve_library_fixture  # noqa: F401  (the fixture serve_library)
 from PIL import Image
 
+from fgsearch.boxes import Box
+from fgsearch.indexes import IndexBackendError
 from fgsearch.search import FusionWeights
 
 pytest.importorskip("fastapi")
@@ -192,6 +194,12 @@ def test_unexpected_faults_are_500_json_without_details(served, monkeypatch: pyt
     msg = _error(_search(client, text="x"), 500)
     assert "RuntimeError" in msg and "secret" not in msg
 
+    def store_down(*a, **k):
+        raise IndexBackendError("qdrant server at http://localhost:6333 is unreachable; start it or check --qdrant-url")
+
+    monkeypatch.setattr(service, "search", store_down)
+    assert "unreachable; start it" in _error(_search(client, text="x"), 503)
+
 
 # ---- images ---------------------------------------------------------------------------------
 def test_image_metadata_lists_every_region(served) -> None:
@@ -293,3 +301,28 @@ def test_cors_is_off_unless_an_origin_is_given(served, serve_library) -> None:
         assert pre.status_code == 200
     finally:
         service.close()
+
+
+def test_a_library_folder_that_cannot_be_written_still_serves_thumbnails(serve_library, monkeypatch) -> None:
+    client, service = make_client(serve_library[0])
+    try:
+        monkeypatch.setattr(service, "thumb_dir", serve_library[0] / "catalog.sqlite" / "thumbs")  # not a folder
+        first = client.get("/api/images/1/thumb?size=512")
+        second = client.get("/api/images/1/thumb?size=512")
+        assert first.status_code == second.status_code == 200 and first.content == second.content
+        assert not service._thumb_cache_ok  # gave up caching after the first failure, said so once in the log
+    finally:
+        service.close()
+
+
+def test_default_weights_follow_the_query_kind_like_the_library(served) -> None:
+    """No weights given: an image query (more like this) and a region query (a drawn box) rank as
+    Library.search ranks them with its defaults for that kind, not with the text defaults."""
+    client, service, _ = served
+    image = service.image_for_query(4)
+    for extra in ({}, {"box": [0.0, 0.0, 0.6, 0.6]}):
+        body = _search(client, image_id=4, k=6, **extra).json()
+        box = Box(*extra["box"]) if extra else None
+        direct = service.lib.search(image=image, box=box, k=6)
+        want = [(h.image_id, round(h.score, 6)) for h in direct]
+        assert [(h["image_id"], h["score"]) for h in body["results"]] == want

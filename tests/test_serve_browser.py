@@ -104,17 +104,26 @@ def test_query_open_photo_and_draw_a_box(server: str, browser, shots: Path) -> N
     page.wait_for_function(VISIBLE_THUMBS_LOADED)
     assert "box=" in page.url and "image=" in page.url and "q=" not in page.url  # the region is the query
     page.screenshot(path=str(shots / "4-region-results.png"))
+    region_url = page.url
+    region_first = page.locator("#grid .card").first.get_attribute("data-image-id")
     label = page.text_content("#image-query-label") or ""
     x1, y1, x2, y2 = (float(v) for v in label.split(":")[1].split(","))
     assert abs(x1 - 0.1) < 0.03 and abs(y1 - 0.15) < 0.03 and abs(x2 - 0.6) < 0.03 and abs(y2 - 0.7) < 0.03
 
+    # "more like this" on a result: the photo itself is among the first (the demo model is a toy)
+    page.click("#grid .card >> nth=2")
+    opened = page.locator("#grid .card >> nth=2").get_attribute("data-image-id")
+    page.click("#like")
+    page.wait_for_function(f"() => document.getElementById('image-query-label').textContent === 'Like image #{opened}'")
+    top3 = "[...document.querySelectorAll('#grid .card')].slice(0, 3).map(c => c.dataset.imageId)"
+    page.wait_for_function(f"() => {top3}.includes('{opened}')")
+    assert f"image={opened}" in page.url and "box=" not in page.url
+
     # the shared URL reproduces the region query in a new tab
     other = browser.new_page()
-    other.goto(page.url)
+    other.goto(region_url)
     other.wait_for_selector("#grid .card")
-    assert other.locator("#grid .card").first.get_attribute("data-image-id") == page.locator(
-        "#grid .card"
-    ).first.get_attribute("data-image-id")
+    assert other.locator("#grid .card").first.get_attribute("data-image-id") == region_first
     assert not dialogs and not errors
 
 

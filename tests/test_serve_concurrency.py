@@ -18,20 +18,16 @@ from _serve_data import DEMO_DIR, build_library, make_client, png_bytes, serve_l
 pytest.importorskip("fastapi")
 
 
-def test_searches_from_threads_while_an_indexer_adds_images(tmp_path: Path) -> None:
-    from fgsearch.library import Library
-    from fgsearch.trainer.fineshapes import make_fineshapes
-
-    lib_dir, _ = build_library(tmp_path / "a", n=6)
-    more = make_fineshapes(tmp_path / "b", n=12, seed=99, heldout=0) / "images"
-    client, service = make_client(lib_dir)
-    before = client.get("/api/status").json()["counts"]["images"]
+def _search_while(client, write, threads: int = 4) -> tuple[list[str], list[tuple[float, int]]]:
+    """Search from ``threads`` threads while ``write()`` runs and until a search that started after
+    it returned has finished; every response is checked. Returns failures and (start, hits) pairs."""
     stop = threading.Event()
     failures: list[str] = []
-    counts: list[int] = []
+    done: list[tuple[float, int]] = []
 
     def searcher(i: int) -> None:
         while not stop.is_set():
+            t0 = time.monotonic()
             resp = client.post("/api/search", json={"text": f"a small red circle {i}", "k": 30})
             if resp.status_code != 200:
                 failures.append(resp.text)
@@ -40,28 +36,75 @@ def test_searches_from_threads_while_an_indexer_adds_images(tmp_path: Path) -> N
             if len({h["image_id"] for h in hits}) != len(hits) or any(not Path(h["path"]).exists() for h in hits):
                 failures.append(f"bad hits: {hits}")
                 return
-            counts.append(len(hits))
+            done.append((t0, len(hits)))
 
-    threads = [threading.Thread(target=searcher, args=(i,)) for i in range(4)]
-    for t in threads:
+    workers = [threading.Thread(target=searcher, args=(i,)) for i in range(threads)]
+    for t in workers:
         t.start()
     try:
-        with Library.open(lib_dir, model=DEMO_DIR, device="cpu") as writer:
-            writer.index([str(lib_dir.parent / "photos" / "images"), str(more)], batch_size=4)
-        time.sleep(0.3)  # let every searcher run once more against the finished library
+        write()
+        finished = time.monotonic()
+        deadline = finished + 60
+        while not failures and not any(t0 > finished for t0, _ in done) and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         stop.set()
-        for t in threads:
+        for t in workers:
             t.join(timeout=60)
+    return failures, done
+
+
+def _check_new_images_appear(client, before: int, more: Path, failures: list[str], done) -> None:
     assert not failures, failures[:3]
+    counts = [n for _, n in done]
     assert len(counts) >= 8 and min(counts) == before and max(counts) == before + 12
-    # the same server, never restarted, now finds the new images
+    # the same server, never restarted, finds the new images
     after = client.post("/api/search", json={"text": "a star", "k": 50, "filters": {"under": str(more)}}).json()
     assert len(after["results"]) == 12
     assert client.get("/api/status").json()["counts"]["images"] == before + 12
-    new_id = after["results"][0]["image_id"]
-    assert client.get(f"/api/images/{new_id}/thumb").status_code == 200
-    service.close()
+    assert client.get(f"/api/images/{after['results'][0]['image_id']}/thumb").status_code == 200
+
+
+def test_searches_from_threads_while_an_indexer_adds_images(tmp_path: Path) -> None:
+    from fgsearch.library import Library
+    from fgsearch.trainer.fineshapes import make_fineshapes
+
+    lib_dir, images = build_library(tmp_path / "a", n=6)
+    more = make_fineshapes(tmp_path / "b", n=12, seed=99, heldout=0) / "images"
+    client, service = make_client(lib_dir)
+    before = client.get("/api/status").json()["counts"]["images"]
+
+    def write() -> None:
+        with Library.open(lib_dir, model=DEMO_DIR, device="cpu") as writer:
+            writer.index([str(images), str(more)], batch_size=4)
+
+    try:
+        _check_new_images_appear(client, before, more, *_search_while(client, write))
+    finally:
+        service.close()
+
+
+@pytest.mark.slow
+def test_searches_while_an_index_process_adds_images(tmp_path: Path) -> None:
+    """The same with `fgsearch index` in another process, as a user runs it."""
+    import subprocess
+    import sys
+
+    from fgsearch.trainer.fineshapes import make_fineshapes
+
+    lib_dir, images = build_library(tmp_path / "a", n=6)
+    more = make_fineshapes(tmp_path / "b", n=12, seed=98, heldout=0) / "images"
+    client, service = make_client(lib_dir)
+    before = client.get("/api/status").json()["counts"]["images"]
+    cmd = [sys.executable, "-m", "fgsearch", "index", str(images), str(more), "--library", str(lib_dir)]
+
+    def write() -> None:
+        subprocess.run([*cmd, "--device", "cpu", "--batch-size", "4", "--quiet"], check=True, capture_output=True)
+
+    try:
+        _check_new_images_appear(client, before, more, *_search_while(client, write, threads=2))
+    finally:
+        service.close()
 
 
 def test_concurrent_texts_share_batched_forwards_and_get_their_own_vectors(serve_library) -> None:

@@ -171,3 +171,25 @@ def test_a_changed_file_is_not_served(own_library) -> None:
     image_id = next(h.image_id for h in service.lib.search("a shape", k=5) if h.path == str(target))
     target.write_bytes(target.read_bytes() + b"appended")
     assert client.get(f"/api/images/{image_id}/file").status_code == 404
+
+
+def test_a_file_replaced_by_a_fifo_is_refused_without_blocking(own_library) -> None:
+    """A plain open() of a FIFO waits for a writer forever: the request would hang a worker thread."""
+    import os
+    import threading
+
+    client, service, images, _ = own_library
+    target = images / "000000.png"
+    image_id = next(h.image_id for h in service.lib.search("a shape", k=5) if h.path == str(target))
+    target.unlink()
+    os.mkfifo(target)
+    answer: list[int] = []
+    worker = threading.Thread(target=lambda: answer.append(client.get(f"/api/images/{image_id}/file").status_code))
+    worker.daemon = True
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive():  # unblock the open so the test run can finish, then fail
+        with open(target, "wb"):
+            pass
+        pytest.fail("the file route blocked on a FIFO")
+    assert answer == [404]

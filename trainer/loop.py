@@ -148,10 +148,31 @@ def apply_freeze(model: Any, freeze: str) -> None:
         model.text_model.requires_grad_(False)
     elif freeze == "all-but-projections":
         model.requires_grad_(False)
-        for mod in (model.visual_projection, model.text_projection, model.text_filip_projection):
-            mod.requires_grad_(True)
-        for p in (model.logit_scale, model.logit_scale_finegraind, model.logit_scale_hardneg):
+        names = {n for n, _ in model.named_modules()}
+        for name in HEADS:
+            if name in names:
+                model.get_submodule(name).requires_grad_(True)
+        for p in _temperatures(model):
             p.requires_grad_(True)
+
+
+# what "all-but-projections" keeps trainable: FG-CLIP's projections, FG-CLIP 2's heads
+HEADS = (
+    "visual_projection",
+    "text_projection",
+    "text_filip_projection",
+    "text_model.head",
+    "longtext_head",
+    "boxtext_head",
+    "vision_model.head",
+    "dense_feature_head",
+)
+TEMPERATURES = ("logit_scale", "logit_scale_finegraind", "logit_scale_hardneg")
+
+
+def _temperatures(model: Any) -> list[Any]:
+    """The model's learned log temperatures (FG-CLIP: three; FG-CLIP 2: one, beside its bias)."""
+    return [getattr(model, n) for n in TEMPERATURES if hasattr(model, n)]
 
 
 def make_optimizer(model: Any, cfg: TrainConfig) -> Any:
@@ -295,7 +316,7 @@ def train(
     messages for the user (warnings, resumption, evaluation results); without it they are logged."""
     import torch
 
-    from fgsearch.model import Tokenizer, resolve_device, save_model
+    from fgsearch.model import get_family, resolve_device, save_model
     from fgsearch.trainer.data import SampleStream, collate, resolve_data
     from fgsearch.trainer.evaluation import evaluate_heldout, heldout_samples
     from fgsearch.trainer.losses import FeatureModule, total_loss
@@ -320,8 +341,10 @@ def train(
     model, spec = init_model(cfg, out)
     apply_freeze(model, cfg.freeze)
     model.train().to(device)
-    transform = spec.transform
-    tokenizer = Tokenizer(short_length=spec.short_length, long_length=spec.long_length)
+    family = get_family(spec.family or "fgclip")
+    transform = family.transform(spec)
+    tokenizer = family.tokenizer(spec)
+    region_walk = "box" if "box" in family.walks else "short"  # region texts: FG-CLIP 2's box walk
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     step, position = 0, (0, 0)
@@ -358,7 +381,7 @@ def train(
             parts_sum = {"loss": 0.0, "global": 0.0, "region": 0.0, "hardneg": 0.0}
             for _ in range(cfg.grad_accum):
                 samples, position = next(batches)
-                batch = collate(samples, transform, tokenizer)
+                batch = collate(samples, transform, tokenizer, family=family.name, region_walk=region_walk)
                 batch = _to(batch, device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     parts = total_loss(
@@ -375,7 +398,7 @@ def train(
             sched.step()
             opt.zero_grad(set_to_none=True)
             with torch.no_grad():  # as in CLIP: temperatures stay within exp(4.6052) = 100
-                for p in (model.logit_scale, model.logit_scale_finegraind, model.logit_scale_hardneg):
+                for p in _temperatures(model):
                     p.clamp_(0, math.log(100))
             step += 1
             record: dict[str, Any] = {
@@ -386,7 +409,9 @@ def train(
             }
             if rank == 0 and heldout and (step % cfg.eval_every == 0 or step == cfg.steps):
                 model.eval()
-                record["eval"] = evaluate_heldout(model, heldout, transform, tokenizer, device)
+                record["eval"] = evaluate_heldout(
+                    model, heldout, transform, tokenizer, device, family=family.name, region_walk=region_walk
+                )
                 model.train()
                 say(f"step {step} held-out: " + ", ".join(f"{k} {v:.3f}" for k, v in record["eval"].items()))
             if log is not None and (step % cfg.log_every == 0 or "eval" in record or step == cfg.steps):

@@ -13,7 +13,8 @@ Routes (every ``/api/`` route needs ``Authorization: Bearer TOKEN`` when the ser
 
 Errors are ``{"status": CODE, "error": "one line"}``: 400 bad input or image, 401 missing or wrong
 token, 404 unknown image or route, 409 the library cannot answer (empty, no regions), 413 a body
-over the limit, 422 a malformed request, 500 an unexpected fault (logged).
+over the limit, 422 a malformed request, 500 an unexpected fault (logged), 503 the vector store
+failed (a Qdrant server unreachable).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import os
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -67,8 +67,9 @@ class FiltersIn(BaseModel):
 
 
 class WeightsIn(BaseModel):
+    """Fusion weights; ``global`` and ``region`` left out take the query kind's defaults (as in the CLI)."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    # None: the default for the kind of query (text, image, box; see fgsearch.search), as in the CLI
     global_: float | None = Field(default=None, alias="global")
     region: float | None = None
     negative: float = 0.5
@@ -130,11 +131,6 @@ def _to_query(req: SearchRequest, image: Any) -> Any:
         weights=FusionWeights(global_=req.weights.global_, region=req.weights.region, negative=req.weights.negative),
         text_path=req.text_path,
     )
-
-
-def _finite(d: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN: a score that does not exist (global_score when ranking regions) is null."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
 
 
 # ---- errors ---------------------------------------------------------------------------------
@@ -327,7 +323,7 @@ def create_app(service: SearchService) -> FastAPI:
                     "offset": req.offset,
                     "text_path": info.text_path,
                 },
-                "results": [_finite(h.to_dict()) for h in hits],
+                "results": [h.to_dict() for h in hits],
                 "offset": req.offset,
                 "k": req.k,
                 "more": more,

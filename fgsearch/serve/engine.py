@@ -8,9 +8,9 @@ whole process. It is safe to call from many threads at once:
   than 8 single forwards); long or forced-path texts are encoded one at a time so a truncation
   notice reaches the request it belongs to. Image encoding takes the same model lock.
 * **New vectors** written by an ``fgsearch index`` running in another process are picked up
-  without a restart: before a search, at most once per ``reload_interval`` seconds, both vector
-  indexes reload what the writer has flushed. A reload waits for the searches in flight and
-  searches wait for a reload (a readers-writer lock), so no search sees a half-reloaded index.
+  without a restart: every search runs through :meth:`Library.consistent`, which first reloads
+  what the writer has committed (and reopens a library rebuilt with ``--reindex``) and searches one
+  consistent state of catalog and indexes.
 * **Files are served only by catalog id.** The bytes read from an image's recorded path are served
   only when their SHA-256 is the content hash the catalog recorded when the image was indexed:
   a file replaced since (by another photo, or by a symlink to ``/etc/passwd``) is refused, so no
@@ -25,8 +25,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +41,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_VIEW_RETRIES = 3
+# library images passed the indexer's --max-megapixels (100 by default, which a user may raise); the
+# catalog does not record the limit used, so the server bounds decoding memory with a generous one
+_INDEXED_MEGAPIXELS = 1000.0
 THUMB_SIZES = (128, 256, 512, 1024)  # a requested size is rounded up to one of these (bounded cache)
 
 
@@ -67,7 +68,6 @@ class ServeSettings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_upload_megapixels: float = 50.0
     max_file_bytes: int = 512 * 1024 * 1024  # largest original file served (read whole to verify its hash)
-    reload_interval: float = 1.0  # seconds between checks for vectors flushed by an indexer
     batch_window_ms: float = 4.0  # how long the text worker waits for more texts to batch
     max_batch: int = 32
 
@@ -166,44 +166,6 @@ class BatchingEncoder:
         self._worker.join(timeout=10)
 
 
-class _ReadWriteLock:
-    """Many readers or one writer; a waiting writer stops new readers from entering (no starvation)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
 class SearchService:
     """One library and one model, shared by every request of a server process."""
 
@@ -225,28 +187,9 @@ class SearchService:
             device=settings.device,
             encoder=self.encoder,  # type: ignore[arg-type]  # an Encoder in all but name
         )
-        self._views = _ReadWriteLock()
-        self._reload_lock = threading.Lock()
-        self._last_reload = time.monotonic()
         self.thumb_dir = self.lib.path / "thumbs"
         self._thumb_cache_ok = True
         self.started = time.time()
-
-    # ---- picking up an indexer's work -------------------------------------------------------
-    def refresh(self, force: bool = False) -> None:
-        """Reload both vector indexes if ``reload_interval`` has passed (one thread does it)."""
-        now = time.monotonic()
-        if not force and now - self._last_reload < self.settings.reload_interval:
-            return
-        if not self._reload_lock.acquire(blocking=force):
-            return  # another thread is reloading right now: searching the current view is fine
-        try:
-            with self._views.writing():
-                self.lib.global_index.reload()
-                self.lib.region_index.reload()
-            self._last_reload = time.monotonic()
-        finally:
-            self._reload_lock.release()
 
     # ---- search ----------------------------------------------------------------------------
     def search(self, q: SearchQuery, offset: int = 0) -> tuple[list[SearchHit], QueryInfo, bool]:
@@ -261,37 +204,22 @@ class SearchService:
         for name, text in (("text", q.text), ("negative", q.negative)):
             if text is not None and len(text) > s.max_text_chars:
                 raise InputError(f"{name} is {len(text)} characters; at most {s.max_text_chars} are accepted")
-        from fgsearch.indexes import UnknownIdError
-
-        self.refresh()
-        for attempt in range(_VIEW_RETRIES):
-            info = QueryInfo()
-            try:
-                with self._views.reading():
-                    hits = run_search(self.lib, replace(q, k=offset + q.k + 1), info)  # one more: a next page?
-                break
-            except UnknownIdError:
-                # The catalog is read live but the vector indexes are a view loaded a moment ago: an
-                # indexer confirmed a batch after this view was loaded. Its vectors were flushed
-                # before it was confirmed, so a fresh view has them.
-                if attempt == _VIEW_RETRIES - 1:
-                    raise
-                self.refresh(force=True)
+        info = QueryInfo()
+        wide = replace(q, k=offset + q.k + 1)  # one more than asked: is there a next page?
+        hits = self.lib.consistent(lambda: run_search(self.lib, wide, info))
         more = len(hits) > offset + q.k
         return hits[offset : offset + q.k], info, more
 
     def decode_upload(self, data: bytes) -> Any:
         """An uploaded query image through the indexer's guarded decoder (size, bomb and corruption
         checks before any pixel is decoded). The one place the server decodes client bytes."""
-        from fgsearch.decode import load_image
-
         s = self.settings
         if len(data) > s.max_upload_bytes:
             raise ImageError(
                 f"uploaded image is {len(data)} bytes, over the {s.max_upload_bytes} byte limit; send a smaller image"
             )
         try:
-            return load_image(data, max_megapixels=s.max_upload_megapixels, min_side=1).image
+            return _decode(data, s.max_upload_megapixels)
         except ImageError as e:
             # the decoder's advice names the indexer's flags (--max-megapixels): no fix for a client
             # (a bomb's reason already names the server's limit; other reasons have nothing to do with it)
@@ -299,10 +227,7 @@ class SearchService:
 
     def image_for_query(self, image_id: int) -> Any:
         """A library image, decoded, as the query image of "more like this" or a drawn box."""
-        from fgsearch.decode import load_image
-
-        data = self.file_bytes(image_id)[0]
-        return load_image(data, max_megapixels=10_000, min_side=1).image  # indexed already: its size was accepted
+        return _decode(self.file_bytes(image_id)[0], _INDEXED_MEGAPIXELS)
 
     # ---- images ----------------------------------------------------------------------------
     def _row(self, image_id: int) -> Any:
@@ -353,20 +278,21 @@ class SearchService:
         )
 
     def _read_if_small(self, path: str) -> bytes | None:
+        """The bytes of a regular file of at most ``max_file_bytes``; None for anything else (a FIFO
+        would block a plain ``open`` forever, a device would be read until memory runs out)."""
+        from fgsearch.decode import UnsafeFileError, open_regular
+
+        limit = self.settings.max_file_bytes
         try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if not _is_regular(st.st_mode) or st.st_size > self.settings.max_file_bytes:
-                    return None
-                return f.read(self.settings.max_file_bytes + 1)
-        except OSError:
+            with open_regular(path) as f:
+                data = f.read(limit + 1)
+        except (OSError, UnsafeFileError):
             return None
+        return data if len(data) <= limit else None
 
     def thumbnail(self, image_id: int, size: int) -> bytes:
         """A JPEG no larger than ``size`` (rounded up to one of THUMB_SIZES) on its longer side,
         EXIF-rotated; cached under ``<library>/thumbs/SIZE/`` by content hash."""
-        from fgsearch.decode import load_image
-
         if size < 1:
             raise InputError(f"thumbnail size must be positive, got {size}")
         size = next((t for t in THUMB_SIZES if t >= size), THUMB_SIZES[-1])
@@ -378,7 +304,7 @@ class SearchService:
         except OSError:
             pass
         data, _ = self.file_bytes(image_id)
-        img = load_image(data, max_megapixels=10_000, min_side=1, draft=(size, size)).image
+        img = _decode(data, _INDEXED_MEGAPIXELS, draft=size)
         img.thumbnail((size, size))
         import io
 
@@ -402,9 +328,7 @@ class SearchService:
 
     # ---- status ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        self.refresh()
-        with self._views.reading():
-            st = self.lib.status()
+        st = self.lib.status()
         s = self.settings
         st["server"] = {
             "version": _version(),
@@ -424,10 +348,12 @@ class SearchService:
         self.lib.close()
 
 
-def _is_regular(mode: int) -> bool:
-    import stat
+def _decode(data: bytes, max_megapixels: float, draft: int | None = None) -> Any:
+    """Bytes -> an EXIF-oriented RGB image, through the indexer's guarded decoder (pixel count checked
+    before any pixel is decoded, truncation and corruption refused). Every decode of the server."""
+    from fgsearch.decode import load_image
 
-    return stat.S_ISREG(mode)
+    return load_image(data, max_megapixels=max_megapixels, min_side=1, draft=(draft, draft) if draft else None).image
 
 
 def _version() -> str:

@@ -94,7 +94,7 @@ function writeURL() {
 function readURL() {
   const p = new URLSearchParams(location.search);
   for (const [key, id] of Object.entries(FIELDS)) if (p.has(key)) $(id).value = p.get(key);
-  if ([...["path", "under", "after", "before"]].some((k) => p.has(k))) $("filters").open = true;
+  if (["path", "under", "after", "before"].some((k) => p.has(k))) $("filters").open = true;
   const id = parseInt(p.get("image") || "", 10);
   if (Number.isInteger(id) && id > 0) {
     const box = (p.get("box") || "").split(",").map(Number);
