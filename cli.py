@@ -7,6 +7,8 @@ heavy modules (torch, faiss, the model) are imported inside the commands so ``--
 from __future__ import annotations
 
 import functools
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +29,41 @@ app = typer.Typer(
 
 def _fail(message: str, code: int = 1) -> None:
     """Print one clear error line and exit."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {_safe(message)}", err=True)
     raise typer.Exit(code)
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    o = ord(m.group())
+    if 0xDC80 <= o <= 0xDCFF:  # a byte that was not UTF-8, kept by os.fsdecode as a lone surrogate
+        return f"\\x{o - 0xDC00:02x}"
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
+
+
+def _safe(text: str) -> str:
+    """``text`` for a terminal or a line-based pipe: control characters (escape sequences, newlines,
+    tabs) and undecodable bytes of file names become visible ``\\xNN`` escapes."""
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def _text(text: str) -> Any:
+    """A rich Text of ``text``: printed as it is (never parsed as markup) and made terminal-safe."""
+    from rich.text import Text
+
+    return Text(_safe(text))
+
+
+def _check_range(flag: str, value: float, low: float, high: float | None = None) -> None:
+    """One-line error unless ``low <= value <= high`` (finite)."""
+    import math
+
+    ok = math.isfinite(value) and value >= low and (high is None or value <= high)
+    if not ok:
+        what = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        _fail(f"{flag} must be {what}, got {value:g}")
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -78,16 +113,31 @@ def _root(
 def models() -> None:
     """List the model registry and which models are present on this machine."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from fgsearch.model import REGISTRY, is_cached
 
-    table = Table("name", "source", "image size", "present", "description")
+    table = Table("name", "family", Column("source", overflow="fold"), "image size", "present", "description")
     for spec in REGISTRY.values():
-        size = "x".join(map(str, spec.image_size)) if spec.image_size else "from checkpoint"
-        table.add_row(spec.name, spec.source, size, "yes" if is_cached(spec) else "no", spec.description)
+        size = "NaFlex, 128-1024 patches" if spec.family == "fgclip2" else _image_size(spec)
+        present = "yes" if is_cached(spec) else "no"
+        table.add_row(spec.name, spec.family or "-", _text(spec.source), size, present, spec.description)
     Console().print(table)
     typer.echo("Also accepted: --model PATH (a checkpoint directory) or --model hf-hub:ORG/NAME[@REVISION].")
+
+
+def _image_size(spec: Any) -> str:
+    """The registry's input size, or the one in a local checkpoint's config.json (the shipped demo)."""
+    import json
+
+    size = spec.image_size
+    if size is None and spec.local_dir:
+        try:
+            raw = json.loads((Path(spec.local_dir) / "config.json").read_text())["vision_config"]["image_size"]
+            size = (raw, raw) if isinstance(raw, int) else tuple(raw)
+        except (OSError, ValueError, KeyError, TypeError):
+            size = None
+    return "x".join(map(str, size)) if size else "from checkpoint"
 
 
 @app.command("convert-clip")
@@ -100,7 +150,7 @@ def convert_clip(
     from fgsearch.model import convert_openai_clip
 
     path = convert_openai_clip(src, out)
-    typer.echo(f"wrote {path}")
+    typer.echo(_safe(f"wrote {path}"))
 
 
 LIBRARY_OPT = typer.Option(None, "--library", "-l", help="Library directory (default: $FGSEARCH_HOME/default).")
@@ -110,7 +160,7 @@ MODEL_HELP = "Model: registry name (fgsearch models), hf-hub:ORG/NAME or a check
 def _console(json_mode: bool = False):
     from rich.console import Console
 
-    return Console(stderr=json_mode)
+    return Console(stderr=json_mode, soft_wrap=True)  # never fold a line (a path) at the terminal width
 
 
 @app.command()
@@ -151,6 +201,14 @@ def index(
     ),
     hidden: bool = typer.Option(False, "--hidden", help="Also index hidden files and folders."),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Remove files that disappeared from the folders."),
+    prune_unselected: bool = typer.Option(
+        False,
+        "--prune-unselected",
+        help="Also remove indexed files still on disk that --include/--exclude/--hidden now leave out.",
+    ),
+    follow_links: bool = typer.Option(
+        False, "--follow-links", help="Follow symbolic links that lead outside the folders given."
+    ),
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Try again files that failed before and did not change."
     ),
@@ -185,17 +243,21 @@ def index(
     for p in paths:
         if not p.exists():
             _fail(f"{p} does not exist; give a folder of images")
+    _check_index_options(max_megapixels, min_side, batch_size, workers)
+    proposer = regions or ("sidecar" if sidecar else "auto")
+    if max_regions is not None and proposer in ("auto", "grid"):
+        _check_range("--max-regions", max_regions, 1, MAX_REGIONS)
     bk = None
     if backend or qdrant_url or qdrant_path:
-        bk = BackendSettings(
-            kind=backend or "qdrant", qdrant_url=qdrant_url, qdrant_path=str(qdrant_path) if qdrant_path else None
-        )
+        # stored in the library: absolute, so that it means the same from any folder later
+        where = str(qdrant_path.expanduser().resolve()) if qdrant_path else None
+        bk = BackendSettings(kind=backend or "qdrant", qdrant_url=qdrant_url, qdrant_path=where)
     rs = None
     if regions or max_regions is not None or sidecar:
         if sidecar and sidecar != "per-image":
             sidecar = str(Path(sidecar).expanduser().resolve())  # stored in the library: any cwd later
         rs = RegionSettings(
-            proposer=regions or ("sidecar" if sidecar else "auto"),
+            proposer=proposer,
             max_regions=16 if max_regions is None else max_regions,
             sidecar=sidecar,
         )
@@ -205,6 +267,8 @@ def index(
         extensions=tuple(ext),
         hidden=hidden,
         prune=prune,
+        prune_unselected=prune_unselected,
+        follow_links=follow_links,
         retry_failed=retry_failed,
         batch_size=batch_size,
         workers=workers,
@@ -232,8 +296,8 @@ def index(
 
                 t0 = time.perf_counter()
 
-                def progress(stage: str, done: int, total: int) -> None:
-                    rate = done / max(time.perf_counter() - t0, 1e-9)
+                def progress(stage: str, done: int, total: int, embedded: int) -> None:
+                    rate = embedded / max(time.perf_counter() - t0, 1e-9)  # like the summary's images/s
                     bar.update(task, completed=done, total=total, rate=f"{rate:.1f} images/s")
 
                 report = lib.index([str(p) for p in paths], opts, progress=progress)
@@ -247,9 +311,26 @@ def index(
         highlight=False,
     )
     for path, reason in report.failures[:10]:
-        console.print(f"  skipping {path}: {reason}", highlight=False, markup=False)
+        console.print(_text(f"  skipping {path}: {reason}"), highlight=False)
+    for warning in report.warnings:
+        console.print(_text(f"warning: {warning}"), highlight=False)
     if report.failed > min(10, len(report.failures)):
         console.print(f"  ... {report.failed} failures in all: `fgsearch status --failed` lists them", highlight=False)
+
+
+MAX_K = 10_000  # results per query: more is not a search, and -k 10**9 would allocate for every one
+MAX_REGIONS = 1_024
+MAX_WORKERS = 256
+
+
+def _check_index_options(max_megapixels: float, min_side: int, batch_size: int, workers: int) -> None:
+    import math
+
+    if not (math.isfinite(max_megapixels) and max_megapixels > 0):
+        _fail(f"--max-megapixels must be a positive number, got {max_megapixels:g}")
+    _check_range("--min-side", min_side, 1)
+    _check_range("--batch-size", batch_size, 0, 65_536)
+    _check_range("--workers", workers, 0, MAX_WORKERS)
 
 
 def _parse_time(value: str | None, flag: str):
@@ -285,13 +366,24 @@ def query(
     modified_after: str | None = typer.Option(None, "--modified-after", help="File modified on or after YYYY-MM-DD."),
     modified_before: str | None = typer.Option(None, "--modified-before", help="File modified before YYYY-MM-DD."),
     min_score: float | None = typer.Option(None, "--min-score", help="Drop results scoring below this."),
-    w_global: float = typer.Option(0.25, "--w-global", help="Fusion weight of the whole-image score."),
-    w_region: float = typer.Option(0.75, "--w-region", help="Fusion weight of the best-region score."),
+    w_global: float | None = typer.Option(
+        None, "--w-global", help="Weight of the whole-image score [default: 0.25 text, 1 image, 0 box]."
+    ),
+    w_region: float | None = typer.Option(
+        None, "--w-region", help="Weight of the best-region score [default: 0.75 text, 0 image, 1 box]."
+    ),
     w_negative: float = typer.Option(0.5, "--w-not", help="Weight of the --not penalty."),
     text_path: str | None = typer.Option(None, "--text-path", help="Force the short (77) or long (248) text path."),
     json_out: bool = typer.Option(False, "--json", help="Print results as JSON (schema in README)."),
-    paths_out: bool = typer.Option(False, "--paths", help="Print one path per line."),
-    show: Path | None = typer.Option(None, "--show", help="Write a PNG contact sheet with the boxes drawn."),
+    paths_out: bool = typer.Option(
+        False, "--paths", help="Print one path per line (control characters escaped as \\xNN; see --null)."
+    ),
+    null: bool = typer.Option(
+        False, "--null", "-0", help="With --paths: end each path with a NUL byte, exactly as on disk (xargs -0)."
+    ),
+    show: Path | None = typer.Option(
+        None, "--show", help="Write a contact sheet with the boxes drawn (.png, or .jpg for JPEG)."
+    ),
     html_out: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML page of the results."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
 ) -> None:
@@ -300,15 +392,23 @@ def query(
 
     from fgsearch.boxes import Box
     from fgsearch.library import Library
+    from fgsearch.render import check_target
     from fgsearch.search import Filters, FusionWeights, QueryInfo, SearchQuery, run_search
 
     if box is not None and image is None:
         _fail("--box needs --image (the box is a region of the query image)")
     if text_path not in (None, "short", "long"):
         _fail("--text-path must be short or long")
+    _check_range("-k/--top", top, 1, MAX_K)
+    if null and not paths_out:
+        _fail("--null goes with --paths (NUL-terminated paths for xargs -0)")
+    if show is not None:
+        show = check_target(show, (".png", ".jpg", ".jpeg"))
+    if html_out is not None:
+        html_out = check_target(html_out, (".html", ".htm"))
     filters = Filters(
         path_glob=path_glob,
-        path_prefix=str(Path(path_prefix).expanduser().resolve()) if path_prefix else None,
+        path_prefix=os.path.abspath(os.path.expanduser(path_prefix)) if path_prefix else None,  # as ingest stores paths
         captured_after=_parse_time(captured_after, "--taken-after"),
         captured_before=_parse_time(captured_before, "--taken-before"),
         modified_after=_parse_time(modified_after, "--modified-after"),
@@ -318,7 +418,7 @@ def query(
     q = SearchQuery(
         text=text,
         image=str(image) if image else None,
-        box=Box.parse(box) if box else None,
+        box=Box.parse(box) if box is not None else None,
         negative=negative,
         k=top,
         by=by,
@@ -328,10 +428,12 @@ def query(
     )
     info = QueryInfo()
     with Library.open(library, read_only=True, device=device) as lib:
-        hits = run_search(lib, q, info)
-    console = _console(json_out)
+        hits = lib.consistent(lambda: run_search(lib, q, info))
+    console = _console(json_out or paths_out)  # stdout holds only the JSON or the paths
     for notice in info.notices:
-        console.print(f"notice: {notice}", highlight=False, markup=False)
+        console.print(_text(f"notice: {notice}"))
+    if filters.path_prefix and not os.path.isdir(filters.path_prefix):
+        console.print(_text(f"warning: --under {filters.path_prefix}: no such folder on disk"))
     if json_out:
         typer.echo(
             json.dumps(
@@ -344,6 +446,7 @@ def query(
                         "by": by,
                         "k": top,
                         "text_path": info.text_path,
+                        "region_walk": info.region_walk,
                     },
                     "results": [h.to_dict() for h in hits],
                 },
@@ -351,33 +454,49 @@ def query(
             )
         )
     elif paths_out:
-        for h in hits:
-            typer.echo(h.path)
+        _print_paths([h.path for h in hits], null)
     else:
-        from rich.table import Column, Table
-
-        # the path is what a user needs whole: it wraps instead of being cut on narrow terminals
-        path_col = Column("path", overflow="fold", ratio=1, min_width=16)
-        table = Table("rank", "score", "global", "region", path_col, Column("box (x1,y1,x2,y2)", no_wrap=True))
-        for h in hits:
-            bx = ",".join(f"{v:.2f}" for v in h.box.as_tuple()) if h.box else "-"
-            rs = f"{h.region_score:.3f}" if h.region_score is not None else "-"
-            gs = "-" if h.global_score != h.global_score else f"{h.global_score:.3f}"
-            table.add_row(str(h.rank), f"{h.score:.3f}", gs, rs, h.path, bx)
-        console.print(table)
-        if not hits:
-            console.print("no results")
+        _print_hits(console, hits)
     if show or html_out:
         from fgsearch.render import RenderItem, contact_sheet, html_page
 
-        items = [RenderItem(h.path, f"#{h.rank} score {h.score:.3f}", h.box) for h in hits]
+        items = [RenderItem(h.path, f"#{h.rank} · score {h.score:.3f}", h.box) for h in hits]
         title = text or (f"image {image}" if image else "")
         if show:
             contact_sheet(items, show, title=title)
-            console.print(f"wrote {show}")
+            console.print(_text(f"wrote {show}"))
         if html_out:
             html_page(items, html_out, title=f"fgsearch: {title}")
-            console.print(f"wrote {html_out}")
+            console.print(_text(f"wrote {html_out}"))
+
+
+def _print_paths(paths: list[str], null: bool) -> None:
+    """One path per line, control characters escaped; or, with ``null``, the exact bytes + NUL."""
+    import os
+
+    if null:
+        out = sys.stdout.buffer
+        for p in paths:
+            out.write(os.fsencode(p) + b"\0")
+        out.flush()
+        return
+    for p in paths:
+        typer.echo(_safe(p))
+
+
+def _print_hits(console: Any, hits: list[Any]) -> None:
+    """The result table: numbers in fixed columns, the path last and whole (a long path runs on and
+    the terminal wraps it; it is never cut or folded mid-name, on a terminal or in a pipe)."""
+    if not hits:
+        console.print("no results")
+        return
+    console.print(f"{'rank':>4}  {'score':>6}  {'global':>6}  {'region':>6}  {'box (x1,y1,x2,y2)':<19}  path")
+    for h in hits:
+        bx = ",".join(f"{v:.2f}" for v in h.box.as_tuple()) if h.box else "-"
+        rs = f"{h.region_score:.3f}" if h.region_score is not None else "-"
+        gs = f"{h.global_score:.3f}" if h.global_score is not None and h.global_score == h.global_score else "-"
+        line = f"{h.rank:>4}  {h.score:>6.3f}  {gs:>6}  {rs:>6}  {bx:<19}  {_safe(h.path)}"
+        console.print(_text(line), soft_wrap=True)
 
 
 @app.command()
@@ -402,11 +521,11 @@ def status(
         return
     if failed:
         for p, r in fails:
-            typer.echo(f"{p}\t{r}")
+            typer.echo(f"{_safe(p)}\t{_safe(r)}")
         return
     console = _console()
-    console.print(f"library  {st['library']}", highlight=False)
-    console.print(f"model    {st['model']} (dim {st['dim']}, ref {st['model_ref']})", highlight=False)
+    console.print(_text(f"library  {st['library']}"), highlight=False)
+    console.print(_text(f"model    {st['model']} (dim {st['dim']}, ref {st['model_ref']})"), highlight=False)
     console.print(
         f"backend  {st['backend']['kind']}   regions {st['regions']['proposer']} (max {st['regions']['max_regions']})",
         highlight=False,
@@ -414,6 +533,27 @@ def status(
     for k, v in st["counts"].items():
         console.print(f"{k:<16} {v}", highlight=False)
     console.print(f"vectors  global {st['vectors']['global']}, regions {st['vectors']['regions']}", highlight=False)
+    console.print(_text(_disk_line(Path(st["library"]), st)), highlight=False)
+
+
+def _size(n: int) -> str:
+    x, unit = float(n), "B"
+    for unit in ("B", "KB", "MB", "GB"):
+        if x < 1000 or unit == "GB":
+            break
+        x /= 1000
+    return f"{x:.0f} B" if unit == "B" else f"{x:.1f} {unit}"
+
+
+def _disk_line(lib_dir: Path, st: dict[str, Any]) -> str:
+    """Sizes on disk: the whole library folder, its catalog and each vector index."""
+    total = sum(f.stat().st_size for f in lib_dir.rglob("*") if f.is_file() and not f.is_symlink())
+    catalog = sum(f.stat().st_size for f in lib_dir.glob("catalog.sqlite*") if f.is_file())
+    parts = [f"catalog {_size(catalog)}"]
+    for name, label in (("global", "global"), ("regions", "region")):
+        n = st.get("index", {}).get(name, {}).get("bytes_on_disk")
+        parts.append(f"{label} index {_size(n) if n is not None else 'not on disk'}")
+    return f"disk     {_size(total)}: " + ", ".join(parts)
 
 
 @app.command()
@@ -422,17 +562,19 @@ def doctor(
     library: Path | None = LIBRARY_OPT,
     repair: bool = typer.Option(False, "--repair", help="Fix disagreements (remove orphan vectors, re-queue images)."),
 ) -> None:
-    """Check that the catalog and the vector indexes agree."""
+    """Check that the catalog and the vector indexes agree and that index files match their checksums."""
     from fgsearch.library import Library
 
-    with Library.open(library, read_only=not repair) as lib:
+    with Library.open(library, read_only=not repair, create=False, rebuild_damaged=repair) as lib:
         rep = lib.doctor(repair=repair)
     for name in ("global", "regions"):
         r = rep[name]
         typer.echo(
             f"{name}: catalog {r['catalog']}, index {r['index']}, orphan vectors {r['orphan_vectors']}, "
-            f"missing vectors {r['missing_vectors']}"
+            f"missing vectors {r['missing_vectors']}, damaged vectors {r['damaged_vectors']}"
         )
+    for f in rep["damaged_files"]:
+        typer.echo(f"damaged file (checksum mismatch): {f}")
     if rep["consistent"]:
         typer.echo("ok: catalog and indexes agree")
     elif rep["repaired"]:
@@ -450,14 +592,17 @@ def make_data(
     n: int = typer.Option(2000, "--n", help="Number of images."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same data)."),
     heldout: float = typer.Option(0.1, "--heldout", help="Fraction written to jsonfiles/heldout.json."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a FineShapes dataset already in OUT (other files are never touched)."
+    ),
 ) -> None:
     """Generate a synthetic fine-grained dataset (FineShapes) in FineHARD format."""
     if kind != "fineshapes":
         _fail(f"unknown dataset {kind!r}; available: fineshapes")
     from fgsearch.trainer.fineshapes import make_fineshapes
 
-    path = make_fineshapes(out, n=n, seed=seed, heldout=heldout)
-    typer.echo(f"wrote {n} images to {path} (jsonfiles/train.json, jsonfiles/heldout.json, images/)")
+    path = make_fineshapes(out, n=n, seed=seed, heldout=heldout, overwrite=overwrite)
+    typer.echo(_safe(f"wrote {n} images to {path} (jsonfiles/train.json, jsonfiles/heldout.json, images/)"))
 
 
 @app.command()
@@ -473,10 +618,12 @@ def train(
         "--init",
         help="tiny (fresh small model), a registry name, a checkpoint dir, hf-hub:ORG/NAME, or openai-clip:DIR.",
     ),
-    steps: int = typer.Option(1000, "--steps"),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    lr: float = typer.Option(5e-4, "--lr"),
-    weight_decay: float = typer.Option(0.1, "--weight-decay"),
+    steps: int = typer.Option(1000, "--steps", help="Optimizer steps in all (a resumed run stops at the same step)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Image-text pairs per batch (per process)."),
+    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (AdamW)."),
+    weight_decay: float = typer.Option(
+        0.1, "--weight-decay", help="AdamW weight decay (not on norms, biases and embeddings)."
+    ),
     warmup: int = typer.Option(100, "--warmup", help="Linear warmup steps, then cosine decay."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Batches per optimizer step."),
     clip_grad: float = typer.Option(1.0, "--clip-grad", help="Gradient norm clip (0: off)."),
@@ -488,8 +635,8 @@ def train(
     ),
     save_every: int = typer.Option(500, "--save-every", help="Checkpoint every N steps."),
     eval_every: int = typer.Option(500, "--eval-every", help="Held-out evaluation every N steps."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
+    seed: int = typer.Option(0, "--seed", help="Random seed (data order and a fresh model's weights)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
     tiny_image_size: int = typer.Option(96, "--tiny-image-size", help="With --init tiny: input size."),
     tiny_patch: int = typer.Option(12, "--tiny-patch", help="With --init tiny: patch size."),
@@ -524,24 +671,27 @@ def train(
         tiny_width=tiny_width,
         tiny_layers=tiny_layers,
     )
+    from contextlib import ExitStack
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(
-        TextColumn("training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        console=_console(),
-        transient=False,
-    ) as bar:
-        task = bar.add_task("train", total=steps, info="")
+    console = _console()
+    with ExitStack() as stack:
+        live: list[tuple[Progress, Any]] = []  # the bar starts with the first step: none before an error
 
         def progress(step: int, total: int, m: dict[str, float]) -> None:
+            if not live:
+                columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"))
+                bar = stack.enter_context(Progress(*columns, TimeRemainingColumn(), console=console))
+                live.append((bar, bar.add_task("train", total=total, completed=step - 1, info="")))
+            bar, task = live[0]
             bar.update(task, completed=step, info=f"loss {m.get('loss', float('nan')):.3f}")
 
-        path = run_train(cfg, progress=progress)
-    typer.echo(f"model saved in {path} (use it with --model {path}); log: {path / 'log.jsonl'}")
+        def notice(message: str) -> None:
+            console.print(message, highlight=False, markup=False)
+
+        path = run_train(cfg, progress=progress, notice=notice)
+    typer.echo(_safe(f"model saved in {path} (use it with --model {path}); log: {path / 'log.jsonl'}"))
 
 
 @app.command()
@@ -559,7 +709,7 @@ def demo(
     from fgsearch.trainer.fineshapes import EXAMPLE_QUERIES, make_fineshapes
 
     model_dir = REGISTRY["demo"].local_dir
-    data = make_fineshapes(folder / "photos", n=n, seed=1234, heldout=0)
+    data = make_fineshapes(folder / "photos", n=n, seed=1234, heldout=0, overwrite=True)  # its own photos
     console = _console()
     with Library.open(folder / "library", model=str(model_dir), device="cpu") as lib:
         rep = lib.index(str(data / "images"))
@@ -573,7 +723,7 @@ def demo(
                 box = ",".join(f"{v:.2f}" for v in h.box.as_tuple()) if h.box else "-"
                 table.add_row(str(h.rank), f"{h.score:.3f}", str(Path(h.path).relative_to(folder.resolve())), box)
             console.print(table)
-            items = [RenderItem(h.path, f"#{h.rank} {h.score:.3f}", h.box) for h in hits]
+            items = [RenderItem(h.path, f"#{h.rank} · score {h.score:.3f}", h.box) for h in hits]
             contact_sheet(items, folder / f"query{i + 1}.png", thumb=160, title=q)
             html_page(items, folder / f"query{i + 1}.html", title=q)
     console.print(f"pictures with the boxes drawn: {folder}/query1.png ... query{len(EXAMPLE_QUERIES)}.png (and .html)")
@@ -587,8 +737,8 @@ def eval_(
         ..., "--data", help="Local dataset folder (or file); the error names the expected layout."
     ),
     model: str = typer.Option("fg-clip-base", "--model", "-m", help=MODEL_HELP),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images (or texts) per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N images (a quick check, not comparable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -628,5 +778,28 @@ def main() -> None:
     try:
         app()
     except FgsearchError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {_safe(str(e))}", err=True)
         sys.exit(1)
+
+
+@app.command()
+@_errors
+def serve(
+    library: Path | None = LIBRARY_OPT,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --token."),
+    port: int = typer.Option(7860, "--port", help="TCP port."),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP + " Default: the library's own."),
+    token: str | None = typer.Option(
+        None, "--token", envvar="FGSEARCH_TOKEN", help="Require 'Authorization: Bearer TOKEN' on every API route."
+    ),
+    cors: str | None = typer.Option(None, "--cors", help="Let pages from this origin (https://host) call the API."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
+) -> None:
+    """Serve the library: a web page at / and a JSON API (OpenAPI at /docs); the model loads once."""
+    from fgsearch.serve import run_server
+    from fgsearch.serve.engine import ServeSettings
+
+    where = str(library) if library else None
+    settings = ServeSettings(library=where, model=model, device=device, host=host, port=port, token=token, cors=cors)
+    typer.echo(f"fgsearch serve: loading the library and the model; then http://{host}:{port}/", err=True)
+    run_server(settings)

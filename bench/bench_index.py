@@ -1,6 +1,12 @@
 """End-to-end indexing throughput vs the model's pure forward pass.
 
     python bench/bench_index.py [--n 96] [--batch 32] [--repeats 3] [--device cpu|cuda] [--workers 0]
+    python bench/bench_index.py --huge 3 [--side 10000] [--workers 3]
+
+``--huge N``: peak memory (resident set, ``getrusage``) of indexing N side x side PNGs (under the
+100 MP default), each run in a fresh process with the demo model and ``--regions none``: with the
+decode workers' shared pixel budget, without it (every worker decodes at once, the old
+behaviour), one huge PNG alone, and N ordinary 1024x768 JPEGs (the normal run).
 
 Generates N 1024x768 JPEGs (smooth gradients, shapes and noise, so JPEG decoding costs what a
 photo costs), builds the fg-clip-base architecture with random weights, and prints:
@@ -18,6 +24,11 @@ photo costs), builds the fg-clip-base architecture with random weights, and prin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -71,7 +82,78 @@ def forward_rates(enc: object, batch: int, size: int, repeats: int = 3) -> dict[
     return {k: batch / float(np.median(v)) for k, v in times.items()}
 
 
+def make_huge_pngs(folder: Path, n: int, side: int) -> None:
+    """``n`` side x side RGB PNGs (gradients and a few shapes: small files, full decode cost)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    for i in range(n):
+        arr = np.empty((side, side, 3), np.uint8)
+        arr[..., 0] = ramp[None, :]
+        arr[..., 1] = ramp[:, None]
+        arr[..., 2] = (40 * i) % 256
+        img = Image.fromarray(arr)
+        ImageDraw.Draw(img).ellipse([side // 4, side // 4, side // 2 + 50 * i, side // 2], fill=(200, 30, 30))
+        img.save(folder / f"huge_{i}.png", compress_level=1)
+        del img, arr
+
+
+def _rss_child(folder: str, budget: bool, workers: int) -> None:
+    """Index ``folder`` in this (fresh) process and print its peak resident set in MiB."""
+    import fgsearch.decode
+    from fgsearch.library import Library
+    from fgsearch.regions import RegionSettings
+
+    if not budget:  # the old behaviour: every worker decodes whatever it has at once
+
+        @contextlib.contextmanager
+        def unbounded(self: object) -> object:
+            yield lambda n: None
+
+        fgsearch.decode.PixelBudget.hold = unbounded  # type: ignore[assignment,method-assign]
+    with tempfile.TemporaryDirectory() as lib_dir:
+        with Library.open(lib_dir, model="demo", regions=RegionSettings(proposer="none"), device="cpu") as lib:
+            rep = lib.index(folder, workers=workers)
+        assert rep.indexed == len(list(Path(folder).iterdir())), rep.to_dict()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def huge_memory(n: int, side: int, workers: int, work: Path) -> None:
+    huge, one, normal = work / f"huge-{n}x{side}", work / f"huge-1x{side}", work / f"photos-{n}"
+    if not huge.exists():
+        t0 = time.perf_counter()
+        make_huge_pngs(huge, n, side)
+        print(f"generated {n} PNGs {side}x{side} in {time.perf_counter() - t0:.1f}s")
+    if not one.exists():
+        one.mkdir()
+        os.link(huge / "huge_0.png", one / "huge_0.png")  # a symbolic link would lead outside the root
+    if not normal.exists():
+        normal.mkdir()
+        make_photos(normal, n)
+
+    def peak(folder: Path, budget: bool) -> float:
+        cmd = [sys.executable, __file__, "--rss-child", str(folder), "--workers", str(workers)]
+        out = subprocess.run([*cmd, *([] if budget else ["--no-budget"])], capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    rows = {
+        f"{n} huge PNGs, pixel budget": peak(huge, True),
+        f"{n} huge PNGs, no budget (old)": peak(huge, False),
+        "1 huge PNG": peak(one, True),
+        f"{n} ordinary 1024x768 JPEGs": peak(normal, True),
+    }
+    print(f"peak RSS, --workers {workers}, {side}x{side} = {side * side / 1e6:.0f} MP per huge image")
+    for name, mib in rows.items():
+        print(f"  {name:34s} {mib:8.0f} MiB")
+    budget, old = rows[f"{n} huge PNGs, pixel budget"], rows[f"{n} huge PNGs, no budget (old)"]
+    print(f"  budget / no budget: {budget / old:.2f}; budget / one huge image: {budget / rows['1 huge PNG']:.2f}")
+
+
 def main() -> None:
+    if "--rss-child" in sys.argv:
+        i = sys.argv.index("--rss-child")
+        workers = int(sys.argv[sys.argv.index("--workers") + 1])
+        _rss_child(sys.argv[i + 1], "--no-budget" not in sys.argv, workers)
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=96)
     ap.add_argument("--batch", type=int, default=32)
@@ -79,7 +161,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="alternating none/auto runs; medians are compared")
     ap.add_argument("--keep", type=Path, default=None, help="reuse/keep generated photos and model here")
+    ap.add_argument("--huge", type=int, default=0, help="measure peak memory of N huge PNGs instead")
+    ap.add_argument("--side", type=int, default=10000, help="with --huge: the PNGs' width and height")
     args = ap.parse_args()
+    if args.huge:
+        work = args.keep or Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
+        huge_memory(args.huge, args.side, args.workers or 3, work)
+        return
 
     from fgsearch.library import Library
     from fgsearch.model import FGCLIP, Encoder, FGCLIPConfig, load_model, save_model

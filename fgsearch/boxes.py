@@ -38,12 +38,20 @@ class Box:
     @classmethod
     def parse(cls, text: str) -> Box:
         """``"x1,y1,x2,y2"`` (normalised) -> Box."""
+        return cls.coerce(text)
+
+    @classmethod
+    def coerce(cls, value: Box | str | Sequence[float]) -> Box:
+        """A Box, ``"x1,y1,x2,y2"`` or four numbers (normalised) -> Box."""
+        if isinstance(value, Box):
+            return value
+        items = value.replace(" ", "").split(",") if isinstance(value, str) else value
         try:
-            parts = [float(p) for p in text.replace(" ", "").split(",")]
-        except ValueError as e:
-            raise InputError(f"box {text!r} must be four numbers x1,y1,x2,y2 in [0, 1]") from e
+            parts = [float(v) for v in items]
+        except (TypeError, ValueError) as e:
+            raise InputError(f"box {value!r} must be four numbers x1,y1,x2,y2 in [0, 1]") from e
         if len(parts) != 4:
-            raise InputError(f"box {text!r} must be four numbers x1,y1,x2,y2 in [0, 1]")
+            raise InputError(f"box {value!r} must be four numbers x1,y1,x2,y2 in [0, 1]")
         return cls(*parts)
 
     @classmethod

@@ -141,9 +141,31 @@ class ContentRow:
     captured_at: datetime | None
 
 
+def _under(root: str) -> Any:
+    """SQL condition: a file row at ``root`` or inside it."""
+    root = root.rstrip(os.sep) or os.sep
+    prefix = root if root.endswith(os.sep) else root + os.sep  # "/" stays "/"
+    return sa.or_(files_t.c.path == root, sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix)
+
+
 def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
+
+
+def read_only_uri(path: Path, *, immutable: bool = False) -> str:
+    """An sqlite3 URI that opens ``path`` for reading only (any folder name: the path is quoted).
+
+    ``immutable`` is for a library on a read-only mount or in a folder this user cannot write:
+    SQLite then needs no ``-shm`` file (which it could not create), and reads the database file as
+    it is (a clean writer leaves nothing in the WAL when it closes)."""
+    return f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def cannot_write_here(err: BaseException) -> bool:
+    """Whether an sqlite error on a read-only open means the folder or mount is not writable."""
+    msg = str(err).lower()
+    return "readonly database" in msg or "unable to open database file" in msg
 
 
 class WriteLock:
@@ -210,9 +232,22 @@ class Catalog:
             raise LibraryError(f"no catalog at {p}; create the library with `fgsearch index PHOTOS`")
         # URL.create, not an f-string: a folder named "a?b", "a#b" or "a%20b" must open that folder
         if read_only:
-            url = sa.engine.URL.create("sqlite", database=f"file:{quote(str(p))}", query={"mode": "ro", "uri": "true"})
+            try:
+                return cls._open(p, create, read_only, immutable=False)
+            except LibraryError as e:
+                if not cannot_write_here(e.__cause__ or e):
+                    raise
+            logger.info("catalog %s is in a folder that cannot be written: reading it as immutable", p)
+            return cls._open(p, create, read_only, immutable=True)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return cls._open(p, create, read_only, immutable=False)
+
+    @classmethod
+    def _open(cls, p: Path, create: bool, read_only: bool, *, immutable: bool) -> Catalog:
+        if read_only:
+            query = {"mode": "ro", "uri": "true", **({"immutable": "1"} if immutable else {})}
+            url = sa.engine.URL.create("sqlite", database=f"file:{quote(str(p))}", query=query)
         else:
-            p.parent.mkdir(parents=True, exist_ok=True)
             url = sa.engine.URL.create("sqlite", database=str(p))
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -232,7 +267,8 @@ class Catalog:
         except sa.exc.DatabaseError as e:
             engine.dispose()
             raise LibraryError(
-                f"catalog {p} is not a readable SQLite database ({e.orig}); restore it or --reindex"
+                f"catalog {p} is not a readable SQLite database ({e.orig}); restore it from a backup or rebuild "
+                f"the library with `fgsearch index PHOTOS --library {p.parent} --reindex`"
             ) from e
         except BaseException:
             engine.dispose()
@@ -250,7 +286,10 @@ class Catalog:
                     f"{', '.join(sorted(tables)[:5])}); choose another --library folder"
                 )
             if self.read_only or not create:
-                raise LibraryError(f"catalog {self.path} is empty; index some images first")
+                raise LibraryError(
+                    f"catalog {self.path} is empty (its records are lost); rebuild the library with "
+                    f"`fgsearch index PHOTOS --library {self.path.parent} --reindex --model MODEL`"
+                )
             with self.engine.begin() as conn:
                 metadata.create_all(conn)
                 conn.execute(sa.insert(meta_t).values(key="schema_version", value=json.dumps(SCHEMA_VERSION)))
@@ -525,6 +564,17 @@ class Catalog:
                 conn.execute(sa.delete(contents_t).where(contents_t.c.id.in_(chunk)))
         return list(content_ids), rids
 
+    def unseen_paths(self, run_id: int, roots: Sequence[str]) -> list[str]:
+        """Paths of files under ``roots`` that run ``run_id`` has not seen (what :meth:`sweep` would delete)."""
+        with self.engine.connect() as conn:
+            return [
+                p
+                for root in roots
+                for p in conn.execute(sa.select(files_t.c.path).where(_under(root), files_t.c.seen_run != run_id))
+                .scalars()
+                .all()
+            ]
+
     def sweep(self, run_id: int, roots: Sequence[str]) -> tuple[list[int], list[int]]:
         """Delete files under ``roots`` not seen in ``run_id``, then contents no file uses any more.
 
@@ -532,13 +582,7 @@ class Catalog:
         removed_files = 0
         with self.engine.begin() as conn:
             for root in roots:
-                root = root.rstrip(os.sep) or os.sep
-                prefix = root if root.endswith(os.sep) else root + os.sep  # "/" stays "/"
-                under = sa.or_(
-                    files_t.c.path == root,
-                    sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix,
-                )
-                res = conn.execute(sa.delete(files_t).where(under, files_t.c.seen_run != run_id))
+                res = conn.execute(sa.delete(files_t).where(_under(root), files_t.c.seen_run != run_id))
                 removed_files += res.rowcount or 0
             orphan = sa.select(contents_t.c.id).where(
                 contents_t.c.state == "ok",
@@ -575,11 +619,14 @@ class Catalog:
         with self.engine.connect() as conn:
             return [(p, r or "") for p, r in conn.execute(q)]
 
-    def all_vector_ids(self) -> tuple[list[int], list[int]]:
-        with self.engine.connect() as conn:
-            cids = list(conn.execute(sa.select(contents_t.c.id).where(contents_t.c.state == "ok")).scalars())
+    def all_vector_ids(self, include_pending: bool = False) -> tuple[list[int], list[int]]:
+        """Global and region vector ids of confirmed contents (also of reserved ones: ``include_pending``),
+        read in one transaction."""
+        states = ("ok", "pending") if include_pending else ("ok",)
+        with self.engine.connect() as conn, conn.begin():
+            cids = list(conn.execute(sa.select(contents_t.c.id).where(contents_t.c.state.in_(states))).scalars())
             rids = list(
-                conn.execute(sa.select(regions_t.c.id).join(contents_t).where(contents_t.c.state == "ok")).scalars()
+                conn.execute(sa.select(regions_t.c.id).join(contents_t).where(contents_t.c.state.in_(states))).scalars()
             )
         return cids, rids
 
@@ -699,20 +746,47 @@ class Catalog:
         modified_before: datetime | None = None,
     ) -> list[int]:
         """Content ids with at least one ok file matching every given condition."""
-        conds: list[Any] = [contents_t.c.state == "ok", files_t.c.status == "ok"]
-        if path_glob:
-            conds.append(files_t.c.path.op("GLOB")(path_glob))
-        if path_prefix:
-            prefix = path_prefix.rstrip(os.sep) + os.sep
-            conds.append(sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix)
+        conds = [contents_t.c.state == "ok", *_file_conditions(path_glob, path_prefix, modified_after, modified_before)]
         if captured_after:
             conds.append(contents_t.c.captured_at >= captured_after)
         if captured_before:
             conds.append(contents_t.c.captured_at < captured_before)
-        if modified_after:
-            conds.append(files_t.c.mtime_ns >= int(modified_after.timestamp() * 1e9))
-        if modified_before:
-            conds.append(files_t.c.mtime_ns < int(modified_before.timestamp() * 1e9))
         q = sa.select(contents_t.c.id).distinct().join(files_t, files_t.c.content_id == contents_t.c.id).where(*conds)
         with self.engine.connect() as conn:
             return list(conn.execute(q).scalars())
+
+    def matching_paths(
+        self,
+        content_ids: Sequence[int],
+        *,
+        path_glob: str | None = None,
+        path_prefix: str | None = None,
+        modified_after: datetime | None = None,
+        modified_before: datetime | None = None,
+    ) -> dict[int, list[str]]:
+        """Per content id, its ok paths (sorted) that pass the file conditions of :meth:`filter_contents`."""
+        conds = _file_conditions(path_glob, path_prefix, modified_after, modified_before)
+        out: dict[int, list[str]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(content_ids)):
+                q = sa.select(files_t.c.content_id, files_t.c.path).where(files_t.c.content_id.in_(chunk), *conds)
+                for cid, path in conn.execute(q.order_by(files_t.c.path)):
+                    out.setdefault(int(cid), []).append(path)
+        return out
+
+
+def _file_conditions(
+    path_glob: str | None, path_prefix: str | None, modified_after: datetime | None, modified_before: datetime | None
+) -> list[Any]:
+    """SQL conditions on one file row: ok, and matching every given path and modification-time filter."""
+    conds: list[Any] = [files_t.c.status == "ok"]
+    if path_glob:
+        conds.append(files_t.c.path.op("GLOB")(path_glob))
+    if path_prefix:
+        prefix = path_prefix.rstrip(os.sep) + os.sep
+        conds.append(sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix)
+    if modified_after:
+        conds.append(files_t.c.mtime_ns >= int(modified_after.timestamp() * 1e9))
+    if modified_before:
+        conds.append(files_t.c.mtime_ns < int(modified_before.timestamp() * 1e9))
+    return conds

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fgsearch.errors import FgsearchError, ImageError, InputError
-from fgsearch.regions import RegionSettings, SidecarBoxes, auto_boxes_batch, propose
+from fgsearch.errors import FgsearchError, InputError
+from fgsearch.regions import RegionSettings, SidecarBoxes, SidecarMatch, auto_boxes_batch, propose
 
 if TYPE_CHECKING:
+    from fgsearch.decode import PixelBudget
     from fgsearch.library import Library
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class IndexOptions:
     max_megapixels: float = 100.0
     min_side: int = 16
     fast_decode: bool = False  # JPEG draft decoding: faster, not bit-exact with the reference resize
+    follow_links: bool = False  # follow symbolic links that lead outside the indexed folders
+    prune_unselected: bool = False  # also drop files still on disk that include/exclude/hidden left out
 
     def resolved_workers(self) -> int:
         return self.workers if self.workers > 0 else min(8, os.cpu_count() or 2)
@@ -78,6 +81,7 @@ class IndexReport:
     regions: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # things a user should hear about (not failures)
 
     @property
     def images_per_second(self) -> float:
@@ -95,6 +99,7 @@ class IndexReport:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "failures": [{"path": p, "reason": r} for p, r in self.failures],
+            "warnings": list(self.warnings),
         }
 
 
@@ -105,34 +110,86 @@ class _Prepared:
     size: int
     mtime_ns: int
     sha256: str = ""
-    pixels: np.ndarray | None = None
+    pixels: Any = None  # the model family's preprocessed item (ImageItem)
     width: int = 0
     height: int = 0
     captured_at: Any = None
     boxes: np.ndarray | None = None
+    sidecar: SidecarMatch | None = None  # what the sidecar said about this image, if one is in use
     reason: str = ""
 
 
-ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+ProgressFn = Callable[[str, int, int, int], None]  # (stage, files done, files to do, images embedded)
 
 
-def _prepare(
-    entry: Any, known: set[str], lib: Library, opts: IndexOptions, root: str | None, sidecar: SidecarBoxes | None
-) -> _Prepared:
-    """Worker: read, hash, decode and preprocess one file (never raises for a bad file)."""
-    base = _Prepared("failed", entry.path, entry.size, entry.mtime_ns)
-    try:
-        with open(entry.path, "rb") as f:
-            source = _read_and_hash(f, base)
-            if base.sha256 in known:
-                base.kind = "reuse"
-                return base
-            return _decode(source, base, lib, opts, root, sidecar)  # never raises
-    except PermissionError:
-        base.reason = "permission denied; make the file readable (chmod +r)"
+@dataclass
+class _Worker:
+    """What a decode worker needs: read, hash, decode and preprocess one file at a time.
+
+    ``known`` holds the hashes already embedded or queued for embedding; it only grows, so a hit
+    means the decode can be skipped. A miss decides nothing: the main thread decides new vs reuse
+    (:func:`run_index`), because an earlier copy may be queued after this worker looked.
+    ``budget`` bounds the pixels decoded at once by all workers together (peak memory)."""
+
+    lib: Library
+    opts: IndexOptions
+    known: set[str]
+    budget: PixelBudget
+    sidecar: SidecarBoxes | None
+
+    def __call__(self, item: tuple[str, Any]) -> _Prepared:
+        """One file; never raises for a bad file (the reason is in the result)."""
+        from fgsearch.decode import UnsafeFileError, open_regular
+
+        root, entry = item
+        base = _Prepared("failed", entry.path, entry.size, entry.mtime_ns)
+        try:
+            with open_regular(entry.path) as f:
+                source = _read_and_hash(f, base)
+                if base.sha256 in self.known:
+                    base.kind = "reuse"
+                    return base
+                return self._decode(source, base, root)  # never raises
+        except UnsafeFileError:
+            base.reason = "not a regular file (a pipe, device or socket); it is never read"
+        except PermissionError:
+            base.reason = "permission denied; make the file readable (chmod +r)"
+        except OSError as e:
+            base.reason = f"cannot read: {e.strerror or e}"
         return base
-    except OSError as e:
-        base.reason = f"cannot read: {e.strerror or e}"
+
+    def _decode(self, source: bytes | Any, base: _Prepared, root: str | None) -> _Prepared:
+        from fgsearch.decode import load_image
+
+        transform = self.lib.encoder.transform
+        try:
+            with self.budget.hold() as reserve:  # the full-size image lives until item()
+                loaded = load_image(
+                    source,
+                    max_megapixels=self.opts.max_megapixels,
+                    min_side=self.opts.min_side,
+                    draft=transform.image_size if self.opts.fast_decode else None,
+                    reserve=reserve,
+                )
+                base.pixels = transform.item(loaded.image)
+                base.width, base.height, base.captured_at = loaded.width, loaded.height, loaded.captured_at
+                heard = loaded.warnings
+                del loaded  # the full-size image is freed before its pixels go back to the budget
+            for warning in heard:
+                logger.info("%s: %s", base.path, warning)
+            if self.sidecar is not None:
+                from fgsearch.boxes import boxes_array
+
+                base.sidecar = self.sidecar.match(base.path, root, base.width, base.height)
+                base.boxes = boxes_array(base.sidecar.boxes)
+        except FgsearchError as e:  # ImageError, or a sidecar's DataError
+            base.reason = str(e)
+            return base
+        except Exception as e:  # a decoder bug on one odd file must not stop the run
+            logger.debug("unexpected error on %s", base.path, exc_info=True)
+            base.reason = f"cannot decode ({type(e).__name__}: {e})"
+            return base
+        base.kind = "new"
         return base
 
 
@@ -153,43 +210,6 @@ def _read_and_hash(f: Any, base: _Prepared) -> bytes | Any:
     base.sha256 = digest.hexdigest()
     f.seek(0)
     return f
-
-
-def _decode(
-    source: bytes | Any,
-    base: _Prepared,
-    lib: Library,
-    opts: IndexOptions,
-    root: str | None,
-    sidecar: SidecarBoxes | None,
-) -> _Prepared:
-    from fgsearch.decode import load_image
-
-    try:
-        loaded = load_image(
-            source,
-            max_megapixels=opts.max_megapixels,
-            min_side=opts.min_side,
-            draft=lib.encoder.transform.image_size if opts.fast_decode else None,
-        )
-        base.pixels = lib.encoder.transform.to_array(loaded.image)
-        base.width, base.height, base.captured_at = loaded.width, loaded.height, loaded.captured_at
-        if sidecar is not None:
-            from fgsearch.boxes import boxes_array
-
-            base.boxes = boxes_array(sidecar.boxes_for(base.path, root, loaded.width, loaded.height))
-    except ImageError as e:
-        base.reason = str(e)
-        return base
-    except FgsearchError as e:
-        base.reason = str(e)
-        return base
-    except Exception as e:  # a decoder bug on one odd file must not stop the run
-        logger.debug("unexpected error on %s", base.path, exc_info=True)
-        base.reason = f"cannot decode ({type(e).__name__}: {e})"
-        return base
-    base.kind = "new"
-    return base
 
 
 def _ordered(
@@ -217,30 +237,73 @@ def run_index(
     progress: ProgressFn | None = None,
     max_failures_listed: int = 20,
 ) -> IndexReport:
-    """Index ``roots`` into an open, writable library; see the module docstring for guarantees."""
-    from fgsearch.scan import readable_extensions, walk
+    """Index ``roots`` into an open, writable library; see the module docstring for guarantees.
+
+    Stages: walk (:func:`_walk_roots`) -> skip what did not change (:func:`_select_changed`) ->
+    read, hash and decode in worker threads (:class:`_Worker`) -> new or copy, batched forward
+    pass and commit in this thread (:class:`_Assembler`) -> prune (:func:`_prune`)."""
+    from fgsearch.decode import PixelBudget, routed_warnings
+    from fgsearch.scan import readable_extensions
 
     t0 = time.perf_counter()
     exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
     batch_size = opts.resolved_batch_size(lib.encoder.device.type)
     report = IndexReport()
     cat = lib.catalog
-    _heal(lib)
+    _heal(lib, report)
     settings = lib.region_settings
     run_id = cat.begin_run()
     roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
-    entries = []
-    for root in roots:
-        for entry in walk([root], include=opts.include, exclude=opts.exclude, hidden=opts.hidden, extensions=exts):
-            entries.append((root, entry))
+    entries = _walk_roots(roots, opts, exts, report)
     report.scanned = len(entries)
+    todo = _select_changed(lib, entries, opts, run_id, report, max_failures_listed)
+
+    sidecar = SidecarBoxes(settings.sidecar) if settings.proposer == "sidecar" and settings.sidecar else None
+    assembler = _Assembler(lib, settings, run_id, batch_size, report, cat.content_hashes(), max_failures_listed)
+    work = _Worker(lib, opts, assembler.reserved, PixelBudget(int(opts.max_megapixels * 1e6)), sidecar)
+    done = 0
+    if progress:
+        progress("index", 0, len(todo), 0)
+    with (
+        routed_warnings(),
+        ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool,
+    ):
+        for prep in _ordered(pool, work, todo, ahead=max(2 * batch_size, 8)):
+            done += 1
+            assembler.add(prep)
+            if progress:
+                progress("index", done, len(todo), report.indexed)
+        assembler.flush()
+    cat.commit()
+    if progress:
+        progress("index", done, len(todo), report.indexed)
+    if sidecar is not None:
+        report.warnings.extend(assembler.sidecar_notes.warnings(settings.sidecar or ""))
+
+    if opts.prune:
+        _prune(lib, run_id, roots, opts.prune_unselected)
+        report.pruned = cat.last_sweep_files
+    lib.global_index.save()
+    lib.region_index.save()
+    cat.end_run(run_id, report.to_dict())
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _select_changed(
+    lib: Library, entries: list[tuple[str, Any]], opts: IndexOptions, run_id: int, report: IndexReport, limit: int
+) -> list[tuple[str, Any]]:
+    """Skip stage: files whose path, size and mtime the catalog already has are marked seen (a
+    known failure stays failed unless ``retry_failed``); walk errors are recorded. Returns the
+    (root, entry) pairs left to read."""
+    cat = lib.catalog
     known_files = cat.file_states([e.path for _, e in entries if not e.error])
     todo: list[tuple[str, Any]] = []
     unchanged: list[str] = []
     for root, e in entries:
         if e.error:
             cat.record_failure(e.path, e.size, e.mtime_ns, e.error, run_id)
-            _note_failure(report, e.path, e.error, max_failures_listed)
+            _note_failure(report, e.path, e.error, limit)
             continue
         st = known_files.get(e.path)
         if (
@@ -257,66 +320,139 @@ def run_index(
     cat.mark_seen(unchanged, run_id)
     report.unchanged = len(unchanged)
     cat.commit()
+    return todo
 
-    sidecar = SidecarBoxes(settings.sidecar) if settings.proposer == "sidecar" and settings.sidecar else None
-    known = cat.content_hashes()
-    batch: list[_Prepared] = []
-    links: list[_Prepared] = []
-    in_batch: dict[str, _Prepared] = {}
-    done = 0
-    total = len(todo)
-    if progress:
-        progress("index", 0, total)
 
-    def flush_batch() -> None:
-        nonlocal batch, links
-        if batch:
-            report.regions += _embed_and_store(lib, batch, settings, run_id)
-            report.indexed += len(batch)
-            known.update(p.sha256 for p in batch)
-        if links:
-            for p in links:
-                cat.link_file(p.path, p.size, p.mtime_ns, p.sha256, run_id)
-            report.reused += len(links)
-            cat.commit()
-        batch, links = [], []
-        in_batch.clear()
+@dataclass
+class _Assembler:
+    """Main-thread stage: takes the workers' results in walk order, decides new content or copy,
+    and embeds and commits a batch whenever one is full.
 
-    def work(item: tuple[str, Any]) -> _Prepared:
-        root, e = item
-        return _prepare(e, known, lib, opts, root, sidecar)
+    ``reserved`` holds the content already embedded plus the content queued for embedding by this
+    run. Only this thread adds to it, as it assembles batches, so a second copy of the same bytes
+    is always linked to the first (committed in its batch before any link is written), never
+    reserved twice, however far ahead the workers decoded it."""
 
-    with ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool:
-        for prep in _ordered(pool, work, todo, ahead=max(2 * batch_size, 8)):
-            done += 1
-            if prep.kind == "failed":
-                cat.record_failure(prep.path, prep.size, prep.mtime_ns, prep.reason, run_id)
-                _note_failure(report, prep.path, prep.reason, max_failures_listed)
-            elif prep.kind == "reuse" or prep.sha256 in in_batch:
-                links.append(prep)
-            else:
-                batch.append(prep)
-                in_batch[prep.sha256] = prep
-            if len(batch) >= batch_size:
-                flush_batch()
-            if progress:
-                progress("index", done, total)
-        flush_batch()
-    cat.commit()
+    lib: Library
+    settings: RegionSettings
+    run_id: int
+    batch_size: int
+    report: IndexReport
+    reserved: set[str]
+    failures_listed: int
+    batch: list[_Prepared] = field(default_factory=list)
+    links: list[_Prepared] = field(default_factory=list)
+    sidecar_notes: _SidecarNotes = field(default_factory=lambda: _SidecarNotes())
 
-    if opts.prune:
-        removed_contents, removed_regions = cat.sweep(run_id, roots)
-        report.pruned = cat.last_sweep_files
-        if len(removed_contents) or len(removed_regions):
-            lib.global_index.remove(np.asarray(removed_contents, np.int64), missing="ignore")
-            lib.region_index.remove(np.asarray(removed_regions, np.int64), missing="ignore")
-            lib.global_index.flush()
-            lib.region_index.flush()
-    lib.global_index.save()
-    lib.region_index.save()
-    cat.end_run(run_id, report.to_dict())
-    report.seconds = time.perf_counter() - t0
-    return report
+    def add(self, prep: _Prepared) -> None:
+        if prep.kind == "failed":
+            self.lib.catalog.record_failure(prep.path, prep.size, prep.mtime_ns, prep.reason, self.run_id)
+            _note_failure(self.report, prep.path, prep.reason, self.failures_listed)
+        elif prep.sha256 in self.reserved:  # a worker's "reuse", or a copy it decoded before its original was queued
+            self.links.append(prep)
+        else:
+            self.batch.append(prep)
+            self.reserved.add(prep.sha256)
+            if prep.sidecar is not None:
+                self.sidecar_notes.note(prep.sidecar)
+        if len(self.batch) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Embed and commit the batch, then link the copies (their content is committed by now)."""
+        if self.batch:
+            self.report.regions += _embed_and_store(self.lib, self.batch, self.settings, self.run_id)
+            self.report.indexed += len(self.batch)
+        if self.links:
+            for p in self.links:
+                self.lib.catalog.link_file(p.path, p.size, p.mtime_ns, p.sha256, self.run_id)
+            self.report.reused += len(self.links)
+            self.lib.catalog.commit()
+        self.batch, self.links = [], []
+
+
+def _walk_roots(
+    roots: list[str], opts: IndexOptions, exts: frozenset[str], report: IndexReport
+) -> list[tuple[str, Any]]:
+    """Walk stage: (root, entry) for every image file, each path once even when roots overlap
+    (``photos photos/sub``); warns about roots that give nothing and links left unfollowed."""
+    from fgsearch.scan import WalkStats, walk
+
+    entries: list[tuple[str, Any]] = []
+    seen: set[str] = set()
+    outside: set[str] = set()
+    for root in roots:
+        stats = WalkStats()
+        found = 0
+        for entry in walk(
+            [root],
+            include=opts.include,
+            exclude=opts.exclude,
+            hidden=opts.hidden,
+            extensions=exts,
+            follow_links=opts.follow_links,
+            within=roots,
+            stats=stats,
+        ):
+            found += 1
+            if entry.path not in seen:
+                seen.add(entry.path)
+                entries.append((root, entry))
+        outside.update(stats.links_outside)
+        if not found and stats.filtered:
+            report.warnings.append(
+                f"--include/--exclude left no image in {root} ({stats.filtered} image files there did not match)"
+            )
+        elif not found:
+            report.warnings.append(f"no image files in {root}; give a folder that holds images")
+    if outside:
+        report.warnings.append(
+            f"skipped {len(outside)} symbolic link(s) leading outside the indexed folders (e.g. {min(outside)}); "
+            "--follow-links follows them"
+        )
+    return entries
+
+
+def _prune(lib: Library, run_id: int, roots: list[str], unselected: bool) -> None:
+    """Sweep stage: drop the files under ``roots`` that are gone from disk, and contents no file
+    uses any more. Files still on disk that this run did not select (``--include``, ``--exclude``,
+    hidden) are kept unless ``unselected`` says to drop them too."""
+    cat = lib.catalog
+    if not unselected:
+        cat.mark_seen([p for p in cat.unseen_paths(run_id, roots) if os.path.isfile(p)], run_id)
+        cat.commit()
+    removed_contents, removed_regions = cat.sweep(run_id, roots)
+    if len(removed_contents) or len(removed_regions):
+        lib.global_index.remove(np.asarray(removed_contents, np.int64), missing="ignore")
+        lib.region_index.remove(np.asarray(removed_regions, np.int64), missing="ignore")
+        lib.global_index.flush()
+        lib.region_index.flush()
+
+
+@dataclass
+class _SidecarNotes:
+    """What the sidecar said over a run: boxes it gave that were skipped, and whether it
+    mentioned any image at all (a sidecar that matches nothing is a mistake worth a warning)."""
+
+    images: int = 0
+    matched: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def note(self, match: SidecarMatch) -> None:
+        self.images += 1
+        self.matched += match.source is not None
+        self.skipped.extend(match.skipped)
+        for reason in match.skipped:
+            logger.info("%s", reason)
+
+    def warnings(self, spec: str, listed: int = 10) -> list[str]:
+        out = self.skipped[:listed]
+        if len(self.skipped) > listed:
+            out.append(f"... {len(self.skipped)} sidecar boxes skipped in all")
+        if self.images and not self.matched:
+            where = "no IMAGE.json file beside any image" if spec == "per-image" else f"{spec} names none of them"
+            out.append(f"--regions sidecar: {where}; the {self.images} new images have no region vectors")
+        return out
 
 
 def _note_failure(report: IndexReport, path: str, reason: str, limit: int) -> None:
@@ -329,15 +465,15 @@ def _note_failure(report: IndexReport, path: str, reason: str, limit: int) -> No
 def _embed_and_store(lib: Library, batch: list[_Prepared], settings: RegionSettings, run_id: int) -> int:
     """Forward pass for a batch, then the three-step commit. Returns the number of regions stored."""
     enc = lib.encoder
-    pixels = np.stack([p.pixels for p in batch])  # type: ignore[misc]
-    if settings.needs_dense:
-
-        def proposer(dense: Any) -> list[Any]:
-            if settings.proposer == "auto":  # all images at once, on the model's device
-                return [b for b, _ in auto_boxes_batch(dense, settings)]
-            return [propose(settings, None)[0] if p.boxes is None else p.boxes[: settings.max_regions] for p in batch]
-
-        out, boxes = enc.encode_proposed(pixels, proposer)
+    # images of different shapes (FG-CLIP 2) share one batch: padded, with masks
+    pixels = enc.transform.collate([p.pixels for p in batch])
+    if settings.needs_dense and settings.proposer == "auto":
+        # all images of one dense-map shape at once, on the model's device
+        out, boxes = enc.encode_proposed(pixels, lambda dense: [b for b, _ in auto_boxes_batch(dense, settings)])
+    elif settings.needs_dense:
+        given = [propose(settings, None)[0] if p.boxes is None else p.boxes[: settings.max_regions] for p in batch]
+        out = enc.encode_pixels(pixels, given)
+        boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in given]
     else:
         out = enc.encode_pixels(pixels, None)
         boxes = [np.zeros((0, 4), np.float32) for _ in batch]
@@ -370,22 +506,22 @@ def _embed_and_store(lib: Library, batch: list[_Prepared], settings: RegionSetti
     return len(flat_regions)
 
 
-def _heal(lib: Library) -> None:
+def _heal(lib: Library, report: IndexReport) -> None:
     """If the vector indexes no longer hold what the catalog says (a deleted or restored index
-    folder), make them agree first: images without vectors are then embedded again by this run."""
+    folder), make them agree first: images without vectors are then embedded again by this run.
+    Said in the run's warnings (a log line would cut through the progress bar)."""
     counts = lib.catalog.counts()
     if counts["images"] == lib.global_index.count() and counts["regions"] == lib.region_index.count():
         return
-    report = lib.doctor(repair=True)
-    missing = report["global"]["missing_vectors"] + report["regions"]["missing_vectors"]
-    orphans = report["global"]["orphan_vectors"] + report["regions"]["orphan_vectors"]
+    doctor = lib.doctor(repair=True)
+    missing = doctor["global"]["missing_vectors"] + doctor["regions"]["missing_vectors"]
+    orphans = doctor["global"]["orphan_vectors"] + doctor["regions"]["orphan_vectors"]
     if missing or orphans:
-        logger.warning(
-            "catalog and vector indexes disagreed (%d vectors missing, %d unknown): repaired; "
-            "images without vectors are embedded again by this run",
-            missing,
-            orphans,
+        report.warnings.append(
+            f"catalog and vector indexes disagreed ({missing} vectors missing, {orphans} unknown): repaired; "
+            "images without vectors are embedded again by this run"
         )
+        logger.info("%s", report.warnings[-1])
 
 
 def recover(lib: Library) -> int:

@@ -14,16 +14,18 @@ backend that built it and refuses to mix vectors from another model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from fgsearch.errors import LibraryError
+from fgsearch.boxes import Box
+from fgsearch.errors import FgsearchError, LibraryError
 from fgsearch.regions import RegionSettings
 
 T = TypeVar("T")
@@ -106,11 +108,160 @@ def _open_vector_index(
     return open_index(backend.kind, lib_dir / "index" / name, dim=dim, read_only=read_only, create=create)
 
 
+def _where(bk: BackendSettings, lib_dir: Path) -> str:
+    """A backend as a user names it: the kind, and for qdrant where it lives (default folder made explicit)."""
+    if bk.kind != "qdrant":
+        return f"backend {bk.kind}"
+    where = bk.qdrant_url or str(Path(bk.qdrant_path or lib_dir / "qdrant").resolve())
+    extra = f" (collection {bk.qdrant_collection})" if bk.qdrant_collection != "fgsearch" else ""
+    return f"qdrant at {where}{extra}"
+
+
+class _ReadWriteLock:
+    """Many readers or one writer (writers first). A thread may re-enter what it holds, and a
+    thread that holds the only read lock may take the write lock."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer: int | None = None
+        self._writer_depth = 0
+        self._writers_waiting = 0
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        me = threading.get_ident()
+        depth = getattr(self._local, "depth", 0)
+        with self._cond:
+            if self._writer != me and depth == 0:
+                while self._writer is not None or self._writers_waiting:
+                    self._cond.wait()
+            self._readers += 1
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        me = threading.get_ident()
+        own_reads = getattr(self._local, "depth", 0)
+        with self._cond:
+            if self._writer == me:
+                self._writer_depth += 1
+            else:
+                self._writers_waiting += 1
+                try:
+                    while self._writer is not None or self._readers > own_reads:
+                        self._cond.wait()
+                finally:
+                    self._writers_waiting -= 1
+                self._writer, self._writer_depth = me, 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer_depth -= 1
+                if not self._writer_depth:
+                    self._writer = None
+                self._cond.notify_all()
+
+
+class _GuardedIndex:
+    """A library's vector index shared between threads: searches and lookups run under the
+    library's read lock, changes (including a reload or a compaction, which swap the whole
+    in-memory state) under its write lock, so no thread ever sees a half-loaded index."""
+
+    _OWN = frozenset({"inner", "_rw"})
+
+    def __init__(self, inner: VectorIndex, rw: _ReadWriteLock) -> None:
+        object.__setattr__(self, "inner", inner)
+        object.__setattr__(self, "_rw", rw)
+
+    # Otherwise it is the backend to its users: isinstance, attributes and backend extras (path,
+    # tier, _config, ...) all reach the wrapped index.
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type(self.inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._OWN or name in type(self).__dict__:
+            object.__setattr__(self, name, value)  # e.g. a test replacing a guarded method
+        else:
+            setattr(self.inner, name, value)
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def count(self) -> int:
+        with self._rw.shared():
+            return self.inner.count()
+
+    def ids(self) -> Any:
+        with self._rw.shared():
+            return self.inner.ids()
+
+    def contains(self, ids: Any) -> Any:
+        with self._rw.shared():
+            return self.inner.contains(ids)
+
+    def get(self, ids: Any) -> Any:
+        with self._rw.shared():
+            return self.inner.get(ids)
+
+    def search(self, queries: Any, k: int = 10, *, allowed_ids: Any = None) -> Any:
+        with self._rw.shared():
+            return self.inner.search(queries, k, allowed_ids=allowed_ids)
+
+    def stats(self) -> Any:
+        with self._rw.shared():
+            return self.inner.stats()
+
+    def verify(self) -> Any:
+        with self._rw.shared():
+            return self.inner.verify()
+
+    def add(self, ids: Any, vectors: Any, *, upsert: bool = False, payload: Any = None) -> None:
+        with self._rw.exclusive():
+            self.inner.add(ids, vectors, upsert=upsert, payload=payload)
+
+    def remove(self, ids: Any, *, missing: Any = "error") -> int:
+        with self._rw.exclusive():
+            return self.inner.remove(ids, missing=missing)
+
+    def flush(self) -> None:
+        with self._rw.exclusive():
+            self.inner.flush()
+
+    def save(self) -> None:
+        with self._rw.exclusive():
+            self.inner.save()
+
+    def reload(self) -> None:
+        with self._rw.exclusive():
+            self.inner.reload()
+
+    def close(self) -> None:
+        with self._rw.exclusive():
+            self.inner.close()
+
+
 class Library:
     """A searchable image library. Open with :meth:`Library.open`; close (or use ``with``) when done.
 
     Readers (``read_only=True``) never block and are safe to share between threads; one writer at a
     time holds ``<library>/lock`` (a second gets :class:`~fgsearch.errors.LibraryLockedError`).
+    Every search, ``status`` and ``doctor`` of a reader first picks up what the writer has committed
+    (:meth:`refresh`, under a millisecond) and sees one consistent state (:meth:`consistent`); a
+    writable library may be searched from other threads while it indexes.
     """
 
     def __init__(
@@ -130,8 +281,6 @@ class Library:
     ) -> None:
         self.path = path
         self.catalog = catalog
-        self.global_index = global_index
-        self.region_index = region_index
         self.model = model
         self.region_settings = region_settings
         self.backend = backend
@@ -139,7 +288,10 @@ class Library:
         self.device = device
         self._lock = lock
         self._encoder = encoder
-        self._search_lock = threading.Lock()
+        self._rw = _ReadWriteLock()
+        self.global_index = cast("VectorIndex", _GuardedIndex(global_index, self._rw))
+        self.region_index = cast("VectorIndex", _GuardedIndex(region_index, self._rw))
+        self._epoch = catalog.get_meta().get("library_id")
 
     # ---- opening ---------------------------------------------------------------------------
     @classmethod
@@ -155,6 +307,7 @@ class Library:
         reindex: bool = False,
         device: str = "auto",
         encoder: Encoder | None = None,
+        rebuild_damaged: bool = False,
     ) -> Library:
         """Open (or create) a library.
 
@@ -162,6 +315,7 @@ class Library:
         ``model``: registry name, ``hf-hub:`` id or checkpoint directory; ``None`` uses the library's
         own (``fg-clip-base`` for a new library). ``backend`` and ``regions`` apply when the library
         is created (or rebuilt with ``reindex=True``); passing different ones later is an error.
+        ``rebuild_damaged`` (for ``doctor --repair``) replaces a damaged vector index by an empty one.
         """
         from fgsearch.catalog import WriteLock
         from fgsearch.library_paths import resolve_library_dir
@@ -174,14 +328,24 @@ class Library:
             raise LibraryError("reindex needs a writable library")
         if not exists and (read_only or not create):
             raise LibraryError(f"no library at {lib_dir}; create one with `fgsearch index PHOTOS --library {lib_dir}`")
+        if not exists:
+            _check_new_library_dir(lib_dir)
         lock = None
         made_dir = not lib_dir.exists()
         if not read_only:
-            lib_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                lib_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise LibraryError(
+                    f"cannot create the library folder {lib_dir}: {e.strerror or e}; "
+                    "give --library a folder you can write"
+                ) from e
             lock = WriteLock(lib_dir)
             lock.acquire()
         try:
-            return cls._open_locked(lib_dir, exists, model, backend, regions, read_only, reindex, device, encoder, lock)
+            return cls._open_locked(
+                lib_dir, exists, model, backend, regions, read_only, reindex, device, encoder, lock, rebuild_damaged
+            )
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -202,6 +366,7 @@ class Library:
         device: str,
         encoder: Encoder | None,
         lock: Any,
+        rebuild_damaged: bool = False,
     ) -> Library:
         from fgsearch.catalog import Catalog
 
@@ -219,10 +384,13 @@ class Library:
             encoder = shared_encoder(model or DEFAULT_MODEL, device)
         if reindex and exists:
             # load the new model first: a model that fails to load must not cost the old library;
-            # without --model the rebuilt library keeps the model it had
-            model = model or _stored_model(lib_dir) or DEFAULT_MODEL
+            # without --model, --backend or --regions the rebuilt library keeps the ones it had
+            stored = _stored_settings(lib_dir)
+            model = model or stored.get("model") or DEFAULT_MODEL
+            bk = bk or stored.get("backend")
+            regions = regions or stored.get("regions")
             encoder = encoder or shared_encoder(model, device)
-            cls._wipe(lib_dir)
+            cls._wipe(lib_dir, stored.get("backend"))
             exists = False
         catalog = Catalog.open(lib_dir / "catalog.sqlite", create=not exists, read_only=read_only)
         try:
@@ -231,10 +399,11 @@ class Library:
                 stored_model = meta.get("model_source") or meta.get("model_name")
                 stored_bk = BackendSettings.from_dict(meta.get("backend") or {})
                 stored_regions = RegionSettings.from_dict(meta.get("regions") or {})
-                if bk is not None and bk != stored_bk:
+                if bk is not None and _where(bk, lib_dir) != _where(stored_bk, lib_dir):
                     raise LibraryError(
-                        f"library {lib_dir} uses backend {stored_bk.kind}; it cannot switch to {bk.kind} "
-                        "(use --reindex to rebuild it, or --library to choose another)"
+                        f"library {lib_dir} uses {_where(stored_bk, lib_dir)}; it cannot switch to "
+                        f"{_where(bk, lib_dir)} (leave out --backend/--qdrant-* to use its own, "
+                        "--reindex to rebuild it, or --library to choose another)"
                     )
                 if regions is not None and regions != stored_regions and not read_only:
                     raise LibraryError(
@@ -255,22 +424,19 @@ class Library:
                 model_ref = model or DEFAULT_MODEL
                 enc = encoder or shared_encoder(model_ref, device)
                 catalog.init_library(_model_info(model_ref, enc), regions=regions.to_dict(), backend=bk.to_dict())
-                catalog.set_meta(model_source=_model_source(model_ref))
-            from fgsearch.indexes import IndexNotFoundError
-
+                cal = enc.calibration
+                catalog.set_meta(
+                    model_source=_model_source(model_ref),
+                    library_id=_new_library_id(),
+                    model_family=enc.family.name,
+                    score_calibration=cal.to_dict() if cal is not None else None,
+                )
+            if exists and not read_only and not meta.get("library_id"):
+                catalog.set_meta(library_id=_new_library_id())  # a library made before ids were recorded
             dim = enc.dim if enc is not None else int(meta["dim"])
-            opened = []
-            for name in ("global", "regions"):
-                try:
-                    opened.append(_open_vector_index(lib_dir, bk, name, dim, read_only=read_only, create=not read_only))
-                except IndexNotFoundError as e:
-                    for idx in opened:
-                        idx.close()
-                    raise LibraryError(
-                        f"library {lib_dir} has lost its {name} vector index; run `fgsearch index` on its "
-                        "folders (or `fgsearch doctor --repair`) to rebuild what is missing"
-                    ) from e
-            gidx, ridx = opened
+            gidx, ridx = _open_indexes(lib_dir, bk, dim, read_only=read_only, rebuild_damaged=rebuild_damaged)
+            if not exists:
+                _start_empty(lib_dir, (gidx, ridx), rebuilt=reindex)
             if not read_only and enc is not None:  # approximate indexes tune search on text queries
                 texts = _calibration_texts(enc)
                 gidx.set_calibration_queries(texts)
@@ -298,12 +464,16 @@ class Library:
         return lib
 
     @staticmethod
-    def _wipe(lib_dir: Path) -> None:
-        """Remove a library's catalog and local indexes (for --reindex); the lock file stays."""
+    def _wipe(lib_dir: Path, backend: BackendSettings | None = None) -> None:
+        """Remove what the library created (for --reindex): its catalog and the vector-index folders
+        of its recorded backend. Anything else in the folder is left alone; the lock file stays."""
         for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
             (lib_dir / name).unlink(missing_ok=True)
-        for sub in ("index", "qdrant"):
-            shutil.rmtree(lib_dir / sub, ignore_errors=True)
+        for parent, names in _owned_index_dirs(lib_dir, backend).items():
+            for name in names:
+                shutil.rmtree(parent / name, ignore_errors=True)
+            with contextlib.suppress(OSError):  # only if now empty: never a folder with the user's files
+                parent.rmdir()
 
     # ---- use -------------------------------------------------------------------------------
     @property
@@ -331,7 +501,8 @@ class Library:
             raise LibraryError(f"library {self.path} was opened read-only; open it without read_only to index")
         opts = replace(options or IndexOptions(), **kw)
         roots = [str(p) for p in paths] if isinstance(paths, list) else [str(paths)]
-        return run_index(self, roots, opts, progress)
+        with _storage_errors(self.path):
+            return run_index(self, roots, opts, progress)
 
     def search(
         self,
@@ -354,15 +525,114 @@ class Library:
             q,
             text=text if text is not None else q.text,
             image=image if image is not None else q.image,
-            box=box if box is not None else q.box,
+            box=Box.coerce(box) if box is not None else q.box,
             negative=negative if negative is not None else q.negative,
             k=k,
             **kw,
         )
-        return run_search(self, q)
+        return self.consistent(lambda: run_search(self, q))
+
+    def consistent(self, read: Callable[[], T]) -> T:
+        """Run ``read`` (searches, counts) against one state of the library.
+
+        Within this process, index changes wait until ``read`` is done. A read-only library first
+        picks up what the writer has committed since the last call, and if the library was rebuilt
+        (``--reindex`` gives it a new id) while ``read`` ran, it reopens and runs ``read`` again:
+        ids from one build are never looked up in another build's catalog.
+        """
+        for _ in range(_REBUILD_RETRIES):
+            with _storage_errors(self.path):
+                self.refresh()
+                epoch = self._epoch
+                try:
+                    with self._rw.shared():
+                        out = read()
+                except _read_errors():
+                    if not self.read_only or _library_id(self.path) == epoch:
+                        raise
+                    continue  # rebuilt under our feet: reopen and read again
+                if not self.read_only or _library_id(self.path) == epoch:
+                    return out
+        raise LibraryError(f"library {self.path} keeps being rebuilt (--reindex) while it is read; try again later")
+
+    def refresh(self) -> None:
+        """Read-only libraries: pick up what the writer committed; reopen after a ``--reindex``.
+
+        The writer makes a batch durable in both indexes before it confirms the batch in the
+        catalog, and deletes from the catalog before it deletes vectors; a search keeps only the
+        images whose vectors this view holds (:meth:`visible_contents`).
+        """
+        if not self.read_only:
+            return
+        from fgsearch.indexes import IndexBackendError
+
+        with self._rw.exclusive():
+            if _library_id(self.path) == self._epoch:
+                try:
+                    self.global_index.reload()
+                    self.region_index.reload()
+                    return
+                except IndexBackendError:
+                    if _library_id(self.path) == self._epoch:
+                        raise
+            self._reopen()
+
+    def _reopen(self) -> None:
+        """Swap in a fresh view of a library that was rebuilt (waits out a rebuild in progress)."""
+        import time
+
+        from fgsearch.indexes import IndexBackendError
+
+        deadline = time.monotonic() + _REBUILD_WAIT_S
+        while True:
+            try:
+                fresh = Library.open(self.path, read_only=True, device=self.device)
+                break
+            except (LibraryError, IndexBackendError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        logger.info("library %s was rebuilt; reopened it", self.path)
+        old = (self.catalog, self.global_index, self.region_index)
+        self.catalog = fresh.catalog
+        self.global_index = cast("VectorIndex", _GuardedIndex(cast(Any, fresh.global_index).inner, self._rw))
+        self.region_index = cast("VectorIndex", _GuardedIndex(cast(Any, fresh.region_index).inner, self._rw))
+        self.model, self.region_settings, self.backend = fresh.model, fresh.region_settings, fresh.backend
+        self._encoder = None  # loaded (and checked against the new build) on the next search
+        self._epoch = fresh._epoch
+        for idx in old[1:]:
+            with contextlib.suppress(Exception):
+                cast(Any, idx).inner.close()
+        old[0].close()
+
+    def visible_contents(self, rows: list[T]) -> list[T]:
+        """The catalog rows (``ContentRow``) whose vectors this library's indexes hold.
+
+        All of them in the writer. A reader may meet an image the writer confirmed after this
+        reader's last refresh (or whose vectors were removed since): its global vector or some
+        region vector is not in this reader's view yet, so the image waits for a later search.
+        """
+        if not self.read_only or not rows:
+            return rows
+        import numpy as np
+
+        ids = [int(cast(Any, r).id) for r in rows]
+        keep = dict(zip(ids, self.global_index.contains(np.asarray(ids, np.int64)).tolist(), strict=True))
+        regions = self.catalog.region_arrays(ids)
+        if regions:
+            rids = np.concatenate([r for r, _ in regions.values()])
+            have = self.region_index.contains(rids)
+            pos = 0
+            for cid, (r, _) in regions.items():
+                keep[cid] = keep[cid] and bool(have[pos : pos + len(r)].all())
+                pos += len(r)
+        return [row for row, cid in zip(rows, ids, strict=True) if keep[cid]]
 
     def status(self) -> dict[str, Any]:
         """Counts, model, backend, sizes and failures, as a JSON-ready dict."""
+        return self.consistent(self._status)
+
+    def _status(self) -> dict[str, Any]:
         counts = self.catalog.counts()
         meta = self.catalog.get_meta()
         return {
@@ -370,6 +640,8 @@ class Library:
             "model": meta.get("model_name"),
             "model_ref": meta.get("model_ref"),
             "dim": meta.get("dim"),
+            "family": meta.get("model_family", "fgclip"),  # libraries from before families: FG-CLIP
+            "score_calibration": meta.get("score_calibration"),
             "regions": self.region_settings.to_dict(),
             "backend": self.backend.to_dict(),
             "counts": counts,
@@ -388,53 +660,100 @@ class Library:
 
         Vectors the catalog does not know are removed; catalog rows whose vectors are missing are
         dropped and their files marked for re-indexing (the next ``index`` run embeds them again).
+        A read-only check while another process indexes reports only disagreements that persist:
+        a batch in flight (vectors written, catalog not yet confirmed) is not one.
         """
-        import numpy as np
-
-        cat_g, cat_r = self.catalog.all_vector_ids()
-        idx_g, idx_r = self.global_index.ids(), self.region_index.ids()
-        report: dict[str, Any] = {}
-        for name, cat_ids, idx_ids in (("global", cat_g, idx_g), ("regions", cat_r, idx_r)):
-            cat_set = np.asarray(cat_ids, np.int64)
-            orphans = np.setdiff1d(idx_ids, cat_set)
-            missing = np.setdiff1d(cat_set, idx_ids)
+        found, counts = self.consistent(self._disagreements)
+        if self.read_only and any(v.size for v in found.values()):
+            found = self._persisting(found)
+        damaged = self.consistent(self._damaged)
+        report: dict[str, Any] = {"damaged_files": damaged["files"]}
+        for name in ("global", "regions"):
+            cat_n, idx_n = counts[name]
             report[name] = {
-                "catalog": len(cat_set),
-                "index": len(idx_ids),
-                "orphan_vectors": len(orphans),
-                "missing_vectors": len(missing),
+                "catalog": cat_n,
+                "index": idx_n,
+                "orphan_vectors": int(found[name + "_orphan"].size),
+                "missing_vectors": int(found[name + "_missing"].size),
+                "damaged_vectors": int(damaged[name].size),
             }
-            report[name + "_missing_ids"] = missing
-            report[name + "_orphan_ids"] = orphans
-        ok = all(report[n]["orphan_vectors"] == 0 and report[n]["missing_vectors"] == 0 for n in ("global", "regions"))
+        ok = not any(v.size for v in found.values()) and not damaged["files"]
         if repair and not ok:
             if self.read_only:
                 raise LibraryError("doctor --repair needs a writable library")
-            self.global_index.remove(report["global_orphan_ids"], missing="ignore")
-            self.region_index.remove(report["regions_orphan_ids"], missing="ignore")
-            broken = set(map(int, report["global_missing_ids"]))
-            broken |= set(self.catalog.contents_of_regions(list(map(int, report["regions_missing_ids"]))))
-            if broken:
-                _, region_ids = self.catalog.drop_contents(sorted(broken), keep_files_for_reindex=True)
-                self.global_index.remove(np.asarray(sorted(broken), np.int64), missing="ignore")
-                self.region_index.remove(np.asarray(region_ids, np.int64), missing="ignore")
-            self.global_index.flush()
-            self.region_index.flush()
-            self.global_index.save()
-            self.region_index.save()
-        for n in ("global", "regions"):
-            for key in ("_missing_ids", "_orphan_ids"):
-                report.pop(n + key)
+            with _storage_errors(self.path):
+                self._repair(found, damaged)
         report["consistent"] = ok
         report["repaired"] = bool(repair and not ok)
         return report
+
+    def _repair(self, found: dict[str, Any], damaged: dict[str, Any]) -> None:
+        """Remove orphan vectors; drop images with missing or damaged vectors (their files are
+        re-queued, so the next ``index`` run embeds them again); write clean snapshots."""
+        import numpy as np
+
+        self.global_index.remove(found["global_orphan"], missing="ignore")
+        self.region_index.remove(found["regions_orphan"], missing="ignore")
+        broken = set(map(int, found["global_missing"])) | set(map(int, damaged["global"]))
+        regions_lost = list(map(int, np.union1d(found["regions_missing"], damaged["regions"])))
+        broken |= set(self.catalog.contents_of_regions(regions_lost))
+        if broken:
+            _, region_ids = self.catalog.drop_contents(sorted(broken), keep_files_for_reindex=True)
+            self.global_index.remove(np.asarray(sorted(broken), np.int64), missing="ignore")
+            self.region_index.remove(np.asarray(region_ids, np.int64), missing="ignore")
+        self.global_index.flush()
+        self.region_index.flush()
+        self.global_index.save()
+        self.region_index.save()
+
+    def _disagreements(self) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
+        """Orphan vectors (ids the catalog has never reserved, or has deleted) and missing vectors
+        (confirmed catalog ids absent from the index), per index. Read the indexes first: every id
+        in them was reserved in the catalog before it was written."""
+        import numpy as np
+
+        idx = {"global": self.global_index.ids(), "regions": self.region_index.ids()}
+        confirmed = self.catalog.all_vector_ids()
+        known = self.catalog.all_vector_ids(include_pending=True)
+        out: dict[str, Any] = {}
+        counts: dict[str, tuple[int, int]] = {}
+        for i, name in enumerate(("global", "regions")):
+            ok_ids = np.asarray(confirmed[i], np.int64)
+            out[name + "_orphan"] = np.setdiff1d(idx[name], np.asarray(known[i], np.int64))
+            out[name + "_missing"] = np.setdiff1d(ok_ids, idx[name])
+            counts[name] = (int(ok_ids.size), int(idx[name].size))
+        return out, counts
+
+    def _damaged(self) -> dict[str, Any]:
+        """Snapshot files that fail their checksums, and the ids of each index whose stored vectors
+        they make untrustworthy (every full read of the index files happens here)."""
+        out: dict[str, Any] = {"files": []}
+        for name, idx in (("global", self.global_index), ("regions", self.region_index)):
+            files, ids = idx.verify()
+            out["files"] += [f"{name}/{f}" for f in files]
+            out[name] = ids
+        return out
+
+    def _persisting(self, found: dict[str, Any]) -> dict[str, Any]:
+        """Keep only the disagreements that are still there after the writer (if any) has had time
+        to finish the batch or deletion it was in the middle of."""
+        import time
+
+        import numpy as np
+
+        deadline = time.monotonic() + _DOCTOR_SETTLE_S
+        while any(v.size for v in found.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            again, _ = self.consistent(self._disagreements)
+            found = {k: np.intersect1d(v, again[k]) for k, v in found.items()}
+        return found
 
     def close(self) -> None:
         for idx in (self.global_index, self.region_index):
             try:
                 idx.close()
-            except Exception:  # closing must release the lock even if an index is broken
-                logger.exception("error while closing an index")
+            except Exception as e:  # closing must release the lock even if an index is broken (or the disk full)
+                logger.warning("could not close a vector index of %s cleanly: %s", self.path, e)
         self.catalog.close()
         if self._lock is not None:
             self._lock.release()
@@ -445,6 +764,135 @@ class Library:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_REBUILD_RETRIES = 5
+_DOCTOR_SETTLE_S = 2.0
+_REBUILD_WAIT_S = 10.0
+
+
+def _new_library_id() -> str:
+    """A library's build id: a new one for every creation and every --reindex."""
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def _library_id(lib_dir: Path) -> str | None:
+    """The build id recorded in the library's catalog now: "" in the moment a --reindex replaces
+    the catalog (no file, or no table yet); a damaged catalog raises."""
+    import json
+    import sqlite3
+
+    try:
+        con = _catalog_connection(lib_dir)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key='library_id'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as e:
+        if not (lib_dir / "catalog.sqlite").is_file() or "no such table" in str(e):
+            return ""
+        raise
+    return json.loads(row[0]) if row else None
+
+
+@contextlib.contextmanager
+def _storage_errors(lib_dir: Path) -> Iterator[None]:
+    """Turn a full disk, a damaged catalog or an unwritable library into one line naming the fix."""
+    import errno
+    import sqlite3
+
+    import sqlalchemy
+
+    try:
+        yield
+    except (OSError, sqlite3.Error, sqlalchemy.exc.DBAPIError) as e:
+        msg = str(getattr(e, "orig", None) or e)
+        low = msg.lower()
+        code = getattr(e, "errno", None)
+        if code in (errno.ENOSPC, errno.EDQUOT) or "database or disk is full" in low:
+            raise LibraryError(
+                f"the disk of library {lib_dir} is full ({msg}); free some space and run the same command again "
+                "(what was committed so far is kept)"
+            ) from e
+        if "malformed" in low or "not a database" in low:
+            raise LibraryError(
+                f"the catalog of library {lib_dir} is damaged ({msg}); restore it from a backup, or rebuild the "
+                f"library with `fgsearch index PHOTOS --library {lib_dir} --reindex`"
+            ) from e
+        if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly database" in low:
+            raise LibraryError(
+                f"cannot write to library {lib_dir} ({msg}); it is read-only here: query it, or copy it to a "
+                "writable folder to change it"
+            ) from e
+        raise
+
+
+def _read_errors() -> tuple[type[Exception], ...]:
+    """What a read of a library that is being rebuilt may raise (it is then read again)."""
+    import sqlite3
+
+    import sqlalchemy
+
+    from fgsearch.indexes import IndexBackendError
+
+    return (FgsearchError, IndexBackendError, sqlite3.Error, sqlalchemy.exc.SQLAlchemyError)
+
+
+def _open_indexes(
+    lib_dir: Path, bk: BackendSettings, dim: int, *, read_only: bool, rebuild_damaged: bool
+) -> tuple[VectorIndex, VectorIndex]:
+    """The global and region indexes. A damaged file-backed index is an error naming the repair;
+    with ``rebuild_damaged`` (doctor --repair) it is replaced by an empty one, and the catalog's
+    images without vectors are then re-queued by the doctor for the next ``index`` run."""
+    from fgsearch.indexes import IndexCorruptError, IndexNotFoundError
+
+    opened: list[VectorIndex] = []
+    try:
+        for name in ("global", "regions"):
+            try:
+                opened.append(_open_vector_index(lib_dir, bk, name, dim, read_only=read_only, create=not read_only))
+            except IndexNotFoundError as e:
+                raise LibraryError(
+                    f"library {lib_dir} has lost its {name} vector index; run `fgsearch index` on its "
+                    "folders (or `fgsearch doctor --repair`) to rebuild what is missing"
+                ) from e
+            except IndexCorruptError as e:
+                folder = lib_dir / "index" / name
+                if not (rebuild_damaged and bk.kind != "qdrant" and folder.is_dir()):
+                    raise LibraryError(
+                        f"library {lib_dir}: the {name} vector index is damaged ({e}); run "
+                        f"`fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index` on its folders"
+                    ) from e
+                logger.warning("replacing the damaged %s vector index of %s (%s)", name, lib_dir, e)
+                shutil.rmtree(folder)
+                opened.append(_open_vector_index(lib_dir, bk, name, dim, read_only=False, create=True))
+    except BaseException:
+        for idx in opened:
+            idx.close()
+        raise
+    return opened[0], opened[1]
+
+
+def _start_empty(lib_dir: Path, indexes: tuple[VectorIndex, VectorIndex], *, rebuilt: bool) -> None:
+    """A new catalog starts its ids at 1, so vectors already in a (Qdrant) collection it is given
+    would be taken for its images: a rebuild clears what its old build left there; a new library
+    refuses a collection that holds vectors (another library's)."""
+    for idx in indexes:
+        n = idx.count()
+        if not n:
+            continue
+        if not rebuilt:
+            where = idx.stats().location
+            for other in indexes:
+                other.close()
+            raise LibraryError(
+                f"the vector store of the new library {lib_dir} already holds {n} vectors ({where}); "
+                "give the library its own --qdrant-path or collection"
+            )
+        idx.remove(idx.ids(), missing="ignore")
+        idx.flush()
 
 
 def _stats_dict(index: VectorIndex) -> dict[str, Any]:
@@ -458,16 +906,41 @@ def _peek_catalog(lib_dir: Path, read: Callable[[Any], T], default: T) -> T:
     """``read(connection)`` on a read-only plain-sqlite connection to the library's catalog (cheap:
     no SQLAlchemy, no schema checks); ``default`` when the file cannot be read."""
     import sqlite3
-    from urllib.parse import quote
 
     try:
-        con = sqlite3.connect(f"file:{quote(str(lib_dir / 'catalog.sqlite'))}?mode=ro", uri=True)
+        con = _catalog_connection(lib_dir)
         try:
             return read(con)
         finally:
             con.close()
     except sqlite3.Error:
         return default
+
+
+def _catalog_connection(lib_dir: Path) -> Any:
+    """A read-only plain-sqlite connection to the library's catalog (immutable where the folder
+    cannot be written: a read-only mount or directory)."""
+    import sqlite3
+
+    from fgsearch.catalog import cannot_write_here, read_only_uri
+
+    path = lib_dir / "catalog.sqlite"
+
+    def connect(immutable: bool) -> Any:
+        con = sqlite3.connect(read_only_uri(path, immutable=immutable), uri=True)
+        try:
+            con.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opening is lazy: fail here, not later
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    try:
+        return connect(immutable=False)
+    except sqlite3.Error as e:
+        if not cannot_write_here(e) or not path.is_file():
+            raise
+    return connect(immutable=True)
 
 
 def _unfinished(lib_dir: Path) -> bool:
@@ -486,19 +959,63 @@ def _unfinished(lib_dir: Path) -> bool:
     return _peek_catalog(lib_dir, read, False)
 
 
-def _stored_model(lib_dir: Path) -> str | None:
-    """The model source recorded in an existing library's catalog (None if unreadable)."""
+def _stored_settings(lib_dir: Path) -> dict[str, Any]:
+    """The model source, backend and region settings recorded in an existing library's catalog
+    (keys missing when unreadable)."""
     import json
 
-    row = _peek_catalog(
-        lib_dir,
-        lambda con: con.execute(
-            "SELECT value FROM meta WHERE key IN ('model_source', 'model_name') "
-            "ORDER BY key = 'model_source' DESC LIMIT 1"
-        ).fetchone(),
-        None,
-    )
-    return json.loads(row[0]) if row else None
+    def read(con: Any) -> dict[str, Any]:
+        keys = ("model_source", "model_name", "backend", "regions")
+        marks = ",".join("?" * len(keys))
+        return {k: json.loads(v) for k, v in con.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})", keys)}
+
+    meta: dict[str, Any] = _peek_catalog(lib_dir, read, {})
+    out: dict[str, Any] = {}
+    if meta.get("model_source") or meta.get("model_name"):
+        out["model"] = meta.get("model_source") or meta.get("model_name")
+    if isinstance(meta.get("backend"), dict):
+        out["backend"] = BackendSettings.from_dict(meta["backend"])
+    if isinstance(meta.get("regions"), dict):
+        out["regions"] = RegionSettings.from_dict(meta["regions"])
+    return out
+
+
+#: What a library folder may hold before it becomes one (a failed creation leaves its lock file).
+_NEW_LIBRARY_LEFTOVERS = {"lock", "catalog.sqlite-wal", "catalog.sqlite-shm"}
+
+
+def _check_new_library_dir(lib_dir: Path) -> None:
+    """A new library goes into a new or empty folder, never into a folder of the user's files
+    (``--reindex`` later deletes what the library created there, so the two must not mix)."""
+    try:
+        entries = sorted(e.name for e in lib_dir.iterdir()) if lib_dir.is_dir() else []
+    except OSError as e:
+        raise LibraryError(f"cannot read the library folder {lib_dir}: {e.strerror or e}") from e
+    others = [name for name in entries if name not in _NEW_LIBRARY_LEFTOVERS]
+    if others:
+        shown = ", ".join(others[:3]) + (f", ... ({len(others)} entries)" if len(others) > 3 else "")
+        raise LibraryError(
+            f"{lib_dir} is not empty ({shown}) and is not an fgsearch library; give --library a new "
+            "or empty folder (e.g. --library PHOTOS-library)"
+        )
+
+
+def _owned_index_dirs(lib_dir: Path, backend: BackendSettings | None) -> dict[Path, list[str]]:
+    """The vector-index folders a library with ``backend`` created inside ``lib_dir``, by parent.
+
+    File-backed indexes count only when they hold an index manifest; an embedded Qdrant store
+    counts only at the library's own default path (a ``--qdrant-path`` is the user's folder).
+    """
+    from fgsearch.indexes._store import MANIFEST
+
+    out: dict[Path, list[str]] = {}
+    names = ("global", "regions")
+    kind = backend.kind if backend is not None else None
+    if kind != "qdrant":
+        out[lib_dir / "index"] = [n for n in names if (lib_dir / "index" / n / MANIFEST).is_file()]
+    if (kind is None or kind == "qdrant") and not (backend and (backend.qdrant_path or backend.qdrant_url)):
+        out[lib_dir / "qdrant"] = [n for n in names if (lib_dir / "qdrant" / n).is_dir()]
+    return out
 
 
 def _model_source(model_ref: str) -> str:

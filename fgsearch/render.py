@@ -11,6 +11,8 @@ import html
 import io
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +20,51 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from fgsearch.boxes import Box
+from fgsearch.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 BOX_COLOUR = (255, 0, 255)  # magenta with a black edge: visible on photos and on red objects
+SHEET_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+FONT_SIZE = 13  # Pillow's default font at its own size 10 draws spaces 2 px wide: "#1 0.7" reads "#10.7"
+
+
+def check_target(out: str | Path, formats: Sequence[str]) -> Path:
+    """``out`` as a file this process can write, with one of ``formats`` (suffixes); checked before any
+    work so that a bad ``--show``/``--html`` costs nothing. Missing parent folders are created later."""
+    out = Path(out).expanduser()
+    flag = "--show" if ".png" in formats else "--html"
+    if out.is_dir():
+        raise InputError(f"{flag} {out} is a folder; give a file name ending in {formats[0]}")
+    if out.suffix.lower() not in formats:
+        raise InputError(f"{flag} {out}: the file name must end in {' or '.join(formats)}")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {out}: {parent} is not a folder")
+    try:  # a real probe: os.access says yes to root on a read-only mount
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+        if out.exists() and not os.access(out, os.W_OK):
+            raise PermissionError(out)
+    except OSError as e:
+        raise InputError(f"{flag} {out}: cannot write there ({e.strerror or 'permission denied'})") from e
+    return out
+
+
+def _fit(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> str:
+    """``text`` shortened in the middle (with an ellipsis) to fit ``width`` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    keep = len(text)
+    while keep > 1:
+        keep -= 1
+        head = (keep + 1) // 2
+        short = text[:head] + "…" + text[len(text) - (keep - head) :]
+        if font.getlength(short) <= width:
+            return short
+    return "…"
 
 
 @dataclass(frozen=True)
@@ -34,15 +77,13 @@ class RenderItem:
 
 
 def _thumbnail(path: str, size: int) -> Image.Image:
-    from fgsearch.model.preprocess import to_rgb
+    from fgsearch.decode import open_image
 
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (size * 2, size * 2))
-            rgb = to_rgb(im)
-            scale = size / max(rgb.size)  # fit the tile: shrink big photos, enlarge small ones
-            new = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-            return rgb.resize(new, Image.Resampling.BICUBIC)
+        rgb = open_image(path, draft=(size, size)).image  # the indexer's guards: never Ghostscript
+        scale = size / max(rgb.size)  # fit the tile: shrink big photos, enlarge small ones
+        new = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        return rgb.resize(new, Image.Resampling.BICUBIC)
     except Exception as e:  # a file that vanished or broke since indexing still gets a tile
         logger.warning("cannot read %s for the picture: %s", path, e)
         tile = Image.new("RGB", (size, size), (60, 60, 60))
@@ -61,8 +102,9 @@ def _draw_box(img: Image.Image, box: Box, width: int = 3) -> None:
 def contact_sheet(
     items: Sequence[RenderItem], out: str | Path, *, thumb: int = 256, columns: int = 4, title: str | None = None
 ) -> Path:
-    """Write a PNG grid of thumbnails with boxes drawn and captions under each."""
-    out = Path(out)
+    """Write a grid of thumbnails with boxes drawn, each captioned with its first caption line and
+    its file name; PNG, or JPEG for a ``.jpg``/``.jpeg`` name."""
+    out = check_target(out, tuple(SHEET_FORMATS))
     n = max(1, len(items))
     cols = min(columns, n)
     rows = math.ceil(n / cols)
@@ -70,9 +112,9 @@ def contact_sheet(
     head = 28 if title else 0
     sheet = Image.new("RGB", (cols * (thumb + pad) + pad, head + rows * (thumb + text_h + pad) + pad), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(FONT_SIZE)
     if title:
-        draw.text((pad, 8), title[:160], fill=(0, 0, 0), font=font)
+        draw.text((pad, 6), _fit(title, font, sheet.width - 2 * pad), fill=(0, 0, 0), font=font)
     if not items:
         draw.text((pad, head + pad), "no results", fill=(0, 0, 0), font=font)
     for i, item in enumerate(items):
@@ -83,10 +125,12 @@ def contact_sheet(
         if item.box is not None:
             _draw_box(im, item.box)
         sheet.paste(im, (x0 + (thumb - im.width) // 2, y0 + (thumb - im.height) // 2))
-        for j, line in enumerate(item.caption.splitlines()[:2]):
-            draw.text((x0, y0 + thumb + 4 + 14 * j), line[:48], fill=(0, 0, 0), font=font)
+        lines = [*item.caption.splitlines()[:1], Path(item.path).name]
+        for j, line in enumerate(lines):
+            draw.text((x0, y0 + thumb + 2 + 15 * j), _fit(line, font, thumb), fill=(0, 0, 0), font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, format="PNG")
+    fmt = SHEET_FORMATS[out.suffix.lower()]
+    sheet.save(out, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return out
 
 
@@ -94,7 +138,7 @@ def html_page(
     items: Sequence[RenderItem], out: str | Path, *, title: str = "fgsearch results", thumb: int = 320
 ) -> Path:
     """Write one self-contained HTML file (inline images, CSS boxes, no external resources)."""
-    out = Path(out)
+    out = check_target(out, (".html", ".htm"))
     cards = []
     for item in items:
         im = _thumbnail(item.path, thumb)
@@ -120,7 +164,7 @@ def html_page(
         "main{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;background:#fff;padding:8px;"
         "box-shadow:0 1px 3px #0003;max-width:" + str(thumb) + "px}.pic{position:relative;display:inline-block}"
         ".pic img{display:block}.box{position:absolute;border:3px solid #ff00ff;outline:1px solid #000;"
-        "box-sizing:border-box}"
+        "box-sizing:border-box}h1{white-space:pre-wrap}"
         "figcaption{font-size:13px;white-space:pre-line;word-break:break-all}</style></head><body><h1>"
         + html.escape(title)
         + "</h1><main>"

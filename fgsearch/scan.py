@@ -1,5 +1,9 @@
 """Walking folders for images: recursive, deterministic, hidden entries skipped, no symlink loops.
 
+Symbolic links (to folders or files) are followed only when they lead inside the roots being
+walked; links that lead elsewhere (``link -> ..``, ``link -> /etc``) are skipped and counted in
+:class:`WalkStats`, unless ``follow_links`` asks for them.
+
 Each file is yielded as a :class:`FileEntry` (absolute path, size, mtime in ns). Entries that cannot
 be used at all (a name that is not valid UTF-8, a broken symlink, a file that cannot be stat'ed)
 come with ``error`` set, so the caller records them as failures instead of losing them.
@@ -13,7 +17,7 @@ import fnmatch
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fgsearch.errors import InputError
 
@@ -40,6 +44,15 @@ def readable_extensions(extra: Iterable[str] = ()) -> frozenset[str]:
             raise InputError(f"--ext {e!r} is not a file extension; give one like .heic")
         added.add(e if e.startswith(".") else "." + e)
     return IMAGE_EXTENSIONS | readable | added
+
+
+@dataclass
+class WalkStats:
+    """What a walk left out, for the run's warnings: files that the include/exclude globs
+    skipped and symbolic links that lead outside the roots."""
+
+    filtered: int = 0
+    links_outside: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -80,18 +93,26 @@ def walk(
     exclude: Iterable[str] = (),
     hidden: bool = False,
     extensions: frozenset[str] = IMAGE_EXTENSIONS,
+    *,
+    follow_links: bool = False,
+    within: Iterable[str | os.PathLike[str]] = (),
+    stats: WalkStats | None = None,
 ) -> Iterator[FileEntry]:
-    """Yield image files under ``roots`` in sorted order (a root may also be a single file)."""
+    """Yield image files under ``roots`` in sorted order (a root may also be a single file).
+
+    Symbolic links are followed when their target lies inside ``roots`` or ``within`` (the other
+    roots of the same run), or everywhere with ``follow_links``."""
     include, exclude = tuple(include), tuple(exclude)
-    for root in roots:
-        root_s = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    paths = [os.path.abspath(os.path.expanduser(os.fspath(r))) for r in roots]
+    zones = None if follow_links else [os.path.realpath(z) for z in [*paths, *within]]
+    walker = _Walker(include, exclude, hidden, extensions, zones, stats if stats is not None else WalkStats())
+    for root_s in paths:
         if not os.path.exists(root_s):
             raise InputError(f"{root_s} does not exist; give a folder of images")
-        if os.path.isfile(root_s):
+        if not os.path.isdir(root_s):  # a file (or a pipe or device: the decoder's guard names it)
             yield _entry(root_s)
             continue
-        visited: set[tuple[int, int]] = set()
-        yield from _walk_dir(root_s, root_s, include, exclude, hidden, extensions, visited)
+        yield from walker.walk_dir(root_s, root_s, set())
 
 
 def _entry(path: str) -> FileEntry:
@@ -106,58 +127,70 @@ def _entry(path: str) -> FileEntry:
     return FileEntry(path, st.st_size, st.st_mtime_ns)
 
 
-def _walk_dir(
-    directory: str,
-    root: str,
-    include: tuple[str, ...],
-    exclude: tuple[str, ...],
-    hidden: bool,
-    extensions: frozenset[str],
-    visited: set[tuple[int, int]],
-) -> Iterator[FileEntry]:
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return
-    key = (st.st_dev, st.st_ino)
-    if key in visited:  # a symlink cycle or a second link to a folder already walked
-        return
-    visited.add(key)
-    try:
-        with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except PermissionError:
-        yield FileEntry(display_path(directory), error="folder cannot be read (permission denied)")
-        return
-    except OSError as e:
-        yield FileEntry(display_path(directory), error=f"folder cannot be read: {e.strerror or e}")
-        return
-    for de in entries:
-        if not hidden and de.name.startswith("."):
-            continue
-        path = os.path.join(directory, de.name)
-        rel = os.path.relpath(path, root)
+def _inside(path: str, zones: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == z or real.startswith(z.rstrip(os.sep) + os.sep) for z in zones)
+
+
+@dataclass
+class _Walker:
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    hidden: bool
+    extensions: frozenset[str]
+    zones: list[str] | None  # real paths links may lead into; None: follow every link
+    stats: WalkStats
+
+    def _leaves(self, de: os.DirEntry[str], path: str) -> bool:
+        """Whether ``de`` is a symbolic link that leads outside the zones (then it is skipped)."""
+        if self.zones is None or not de.is_symlink() or not os.path.exists(path) or _inside(path, self.zones):
+            return False
+        self.stats.links_outside.append(display_path(path))
+        return True
+
+    def walk_dir(self, directory: str, root: str, visited: set[tuple[int, int]]) -> Iterator[FileEntry]:
         try:
-            is_dir = de.is_dir(follow_symlinks=True)
+            st = os.stat(directory)
         except OSError:
-            is_dir = False
-        if is_dir:
-            if exclude and _matches(rel, exclude):
-                continue
-            yield from _walk_dir(path, root, include, exclude, hidden, extensions, visited)
-            continue
-        if os.path.splitext(de.name)[1].lower() not in extensions:
-            continue
-        if exclude and _matches(rel, exclude):
-            continue
-        if include and not _matches(rel, include):
-            continue
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in visited:  # a symlink cycle or a second link to a folder already walked
+            return
+        visited.add(key)
         try:
-            if de.is_symlink() and not os.path.exists(path):
-                yield FileEntry(display_path(path), error="broken symbolic link")
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except PermissionError:
+            yield FileEntry(display_path(directory), error="folder cannot be read (permission denied)")
+            return
+        except OSError as e:
+            yield FileEntry(display_path(directory), error=f"folder cannot be read: {e.strerror or e}")
+            return
+        for de in entries:
+            if not self.hidden and de.name.startswith("."):
                 continue
-            if not stat.S_ISREG(os.stat(path).st_mode):
+            path = os.path.join(directory, de.name)
+            rel = os.path.relpath(path, root)
+            try:
+                is_dir = de.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if (self.exclude and _matches(rel, self.exclude)) or self._leaves(de, path):
+                    continue
+                yield from self.walk_dir(path, root, visited)
                 continue
-        except OSError:
-            pass
-        yield _entry(path)
+            if os.path.splitext(de.name)[1].lower() not in self.extensions:
+                continue
+            if (self.exclude and _matches(rel, self.exclude)) or (self.include and not _matches(rel, self.include)):
+                self.stats.filtered += 1
+                continue
+            try:
+                if de.is_symlink() and not os.path.exists(path):
+                    yield FileEntry(display_path(path), error="broken symbolic link")
+                    continue
+                if not stat.S_ISREG(os.stat(path).st_mode) or self._leaves(de, path):
+                    continue
+            except OSError:
+                pass
+            yield _entry(path)

@@ -21,12 +21,18 @@ Durability model:
   after it the new one is. Old files are deleted afterwards (or by the next writer to open).
 * Readers (``read_only=True``) take no lock: they load the manifest's generation and replay its
   journal; if a concurrent compaction deletes the files first, they retry with the new manifest.
+
+Integrity: the manifest records the size and SHA-256 of every snapshot file of its generation
+(vectors, ids and any backend file, whoever wrote it) and a CRC-32 per block of vector rows.
+Opening checks sizes, shapes and that ids are ascending (cheap); :meth:`JournaledStore.verify`
+reads everything and names the ids whose vector rows no longer match (for re-embedding).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -62,6 +68,8 @@ _COPY_ROWS = 16384
 _OPEN_RETRIES = 20
 _PREAD_MAX_ROWS = 65536
 _DICT_LOOKUP_MAX = 4096
+_CHECK_BLOCK_ROWS = 4096  # vector rows per CRC-32 in the manifest
+_HASH_CHUNK = 1 << 22
 
 #: Builds backend files for a new generation: (generation, vectors, ids) -> (manifest extras, files).
 ExtraBuilder = Callable[[int, np.ndarray, np.ndarray], tuple[dict[str, Any], list[str]]]
@@ -125,10 +133,31 @@ def _write_npy(path: Path, shape: tuple[int, ...], dtype: str, chunks: Iterator[
 
 
 def _load_npy(path: Path, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    arr = np.load(path, mmap_mode="r")
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise IndexCorruptError(f"{path} is damaged ({e})") from e
     if arr.dtype != np.dtype(dtype) or arr.shape != shape:
         raise IndexCorruptError(f"{path}: expected {dtype} {shape}, found {arr.dtype} {arr.shape}")
     return arr
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file (what the manifest records for each snapshot file)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def block_crcs(vecs: np.ndarray, rows: int = _CHECK_BLOCK_ROWS) -> list[int]:
+    """CRC-32 of each block of ``rows`` vector rows: localises damage to the ids it affects."""
+    return [zlib.crc32(np.ascontiguousarray(vecs[s : s + rows]).tobytes()) for s in range(0, len(vecs), rows)]
 
 
 def encode_record(op: int, ids: np.ndarray, vectors: np.ndarray | None) -> bytes:
@@ -310,10 +339,13 @@ class JournaledStore:
         count = int(manifest["count"])
         self.dim = dim
         self._reset_memory()
+        self._check_sizes(manifest)
         if manifest["vectors"] is not None:
             vpath = self.path / manifest["vectors"]
             self.base_vecs = _load_npy(vpath, "<f4", (count, dim))
             self.base_ids = _load_npy(self.path / manifest["ids"], "<i8", (count,))
+            if count and (self.base_ids[0] < 0 or not bool(np.all(self.base_ids[1:] > self.base_ids[:-1]))):
+                raise IndexCorruptError(f"{self.path / manifest['ids']}: ids are not ascending (the file is damaged)")
             self._base_fd = os.open(vpath, os.O_RDONLY)
             self._base_offset = int(getattr(self.base_vecs, "offset", 0))
         elif count:
@@ -338,6 +370,42 @@ class JournaledStore:
                 os.fsync(self._journal.fileno())
             self._journal.seek(self._journal_size)
         self.version += 1
+
+    def _check_sizes(self, manifest: dict[str, Any]) -> None:
+        """Every checksummed snapshot file has the size the manifest recorded (a cheap stat)."""
+        for name, digest in (manifest.get("checksums") or {}).items():
+            size = (self.path / name).stat().st_size  # FileNotFoundError: retried by readers
+            if size != digest["size"]:
+                raise IndexCorruptError(
+                    f"{self.path / name} has {size} bytes, the manifest recorded {digest['size']} "
+                    "(truncated or damaged)"
+                )
+
+    def verify(self) -> tuple[list[str], np.ndarray]:
+        """Read every snapshot file: the names of files whose SHA-256 does not match the manifest,
+        and the ids whose vector rows are damaged (all snapshot ids when the ids file itself is).
+        Journals are covered by their per-record CRCs; generations written before checksums were
+        recorded have nothing to compare and pass."""
+        m = self.manifest
+        bad = [
+            name
+            for name, digest in (m.get("checksums") or {}).items()
+            if not (self.path / name).is_file() or file_digest(self.path / name) != digest
+        ]
+        ids = np.asarray(self.base_ids)
+        if set(bad) - {m.get("vectors")}:  # the ids or a backend file (derived from all rows)
+            return bad, ids.copy()
+        damaged = np.zeros(0, dtype=np.int64)
+        crcs = m.get("vector_crc32")
+        if m.get("vectors") in bad and crcs is not None:
+            now = block_crcs(self.base_vecs)
+            blocks = [b for b, (a, c) in enumerate(zip(crcs, now, strict=False)) if a != c]
+            damaged = np.concatenate(
+                [ids[b * _CHECK_BLOCK_ROWS : (b + 1) * _CHECK_BLOCK_ROWS] for b in blocks] or [damaged]
+            )
+        elif m.get("vectors") in bad:
+            damaged = ids.copy()
+        return bad, damaged
 
     def _check_journal_header(self, f: Any, jpath: Path) -> None:
         head = f.read(_JOURNAL_HEADER.size)
@@ -594,11 +662,14 @@ class JournaledStore:
             more, files = build_extra(g1, new_vecs, new_ids)
             extras.update(more)
             extras["files"] = list(files)
+        crcs = block_crcs(new_vecs) if n_new else None
         journal = f"journal.{g1}.log"
         self._write_empty_journal(self.path / journal, self.dim, g1)
         fsync_dir(self.path)
         manifest = dict(self.manifest)
         manifest.update(generation=g1, count=n_new, vectors=vec_name, ids=ids_name, journal=journal, extra=extras)
+        snapshot_files = [n for n in (vec_name, ids_name, *extras.get("files", [])) if n]
+        manifest.update(checksums={name: file_digest(self.path / name) for name in snapshot_files}, vector_crc32=crcs)
         atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=1).encode())
         # committed: switch memory to the new generation
         del new_vecs, new_ids

@@ -159,6 +159,12 @@ class VectorIndex(abc.ABC):
     def close(self) -> None:
         """Flush (writers), release files and locks. Idempotent."""
 
+    def verify(self) -> tuple[list[str], np.ndarray]:
+        """Read the stored data against its checksums: (damaged file names, ids whose vectors are
+        damaged). Backends whose storage keeps its own integrity (Qdrant) report nothing."""
+        self._check_open()
+        return [], np.zeros(0, dtype=np.int64)
+
     def set_calibration_queries(self, source: Any) -> None:
         """Queries of the kinds this index will serve, for backends that tune their search on them.
 

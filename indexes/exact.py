@@ -32,7 +32,7 @@ from .base import (
     topk_rows,
 )
 from .config import ExactConfig, config_from_dict, config_to_dict
-from .errors import DimensionMismatchError, DuplicateIdError, UnknownIdError
+from .errors import DimensionMismatchError, DuplicateIdError, IndexCorruptError, UnknownIdError
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class StoreBackedIndex(VectorIndex):
             elif not read_only:
                 store.set_config(config_to_dict(config))
             index = cls(store, config, read_only=read_only)
-            index._after_load()
+            index._load_derived()
         except BaseException:
             store.close()
             raise
@@ -126,6 +126,16 @@ class StoreBackedIndex(VectorIndex):
 
     def _after_load(self) -> None:
         """Hook: rebuild derived in-memory state after (re)loading the store."""
+
+    def _load_derived(self) -> None:
+        """:meth:`_after_load` for a snapshot on disk: a backend file its library cannot read (FAISS
+        raises RuntimeError) is a damaged index, named as such."""
+        try:
+            self._after_load()
+        except RuntimeError as e:
+            raise IndexCorruptError(
+                f"{self._store.path}: cannot read the backend files of generation {self._store.generation} ({e})"
+            ) from e
 
     # ------------------------------------------------------------------ reads
     @property
@@ -228,8 +238,11 @@ class StoreBackedIndex(VectorIndex):
 
     def reload(self) -> None:
         self._check_open()
-        if self._read_only and self._store.reload():
-            self._after_load()
+        if not self._read_only:
+            return
+        generation = self._store.generation
+        if self._store.reload() and self._store.generation != generation:
+            self._load_derived()  # derived structures follow the snapshot; journal records need nothing
 
     def close(self) -> None:
         if self._closed:
@@ -240,6 +253,10 @@ class StoreBackedIndex(VectorIndex):
         finally:
             self._store.close()
             self._closed = True
+
+    def verify(self) -> tuple[list[str], np.ndarray]:
+        self._check_open()
+        return self._store.verify()
 
     # ------------------------------------------------------------------ stats
     def _params(self) -> dict[str, Any]:

@@ -201,7 +201,7 @@ class OneHotEncoder(Encoder):
     def encode_pixels(self, pixel_values, boxes=None, normalize=True):  # type: ignore[no-untyped-def]
         from fgsearch.model import EncodedImages
 
-        pv = np.asarray(pixel_values)
+        pv = np.asarray(getattr(pixel_values, "pixels", pixel_values))  # an ImageBatch or [B, 3, H, W]
         self.calls.append(("images", len(pv)))
         image = np.stack([onehot(self._cls(p[:, :, : p.shape[2] // 2 - 2])) for p in pv])
         regions = []

@@ -37,7 +37,7 @@ class FGSearchAdapter:
             return self.model.encode_text(torch.from_numpy(ids), TextPath.LONG if long else TextPath.SHORT)
 
     def preprocess(self, images: list) -> np.ndarray:
-        return self.encoder.preprocess(images)
+        return self.encoder.transform.batch(images)
 
     def tokenize(self, texts: list[str], long: bool) -> torch.Tensor:
         return self.encoder.tokenizer(texts, TextPath.LONG if long else TextPath.SHORT, warn=False)

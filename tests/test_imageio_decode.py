@@ -61,9 +61,15 @@ def test_truncated_files_fail_whatever_the_format(fmt: str) -> None:
 
 
 def test_decompression_bomb_is_refused_before_decoding_and_names_the_flag() -> None:
-    with pytest.raises(ImageError, match="--max-megapixels"):
+    # 2,500 MP: over twice Pillow's limit, so Pillow itself refuses it while opening; the reason
+    # still quotes our limit and flag, never Pillow's internal one (issue 12.6)
+    with pytest.raises(ImageError) as bomb:
         load_image(png_bomb_header(50000, 50000))
-    with pytest.raises(ImageError, match=r"1000x2000 \(2 megapixels\), over the 1.5 limit.*--max-megapixels"):
+    assert str(bomb.value) == (
+        "image is too large (2500 megapixels), over the 100 megapixel limit (possible decompression bomb); "
+        "raise it with --max-megapixels"
+    )
+    with pytest.raises(ImageError, match=r"1000x2000 \(2 megapixels\), over the 1.5 megapixel limit.*--max-megapix"):
         load_image(_gray_png_header(1000, 2000), max_megapixels=1.5)
 
 
@@ -218,6 +224,29 @@ def test_draft_decodes_smaller_but_reports_the_real_size() -> None:
     assert png.image.size == (1600, 1200)
 
 
+def test_postscript_wrapped_in_an_iptc_file_is_refused_without_running_ghostscript(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from PIL import EpsImagePlugin
+
+    calls: list[object] = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a))
+
+    def field(record: int, dataset: int, data: bytes) -> bytes:
+        return bytes([0x1C, record, dataset]) + struct.pack(">H", len(data)) + data
+
+    eps = _bytes(scene(10), "EPS")
+    iim = field(3, 60, b"\x01\x00") + field(3, 20, struct.pack(">H", 160)) + field(3, 30, struct.pack(">H", 120))
+    iim += field(3, 120, b"\x05")  # "JPEG" compression: Pillow opens the payload with every format
+    iim += b"".join(field(8, 10, eps[i : i + 30000]) for i in range(0, len(eps), 30000))
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(iim)
+    assert calls == []
+    from fgsearch.scan import readable_extensions
+
+    assert ".iim" not in readable_extensions()
+
+
 def test_postscript_is_refused_without_running_ghostscript(monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import EpsImagePlugin
 
@@ -227,3 +256,153 @@ def test_postscript_is_refused_without_running_ghostscript(monkeypatch: pytest.M
     with pytest.raises(ImageError, match="not an image"):
         load_image(eps)
     assert calls == []
+
+
+# ---- every walked extension -----------------------------------------------------------------------
+# Files of every format the walker picks up (issue 11.10: every PSD was "corrupt"). Pillow writes
+# most; the rest are built here from their specifications, in the simplest valid layout. A format
+# a new Pillow adds fails the test until it has a sample.
+
+W, H = 64, 48
+
+
+def _rgb(img: Image.Image) -> bytes:
+    return img.convert("RGB").tobytes()
+
+
+def _psd(img: Image.Image) -> bytes:
+    """Photoshop: header, empty colour-mode/resources/layers sections, raw planar composite."""
+    rgb = img.convert("RGB")
+    head = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, H, W, 8, 3) + struct.pack(">IIIH", 0, 0, 0, 0)
+    return head + b"".join(band.tobytes() for band in rgb.split())
+
+
+def _sun(img: Image.Image) -> bytes:
+    """Sun raster, 24-bit standard type (BGR rows, even stride)."""
+    bgr = Image.merge("RGB", img.convert("RGB").split()[::-1]).tobytes()
+    return struct.pack(">8I", 0x59A66A95, W, H, 24, len(bgr), 1, 0, 0) + bgr
+
+
+def _xpm(img: Image.Image) -> bytes:
+    """X pixmap with a 2-character-per-pixel palette."""
+    pal = img.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    colours = [*(pal.getpalette() or []), *[0] * 48][:48]
+    keys = [f"{chr(97 + i)}{chr(97 + i)}" for i in range(16)]
+    lines = [f'"{W} {H} 16 2",']
+    lines += [f'"{keys[i]} c #{bytes(colours[3 * i : 3 * i + 3]).hex()}",' for i in range(16)]
+    px = pal.tobytes()
+    lines += ['"' + "".join(keys[px[y * W + x]] for x in range(W)) + '",' for y in range(H)]
+    return ("/* XPM */\nstatic char *img[] = {\n" + "\n".join(lines) + "\n};\n").encode()
+
+
+def _fits(img: Image.Image) -> bytes:
+    """FITS: 2880-byte header of 80-character cards, then 8-bit data, bottom row first."""
+    cards = ["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    2"]
+    cards += [f"NAXIS1  = {W:>20}", f"NAXIS2  = {H:>20}", "END"]
+    header = "".join(c.ljust(80) for c in cards).ljust(2880).encode()
+    data = img.convert("L").transpose(Image.Transpose.FLIP_TOP_BOTTOM).tobytes()
+    return header + data + b"\0" * (-len(data) % 2880)
+
+
+def _dcx(img: Image.Image) -> bytes:
+    """DCX: a page table around one PCX page."""
+    return struct.pack("<III", 0x3ADE68B1, 12, 0) + _bytes(img.convert("RGB"), "PCX")
+
+
+def _cur(img: Image.Image) -> bytes:
+    """Windows cursor: an ICO with a 32-bit BMP entry and resource type 2."""
+    ico = bytearray(_bytes(img.convert("RGBA"), "ICO", sizes=[(W, H)], bitmap_format="bmp"))
+    ico[2] = 2
+    return bytes(ico)
+
+
+def _gbr(img: Image.Image) -> bytes:
+    """GIMP brush, version 2, 8-bit grey."""
+    name = b"brush\0"
+    return (
+        struct.pack(">5I", 28 + len(name), 2, W, H, 1)
+        + b"GIMP"
+        + struct.pack(">I", 10)
+        + name
+        + img.convert("L").tobytes()
+    )
+
+
+def _ftex(img: Image.Image) -> bytes:
+    """Funcom texture, one uncompressed RGB mipmap."""
+    data = _rgb(img)
+    return b"FTEX" + struct.pack("<7i", 0, W, H, 1, 1, 1, 32) + struct.pack("<i", len(data)) + data
+
+
+def _pixar(img: Image.Image) -> bytes:
+    """Pixar PXR: 1024-byte header (size and RGB layout at fixed offsets), raw RGB."""
+    head = bytearray(1024)
+    head[:4] = b"\x80\xe8\x00\x00"
+    struct.pack_into("<HH", head, 416, H, W)
+    struct.pack_into("<HH", head, 424, 14, 2)
+    return bytes(head) + _rgb(img)
+
+
+def _fli(img: Image.Image) -> bytes:
+    """Autodesk FLI animation, one frame: a 256-colour palette chunk and a raw copy chunk."""
+    pal = img.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+    colours = struct.pack("<H", 1) + b"\x00\x00" + bytes([*(pal.getpalette() or []), *[0] * 768][:768])
+    chunks = struct.pack("<IH", 6 + len(colours), 4) + colours
+    chunks += struct.pack("<IH", 6 + W * H, 16) + pal.tobytes()
+    frame = struct.pack("<IHH8x", 16 + len(chunks), 0xF1FA, 2) + chunks
+    head = bytearray(128)
+    struct.pack_into("<IHHHHHHI", head, 0, 128 + len(frame), 0xAF11, 1, W, H, 8, 0, 5)
+    return bytes(head) + frame
+
+
+def _pcd(img: Image.Image) -> bytes:
+    """Kodak PhotoCD: the image pack header at 2048, 768x512 YCC data at 96 sectors (random)."""
+    head = bytearray(96 * 2048)
+    head[2048 : 2048 + 7] = b"PCD_IPI"
+    rng = random.Random(img.size[0])
+    return bytes(head) + rng.randbytes(768 * 512 * 3 // 2)
+
+
+BUILT = {"PSD": _psd, "SUN": _sun, "XPM": _xpm, "FITS": _fits, "DCX": _dcx, "CUR": _cur, "GBR": _gbr}
+BUILT |= {"FTEX": _ftex, "PIXAR": _pixar, "FLI": _fli, "PCD": _pcd}
+OWN_SIZE = ("ICNS", "ICO", "PCD")  # icon writers resample to their sizes; PhotoCD is always 768x512
+
+
+def _walked() -> list[tuple[str, str]]:
+    from fgsearch.scan import readable_extensions
+
+    Image.init()
+    reg = Image.registered_extensions()
+    return [(ext, reg.get(ext, "?")) for ext in sorted(readable_extensions())]
+
+
+def _sample(fmt: str) -> bytes:
+    img = scene(4, (W, H))
+    if fmt in BUILT:
+        return BUILT[fmt](img)
+    for mode in ("RGB", "P", "L", "1"):  # the first mode the writer takes
+        try:
+            return _bytes(img.convert(mode), fmt)
+        except (OSError, ValueError, KeyError):
+            continue
+    raise AssertionError(f"Pillow cannot write {fmt} in any common mode")
+
+
+@pytest.mark.filterwarnings("ignore:IM image format is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(("ext", "fmt"), _walked())
+def test_every_walked_extension_decodes_a_real_file_of_its_format(ext: str, fmt: str) -> None:
+    assert fmt in Image.SAVE or fmt in BUILT, f"{ext} ({fmt}) is walked: add a sample file for it"
+    data = _sample(fmt)
+    with Image.open(io.BytesIO(data)) as check:
+        assert check.format == fmt  # the sample really is that format
+    out = load_image(data, min_side=8)
+    assert out.image.mode == "RGB" and out.image.size == (out.width, out.height)
+    if fmt not in OWN_SIZE:
+        assert (out.width, out.height) == (W, H)
+    lo, hi = out.image.convert("L").getextrema()
+    assert lo < hi  # pixels, not a blank conversion
+
+
+def test_photoshop_composite_keeps_its_pixels() -> None:
+    img = scene(6, (W, H))
+    assert load_image(_psd(img), min_side=8).image.tobytes() == img.tobytes()

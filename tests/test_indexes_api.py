@@ -243,7 +243,7 @@ def test_library_calibrates_its_faiss_indexes_on_its_models_text_embeddings(tmp_
     from fgsearch.library import Library
 
     with Library.open(tmp_path / "lib", model="demo") as lib:
-        idx = lib.region_index
+        idx = getattr(lib.region_index, "inner", lib.region_index)  # the library shares it between threads
         assert isinstance(idx, FaissIndex)
         idx._config = dataclasses.replace(idx._config, flat_threshold=1000)  # build at a test's size
         idx.add(np.arange(1500), unit_vectors(1500, lib.global_index.dim, seed=2))

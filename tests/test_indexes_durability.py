@@ -142,6 +142,7 @@ def test_kill_in_the_middle_of_save(tmp_path: Path, kind: str, stage: str) -> No
     assert _matches_any(path, kind, [expected_state(9)]) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", FILE_BACKENDS)
 def test_kill_at_random_points_of_save(tmp_path: Path, kind: str) -> None:
     rng = np.random.default_rng(0)
@@ -272,3 +273,59 @@ def test_missing_or_corrupt_manifest(tmp_path: Path) -> None:
     (path / "manifest.json").unlink()
     with pytest.raises(IndexNotFoundError):
         open_index("exact", path, read_only=True)
+
+
+def test_snapshot_files_are_checksummed_and_damage_is_localised(tmp_path: Path) -> None:
+    """Every file of a generation (vectors, ids, the FAISS IVF file) is in the manifest with its
+    size and SHA-256; verify() names a damaged file and the ids it makes untrustworthy."""
+    from fgsearch.indexes import FaissConfig
+
+    n, dim = 9000, 16
+    vecs = unit_vectors(n, dim)
+    index = create_index("faiss", tmp_path / "ix", dim, config=FaissConfig(flat_threshold=1000))
+    index.add(np.arange(n), vecs)
+    index.save()
+    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    files = set(manifest["checksums"])
+    assert {manifest["vectors"], manifest["ids"], *manifest["extra"]["files"]} == files
+    assert manifest["extra"]["files"], "the IVF tier writes a backend file"
+    assert index.verify()[0] == []
+    index.close()
+    vpath = tmp_path / "ix" / manifest["vectors"]
+    arr = np.load(vpath, mmap_mode="r+")
+    arr[5000] = -arr[5000]  # one row in the second block of 4096 rows
+    arr.flush()
+    del arr
+    with open_index("faiss", tmp_path / "ix", read_only=True) as reader:
+        bad, ids = reader.verify()
+        assert bad == [manifest["vectors"]] and ids.tolist() == list(range(4096, 8192))
+    ivf = tmp_path / "ix" / manifest["extra"]["files"][0]
+    raw = bytearray(ivf.read_bytes())
+    raw[-10] ^= 0xFF
+    ivf.write_bytes(bytes(raw))
+    with open_index("faiss", tmp_path / "ix", read_only=True) as reader:
+        bad, ids = reader.verify()
+        assert ivf.name in bad and ids.size == n  # derived from every row: all are re-embedded
+    ivf.write_bytes(b"\x00" * len(raw))  # same size, nothing FAISS can read: refused on open, by name
+    with pytest.raises(IndexCorruptError, match="cannot read the backend files"):
+        open_index("faiss", tmp_path / "ix", read_only=True)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "unsorted"])
+def test_a_damaged_snapshot_is_refused_on_open(tmp_path: Path, damage: str) -> None:
+    index = create_index("exact", tmp_path / "ix", 8)
+    index.add(np.arange(10), unit_vectors(10, 8))
+    index.save()
+    index.close()
+    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    if damage == "truncate":
+        p = tmp_path / "ix" / manifest["vectors"]
+        p.write_bytes(p.read_bytes()[:-4])
+    else:
+        ids = np.load(tmp_path / "ix" / manifest["ids"], mmap_mode="r+")
+        ids[[2, 3]] = ids[[3, 2]]
+        ids.flush()
+        del ids
+    for read_only in (True, False):
+        with pytest.raises(IndexCorruptError, match=r"truncated or damaged|not ascending"):
+            open_index("exact", tmp_path / "ix", read_only=read_only)

@@ -52,3 +52,42 @@ def test_html_page_is_self_contained(tmp_path: Path) -> None:
     assert "&lt;red&gt;" in text and "no box &lt;b&gt;" in text
     empty = html_page([], tmp_path / "e.html")
     assert "no results" in empty.read_text()
+
+
+def test_contact_sheet_names_each_file_and_keeps_the_query_whole(tmp_path: Path, monkeypatch) -> None:
+    from PIL import ImageDraw
+
+    drawn: list[str] = []
+    real = ImageDraw.ImageDraw.text
+
+    def spy(self, xy, text, *args, **kwargs):  # type: ignore[no-untyped-def]
+        drawn.append(text)
+        return real(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", spy)
+    paths = _images(tmp_path, 2)
+    long_name = tmp_path / ("a_very_long_file_name_" * 4 + "end.png")
+    Image.open(paths[0]).save(long_name)
+    items = [RenderItem(p, f"#{i + 1} · score 0.5", None) for i, p in enumerate([*paths, str(long_name)])]
+    title = "a small  blue square on the right"
+    contact_sheet(items, tmp_path / "sheet.png", thumb=128, columns=3, title=title)
+    assert drawn[0] == title  # whole, its spaces kept
+    assert {"#1 · score 0.5", "im0.png", "#2 · score 0.5", "im1.png"} <= set(drawn)
+    short = [t for t in drawn if t.startswith("a_very") and t.endswith("end.png")]
+    assert len(short) == 1 and "…" in short[0]  # a long name is shortened in the middle, keeping its end
+
+
+def test_sheet_format_follows_the_name_and_bad_targets_are_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from fgsearch.errors import InputError
+
+    items = [RenderItem(_images(tmp_path, 1)[0], "#1", None)]
+    assert contact_sheet(items, tmp_path / "s.jpeg").read_bytes()[:3] == b"\xff\xd8\xff"
+    assert contact_sheet(items, tmp_path / "new" / "s.PNG").read_bytes()[:4] == b"\x89PNG"
+    for bad, message in ((tmp_path, "is a folder"), (tmp_path / "s.gif", "must end in .png")):
+        with pytest.raises(InputError, match=message):
+            contact_sheet(items, bad)
+    with pytest.raises(InputError, match="is a folder"):
+        html_page(items, tmp_path)
+    assert "h1{white-space:pre-wrap}" in html_page(items, tmp_path / "p.html", title="a  b").read_text()

@@ -157,6 +157,7 @@ def _ddp_worker(rank: int, world: int, init: str, data: dict, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_gradients_equal_single_process(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
@@ -182,6 +183,7 @@ def test_ddp_gradients_equal_single_process(tmp_path: Path) -> None:
     torch.testing.assert_close(got["s"], scale.grad, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_train_resume_is_exact_and_output_loads(tmp_path: Path) -> None:
     from fgsearch.model import load_model
     from fgsearch.trainer import TrainConfig, train
@@ -212,3 +214,50 @@ def test_train_resume_is_exact_and_output_loads(tmp_path: Path) -> None:
     assert spec.image_size == (32, 32)
     cfg = json.loads((tmp_path / "a" / "train_config.json").read_text())
     assert cfg["steps"] == 4 and (tmp_path / "a" / "checkpoints").is_dir()
+
+
+# the smallest model and run that still exercises every stage (a few seconds on a CPU)
+TINY_RUN = dict(
+    steps=2,
+    batch_size=4,
+    save_every=100,
+    eval_every=2,
+    warmup=1,
+    tiny_image_size=32,
+    tiny_patch=8,
+    tiny_width=32,
+    tiny_layers=1,
+    tiny_text_width=32,
+    tiny_text_layers=1,
+    tiny_dim=16,
+)
+
+
+class _Planted:
+    """Pickles as a call to os.mkdir: a checkpoint holding it runs code when unpickled freely."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path: Path) -> None:
+    from fgsearch.trainer import TrainConfig, train
+
+    data = make_fineshapes(tmp_path / "fs", n=8, seed=0)
+    ck = tmp_path / "out" / "checkpoints" / "step-0000001"
+    ck.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    torch.save({"model": _Planted(str(marker)), "step": 1, "position": [0, 4]}, ck / "state.pt")
+    with pytest.raises(DataError, match=r"could run code; delete .*step-0000001 or run with --no-resume") as e:
+        train(TrainConfig(data=str(data), out=str(tmp_path / "out"), **TINY_RUN))
+    assert "\n" not in str(e.value)
+    assert not marker.exists()
+    # a truncated state file is refused with the same fix
+    (ck / "state.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match=r"cannot resume from .*unreadable"):
+        train(TrainConfig(data=str(data), out=str(tmp_path / "out"), **TINY_RUN))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fgsearch.errors import InputError
-from fgsearch.scan import FileEntry, display_path, walk
+from fgsearch.scan import FileEntry, WalkStats, display_path, walk
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -98,7 +98,7 @@ def test_globs_are_relative_to_the_root_not_absolute(tree: Path) -> None:
     assert _rel(list(walk([tree], exclude=["photos/**"])), tree) == _rel(list(walk([tree])), tree)
 
 
-def test_symlinked_folder_is_walked_and_cycles_end(tmp_path: Path) -> None:
+def test_symlinked_folders_inside_the_roots_are_walked_and_cycles_end(tmp_path: Path) -> None:
     root = tmp_path / "r"
     _touch(root / "a" / "one.jpg")
     other = tmp_path / "elsewhere"
@@ -106,17 +106,27 @@ def test_symlinked_folder_is_walked_and_cycles_end(tmp_path: Path) -> None:
     os.symlink(other, root / "linked")
     os.symlink(root, root / "a" / "back-to-root")
     os.symlink(root / "a", root / "a" / "self")
-    names = _rel(list(walk([root])), root)
-    assert names == ["a/one.jpg", "linked/two.jpg"]
+    os.symlink("..", root / "up")  # the folder above the root: never walked by default
+    stats = WalkStats()
+    assert _rel(list(walk([root], stats=stats)), root) == ["a/one.jpg"]
+    assert sorted(stats.links_outside) == [str(root / "linked"), str(root / "up")]
+    assert _rel(list(walk([root], within=[other])), root) == ["a/one.jpg", "linked/two.jpg"]
+    followed = _rel(list(walk([root], follow_links=True, exclude=["up/**"])), root)
+    assert followed == ["a/one.jpg", "linked/two.jpg"]
 
 
-def test_symlinked_file_reports_the_target_size(tmp_path: Path) -> None:
+def test_symlinked_files_outside_the_roots_are_skipped_unless_followed(tmp_path: Path) -> None:
     root = tmp_path / "r"
     target = _touch(tmp_path / "outside" / "t.png", b"12345")
-    root.mkdir()
+    inner = _touch(root / "in.png", b"123")
     os.symlink(target, root / "l.png")
-    (entry,) = list(walk([root]))
-    assert entry.error is None and entry.path == str(root / "l.png") and entry.size == 5
+    os.symlink(inner, root / "m.png")
+    stats = WalkStats()
+    assert _rel(list(walk([root], stats=stats)), root) == ["in.png", "m.png"]
+    assert stats.links_outside == [str(root / "l.png")]
+    entries = {e.path: e for e in walk([root], follow_links=True)}
+    entry = entries[str(root / "l.png")]
+    assert entry.error is None and entry.size == 5  # the target's size
 
 
 def test_broken_symlink_is_a_failure_not_a_crash(tmp_path: Path) -> None:

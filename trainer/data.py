@@ -315,21 +315,30 @@ class SampleStream:
 
 
 def collate(
-    samples: Sequence[Sample], transform: Any, tokenizer: Any, short_prefix: str = "a photo of "
+    samples: Sequence[Sample],
+    transform: Any,
+    tokenizer: Any,
+    short_prefix: str = "a photo of ",
+    family: str = "fgclip",
+    region_walk: str = "short",
 ) -> dict[str, Any]:
-    """Load images and tokenize texts for one batch (padded boxes carry a mask)."""
-    import numpy as np
+    """Load images and tokenize texts for one batch (padded boxes carry a mask).
+
+    Images go through the model family's transform: FG-CLIP stacks ``[B, 3, H, W]``; FG-CLIP 2
+    pads each image's own patches to the batch's longest, with ``pixel_mask`` and
+    ``spatial_shapes``. Region texts and hard negatives use ``region_walk`` (FG-CLIP 2: box)."""
     import torch
     from PIL import Image
 
     from fgsearch.model import TextPath, to_rgb
 
-    arrays = []
+    items = []
     for s in samples:
         with Image.open(s.image) as im:
             im.load()
-            arrays.append(transform.to_array(to_rgb(im)))
-    pv = torch.from_numpy(np.stack(arrays))
+            items.append(transform.item(to_rgb(im)))
+    images = transform.collate(items)
+    pv = torch.from_numpy(images.pixels)
     boxes = [torch.tensor(s.boxes, dtype=torch.float32).reshape(-1, 4) for s in samples]
     region_texts = [t for s in samples for t in (s.region_short if random.random() < 0.5 else s.region_long)]
     hard_pos, hard_negs, hard_index = [], [], []
@@ -343,13 +352,18 @@ def collate(
         k += len(s.boxes)
     n_neg = min((len(n) for n in hard_negs), default=0)
     hard_texts = [t for p, negs in zip(hard_pos, hard_negs, strict=True) for t in [p, *negs[:n_neg]]]
+    walk = TextPath(region_walk)
     return {
+        "family": family,
         "pixel_values": pv,
+        "pixel_mask": None if images.mask is None else torch.from_numpy(images.mask),
+        "spatial_shapes": torch.from_numpy(images.shapes),
         "boxes": boxes,
         "long_ids": tokenizer([s.caption for s in samples], TextPath.LONG, warn=False),
         "short_ids": tokenizer([short_prefix + s.short_caption for s in samples], TextPath.SHORT, warn=False),
-        "region_ids": tokenizer(region_texts, TextPath.SHORT, warn=False) if region_texts else None,
-        "hard_ids": tokenizer(hard_texts, TextPath.SHORT, warn=False) if hard_texts else None,
+        "region_walk": walk,
+        "region_ids": tokenizer(region_texts, walk, warn=False) if region_texts else None,
+        "hard_ids": tokenizer(hard_texts, walk, warn=False) if hard_texts else None,
         "hard_index": torch.tensor(hard_index, dtype=torch.long),
         "hard_k": n_neg + 1,
     }

@@ -38,7 +38,14 @@ def _norm(x: np.ndarray) -> np.ndarray:
 
 
 def evaluate_heldout(
-    model: Any, samples: list[Any], transform: Any, tokenizer: Any, device: Any, batch_size: int = 64
+    model: Any,
+    samples: list[Any],
+    transform: Any,
+    tokenizer: Any,
+    device: Any,
+    batch_size: int = 64,
+    family: str = "fgclip",
+    region_walk: str = "short",
 ) -> dict[str, float]:
     """t2i/i2t R@1 (long captions), hard-negative accuracy (region vs its short expression and
     negatives) and region->text accuracy (each region against every region text of the split)."""
@@ -46,21 +53,30 @@ def evaluate_heldout(
     from PIL import Image
 
     from fgsearch.model import TextPath, to_rgb
+    from fgsearch.trainer.losses import image_features
 
     imgs, regs, caps, rtexts, hards = [], [], [], [], []
     with torch.inference_mode():
         for s0 in range(0, len(samples), batch_size):
             chunk = samples[s0 : s0 + batch_size]
-            arr = []
+            items = []
             for s in chunk:
                 with Image.open(s.image) as im:
                     im.load()
-                    arr.append(transform.to_array(to_rgb(im)))
-            pv = torch.from_numpy(np.stack(arr)).to(device)
-            boxes = [torch.tensor(s.boxes, dtype=torch.float32).reshape(-1, 4).to(device) for s in chunk]
-            out = model.encode_image_and_regions(pv, boxes)
-            imgs.append(out.image.float().cpu().numpy())
-            regs.append(out.regions.float().cpu().numpy())
+                    items.append(transform.item(to_rgb(im)))
+            batch = transform.collate(items)
+            image, regions = image_features(
+                model,
+                {
+                    "family": family,
+                    "pixel_values": torch.from_numpy(batch.pixels).to(device),
+                    "pixel_mask": None if batch.mask is None else torch.from_numpy(batch.mask).to(device),
+                    "spatial_shapes": torch.from_numpy(batch.shapes),
+                    "boxes": [torch.tensor(s.boxes, dtype=torch.float32).reshape(-1, 4).to(device) for s in chunk],
+                },
+            )
+            imgs.append(image.float().cpu().numpy())
+            regs.append(regions.float().cpu().numpy())
             caps.append(
                 model.encode_text(
                     tokenizer([s.caption for s in chunk], TextPath.LONG, warn=False).to(device), TextPath.LONG
@@ -79,8 +95,8 @@ def evaluate_heldout(
                 return np.zeros((0, 1), np.float32)
             parts = []
             for i in range(0, len(texts), 256):
-                ids = tokenizer(texts[i : i + 256], TextPath.SHORT, warn=False).to(device)
-                parts.append(model.encode_text(ids, TextPath.SHORT).float().cpu().numpy())
+                ids = tokenizer(texts[i : i + 256], TextPath(region_walk), warn=False).to(device)
+                parts.append(model.encode_text(ids, TextPath(region_walk)).float().cpu().numpy())
             return _norm(np.concatenate(parts))
 
         uniq = sorted(set(rtexts))

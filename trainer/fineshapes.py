@@ -22,11 +22,14 @@ import json
 import math
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
+
+from fgsearch.errors import InputError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -180,11 +183,19 @@ def make_record(index: int, seed: int, image_dir: Path, rel_prefix: str) -> tupl
     return rec, objs
 
 
-def make_fineshapes(out_dir: str | os.PathLike[str], n: int = 2000, seed: int = 0, heldout: float = 0.1) -> Path:
-    """Write ``n`` images (a ``heldout`` fraction in a separate split) in FineHARD layout; see the module doc."""
+def make_fineshapes(
+    out_dir: str | os.PathLike[str], n: int = 2000, seed: int = 0, heldout: float = 0.1, overwrite: bool = False
+) -> Path:
+    """Write ``n`` images (a ``heldout`` fraction in a separate split) in FineHARD layout; see the module doc.
+
+    ``out_dir`` must be new or empty; with ``overwrite``, an earlier FineShapes output there is removed
+    first (only files this function writes: a folder holding anything else is refused)."""
     if n < 1:
-        raise ValueError(f"--n must be at least 1, got {n}")
+        raise InputError(f"--n must be at least 1, got {n}")
+    if not 0 <= heldout < 1:
+        raise InputError(f"--heldout is a fraction in [0, 1), got {heldout}")
     out = Path(out_dir)
+    _clear_output(out, overwrite)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "jsonfiles").mkdir(exist_ok=True)
     n_held = max(1, round(n * heldout)) if n > 1 and heldout > 0 else 0
@@ -219,3 +230,25 @@ EXAMPLE_QUERIES = (
     "a yellow star with a striped fill",
     "a green triangle to the left of a purple diamond",
 )
+
+
+_OWN_FILE = re.compile(r"(images/\d+\.png|jsonfiles/(train|heldout)\.json(\.tmp)?|objects\.json|images|jsonfiles)")
+
+
+def _clear_output(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out``, or with ``overwrite`` remove an earlier FineShapes output from it."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; give a folder for the dataset")
+    entries = sorted(out.rglob("*")) if out.is_dir() else []
+    if not entries:
+        return
+    if not overwrite:
+        raise InputError(f"{out} is not empty; give a new or empty folder, or --overwrite to replace a dataset there")
+    foreign = [p for p in entries if not _OWN_FILE.fullmatch(p.relative_to(out).as_posix())]
+    if foreign:
+        raise InputError(
+            f"{out} holds files make-data did not write ({foreign[0].relative_to(out)}); "
+            "give a new or empty folder (--overwrite only replaces a FineShapes dataset)"
+        )
+    for p in reversed(entries):  # files before the folders that hold them
+        p.rmdir() if p.is_dir() else p.unlink()

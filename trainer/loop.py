@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fgsearch.errors import DataError, InputError
+from fgsearch.errors import DataError, InputError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class TrainConfig:
 
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
+NoticeFn = Callable[[str], None]
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -126,11 +127,14 @@ def init_model(cfg: TrainConfig, out: Path) -> tuple[Any, Any]:
         model = FGCLIP(mc)
         spec = ModelSpec(name="tiny", image_size=mc.vision.image_size)
         return model, spec
-    if cfg.init.startswith("openai-clip:"):
-        src = cfg.init.split(":", 1)[1]
-        model, spec = load_model(convert_openai_clip(src, out / "init"))
-    else:
-        model, spec = load_model(cfg.init)
+    try:
+        if cfg.init.startswith("openai-clip:"):
+            src = cfg.init.split(":", 1)[1]
+            model, spec = load_model(convert_openai_clip(src, out / "init"))
+        else:
+            model, spec = load_model(cfg.init)
+    except ModelNotFoundError as e:  # the model layer names --model; here the option is --init
+        raise ModelNotFoundError(str(e).replace("--model ", "--init ")) from e
     model.requires_grad_(True)
     return model, spec
 
@@ -144,10 +148,31 @@ def apply_freeze(model: Any, freeze: str) -> None:
         model.text_model.requires_grad_(False)
     elif freeze == "all-but-projections":
         model.requires_grad_(False)
-        for mod in (model.visual_projection, model.text_projection, model.text_filip_projection):
-            mod.requires_grad_(True)
-        for p in (model.logit_scale, model.logit_scale_finegraind, model.logit_scale_hardneg):
+        names = {n for n, _ in model.named_modules()}
+        for name in HEADS:
+            if name in names:
+                model.get_submodule(name).requires_grad_(True)
+        for p in _temperatures(model):
             p.requires_grad_(True)
+
+
+# what "all-but-projections" keeps trainable: FG-CLIP's projections, FG-CLIP 2's heads
+HEADS = (
+    "visual_projection",
+    "text_projection",
+    "text_filip_projection",
+    "text_model.head",
+    "longtext_head",
+    "boxtext_head",
+    "vision_model.head",
+    "dense_feature_head",
+)
+TEMPERATURES = ("logit_scale", "logit_scale_finegraind", "logit_scale_hardneg")
+
+
+def _temperatures(model: Any) -> list[Any]:
+    """The model's learned log temperatures (FG-CLIP: three; FG-CLIP 2: one, beside its bias)."""
+    return [getattr(model, n) for n in TEMPERATURES if hasattr(model, n)]
 
 
 def make_optimizer(model: Any, cfg: TrainConfig) -> Any:
@@ -171,10 +196,22 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every random generator's state as tensors and plain values (loadable with weights_only=True)."""
     import numpy as np
     import torch
 
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, mt, gauss = random.getstate()
+    npst = np.random.get_state(legacy=False)
+    st: dict[str, Any] = {
+        "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+        "numpy": {
+            "key": torch.from_numpy(npst["state"]["key"].astype(np.int64)),
+            "pos": int(npst["state"]["pos"]),
+            "has_gauss": int(npst["has_gauss"]),
+            "gauss": float(npst["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -184,11 +221,32 @@ def _set_rng_state(st: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
+    version, mt, gauss = st["python"]
+    random.setstate((version, tuple(int(x) for x in mt.tolist()), gauss))
+    n = st["numpy"]
+    key = n["key"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", key, n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's resume state, loaded so that it cannot run code (tensors and plain values only)."""
+    import pickle
+
+    import torch
+
+    fix = f"delete {path.parent} or run with --no-resume"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DataError(
+            f"refusing to resume from {path}: it holds objects other than tensors and plain values, "
+            f"and loading them could run code; {fix}"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise DataError(f"cannot resume from {path}: unreadable ({type(e).__name__}); {fix}") from e
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -248,19 +306,25 @@ def _batches(stream: Any, batch_size: int, start: tuple[int, int]) -> Iterator[t
         epoch, consumed = epoch + 1, 0
 
 
-def train(cfg: TrainConfig, progress: ProgressFn | None = None, stop_at: int | None = None) -> Path:
+def train(
+    cfg: TrainConfig, progress: ProgressFn | None = None, stop_at: int | None = None, notice: NoticeFn | None = None
+) -> Path:
     """Run (or resume) a training run; returns the output directory holding the final model.
 
     ``stop_at`` ends this process after that step (with a checkpoint), as an interruption would;
-    running again with ``resume`` continues exactly where it stopped."""
+    running again with ``resume`` continues exactly where it stopped. ``notice`` receives one-line
+    messages for the user (warnings, resumption, evaluation results); without it they are logged."""
     import torch
 
-    from fgsearch.model import Tokenizer, resolve_device, save_model
+    from fgsearch.model import get_family, resolve_device, save_model
     from fgsearch.trainer.data import SampleStream, collate, resolve_data
     from fgsearch.trainer.evaluation import evaluate_heldout, heldout_samples
     from fgsearch.trainer.losses import FeatureModule, total_loss
 
     rank, world, local_rank = _dist_env()
+    say = notice if notice is not None and rank == 0 else (lambda m: logger.info("%s", m))
+    if cfg.warmup >= cfg.steps:
+        say(f"warning: --warmup {cfg.warmup} >= --steps {cfg.steps}: the learning rate never gets past warmup")
     if world > 1:
         import torch.distributed as dist
 
@@ -277,20 +341,28 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, stop_at: int | N
     model, spec = init_model(cfg, out)
     apply_freeze(model, cfg.freeze)
     model.train().to(device)
-    transform = spec.transform
-    tokenizer = Tokenizer(short_length=spec.short_length, long_length=spec.long_length)
+    family = get_family(spec.family or "fgclip")
+    transform = family.transform(spec)
+    tokenizer = family.tokenizer(spec)
+    region_walk = "box" if "box" in family.walks else "short"  # region texts: FG-CLIP 2's box walk
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     step, position = 0, (0, 0)
     ck = latest_checkpoint(out) if cfg.resume else None
     if ck is not None:
-        state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
+        state = _load_state(ck / "state.pt")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, position = int(state["step"]), tuple(state["position"])
         _set_rng_state(state["rng"])
-        logger.info("resumed from %s (step %d)", ck, step)
+        if step >= cfg.steps:
+            say(
+                f"already at step {step} of {cfg.steps} in {out}: nothing to train "
+                "(a larger --steps continues, --no-resume starts over)"
+            )
+        else:
+            say(f"resuming from {ck} (step {step} of {cfg.steps})")
     if rank == 0:
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     ddp = None
@@ -309,7 +381,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, stop_at: int | N
             parts_sum = {"loss": 0.0, "global": 0.0, "region": 0.0, "hardneg": 0.0}
             for _ in range(cfg.grad_accum):
                 samples, position = next(batches)
-                batch = collate(samples, transform, tokenizer)
+                batch = collate(samples, transform, tokenizer, family=family.name, region_walk=region_walk)
                 batch = _to(batch, device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     parts = total_loss(
@@ -326,7 +398,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, stop_at: int | N
             sched.step()
             opt.zero_grad(set_to_none=True)
             with torch.no_grad():  # as in CLIP: temperatures stay within exp(4.6052) = 100
-                for p in (model.logit_scale, model.logit_scale_finegraind, model.logit_scale_hardneg):
+                for p in _temperatures(model):
                     p.clamp_(0, math.log(100))
             step += 1
             record: dict[str, Any] = {
@@ -337,8 +409,11 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, stop_at: int | N
             }
             if rank == 0 and heldout and (step % cfg.eval_every == 0 or step == cfg.steps):
                 model.eval()
-                record["eval"] = evaluate_heldout(model, heldout, transform, tokenizer, device)
+                record["eval"] = evaluate_heldout(
+                    model, heldout, transform, tokenizer, device, family=family.name, region_walk=region_walk
+                )
                 model.train()
+                say(f"step {step} held-out: " + ", ".join(f"{k} {v:.3f}" for k, v in record["eval"].items()))
             if log is not None and (step % cfg.log_every == 0 or "eval" in record or step == cfg.steps):
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -350,7 +425,12 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, stop_at: int | N
                 return out
         if rank == 0:
             model.eval()
-            save_model(model, out, spec, extra={"trained_with": cfg.to_dict(), "steps": step})
+            extra: dict[str, Any] = {"trained_with": cfg.to_dict(), "steps": step}
+            if cfg.init == "tiny":
+                extra["source"] = "fgsearch train --init tiny (a fresh tiny model)"
+            save_model(model, out, spec, extra=extra)
+            # the weights get the same permissions as the JSON files beside them (umask), not 0600
+            os.chmod(out / "model.safetensors", (out / "config.json").stat().st_mode & 0o777)
             if stream.stats.bad:
                 logger.warning("%d bad records skipped; first: %s", stream.stats.bad, stream.stats.reasons[:3])
     finally:

@@ -6,6 +6,12 @@
 * hard negatives (weight 0.5): per box, cross-entropy over [positive, negatives...] with
   ``logit_scale_hardneg``.
 
+FG-CLIP 2 checkpoints train with the same three terms and two differences: the global term is
+SigLIP's pairwise sigmoid loss with the model's ``logit_scale`` and ``logit_bias`` (the calibration
+its scores are read with), and the region and hard-negative terms use ``logit_scale`` (the model has
+no separate temperatures); region texts and hard negatives go through its box walk. The paper's
+other stage-2 terms (its textual intra-modal and dense-alignment losses) are not implemented.
+
 Features are L2-normalised here. Under ``torch.distributed`` the contrastive losses gather
 features from every rank WITH gradients (each rank scores its own rows against all columns);
 with world size 1 nothing is gathered.
@@ -105,6 +111,27 @@ def global_loss(image: Tensor, long_text: Tensor, short_text: Tensor, logit_scal
     return symmetric_infonce(image, long_text, logit_scale) + symmetric_infonce(image, short_text, logit_scale)
 
 
+def sigmoid_pair_loss(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
+    """SigLIP's loss: every (a_i, b_j) pair is a binary decision, positive when i == j, with logits
+    ``exp(logit_scale) * cos + logit_bias``; summed over the gathered columns, averaged over rows."""
+    a = F.normalize(a.float(), dim=-1)
+    gb = gather_with_grad(F.normalize(b.float(), dim=-1))
+    logits = logit_scale.float().exp() * a @ gb.T + logit_bias.float()
+    sign = -torch.ones_like(logits)
+    rows = torch.arange(a.shape[0], device=a.device)
+    sign[rows, rows + _offset(a.shape[0])] = 1.0
+    return -F.logsigmoid(sign * logits).sum() / max(1, a.shape[0])
+
+
+def sigmoid_global_loss(
+    image: Tensor, long_text: Tensor, short_text: Tensor, logit_scale: Tensor, logit_bias: Tensor
+) -> Tensor:
+    """FG-CLIP 2's global term: images against long captions plus images against short captions."""
+    return sigmoid_pair_loss(image, long_text, logit_scale, logit_bias) + sigmoid_pair_loss(
+        image, short_text, logit_scale, logit_bias
+    )
+
+
 def region_loss(regions: Tensor, texts: Tensor, logit_scale: Tensor) -> Tensor:
     return symmetric_infonce(regions, texts, logit_scale)
 
@@ -132,18 +159,27 @@ def total_loss(
     ddp: torch.nn.Module | None = None,
     weights: tuple[float, float] = (REGION_WEIGHT, HARDNEG_WEIGHT),
 ) -> LossParts:
-    """Forward ``model`` (an FGCLIP; through its DDP wrapper when given) and combine the enabled losses."""
-    m = model
+    """Forward ``model`` (FG-CLIP or FG-CLIP 2; through its DDP wrapper when given) and combine the
+    enabled losses."""
+    m: Any = model
     out = ddp(batch) if ddp is not None else forward_features(m, batch)
     zero = out["image"].new_zeros(())
-    g = global_loss(out["image"], out["long"], out["short"], m.logit_scale) if "global" in losses else zero
+    sigmoid = batch.get("family") == "fgclip2"  # FG-CLIP 2: sigmoid global loss, one temperature
+    g = zero
+    if "global" in losses:
+        g = (
+            sigmoid_global_loss(out["image"], out["long"], out["short"], m.logit_scale, m.logit_bias)
+            if sigmoid
+            else global_loss(out["image"], out["long"], out["short"], m.logit_scale)
+        )
     r = zero
     has_regions = _any_rows(out["regions"].shape[0])
     if "region" in losses and has_regions:
-        r = region_loss(out["regions"], out["region_text"], m.logit_scale_finegraind)
+        r = region_loss(out["regions"], out["region_text"], m.logit_scale if sigmoid else m.logit_scale_finegraind)
     h = zero
     if "hardneg" in losses and out.get("hard_text") is not None and out["hard_text"].shape[0]:
-        h = hardneg_loss(out["regions"][batch["hard_index"]], out["hard_text"], m.logit_scale_hardneg)
+        scale = m.logit_scale if sigmoid else m.logit_scale_hardneg
+        h = hardneg_loss(out["regions"][batch["hard_index"]], out["hard_text"], scale)
     total = g + weights[0] * r + weights[1] * h
     return LossParts(total, float(g.detach()), float(r.detach()), float(h.detach()))
 
@@ -159,26 +195,35 @@ def _any_rows(local: int) -> bool:
     return int(t.item()) > 0
 
 
+def image_features(model: torch.nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
+    """Global ``[B, P]`` and region ``[sum K_i, P]`` vectors from one pass, through the model's family."""
+    from fgsearch.model import ImageBatch, get_family
+
+    fam = get_family(batch.get("family", "fgclip"))
+    images = ImageBatch(pixels=batch["pixel_values"], shapes=batch["spatial_shapes"], mask=batch.get("pixel_mask"))
+    image, maps = fam.encode_image_and_dense(model, images)
+    return image, fam.encode_regions(model, maps, batch["boxes"])
+
+
 def forward_features(model: torch.nn.Module, batch: dict) -> dict[str, Tensor]:
     """Every feature the losses need, from one pass per tower input."""
     from fgsearch.model import TextPath
 
-    img = model.encode_image_and_regions(batch["pixel_values"], batch["boxes"])
+    image, regions = image_features(model, batch)
+    walk = batch.get("region_walk", TextPath.SHORT)
     out = {
-        "image": img.image,
-        "regions": img.regions,
+        "image": image,
+        "regions": regions,
         "long": model.encode_text(batch["long_ids"], TextPath.LONG),
         "short": model.encode_text(batch["short_ids"], TextPath.SHORT),
     }
-    p = img.image.shape[-1]
+    p = image.shape[-1]
     out["region_text"] = (
-        model.encode_text(batch["region_ids"], TextPath.SHORT)
-        if batch.get("region_ids") is not None
-        else img.image.new_zeros((0, p))
+        model.encode_text(batch["region_ids"], walk) if batch.get("region_ids") is not None else image.new_zeros((0, p))
     )
     if batch.get("hard_ids") is not None:
         k = batch["hard_k"]
-        out["hard_text"] = model.encode_text(batch["hard_ids"], TextPath.SHORT).reshape(-1, k, p)
+        out["hard_text"] = model.encode_text(batch["hard_ids"], walk).reshape(-1, k, p)
     return out
 
 

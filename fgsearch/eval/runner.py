@@ -9,7 +9,8 @@ vector. The library never prints: progress is reported through an optional callb
 Text paths follow the reference evaluation scripts: MSCOCO, Flickr30K, FG-OVD and box
 classification use the short path (77 tokens, longer captions truncated); DCI, ShareGPT4V-1k and
 Urban-1K use the long path (248 tokens). FineShapes uses the long path for its long captions and
-the short path for region expressions, as in training.
+the short path for region expressions, as in training. Region expressions (FG-OVD, box
+classification, FineShapes regions) take the family's box walk where it has one (FG-CLIP 2).
 """
 
 from __future__ import annotations
@@ -191,7 +192,12 @@ def _report(progress: ProgressFn | None, stage: str, done: int, total: int) -> N
         progress(stage, done, total)
 
 
-def _load_pixels(enc: Encoder, paths: Sequence[Path]) -> np.ndarray:
+def _region_path(enc: Encoder) -> str:
+    """The walk for region expressions: the family's box walk, else the short path."""
+    return "box" if "box" in enc.family.walks else SHORT
+
+
+def _load_pixels(enc: Encoder, paths: Sequence[Path]) -> Any:
     from PIL import Image
 
     arrays = []
@@ -199,10 +205,10 @@ def _load_pixels(enc: Encoder, paths: Sequence[Path]) -> np.ndarray:
         try:
             with Image.open(p) as im:
                 im.load()
-                arrays.append(enc.transform.to_array(im))
+                arrays.append(enc.transform.item(im))
         except (OSError, ValueError, Image.DecompressionBombError, FgsearchError) as e:
             raise DataError(f"cannot read evaluation image {p} ({e}); re-download the dataset's images") from e
-    return np.stack(arrays)
+    return enc.transform.collate(arrays)
 
 
 def encode_images(
@@ -224,7 +230,7 @@ def encode_images(
     regions: list[np.ndarray] = []
     _report(progress, stage, 0, len(paths))
     with ThreadPoolExecutor(max_workers=1) as pool:
-        nxt: Future[np.ndarray] | None = pool.submit(_load_pixels, enc, paths[:batch_size]) if starts else None
+        nxt: Future[Any] | None = pool.submit(_load_pixels, enc, paths[:batch_size]) if starts else None
         for k, s in enumerate(starts):
             assert nxt is not None
             pv = nxt.result()
@@ -326,7 +332,7 @@ def score_regions(
         raise DataError(f"{data.name}: no region has hard negatives ({data.source})")
     _, region = _region_vectors(enc, data.images, [(it.image, it.box) for it in items], batch_size, progress)
     texts, _ = _unique([t for it in items for t in (it.positive, *it.negatives)])
-    tvec, truncated = encode_texts(enc, texts, SHORT, max(batch_size, 64), progress)
+    tvec, truncated = encode_texts(enc, texts, _region_path(enc), max(batch_size, 64), progress)
     tindex = {t: i for i, t in enumerate(texts)}
     metrics = {"hardneg_acc": _hardneg(region, items, tvec, tindex)}
     subsets = sorted({it.subset for it in items})
@@ -343,7 +349,7 @@ def class_embeddings(
 ) -> tuple[np.ndarray, int]:
     """One L2-normalised vector per class: the mean of its normalised prompt vectors (short path)."""
     prompts = [t.format(c) for c in class_names for t in templates]
-    vec, truncated = encode_texts(enc, prompts, SHORT, batch_size)
+    vec, truncated = encode_texts(enc, prompts, _region_path(enc), batch_size)
     mean = vec.reshape(len(class_names), len(templates), -1).mean(axis=1)
     return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12), truncated
 
@@ -388,7 +394,7 @@ def score_fineshapes(
     sizes: dict[str, Any] = {"images": len(r.images), "captions": len(r.texts), "regions": len(items)}
     if items:
         texts, _ = _unique([t for it in items for t in (it.positive, *it.negatives)])
-        tvec, trunc_short = encode_texts(enc, texts, SHORT, max(batch_size, 64), progress, "region texts")
+        tvec, trunc_short = encode_texts(enc, texts, _region_path(enc), max(batch_size, 64), progress, "region texts")
         tindex = {t: i for i, t in enumerate(texts)}
         hard = [k for k, it in enumerate(items) if it.negatives]
         if hard:
@@ -407,7 +413,12 @@ def _model_record(enc: Encoder) -> dict[str, Any]:
     from fgsearch.model import checkpoint_fingerprint
 
     spec = enc.spec
-    rec: dict[str, Any] = {"name": spec.name, "source": spec.source, "image_size": list(enc.transform.image_size)}
+    rec: dict[str, Any] = {
+        "name": spec.name,
+        "source": spec.source,
+        "family": enc.family.name,
+        "image_size": list(enc.transform.image_size or ()),  # FG-CLIP 2: none (NaFlex keeps each image's shape)
+    }
     if spec.local_dir:
         try:
             rec["fingerprint"] = checkpoint_fingerprint(Path(spec.local_dir))

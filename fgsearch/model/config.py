@@ -40,6 +40,21 @@ _VISION_DEFAULTS: dict[str, Any] = {
 SUPPORTED_ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
 
+def check_towers(text: Any, vision: Any) -> None:
+    """Heads divide the width and the activation is one we implement, for both towers of any family."""
+    for name, tower in (("text", text), ("vision", vision)):
+        if tower.hidden_size % tower.num_attention_heads:
+            raise CheckpointError(
+                f"{name} hidden_size {tower.hidden_size} is not divisible by "
+                f"num_attention_heads {tower.num_attention_heads}"
+            )
+        if tower.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise CheckpointError(
+                f"{name} hidden_act {tower.hidden_act!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})"
+            )
+
+
 @dataclass(frozen=True)
 class TextConfig:
     """Text tower. ``long_positions`` rows in the two long tables; the first ``long_keep`` come
@@ -95,17 +110,7 @@ class FGCLIPConfig:
     logit_scale_init_value: float = 2.6592
 
     def __post_init__(self) -> None:
-        for name, tower in (("text", self.text), ("vision", self.vision)):
-            if tower.hidden_size % tower.num_attention_heads:
-                raise CheckpointError(
-                    f"{name} hidden_size {tower.hidden_size} is not divisible by "
-                    f"num_attention_heads {tower.num_attention_heads}"
-                )
-            if tower.hidden_act not in SUPPORTED_ACTIVATIONS:
-                raise CheckpointError(
-                    f"{name} hidden_act {tower.hidden_act!r} is not supported "
-                    f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})"
-                )
+        check_towers(self.text, self.vision)
         if min(self.vision.grid) < 1:
             raise CheckpointError(
                 f"image size {self.vision.image_size} is smaller than the patch size {self.vision.patch_size}"

@@ -1,8 +1,9 @@
 """Inference wrapper: device choice, batching, mixed precision and L2-normalised numpy outputs.
 
-This is what indexing, query and evaluation use. The model is put in eval mode and run under
-``torch.inference_mode``; on CUDA the towers run in bf16 autocast (the authors saw fp16 NaNs),
-region pooling always runs in float32.
+This is what indexing, query and evaluation use. It talks to the model through its family
+(:mod:`fgsearch.model.family`) only, so FG-CLIP and FG-CLIP 2 go through the same code. The model is
+put in eval mode and run under ``torch.inference_mode``; on CUDA the towers run in bf16 autocast
+(the authors saw fp16 NaNs), region pooling always runs in float32.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fgsearch.errors import InputError
+from fgsearch.model.batch import ImageBatch
+from fgsearch.model.family import ScoreCalibration, get_family
 from fgsearch.model.fgclip import TextPath
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from fgsearch.model.fgclip import FGCLIP
     from fgsearch.model.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -67,16 +69,17 @@ class EncodedImages:
 class Encoder:
     """A loaded model ready for inference. ``Encoder.load("fg-clip-base")`` downloads on first use."""
 
-    def __init__(self, model: FGCLIP, spec: ModelSpec, device: str | Any = "auto", precision: str = "auto") -> None:
+    def __init__(
+        self, model: torch.nn.Module, spec: ModelSpec, device: str | Any = "auto", precision: str = "auto"
+    ) -> None:
         import torch
-
-        from fgsearch.model.tokenizer import Tokenizer
 
         self.device = resolve_device(device)
         self.model = model.eval().requires_grad_(False).to(self.device)
         self.spec = spec
-        self.transform = spec.transform
-        self.tokenizer = Tokenizer(short_length=spec.short_length, long_length=spec.long_length)
+        self.family = get_family(spec.family or "fgclip")
+        self.transform = self.family.transform(spec)
+        self.tokenizer = self.family.tokenizer(spec)
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         if precision not in ("bf16", "fp32"):
@@ -99,7 +102,12 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return self.model.config.projection_dim
+        return self.family.embed_dim(self.model)
+
+    @property
+    def calibration(self) -> ScoreCalibration | None:
+        """The family's own probability for a cosine (FG-CLIP 2: sigmoid with its learned bias)."""
+        return self.family.calibration(self.model)
 
     @contextlib.contextmanager
     def _ctx(self) -> Iterator[None]:
@@ -112,67 +120,82 @@ class Encoder:
                 yield
 
     # ---- images ----------------------------------------------------------------------------
-    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.transform.batch(images)
+    def preprocess(self, images: Sequence[Image.Image]) -> ImageBatch | np.ndarray:
+        """Images -> what :meth:`encode_pixels` takes: FG-CLIP ``[B, 3, H, W]``; FG-CLIP 2 an
+        :class:`ImageBatch` where each image is prepared on its own (its own patch budget)."""
+        return self.transform.prepare(images)
+
+    def _batch(self, pixel_values: ImageBatch | np.ndarray | torch.Tensor) -> ImageBatch:
+        batch = pixel_values if isinstance(pixel_values, ImageBatch) else self.transform.as_batch(pixel_values)
+        return batch.to(self.device)
 
     def encode_pixels(
-        self, pixel_values: np.ndarray | torch.Tensor, boxes: Sequence[np.ndarray] | None = None, normalize: bool = True
+        self,
+        pixel_values: ImageBatch | np.ndarray | torch.Tensor,
+        boxes: Sequence[np.ndarray] | None = None,
+        normalize: bool = True,
     ) -> EncodedImages:
-        """Preprocessed ``[B, 3, H, W]`` -> global + region vectors from one forward pass."""
-        torch = self._torch
-        pv = torch.as_tensor(pixel_values).to(self.device, non_blocking=True)
-        with self._ctx():
-            if boxes is None:
-                image = self.model.encode_image(pv).float()
-                regions = image.new_zeros((0, image.shape[-1]))
-                counts = [0] * len(pv)
-            else:
-                if len(boxes) != len(pv):
-                    raise InputError(f"got box lists for {len(boxes)} images but {len(pv)} images")
-                tb = [torch.as_tensor(np.asarray(b, np.float32).reshape(-1, 4)) for b in boxes]
-                out = self.model.encode_image_and_regions(pv, tb)
-                image, regions = out.image.float(), out.regions.float()
-                counts = [len(b) for b in tb]
-        img = image.cpu().numpy()
-        reg = regions.cpu().numpy()
-        if normalize:
-            img, reg = _normalize(img), _normalize(reg)
-        split = np.split(reg, np.cumsum(counts)[:-1]) if counts else []
-        return EncodedImages(image=img, regions=list(split))
+        """A preprocessed batch (FG-CLIP also takes ``[B, 3, H, W]``) -> global + region vectors
+        from one forward pass. ``boxes[i]``: normalised ``x1, y1, x2, y2`` rows for image i."""
+        batch = self._batch(pixel_values)
+        if boxes is not None and len(boxes) != len(batch):
+            raise InputError(f"got box lists for {len(boxes)} images but {len(batch)} images")
+        if boxes is None:
+            with self._ctx():
+                image = self.family.encode_image(self.model, batch).float()
+            return self._result(image, [], [0] * len(batch), normalize)
+        image, maps = self._image_and_maps(batch)
+        return self._with_regions(image, maps, list(boxes), normalize)[0]
 
     def encode_proposed(
         self,
-        pixel_values: np.ndarray | torch.Tensor,
-        propose: Callable[[torch.Tensor], Sequence[np.ndarray | torch.Tensor]],
+        pixel_values: ImageBatch | np.ndarray | torch.Tensor,
+        propose: Callable[[Any], Sequence[np.ndarray | torch.Tensor]],
         normalize: bool = True,
     ) -> tuple[EncodedImages, list[np.ndarray]]:
         """One forward pass where the boxes come from the images' own dense maps.
 
-        ``propose(dense)`` gets the batch's dense maps ``[B, h, w, P]`` (float32, on the model's
-        device) and returns each image's boxes ``[K_i, 4]`` (normalised x1, y1, x2, y2; numpy or
-        tensors on any device). Returns the vectors and the boxes used (numpy).
+        ``propose(dense)`` gets dense maps ``[B', h, w, P]`` (float32, on the model's device) of
+        images that share one grid and returns each image's boxes ``[K_i, 4]`` (normalised x1, y1,
+        x2, y2; numpy or tensors on any device). Images of different grids (FG-CLIP 2) are proposed
+        for group by group, in image order within a group. Returns the vectors and the boxes used.
         """
-        torch = self._torch
-        pv = torch.as_tensor(pixel_values).to(self.device, non_blocking=True)
-        m = self.model
+        image, maps = self._image_and_maps(self._batch(pixel_values))
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, m in enumerate(maps):
+            groups.setdefault(tuple(m.shape), []).append(i)
+        proposed: list[Any] = [None] * len(maps)
+        with self._torch.inference_mode():
+            for idx in groups.values():
+                got = propose(self._torch.stack([maps[i] for i in idx]))
+                if len(got) != len(idx):
+                    raise InputError(f"the proposer returned box lists for {len(got)} images, not {len(idx)}")
+                for i, b in zip(idx, got, strict=True):
+                    proposed[i] = b
+        return self._with_regions(image, maps, proposed, normalize)
+
+    def _image_and_maps(self, batch: ImageBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Global vectors and float32 dense maps ``[h_i, w_i, P]`` from one pass."""
         with self._ctx():
-            cls, dense = m.vision_model.last_layer(m.vision_model.trunk(pv), True, True)
-            assert cls is not None and dense is not None
-            image = m.visual_projection(cls).float()
-            dmap = m._dense_grid(m.visual_projection(dense)).float()
+            image, maps = self.family.encode_image_and_dense(self.model, batch)
+        return image.float(), [m.float() for m in maps]
+
+    def _with_regions(
+        self, image: torch.Tensor, maps: list[torch.Tensor], boxes: list[Any], normalize: bool
+    ) -> tuple[EncodedImages, list[np.ndarray]]:
+        torch = self._torch
         with torch.inference_mode():
-            proposed = propose(dmap)
-            if len(proposed) != len(dmap):
-                raise InputError(f"the proposer returned box lists for {len(proposed)} images, not {len(dmap)}")
-            tb = [torch.as_tensor(b, dtype=torch.float32).to(self.device).reshape(-1, 4) for b in proposed]
-            regions = m.encode_regions(dmap, tb)
+            tb = [torch.as_tensor(b, dtype=torch.float32).to(self.device).reshape(-1, 4) for b in boxes]
+            regions = self.family.encode_regions(self.model, maps, tb)
+        out = [b.cpu().numpy() for b in tb]
+        return self._result(image, regions, [len(b) for b in out], normalize), out
+
+    def _result(self, image: torch.Tensor, regions: Any, counts: list[int], normalize: bool) -> EncodedImages:
         img = image.cpu().numpy()
-        reg = regions.cpu().numpy()
-        boxes = [b.cpu().numpy() for b in tb]
+        reg = regions.cpu().numpy() if sum(counts) else np.zeros((0, img.shape[-1]), np.float32)
         if normalize:
             img, reg = _normalize(img), _normalize(reg)
-        counts = [len(b) for b in boxes]
-        return EncodedImages(image=img, regions=list(np.split(reg, np.cumsum(counts)[:-1]))), boxes
+        return EncodedImages(image=img, regions=list(np.split(reg, np.cumsum(counts)[:-1])) if counts else [])
 
     def encode_images(
         self,
@@ -196,8 +219,12 @@ class Encoder:
 
     # ---- text ------------------------------------------------------------------------------
     def text_path(self, text: str) -> TextPath:
-        """The documented short/long rule (see :meth:`Tokenizer.choose_path`)."""
+        """The documented short/long rule (see the family's tokenizer ``choose_path``)."""
         return self.tokenizer.choose_path(text)
+
+    def region_walk(self, text: str) -> TextPath:
+        """The walk for matching a text against REGIONS (FG-CLIP 2: the box walk for short texts)."""
+        return self.family.region_walk(self.tokenizer, text)
 
     def encode_texts(
         self, texts: Sequence[str], path: TextPath | str | None = None, batch_size: int = 64, normalize: bool = True
@@ -207,7 +234,11 @@ class Encoder:
             texts = [texts]
         out = np.zeros((len(texts), self.dim), np.float32)
         paths = [TextPath(path) if path is not None else self.text_path(t) for t in texts]
-        for p in (TextPath.SHORT, TextPath.LONG):
+        for bad in {p for p in paths if p.value not in self.family.walks}:
+            raise InputError(
+                f"the {self.family.name} family has no {bad.value!r} text walk ({', '.join(self.family.walks)})"
+            )
+        for p in (TextPath.SHORT, TextPath.BOX, TextPath.LONG):
             idx = [i for i, q in enumerate(paths) if q is p]
             if not idx:
                 continue
@@ -217,6 +248,6 @@ class Encoder:
                 chunk = idx[s : s + batch_size]
                 ids = self.tokenizer([texts[i] for i in chunk], p).to(self.device)
                 with self._ctx():
-                    feats = self.model.encode_text(ids, p).float().cpu().numpy()
+                    feats = self.family.encode_text(self.model, ids, p).float().cpu().numpy()
                 out[chunk] = feats
         return _normalize(out) if normalize else out

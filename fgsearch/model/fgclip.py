@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from fgsearch.errors import InputError
 from fgsearch.model.config import FGCLIPConfig, TextConfig, VisionConfig
+from fgsearch.model.roi import roi_pool
 
 
 class TextPath(str, enum.Enum):
@@ -37,11 +38,13 @@ class TextPath(str, enum.Enum):
     ``SHORT``: at most 77 tokens, ``position_embedding`` + ``text_projection`` (CLIP's own path;
     FG-CLIP uses it for short captions and region texts). ``LONG``: at most 248 tokens, rows
     0-19 of ``position_embedding_ori`` and 20-247 of ``position_embedding_res`` +
-    ``text_filip_projection`` (FG-CLIP's long-caption path).
+    ``text_filip_projection`` (FG-CLIP's long-caption path). ``BOX``: FG-CLIP 2's walk for region
+    expressions; a family that has no such walk rejects it.
     """
 
     SHORT = "short"
     LONG = "long"
+    BOX = "box"  # FG-CLIP 2 only: region ("box") expressions, its own head over the short positions
 
 
 def _activation(name: str) -> nn.Module:
@@ -78,12 +81,14 @@ class Attention(nn.Module):
         b, n, d = x.shape
         return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
-    def attend(self, q_in: Tensor, kv_in: Tensor, v: Tensor | None = None, causal: bool = False) -> Tensor:
+    def attend(
+        self, q_in: Tensor, kv_in: Tensor, v: Tensor | None = None, causal: bool = False, mask: Tensor | None = None
+    ) -> Tensor:
         """Attention of ``q_in`` tokens over ``kv_in`` tokens; ``v`` may be passed precomputed."""
         q = self._split(self.q_proj(q_in))
         k = self._split(self.k_proj(kv_in))
         v = self._split(self.v_proj(kv_in) if v is None else v)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
@@ -108,11 +113,12 @@ class Attention(nn.Module):
             self._fused_cache = cached
         return cached[1], cached[2]
 
-    def forward(self, x: Tensor, causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, causal: bool = False, mask: Tensor | None = None) -> Tensor:
+        """``mask``: optional boolean ``[B, 1, 1, N]`` (True = a key that may be attended)."""
         # self-attention: one fused q/k/v matmul (the parameters stay separate, as checkpoints store them)
         w, bias = self._fused_qkv()
         q, k, v = (self._split(t) for t in F.linear(x, w, bias).chunk(3, dim=-1))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
@@ -138,8 +144,8 @@ class EncoderLayer(nn.Module):
         self.mlp = MLP(dim, hidden, act)
         self.layer_norm2 = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, x: Tensor, causal: bool = False) -> Tensor:
-        x = x + self.self_attn(self.layer_norm1(x), causal=causal)
+    def forward(self, x: Tensor, causal: bool = False, mask: Tensor | None = None) -> Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), causal=causal, mask=mask)
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -155,17 +161,20 @@ class LayerStack(nn.Module):
 
 
 class TextEmbeddings(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
+    """Tokens, the short position table, and the two long tables (FG-CLIP and FG-CLIP 2 alike)."""
+
+    def __init__(self, vocab_size: int, width: int, short_positions: int, long_positions: int, long_keep: int) -> None:
         super().__init__()
-        self.long_keep = cfg.long_keep
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.position_embedding_ori = nn.Embedding(cfg.long_positions, cfg.hidden_size)
-        self.position_embedding_res = nn.Embedding(cfg.long_positions, cfg.hidden_size)
+        self.long_keep = long_keep
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.position_embedding = nn.Embedding(short_positions, width)
+        self.position_embedding_ori = nn.Embedding(long_positions, width)
+        self.position_embedding_res = nn.Embedding(long_positions, width)
 
     def positions(self, n: int, path: TextPath) -> Tensor:
-        """The ``[n, D]`` position rows the given path adds to its first n tokens."""
-        if path is TextPath.SHORT:
+        """The ``[n, D]`` position rows the given path adds to its first n tokens (short and box
+        walks: the short table; long: ``position_embedding_ori`` below ``long_keep``, then ``_res``)."""
+        if path is not TextPath.LONG:
             return self.position_embedding.weight[:n]
         keep = min(n, self.long_keep)
         return torch.cat([self.position_embedding_ori.weight[:keep], self.position_embedding_res.weight[keep:n]])
@@ -175,7 +184,9 @@ class TextTransformer(nn.Module):
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embeddings = TextEmbeddings(cfg)
+        self.embeddings = TextEmbeddings(
+            cfg.vocab_size, cfg.hidden_size, cfg.max_position_embeddings, cfg.long_positions, cfg.long_keep
+        )
         self.encoder = LayerStack(cfg)
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
@@ -318,21 +329,9 @@ class FGCLIP(nn.Module):
 
         ``boxes[i]`` is a ``[K_i, 4]`` tensor of NORMALISED ``x1, y1, x2, y2`` in ``[0, 1]`` for image i.
         """
-        from torchvision.ops import roi_align
-
         if len(boxes) != dense.shape[0]:
             raise InputError(f"got box lists for {len(boxes)} images but {dense.shape[0]} images")
-        _, gh, gw, p = dense.shape
-        scale = torch.tensor([gw, gh, gw, gh], dtype=torch.float32, device=dense.device)
-        fm_boxes = []
-        for bx in boxes:
-            bx = torch.as_tensor(bx, dtype=torch.float32, device=dense.device).reshape(-1, 4)
-            fm_boxes.append(bx * scale)
-        if sum(len(bx) for bx in fm_boxes) == 0:
-            return dense.new_zeros((0, p), dtype=torch.float32)
-        fmap = dense.permute(0, 3, 1, 2).float()
-        out = roi_align(fmap, fm_boxes, output_size=(1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        return out[:, :, 0, 0]
+        return roi_pool(list(dense), boxes)
 
     def encode_image_and_regions(self, pixel_values: Tensor, boxes: Sequence[Tensor] | None = None) -> ImageFeatures:
         """Global, dense and region vectors from one pass through the vision tower."""
@@ -354,6 +353,8 @@ class FGCLIP(nn.Module):
     def encode_text(self, input_ids: Tensor, path: TextPath | str) -> Tensor:
         """Text vectors ``[B, P]`` from token ids ``[B, L]`` (L <= 77 short, <= 248 long)."""
         path = TextPath(path)
+        if path is TextPath.BOX:
+            raise InputError("FG-CLIP (v1) has no box text walk; use the short or long path")
         limit = self.max_tokens(path)
         if input_ids.ndim != 2 or input_ids.shape[1] > limit:
             raise InputError(f"the {path.value} text path takes [B, <= {limit}] token ids, got {list(input_ids.shape)}")

@@ -12,17 +12,17 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fgsearch.errors import CheckpointError, ModelNotFoundError
 from fgsearch.model.config import FGCLIPConfig
+from fgsearch.model.family import ModelFamily, family_for_config, get_family, read_json
 from fgsearch.model.registry import REGISTRY, ModelSpec
 
 if TYPE_CHECKING:
     import torch
-
-    from fgsearch.model.fgclip import FGCLIP
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,13 @@ def _download(spec: ModelSpec, *, download: bool) -> Path:
     from huggingface_hub import snapshot_download
 
     kw: dict[str, Any] = {"repo_id": spec.hub_id, "revision": spec.revision}
-    base = ["config.json", "preprocessor_config.json"]
+    base = [
+        "config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ]
     attempts = [
         [*base, "*.safetensors", "model.safetensors.index.json"],
         [*base, "pytorch_model*.bin", "*.bin.index.json"],
@@ -82,16 +88,25 @@ def _download(spec: ModelSpec, *, download: bool) -> Path:
             continue
         if _weight_files(path, required=False):
             return path
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or not download
+    env_offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     reason = f"{type(last_error).__name__}: {last_error}" if last_error else "no weight files in the repo"
     from huggingface_hub.constants import HF_HUB_CACHE
 
+    state = " and HF_HUB_OFFLINE is set" if env_offline else (" and could not be downloaded" if download else "")
     raise ModelNotFoundError(
-        f"model {spec.name} ({spec.hub_id}) is not in the Hugging Face cache ({HF_HUB_CACHE})"
-        + (" and HF_HUB_OFFLINE is set" if offline else " and could not be downloaded")
-        + f" [{reason.splitlines()[0][:200]}]; connect once to download it (unset HF_HUB_OFFLINE), "
-        "or pass --model PATH to a local checkpoint directory (config.json + model.safetensors)"
+        f"model {spec.name} ({spec.hub_id}) is not in the Hugging Face cache ({HF_HUB_CACHE}){state} "
+        f"[{_first_sentence(reason)}]; connect once to download it"
+        + (" (unset HF_HUB_OFFLINE)" if env_offline else "")
+        + ", pass --model PATH to a local checkpoint directory (config.json + model.safetensors), "
+        "or work offline with the small shipped model: --model demo (`fgsearch demo` shows it)"
     )
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of an error text (whole: never cut mid-sentence), on one line."""
+    line = next((x.strip() for x in text.splitlines() if x.strip()), "")
+    end = re.search(r"[.!?](\s|$)", line)
+    return line[: end.start() + 1] if end else line
 
 
 def is_cached(spec: ModelSpec) -> bool:
@@ -149,18 +164,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_config(path: Path) -> tuple[FGCLIPConfig, dict[str, Any]]:
-    cfg_file = path / "config.json"
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{cfg_file} is missing") from e
-    except ValueError as e:
-        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+    raw = read_json(path / "config.json")
     return FGCLIPConfig.from_hf_dict(raw), raw
 
 
-def _preprocessing(path: Path, spec: ModelSpec, cfg: FGCLIPConfig) -> ModelSpec:
-    """Fill the spec's preprocessing from the checkpoint (our fgsearch.json, else HF processor config)."""
+def clip_preprocessing(path: Path, spec: ModelSpec, cfg: FGCLIPConfig) -> ModelSpec:
+    """FG-CLIP (v1): fill the spec's preprocessing from the checkpoint (our fgsearch.json, else the HF
+    processor config)."""
     changes: dict[str, Any] = {}
     meta = path / FGSEARCH_META
     proc = path / "preprocessor_config.json"
@@ -183,6 +193,7 @@ def _preprocessing(path: Path, spec: ModelSpec, cfg: FGCLIPConfig) -> ModelSpec:
             cfg.vision.image_size,
         )
     changes["image_size"] = tuple(cfg.vision.image_size)
+    changes["patch_size"] = cfg.vision.patch_size
     changes["short_length"] = cfg.text.max_position_embeddings
     changes["long_length"] = cfg.text.long_positions
     return spec.resolved(**changes)
@@ -204,24 +215,36 @@ def checkpoint_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def read_family_config(path: Path, spec: ModelSpec) -> tuple[ModelFamily, Any, dict[str, Any]]:
+    """The checkpoint's family (the registry's, else from ``model_type``), its config and the raw dict."""
+    cfg_file = path / "config.json"
+    raw = read_json(cfg_file)
+    found = family_for_config(raw, str(cfg_file))
+    if spec.family is not None and get_family(spec.family) is not found:
+        raise CheckpointError(
+            f"model {spec.name} is registered as family {spec.family!r} but {cfg_file} is a {found.name!r} "
+            "checkpoint; pass the directory with --model PATH instead"
+        )
+    return found, found.read_config(raw), raw
+
+
 def load_model(
     model: str | os.PathLike[str] = "fg-clip-base", *, device: str | torch.device = "cpu", download: bool = True
-) -> tuple[FGCLIP, ModelSpec]:
+) -> tuple[torch.nn.Module, ModelSpec]:
     """Load a model by registry name, ``hf-hub:`` id or directory -> (model in eval mode, resolved spec).
 
+    The family (FG-CLIP or FG-CLIP 2) comes from the registry or the checkpoint's ``model_type``.
     Unknown or missing parameter names are an error listing them (``*.position_ids`` buffers that
     older transformers versions saved are ignored). Weights are loaded as float32.
     """
     import torch
 
-    from fgsearch.model.fgclip import FGCLIP
-
     spec = resolve_spec(model)
     path = checkpoint_dir(spec, download=download)
-    cfg, _ = read_config(path)
+    family, cfg, _ = read_family_config(path, spec)
     state = {k: v for k, v in read_state_dict(path).items() if not k.endswith(IGNORED_KEY_SUFFIXES)}
     with torch.device("meta"):  # no random init: every parameter comes from the checkpoint
-        net = FGCLIP(cfg)
+        net = family.build(cfg)
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state))
     unknown = sorted(set(state) - set(expected))
@@ -230,7 +253,7 @@ def load_model(
         if "text_filip_projection.weight" in missing and "text_projection.weight" in state:
             hint = " This looks like a plain CLIP checkpoint: convert it with `fgsearch convert-clip SRC OUT`."
         raise CheckpointError(
-            f"checkpoint {path} does not match the FG-CLIP architecture in its config.json: "
+            f"checkpoint {path} does not match the {family.name} architecture in its config.json: "
             f"missing {_short_list(missing)}; unknown {_short_list(unknown)}.{hint}"
         )
     bad_shapes = [
@@ -242,8 +265,8 @@ def load_model(
         raise CheckpointError(f"checkpoint {path} has tensors of the wrong shape: {_short_list(bad_shapes)}")
     net.load_state_dict({k: v.to(torch.float32).contiguous() for k, v in state.items()}, assign=True)
     net.eval().requires_grad_(False).to(device)
-    spec = _preprocessing(path, spec, cfg).resolved(
-        local_dir=spec.local_dir or str(path), fingerprint=checkpoint_fingerprint(path)
+    spec = family.resolve_spec(path, spec, cfg).resolved(
+        family=family.name, local_dir=spec.local_dir or str(path), fingerprint=checkpoint_fingerprint(path)
     )
     return net, spec
 
@@ -256,7 +279,7 @@ def _short_list(items: list[str], n: int = 8) -> str:
 
 
 def save_model(
-    model: FGCLIP,
+    model: torch.nn.Module,
     out_dir: str | os.PathLike[str],
     spec: ModelSpec | None = None,
     *,
@@ -279,7 +302,9 @@ def save_model(
     tmp = out / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / "model.safetensors")
-    _write_json(out / "config.json", model.config.to_hf_dict())
+    cfg: Any = model.config
+    _write_json(out / "config.json", cfg.to_hf_dict())
+    family_for_config(cfg.to_hf_dict()).save_files(spec, out)
     meta: dict[str, Any] = {"preprocess": {}}
     if spec is not None:
         meta["preprocess"] = {"image_mean": list(spec.mean), "image_std": list(spec.std)}

@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from fgsearch.errors import ImageError
+from fgsearch.model.batch import ImageBatch, ImageItem
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,13 @@ class ImageTransform:
     image_size: tuple[int, int]  # (height, width) the model expects
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
+    patch_size: int | None = None  # for the dense grid of :meth:`item`; None: unknown (grid 0x0)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        if not self.patch_size:
+            return (0, 0)
+        return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
 
     def resize(self, image: Image.Image) -> Image.Image:
         """RGB image -> model-size RGB image (bicubic, whole frame, aspect not kept)."""
@@ -44,6 +53,22 @@ class ImageTransform:
         arr = np.asarray(rgb, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
         arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def item(self, image: Image.Image) -> ImageItem:
+        return ImageItem(pixels=self.to_array(image), shape=self.grid)
+
+    def collate(self, items: Sequence[ImageItem]) -> ImageBatch:
+        if not items:
+            return ImageBatch(pixels=self.batch([]), shapes=np.zeros((0, 2), np.int64))
+        return ImageBatch.stack(items)
+
+    def prepare(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Images for the model: ``[B, 3, H, W]``."""
+        return self.batch(images)
+
+    def as_batch(self, pixels: Any) -> ImageBatch:
+        """A ``[B, 3, H, W]`` array or tensor as a batch (every image has the same grid)."""
+        return ImageBatch(pixels=pixels, shapes=np.tile(np.asarray(self.grid, np.int64), (len(pixels), 1)))
 
     def batch(self, images: Sequence[Image.Image]) -> np.ndarray:
         """A list of Pillow images -> float32 ``[B, 3, H, W]``."""

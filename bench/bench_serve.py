@@ -1,0 +1,229 @@
+"""Throughput and latency of ``fgsearch serve`` under N concurrent clients on loopback.
+
+    python bench/bench_serve.py [--images 100000] [--regions-per-image 8] [--clients 1,8,32]
+                                [--duration 60] [--words 20] [--unbatched]
+
+The library is built once in --work by bench_query.py's builder: a real catalog with --images
+images and --regions-per-image boxes each, and FAISS indexes of synthetic clustered unit vectors
+(no image is embedded). The model is the fg-clip-base architecture with random weights (only the
+text tower runs). A real server process is started (``fgsearch serve`` through run_server) and,
+for each client count, that many threads in this process post --words-word queries back to back
+over keep-alive connections for --duration seconds. Printed per level: requests/s, p50/p95
+latency, errors, the server's anonymous RSS at the start and end of the level and its maximum, its
+file-backed RSS (memory-mapped vectors) at the end, and how many
+texts the server encoded per forward pass. As a yardstick measured in the same run, the same
+queries first go through ``run_search`` in this process (no HTTP, one at a time). --unbatched
+also runs every level against a server whose text batching is off (max_batch=1): the ratio shows
+what batching buys on this machine.
+The clients share the CPU with the server: on a 2-core machine that costs the server some time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+WORDS = (
+    "red ceramic mug left of an open silver laptop next to a potted cactus on a wooden desk under a window "
+    "with white curtains and a striped towel beside a blue bicycle leaning on a brick wall"
+).split()
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(anonymous, file-backed) resident MB: file pages are the memory-mapped vectors, which grow as
+    searches touch them and are bounded by the index files; anonymous memory is the process's own."""
+    out = {"RssAnon:": float("nan"), "RssFile:": float("nan")}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key = line.split(":")[0] + ":"
+            if key in out:
+                out[key] = int(line.split()[1]) / 1024
+    return out["RssAnon:"], out["RssFile:"]
+
+
+def start(lib_dir: Path, port: int, max_batch: int) -> subprocess.Popen[bytes]:
+    code = (
+        "from fgsearch.serve import run_server; from fgsearch.serve.engine import ServeSettings; "
+        f"run_server(ServeSettings(library={str(lib_dir)!r}, device='cpu', port={port}, max_batch={max_batch}))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/healthz")
+            if c.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def post(conn: http.client.HTTPConnection, body: dict) -> int:
+    conn.request("POST", "/api/search", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    resp.read()
+    return resp.status
+
+
+def server_stats(port: int) -> dict:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/api/status")
+    return json.loads(c.getresponse().read())["server"]
+
+
+def level(port: int, pid: int, clients: int, duration: float, words: int) -> dict:
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients  # HTTP statuses other than 200
+    timeouts = [0] * clients  # no answer within the client's 60 s (or the connection dropped)
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        rng = np.random.default_rng(1000 + i)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while not stop.is_set():
+            text = " ".join(rng.choice(WORDS, words))
+            t0 = time.perf_counter()
+            try:
+                status = post(conn, {"text": text, "k": 20})
+            except OSError:
+                timeouts[i] += 1
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                continue
+            if status == 200:
+                lat[i].append(time.perf_counter() - t0)
+            else:
+                errors[i] += 1
+
+    before = server_stats(port)
+    rss = [rss_mb(pid)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    while time.perf_counter() - t0 < duration:
+        time.sleep(1)
+        rss.append(rss_mb(pid))
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    after = server_stats(port)
+    flat = np.asarray([x for xs in lat for x in xs]) * 1000
+    texts = after["batched_texts"] - before["batched_texts"]
+    forwards = after["text_batches"] - before["text_batches"]
+    return {
+        "clients": clients,
+        "requests": len(flat),
+        "rps": len(flat) / elapsed,
+        "p50": float(np.percentile(flat, 50)) if len(flat) else float("nan"),
+        "p95": float(np.percentile(flat, 95)) if len(flat) else float("nan"),
+        "errors": sum(errors),
+        "timeouts": sum(timeouts),
+        "anon_start": rss[0][0],
+        "anon_end": rss[-1][0],
+        "anon_max": max(a for a, _ in rss),
+        "file_end": rss[-1][1],
+        "texts_per_forward": texts / forwards if forwards else float("nan"),
+    }
+
+
+def direct(lib_dir: Path, words: int, n: int = 30) -> float:
+    """p50 (ms) of the same queries through run_search in this process: no HTTP, one at a time."""
+    from fgsearch.library import Library
+    from fgsearch.search import SearchQuery, run_search
+
+    rng = np.random.default_rng(7)
+    times = []
+    with Library.open(lib_dir, read_only=True, device="cpu") as lib:
+        for i in range(n + 3):
+            t0 = time.perf_counter()
+            run_search(lib, SearchQuery(text=" ".join(rng.choice(WORDS, words)), k=21))
+            if i >= 3:
+                times.append((time.perf_counter() - t0) * 1000)
+    return float(np.percentile(times, 50))
+
+
+def run(lib_dir: Path, port: int, max_batch: int, levels: list[int], duration: float, words: int) -> list[dict]:
+    proc = start(lib_dir, port, max_batch)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for _ in range(5):  # warm up: first forwards, page cache of the indexes
+            post(conn, {"text": " ".join(WORDS[:words]), "k": 20})
+        out = []
+        for n in levels:
+            r = level(port, proc.pid, n, duration, words)
+            r["batching"] = "on" if max_batch > 1 else "off"
+            print(
+                f"batching {r['batching']:>3} | {n:>2} clients: {r['rps']:6.2f} req/s, p50 {r['p50']:7.1f} ms, "
+                f"p95 {r['p95']:7.1f} ms, errors {r['errors']}, timeouts {r['timeouts']}, "
+                f"anon RSS {r['anon_start']:.0f} -> {r['anon_end']:.0f} MB "
+                f"(max {r['anon_max']:.0f}), mapped {r['file_end']:.0f} MB, {r['texts_per_forward']:.2f} texts/forward",
+                flush=True,
+            )
+            out.append(r)
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=100_000)
+    ap.add_argument("--regions-per-image", type=int, default=8)
+    ap.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds per client count")
+    ap.add_argument("--words", type=int, default=20)
+    ap.add_argument("--port", type=int, default=7861)
+    ap.add_argument("--unbatched", action="store_true", help="also run against a server without text batching")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fgsearch-bench-serve")
+    args = ap.parse_args()
+
+    import torch
+
+    from fgsearch.model import FGCLIP, FGCLIPConfig, save_model
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_query import build
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    model_dir = args.work / "model"
+    if not (model_dir / "model.safetensors").exists():
+        torch.manual_seed(0)
+        save_model(FGCLIP(FGCLIPConfig.base()), model_dir)
+    lib_dir = build(
+        args.work / f"{args.images}x{args.regions_per_image}", args.images, args.regions_per_image, 512, model_dir
+    )
+    levels = [int(x) for x in args.clients.split(",")]
+    print(
+        f"library: {args.images} images, {args.images * args.regions_per_image} region vectors; "
+        f"{args.words}-word queries, k=20; {os.cpu_count()} CPUs; {args.duration:.0f} s per level"
+    )
+    print(
+        f"peer: the same queries through run_search in-process, one at a time: p50 {direct(lib_dir, args.words):.1f} ms"
+    )
+    results = run(lib_dir, args.port, 32, levels, args.duration, args.words)
+    if args.unbatched:
+        plain = run(lib_dir, args.port + 1, 1, levels, args.duration, args.words)
+        for a, b in zip(results, plain, strict=True):
+            print(
+                f"{a['clients']:>2} clients: batching gives {a['rps'] / b['rps']:.2f}x the requests/s, "
+                f"p50 {a['p50']:.0f} vs {b['p50']:.0f} ms"
+            )
+    print("target: p50 <= 200 ms at 8 clients for 20-word queries, no errors, memory flat over the run")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""``fgsearch serve``: an HTTP API and a web page over one library, with the model loaded once.
+
+:mod:`fgsearch.serve.engine` does the work (search, image metadata, verified file bytes,
+thumbnails) without knowing HTTP; :mod:`fgsearch.serve.app` is the FastAPI application (routes,
+bearer auth, limits, JSON errors, the static page in ``static/``). Both need the ``serve`` extra
+(``pip install 'fgsearch[serve]'``); importing this package does not import them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import signal
+from typing import TYPE_CHECKING
+
+from fgsearch.errors import InputError
+
+if TYPE_CHECKING:
+    from fgsearch.serve.engine import ServeSettings
+
+__all__ = ["check_bind", "require_extra", "run_server", "tokens_match"]
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def require_extra() -> None:
+    """Fail with the install command when the serve extra is missing."""
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401  # image uploads
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise InputError(
+            f"fgsearch serve needs the serve extra ({e.name} is missing): pip install 'fgsearch[serve]'"
+        ) from e
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Only loopback may be served without a token: anything else exposes the library to a network."""
+    if host not in LOOPBACK and not token:
+        raise InputError(
+            f"--host {host} makes the library reachable from other machines; give --token TOKEN "
+            "(or set FGSEARCH_TOKEN) so that every request must carry it"
+        )
+    if token is not None and len(token) < 8:
+        raise InputError("--token must be at least 8 characters long")
+
+
+def tokens_match(given: str, expected: str) -> bool:
+    """Constant-time comparison (a timing difference must not reveal the token byte by byte)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def run_server(settings: ServeSettings) -> None:
+    """Load the library and the model, then serve until SIGINT/SIGTERM (requests in flight finish)."""
+    check_bind(settings.host, settings.token)
+    require_extra()
+    import uvicorn
+
+    from fgsearch.serve.app import create_app
+    from fgsearch.serve.engine import SearchService
+
+    service = SearchService(settings)
+    app = create_app(service)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=30,
+        server_header=False,
+    )
+    # uvicorn drains the requests in flight on SIGINT/SIGTERM, then raises the signal again: handled
+    # here, so a server stopped on purpose exits with status 0 (not "killed by SIGTERM")
+    previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(config).run()
+    except _Stopped:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise _Stopped

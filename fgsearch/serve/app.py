@@ -1,0 +1,408 @@
+"""The FastAPI application of ``fgsearch serve``: routes, auth, limits and JSON errors.
+
+Routes (every ``/api/`` route needs ``Authorization: Bearer TOKEN`` when the server has a token):
+
+* ``POST /api/search``: JSON body (:class:`SearchRequest`), or ``multipart/form-data`` with a
+  ``query`` field (the same JSON) and an ``image`` file (a query image, decoded by the indexer's
+  guarded decoder). Answers ``{"query", "results", "offset", "k", "more", "notices", ...}`` where
+  ``results`` are ``fgsearch query --json`` results.
+* ``GET /api/images/{id}``: metadata and every region; ``/file``: the original bytes;
+  ``/thumb?size=N``: a JPEG thumbnail. Images are addressed by catalog id only.
+* ``GET /api/status``: ``fgsearch status --json`` plus the server's limits.
+* ``GET /healthz`` (no auth), ``GET /`` the page, ``/static/*`` its files, ``/docs`` OpenAPI.
+
+Errors are ``{"status": CODE, "error": "one line"}``: 400 bad input or image, 401 missing or wrong
+token, 404 unknown image or route, 409 the library cannot answer (empty, no regions), 413 a body
+over the limit, 422 a malformed request, 500 an unexpected fault (logged), 503 the vector store
+failed (a Qdrant server unreachable).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fgsearch._version import __version__
+from fgsearch.errors import FgsearchError, ImageError, InputError, LibraryError
+from fgsearch.serve import tokens_match
+from fgsearch.serve.engine import NotFoundError, SearchService
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+# the page loads nothing from elsewhere and runs no inline script: an injected string cannot run
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+# ---- request schema -------------------------------------------------------------------------
+class FiltersIn(BaseModel):
+    """The CLI's filters: --path, --under, --taken-after/before, --modified-after/before, --min-score."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = Field(default=None, description="Only paths matching this glob (e.g. '*/2024/*').")
+    under: str | None = Field(default=None, description="Only paths under this folder (on the server).")
+    taken_after: str | None = Field(default=None, description="EXIF capture time on or after YYYY-MM-DD[THH:MM].")
+    taken_before: str | None = None
+    modified_after: str | None = None
+    modified_before: str | None = None
+    min_score: float | None = None
+
+
+class WeightsIn(BaseModel):
+    """Fusion weights; ``global`` and ``region`` left out take the query kind's defaults (as in the CLI)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    global_: float | None = Field(default=None, alias="global")
+    region: float | None = None
+    negative: float = 0.5
+
+
+class SearchRequest(BaseModel):
+    """A search: text and/or an image (``image_id`` of a library image, or an uploaded file)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(default=None, description="What to find; any length (up to 248 tokens are read).")
+    negative: str | None = Field(default=None, description="Push down images that match this text (--not).")
+    image_id: int | None = Field(default=None, description="Query by a library image ('more like this').")
+    box: list[float] | None = Field(
+        default=None,
+        min_length=4,
+        max_length=4,
+        description="With an image: query by this region x1,y1,x2,y2 (normalised).",
+    )
+    by: Literal["image", "region"] = "image"
+    k: int = Field(default=20, description="Results per page (at most the server's max_k).")
+    offset: int = Field(default=0, ge=0, description="Skip this many results (paging).")
+    filters: FiltersIn = Field(default_factory=lambda: FiltersIn())
+    weights: WeightsIn = Field(default_factory=lambda: WeightsIn())
+    text_path: Literal["short", "long"] | None = None
+
+
+def _time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"{name} {value!r} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+
+
+def _to_query(req: SearchRequest, image: Any) -> Any:
+    from fgsearch.boxes import Box
+    from fgsearch.search import Filters, FusionWeights, SearchQuery
+
+    f = req.filters
+    if req.box is not None and image is None:
+        raise InputError("box needs an image: give image_id or upload an image (the box is a region of it)")
+    return SearchQuery(
+        text=req.text,
+        image=image,
+        box=Box(*req.box) if req.box is not None else None,
+        negative=req.negative or None,
+        k=req.k,
+        by=req.by,
+        filters=Filters(
+            path_glob=f.path or None,
+            path_prefix=os.path.abspath(os.path.expanduser(f.under)) if f.under else None,  # as ingest stores paths
+            captured_after=_time(f.taken_after, "taken_after"),
+            captured_before=_time(f.taken_before, "taken_before"),
+            modified_after=_time(f.modified_after, "modified_after"),
+            modified_before=_time(f.modified_before, "modified_before"),
+            min_score=f.min_score,
+        ),
+        weights=FusionWeights(global_=req.weights.global_, region=req.weights.region, negative=req.weights.negative),
+        text_path=req.text_path,
+    )
+
+
+# ---- errors ---------------------------------------------------------------------------------
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"status": status, "error": message}, status_code=status, headers=headers)
+
+
+def _status_of(e: FgsearchError) -> int:
+    if isinstance(e, NotFoundError):
+        return 404
+    if isinstance(e, (InputError, ImageError)):
+        return 400
+    if isinstance(e, LibraryError):
+        return 409
+    return 500
+
+
+def _validation_message(errors: Any) -> str:
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    return f"{where or 'request'}: {first.get('msg', 'invalid')}" + (
+        f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` adding the headers in ``extra`` that the response does not set itself."""
+
+    async def wrapped(msg: Message) -> None:
+        if msg["type"] == "http.response.start":
+            have = {k.lower() for k, _ in msg.get("headers", [])}
+            msg = {**msg, "headers": [*msg.get("headers", []), *((k, v) for k, v in extra if k not in have)]}
+        await send(msg)
+
+    return wrapped
+
+
+class Guard:
+    """Pure ASGI middleware: bearer auth on ``/api/`` routes (401), the body cap (413), and the
+    security headers of every response (the page's Content-Security-Policy on ``/`` and ``/static``)."""
+
+    def __init__(self, app: ASGIApp, *, token: str | None, max_body: int) -> None:
+        self.app, self.token, self.max_body = app, token, max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path: str = scope["path"]
+        extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+        if path == "/" or path.startswith("/static/"):
+            extra.append((b"content-security-policy", PAGE_CSP.encode()))
+        send = _with_headers(send, extra)
+        if self.token and path.startswith("/api") and scope["method"] != "OPTIONS" and not self._authorised(headers):
+            resp = _error(
+                401,
+                "this server needs a token: send the header 'Authorization: Bearer TOKEN' (the page asks for it)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+            await resp(scope, receive, send)
+            return
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _error(413, f"request body is over the {self.max_body} byte limit")(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def capped_receive() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_body:
+                    raise _BodyTooLarge
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, capped_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await _error(413, f"request body is over the {self.max_body} byte limit")(scope, receive, send)
+
+    def _authorised(self, headers: dict[str, str]) -> bool:
+        assert self.token is not None
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and tokens_match(value.strip(), self.token)
+
+
+# ---- the application ------------------------------------------------------------------------
+def create_app(service: SearchService) -> FastAPI:
+    """The application over an open service (closed when the application shuts down)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        yield
+        service.close()
+
+    s = service.settings
+    app = FastAPI(
+        title="fgsearch",
+        description="Search a library of images by text, image or region (FG-CLIP).",
+        version=__version__,
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(FgsearchError)
+    async def _fg_error(_: Request, e: FgsearchError) -> JSONResponse:
+        return _error(_status_of(e), str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        return _error(422, _validation_message(e.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, e: HTTPException) -> JSONResponse:
+        return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        from fgsearch.indexes import IndexBackendError
+
+        if isinstance(e, IndexBackendError):
+            return _error(503, str(e))
+        logger.exception("unexpected error")
+        return _error(500, f"internal error ({type(e).__name__}); the server log has the details")
+
+    @app.get("/healthz", tags=["server"], summary="Liveness (no token needed; reveals nothing)")
+    def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/api/status", tags=["server"], summary="Counts, model, backend, limits")
+    def status() -> JSONResponse:
+        return JSONResponse(service.status())
+
+    @app.post(
+        "/api/search",
+        tags=["search"],
+        summary="Search by text, image upload, image id and/or box",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "query": {"type": "string", "description": "a SearchRequest as JSON"},
+                                "image": {"type": "string", "format": "binary"},
+                            },
+                            "required": ["image"],
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def search(request: Request) -> JSONResponse:
+        req, upload = await _read_search(request)
+        image: Any = None
+        if upload is not None:
+            image = await run_in_threadpool(service.decode_upload, upload)
+        elif req.image_id is not None:
+            image = await run_in_threadpool(service.image_for_query, req.image_id)
+        q = _to_query(req, image)
+        hits, info, more = await run_in_threadpool(service.search, q, req.offset)
+        return JSONResponse(
+            {
+                "query": {
+                    "text": req.text,
+                    "image": "upload" if upload is not None else None,
+                    "image_id": req.image_id,
+                    "box": req.box,
+                    "not": req.negative,
+                    "by": req.by,
+                    "k": req.k,
+                    "offset": req.offset,
+                    "text_path": info.text_path,
+                },
+                "results": [h.to_dict() for h in hits],
+                "offset": req.offset,
+                "k": req.k,
+                "more": more,
+                "notices": info.notices,
+                "timing_ms": {"encode": round(info.encode_ms, 1), "search": round(info.search_ms, 1)},
+            }
+        )
+
+    async def _read_search(request: Request) -> tuple[SearchRequest, bytes | None]:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        upload: bytes | None = None
+        if ctype == "multipart/form-data":
+            form = await request.form(max_files=1, max_fields=2, max_part_size=256 * 1024)
+            raw_query = form.get("query") or "{}"
+            file = form.get("image")
+            if file is None or isinstance(file, str):
+                raise InputError("a multipart search needs an 'image' file field (and optionally a 'query' field)")
+            upload = await file.read(s.max_upload_bytes + 1)
+            if not isinstance(raw_query, str):
+                raise InputError("the 'query' field must be JSON text, not a file")
+        elif ctype in ("application/json", ""):
+            raw_query = (await request.body()).decode("utf-8", errors="replace") or "{}"
+        else:
+            raise InputError(f"unsupported content type {ctype!r}: send application/json or multipart/form-data")
+        try:
+            req = SearchRequest.model_validate(json.loads(raw_query))
+        except json.JSONDecodeError as e:
+            raise RequestValidationError([{"loc": ("body",), "msg": f"not JSON ({e.msg})"}]) from None
+        except ValidationError as e:
+            raise RequestValidationError(e.errors()) from None
+        if upload is not None and req.image_id is not None:
+            raise InputError("give image_id or upload an image, not both")
+        return req, upload
+
+    @app.get("/api/images/{image_id}", tags=["images"], summary="Metadata and every region of an image")
+    def image(image_id: int) -> JSONResponse:
+        return JSONResponse(service.image(image_id))
+
+    @app.get("/api/images/{image_id}/file", tags=["images"], summary="The original file (verified by hash)")
+    def image_file(image_id: int) -> Response:
+        data, _ = service.file_bytes(image_id)
+        return Response(
+            data,
+            media_type=_mime(data),
+            headers={"Content-Security-Policy": "sandbox", "Cache-Control": "private, max-age=3600"},
+        )
+
+    @app.get("/api/images/{image_id}/thumb", tags=["images"], summary="A JPEG thumbnail, EXIF-rotated, cached")
+    def image_thumb(image_id: int, size: int = Query(256, ge=1, le=4096)) -> Response:
+        return Response(
+            service.thumbnail(image_id, size),
+            media_type="image/jpeg",
+            headers={"Cache-Control": "private, max-age=3600"},
+        )
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(Guard, token=s.token, max_body=s.max_body_bytes)
+    if s.cors:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[s.cors],
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    return app
+
+
+def _mime(data: bytes) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+    except Exception:  # the bytes are the indexed file (hash-checked): only the label is unknown
+        return "application/octet-stream"
+    return Image.MIME.get(fmt or "", "application/octet-stream")

@@ -1,0 +1,362 @@
+"""What the server does, without HTTP: search, image metadata, verified file bytes, thumbnails.
+
+:class:`SearchService` owns one read-only :class:`~fgsearch.library.Library` and one model for the
+whole process. It is safe to call from many threads at once:
+
+* **Text encoding** goes through :class:`BatchingEncoder`: one worker thread owns the model and
+  encodes the short-path texts of concurrent requests as one batch (a batch of 8 costs far less
+  than 8 single forwards); long or forced-path texts are encoded one at a time so a truncation
+  notice reaches the request it belongs to. Image encoding takes the same model lock.
+* **New vectors** written by an ``fgsearch index`` running in another process are picked up
+  without a restart: every search runs through :meth:`Library.consistent`, which first reloads
+  what the writer has committed (and reopens a library rebuilt with ``--reindex``) and searches one
+  consistent state of catalog and indexes.
+* **Files are served only by catalog id.** The bytes read from an image's recorded path are served
+  only when their SHA-256 is the content hash the catalog recorded when the image was indexed:
+  a file replaced since (by another photo, or by a symlink to ``/etc/passwd``) is refused, so no
+  client-supplied path and no symlink can make the server read anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fgsearch.errors import FgsearchError, ImageError, InputError
+
+if TYPE_CHECKING:
+    from fgsearch.library import Library
+    from fgsearch.model import Encoder
+    from fgsearch.search import QueryInfo, SearchHit, SearchQuery
+
+logger = logging.getLogger(__name__)
+
+# library images passed the indexer's --max-megapixels (100 by default, which a user may raise); the
+# catalog does not record the limit used, so the server bounds decoding memory with a generous one
+_INDEXED_MEGAPIXELS = 1000.0
+THUMB_SIZES = (128, 256, 512, 1024)  # a requested size is rounded up to one of these (bounded cache)
+
+
+class NotFoundError(FgsearchError):
+    """An image id the catalog does not know, or whose file is gone or changed since indexing."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything ``fgsearch serve`` can be told; limits guard the server against large requests."""
+
+    library: str | None = None
+    model: str | None = None
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    token: str | None = None
+    cors: str | None = None
+    max_results: int = 1000  # deepest result a search may ask for (offset + k)
+    max_k: int = 200  # results per request
+    max_text_chars: int = 4000  # 248 tokens are read; this only bounds the work of tokenising
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_megapixels: float = 50.0
+    max_file_bytes: int = 512 * 1024 * 1024  # largest original file served (read whole to verify its hash)
+    batch_window_ms: float = 4.0  # how long the text worker waits for more texts to batch
+    max_batch: int = 32
+
+    @property
+    def max_body_bytes(self) -> int:
+        """An upload plus room for the multipart framing and the JSON query."""
+        return self.max_upload_bytes + 256 * 1024
+
+
+class _Job:
+    __slots__ = ("done", "error", "path", "result", "text")
+
+    def __init__(self, text: str, path: str) -> None:
+        self.text, self.path = text, path
+        self.done = threading.Event()
+        self.result: np.ndarray | None = None
+        self.error: BaseException | None = None
+
+
+class BatchingEncoder:
+    """An :class:`~fgsearch.model.Encoder` whose text encoding batches concurrent callers.
+
+    Everything but ``encode_texts`` and ``encode_images`` is the wrapped encoder's own attribute.
+    """
+
+    def __init__(self, encoder: Encoder, *, window_ms: float = 4.0, max_batch: int = 32) -> None:
+        self._enc = encoder
+        self._window = window_ms / 1000
+        self._max_batch = max_batch
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self.model_lock = threading.Lock()  # one forward pass at a time: they would only fight for the cores
+        self.batches = 0  # statistics: forwards run by the worker, texts encoded by them
+        self.batched_texts = 0
+        self._worker = threading.Thread(target=self._run, name="fgsearch-text-encoder", daemon=True)
+        self._worker.start()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._enc, name)
+
+    def encode_texts(self, texts: Sequence[str], path: Any = None, **kw: Any) -> np.ndarray:
+        from fgsearch.model import TextPath
+
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        rule = [self._enc.text_path(t) for t in texts]
+        forced = TextPath(path) if path is not None else None
+        if kw or len(texts) != 1 or rule[0] is not TextPath.SHORT or forced not in (None, TextPath.SHORT):
+            # long (may truncate: the notice must reach this caller's warnings) or unusual: run alone
+            with self.model_lock:
+                return self._enc.encode_texts(texts, path=path, **kw)
+        job = _Job(texts[0], TextPath.SHORT.value)
+        self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result[None]
+
+    def encode_images(self, *args: Any, **kw: Any) -> Any:
+        with self.model_lock:
+            return self._enc.encode_images(*args, **kw)
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            jobs = [job]
+            deadline = time.monotonic() + self._window
+            while len(jobs) < self._max_batch:
+                left = deadline - time.monotonic()
+                try:
+                    nxt = self._queue.get(timeout=max(left, 0)) if left > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                jobs.append(nxt)
+            try:
+                with self.model_lock:
+                    vecs = self._enc.encode_texts([j.text for j in jobs], path=jobs[0].path)
+                self.batches += 1
+                self.batched_texts += len(jobs)
+                for j, v in zip(jobs, vecs, strict=True):
+                    j.result = v
+            except BaseException as e:  # handed to every waiting caller, who raises it
+                for j in jobs:
+                    j.error = e
+            for j in jobs:
+                j.done.set()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._worker.join(timeout=10)
+
+
+class SearchService:
+    """One library and one model, shared by every request of a server process."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        from fgsearch.library import Library, shared_encoder
+
+        self.settings = settings
+        # the model named by --model, else the library's own; loaded once, before the first request
+        probe = Library.open(settings.library, model=settings.model, read_only=True, device=settings.device)
+        try:
+            base = probe.encoder if settings.model is None else shared_encoder(settings.model, settings.device)
+        finally:
+            probe.close()
+        self.encoder = BatchingEncoder(base, window_ms=settings.batch_window_ms, max_batch=settings.max_batch)
+        self.lib: Library = Library.open(
+            settings.library,
+            model=settings.model,
+            read_only=True,
+            device=settings.device,
+            encoder=self.encoder,  # type: ignore[arg-type]  # an Encoder in all but name
+        )
+        self.thumb_dir = self.lib.path / "thumbs"
+        self._thumb_cache_ok = True
+        self.started = time.time()
+
+    # ---- search ----------------------------------------------------------------------------
+    def search(self, q: SearchQuery, offset: int = 0) -> tuple[list[SearchHit], QueryInfo, bool]:
+        """Results ``offset .. offset + k`` of the ranking, the query info, and whether more follow."""
+        from fgsearch.search import QueryInfo, run_search
+
+        s = self.settings
+        if q.k < 1 or q.k > s.max_k:
+            raise InputError(f"k must be between 1 and {s.max_k}, got {q.k}")
+        if offset < 0 or offset + q.k > s.max_results:
+            raise InputError(f"offset + k must stay within the first {s.max_results} results, got {offset + q.k}")
+        for name, text in (("text", q.text), ("negative", q.negative)):
+            if text is not None and len(text) > s.max_text_chars:
+                raise InputError(f"{name} is {len(text)} characters; at most {s.max_text_chars} are accepted")
+        info = QueryInfo()
+        wide = replace(q, k=offset + q.k + 1)  # one more than asked: is there a next page?
+        hits = self.lib.consistent(lambda: run_search(self.lib, wide, info))
+        more = len(hits) > offset + q.k
+        return hits[offset : offset + q.k], info, more
+
+    def decode_upload(self, data: bytes) -> Any:
+        """An uploaded query image through the indexer's guarded decoder (size, bomb and corruption
+        checks before any pixel is decoded). The one place the server decodes client bytes."""
+        s = self.settings
+        if len(data) > s.max_upload_bytes:
+            raise ImageError(
+                f"uploaded image is {len(data)} bytes, over the {s.max_upload_bytes} byte limit; send a smaller image"
+            )
+        try:
+            return _decode(data, s.max_upload_megapixels)
+        except ImageError as e:
+            # the decoder's advice names the indexer's flags (--max-megapixels): no fix for a client
+            # (a bomb's reason already names the server's limit; other reasons have nothing to do with it)
+            raise ImageError(f"uploaded image: {str(e).split('; raise')[0]}") from e
+
+    def image_for_query(self, image_id: int) -> Any:
+        """A library image, decoded, as the query image of "more like this" or a drawn box."""
+        return _decode(self.file_bytes(image_id)[0], _INDEXED_MEGAPIXELS)
+
+    # ---- images ----------------------------------------------------------------------------
+    def _row(self, image_id: int) -> Any:
+        rows = self.lib.catalog.contents_by_ids([image_id])
+        if not rows:
+            raise NotFoundError(f"image {image_id} is not in the library")
+        return rows[0]
+
+    def image(self, image_id: int) -> dict[str, Any]:
+        """Metadata and every region (id, box, rank) of one image."""
+        row = self._row(image_id)
+        regions = self.lib.catalog.regions_for_contents([image_id]).get(image_id, [])
+        return {
+            "image_id": row.id,
+            "path": row.path,
+            "paths": list(row.paths),
+            "width": row.width,
+            "height": row.height,
+            "captured_at": row.captured_at.isoformat() if row.captured_at else None,
+            "regions": [
+                {"region_id": rid, "rank": i, "box": [round(v, 5) for v in box.as_tuple()]}
+                for i, (rid, box) in enumerate(regions)
+            ],
+        }
+
+    def _content_hash(self, image_id: int) -> str:
+        import sqlalchemy as sa
+
+        from fgsearch.catalog import contents_t
+
+        with self.lib.catalog.engine.connect() as conn:
+            h = conn.execute(sa.select(contents_t.c.sha256).where(contents_t.c.id == image_id)).scalar()
+        if h is None:
+            raise NotFoundError(f"image {image_id} is not in the library")
+        return str(h)
+
+    def file_bytes(self, image_id: int) -> tuple[bytes, str]:
+        """The original file of an image and the path it was read from: the first of its recorded
+        paths whose bytes still hash to the indexed content."""
+        row = self._row(image_id)
+        want = self._content_hash(image_id)
+        for path in row.paths:
+            data = self._read_if_small(path)
+            if data is not None and hashlib.sha256(data).hexdigest() == want:
+                return data, path
+        raise NotFoundError(
+            f"image {image_id}'s file is gone or has changed since it was indexed; run `fgsearch index` again"
+        )
+
+    def _read_if_small(self, path: str) -> bytes | None:
+        """The bytes of a regular file of at most ``max_file_bytes``; None for anything else (a FIFO
+        would block a plain ``open`` forever, a device would be read until memory runs out)."""
+        from fgsearch.decode import UnsafeFileError, open_regular
+
+        limit = self.settings.max_file_bytes
+        try:
+            with open_regular(path) as f:
+                data = f.read(limit + 1)
+        except (OSError, UnsafeFileError):
+            return None
+        return data if len(data) <= limit else None
+
+    def thumbnail(self, image_id: int, size: int) -> bytes:
+        """A JPEG no larger than ``size`` (rounded up to one of THUMB_SIZES) on its longer side,
+        EXIF-rotated; cached under ``<library>/thumbs/SIZE/`` by content hash."""
+        if size < 1:
+            raise InputError(f"thumbnail size must be positive, got {size}")
+        size = next((t for t in THUMB_SIZES if t >= size), THUMB_SIZES[-1])
+        self._row(image_id)  # known and indexed (not a pending or dropped content)
+        want = self._content_hash(image_id)
+        cached = self.thumb_dir / str(size) / f"{want}.jpg"
+        try:
+            return cached.read_bytes()
+        except OSError:
+            pass
+        data, _ = self.file_bytes(image_id)
+        img = _decode(data, _INDEXED_MEGAPIXELS, draft=size)
+        img.thumbnail((size, size))
+        import io
+
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+        out = buf.getvalue()
+        self._store_thumb(cached, out)
+        return out
+
+    def _store_thumb(self, path: Path, data: bytes) -> None:
+        if not self._thumb_cache_ok:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as e:  # a read-only library still serves thumbnails, made each time
+            self._thumb_cache_ok = False
+            logger.warning("thumbnails are not cached: cannot write %s (%s)", path.parent, e)
+
+    # ---- status ----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        st = self.lib.status()
+        s = self.settings
+        st["server"] = {
+            "version": _version(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "max_k": s.max_k,
+            "max_results": s.max_results,
+            "max_upload_bytes": s.max_upload_bytes,
+            "max_upload_megapixels": s.max_upload_megapixels,
+            "thumb_sizes": list(THUMB_SIZES),
+            "text_batches": self.encoder.batches,
+            "batched_texts": self.encoder.batched_texts,
+        }
+        return st
+
+    def close(self) -> None:
+        self.encoder.close()
+        self.lib.close()
+
+
+def _decode(data: bytes, max_megapixels: float, draft: int | None = None) -> Any:
+    """Bytes -> an EXIF-oriented RGB image, through the indexer's guarded decoder (pixel count checked
+    before any pixel is decoded, truncation and corruption refused). Every decode of the server."""
+    from fgsearch.decode import load_image
+
+    return load_image(data, max_megapixels=max_megapixels, min_side=1, draft=(draft, draft) if draft else None).image
+
+
+def _version() -> str:
+    from fgsearch._version import __version__
+
+    return __version__

@@ -1,0 +1,23 @@
+"""Filters refuse a minimum score that is not a number: ``--min-score nan`` answered "no results"
+(every comparison with NaN is false) instead of saying what was wrong."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from fgsearch.console.cli import app
+from fgsearch.errors import InputError
+from fgsearch.search import Filters
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_min_score_must_be_finite(value: float) -> None:
+    with pytest.raises(InputError, match="--min-score must be a finite number"):
+        Filters(min_score=value)
+    assert Filters(min_score=-3.5).min_score == -3.5
+
+
+def test_cli_min_score_nan_is_one_line_error(tmp_path) -> None:
+    r = CliRunner().invoke(app, ["query", "red", "--library", str(tmp_path / "lib"), "--min-score", "nan"])
+    assert r.exit_code == 1 and r.output == "error: --min-score must be a finite number, got nan\n", r.output

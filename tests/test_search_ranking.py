@@ -1,0 +1,114 @@
+"""Ranking finds the obvious, on the shipped demo model and on random-weight models (whose global
+and region scores live on wildly different scales): a whole indexed image ranks itself (and its
+byte-identical copies) first, and an image region finds its own region in its own image."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fgsearch.boxes import Box
+from fgsearch.library import Library
+from fgsearch.model import REGISTRY
+from fgsearch.search import SearchQuery, search_vector
+from fgsearch.trainer.fineshapes import make_fineshapes
+
+N_IMAGES = 300
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = make_fineshapes(tmp_path_factory.mktemp("ranking") / "photos", n=N_IMAGES, seed=4242, heldout=0)
+    copies = data / "images" / "copies"
+    copies.mkdir()
+    shutil.copyfile(data / "images" / "000007.png", copies / "same-bytes.png")
+    return data / "images"
+
+
+@pytest.fixture(scope="module", params=["demo", "random-0", pytest.param("random-1", marks=pytest.mark.slow)])
+def library(request: pytest.FixtureRequest, photos: Path, tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp(request.param)
+    if request.param == "demo":
+        model = str(REGISTRY["demo"].local_dir)
+    else:
+        import torch
+
+        from fgsearch.model import FGCLIP, FGCLIPConfig, save_model
+
+        torch.manual_seed(int(request.param.split("-")[1]))
+        save_model(FGCLIP(FGCLIPConfig.tiny()), work / "model")
+        model = str(work / "model")
+    lib = Library.open(work / "lib", model=model, device="cpu")
+    lib.index(str(photos))
+    yield request.param, lib
+    lib.close()
+
+
+def test_every_stored_image_ranks_itself_first(library) -> None:
+    """300 trials per model, querying by each image's stored vector (what encoding that image again
+    gives, see the next test): no region of another image may outrank the image itself."""
+    name, lib = library
+    ids = sorted(lib.catalog.filter_contents())
+    assert len(ids) == N_IMAGES
+    wrong = []
+    for cid, vec in zip(ids, lib.global_index.get(np.asarray(ids)), strict=True):
+        hits = search_vector(lib, SearchQuery(image="stored", k=1), vec)
+        if hits[0].image_id != cid:
+            wrong.append(cid)
+    assert not wrong, f"{name}: {len(wrong)}/{len(ids)} images did not rank themselves first"
+
+
+def test_query_by_an_indexed_file_returns_it_and_its_copies_first(library, photos: Path) -> None:
+    name, lib = library
+    for i in range(0, N_IMAGES, 60):
+        path = photos / f"{i:06d}.png"
+        hits = lib.search(image=str(path), k=2)
+        assert hits[0].path == str(path), f"{name}: {path.name} ranked {hits[0].path} first"
+    hits = lib.search(image=str(photos / "copies" / "same-bytes.png"), k=1)
+    assert set(hits[0].paths) == {str(photos / "000007.png"), str(photos / "copies" / "same-bytes.png")}
+
+
+def test_every_stored_region_finds_itself_in_its_image(library) -> None:
+    """300 stored regions per model as queries (image + box): ranking images, the region's own image
+    comes first with that box; ranking regions, that region comes first."""
+    name, lib = library
+    ids = sorted(lib.catalog.filter_contents())
+    regions = lib.catalog.region_arrays(ids)
+    owned = [
+        (cid, int(rid), Box(*map(float, box)))
+        for cid, (rids, boxes) in regions.items()
+        for rid, box in zip(rids, boxes, strict=True)
+    ]
+    assert len(owned) >= N_IMAGES
+    trials = [owned[int(i)] for i in np.linspace(0, len(owned) - 1, N_IMAGES).round()]
+    vecs = lib.region_index.get(np.asarray([rid for _, rid, _ in trials]))
+    wrong_image, wrong_region = [], []
+    for (cid, rid, box), vec in zip(trials, vecs, strict=True):
+        q = SearchQuery(image="stored", box=box, k=1)
+        hit = search_vector(lib, q, vec)[0]
+        if hit.image_id != cid or hit.box is None or hit.box.iou(box) < 0.99:
+            wrong_image.append(rid)
+        hit = search_vector(lib, SearchQuery(image="stored", box=box, k=1, by="region"), vec)[0]
+        if hit.image_id != cid or hit.box is None or hit.box.iou(box) < 0.99:
+            wrong_region.append(rid)
+    assert not wrong_image, f"{name}: {len(wrong_image)}/{len(trials)} regions did not rank their image first"
+    assert not wrong_region, f"{name}: {len(wrong_region)}/{len(trials)} regions did not rank first themselves"
+
+
+def test_query_by_an_image_box_returns_regions_overlapping_it(library, photos: Path) -> None:
+    """Through the encoder: an image with one of its stored boxes gives back that box of that image
+    among the first results, whether images or regions are ranked."""
+    name, lib = library
+    ids = sorted(lib.catalog.filter_contents())[::60]
+    regions = lib.catalog.region_arrays(ids)
+    for row in lib.catalog.contents_by_ids(ids):
+        if row.id not in regions:
+            continue
+        box = Box(*map(float, regions[row.id][1][0]))
+        for by in ("image", "region"):
+            hits = lib.search(image=row.path, box=box, k=3, by=by)
+            mine = [h for h in hits if h.image_id == row.id and h.box is not None and h.box.iou(box) > 0.5]
+            assert mine, f"{name}: {row.path} box {box} not among the first {by} results: {hits}"
