@@ -443,6 +443,8 @@ def main() -> None:
         else:
             qsets = {k: (Path(q), None if t == "-" else Path(t)) for k, (q, t) in json.loads(w[4]).items()}
             res = worker_query(w[1], Path(w[2]), Path(w[3]), qsets)
+        # also beside the index directory, so a long run's finished backends survive an interruption
+        Path(w[3] if w[0] == "build" else w[2]).with_suffix(f".{w[0]}.json").write_text(json.dumps(res))
         print(json.dumps(res))
         return
 
