@@ -775,6 +775,12 @@ class Catalog:
         return out
 
 
+def _mtime_ns(when: datetime) -> int:
+    """A time as file mtime nanoseconds, clamped to SQLite's 64-bit integers (a date past 2262 or
+    before 1677 means 'after/before every file', not an overflow)."""
+    return max(-(2**63), min(2**63 - 1, int(when.timestamp() * 1e9)))
+
+
 def _file_conditions(
     path_glob: str | None, path_prefix: str | None, modified_after: datetime | None, modified_before: datetime | None
 ) -> list[Any]:
@@ -786,7 +792,7 @@ def _file_conditions(
         prefix = path_prefix.rstrip(os.sep) + os.sep
         conds.append(sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix)
     if modified_after:
-        conds.append(files_t.c.mtime_ns >= int(modified_after.timestamp() * 1e9))
+        conds.append(files_t.c.mtime_ns >= _mtime_ns(modified_after))
     if modified_before:
-        conds.append(files_t.c.mtime_ns < int(modified_before.timestamp() * 1e9))
+        conds.append(files_t.c.mtime_ns < _mtime_ns(modified_before))
     return conds

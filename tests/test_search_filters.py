@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -21,3 +23,23 @@ def test_min_score_must_be_finite(value: float) -> None:
 def test_cli_min_score_nan_is_one_line_error(tmp_path) -> None:
     r = CliRunner().invoke(app, ["query", "red", "--library", str(tmp_path / "lib"), "--min-score", "nan"])
     assert r.exit_code == 1 and r.output == "error: --min-score must be a finite number, got nan\n", r.output
+
+
+@pytest.mark.parametrize(
+    ("flag", "when", "expect_hits"),
+    [
+        ("--modified-after", "2999-01-01", False),  # past SQLite's 64-bit nanoseconds: was OverflowError
+        ("--modified-before", "2999-01-01", True),
+        ("--modified-after", "1000-01-01", True),
+        ("--modified-before", "1000-01-01", False),
+    ],
+)
+def test_modified_dates_far_from_now_filter_instead_of_overflowing(
+    tmp_path, flag: str, when: str, expect_hits: bool
+) -> None:
+    from _library_data import demo_cli_library
+
+    lib = demo_cli_library(tmp_path, n_good=3)
+    r = CliRunner().invoke(app, ["query", "red", "--library", lib, flag, when, "--json"])
+    assert r.exit_code == 0, r.output
+    assert bool(json.loads(r.stdout)["results"]) is expect_hits
