@@ -240,8 +240,6 @@ def _image_vector(lib: Library, image: Any, box: Box | None) -> np.ndarray:
     else:
         try:
             img = open_image(image).image  # the indexer's guards: format allow-list, pixel limit, regular file
-        except FileNotFoundError as e:
-            raise ImageError(f"query image {image} does not exist") from e
         except Exception as e:  # (the decoder's "raise it with --max-megapixels" is advice for `index` only)
             raise ImageError(f"cannot read query image {image}: {str(e).split('; raise it with')[0]}") from e
     if box is None:
