@@ -605,12 +605,13 @@ class Library:
                 cast(Any, idx).inner.close()
         old[0].close()
 
-    def visible_contents(self, rows: list[T]) -> list[T]:
+    def visible_contents(self, rows: list[T], regions: dict[int, tuple[Any, Any]] | None = None) -> list[T]:
         """The catalog rows (``ContentRow``) whose vectors this library's indexes hold.
 
         All of them in the writer. A reader may meet an image the writer confirmed after this
         reader's last refresh (or whose vectors were removed since): its global vector or some
         region vector is not in this reader's view yet, so the image waits for a later search.
+        ``regions``: the catalog's ``region_arrays`` of these rows when the caller has them already.
         """
         if not self.read_only or not rows:
             return rows
@@ -618,7 +619,10 @@ class Library:
 
         ids = [int(cast(Any, r).id) for r in rows]
         keep = dict(zip(ids, self.global_index.contains(np.asarray(ids, np.int64)).tolist(), strict=True))
-        regions = self.catalog.region_arrays(ids)
+        if regions is None:
+            regions = self.catalog.region_arrays(ids)
+        else:  # the caller's catalog.region_arrays of (at least) these rows
+            regions = {cid: regions[cid] for cid in ids if cid in regions}
         if regions:
             rids = np.concatenate([r for r, _ in regions.values()])
             have = self.region_index.contains(rids)

@@ -436,12 +436,14 @@ def _search_images(
     if not cand:
         return []
     rows = _restrict_paths(lib, lib.catalog.contents_by_ids(sorted(cand)), q.filters)  # skips unknown ids
-    rows = lib.visible_contents(rows)  # and a reader skips images its index view does not hold yet
+    if not rows:
+        return []
+    region_map = lib.catalog.region_arrays([row.id for row in rows])  # content id -> (region ids, boxes [K, 4])
+    rows = lib.visible_contents(rows, region_map)  # and a reader skips images its index view does not hold yet
     if not rows:
         return []
     ids = np.asarray([row.id for row in rows], np.int64)
     gvec = lib.global_index.get(ids)
-    region_map = lib.catalog.region_arrays(ids.tolist())  # content id -> (region ids, boxes [K, 4])
     empty = (np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
     per = [region_map.get(cid, empty) for cid in ids.tolist()]
     counts = np.asarray([len(rids) for rids, _ in per], np.int64)
