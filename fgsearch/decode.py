@@ -101,13 +101,14 @@ def open_image(
     max_megapixels: float = 100.0,
     min_side: int = 1,
     draft: tuple[int, int] | None = None,
+    limit_flag: str | None = "--max-megapixels",
 ) -> LoadedImage:
     """Decode the image file at ``path`` through every guard of :func:`load_image` (format
     allow-list: never Ghostscript; pixel limit before decoding) after :func:`open_regular`.
     Raises :class:`ImageError` with a short reason (the caller names the file)."""
     try:
         with open_regular(path) as f:
-            return load_image(f, max_megapixels=max_megapixels, min_side=min_side, draft=draft)
+            return load_image(f, max_megapixels=max_megapixels, min_side=min_side, draft=draft, limit_flag=limit_flag)
     except UnsafeFileError as e:
         raise ImageError("not a regular file (a pipe, device, socket or folder); give an image file") from e
     except FileNotFoundError as e:
@@ -158,6 +159,7 @@ def load_image(
     min_side: int = 16,
     draft: tuple[int, int] | None = None,
     reserve: Callable[[int], None] | None = None,
+    limit_flag: str | None = "--max-megapixels",
 ) -> LoadedImage:
     """Decode image bytes (or a binary file open at its start) or raise :class:`ImageError` with a
     short, actionable reason.
@@ -167,7 +169,8 @@ def load_image(
     ``reserve(pixels)`` is called with the number of pixels about to be decoded, after the header
     is read and before any pixel is (a :class:`PixelBudget` waits there until memory is free).
     Warnings Pillow raises while decoding are kept in :attr:`LoadedImage.warnings`, or quoted in
-    the error's reason, when :func:`routed_warnings` is in force.
+    the error's reason, when :func:`routed_warnings` is in force. ``limit_flag``: the option a
+    refused bomb's reason tells the user to raise (None: a caller whose user has no such option).
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         if not data:
@@ -176,9 +179,9 @@ def load_image(
     else:
         fp = data
     _let_pillow_open(int(max_megapixels * 1e6))
-    too_big = (
-        f"over the {max_megapixels:g} megapixel limit (possible decompression bomb); raise it with --max-megapixels"
-    )
+    too_big = f"over the {max_megapixels:g} megapixel limit (possible decompression bomb)"
+    if limit_flag is not None:
+        too_big += f"; raise it with {limit_flag}"
     heard: list[str] = []
     _sink.heard = heard
     try:

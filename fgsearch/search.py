@@ -239,9 +239,11 @@ def _image_vector(lib: Library, image: Any, box: Box | None) -> np.ndarray:
         img = image
     else:
         try:
-            img = open_image(image).image  # the indexer's guards: format allow-list, pixel limit, regular file
-        except Exception as e:  # (the decoder's "raise it with --max-megapixels" is advice for `index` only)
-            raise ImageError(f"cannot read query image {image}: {str(e).split('; raise it with')[0]}") from e
+            # the indexer's guards (format allow-list, pixel limit, regular file); `query` has no flag
+            # that raises the limit, so the reason names none
+            img = open_image(image, limit_flag=None).image
+        except Exception as e:
+            raise ImageError(f"cannot read query image {image}: {e}") from e
     if box is None:
         return lib.encoder.encode_images([img]).image[0]
     out = lib.encoder.encode_images([img], boxes=[np.asarray([box.as_tuple()], np.float32)])

@@ -219,11 +219,10 @@ class SearchService:
                 f"uploaded image is {len(data)} bytes, over the {s.max_upload_bytes} byte limit; send a smaller image"
             )
         try:
-            return _decode(data, s.max_upload_megapixels)
+            # no flag to name: a client cannot raise the limit (the bomb's reason names the server's)
+            return _decode(data, s.max_upload_megapixels, limit_flag=None)
         except ImageError as e:
-            # the decoder's advice names the indexer's flags (--max-megapixels): no fix for a client
-            # (a bomb's reason already names the server's limit; other reasons have nothing to do with it)
-            raise ImageError(f"uploaded image: {str(e).split('; raise')[0]}") from e
+            raise ImageError(f"uploaded image: {e}") from e
 
     def image_for_query(self, image_id: int) -> Any:
         """A library image, decoded, as the query image of "more like this" or a drawn box."""
@@ -348,12 +347,16 @@ class SearchService:
         self.lib.close()
 
 
-def _decode(data: bytes, max_megapixels: float, draft: int | None = None) -> Any:
+def _decode(
+    data: bytes, max_megapixels: float, draft: int | None = None, limit_flag: str | None = "--max-megapixels"
+) -> Any:
     """Bytes -> an EXIF-oriented RGB image, through the indexer's guarded decoder (pixel count checked
     before any pixel is decoded, truncation and corruption refused). Every decode of the server."""
     from fgsearch.decode import load_image
 
-    return load_image(data, max_megapixels=max_megapixels, min_side=1, draft=(draft, draft) if draft else None).image
+    return load_image(
+        data, max_megapixels=max_megapixels, min_side=1, draft=(draft, draft) if draft else None, limit_flag=limit_flag
+    ).image
 
 
 def _version() -> str:
