@@ -8,8 +8,9 @@ Usage::
 Every backend gets the same data and the same query sets in the same run:
 
 * ``exact``: our exact backend (brute force; its answers are the ground truth).
-* ``faiss``: our default (HNSW-SQ8 M=32 with exact re-rank, efSearch/re-rank depth calibrated on
-  image-like and synthetic text-like queries, see ``fgsearch.indexes.calibration``).
+* ``faiss``: our default (HNSW M=32 over 4-bit scalar-quantised codes with exact re-rank,
+  efSearch/re-rank depth calibrated on image-like and synthetic text-like queries, see
+  ``fgsearch.indexes.calibration``).
 * ``faiss-ivfpq``: our backend with ``structure="ivfpq"`` (the previous default, IVF-PQ).
 * ``hnsw-sq8``: plain FAISS ``IndexHNSWSQ`` (8-bit, M=32, FAISS's default efConstruction 40) with an
   exact re-rank of 100 candidates from the memory-mapped float32 data, at efSearch 128/256/512.
@@ -18,11 +19,29 @@ Every backend gets the same data and the same query sets in the same run:
   vectors (100 candidates for k=10, as ours), one optimised segment, at hnsw_ef 64/128/256/512.
 * ``qdrant``: qdrant-client's local mode (brute force in Python), only up to ``--qdrant-max``.
 
-Synthetic data (fixed seed, generated in chunks of 50k rows so 1M x 512 never sits in RAM twice):
-``clusters`` centres drawn uniformly on the unit sphere, cluster sizes from a Zipf-like law
-(weights ``1 / rank**0.8``), each vector ``normalize(0.5 * m + c_j + s_j * g / sqrt(dim))`` where
-``m`` is one direction shared by all vectors (CLIP image embeddings share a large common
-component), ``g`` is standard Gaussian noise and ``s_j`` a per-cluster spread in [0.8, 1.6].
+Synthetic data (fixed seed, generated in chunks of 50k rows so 1M x 512 never sits in RAM twice),
+two generators (``--data clip,isotropic``; each reported separately):
+
+* ``clip`` (default): CLIP-like image embeddings. Three properties of real CLIP image vectors are
+  matched, because they decide how hard nearest-neighbour search is:
+  (1) the *cone*: image embeddings share a large common direction, mean pairwise cosine ~0.5
+  (Liang et al., "Mind the Gap", NeurIPS 2022); here 0.47;
+  (2) a *decaying spectrum*: the covariance eigenvalues of CLIP embeddings fall off steeply (a few
+  dozen principal directions carry most of the variance; the rest is low-variance noise), so the
+  data has a low intrinsic dimension; here eigenvalue ``i`` is proportional to ``1/i`` in a random
+  rotation, a participation ratio of ~33 of 512 dimensions;
+  (3) *neighbourhoods at several scales*: a collection holds topics (Zipf-sized, ``1/rank**0.8``,
+  ``--clusters`` of them), scenes within a topic (20 each) and individual photos; an image's best /
+  10th / 100th neighbour has cosine ~0.92 / 0.86 / 0.78 at 200k (near-duplicates and the same
+  scene, then the same topic). Each vector is
+  ``normalize(1.2 m + 1.0 B g_topic + 0.6 B g_scene + 0.6 B g_photo)`` with ``m`` the shared
+  direction, ``g`` standard Gaussians and ``B`` the rotation scaled by the spectrum.
+* ``isotropic`` (round 1's generator, kept as a stress set): ``clusters`` centres drawn uniformly on
+  the unit sphere, Zipf cluster sizes, each vector ``normalize(0.5 * m + c_j + s_j * g / sqrt(dim))``
+  with isotropic 512-d noise of norm ``s_j`` in [0.8, 1.6]: the members of a cluster are random
+  directions around its centre (an image's 10th and 100th neighbours have nearly the same cosine,
+  0.47 / 0.45 at 1M), a full-dimensional worst case for every graph and IVF index, unlike real
+  embeddings.
 
 Query sets (each reported separately):
 
@@ -93,6 +112,42 @@ def generate(path: Path, n: int, dim: int, clusters: int, seed: int = SEED) -> n
     del out
     os.replace(path.with_suffix(".tmp.npy"), path)
     return np.load(path, mmap_mode="r")
+
+
+def generate_clip_like(path: Path, n: int, dim: int, topics: int, seed: int = SEED) -> np.ndarray:
+    """Write ``n`` CLIP-like unit vectors (see the module docstring) to ``path``; return a memmap."""
+    if path.exists():
+        arr = np.load(path, mmap_mode="r")
+        if arr.shape == (n, dim):
+            return arr
+    rng = np.random.default_rng(seed)
+    shared = rng.standard_normal(dim)
+    shared /= np.linalg.norm(shared)
+    rotation, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    spectrum = np.arange(1, dim + 1) ** -0.5  # standard deviations: eigenvalue i ~ 1/i
+    basis = (rotation * (spectrum / np.linalg.norm(spectrum))).astype(np.float32)  # E|basis @ g|^2 = 1
+    scenes = 20
+    weights = 1.0 / np.arange(1, topics + 1) ** 0.8
+    weights /= weights.sum()
+    topic_c = rng.standard_normal((topics, dim)).astype(np.float32) @ basis.T
+    scene_c = (rng.standard_normal((topics * scenes, dim)).astype(np.float32) @ basis.T).reshape(topics, scenes, dim)
+    out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float32, shape=(n, dim))
+    for c, s in enumerate(range(0, n, CHUNK)):
+        e = min(s + CHUNK, n)
+        r = np.random.default_rng([seed, c])
+        t = r.choice(topics, size=e - s, p=weights)
+        sc = r.integers(0, scenes, size=e - s)
+        photo = r.standard_normal((e - s, dim)).astype(np.float32) @ basis.T
+        x = 1.2 * shared + topic_c[t] + 0.6 * scene_c[t, sc] + 0.6 * photo
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[s:e] = x.astype(np.float32)
+    out.flush()
+    del out
+    os.replace(path.with_suffix(".tmp.npy"), path)
+    return np.load(path, mmap_mode="r")
+
+
+GENERATORS = {"clip": generate_clip_like, "isotropic": generate}
 
 
 def make_queries(data: np.ndarray, nq: int, seed: int = SEED + 1) -> np.ndarray:
@@ -406,7 +461,7 @@ def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path]
 
 def print_table(rows: list) -> None:
     head = (
-        f"{'backend':<12} {'setting':>7} {'data':>9} {'set':>5} {'recall@10':>9} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'backend':<12} {'setting':>7} {'data':>14} {'set':>5} {'recall@10':>9} {'p50 ms':>7} {'p95 ms':>7} "
         f"{'batch q/s':>9} {'build s':>8} {'B/vec':>6} {'anon':>6} {'file':>6} {'disk MB':>8}"
     )
     print(head)
@@ -414,7 +469,7 @@ def print_table(rows: list) -> None:
     for r in rows:
         setting = "-" if r["setting"] is None else str(r["setting"])
         print(
-            f"{r['backend']:<12} {setting:>7} {r['data']:>9} {r['set']:>5} {r['recall10']:>9.4f} {r['p50_ms']:>7.2f} "
+            f"{r['backend']:<12} {setting:>7} {r['data']:>14} {r['set']:>5} {r['recall10']:>9.4f} {r['p50_ms']:>7.2f} "
             f"{r['p95_ms']:>7.2f} {r['batch_qps']:>9.0f} {r['build_s']:>8.1f} {r['bytes_per_vector']:>6.0f} "
             f"{r['anon_bytes_per_vector']:>6.0f} {r['rss_file_B'] / max(r['n'], 1):>6.0f} "
             f"{(r['disk_B'] or 0) / 1e6:>8.0f}"
@@ -428,7 +483,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--backends", default="exact,faiss,hnsw-sq8,qdrant-edge,faiss-ivfpq")
     ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--clusters", type=int, default=1000)
+    ap.add_argument("--clusters", type=int, default=1000, help="clusters (isotropic) or topics (clip)")
+    ap.add_argument("--data", default="clip", help="synthetic generators, comma-separated: clip, isotropic")
     ap.add_argument("--qdrant-max", type=int, default=100_000, help="skip qdrant-client's local mode above this")
     ap.add_argument("--workdir", type=Path, default=None, help="where data and indexes go (default: temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -456,16 +512,21 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     try:
-        for n in args.n or ([] if args.demo else [100_000]):
-            data_path = work / f"data-{n}-{args.dim}.npy"
-            t = time.perf_counter()
-            data = generate(data_path, n, args.dim, args.clusters)
-            qpaths = {"image": work / f"queries-{n}-image.npy", "text": work / f"queries-{n}-text.npy"}
-            np.save(qpaths["image"], make_queries(data, args.queries))
-            np.save(qpaths["text"], make_text_queries(data, args.queries))
-            del data
-            print(f"# n={n}: data and queries generated in {time.perf_counter() - t:.1f}s", flush=True)
-            rows += run_dataset(str(n), work, data_path, qpaths, backends, args)
+        gens = [g.strip() for g in args.data.split(",") if g.strip()]
+        if unknown := sorted(set(gens) - set(GENERATORS)):
+            ap.error(f"--data: unknown generator {', '.join(unknown)}; choose from {', '.join(GENERATORS)}")
+        for gen in gens:
+            for n in args.n or ([] if args.demo else [100_000]):
+                label = f"{gen}{n}"
+                data_path = work / f"data-{label}-{args.dim}.npy"
+                t = time.perf_counter()
+                data = GENERATORS[gen](data_path, n, args.dim, args.clusters)
+                qpaths = {"image": work / f"queries-{label}-image.npy", "text": work / f"queries-{label}-text.npy"}
+                np.save(qpaths["image"], make_queries(data, args.queries))
+                np.save(qpaths["text"], make_text_queries(data, args.queries))
+                del data
+                print(f"# {label}: data and queries generated in {time.perf_counter() - t:.1f}s", flush=True)
+                rows += run_dataset(label, work, data_path, qpaths, backends, args)
         if args.demo:
             data_path, qpaths = demo_dataset(work, args.demo, args.queries)
             rows += run_dataset(f"demo{args.demo}", work, data_path, qpaths, backends, args)

@@ -53,7 +53,8 @@ class FaissConfig:
     * ``flat_threshold``: below this many vectors search is exact brute force (BLAS over the stored
       vectors). At or above it the next snapshot builds the approximate ``structure``.
     * ``structure``: ``"hnsw"`` (default): FAISS ``IndexHNSWSQ``, a graph of ``hnsw_m`` links per
-      vector over 8-bit scalar-quantised codes, built with ``hnsw_ef_construction``; ``"ivfpq"``:
+      vector over scalar-quantised codes (``hnsw_codes``: ``"SQ4"``, 4 bits per dimension, the
+      default, or ``"SQ8"``), built with ``hnsw_ef_construction``; ``"ivfpq"``:
       ``IndexIVFPQ`` (``nlist`` cells, ``pq_m`` bytes per vector), kept for GPUs and comparison.
     * ``nlist`` (IVF cells): ``None`` derives a power of two near ``2 * sqrt(n)``, clamped to
       [64, 65536]; ``pq_m`` (bytes per vector): ``None`` derives ``dim // 4`` (``dim // 8`` when a
@@ -63,8 +64,8 @@ class FaissConfig:
       ``nlist / 4``) whose recall@10 against exact search reaches ``recall_target +
       calibration_margin`` on EVERY calibration set (``calibration_queries`` image-like queries, and
       text-like ones: the caller's, see ``FaissIndex.set_calibration_queries``, or synthetic
-      cross-modal ones, see :mod:`.calibration`); if none gets there the re-rank depth is doubled
-      (up to 8x) and the search repeated.
+      cross-modal ones, see :mod:`.calibration`), tried with re-rank depths ``rerank_factor * k``
+      doubling up to 16x; the narrowest breadth wins, then the shallowest depth.
     * ``rerank_factor``/``min_rerank``: the approximate search returns ``max(k * rerank_factor,
       min_rerank)`` candidates (factor as calibrated), re-scored with exact inner products from the
       stored float32 vectors.
@@ -86,13 +87,14 @@ class FaissConfig:
     calibration_queries: int = 200
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
+    hnsw_codes: Literal["SQ4", "SQ8"] = "SQ4"
     ef_search: int | None = None
     max_ef_search: int = 2048
     nlist: int | None = None
     pq_m: int | None = None
     nprobe: int | None = None
-    rerank_factor: int = 10
-    min_rerank: int = 100
+    rerank_factor: int = 3
+    min_rerank: int = 30
     retrain_growth: float = 4.0
     max_tombstones: float = 0.1
     filter_exact_max: int = 20_000
@@ -114,6 +116,8 @@ class FaissConfig:
             raise IndexInputError(f"retrain_growth must be > 1, got {self.retrain_growth}")
         if not 0.0 <= self.max_tombstones < 1.0:
             raise IndexInputError(f"max_tombstones must be in [0, 1), got {self.max_tombstones}")
+        if self.hnsw_codes not in ("SQ4", "SQ8"):
+            raise IndexInputError(f"hnsw_codes must be 'SQ4' or 'SQ8', got {self.hnsw_codes!r}")
         if self.hnsw_m < 2 or self.hnsw_ef_construction < 1 or self.max_ef_search < 1:
             raise IndexInputError("hnsw_m must be >= 2, hnsw_ef_construction and max_ef_search >= 1")
         for name in ("nlist", "pq_m", "nprobe", "ef_search"):

@@ -1,14 +1,15 @@
-"""FAISS backend (the embedded default): exact while small, HNSW-SQ8 + exact re-ranking when large.
+"""FAISS backend (the embedded default): exact while small, HNSW over 4-bit codes + exact re-ranking when large.
 
 How search works (see :class:`~.config.FaissConfig` for every knob):
 
 * **flat tier** (fewer than ``flat_threshold`` = 50k vectors): exact brute force over the stored
   float32 vectors (BLAS), identical to the exact backend.
 * **hnsw tier** (default ``structure="hnsw"``): when a flush/save/close finds the collection at or
-  past ``flat_threshold``, the next snapshot builds ``IndexHNSWSQ`` (8-bit scalar-quantised codes,
-  ``hnsw_m`` = 32 links per vector: 512 B of codes + ~260 B of graph per 512-d vector) under the
+  past ``flat_threshold``, the next snapshot builds ``IndexHNSWSQ`` (4-bit scalar-quantised codes
+  by default, ``hnsw_codes="SQ8"`` for 8-bit; ``hnsw_m`` = 32 links per vector: 256 B of codes +
+  ~270 B of graph and ids per 512-d vector) under the
   catalog ids, and calibrates the search: the smallest power-of-two ``efSearch`` and re-rank depth
-  (``10·k`` doubling up to ``80·k``, at least 100) whose recall@10 against exact search reaches
+  (``3·k`` doubling up to ``48·k``, at least 30) whose recall@10 against exact search reaches
   ``recall_target`` + 0.01 on every calibration set: image-like queries (stored vectors plus
   noise) AND text-like queries (the caller's real text embeddings, or synthetic cross-modal ones,
   see :mod:`.calibration`). Text queries sit far from every image vector, where an approximate
@@ -97,7 +98,7 @@ CalibrationSource = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
 
 class FaissIndex(StoreBackedIndex):
-    """FAISS-backed index: flat below ``flat_threshold``; HNSW-SQ8 or IVF-PQ with exact re-ranking above."""
+    """FAISS-backed index: flat below ``flat_threshold``; HNSW-SQ or IVF-PQ with exact re-ranking above."""
 
     kind = "faiss"
     config_type = FaissConfig
@@ -203,12 +204,18 @@ class FaissIndex(StoreBackedIndex):
     # ------------------------------------------------------------------ tiers
     @property
     def tier(self) -> str:
-        """``"flat"`` (exact), ``"hnsw"`` (HNSW-SQ8 + exact re-rank) or ``"ivf"`` (IVF-PQ + re-rank)."""
+        """``"flat"`` (exact), ``"hnsw"`` (HNSW-SQ + exact re-rank) or ``"ivf"`` (IVF-PQ + re-rank)."""
         return str(self._extra.get("tier", "flat")) if self._ann is not None else "flat"
 
     def _structure(self) -> str:
         """The approximate structure the next build makes (``"hnsw"`` or ``"ivf"``)."""
         return "ivf" if self._config.structure == "ivfpq" else "hnsw"
+
+    def _same_structure(self) -> bool:
+        """True when the loaded structure is what the config builds (kind, and HNSW code size)."""
+        if self.tier != self._structure():
+            return False
+        return self.tier != "hnsw" or self._extra.get("hnsw_codes", "SQ8") == self._config.hnsw_codes
 
     def _configured_breadth(self, tier: str) -> int | None:
         return self._config.nprobe if tier == "ivf" else self._config.ef_search
@@ -234,7 +241,7 @@ class FaissIndex(StoreBackedIndex):
         cfg = self._config
         if self._ann is None:
             return n >= self._ivf_threshold()
-        if n < self._ivf_threshold() / 2 or self.tier != self._structure():
+        if n < self._ivf_threshold() / 2 or not self._same_structure():
             return True
         return n >= cfg.retrain_growth * int(self._extra.get("trained_n", n))
 
@@ -246,7 +253,7 @@ class FaissIndex(StoreBackedIndex):
         faiss = _faiss()
         cfg = self._config
         n = int(ids.size)
-        old = self._ann is not None and self.tier == self._structure()
+        old = self._ann is not None and self._same_structure()
         threshold = self._ivf_threshold()
         if n < threshold and not (old and n >= threshold / 2):
             return {"tier": "flat"}, []
@@ -320,7 +327,8 @@ class FaissIndex(StoreBackedIndex):
         faiss = _faiss()
         cfg = self._config
         n, dim = vecs.shape
-        hnsw = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        qtype = faiss.ScalarQuantizer.QT_4bit if cfg.hnsw_codes == "SQ4" else faiss.ScalarQuantizer.QT_8bit
+        hnsw = faiss.IndexHNSWSQ(dim, qtype, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = cfg.hnsw_ef_construction
         rng = np.random.default_rng(cfg.seed)
         n_train = min(n, cfg.train_sample or 100_000)
@@ -329,10 +337,17 @@ class FaissIndex(StoreBackedIndex):
         ann = faiss.IndexIDMap(hnsw)
         ann.own_fields = True
         hnsw.this.disown()  # the IDMap owns (and frees) the graph
-        log.info("building HNSW%d,SQ8 (efConstruction %d) over %d vectors", cfg.hnsw_m, cfg.hnsw_ef_construction, n)
+        log.info(
+            "building HNSW%d,%s (efConstruction %d) over %d vectors",
+            cfg.hnsw_m,
+            cfg.hnsw_codes,
+            cfg.hnsw_ef_construction,
+            n,
+        )
         for s in range(0, n, _ADD_CHUNK):
             ann.add_with_ids(np.ascontiguousarray(vecs[s : s + _ADD_CHUNK]), np.asarray(ids[s : s + _ADD_CHUNK]))
-        return ann, {"tier_built": "hnsw", "hnsw_m": cfg.hnsw_m, "hnsw_ef_construction": cfg.hnsw_ef_construction}
+        built = {"tier_built": "hnsw", "hnsw_m": cfg.hnsw_m, "hnsw_ef_construction": cfg.hnsw_ef_construction}
+        return ann, {**built, "hnsw_codes": cfg.hnsw_codes}
 
     def _build_ivf(self, vecs: np.ndarray, ids: np.ndarray) -> tuple[Any, dict[str, Any]]:
         faiss = _faiss()
@@ -367,11 +382,12 @@ class FaissIndex(StoreBackedIndex):
     def _calibrate(self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str) -> dict[str, Any]:
         """Pick the search breadth and re-rank depth reaching the recall goal on every query set.
 
-        For re-rank depth ``rerank_factor * k`` (doubling up to 8x the configured factor), find the
-        smallest power-of-two breadth (``nprobe`` up to ``nlist / 4``; ``efSearch`` from the depth
-        up to ``max_ef_search``) whose recall@10 against exact search reaches the goal on the
-        worst query set; the first depth that gets there wins. A configured breadth is kept and only
-        measured. Returns the manifest extras (``nprobe``/``ef_search``, ``rerank_factor`` and a
+        For each re-rank depth ``rerank_factor * k`` (doubling up to 16x the configured factor), find
+        the smallest power-of-two breadth (``nprobe`` up to ``nlist / 4``; ``efSearch`` from the
+        depth up to ``max_ef_search``) whose recall@10 against exact search reaches the goal on the
+        worst query set. The narrowest breadth wins (the breadth is what a search costs), then the
+        shallowest depth: a deeper re-rank is only tried with breadths narrower than the best so
+        far. A configured breadth is kept and only measured. Returns the manifest extras (``nprobe``/``ef_search``, ``rerank_factor`` and a
         ``calibration`` record of what was measured and why).
         """
         cfg = self._config
@@ -396,10 +412,10 @@ class FaissIndex(StoreBackedIndex):
             }
 
         goal = min(1.0, cfg.recall_target + cfg.calibration_margin)
-        factors = [cfg.rerank_factor * f for f in (1, 2, 4, 8)]
+        factors = [cfg.rerank_factor * f for f in (1, 2, 4, 8, 16)]
         fixed = self._configured_breadth(tier)
         best: tuple[int, int, dict[str, float]] = (0, cfg.rerank_factor, {"-": -1.0})
-        reached = False
+        chosen: tuple[int, int, dict[str, float]] | None = None
         for factor in factors:
             depth = max(10 * factor, cfg.min_rerank)
             if fixed is not None:
@@ -410,15 +426,18 @@ class FaissIndex(StoreBackedIndex):
             else:
                 start = 2 ** math.ceil(math.log2(depth))
                 breadths = [b for b in (start * 2**i for i in range(12)) if b <= cfg.max_ef_search] or [depth]
+            if chosen is not None:  # a deeper re-rank only wins with a narrower (cheaper) search
+                breadths = [b for b in breadths if b < chosen[0]]
             for breadth in breadths:
                 recalls = measure(breadth, factor)
                 if min(recalls.values()) > min(best[2].values()):
                     best = (breadth, factor, recalls)
                 if min(recalls.values()) >= goal:
-                    reached = True
+                    chosen = (breadth, factor, recalls)
                     break
-            if reached:
-                break
+        reached = chosen is not None
+        if chosen is not None:
+            best = chosen
         breadth, factor, recalls = best
         name = "nprobe" if tier == "ivf" else "ef_search"
         if not reached:
@@ -435,8 +454,8 @@ class FaissIndex(StoreBackedIndex):
             "breadth": breadth,
             "rerank_depth_k10": max(10 * factor, cfg.min_rerank),
             "rule": (
-                f"smallest power-of-two {name}{' (configured)' if fixed is not None else ''} and re-rank depth "
-                f"whose recall@10 against exact search reaches {goal:.3f} on every query set"
+                f"smallest power-of-two {name}{' (configured)' if fixed is not None else ''}, then smallest "
+                f"re-rank depth, whose recall@10 against exact search reaches {goal:.3f} on every query set"
             ),
             "sets": {
                 k: {"queries": int(sets[k][0].shape[0]), "source": sets[k][1], "recall10": round(v, 4)}
@@ -565,7 +584,7 @@ class FaissIndex(StoreBackedIndex):
             p.update(gpu=self._gpu_ivf is not None, mmap=self._config.mmap)
         else:
             p.update(hnsw_m=e.get("hnsw_m"), hnsw_ef_construction=e.get("hnsw_ef_construction"))
-            p.update(codes="SQ8", ef_search=self._breadth(), tombstones=int(self._tombstones.size))
+            p.update(codes=e.get("hnsw_codes", "SQ8"), ef_search=self._breadth(), tombstones=int(self._tombstones.size))
         p.update(
             calibrated_recall=e.get("calibrated_recall"),
             trained_n=e.get("trained_n"),

@@ -73,7 +73,7 @@ def config_for(kind: str, path: Path, **overrides: Any) -> Any:
 def ann_config(**overrides: Any) -> FaissConfig:
     """A FAISS config that builds its approximate tier at 1,000 vectors (tests use a few thousand).
 
-    The structure is the default (HNSW-SQ8) unless ``structure="ivfpq"`` is passed.
+    The structure is the default (HNSW over 4-bit codes) unless ``structure="ivfpq"`` is passed.
     """
     base: dict[str, Any] = {"flat_threshold": 1000, "calibration_queries": 100}
     base.update(overrides)

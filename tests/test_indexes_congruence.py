@@ -1,7 +1,7 @@
 """Congruence: every backend against the exact backend on the same data and the same operations.
 
 Exact backends (exact, FAISS's flat tier, Qdrant embedded) must return the same top-k (ties aside);
-FAISS's approximate tiers (HNSW-SQ8, IVF-PQ) must reach recall@10 >= 0.95, with exact scores for
+FAISS's approximate tiers (HNSW-SQ4/SQ8, IVF-PQ) must reach recall@10 >= 0.95, with exact scores for
 what they return. Checked
 after adds, after removals and upserts, after reopening, and after a new snapshot.
 """
@@ -281,3 +281,31 @@ def test_faiss_hnsw_keeps_removed_ids_as_tombstones_until_rebuild(tmp_path: Path
         assert idx.stats().params["tombstones"] == 0
         assert idx.search(back[0], 1).ids[0, 0] == 40
         idx.close()
+
+
+def test_faiss_hnsw_codes_default_to_4_bits_and_a_change_rebuilds(tmp_path: Path) -> None:
+    """The graph searches 4-bit codes by default (half the memory of 8-bit); an index built with
+    other codes is rebuilt with the configured ones at its next snapshot, not kept silently."""
+    data = unit_vectors(1500, DIM, seed=5)
+    path = tmp_path / "f"
+    with create_index("faiss", path, DIM, config=ann_config(hnsw_codes="SQ8")) as idx:
+        idx.add(np.arange(1500), data)
+        idx.save()
+        p = idx.stats().params
+        assert (p["tier"], p["codes"]) == ("hnsw", "SQ8")
+        sq8_bytes = idx.stats().bytes_in_memory
+    with open_index("faiss", path, config=ann_config()) as idx:
+        assert idx.stats().params["codes"] == "SQ8"  # what is on disk, until the next snapshot
+        idx.add(np.arange(1500, 1510), unit_vectors(10, DIM, seed=6))
+        idx.save()
+        p = idx.stats().params
+        assert (p["codes"], p["trained_n"]) == ("SQ4", 1510)
+        assert p["calibration"]["reached"]
+        assert idx.stats().bytes_in_memory < sq8_bytes
+        res = idx.search(data[:50], 10)
+        assert (res.ids[:, 0] == np.arange(50)).mean() >= 0.95
+
+
+def test_faiss_config_rejects_unknown_hnsw_codes() -> None:
+    with pytest.raises(IndexInputError, match="hnsw_codes must be 'SQ4' or 'SQ8'"):
+        FaissConfig(hnsw_codes="PQ16")  # type: ignore[arg-type]
