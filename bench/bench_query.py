@@ -4,10 +4,11 @@
 
 Builds (once, kept in --work) a library whose catalog holds --images images with
 --regions-per-image boxes each (1M region vectors by default) and whose FAISS indexes hold
-synthetic image-like unit vectors (``generate`` of bench_indexes.py: Zipf-sized clusters plus a
-direction shared by every vector). The text encoder is the fg-clip-base architecture with random
-weights, so the text queries are cross-modal in the strongest sense: nothing ties them to the
-stored vectors (best-match cosine near 0), and the library calibrates its FAISS tiers on that
+synthetic image-like unit vectors from bench_indexes.py's generators (``--data clip``, the default:
+CLIP-like vectors with a shared direction, a decaying spectrum and topic/scene/photo structure;
+``--data isotropic``: round 1's Zipf-sized clusters with isotropic noise). The text encoder is
+the fg-clip-base architecture with random weights, so the text queries are cross-modal in the
+strongest sense: nothing ties them to the stored vectors (best-match cosine near 0), and the library calibrates its FAISS tiers on that
 model's caption embeddings as it would on a real one's. Prints the index parameters, warm p50/p95
 of text encoding and of search + fusion + catalog lookup for a 20-word and a 150-word query, and
 the cold time of a whole `fgsearch query` process.
@@ -27,18 +28,19 @@ from pathlib import Path
 import numpy as np
 
 
-def build(work: Path, n_images: int, per: int, dim: int, model_dir: Path) -> Path:
+def build(work: Path, n_images: int, per: int, dim: int, model_dir: Path, data: str = "clip") -> Path:
     from fgsearch.library import Library
     from fgsearch.regions import RegionSettings
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_indexes import generate
+    from bench_indexes import GENERATORS
 
-    lib_dir = work / "lib"
+    lib_dir = work / f"lib-{data}"
     if (lib_dir / "catalog.sqlite").exists():
         return lib_dir
-    global_vecs = generate(work / "global.npy", n_images, dim, 1000, seed=1)
-    region_vecs = generate(work / "regions.npy", n_images * per, dim, 1000, seed=2)
+    generate = GENERATORS[data]
+    global_vecs = generate(work / f"global-{data}.npy", n_images, dim, 1000, seed=1)
+    region_vecs = generate(work / f"regions-{data}.npy", n_images * per, dim, 1000, seed=2)
     t0 = time.perf_counter()
     with Library.open(lib_dir, model=str(model_dir), regions=RegionSettings(proposer="grid", max_regions=per)) as lib:
         chunk = 2000
@@ -86,6 +88,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=62_500)
     ap.add_argument("--regions-per-image", type=int, default=16)
     ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--data", choices=("clip", "isotropic"), default="clip", help="synthetic vector generator")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fgsearch-bench-query")
     args = ap.parse_args()
 
@@ -100,7 +103,7 @@ def main() -> None:
     if not (model_dir / "model.safetensors").exists():
         torch.manual_seed(0)
         save_model(FGCLIP(FGCLIPConfig.base()), model_dir)
-    lib_dir = build(args.work, args.images, args.regions_per_image, 512, model_dir)
+    lib_dir = build(args.work, args.images, args.regions_per_image, 512, model_dir, args.data)
     rng = np.random.default_rng(1)
     words = (
         "red ceramic mug left of an open silver laptop next to a potted cactus on a wooden desk under "

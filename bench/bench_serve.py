@@ -4,7 +4,7 @@
                                 [--duration 60] [--words 20] [--unbatched]
 
 The library is built once in --work by bench_query.py's builder: a real catalog with --images
-images and --regions-per-image boxes each, and FAISS indexes of synthetic clustered unit vectors
+images and --regions-per-image boxes each, and FAISS indexes of synthetic CLIP-like unit vectors
 (no image is embedded). The model is the fg-clip-base architecture with random weights (only the
 text tower runs). A real server process is started (``fgsearch serve`` through run_server) and,
 for each client count, that many threads in this process post --words-word queries back to back

@@ -148,6 +148,11 @@ def _under(root: str) -> Any:
     return sa.or_(files_t.c.path == root, sa.func.substr(files_t.c.path, 1, len(prefix)) == prefix)
 
 
+def _sqlite_datetime(value: str | None) -> datetime | None:
+    """A DateTime column read through the raw SQLite connection (SQLAlchemy stores ISO text)."""
+    return None if value is None else datetime.fromisoformat(value)
+
+
 def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
@@ -641,9 +646,11 @@ class Catalog:
         """Content ids owning the given regions, unique, in the order of first appearance."""
         owner: dict[int, int] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(region_ids)):
-                q = sa.select(regions_t.c.id, regions_t.c.content_id).where(regions_t.c.id.in_(chunk))
-                owner.update((int(r), int(c)) for r, c in conn.execute(q))
+            raw = conn.connection.dbapi_connection  # plain tuples: search calls this per query
+            assert raw is not None
+            for chunk in _chunks([int(r) for r in region_ids]):
+                marks = ",".join("?" * len(chunk))
+                owner.update(raw.execute(f"SELECT id, content_id FROM regions WHERE id IN ({marks})", tuple(chunk)))
         seen: dict[int, None] = {}
         for rid in region_ids:
             if rid in owner:
@@ -652,33 +659,24 @@ class Catalog:
 
     def contents_by_ids(self, ids: Sequence[int]) -> list[ContentRow]:
         """Indexed images for ids (in the given order), skipping ids without an ok file."""
-        found: dict[int, dict[str, Any]] = {}
+        found: dict[int, tuple[int, int, datetime | None, list[str]]] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(ids)):
-                q = (
-                    sa.select(
-                        contents_t.c.id,
-                        contents_t.c.width,
-                        contents_t.c.height,
-                        contents_t.c.captured_at,
-                        files_t.c.path,
-                    )
-                    .join(files_t, files_t.c.content_id == contents_t.c.id)
-                    .where(contents_t.c.id.in_(chunk), contents_t.c.state == "ok", files_t.c.status == "ok")
-                    .order_by(contents_t.c.id, files_t.c.path)
+            raw = conn.connection.dbapi_connection  # plain tuples: search calls this per query
+            assert raw is not None
+            for chunk in _chunks([int(i) for i in ids]):
+                marks = ",".join("?" * len(chunk))
+                cur = raw.execute(
+                    "SELECT c.id, c.width, c.height, c.captured_at, f.path FROM contents AS c "
+                    "JOIN files AS f ON f.content_id = c.id "
+                    f"WHERE c.id IN ({marks}) AND c.state = 'ok' AND f.status = 'ok' ORDER BY c.id, f.path",
+                    tuple(chunk),
                 )
-                for cid, w, h, cap, path in conn.execute(q):
-                    row = found.setdefault(cid, {"w": w, "h": h, "cap": cap, "paths": []})
-                    row["paths"].append(path)
+                for cid, w, h, cap, path in cur:
+                    if cid not in found:
+                        found[cid] = (w, h, _sqlite_datetime(cap), [])
+                    found[cid][3].append(path)
         return [
-            ContentRow(
-                cid,
-                found[cid]["paths"][0],
-                tuple(found[cid]["paths"]),
-                found[cid]["w"],
-                found[cid]["h"],
-                found[cid]["cap"],
-            )
+            ContentRow(cid, found[cid][3][0], tuple(found[cid][3]), found[cid][0], found[cid][1], found[cid][2])
             for cid in ids
             if cid in found
         ]

@@ -288,6 +288,7 @@ class Library:
         self.device = device
         self._lock = lock
         self._encoder = encoder
+        self._given_encoder = encoder  # kept across a reopen after --reindex when it fits the new build
         self._rw = _ReadWriteLock()
         self.global_index = cast("VectorIndex", _GuardedIndex(global_index, self._rw))
         self.region_index = cast("VectorIndex", _GuardedIndex(region_index, self._rw))
@@ -599,6 +600,10 @@ class Library:
         self.region_index = cast("VectorIndex", _GuardedIndex(cast(Any, fresh.region_index).inner, self._rw))
         self.model, self.region_settings, self.backend = fresh.model, fresh.region_settings, fresh.backend
         self._encoder = None  # loaded (and checked against the new build) on the next search
+        if self._given_encoder is not None:  # e.g. serve's batching encoder: keep it if the model is the same
+            with contextlib.suppress(LibraryError):
+                fresh.catalog.check_model(_model_info(fresh.model, self._given_encoder))
+                self._encoder = self._given_encoder
         self._epoch = fresh._epoch
         for idx in old[1:]:
             with contextlib.suppress(Exception):

@@ -387,8 +387,9 @@ class FaissIndex(StoreBackedIndex):
         depth up to ``max_ef_search``) whose recall@10 against exact search reaches the goal on the
         worst query set. The narrowest breadth wins (the breadth is what a search costs), then the
         shallowest depth: a deeper re-rank is only tried with breadths narrower than the best so
-        far. A configured breadth is kept and only measured. Returns the manifest extras (``nprobe``/``ef_search``, ``rerank_factor`` and a
-        ``calibration`` record of what was measured and why).
+        far. A configured breadth is kept and only measured. Returns the manifest extras
+        (``nprobe``/``ef_search``, ``rerank_factor`` and a ``calibration`` record of what was
+        measured and why).
         """
         cfg = self._config
         sets = self._calibration_sets(vecs)

@@ -210,3 +210,26 @@ def test_decode_failures_and_modes(tmp_path: Path) -> None:
     out = load_image(rot.read_bytes())
     assert (out.width, out.height) == (120, 160)
     assert out.captured_at is not None and out.captured_at.year == 2021
+
+
+def test_search_lookups_read_rows_as_stored(tmp_path: Path) -> None:
+    """contents_by_ids / contents_of_regions (raw SQLite on the search path) return what the
+    SQLAlchemy columns hold: datetimes with microseconds, every ok path in order, owners in order."""
+    from datetime import datetime
+
+    cat = _new(tmp_path)
+    run = cat.begin_run()
+    when = datetime(2021, 5, 4, 10, 11, 12, 345678)
+    items = [_item("a"), {**_item("b", 3), "captured_at": when}, _item("c")]
+    cids, rids = cat.reserve_contents(items)
+    cat.confirm_contents(cids, [("/p/a.jpg", 1, 10), ("/p/b.jpg", 1, 20), ("/p/c.jpg", 1, 30)], run)
+    cat.link_file("/p/0/b-copy.jpg", 1, 30, "b", run)
+    cat.record_failure("/p/bad.jpg", 0, 40, "file is empty", run)
+    cat.commit()
+    rows = cat.contents_by_ids([cids[1], 999, cids[0]])
+    assert [r.id for r in rows] == [cids[1], cids[0]]
+    assert rows[0].captured_at == when and rows[1].captured_at is None
+    assert rows[0].paths == ("/p/0/b-copy.jpg", "/p/b.jpg") and rows[0].path == "/p/0/b-copy.jpg"
+    assert (rows[0].width, rows[0].height) == (10, 10)
+    assert cat.contents_of_regions([rids[2][0], rids[1][2], 10_000, rids[1][0], rids[2][1]]) == [cids[2], cids[1]]
+    assert cat.contents_of_regions([]) == [] and cat.contents_by_ids([]) == []

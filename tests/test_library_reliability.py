@@ -467,3 +467,30 @@ def test_reindex_of_a_qdrant_library_stays_qdrant_and_starts_from_an_empty_store
         assert lib.index(root).indexed == 3 and lib.doctor()["consistent"]
     with pytest.raises(LibraryError, match="already holds 3 vectors"):  # another library, same store
         Library.open(tmp_path / "other", model=str(tiny_model_dir), backend=bk, regions=none)
+
+
+def test_a_reader_given_an_encoder_keeps_it_across_a_reindex_with_the_same_model(tmp_path: Path) -> None:
+    """`fgsearch serve` hands the library its batching encoder: a --reindex must not drop it for a
+    fresh unbatched one (it did: batching was lost until the server restarted)."""
+    from fgsearch.library import shared_encoder
+
+    first = _photos(tmp_path / "first", 4, seed=1)
+    _photos(tmp_path / "second", 4, seed=2)
+    lib_dir = tmp_path / "lib"
+    with Library.open(lib_dir, model="demo", regions=RegionSettings(proposer="none")) as lib:
+        lib.index(tmp_path / "first")
+
+    class Wrapped:  # stands in for serve's BatchingEncoder: an Encoder in all but name
+        def __init__(self) -> None:
+            self.inner = shared_encoder("demo", "cpu")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+    given = Wrapped()
+    with Library.open(lib_dir, read_only=True, encoder=given) as reader:  # type: ignore[arg-type]
+        assert reader.search(image=first[0], k=1)[0].path == str(first[0])
+        with Library.open(lib_dir, reindex=True) as lib:
+            lib.index(tmp_path / "second")
+        assert len(reader.search(text="a photo", k=3)) == 3
+        assert reader.encoder is given
