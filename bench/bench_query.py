@@ -4,14 +4,15 @@
 
 Builds (once, kept in --work) a library whose catalog holds --images images with
 --regions-per-image boxes each (1M region vectors by default) and whose FAISS indexes hold
-synthetic image-like unit vectors from bench_indexes.py's generators (``--data clip``, the default:
-CLIP-like vectors with a shared direction, a decaying spectrum and topic/scene/photo structure;
-``--data isotropic``: round 1's Zipf-sized clusters with isotropic noise). The text encoder is
-the fg-clip-base architecture with random weights, so the text queries are cross-modal in the
-strongest sense: nothing ties them to the stored vectors (best-match cosine near 0), and the library calibrates its FAISS tiers on that
-model's caption embeddings as it would on a real one's. Prints the index parameters, warm p50/p95
-of text encoding and of search + fusion + catalog lookup for a 20-word and a 150-word query, and
-the cold time of a whole `fgsearch query` process.
+synthetic image-like unit vectors from bench_indexes.py's generators (``--data clip``, the
+default: CLIP-like vectors with a shared direction, a decaying spectrum and topic/scene/photo
+structure; ``--data isotropic``: round 1's Zipf-sized clusters with isotropic noise). The text
+encoder is the fg-clip-base architecture with random weights, so the text queries are
+cross-modal in the strongest sense: nothing ties them to the stored vectors (best-match cosine
+near 0), and the library calibrates its FAISS tiers on that model's caption embeddings as it
+would on a real one's. Prints the index parameters, warm p50/p95 of text encoding and of search
++ fusion + catalog lookup for a 20-word and a 150-word query, and the cold time of a whole
+`fgsearch query` process.
 """
 
 from __future__ import annotations
