@@ -314,6 +314,19 @@ def merge_topk(
 def topk_rows(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` of each row of (ids, scores), sorted by score desc then id asc; padded."""
     nq, m = scores.shape
+    if nq == 1 and m and k:  # one query (the common case): the same rule on 1-D arrays, less overhead
+        i1, s1 = ids[0], scores[0]
+        if m > k:
+            part = np.argpartition(-s1, k - 1)[:k]
+            i1, s1 = i1[part], s1[part]
+        s1 = np.where(i1 < 0, -np.inf, s1).astype(np.float32, copy=False)
+        order = np.lexsort((np.where(i1 < 0, np.iinfo(np.int64).max, i1), -s1))
+        i1, s1 = i1[order], s1[order]
+        out_i = np.full((1, k), -1, dtype=np.int64)
+        out_s = np.full((1, k), -np.inf, dtype=np.float32)
+        out_i[0, : i1.size] = np.where(np.isneginf(s1), -1, i1)
+        out_s[0, : s1.size] = s1
+        return out_i, out_s
     if m > k:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         ids = np.take_along_axis(ids, part, axis=1)

@@ -53,14 +53,16 @@ class FaissConfig:
     * ``flat_threshold``: below this many vectors search is exact brute force (BLAS over the stored
       vectors). At or above it the next snapshot builds the approximate ``structure``.
     * ``structure``: ``"hnsw"`` (default): FAISS ``IndexHNSWSQ``, a graph of ``hnsw_m`` links per
-      vector over scalar-quantised codes (``hnsw_codes``: ``"SQ4"``, 4 bits per dimension, the
-      default, or ``"SQ8"``), built with ``hnsw_ef_construction``; ``"ivfpq"``:
+      vector over scalar-quantised codes (``hnsw_codes``: ``"SQ8"``, 8 bits per dimension, the
+      default, or ``"SQ4"``: half the memory, lower recall on text queries at 1M), built with
+      ``hnsw_ef_construction``; ``"ivfpq"``:
       ``IndexIVFPQ`` (``nlist`` cells, ``pq_m`` bytes per vector), kept for GPUs and comparison.
     * ``nlist`` (IVF cells): ``None`` derives a power of two near ``2 * sqrt(n)``, clamped to
       [64, 65536]; ``pq_m`` (bytes per vector): ``None`` derives ``dim // 4`` (``dim // 8`` when a
       GPU will search it: FAISS's GPU IVF-PQ takes at most 96 bytes per code).
     * ``ef_search`` (hnsw) / ``nprobe`` (ivfpq): ``None`` calibrates it when the structure is built:
-      the smallest power of two (``ef_search`` up to ``max_ef_search``, ``nprobe`` up to
+      the smallest step (``ef_search``: 32, 48, 64, 96, ... up to ``max_ef_search``; ``nprobe``:
+      powers of two up to
       ``nlist / 4``) whose recall@10 against exact search reaches ``recall_target +
       calibration_margin`` on EVERY calibration set (``calibration_queries`` image-like queries, and
       text-like ones: the caller's, see ``FaissIndex.set_calibration_queries``, or synthetic
@@ -70,6 +72,8 @@ class FaissConfig:
       min_rerank)`` candidates (factor as calibrated), re-scored with exact inner products from the
       stored float32 vectors.
     * ``retrain_growth``: rebuild when the collection has grown this many times since the build.
+    * ``recalibrate_growth``: calibrate the search again at a snapshot that finds the collection
+      this many times larger than at the last calibration (adds go into the built structure).
     * ``filter_exact_max``: allowed-id filters with at most this many ids are answered exactly.
     * ``use_gpu`` (ivfpq only): ``None`` uses a GPU when FAISS sees one; ``False`` never; ``True``
       requires one.
@@ -84,10 +88,10 @@ class FaissConfig:
     structure: Literal["hnsw", "ivfpq"] = "hnsw"
     recall_target: float = 0.97
     calibration_margin: float = 0.01
-    calibration_queries: int = 200
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
-    hnsw_codes: Literal["SQ4", "SQ8"] = "SQ4"
+    calibration_queries: int = 400
+    hnsw_m: int = 24
+    hnsw_ef_construction: int = 100
+    hnsw_codes: Literal["SQ4", "SQ8"] = "SQ8"
     ef_search: int | None = None
     max_ef_search: int = 2048
     nlist: int | None = None
@@ -96,6 +100,7 @@ class FaissConfig:
     rerank_factor: int = 3
     min_rerank: int = 30
     retrain_growth: float = 4.0
+    recalibrate_growth: float = 1.25
     max_tombstones: float = 0.1
     filter_exact_max: int = 20_000
     train_sample: int | None = None
@@ -114,6 +119,8 @@ class FaissConfig:
             raise IndexInputError("rerank_factor and min_rerank must be >= 1")
         if self.retrain_growth <= 1.0:
             raise IndexInputError(f"retrain_growth must be > 1, got {self.retrain_growth}")
+        if self.recalibrate_growth <= 1.0:
+            raise IndexInputError(f"recalibrate_growth must be > 1, got {self.recalibrate_growth}")
         if not 0.0 <= self.max_tombstones < 1.0:
             raise IndexInputError(f"max_tombstones must be in [0, 1), got {self.max_tombstones}")
         if self.hnsw_codes not in ("SQ4", "SQ8"):

@@ -1,14 +1,14 @@
-"""FAISS backend (the embedded default): exact while small, HNSW over 4-bit codes + exact re-ranking when large.
+"""FAISS backend (the embedded default): exact while small, HNSW over 8-bit codes + exact re-ranking when large.
 
 How search works (see :class:`~.config.FaissConfig` for every knob):
 
 * **flat tier** (fewer than ``flat_threshold`` = 50k vectors): exact brute force over the stored
   float32 vectors (BLAS), identical to the exact backend.
 * **hnsw tier** (default ``structure="hnsw"``): when a flush/save/close finds the collection at or
-  past ``flat_threshold``, the next snapshot builds ``IndexHNSWSQ`` (4-bit scalar-quantised codes
-  by default, ``hnsw_codes="SQ8"`` for 8-bit; ``hnsw_m`` = 32 links per vector: 256 B of codes +
-  ~270 B of graph and ids per 512-d vector) under the
-  catalog ids, and calibrates the search: the smallest power-of-two ``efSearch`` and re-rank depth
+  past ``flat_threshold``, the next snapshot builds ``IndexHNSWSQ`` (8-bit scalar-quantised codes
+  by default, ``hnsw_codes="SQ4"`` for 4-bit; ``hnsw_m`` = 24 links per vector, 48 on the base
+  layer: 512 B of codes + ~220 B of graph and ids per 512-d vector) under the
+  catalog ids, and calibrates the search: the smallest ``efSearch`` (32, 48, 64, 96, ...) and re-rank depth
   (``3·k`` doubling up to ``48·k``, at least 30) whose recall@10 against exact search reaches
   ``recall_target`` + 0.01 on every calibration set: image-like queries (stored vectors plus
   noise) AND text-like queries (the caller's real text embeddings, or synthetic cross-modal ones,
@@ -26,7 +26,9 @@ How search works (see :class:`~.config.FaissConfig` for every knob):
   :class:`~.config.JournalConfig`) folds them into a new FAISS file: IVF drops removed ids; the
   HNSW graph keeps them as tombstones (excluded from every search) until they pass
   ``max_tombstones`` of the collection or an id comes back, then the graph is rebuilt. The
-  structure is rebuilt from scratch when the collection has grown ``retrain_growth`` (4×) since it
+  search is calibrated again when a snapshot finds the collection ``recalibrate_growth`` (1.25×)
+  larger than at the last calibration, and the structure is rebuilt from scratch when the
+  collection has grown ``retrain_growth`` (4×) since it
   was built, and dropped back to flat below ``flat_threshold / 2``.
 * Allowed-id filters: up to ``filter_exact_max`` ids are answered exactly from their vectors;
   larger filters run the approximate search with an ``IDSelectorBatch``.
@@ -55,6 +57,8 @@ from .exact import StoreBackedIndex, chunked_queries, exact_topk
 log = logging.getLogger(__name__)
 
 _ADD_CHUNK = 65536
+#: Candidate rows re-scored at once (a batch of queries is re-ranked in slices of this many rows).
+_RERANK_ROWS = 1024
 #: PQ trains 256 centroids per sub-quantizer: below this many vectors the IVF tier is never used.
 MIN_IVF_VECTORS = 1000
 
@@ -87,6 +91,14 @@ def derive_pq_m(dim: int) -> int:
     while dim % m:
         m -= 1
     return m
+
+
+def _ef_ladder(depth: int) -> list[int]:
+    """efSearch values to try for a re-rank depth: powers of two and 1.5x between them
+    (32, 48, 64, 96, ...), from the first one at or above ``depth``; the half steps matter at
+    large collections, where doubling efSearch doubles the cost of every query."""
+    steps = sorted({m * 2**e for e in range(4, 17) for m in (2, 3)})
+    return [b for b in steps if b >= depth]
 
 
 def calibration_queries(vectors: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -283,6 +295,17 @@ class FaissIndex(StoreBackedIndex):
                 if live.any():
                     ann.add_with_ids(np.ascontiguousarray(dvecs[live]), dids[live])
             extra = {k: v for k, v in self._extra.items() if k not in ("files", "tombstones_file")}
+            calibrated_n = int(self._extra.get("calibrated_n", trained_n))
+            if n >= cfg.recalibrate_growth * max(calibrated_n, 1):
+                # adds since the calibration make the graph (or the IVF lists) larger: the breadth
+                # that reached the goal then may not reach it now, so measure again at this size
+                sel = None
+                if tombstones.size:
+                    batch = faiss.IDSelectorBatch(tombstones)
+                    sel = faiss.IDSelectorNot(batch)
+                    sel._keep = batch
+                extra.update(self._calibrate(ann, vecs, ids, self.tier, sel=sel))
+                extra["calibrated_n"] = n
         if ann.ntotal != n + tombstones.size:
             raise RuntimeError(f"faiss index holds {ann.ntotal} vectors, snapshot {n}")  # internal bug
         name = f"faiss.{generation}.index"
@@ -310,7 +333,7 @@ class FaissIndex(StoreBackedIndex):
             ann, extra = self._build_hnsw(vecs, ids)
         else:
             ann, extra = self._build_ivf(vecs, ids)
-        extra["trained_n"] = int(ids.size)
+        extra["trained_n"] = extra["calibrated_n"] = int(ids.size)
         extra.update(self._calibrate(ann, vecs, ids, extra["tier_built"]))
         c = extra["calibration"]
         log.info(
@@ -379,12 +402,12 @@ class FaissIndex(StoreBackedIndex):
             ivf.add_with_ids(np.ascontiguousarray(vecs[s : s + _ADD_CHUNK]), np.asarray(ids[s : s + _ADD_CHUNK]))
         return ivf, {"tier_built": "ivf", "nlist": nlist, "pq_m": m}
 
-    def _calibrate(self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str) -> dict[str, Any]:
+    def _calibrate(self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str, *, sel: Any = None) -> dict[str, Any]:
         """Pick the search breadth and re-rank depth reaching the recall goal on every query set.
 
         For each re-rank depth ``rerank_factor * k`` (doubling up to 16x the configured factor), find
-        the smallest power-of-two breadth (``nprobe`` up to ``nlist / 4``; ``efSearch`` from the
-        depth up to ``max_ef_search``) whose recall@10 against exact search reaches the goal on the
+        the smallest breadth (``nprobe``: powers of two up to ``nlist / 4``; ``efSearch``: 32, 48,
+        64, 96, ... from the depth up to ``max_ef_search``) whose recall@10 against exact search reaches the goal on the
         worst query set. The narrowest breadth wins (the breadth is what a search costs), then the
         shallowest depth: a deeper re-rank is only tried with breadths narrower than the best so
         far. A configured breadth is kept and only measured. Returns the manifest extras
@@ -407,7 +430,7 @@ class FaissIndex(StoreBackedIndex):
         def measure(breadth: int, factor: int) -> dict[str, float]:
             return {
                 name: recall_at_k(
-                    self._ann_candidates(ann, tier, q, 10, breadth, None, gather, rerank_factor=factor)[0], truths[name]
+                    self._ann_candidates(ann, tier, q, 10, breadth, sel, gather, rerank_factor=factor)[0], truths[name]
                 )
                 for name, (q, _) in sets.items()
             }
@@ -425,8 +448,7 @@ class FaissIndex(StoreBackedIndex):
                 cap = max(1, int(ann.nlist) // 4)
                 breadths = sorted({min(2**i, cap) for i in range(0, cap.bit_length() + 1)})
             else:
-                start = 2 ** math.ceil(math.log2(depth))
-                breadths = [b for b in (start * 2**i for i in range(12)) if b <= cfg.max_ef_search] or [depth]
+                breadths = [b for b in _ef_ladder(depth) if b <= cfg.max_ef_search] or [depth]
             if chosen is not None:  # a deeper re-rank only wins with a narrower (cheaper) search
                 breadths = [b for b in breadths if b < chosen[0]]
             for breadth in breadths:
@@ -455,7 +477,7 @@ class FaissIndex(StoreBackedIndex):
             "breadth": breadth,
             "rerank_depth_k10": max(10 * factor, cfg.min_rerank),
             "rule": (
-                f"smallest power-of-two {name}{' (configured)' if fixed is not None else ''}, then smallest "
+                f"smallest {name}{' (configured)' if fixed is not None else ''}, then smallest "
                 f"re-rank depth, whose recall@10 against exact search reaches {goal:.3f} on every query set"
             ),
             "sets": {
@@ -495,12 +517,14 @@ class FaissIndex(StoreBackedIndex):
             if sel is not None:
                 params.sel = sel
             _, cand = ann.search(q, r, params=params)
-        valid = cand >= 0
         scores = np.full(cand.shape, -np.inf, dtype=np.float32)
-        if valid.any():
-            qi, ci = np.nonzero(valid)
-            v = gather(cand[qi, ci])
-            scores[qi, ci] = np.einsum("ij,ij->i", v, q[qi])
+        step = max(1, _RERANK_ROWS // max(cand.shape[1], 1))  # bounded buffers for a large batch
+        for s in range(0, cand.shape[0], step):
+            part = cand[s : s + step]
+            qi, ci = np.nonzero(part >= 0)
+            if qi.size:
+                v = gather(part[qi, ci])
+                scores[s + qi, ci] = np.einsum("ij,ij->i", v, q[s + qi])
         return topk_rows(cand, scores, k)
 
     def _store_gather(self, cand: np.ndarray) -> np.ndarray:
@@ -589,6 +613,7 @@ class FaissIndex(StoreBackedIndex):
         p.update(
             calibrated_recall=e.get("calibrated_recall"),
             trained_n=e.get("trained_n"),
+            calibrated_n=e.get("calibrated_n", e.get("trained_n")),
             rerank_depth_k10=max(10 * self._rerank_factor(), self._config.min_rerank),
             calibration=e.get("calibration"),
         )

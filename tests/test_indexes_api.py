@@ -251,3 +251,19 @@ def test_library_calibrates_its_faiss_indexes_on_its_models_text_embeddings(tmp_
         calib = lib.status()["index"]["regions"]["params"]["calibration"]
     assert calib["sets"]["text"]["source"] == "given by caller" and calib["sets"]["text"]["queries"] == 150
     assert calib["sets"]["image"]["source"].startswith("synthetic")
+
+
+def test_topk_of_one_query_follows_the_batch_rule() -> None:
+    """The one-query fast path of topk_rows orders, pads and drops invalid ids exactly as the batch
+    path: score descending, ties by smaller id, -1 ids last and reported as -1 / -inf."""
+    from fgsearch.indexes.base import topk_rows
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        m, k = int(rng.integers(0, 12)), int(rng.integers(1, 8))
+        ids = rng.integers(-1, 6, size=(1, m)).astype(np.int64)
+        scores = rng.integers(0, 3, size=(1, m)).astype(np.float32)  # many ties
+        one = topk_rows(ids, scores, k)
+        both = topk_rows(np.vstack([ids, ids]), np.vstack([scores, scores]), k)
+        assert one[0].shape == (1, k)
+        assert np.array_equal(one[0][0], both[0][0]) and np.array_equal(one[1][0], both[1][0])

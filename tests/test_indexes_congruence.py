@@ -283,25 +283,25 @@ def test_faiss_hnsw_keeps_removed_ids_as_tombstones_until_rebuild(tmp_path: Path
         idx.close()
 
 
-def test_faiss_hnsw_codes_default_to_4_bits_and_a_change_rebuilds(tmp_path: Path) -> None:
-    """The graph searches 4-bit codes by default (half the memory of 8-bit); an index built with
-    other codes is rebuilt with the configured ones at its next snapshot, not kept silently."""
+def test_faiss_hnsw_codes_are_configurable_and_a_change_rebuilds(tmp_path: Path) -> None:
+    """The graph searches 8-bit codes by default; an index built with other codes (here 4-bit, half
+    the memory) is rebuilt with the configured ones at its next snapshot, not kept silently."""
     data = unit_vectors(1500, DIM, seed=5)
     path = tmp_path / "f"
-    with create_index("faiss", path, DIM, config=ann_config(hnsw_codes="SQ8")) as idx:
+    with create_index("faiss", path, DIM, config=ann_config(hnsw_codes="SQ4")) as idx:
         idx.add(np.arange(1500), data)
         idx.save()
         p = idx.stats().params
-        assert (p["tier"], p["codes"]) == ("hnsw", "SQ8")
-        sq8_bytes = idx.stats().bytes_in_memory
+        assert (p["tier"], p["codes"]) == ("hnsw", "SQ4")
+        sq4_bytes = idx.stats().bytes_in_memory
     with open_index("faiss", path, config=ann_config()) as idx:
-        assert idx.stats().params["codes"] == "SQ8"  # what is on disk, until the next snapshot
+        assert idx.stats().params["codes"] == "SQ4"  # what is on disk, until the next snapshot
         idx.add(np.arange(1500, 1510), unit_vectors(10, DIM, seed=6))
         idx.save()
         p = idx.stats().params
-        assert (p["codes"], p["trained_n"]) == ("SQ4", 1510)
+        assert (p["codes"], p["trained_n"]) == ("SQ8", 1510)
         assert p["calibration"]["reached"]
-        assert idx.stats().bytes_in_memory < sq8_bytes
+        assert idx.stats().bytes_in_memory > sq4_bytes
         res = idx.search(data[:50], 10)
         assert (res.ids[:, 0] == np.arange(50)).mean() >= 0.95
 
@@ -309,3 +309,27 @@ def test_faiss_hnsw_codes_default_to_4_bits_and_a_change_rebuilds(tmp_path: Path
 def test_faiss_config_rejects_unknown_hnsw_codes() -> None:
     with pytest.raises(IndexInputError, match="hnsw_codes must be 'SQ4' or 'SQ8'"):
         FaissConfig(hnsw_codes="PQ16")  # type: ignore[arg-type]
+
+
+def test_faiss_recalibrates_when_adds_grow_the_graph(tmp_path: Path) -> None:
+    """The breadth calibrated at build time was measured on a smaller graph: a snapshot that finds
+    the collection recalibrate_growth (1.25x) larger measures it again (tombstones excluded), so the
+    recorded recall describes the index as it is searched."""
+    data = unit_vectors(2200, DIM, seed=21)
+    with create_index("faiss", tmp_path / "f", DIM, config=ann_config()) as idx:
+        idx.add(np.arange(1200), data[:1200])
+        idx.save()
+        p = idx.stats().params
+        assert (p["trained_n"], p["calibrated_n"]) == (1200, 1200)
+        idx.remove(np.arange(50))  # tombstones in the graph during the next calibration
+        idx.add(np.arange(1200, 1400), data[1200:1400])
+        idx.save()
+        p = idx.stats().params
+        assert (p["trained_n"], p["calibrated_n"], p["tombstones"]) == (1200, 1200, 50)  # 1350 < 1.25 x 1200
+        idx.add(np.arange(1400, 2200), data[1400:2200])
+        idx.save()
+        p = idx.stats().params
+        assert (p["trained_n"], p["calibrated_n"], p["tombstones"]) == (1200, 2150, 50)
+        assert p["calibration"]["reached"] and p["calibrated_recall"] >= 0.98
+        res = idx.search(data[:100], 5)
+        assert not np.isin(res.ids, np.arange(50)).any()  # removed ids are never returned
