@@ -255,11 +255,19 @@ def run_search(lib: Library, q: SearchQuery, info: QueryInfo | None = None) -> l
     import time
 
     info = info if info is not None else QueryInfo()
-    _validate(lib, q)
+    validate_query(lib, q)
     t0 = time.perf_counter()
     qv = encode_query(lib, q, info)
+    info.encode_ms = (time.perf_counter() - t0) * 1000
+    return search_encoded(lib, q, qv, info)
+
+
+def search_encoded(lib: Library, q: SearchQuery, qv: QueryVectors, info: QueryInfo) -> list[SearchHit]:
+    """The search half of :func:`run_search`, for a query already encoded by :func:`encode_query`
+    (a server encodes concurrent queries together, then searches them one at a time)."""
+    import time
+
     t1 = time.perf_counter()
-    info.encode_ms = (t1 - t0) * 1000
     if q.by == "region":
         hits = _search_regions(lib, q, qv.region)
     else:
@@ -284,11 +292,11 @@ def search_vector(
     """Like :func:`run_search` for an already encoded, L2-normalised query vector (e.g. a stored one:
     "more like this"). ``q`` gives ``k``, ``by``, filters and weights; its text/image/box fields say
     which kind of vector it is (see :func:`query_kind`)."""
-    _validate(lib, q)
+    validate_query(lib, q)
     return _search_regions(lib, q, vector) if q.by == "region" else _search_images(lib, q, vector, negative)
 
 
-def _validate(lib: Library, q: SearchQuery) -> None:
+def validate_query(lib: Library, q: SearchQuery) -> None:
     """Reject a bad query before any model runs."""
     if q.k < 1:
         raise InputError(f"-k/--top must be at least 1, got {q.k}")
