@@ -8,9 +8,9 @@ Usage::
 Every backend gets the same data and the same query sets in the same run:
 
 * ``exact``: our exact backend (brute force; its answers are the ground truth).
-* ``faiss``: our default (HNSW M=32 over 4-bit scalar-quantised codes with exact re-rank,
-  efSearch/re-rank depth calibrated on image-like and synthetic text-like queries, see
-  ``fgsearch.indexes.calibration``).
+* ``faiss``: our default (HNSW M=24 over 8-bit scalar-quantised codes, efConstruction 100, with
+  exact re-rank; efSearch/re-rank depth calibrated on image-like and synthetic text-like queries,
+  see ``fgsearch.indexes.calibration``).
 * ``faiss-ivfpq``: our backend with ``structure="ivfpq"`` (the previous default, IVF-PQ).
 * ``hnsw-sq8``: plain FAISS ``IndexHNSWSQ`` (8-bit, M=32, FAISS's default efConstruction 40) with an
   exact re-rank of 100 candidates from the memory-mapped float32 data, at efSearch 128/256/512.
@@ -25,15 +25,15 @@ two generators (``--data clip,isotropic``; each reported separately):
 * ``clip`` (default): CLIP-like image embeddings. Three properties of real CLIP image vectors are
   matched, because they decide how hard nearest-neighbour search is:
   (1) the *cone*: image embeddings share a large common direction, mean pairwise cosine ~0.5
-  (Liang et al., "Mind the Gap", NeurIPS 2022); here 0.47;
+  (Liang et al., "Mind the Gap", NeurIPS 2022); here 0.46;
   (2) a *decaying spectrum*: the covariance eigenvalues of CLIP embeddings fall off steeply (a few
   dozen principal directions carry most of the variance; the rest is low-variance noise), so the
   data has a low intrinsic dimension; here eigenvalue ``i`` is proportional to ``1/i`` in a random
-  rotation, a participation ratio of ~33 of 512 dimensions;
+  rotation, a participation ratio of 28 of 512 dimensions (70% of the variance in 50);
   (3) *neighbourhoods at several scales*: a collection holds topics (Zipf-sized, ``1/rank**0.8``,
-  ``--clusters`` of them), scenes within a topic (20 each) and individual photos; an image's best /
-  10th / 100th neighbour has cosine ~0.92 / 0.86 / 0.78 at 200k (near-duplicates and the same
-  scene, then the same topic). Each vector is
+  ``--clusters`` of them), scenes within a topic (20 each) and individual photos; an image query
+  (a stored vector plus noise) has best / 10th / 100th match cosine 0.90 / 0.82 / 0.77 at 1M (the
+  same scene, then the same topic). Each vector is
   ``normalize(1.2 m + 1.0 B g_topic + 0.6 B g_scene + 0.6 B g_photo)`` with ``m`` the shared
   direction, ``g`` standard Gaussians and ``B`` the rotation scaled by the spectrum.
 * ``isotropic`` (round 1's generator, kept as a stress set): ``clusters`` centres drawn uniformly on
