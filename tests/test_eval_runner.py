@@ -215,3 +215,17 @@ def test_corrupt_image_is_a_data_error(tmp_path: Path, tiny_model_dir: Path) -> 
     (data / "image" / "2.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match=r"cannot read evaluation image .*2\.jpg"):
         run_eval("urban1k", data, tiny_model_dir, device="cpu")
+
+
+def test_a_limit_above_the_data_size_is_not_called_incomparable(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """--limit N on data with at most N images leaves nothing out: the report must not say the
+    numbers are not comparable with the paper's (it did, whatever the limit)."""
+    data = _write("coco", tmp_path)
+    full = run_eval("coco", data, tiny_model_dir, device="cpu")
+    res = run_eval("coco", data, tiny_model_dir, device="cpu", limit=1000)
+    assert res.settings["sizes"] == full.settings["sizes"] and res.settings["limited"] is False
+    line = dict(res.describe())["limit"]
+    assert "not comparable" not in line and "nothing was left out" in line
+    assert res.metrics == full.metrics
+    cut = run_eval("coco", data, tiny_model_dir, device="cpu", limit=2)
+    assert cut.settings["limited"] is True and "not comparable" in dict(cut.describe())["limit"]

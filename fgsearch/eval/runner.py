@@ -170,8 +170,10 @@ class EvalResult:
             ("device", f"{s.get('device', '?')} ({s.get('precision', '?')}), batch size {s.get('batch_size', '?')}"),
             ("date", f"{s.get('date', '?')} ({s.get('seconds', '?')} s)"),
         ]
-        if s.get("limit") is not None:
+        if s.get("limit") is not None and s.get("limited", True):
             lines.append(("limit", f"first {s['limit']} only: not comparable with the paper's numbers"))
+        elif s.get("limit") is not None:
+            lines.append(("limit", f"{s['limit']} (the data has no more: nothing was left out)"))
         return lines
 
     def to_dict(self) -> dict[str, Any]:
@@ -427,6 +429,14 @@ def _model_record(enc: Encoder) -> dict[str, Any]:
     return rec
 
 
+def _dataset_size(dataset: Any) -> int:
+    """Images plus texts, items or boxes: what a limit can leave out of any of the task datasets."""
+    if hasattr(dataset, "retrieval"):  # FineShapes: a retrieval set and a region set
+        return _dataset_size(dataset.retrieval) + _dataset_size(dataset.regions)
+    parts = ("images", "texts", "items", "boxes")
+    return sum(len(getattr(dataset, name)) for name in parts if hasattr(dataset, name))
+
+
 def run_eval(
     task: str,
     data: str | os.PathLike[str],
@@ -453,6 +463,8 @@ def run_eval(
     started = _dt.datetime.now(_dt.timezone.utc)
     data = Path(data).expanduser().resolve()
     dataset = spec.reader(data, limit)  # read (and check) the data before loading a model
+    # did the limit leave anything out? (a limit above the data's size changes nothing)
+    limited = limit is not None and _dataset_size(spec.reader(data, None)) > _dataset_size(dataset)
     from fgsearch.model import Encoder
 
     enc = model if isinstance(model, Encoder) else Encoder.load(model, device=device)
@@ -480,6 +492,7 @@ def run_eval(
         "device": str(enc.device),
         "precision": enc.precision,
         "limit": limit,
+        "limited": limited,
         "ties": ties,
         "units": "percent",
         "date": started.isoformat(timespec="seconds"),
