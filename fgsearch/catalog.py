@@ -657,6 +657,18 @@ class Catalog:
                 seen.setdefault(owner[rid], None)
         return list(seen)
 
+    def content_of_path(self, path: str) -> int | None:
+        """The indexed image a file path holds (None when the path is not an indexed file)."""
+        with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            row = raw.execute(
+                "SELECT f.content_id FROM files AS f JOIN contents AS c ON c.id = f.content_id "
+                "WHERE f.path = ? AND f.status = 'ok' AND c.state = 'ok'",
+                (path,),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
     def contents_by_ids(self, ids: Sequence[int]) -> list[ContentRow]:
         """Indexed images for ids (in the given order), skipping ids without an ok file."""
         found: dict[int, tuple[int, int, datetime | None, list[str]]] = {}

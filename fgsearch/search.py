@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import threading
 import warnings
 import weakref
@@ -467,7 +468,8 @@ def _search_images(
     bad = ~np.isfinite(score)
     if bad.any():
         raise _damaged(lib, rows[int(np.argmax(bad))].path)
-    order = sorted(range(len(rows)), key=lambda i: (-score[i], rows[i].id))
+    own = _query_file_content(lib, q)  # an exact tie goes to the query's own file (pixel-identical copies)
+    order = sorted(range(len(rows)), key=lambda i: (-score[i], rows[i].id != own, rows[i].id))
     if q.filters.min_score is not None:
         order = [i for i in order if score[i] >= q.filters.min_score]
     hits = []
@@ -479,6 +481,15 @@ def _search_images(
             _hit(rank, float(score[i]), float(gscore[i]), region, box, None if j < 0 else int(all_rids[j]), rows[i])
         )
     return hits
+
+
+def _query_file_content(lib: Library, q: SearchQuery) -> int | None:
+    """The indexed image of a whole-image query given as a path, if the library holds that file."""
+    if q.image is None or q.box is not None or not isinstance(q.image, str | os.PathLike):
+        return None
+    from fgsearch.scan import display_path
+
+    return lib.catalog.content_of_path(display_path(os.path.abspath(os.path.expanduser(os.fspath(q.image)))))
 
 
 def _damaged(lib: Library, path: str) -> LibraryError:

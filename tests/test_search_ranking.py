@@ -112,3 +112,20 @@ def test_query_by_an_image_box_returns_regions_overlapping_it(library, photos: P
             hits = lib.search(image=row.path, box=box, k=3, by=by)
             mine = [h for h in hits if h.image_id == row.id and h.box is not None and h.box.iou(box) > 0.5]
             assert mine, f"{name}: {row.path} box {box} not among the first {by} results: {hits}"
+
+
+def test_a_pixel_identical_copy_ranks_the_query_file_first(tmp_path: Path) -> None:
+    """Two files with the same pixels but different bytes are two images with the same vectors: an
+    exact tie. A query by either file must return that file first (ids used to decide)."""
+    from PIL import Image, PngImagePlugin
+
+    data = make_fineshapes(tmp_path / "photos", n=6, seed=7, heldout=0) / "images"
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("comment", "re-saved")
+    Image.open(data / "000003.png").save(data / "zz-same-pixels.png", pnginfo=meta)
+    assert (data / "zz-same-pixels.png").read_bytes() != (data / "000003.png").read_bytes()
+    with Library.open(tmp_path / "lib", model="demo", device="cpu") as lib:
+        lib.index(str(data))
+        for name in ("zz-same-pixels.png", "000003.png"):
+            hits = lib.search(image=str(data / name), k=2)
+            assert hits[0].path == str(data / name) and hits[0].score == hits[1].score
