@@ -75,6 +75,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,26 +87,19 @@ PEER_RERANK = 100
 
 
 # --------------------------------------------------------------------------- data
-def generate(path: Path, n: int, dim: int, clusters: int, seed: int = SEED) -> np.ndarray:
-    """Write ``n`` clustered unit vectors to ``path`` (.npy) chunk by chunk; return a memmap."""
+def _write_vectors(
+    path: Path, n: int, dim: int, seed: int, chunk: Callable[[np.random.Generator, int], np.ndarray]
+) -> np.ndarray:
+    """``path`` (.npy) as a memmap: reused when it holds ``n x dim`` already, else written chunk by
+    chunk, ``chunk(rng, rows)`` giving the unnormalised rows of chunk ``c`` from ``rng([seed, c])``."""
     if path.exists():
         arr = np.load(path, mmap_mode="r")
         if arr.shape == (n, dim):
             return arr
-    rng = np.random.default_rng(seed)
-    shared = rng.standard_normal(dim)
-    shared /= np.linalg.norm(shared)
-    centres = rng.standard_normal((clusters, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    spread = rng.uniform(0.8, 1.6, clusters)
-    weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
-    weights /= weights.sum()
     out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float32, shape=(n, dim))
     for c, s in enumerate(range(0, n, CHUNK)):
         e = min(s + CHUNK, n)
-        r = np.random.default_rng([seed, c])
-        lab = r.choice(clusters, size=e - s, p=weights)
-        x = 0.5 * shared + centres[lab] + spread[lab, None] * r.standard_normal((e - s, dim)) / math.sqrt(dim)
+        x = chunk(np.random.default_rng([seed, c]), e - s)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         out[s:e] = x.astype(np.float32)
     out.flush()
@@ -114,12 +108,26 @@ def generate(path: Path, n: int, dim: int, clusters: int, seed: int = SEED) -> n
     return np.load(path, mmap_mode="r")
 
 
+def generate(path: Path, n: int, dim: int, clusters: int, seed: int = SEED) -> np.ndarray:
+    """Write ``n`` clustered unit vectors (``isotropic``, see the module docstring) to ``path``."""
+    rng = np.random.default_rng(seed)
+    shared = rng.standard_normal(dim)
+    shared /= np.linalg.norm(shared)
+    centres = rng.standard_normal((clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    spread = rng.uniform(0.8, 1.6, clusters)
+    weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
+    weights /= weights.sum()
+
+    def chunk(r: np.random.Generator, rows: int) -> np.ndarray:
+        lab = r.choice(clusters, size=rows, p=weights)
+        return 0.5 * shared + centres[lab] + spread[lab, None] * r.standard_normal((rows, dim)) / math.sqrt(dim)
+
+    return _write_vectors(path, n, dim, seed, chunk)
+
+
 def generate_clip_like(path: Path, n: int, dim: int, topics: int, seed: int = SEED) -> np.ndarray:
     """Write ``n`` CLIP-like unit vectors (see the module docstring) to ``path``; return a memmap."""
-    if path.exists():
-        arr = np.load(path, mmap_mode="r")
-        if arr.shape == (n, dim):
-            return arr
     rng = np.random.default_rng(seed)
     shared = rng.standard_normal(dim)
     shared /= np.linalg.norm(shared)
@@ -131,20 +139,14 @@ def generate_clip_like(path: Path, n: int, dim: int, topics: int, seed: int = SE
     weights /= weights.sum()
     topic_c = rng.standard_normal((topics, dim)).astype(np.float32) @ basis.T
     scene_c = (rng.standard_normal((topics * scenes, dim)).astype(np.float32) @ basis.T).reshape(topics, scenes, dim)
-    out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float32, shape=(n, dim))
-    for c, s in enumerate(range(0, n, CHUNK)):
-        e = min(s + CHUNK, n)
-        r = np.random.default_rng([seed, c])
-        t = r.choice(topics, size=e - s, p=weights)
-        sc = r.integers(0, scenes, size=e - s)
-        photo = r.standard_normal((e - s, dim)).astype(np.float32) @ basis.T
-        x = 1.2 * shared + topic_c[t] + 0.6 * scene_c[t, sc] + 0.6 * photo
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        out[s:e] = x.astype(np.float32)
-    out.flush()
-    del out
-    os.replace(path.with_suffix(".tmp.npy"), path)
-    return np.load(path, mmap_mode="r")
+
+    def chunk(r: np.random.Generator, rows: int) -> np.ndarray:
+        t = r.choice(topics, size=rows, p=weights)
+        sc = r.integers(0, scenes, size=rows)
+        photo = r.standard_normal((rows, dim)).astype(np.float32) @ basis.T
+        return 1.2 * shared + topic_c[t] + 0.6 * scene_c[t, sc] + 0.6 * photo
+
+    return _write_vectors(path, n, dim, seed, chunk)
 
 
 GENERATORS = {"clip": generate_clip_like, "isotropic": generate}
