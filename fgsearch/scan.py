@@ -63,6 +63,10 @@ class FileEntry:
     error: str | None = None
 
 
+#: The error of a file whose name is not valid UTF-8 (its path is shown with ``\xNN`` escapes).
+NOT_UTF8 = "file name is not valid UTF-8; rename the file"
+
+
 def display_path(path: str) -> str:
     """A storable, printable form of a path whose name may not be valid UTF-8."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -117,7 +121,7 @@ def walk(
 
 def _entry(path: str) -> FileEntry:
     if not _valid_utf8(path):
-        return FileEntry(display_path(path), error="file name is not valid UTF-8; rename the file")
+        return FileEntry(display_path(path), error=NOT_UTF8)
     try:
         st = os.stat(path)
     except FileNotFoundError:

@@ -50,3 +50,28 @@ def test_odd_files_and_odd_library_folder_end_to_end(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["photos", lib_dir.name])
     with Library.open(lib_dir, read_only=True) as reader:
         assert len(reader.failures()) == 3
+
+
+def test_a_non_utf8_name_and_a_file_literally_called_its_escape_are_two_files(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """`caf<e9>.png` is shown as `caf\\xe9.png`, which another file may really be called. Before, the
+    walk kept one entry per shown path: the non-UTF-8 file vanished without a word (and had it come
+    first, the real file would have been dropped). Now the real file is indexed, the other is named
+    in a warning, and no failure record claims the real file's path."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    scene(1).save(photos / "ok.png")
+    scene(2).save(photos / "caf\\xe9.png")  # a backslash, an x, an e and a 9: a valid name
+    with open(os.fsencode(photos) + b"/caf\xe9.png", "wb") as f:
+        scene(3).save(f, format="PNG")
+    regions = RegionSettings(proposer="none")
+    with Library.open(tmp_path / "lib", model=str(tiny_model_dir), regions=regions) as lib:
+        rep = lib.index(photos, batch_size=2)
+        assert rep.indexed == 2 and rep.failed == 0
+        assert any("not valid UTF-8" in w and "caf\\xe9.png" in w for w in rep.warnings)
+        assert lib.failures() == []
+        paths = {h.path for h in lib.search(text="a photo", k=5)}
+        assert paths == {str(photos / "ok.png"), str(photos / "caf\\xe9.png")}
+        again = lib.index(photos, batch_size=2)
+        assert again.unchanged == 2 and again.failed == 0 and lib.failures() == []
