@@ -418,8 +418,7 @@ def _walk_roots(
     if clash:  # reported here, never recorded: the catalog row of that path is the other file's
         entries = [(r, e) for r, e in entries if not (e.error == NOT_UTF8 and e.path in named)]
         report.warnings.extend(
-            f"skipping a file shown as {p} (its name is not valid UTF-8; another file is really called that): "
-            "rename it"
+            f"skipping a file shown as {p} (its name is not valid UTF-8; another file is called that): rename it"
             for p in sorted(clash)
         )
     return entries
