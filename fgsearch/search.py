@@ -39,10 +39,12 @@ probability for its global and its region cosine; ranking stays on the scores ab
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
 import threading
+import time
 import warnings
 import weakref
 from dataclasses import dataclass, field, replace
@@ -251,29 +253,25 @@ def _image_vector(lib: Library, image: Any, box: Box | None) -> np.ndarray:
     return out.regions[0][0]
 
 
-def run_search(lib: Library, q: SearchQuery, info: QueryInfo | None = None) -> list[SearchHit]:
-    """Run a query against an open library (see the module docstring for the scoring)."""
-    import time
+def run_search(
+    lib: Library, q: SearchQuery, info: QueryInfo | None = None, *, search_lock: threading.Lock | None = None
+) -> list[SearchHit]:
+    """Run a query against an open library (see the module docstring for the scoring).
 
+    ``search_lock``: held for the search half only, after the query is encoded (a server encodes
+    concurrent queries together, then searches them one at a time)."""
     info = info if info is not None else QueryInfo()
-    validate_query(lib, q)
+    _validate(lib, q)
     t0 = time.perf_counter()
     qv = encode_query(lib, q, info)
     info.encode_ms = (time.perf_counter() - t0) * 1000
-    return search_encoded(lib, q, qv, info)
-
-
-def search_encoded(lib: Library, q: SearchQuery, qv: QueryVectors, info: QueryInfo) -> list[SearchHit]:
-    """The search half of :func:`run_search`, for a query already encoded by :func:`encode_query`
-    (a server encodes concurrent queries together, then searches them one at a time)."""
-    import time
-
-    t1 = time.perf_counter()
-    if q.by == "region":
-        hits = _search_regions(lib, q, qv.region)
-    else:
-        hits = _search_images(lib, q, qv.image, qv.negative, region_vector=qv.region)
-    info.search_ms = (time.perf_counter() - t1) * 1000
+    with search_lock if search_lock is not None else contextlib.nullcontext():
+        t1 = time.perf_counter()  # the search itself, not the wait for the lock
+        if q.by == "region":
+            hits = _search_regions(lib, q, qv.region)
+        else:
+            hits = _search_images(lib, q, qv.image, qv.negative, region_vector=qv.region)
+        info.search_ms = (time.perf_counter() - t1) * 1000
     cal = lib.encoder.calibration if qv.calibrated else None
     if cal is None:
         return hits
@@ -293,11 +291,11 @@ def search_vector(
     """Like :func:`run_search` for an already encoded, L2-normalised query vector (e.g. a stored one:
     "more like this"). ``q`` gives ``k``, ``by``, filters and weights; its text/image/box fields say
     which kind of vector it is (see :func:`query_kind`)."""
-    validate_query(lib, q)
+    _validate(lib, q)
     return _search_regions(lib, q, vector) if q.by == "region" else _search_images(lib, q, vector, negative)
 
 
-def validate_query(lib: Library, q: SearchQuery) -> None:
+def _validate(lib: Library, q: SearchQuery) -> None:
     """Reject a bad query before any model runs."""
     if q.k < 1:
         raise InputError(f"-k/--top must be at least 1, got {q.k}")

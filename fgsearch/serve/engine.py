@@ -195,7 +195,7 @@ class SearchService:
     # ---- search ----------------------------------------------------------------------------
     def search(self, q: SearchQuery, offset: int = 0) -> tuple[list[SearchHit], QueryInfo, bool]:
         """Results ``offset .. offset + k`` of the ranking, the query info, and whether more follow."""
-        from fgsearch.search import QueryInfo, encode_query, search_encoded, validate_query
+        from fgsearch.search import QueryInfo, run_search
 
         s = self.settings
         if q.k < 1 or q.k > s.max_k:
@@ -207,19 +207,10 @@ class SearchService:
                 raise InputError(f"{name} is {len(text)} characters; at most {s.max_text_chars} are accepted")
         info = QueryInfo()
         wide = replace(q, k=offset + q.k + 1)  # one more than asked: is there a next page?
-
-        def read() -> list[SearchHit]:
-            validate_query(self.lib, wide)
-            t0 = time.perf_counter()
-            qv = encode_query(self.lib, wide, info)  # concurrent short texts share one forward pass
-            info.encode_ms = (time.perf_counter() - t0) * 1000
-            # Searches are mostly Python and hold the GIL: run side by side they share one core
-            # and all finish at the end of the round; one at a time, the first results go back
-            # early (bench_serve, 8 clients: p50 295 -> 256 ms).
-            with self._search_lock:
-                return search_encoded(self.lib, wide, qv, info)
-
-        hits = self.lib.consistent(read)
+        # Searches are mostly Python and hold the GIL: run side by side they share one core and
+        # all finish at the end of the round; one at a time (after the batched text encoding),
+        # the first results go back early (bench_serve, 8 clients: p50 295 -> 254 ms).
+        hits = self.lib.consistent(lambda: run_search(self.lib, wide, info, search_lock=self._search_lock))
         more = len(hits) > offset + q.k
         return hits[offset : offset + q.k], info, more
 
