@@ -13,16 +13,18 @@ writes (WAL), with a busy timeout for the short moments the writer holds the loc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -635,6 +637,15 @@ class Catalog:
             )
         return cids, rids
 
+    @contextlib.contextmanager
+    def _raw(self) -> Iterator[sqlite3.Connection]:
+        """A pooled connection's plain sqlite3 handle: rows come back as tuples, much faster than
+        SQLAlchemy Row objects on the lookups a search makes per query."""
+        with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            yield cast(sqlite3.Connection, raw)
+
     def region_ids_of(self, content_ids: Sequence[int]) -> list[int]:
         out: list[int] = []
         with self.engine.connect() as conn:
@@ -645,9 +656,7 @@ class Catalog:
     def contents_of_regions(self, region_ids: Sequence[int]) -> list[int]:
         """Content ids owning the given regions, unique, in the order of first appearance."""
         owner: dict[int, int] = {}
-        with self.engine.connect() as conn:
-            raw = conn.connection.dbapi_connection  # plain tuples: search calls this per query
-            assert raw is not None
+        with self._raw() as raw:
             for chunk in _chunks([int(r) for r in region_ids]):
                 marks = ",".join("?" * len(chunk))
                 owner.update(raw.execute(f"SELECT id, content_id FROM regions WHERE id IN ({marks})", tuple(chunk)))
@@ -659,9 +668,7 @@ class Catalog:
 
     def content_of_path(self, path: str) -> int | None:
         """The indexed image a file path holds (None when the path is not an indexed file)."""
-        with self.engine.connect() as conn:
-            raw = conn.connection.dbapi_connection
-            assert raw is not None
+        with self._raw() as raw:
             row = raw.execute(
                 "SELECT f.content_id FROM files AS f JOIN contents AS c ON c.id = f.content_id "
                 "WHERE f.path = ? AND f.status = 'ok' AND c.state = 'ok'",
@@ -672,9 +679,7 @@ class Catalog:
     def contents_by_ids(self, ids: Sequence[int]) -> list[ContentRow]:
         """Indexed images for ids (in the given order), skipping ids without an ok file."""
         found: dict[int, tuple[int, int, datetime | None, list[str]]] = {}
-        with self.engine.connect() as conn:
-            raw = conn.connection.dbapi_connection  # plain tuples: search calls this per query
-            assert raw is not None
+        with self._raw() as raw:
             for chunk in _chunks([int(i) for i in ids]):
                 marks = ",".join("?" * len(chunk))
                 cur = raw.execute(
@@ -706,9 +711,7 @@ class Catalog:
         import numpy as np
 
         rows: list[tuple[int, int, float, float, float, float]] = []
-        with self.engine.connect() as conn:
-            raw = conn.connection.dbapi_connection  # plain tuples: much faster than Row objects here
-            assert raw is not None
+        with self._raw() as raw:
             for chunk in _chunks(list(content_ids)):
                 marks = ",".join("?" * len(chunk))
                 cur = raw.execute(

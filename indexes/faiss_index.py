@@ -93,6 +93,15 @@ def derive_pq_m(dim: int) -> int:
     return m
 
 
+def _excluding(ids: np.ndarray) -> Any:
+    """A FAISS selector that lets every id through except ``ids``."""
+    faiss = _faiss()
+    batch = faiss.IDSelectorBatch(ids)
+    sel = faiss.IDSelectorNot(batch)
+    sel._keep = batch  # keep the wrapped selector alive as long as the outer one
+    return sel
+
+
 def _ef_ladder(depth: int) -> list[int]:
     """efSearch values to try for a re-rank depth: powers of two and 1.5x between them
     (32, 48, 64, 96, ...), from the first one at or above ``depth``; the half steps matter at
@@ -299,11 +308,7 @@ class FaissIndex(StoreBackedIndex):
             if n >= cfg.recalibrate_growth * max(calibrated_n, 1):
                 # adds since the calibration make the graph (or the IVF lists) larger: the breadth
                 # that reached the goal then may not reach it now, so measure again at this size
-                sel = None
-                if tombstones.size:
-                    batch = faiss.IDSelectorBatch(tombstones)
-                    sel = faiss.IDSelectorNot(batch)
-                    sel._keep = batch
+                sel = _excluding(tombstones) if tombstones.size else None
                 extra.update(self._calibrate(ann, vecs, ids, self.tier, sel=sel))
                 extra["calibrated_n"] = n
         if ann.ntotal != n + tombstones.size:
@@ -540,15 +545,10 @@ class FaissIndex(StoreBackedIndex):
         version = self._store.version
         if self._sel_cache is not None and self._sel_cache[0] == version:
             return self._sel_cache[1]
-        faiss = _faiss()
         dead = self._store.base_dead_ids()
         if self._tombstones.size:
             dead = np.union1d(dead, self._tombstones)
-        sel = None
-        if dead.size:
-            batch = faiss.IDSelectorBatch(dead)
-            sel = faiss.IDSelectorNot(batch)
-            sel._keep = batch  # keep the wrapped selector alive as long as the outer one
+        sel = _excluding(dead) if dead.size else None
         self._sel_cache = (version, sel)
         return sel
 
