@@ -229,3 +229,19 @@ def test_a_limit_above_the_data_size_is_not_called_incomparable(tmp_path: Path, 
     assert res.metrics == full.metrics
     cut = run_eval("coco", data, tiny_model_dir, device="cpu", limit=2)
     assert cut.settings["limited"] is True and "not comparable" in dict(cut.describe())["limit"]
+
+
+def test_a_limit_runs_on_data_whose_later_images_are_missing(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """--limit is the quick check on a partial download: images past the limit may be absent. Finding
+    out whether the limit left something out must not read (and demand) them."""
+    data = _write("flickr30k", tmp_path)
+    full = run_eval("flickr30k", data, tiny_model_dir, device="cpu")
+    kept = run_eval("flickr30k", data, tiny_model_dir, device="cpu", limit=2)
+    used = set(kept.settings["sizes"].items())
+    assert used and full.settings["sizes"]["images"] > 2
+    images = sorted((data / "flickr30k-images").iterdir())
+    for p in images[2:]:
+        p.unlink()
+    res = run_eval("flickr30k", data, tiny_model_dir, device="cpu", limit=2)
+    assert res.settings["limited"] is True and "not comparable" in dict(res.describe())["limit"]
+    assert res.metrics == kept.metrics

@@ -437,6 +437,17 @@ def _dataset_size(dataset: Any) -> int:
     return sum(len(getattr(dataset, name)) for name in parts if hasattr(dataset, name))
 
 
+def _limit_left_out(reader: Any, data: Path, kept: Any) -> bool:
+    """Whether a limited read left anything out (a limit above the data's size changes nothing).
+    Data that cannot be read whole (a partial download: --limit is the quick check on one) counts
+    as left out."""
+    try:
+        whole = reader(data, None)
+    except DataError:
+        return True
+    return _dataset_size(whole) > _dataset_size(kept)
+
+
 def run_eval(
     task: str,
     data: str | os.PathLike[str],
@@ -463,8 +474,7 @@ def run_eval(
     started = _dt.datetime.now(_dt.timezone.utc)
     data = Path(data).expanduser().resolve()
     dataset = spec.reader(data, limit)  # read (and check) the data before loading a model
-    # did the limit leave anything out? (a limit above the data's size changes nothing)
-    limited = limit is not None and _dataset_size(spec.reader(data, None)) > _dataset_size(dataset)
+    limited = limit is not None and _limit_left_out(spec.reader, data, dataset)
     from fgsearch.model import Encoder
 
     enc = model if isinstance(model, Encoder) else Encoder.load(model, device=device)
