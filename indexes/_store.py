@@ -433,6 +433,18 @@ class JournaledStore:
             f.flush()
             os.fsync(f.fileno())
 
+    def has_updates(self) -> bool:
+        """Whether another process has flushed anything :meth:`reload` would pick up: a new
+        generation, or journal bytes past the records replayed. Reads the manifest and one file
+        size, no vectors; a journal whose tail is still being written counts as an update."""
+        manifest = read_manifest(self.path)
+        if int(manifest["generation"]) != self.generation:
+            return True
+        try:
+            return os.stat(self.path / manifest["journal"]).st_size != self._journal_size
+        except FileNotFoundError:
+            return True  # compacted meanwhile
+
     def reload(self) -> bool:
         """Pick up changes flushed by another process. Returns True when anything changed."""
         manifest = read_manifest(self.path)

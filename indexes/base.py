@@ -151,6 +151,13 @@ class VectorIndex(abc.ABC):
     def reload(self) -> None:
         """Read-only handles: pick up the state another process has flushed since open."""
 
+    def has_updates(self) -> bool:
+        """Read-only handles: whether :meth:`reload` would pick up something another process has
+        flushed since. Cheap and lock-free, so a reader can skip a reload that has nothing to do;
+        backends that cannot tell answer True (always reload)."""
+        self._check_open()
+        return True
+
     @abc.abstractmethod
     def stats(self) -> IndexStats:
         """Kind, parameters, size in memory and on disk."""

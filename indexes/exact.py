@@ -236,6 +236,10 @@ class StoreBackedIndex(VectorIndex):
     def _compact(self) -> None:
         self._store.compact()
 
+    def has_updates(self) -> bool:
+        self._check_open()
+        return self._read_only and self._store.has_updates()
+
     def reload(self) -> None:
         self._check_open()
         if not self._read_only:

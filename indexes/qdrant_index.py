@@ -425,6 +425,11 @@ class QdrantIndex(VectorIndex):
         """Nothing to do (Qdrant optimizes its segments by itself)."""
         self._check_writable()
 
+    def has_updates(self) -> bool:
+        """Never: reads always see the collection's current state."""
+        self._check_open()
+        return False
+
     def reload(self) -> None:
         """Nothing to do: reads always see the collection's current state."""
         self._check_open()

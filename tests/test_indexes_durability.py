@@ -246,20 +246,22 @@ def test_reader_alongside_writer(tmp_path: Path, kind: str) -> None:
     writer.flush()
     writer.add(np.arange(100, 150), x[100:150])  # not flushed: invisible to readers
     reader = open_index(kind, path, read_only=True)
-    assert len(reader) == 100
+    assert len(reader) == 100 and not reader.has_updates()  # the unflushed adds are not an update
     writer.flush()
-    assert len(reader) == 100
+    assert len(reader) == 100 and reader.has_updates()  # journal records past the ones replayed
     reader.reload()
-    assert len(reader) == 150
+    assert len(reader) == 150 and not reader.has_updates()
     writer.remove(np.arange(10))
     writer.save()  # new generation; the old files are deleted under the reader
+    assert reader.has_updates()
     assert reader.search(x[20], 1).ids[0, 0] == 20  # still answers from what it mapped
     reader.reload()
-    assert len(reader) == 140 and not reader.contains([5])[0]
+    assert len(reader) == 140 and not reader.contains([5])[0] and not reader.has_updates()
     writer.add(np.arange(150, 300), x[150:])
     writer.close()
+    assert reader.has_updates()
     reader.reload()
-    assert len(reader) == 290
+    assert len(reader) == 290 and not reader.has_updates()
     np.testing.assert_allclose(reader.get([299]), x[299:300])
     reader.close()
 

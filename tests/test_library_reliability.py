@@ -494,3 +494,50 @@ def test_a_reader_given_an_encoder_keeps_it_across_a_reindex_with_the_same_model
             lib.index(tmp_path / "second")
         assert len(reader.search(text="a photo", k=3)) == 3
         assert reader.encoder is given
+
+
+def test_a_reader_takes_the_write_lock_only_when_the_writer_has_committed(built, monkeypatch) -> None:
+    """Every search of a reader refreshes first. With nothing new it must not wait for the searches
+    in flight (it did: a write lock per request put all of serve's requests in lock-step), and it
+    must not open a catalog connection each time to check the build; with something new it
+    reloads under the write lock, after the search in flight."""
+    import threading
+
+    import fgsearch.library as library_mod
+
+    lib_dir, root = built
+    with Library.open(lib_dir, read_only=True) as reader:
+        reader.refresh()
+        calls = []
+        real = library_mod._library_id
+        monkeypatch.setattr(library_mod, "_library_id", lambda d: calls.append(d) or real(d))
+        for _ in range(5):
+            reader.refresh()
+        assert calls == [], "the build id was read from the catalog on every refresh"
+
+        entered, release = threading.Event(), threading.Event()
+
+        def search_in_flight() -> None:
+            reader.consistent(lambda: (entered.set(), release.wait(30)))
+
+        holder = threading.Thread(target=search_in_flight)
+        holder.start()
+        assert entered.wait(10)
+        try:
+            quick = threading.Thread(target=reader.refresh)
+            quick.start()
+            quick.join(5)
+            assert not quick.is_alive(), "a refresh with nothing new waited for a search in flight"
+            before = reader.global_index.count()
+            with Library.open(lib_dir) as writer:
+                writer.index(_photos(root / "more", 2, seed=7))
+            assert reader.global_index.count() == before  # not picked up yet
+            slow = threading.Thread(target=reader.refresh)
+            slow.start()
+            slow.join(0.5)
+            assert slow.is_alive(), "a reload ran while a search was reading the indexes"
+        finally:
+            release.set()
+            holder.join(10)
+        slow.join(10)
+        assert not slow.is_alive() and reader.global_index.count() == before + 2
