@@ -17,6 +17,9 @@ from _serve_data import DEMO_DIR, build_library, make_client, png_bytes, serve_l
 
 pytest.importorskip("fastapi")
 
+from fgsearch.errors import InputError
+from fgsearch.serve.engine import ServeSettings
+
 
 def _search_while(client, write, threads: int = 4) -> tuple[list[str], list[tuple[float, int]]]:
     """Search from ``threads`` threads while ``write()`` runs and until a search that started after
@@ -192,6 +195,8 @@ def test_slow_client_blocks_nobody_and_sigterm_drains_it(serve_library) -> None:
         with urllib.request.urlopen(fast, timeout=20) as r:
             assert r.status == 200
         assert time.monotonic() - t0 < 10  # others are served while the slow upload hangs
+        with urllib.request.urlopen(url + "/api/status", timeout=20) as r:  # a core is left to the searches
+            assert json.loads(r.read())["server"]["model_threads"] == ServeSettings().model_thread_count()
 
         proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)
@@ -212,3 +217,15 @@ def test_slow_client_blocks_nobody_and_sigterm_drains_it(serve_library) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_model_leaves_one_core_to_the_searches(monkeypatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert ServeSettings().model_thread_count() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert ServeSettings().model_thread_count() == 1
+    assert ServeSettings(model_threads=2).model_thread_count() == 2
+    with pytest.raises(InputError, match="model_threads"):
+        ServeSettings(model_threads=0).model_thread_count()

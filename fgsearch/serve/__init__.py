@@ -54,11 +54,13 @@ def run_server(settings: ServeSettings) -> None:
     """Load the library and the model, then serve until SIGINT/SIGTERM (requests in flight finish)."""
     check_bind(settings.host, settings.token)
     require_extra()
+    import torch
     import uvicorn
 
     from fgsearch.serve.app import create_app
     from fgsearch.serve.engine import SearchService
 
+    torch.set_num_threads(settings.model_thread_count())  # this process is the server's own
     service = SearchService(settings)
     app = create_app(service)
     config = uvicorn.Config(
