@@ -504,9 +504,13 @@ class JournaledStore:
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of global rows (all must be valid)."""
-        out = np.empty((rows.size, self.dim), dtype=np.float32)
         nb = self.n_base
         in_base = rows < nb
+        if in_base.all():
+            # one buffer: filling a second one of this size from a temporary costs a page fault per
+            # 4 KiB (a search's 2,000 region rows: 3.4 ms against 0.13 ms, bench_query)
+            return np.asarray(self.base_vecs[rows])
+        out = np.empty((rows.size, self.dim), dtype=np.float32)
         if in_base.any():
             out[in_base] = self.base_vecs[rows[in_base]]
         if not in_base.all():
