@@ -698,6 +698,59 @@ class Catalog:
             if cid in found
         ]
 
+    def indexed_among(self, ids: Sequence[int]) -> list[int]:
+        """Those of ``ids`` that are indexed images (an ok content with an ok file), ascending: what
+        :meth:`contents_by_ids` would return rows for, without building the rows."""
+        out: list[int] = []
+        with self._raw() as raw:
+            for chunk in _chunks([int(i) for i in ids]):
+                marks = ",".join("?" * len(chunk))
+                out.extend(
+                    r[0]
+                    for r in raw.execute(
+                        f"SELECT c.id FROM contents AS c WHERE c.id IN ({marks}) AND c.state = 'ok' "
+                        "AND EXISTS (SELECT 1 FROM files AS f WHERE f.content_id = c.id AND f.status = 'ok')",
+                        tuple(chunk),
+                    )
+                )
+        return sorted(out)
+
+    def region_ids_by_content(self, content_ids: Sequence[int]) -> dict[int, Any]:
+        """Region ids per content (int64 ``[K]``, rank order): a search scores every region of its
+        candidate images and needs the boxes (:meth:`region_boxes`) only of the ones it returns."""
+        import numpy as np
+
+        pairs: list[tuple[int, int]] = []
+        with self._raw() as raw:
+            for chunk in _chunks([int(c) for c in content_ids]):
+                marks = ",".join("?" * len(chunk))
+                pairs.extend(
+                    raw.execute(
+                        f"SELECT content_id, id FROM regions WHERE content_id IN ({marks}) ORDER BY content_id, rank",
+                        tuple(chunk),
+                    ).fetchall()
+                )
+        if not pairs:
+            return {}
+        arr = np.asarray(pairs, dtype=np.int64)
+        starts = np.flatnonzero(np.r_[True, arr[1:, 0] != arr[:-1, 0]])
+        ends = np.r_[starts[1:], len(arr)]
+        return {int(arr[a, 0]): arr[a:b, 1] for a, b in zip(starts, ends, strict=True)}
+
+    def region_boxes(self, region_ids: Sequence[int]) -> dict[int, Box]:
+        """The box of each known region id (float32 values, as :meth:`region_arrays` gives them)."""
+        import numpy as np
+
+        out: dict[int, Box] = {}
+        with self._raw() as raw:
+            for chunk in _chunks([int(r) for r in region_ids]):
+                marks = ",".join("?" * len(chunk))
+                for rid, *xy in raw.execute(
+                    f"SELECT id, x1, y1, x2, y2 FROM regions WHERE id IN ({marks})", tuple(chunk)
+                ):
+                    out[rid] = Box.clipped(*np.asarray(xy, np.float32).tolist())
+        return out
+
     def regions_for_contents(self, content_ids: Sequence[int]) -> dict[int, list[tuple[int, Box]]]:
         """Region ids and boxes per content, in rank order."""
         return {

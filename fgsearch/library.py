@@ -622,32 +622,28 @@ class Library:
                 cast(Any, idx).inner.close()
         old[0].close()
 
-    def visible_contents(self, rows: list[T], regions: dict[int, tuple[Any, Any]] | None = None) -> list[T]:
-        """The catalog rows (``ContentRow``) whose vectors this library's indexes hold.
+    def visible_contents(self, ids: list[int], regions: dict[int, Any] | None = None) -> list[int]:
+        """The content ids (images) whose vectors this library's indexes hold, in the given order.
 
         All of them in the writer. A reader may meet an image the writer confirmed after this
         reader's last refresh (or whose vectors were removed since): its global vector or some
         region vector is not in this reader's view yet, so the image waits for a later search.
-        ``regions``: the catalog's ``region_arrays`` of these rows when the caller has them already.
+        ``regions``: the catalog's ``region_ids_by_content`` of these ids when the caller has it.
         """
-        if not self.read_only or not rows:
-            return rows
+        if not self.read_only or not ids:
+            return ids
         import numpy as np
 
-        ids = [int(cast(Any, r).id) for r in rows]
-        keep = dict(zip(ids, self.global_index.contains(np.asarray(ids, np.int64)).tolist(), strict=True))
+        keep = self.global_index.contains(np.asarray(ids, np.int64))
         if regions is None:
-            regions = self.catalog.region_arrays(ids)
-        else:  # the caller's catalog.region_arrays of (at least) these rows
-            regions = {cid: regions[cid] for cid in ids if cid in regions}
-        if regions:
-            rids = np.concatenate([r for r, _ in regions.values()])
-            have = self.region_index.contains(rids)
-            pos = 0
-            for cid, (r, _) in regions.items():
-                keep[cid] = keep[cid] and bool(have[pos : pos + len(r)].all())
-                pos += len(r)
-        return [row for row, cid in zip(rows, ids, strict=True) if keep[cid]]
+            regions = self.catalog.region_ids_by_content(ids)
+        per = [regions.get(cid) for cid in ids]
+        has = np.asarray([r is not None and len(r) > 0 for r in per])
+        if has.any():
+            counts = np.asarray([len(r) for r in per if r is not None and len(r)], np.int64)
+            seen = self.region_index.contains(np.concatenate([r for r in per if r is not None and len(r)]))
+            keep[has] &= np.logical_and.reduceat(seen, np.cumsum(counts) - counts)
+        return [cid for cid, k in zip(ids, keep.tolist(), strict=True) if k]
 
     def status(self) -> dict[str, Any]:
         """Counts, model, backend, sizes and failures, as a JSON-ready dict."""

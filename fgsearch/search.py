@@ -444,20 +444,17 @@ def _search_images(
         cand |= set(lib.catalog.contents_of_regions(rids))
     if not cand:
         return []
-    rows = _restrict_paths(lib, lib.catalog.contents_by_ids(sorted(cand)), q.filters)  # skips unknown ids
-    if not rows:
+    cids = lib.catalog.indexed_among(sorted(cand))  # skips ids that are not indexed images (pending, dropped)
+    region_map = lib.catalog.region_ids_by_content(cids)  # content id -> region ids, rank order
+    cids = lib.visible_contents(cids, region_map)  # and a reader skips images its index view does not hold yet
+    if not cids:
         return []
-    region_map = lib.catalog.region_arrays([row.id for row in rows])  # content id -> (region ids, boxes [K, 4])
-    rows = lib.visible_contents(rows, region_map)  # and a reader skips images its index view does not hold yet
-    if not rows:
-        return []
-    ids = np.asarray([row.id for row in rows], np.int64)
+    ids = np.asarray(cids, np.int64)
     gvec = lib.global_index.get(ids)
-    empty = (np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
-    per = [region_map.get(cid, empty) for cid in ids.tolist()]
-    counts = np.asarray([len(rids) for rids, _ in per], np.int64)
-    all_rids = np.concatenate([rids for rids, _ in per])
-    all_boxes = np.concatenate([boxes for _, boxes in per])
+    empty = np.zeros(0, np.int64)
+    per = [region_map.get(cid, empty) for cid in cids]
+    counts = np.asarray([len(rids) for rids in per], np.int64)
+    all_rids = np.concatenate(per)
     rvec = lib.region_index.get(all_rids) if len(all_rids) else np.zeros((0, qv.shape[0]), np.float32)
     sample = library_sample(lib)
     score, gscore, rscore, arg = fused_scores(qv, gvec, rvec, counts, sample, weights, rv)
@@ -465,18 +462,32 @@ def _search_images(
         score = score - q.weights.negative * fused_scores(neg, gvec, rvec, counts, sample, weights)[0]
     bad = ~np.isfinite(score)
     if bad.any():
-        raise _damaged(lib, rows[int(np.argmax(bad))].path)
+        cid = cids[int(np.argmax(bad))]
+        found = lib.catalog.contents_by_ids([cid])
+        raise _damaged(lib, found[0].path if found else f"image {cid}")
     own = _query_file_content(lib, q)  # an exact tie goes to the query's own file (pixel-identical copies)
-    order = sorted(range(len(rows)), key=lambda i: (-score[i], rows[i].id != own, rows[i].id))
+    order = sorted(range(len(cids)), key=lambda i: (-score[i], cids[i] != own, cids[i]))
     if q.filters.min_score is not None:
         order = [i for i in order if score[i] >= q.filters.min_score]
+    # Rows (paths, size, date) only for the results, in rank order: the catalog may have dropped an
+    # image since, and a path filter may leave an image with no path, so read on until k are found.
+    picked: list[tuple[int, ContentRow]] = []
+    at = 0
+    while len(picked) < q.k and at < len(order):
+        chunk = order[at : at + q.k - len(picked) + 4]
+        at += len(chunk)
+        rows = {r.id: r for r in _restrict_paths(lib, lib.catalog.contents_by_ids([cids[i] for i in chunk]), q.filters)}
+        for i in chunk:
+            if cids[i] in rows and len(picked) < q.k:
+                picked.append((i, rows[cids[i]]))
+    boxes = lib.catalog.region_boxes([int(all_rids[arg[i]]) for i, _ in picked if arg[i] >= 0])
     hits = []
-    for rank, i in enumerate(order[: q.k], start=1):
+    for rank, (i, row) in enumerate(picked, start=1):
         j = int(arg[i])
-        box = None if j < 0 else Box.clipped(*map(float, all_boxes[j]))
+        rid = None if j < 0 else int(all_rids[j])
         region = None if j < 0 else float(rscore[i])
         hits.append(
-            _hit(rank, float(score[i]), float(gscore[i]), region, box, None if j < 0 else int(all_rids[j]), rows[i])
+            _hit(rank, float(score[i]), float(gscore[i]), region, None if rid is None else boxes.get(rid), rid, row)
         )
     return hits
 

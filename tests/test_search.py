@@ -194,3 +194,19 @@ def test_a_damaged_vector_is_an_error_not_a_nan_score(library, monkeypatch: pyte
     monkeypatch.setattr(lib.global_index, "get", with_nan)
     with pytest.raises(LibraryError, match=r"non-finite vectors for .*fgsearch doctor --repair"):
         lib.search(TEXT, k=3)
+
+
+def test_results_read_on_past_images_the_catalog_no_longer_lists(library, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search reads the rows (paths) of its results only, in rank order. An image dropped from the
+    catalog after it was ranked is skipped and the next ones fill the k places, with their boxes."""
+    _, _, lib = library
+    full = lib.search(TEXT, k=6)
+    gone = {full[0].image_id, full[2].image_id}
+    real = lib.catalog.contents_by_ids
+    monkeypatch.setattr(lib.catalog, "contents_by_ids", lambda ids: [r for r in real(ids) if r.id not in gone])
+    hits = lib.search(TEXT, k=4)
+    kept = [h for h in full if h.image_id not in gone]
+    assert [h.image_id for h in hits] == [h.image_id for h in kept]
+    assert [h.rank for h in hits] == [1, 2, 3, 4]
+    assert [(h.box, h.region_id, h.score) for h in hits] == [(h.box, h.region_id, h.score) for h in kept]
+    assert all(h.box is not None for h in hits)
