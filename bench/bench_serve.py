@@ -9,7 +9,8 @@ images and --regions-per-image boxes each, and FAISS indexes of synthetic CLIP-l
 text tower runs). A real server process is started (``fgsearch serve`` through run_server) and,
 for each client count, that many threads in this process post --words-word queries back to back
 over keep-alive connections for --duration seconds. Printed per level: requests/s, p50/p95
-latency, errors, the server's anonymous RSS at the start and end of the level and its maximum, its
+latency, errors, the server's anonymous RSS at the start, half-time and end of the level and its
+maximum (memory flat over a run: no growth from half-time to the end, after the level's warm-up), its
 file-backed RSS (memory-mapped vectors) at the end, and how many
 texts the server encoded per forward pass. As a yardstick measured in the same run, the same
 queries first go through ``run_search`` in this process (no HTTP, one at a time). --unbatched
@@ -132,6 +133,7 @@ def level(port: int, pid: int, clients: int, duration: float, words: int) -> dic
         "errors": sum(errors),
         "timeouts": sum(timeouts),
         "anon_start": rss[0][0],
+        "anon_mid": rss[len(rss) // 2][0],  # after the warm-up of this level (threads, buffers)
         "anon_end": rss[-1][0],
         "anon_max": max(a for a, _ in rss),
         "file_end": rss[-1][1],
@@ -168,7 +170,7 @@ def run(lib_dir: Path, port: int, max_batch: int, levels: list[int], duration: f
             print(
                 f"batching {r['batching']:>3} | {n:>2} clients: {r['rps']:6.2f} req/s, p50 {r['p50']:7.1f} ms, "
                 f"p95 {r['p95']:7.1f} ms, errors {r['errors']}, timeouts {r['timeouts']}, "
-                f"anon RSS {r['anon_start']:.0f} -> {r['anon_end']:.0f} MB "
+                f"anon RSS {r['anon_start']:.0f} -> {r['anon_mid']:.0f} (half-time) -> {r['anon_end']:.0f} MB "
                 f"(max {r['anon_max']:.0f}), mapped {r['file_end']:.0f} MB, {r['texts_per_forward']:.2f} texts/forward",
                 flush=True,
             )
