@@ -77,8 +77,8 @@ class FaissConfig:
     * ``filter_exact_max``: allowed-id filters with at most this many ids are answered exactly.
     * ``use_gpu`` (ivfpq only): ``None`` uses a GPU when FAISS sees one; ``False`` never; ``True``
       requires one.
-    * ``mmap``: load the IVF index memory-mapped (read-only use; snapshots are immutable). HNSW
-      graphs cannot be memory-mapped by FAISS and are read into memory.
+    * ``mmap``: search a snapshot's FAISS file memory-mapped (IVF lists, or the HNSW graph and
+      codes) instead of reading it into memory; snapshots are immutable.
     """
 
     journal: JournalConfig = field(default_factory=JournalConfig)

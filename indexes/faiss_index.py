@@ -32,8 +32,11 @@ How search works (see :class:`~.config.FaissConfig` for every knob):
   was built, and dropped back to flat below ``flat_threshold / 2``.
 * Allowed-id filters: up to ``filter_exact_max`` ids are answered exactly from their vectors;
   larger filters run the approximate search with an ``IDSelectorBatch``.
-* The IVF file is loaded memory-mapped (``IO_FLAG_MMAP``) when ``mmap=True``; the HNSW file is
-  read into memory (FAISS cannot map it). With ``fgsearch[gpu]`` and a GPU, unfiltered IVF searches
+* With ``mmap=True`` (the default) the FAISS file of a snapshot is searched memory-mapped, not
+  read into memory: the IVF lists (``IO_FLAG_MMAP``), or the HNSW graph and its codes
+  (``IO_FLAG_MMAP_IFC``). Snapshots are immutable and a build reads its own copy, so the mapped
+  pages are shared with the page cache and with every other process that searches the same index;
+  opening costs no read of the file. With ``fgsearch[gpu]`` and a GPU, unfiltered IVF searches
   run on a GPU clone; filtered ones on CPU.
 """
 
@@ -93,6 +96,13 @@ def derive_pq_m(dim: int) -> int:
     return m
 
 
+def _mmap_flags(tier: str) -> int:
+    """FAISS read flags that map a snapshot's file instead of reading it: the IVF lists, or the
+    codes and graph of an HNSW index (``IO_FLAG_MMAP_IFC``; 0 on a FAISS build without it)."""
+    faiss = _faiss()
+    return int(faiss.IO_FLAG_MMAP if tier == "ivf" else getattr(faiss, "IO_FLAG_MMAP_IFC", 0))
+
+
 def _excluding(ids: np.ndarray) -> Any:
     """A FAISS selector that lets every id through except ``ids``."""
     faiss = _faiss()
@@ -130,6 +140,7 @@ class FaissIndex(StoreBackedIndex):
         faiss = _faiss()
         extra = self._store.manifest.get("extra", {})
         self._ann: Any = None
+        self._mapped = False  # the FAISS file is memory-mapped, not read into memory
         self._gpu_ivf: Any = None
         self._sel_cache: tuple[int, Any] | None = None
         self._extra = extra
@@ -137,12 +148,14 @@ class FaissIndex(StoreBackedIndex):
         tier = extra.get("tier")
         if tier in ("ivf", "hnsw"):
             fpath = self._store.path / extra["faiss_file"]
-            flags = faiss.IO_FLAG_MMAP if (self._config.mmap and tier == "ivf") else 0
+            flags = _mmap_flags(tier) if self._config.mmap else 0
             try:
                 self._ann = faiss.read_index(str(fpath), flags)
-            except RuntimeError:
+                self._mapped = bool(flags)
+            except RuntimeError as e:
                 if not flags:
                     raise
+                log.warning("cannot memory-map %s (%s); reading it into memory", fpath, e)
                 self._ann = faiss.read_index(str(fpath))
             if extra.get("tombstones_file"):
                 self._tombstones = np.load(self._store.path / extra["tombstones_file"])
@@ -606,11 +619,12 @@ class FaissIndex(StoreBackedIndex):
         e = self._extra
         if self.tier == "ivf":
             p.update(nlist=int(self._ann.nlist), pq_m=int(e.get("pq_m", 0)), nprobe=self._breadth())
-            p.update(gpu=self._gpu_ivf is not None, mmap=self._config.mmap)
+            p.update(gpu=self._gpu_ivf is not None)
         else:
             p.update(hnsw_m=e.get("hnsw_m"), hnsw_ef_construction=e.get("hnsw_ef_construction"))
             p.update(codes=e.get("hnsw_codes", "SQ8"), ef_search=self._breadth(), tombstones=int(self._tombstones.size))
         p.update(
+            mmap=self._mapped,
             calibrated_recall=e.get("calibrated_recall"),
             trained_n=e.get("trained_n"),
             calibrated_n=e.get("calibrated_n", e.get("trained_n")),

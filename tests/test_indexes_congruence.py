@@ -333,3 +333,29 @@ def test_faiss_recalibrates_when_adds_grow_the_graph(tmp_path: Path) -> None:
         assert p["calibration"]["reached"] and p["calibrated_recall"] >= 0.98
         res = idx.search(data[:100], 5)
         assert not np.isin(res.ids, np.arange(50)).any()  # removed ids are never returned
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
+def test_an_hnsw_snapshot_is_searched_memory_mapped_with_the_same_answers(tmp_path: Path) -> None:
+    """The graph and codes of an HNSW snapshot are mapped from its file, not read into anonymous
+    memory (they were: ~740 B per vector of every reader and writer, bench_indexes), and the
+    answers are those of the same index read into memory."""
+    data = unit_vectors(3000, DIM, seed=5)
+    queries = text_like_queries(data, 50)
+    with create_index("faiss", tmp_path / "f", DIM, config=FaissConfig(flat_threshold=1000)) as w:
+        w.add(np.arange(3000), data)
+        w.save()
+        assert w.stats().params["tier"] == "hnsw" and w.stats().params["mmap"]  # the writer's too
+    mapped = open_index("faiss", tmp_path / "f", read_only=True)
+    plain = open_index("faiss", tmp_path / "f", read_only=True, config=FaissConfig(flat_threshold=1000, mmap=False))
+    try:
+        assert isinstance(mapped, FaissIndex)
+        faiss_file = str(tmp_path / "f" / mapped._extra["faiss_file"])
+        assert faiss_file in Path("/proc/self/maps").read_text()
+        assert mapped.stats().params["mmap"] and not plain.stats().params["mmap"]
+        a, b = mapped.search(queries, 10), plain.search(queries, 10)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    finally:
+        mapped.close()
+        plain.close()
