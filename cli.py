@@ -373,7 +373,9 @@ def query(
         None, "--w-region", help="Weight of the best-region score [default: 0.75 text, 0 image, 1 box]."
     ),
     w_negative: float = typer.Option(0.5, "--w-not", help="Weight of the --not penalty."),
-    text_path: str | None = typer.Option(None, "--text-path", help="Force the short (77) or long (248) text path."),
+    text_path: str | None = typer.Option(
+        None, "--text-path", help="Force one text walk: short or long (FG-CLIP 2 also has box, its region walk)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print results as JSON (schema in README)."),
     paths_out: bool = typer.Option(
         False, "--paths", help="Print one path per line (control characters escaped as \\xNN; see --null)."
@@ -397,8 +399,8 @@ def query(
 
     if box is not None and image is None:
         _fail("--box needs --image (the box is a region of the query image)")
-    if text_path not in (None, "short", "long"):
-        _fail("--text-path must be short or long")
+    if text_path not in (None, "short", "long", "box"):
+        _fail("--text-path must be short, long or box (box: FG-CLIP 2 only)")
     _check_range("-k/--top", top, 1, MAX_K)
     if null and not paths_out:
         _fail("--null goes with --paths (NUL-terminated paths for xargs -0)")

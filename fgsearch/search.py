@@ -136,7 +136,7 @@ class SearchQuery:
     by: str = "image"  # "image" or "region"
     filters: Filters = field(default_factory=Filters)
     weights: FusionWeights = field(default_factory=FusionWeights)
-    text_path: str | None = None  # force "short"/"long"; None = the model layer's rule
+    text_path: str | None = None  # force a walk ("short", "long"; FG-CLIP 2 also "box"); None = the rule
 
 
 @dataclass(frozen=True)

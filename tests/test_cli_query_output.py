@@ -38,3 +38,10 @@ def test_under_a_folder_that_does_not_exist_warns(tmp_path: Path) -> None:
     assert "no results" in r.stdout
     r = runner.invoke(app, ["query", "a photo", "--library", lib, "--under", str(tmp_path / "photos")])
     assert "warning" not in r.output and "no results" not in r.output
+
+
+def test_the_box_walk_is_refused_in_one_line_by_a_family_without_it(tmp_path: Path) -> None:
+    lib = demo_cli_library(tmp_path, n_good=2)
+    r = CliRunner().invoke(app, ["query", "a red circle", "--library", lib, "--text-path", "box"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "has no 'box' text walk" in r.output and len(r.output.strip().splitlines()) == 1, r.output

@@ -60,6 +60,10 @@ def test_index_mixed_shapes_then_query_in_english_and_chinese(tiny2: Path, tmp_p
                 1 / (1 + np.exp(-(h["global_score"] * np.exp(2.3) - 5.0))), abs=2e-6
             )
             assert h["region_probability"] is not None and 0 < h["region_probability"] < 1
+    r = run("query", "a red mug", "--library", str(lib_dir), "--json", "--device", "cpu", "-k", "2",
+            "--by", "region", "--text-path", "box")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (json.loads(r.output)["query"]["text_path"], json.loads(r.output)["query"]["region_walk"]) == ("box", "box")
     enc = Encoder.load(str(tiny2), device="cpu")
     with Library.open(lib_dir, read_only=True, encoder=enc) as lib:
         st = lib.status()
@@ -68,6 +72,17 @@ def test_index_mixed_shapes_then_query_in_english_and_chinese(tiny2: Path, tmp_p
         info = QueryInfo()
         run_search(lib, SearchQuery(text="a red mug", k=2), info)
         assert (info.text_path, info.region_walk) == ("short", "box")  # region matching: the box walk
+        # --text-path box forces the box walk for a text the rule sends down the long walk
+        long_text = "a red mug on a wooden table " * 40
+        assert enc.region_walk(long_text).value == "long"
+        info = QueryInfo()
+        hit = run_search(lib, SearchQuery(text=long_text, k=1, by="region", text_path="box"), info)[0]
+        assert (info.text_path, info.region_walk) == ("box", "box")
+        assert any("truncated to 64 tokens (box walk)" in n for n in info.notices)
+        with pytest.warns(UserWarning, match="box walk"):
+            box_vec = enc.encode_texts([long_text], path="box")[0]
+        want = box_vec @ lib.region_index.get(np.asarray([hit.region_id]))[0]
+        assert hit.score == pytest.approx(float(want), abs=1e-5)
         # every image was embedded in a padded mixed-shape batch exactly as it is alone
         rows = {r.path: r.id for r in lib.catalog.contents_by_ids(list(lib.catalog.all_vector_ids()[0]))}
         for p in photos:

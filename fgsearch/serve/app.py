@@ -93,7 +93,7 @@ class SearchRequest(BaseModel):
     offset: int = Field(default=0, ge=0, description="Skip this many results (paging).")
     filters: FiltersIn = Field(default_factory=lambda: FiltersIn())
     weights: WeightsIn = Field(default_factory=lambda: WeightsIn())
-    text_path: Literal["short", "long"] | None = None
+    text_path: Literal["short", "long", "box"] | None = None
 
 
 def _time(value: str | None, name: str) -> datetime | None:
