@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -103,6 +104,27 @@ def _mmap_flags(tier: str) -> int:
     return int(faiss.IO_FLAG_MMAP if tier == "ivf" else getattr(faiss, "IO_FLAG_MMAP_IFC", 0))
 
 
+def _prefetch(path: Any) -> None:
+    """Have the kernel read a mapped file into the page cache, in the background. Mapped, a file
+    that is not cached (after a reboot) is read page by page as searches touch it, each a random
+    read (1M vectors: the first searches took ~140 ms instead of ~8); one sequential read ahead
+    brings it in at disk speed while searches already run."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+
+    def run() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+        except OSError as e:  # only a hint: searches read what they need anyway
+            log.debug("read-ahead of %s failed: %s", path, e)
+
+    threading.Thread(target=run, name="fgsearch-prefetch", daemon=True).start()
+
+
 def _excluding(ids: np.ndarray) -> Any:
     """A FAISS selector that lets every id through except ``ids``."""
     faiss = _faiss()
@@ -152,6 +174,8 @@ class FaissIndex(StoreBackedIndex):
             try:
                 self._ann = faiss.read_index(str(fpath), flags)
                 self._mapped = bool(flags)
+                if self._mapped:
+                    _prefetch(fpath)
             except RuntimeError as e:
                 if not flags:
                     raise

@@ -8,6 +8,8 @@ after adds, after removals and upserts, after reopening, and after a new snapsho
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -335,8 +337,10 @@ def test_faiss_recalibrates_when_adds_grow_the_graph(tmp_path: Path) -> None:
         assert not np.isin(res.ids, np.arange(50)).any()  # removed ids are never returned
 
 
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
-def test_an_hnsw_snapshot_is_searched_memory_mapped_with_the_same_answers(tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    not Path("/proc/self/maps").exists() or not hasattr(os, "posix_fadvise"), reason="Linux memory map and fadvise"
+)
+def test_an_hnsw_snapshot_is_searched_memory_mapped_with_the_same_answers(tmp_path: Path, monkeypatch) -> None:
     """The graph and codes of an HNSW snapshot are mapped from its file, not read into anonymous
     memory (they were: ~740 B per vector of every reader and writer, bench_indexes), and the
     answers are those of the same index read into memory."""
@@ -346,6 +350,9 @@ def test_an_hnsw_snapshot_is_searched_memory_mapped_with_the_same_answers(tmp_pa
         w.add(np.arange(3000), data)
         w.save()
         assert w.stats().params["tier"] == "hnsw" and w.stats().params["mmap"]  # the writer's too
+    advised: list[int] = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, how: advised.append(how) or real(fd, off, n, how))
     mapped = open_index("faiss", tmp_path / "f", read_only=True)
     plain = open_index("faiss", tmp_path / "f", read_only=True, config=FaissConfig(flat_threshold=1000, mmap=False))
     try:
@@ -356,6 +363,11 @@ def test_an_hnsw_snapshot_is_searched_memory_mapped_with_the_same_answers(tmp_pa
         a, b = mapped.search(queries, 10), plain.search(queries, 10)
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+        for _ in range(100):  # the mapped file is read ahead in the background (a cold cache is read at disk speed)
+            if advised:
+                break
+            time.sleep(0.05)
+        assert advised == [os.POSIX_FADV_WILLNEED]
     finally:
         mapped.close()
         plain.close()
