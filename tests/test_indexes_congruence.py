@@ -9,6 +9,7 @@ after adds, after removals and upserts, after reopening, and after a new snapsho
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -350,6 +351,9 @@ def test_an_hnsw_snapshot_is_searched_memory_mapped_with_the_same_answers(tmp_pa
         w.add(np.arange(3000), data)
         w.save()
         assert w.stats().params["tier"] == "hnsw" and w.stats().params["mmap"]  # the writer's too
+    for t in threading.enumerate():  # the writer's own read-ahead (it maps its snapshot too) is done
+        if t.name == "fgsearch-prefetch":
+            t.join(10)
     advised: list[int] = []
     real = os.posix_fadvise
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, how: advised.append(how) or real(fd, off, n, how))
