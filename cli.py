@@ -618,7 +618,8 @@ def train(
     init: str = typer.Option(
         "tiny",
         "--init",
-        help="tiny (fresh small model), a registry name, a checkpoint dir, hf-hub:ORG/NAME, or openai-clip:DIR.",
+        help="tiny (fresh small FG-CLIP), tiny-fgclip2 (fresh small FG-CLIP 2, its tokenizer trained on the "
+        "data's texts), a registry name, a checkpoint dir, hf-hub:ORG/NAME, or openai-clip:DIR.",
     ),
     steps: int = typer.Option(1000, "--steps", help="Optimizer steps in all (a resumed run stops at the same step)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Image-text pairs per batch (per process)."),
@@ -640,10 +641,14 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Random seed (data order and a fresh model's weights)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
-    tiny_image_size: int = typer.Option(96, "--tiny-image-size", help="With --init tiny: input size."),
-    tiny_patch: int = typer.Option(12, "--tiny-patch", help="With --init tiny: patch size."),
-    tiny_width: int = typer.Option(128, "--tiny-width", help="With --init tiny: vision width."),
-    tiny_layers: int = typer.Option(4, "--tiny-layers", help="With --init tiny: vision layers."),
+    tiny_image_size: int = typer.Option(96, "--tiny-image-size", help="With --init tiny or tiny-fgclip2: input size."),
+    tiny_patch: int = typer.Option(12, "--tiny-patch", help="With --init tiny or tiny-fgclip2: patch size."),
+    tiny_width: int = typer.Option(
+        128, "--tiny-width", help="With --init tiny: vision width (tiny-fgclip2: both towers' width)."
+    ),
+    tiny_layers: int = typer.Option(
+        4, "--tiny-layers", help="With --init tiny: vision layers (tiny-fgclip2: both towers)."
+    ),
 ) -> None:
     """Fine-tune FG-CLIP (global, region and hard-negative losses); torchrun for several GPUs."""
     from fgsearch.trainer import TrainConfig

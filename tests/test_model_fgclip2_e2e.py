@@ -141,3 +141,36 @@ def test_eval_and_train_accept_an_fgclip2_checkpoint(tiny2: Path, tmp_path: Path
     changed = [k for k, v in after.state_dict().items() if not np.allclose(v.numpy(), before.state_dict()[k].numpy())]
     assert {"boxtext_head.weight", "longtext_head.weight", "logit_bias"} <= set(changed)
     assert any(k.startswith("vision_model.encoder") for k in changed)
+
+
+@pytest.mark.slow
+def test_train_from_a_fresh_tiny_fgclip2_with_a_tokenizer_of_the_datas_texts(tmp_path: Path) -> None:
+    import hashlib
+
+    from fgsearch.model import load_model
+    from fgsearch.model.hf_tokenizer import _tokenizers
+    from fgsearch.trainer.fineshapes import make_fineshapes
+
+    data = make_fineshapes(tmp_path / "fs", n=16, seed=5, heldout=0.25)
+    out = tmp_path / "trained"
+    args = ["train", "--data", str(data), "--out", str(out), "--init", "tiny-fgclip2", "--batch-size", "4",
+            "--warmup", "1", "--eval-every", "2", "--device", "cpu"]  # fmt: skip
+    r = run(*args, "--steps", "2")
+    assert r.exit_code == 0, r.output
+    _, spec = load_model(out)
+    assert (
+        spec.family == "fgclip2"
+        and (out / "tokenizer.json").read_bytes() == (out / "init-tiny-fgclip2" / "tokenizer.json").read_bytes()
+    )
+    tok = _tokenizers().Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert tok.get_vocab_size() > 300  # merges learned from the data's captions, beyond bytes and specials
+    assert len(tok.encode("square").ids) <= 2  # a word of the data is (nearly) one token
+    digest = hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest()
+    r = run(*args, "--steps", "3")  # resumes with the tokenizer it started with
+    assert r.exit_code == 0 and "resuming" in r.output, r.output
+    assert hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest() == digest
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 3 and all(np.isfinite(rec["loss"]) for rec in log)
+    r = run("train", "--data", str(data), "--out", str(tmp_path / "bad"), "--init", "tiny-fgclip2",
+            "--tiny-image-size", "100", "--tiny-patch", "12", "--steps", "1", "--device", "cpu")  # fmt: skip
+    assert r.exit_code != 0 and "--tiny-image-size 100 must be a multiple of --tiny-patch 12" in r.output

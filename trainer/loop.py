@@ -39,7 +39,7 @@ class TrainConfig:
     data: str
     out: str
     data_root: str | None = None
-    init: str = "tiny"  # tiny | registry name | checkpoint dir | hf-hub:ORG/NAME | openai-clip:DIR
+    init: str = "tiny"  # tiny | tiny-fgclip2 | registry name | checkpoint dir | hf-hub:ORG/NAME | openai-clip:DIR
     steps: int = 1000
     batch_size: int = 32
     lr: float = 5e-4
@@ -58,7 +58,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = True
-    # shape of a fresh model (--init tiny)
+    # shape of a fresh model (--init tiny, tiny-fgclip2: its towers both have tiny_width and tiny_layers)
     tiny_image_size: int = 96
     tiny_patch: int = 12
     tiny_width: int = 128
@@ -97,16 +97,23 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def init_model(cfg: TrainConfig, out: Path) -> tuple[Any, Any]:
-    """The starting model and its spec, from --init."""
+TINY_FGCLIP2_VOCAB = 4096  # largest tokenizer trained for --init tiny-fgclip2 (fewer ids if the captions are few)
+TINY_FGCLIP2_CAPTIONS = 20_000  # training samples whose texts the tokenizer is trained on
+
+
+def init_model(cfg: TrainConfig, out: Path, source: Any = None) -> tuple[Any, Any]:
+    """The starting model and its spec, from --init (``source``: the training data, whose texts
+    train the tokenizer of ``tiny-fgclip2``)."""
     from fgsearch.model import FGCLIP, FGCLIPConfig, ModelSpec, TextConfig, VisionConfig, load_model
     from fgsearch.model.loading import convert_openai_clip
 
+    if cfg.init in ("tiny", "tiny-fgclip2") and cfg.tiny_image_size % cfg.tiny_patch:
+        raise InputError(f"--tiny-image-size {cfg.tiny_image_size} must be a multiple of --tiny-patch {cfg.tiny_patch}")
+    if cfg.init == "tiny-fgclip2":
+        model, spec = load_model(_tiny_fgclip2(cfg, out, source))
+        model.requires_grad_(True)
+        return model, spec
     if cfg.init == "tiny":
-        if cfg.tiny_image_size % cfg.tiny_patch:
-            raise InputError(
-                f"--tiny-image-size {cfg.tiny_image_size} must be a multiple of --tiny-patch {cfg.tiny_patch}"
-            )
         mc = FGCLIPConfig(
             text=TextConfig(
                 hidden_size=cfg.tiny_text_width,
@@ -137,6 +144,57 @@ def init_model(cfg: TrainConfig, out: Path) -> tuple[Any, Any]:
         raise ModelNotFoundError(str(e).replace("--model ", "--init ")) from e
     model.requires_grad_(True)
     return model, spec
+
+
+def _tiny_fgclip2(cfg: TrainConfig, out: Path, source: Any) -> Path:
+    """A fresh small FG-CLIP 2 checkpoint in ``out/init-tiny-fgclip2``: a byte-fallback BPE tokenizer
+    trained on the texts of the training data (captions and region expressions of its first
+    samples; English, Chinese, anything) and the model's own random initialisation. A resumed run
+    reuses the one it started with (its checkpoints were trained with that tokenizer)."""
+    from fgsearch.model.fgclip2 import FGCLIP2Config
+    from fgsearch.model.tiny import write_fgclip2
+    from fgsearch.trainer.data import ReadStats
+
+    init = out / "init-tiny-fgclip2"
+    rank = _dist_env()[0]
+    if rank == 0 and not (
+        cfg.resume and (init / "model.safetensors").is_file() and (init / "tokenizer.json").is_file()
+    ):
+        if source is None:
+            raise InputError("--init tiny-fgclip2 trains its tokenizer on the training data: give --data")
+        texts: list[str] = []
+        for i, s in enumerate(source.iter_samples(ReadStats(), check_images=False)):
+            if i >= TINY_FGCLIP2_CAPTIONS:
+                break
+            texts += [
+                s.caption,
+                s.short_caption,
+                *s.region_short,
+                *s.region_long,
+                *(n for ns in s.negatives for n in ns),
+            ]
+        if not texts:
+            raise DataError(f"--init tiny-fgclip2: no usable records with captions in {cfg.data}")
+        grid = cfg.tiny_image_size // cfg.tiny_patch
+        mc = FGCLIP2Config.tiny(
+            width=cfg.tiny_width,
+            layers=cfg.tiny_layers,
+            patch_size=cfg.tiny_patch,
+            grid=grid,
+            vocab_size=TINY_FGCLIP2_VOCAB,
+        )
+        shutil.rmtree(init, ignore_errors=True)
+        tmp = out / "init-tiny-fgclip2.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        # SigLIP's initial temperature and bias (log 10, -10); weights as the model initialises them
+        write_fgclip2(tmp, mc, seed=cfg.seed, logit_bias=-10.0, max_patches=grid * grid, corpus=texts, weight_std=None)
+        tmp.rename(init)
+    if _dist_env()[1] > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()  # the other ranks load what rank 0 wrote
+    return init
 
 
 def apply_freeze(model: Any, freeze: str) -> None:
@@ -338,7 +396,7 @@ def train(
     source = resolve_data(cfg.data, cfg.data_root)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    model, spec = init_model(cfg, out)
+    model, spec = init_model(cfg, out, source)
     apply_freeze(model, cfg.freeze)
     model.train().to(device)
     family = get_family(spec.family or "fgclip")

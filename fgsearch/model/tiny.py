@@ -75,8 +75,14 @@ def write_fgclip2(
     logit_bias: float = -5.0,
     max_patches: int = 256,
     dynamic: bool = True,
+    corpus: Iterable[str] = CORPUS,
+    weight_std: float | None = 0.1,
 ) -> Path:
-    """A random FG-CLIP 2 checkpoint directory that :func:`~fgsearch.model.load_model` reads."""
+    """A random FG-CLIP 2 checkpoint directory that :func:`~fgsearch.model.load_model` reads.
+
+    The tokenizer is trained on ``corpus``. ``weight_std``: every matrix drawn from N(0, std), larger
+    than the model's own 0.02 so that random features differ clearly (tests); None keeps the model's
+    initialisation (a model to train)."""
     import torch
 
     from fgsearch.model.loading import save_model
@@ -84,13 +90,14 @@ def write_fgclip2(
 
     cfg = cfg or FGCLIP2Config.tiny()
     out = Path(out)
-    write_tokenizer(out, cfg.text.vocab_size)
+    write_tokenizer(out, cfg.text.vocab_size, corpus)
     torch.manual_seed(seed)
     model = FGCLIP2(cfg)
     with torch.no_grad():
-        for p in model.parameters():  # larger than the init's 0.02 so that random features differ clearly
-            if p.ndim >= 2:
-                p.normal_(0, 0.1)
+        if weight_std is not None:
+            for p in model.parameters():
+                if p.ndim >= 2:
+                    p.normal_(0, weight_std)
         model.logit_scale.fill_(logit_scale)
         model.logit_bias.fill_(logit_bias)
     spec = ModelSpec(
