@@ -772,7 +772,6 @@ class Library:
             except Exception as e:  # closing must release the lock even if an index is broken (or the disk full)
                 logger.warning("could not close a vector index of %s cleanly: %s", self.path, e)
         self.catalog.close()
-        self._build.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -820,60 +819,35 @@ class _BuildProbe:
 
     The exact answer, :func:`_library_id`, opens a new sqlite connection: ~0.5 ms, and a search
     asks twice. A ``--reindex`` deletes the catalog and writes a new file, and a file's id, once
-    set, never changes. So once a file is seen to hold the build asked about, the probe keeps it
-    open (its inode cannot be reused while held) and answers later questions from one ``stat`` of
-    the path: the same inode is the same file, still holding that id.
+    set, never changes. So once the file is seen to hold the build asked about, the probe keeps its
+    ``stat`` signature (device, inode, size, modification and change times) and answers later
+    questions from one ``stat``: the same signature is the same, unchanged file. Any change (a
+    checkpoint of the writer, a new file) is checked the exact way. The probe holds no descriptor
+    of its own: closing one would drop the POSIX locks SQLite holds on that file in this process.
     """
 
     def __init__(self, lib_dir: Path) -> None:
         self._lib_dir = lib_dir
         self._path = lib_dir / "catalog.sqlite"
-        self._held: tuple[str, tuple[int, int], int] | None = None  # (library id, (dev, inode), fd)
-        self._lock = threading.Lock()
+        self._known: tuple[str, tuple[int, ...]] | None = None  # (library id, signature of the file holding it)
+
+    def _signature(self) -> tuple[int, ...] | None:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def is_build(self, epoch: str | None) -> bool:
-        held = self._held
-        if held is not None and held[0] == epoch:
-            with contextlib.suppress(OSError):
-                st = os.stat(self._path)
-                if (st.st_dev, st.st_ino) == held[1]:
-                    return True
-        return self._verify(epoch)
-
-    def _verify(self, epoch: str | None) -> bool:
-        # no id yet (a library older than ids: a writer sets one in place) or Windows (an open file
-        # cannot be deleted there): always ask the catalog
-        if not epoch or os.name == "nt":
-            return _library_id(self._lib_dir) == epoch
-        try:
-            fd = os.open(self._path, os.O_RDONLY)
-        except OSError:
-            return _library_id(self._lib_dir) == epoch
-        keep = False
-        try:
-            fst = os.fstat(fd)
-            key = (fst.st_dev, fst.st_ino)
-            same = _library_id(self._lib_dir) == epoch
-            if same:
-                with contextlib.suppress(OSError):
-                    st = os.stat(self._path)
-                    keep = (st.st_dev, st.st_ino) == key  # the id was read from the file now held
-            return same
-        finally:
-            if keep:
-                with self._lock:
-                    old, self._held = self._held, (epoch, key, fd)
-                if old is not None:
-                    os.close(old[2])
-            else:
-                os.close(fd)
-
-    def close(self) -> None:
-        with self._lock:
-            old, self._held = self._held, None
-        if old is not None:
-            os.close(old[2])
-
+        known = self._known
+        if known is not None and known[0] == epoch and self._signature() == known[1]:
+            return True
+        before = self._signature()
+        same = _library_id(self._lib_dir) == epoch
+        # no id yet (a library older than ids: a writer sets one in place): always ask the catalog
+        if same and epoch and before is not None and self._signature() == before:
+            self._known = (epoch, before)  # unchanged while the id was read: it holds that id
+        return same
 
 @contextlib.contextmanager
 def _storage_errors(lib_dir: Path) -> Iterator[None]:
