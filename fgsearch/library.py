@@ -849,6 +849,7 @@ class _BuildProbe:
             self._known = (epoch, before)  # unchanged while the id was read: it holds that id
         return same
 
+
 @contextlib.contextmanager
 def _storage_errors(lib_dir: Path) -> Iterator[None]:
     """Turn a full disk, a damaged catalog or an unwritable library into one line naming the fix."""
