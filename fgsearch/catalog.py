@@ -155,6 +155,17 @@ def _sqlite_datetime(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+def _groups(keys: Any) -> list[tuple[int, int, int]]:
+    """``(key, start, end)`` of each run of equal consecutive ``keys`` (a 1-D int array)."""
+    import numpy as np
+
+    if not len(keys):
+        return []
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+    return [(int(keys[a]), int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
 def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
@@ -646,6 +657,15 @@ class Catalog:
             assert raw is not None
             yield cast(sqlite3.Connection, raw)
 
+    def _select_in(self, sql: str, ids: Iterable[int]) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` (whose ``{marks}`` is the ``IN`` list) for ``ids``, in chunks that stay
+        within SQLite's parameter limit; an ``ORDER BY`` holds within each chunk."""
+        out: list[tuple[Any, ...]] = []
+        with self._raw() as raw:
+            for chunk in _chunks([int(i) for i in ids]):
+                out.extend(raw.execute(sql.format(marks=",".join("?" * len(chunk))), tuple(chunk)).fetchall())
+        return out
+
     def region_ids_of(self, content_ids: Sequence[int]) -> list[int]:
         out: list[int] = []
         with self.engine.connect() as conn:
@@ -655,11 +675,7 @@ class Catalog:
 
     def contents_of_regions(self, region_ids: Sequence[int]) -> list[int]:
         """Content ids owning the given regions, unique, in the order of first appearance."""
-        owner: dict[int, int] = {}
-        with self._raw() as raw:
-            for chunk in _chunks([int(r) for r in region_ids]):
-                marks = ",".join("?" * len(chunk))
-                owner.update(raw.execute(f"SELECT id, content_id FROM regions WHERE id IN ({marks})", tuple(chunk)))
+        owner = dict(self._select_in("SELECT id, content_id FROM regions WHERE id IN ({marks})", region_ids))
         seen: dict[int, None] = {}
         for rid in region_ids:
             if rid in owner:
@@ -679,19 +695,15 @@ class Catalog:
     def contents_by_ids(self, ids: Sequence[int]) -> list[ContentRow]:
         """Indexed images for ids (in the given order), skipping ids without an ok file."""
         found: dict[int, tuple[int, int, datetime | None, list[str]]] = {}
-        with self._raw() as raw:
-            for chunk in _chunks([int(i) for i in ids]):
-                marks = ",".join("?" * len(chunk))
-                cur = raw.execute(
-                    "SELECT c.id, c.width, c.height, c.captured_at, f.path FROM contents AS c "
-                    "JOIN files AS f ON f.content_id = c.id "
-                    f"WHERE c.id IN ({marks}) AND c.state = 'ok' AND f.status = 'ok' ORDER BY c.id, f.path",
-                    tuple(chunk),
-                )
-                for cid, w, h, cap, path in cur:
-                    if cid not in found:
-                        found[cid] = (w, h, _sqlite_datetime(cap), [])
-                    found[cid][3].append(path)
+        for cid, w, h, cap, path in self._select_in(
+            "SELECT c.id, c.width, c.height, c.captured_at, f.path FROM contents AS c "
+            "JOIN files AS f ON f.content_id = c.id "
+            "WHERE c.id IN ({marks}) AND c.state = 'ok' AND f.status = 'ok' ORDER BY c.id, f.path",
+            ids,
+        ):
+            if cid not in found:
+                found[cid] = (w, h, _sqlite_datetime(cap), [])
+            found[cid][3].append(path)
         return [
             ContentRow(cid, found[cid][3][0], tuple(found[cid][3]), found[cid][0], found[cid][1], found[cid][2])
             for cid in ids
@@ -701,55 +713,30 @@ class Catalog:
     def indexed_among(self, ids: Sequence[int]) -> list[int]:
         """Those of ``ids`` that are indexed images (an ok content with an ok file), ascending: what
         :meth:`contents_by_ids` would return rows for, without building the rows."""
-        out: list[int] = []
-        with self._raw() as raw:
-            for chunk in _chunks([int(i) for i in ids]):
-                marks = ",".join("?" * len(chunk))
-                out.extend(
-                    r[0]
-                    for r in raw.execute(
-                        f"SELECT c.id FROM contents AS c WHERE c.id IN ({marks}) AND c.state = 'ok' "
-                        "AND EXISTS (SELECT 1 FROM files AS f WHERE f.content_id = c.id AND f.status = 'ok')",
-                        tuple(chunk),
-                    )
-                )
-        return sorted(out)
+        rows = self._select_in(
+            "SELECT c.id FROM contents AS c WHERE c.id IN ({marks}) AND c.state = 'ok' "
+            "AND EXISTS (SELECT 1 FROM files AS f WHERE f.content_id = c.id AND f.status = 'ok')",
+            ids,
+        )
+        return sorted(r[0] for r in rows)
 
     def region_ids_by_content(self, content_ids: Sequence[int]) -> dict[int, Any]:
         """Region ids per content (int64 ``[K]``, rank order): a search scores every region of its
         candidate images and needs the boxes (:meth:`region_boxes`) only of the ones it returns."""
         import numpy as np
 
-        pairs: list[tuple[int, int]] = []
-        with self._raw() as raw:
-            for chunk in _chunks([int(c) for c in content_ids]):
-                marks = ",".join("?" * len(chunk))
-                pairs.extend(
-                    raw.execute(
-                        f"SELECT content_id, id FROM regions WHERE content_id IN ({marks}) ORDER BY content_id, rank",
-                        tuple(chunk),
-                    ).fetchall()
-                )
-        if not pairs:
-            return {}
-        arr = np.asarray(pairs, dtype=np.int64)
-        starts = np.flatnonzero(np.r_[True, arr[1:, 0] != arr[:-1, 0]])
-        ends = np.r_[starts[1:], len(arr)]
-        return {int(arr[a, 0]): arr[a:b, 1] for a, b in zip(starts, ends, strict=True)}
+        pairs = self._select_in(
+            "SELECT content_id, id FROM regions WHERE content_id IN ({marks}) ORDER BY content_id, rank", content_ids
+        )
+        arr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        return {cid: arr[a:b, 1] for cid, a, b in _groups(arr[:, 0])}
 
     def region_boxes(self, region_ids: Sequence[int]) -> dict[int, Box]:
         """The box of each known region id (float32 values, as :meth:`region_arrays` gives them)."""
         import numpy as np
 
-        out: dict[int, Box] = {}
-        with self._raw() as raw:
-            for chunk in _chunks([int(r) for r in region_ids]):
-                marks = ",".join("?" * len(chunk))
-                for rid, *xy in raw.execute(
-                    f"SELECT id, x1, y1, x2, y2 FROM regions WHERE id IN ({marks})", tuple(chunk)
-                ):
-                    out[rid] = Box.clipped(*np.asarray(xy, np.float32).tolist())
-        return out
+        rows = self._select_in("SELECT id, x1, y1, x2, y2 FROM regions WHERE id IN ({marks})", region_ids)
+        return {rid: Box.clipped(*np.asarray(xy, np.float32).tolist()) for rid, *xy in rows}
 
     def regions_for_contents(self, content_ids: Sequence[int]) -> dict[int, list[tuple[int, Box]]]:
         """Region ids and boxes per content, in rank order."""
@@ -763,25 +750,15 @@ class Catalog:
         the fast path for search, which builds a Box only for the regions it returns."""
         import numpy as np
 
-        rows: list[tuple[int, int, float, float, float, float]] = []
-        with self._raw() as raw:
-            for chunk in _chunks(list(content_ids)):
-                marks = ",".join("?" * len(chunk))
-                cur = raw.execute(
-                    f"SELECT content_id, id, x1, y1, x2, y2 FROM regions WHERE content_id IN ({marks}) "
-                    "ORDER BY content_id, rank",
-                    tuple(int(c) for c in chunk),
-                )
-                rows.extend(cur.fetchall())
-        if not rows:
-            return {}
-        arr = np.asarray(rows, dtype=np.float64)
-        cids = arr[:, 0].astype(np.int64)
-        starts = np.flatnonzero(np.r_[True, cids[1:] != cids[:-1]])
-        ends = np.r_[starts[1:], len(cids)]
+        rows = self._select_in(
+            "SELECT content_id, id, x1, y1, x2, y2 FROM regions WHERE content_id IN ({marks}) "
+            "ORDER BY content_id, rank",
+            content_ids,
+        )
+        arr = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
         return {
-            int(cids[a]): (arr[a:b, 1].astype(np.int64), arr[a:b, 2:6].astype(np.float32))
-            for a, b in zip(starts, ends, strict=True)
+            cid: (arr[a:b, 1].astype(np.int64), arr[a:b, 2:6].astype(np.float32))
+            for cid, a, b in _groups(arr[:, 0].astype(np.int64))
         }
 
     def regions_by_ids(self, region_ids: Sequence[int]) -> dict[int, tuple[Box, ContentRow]]:
