@@ -637,12 +637,12 @@ class Library:
         keep = self.global_index.contains(np.asarray(ids, np.int64))
         if regions is None:
             regions = self.catalog.region_ids_by_content(ids)
-        per = [regions.get(cid) for cid in ids]
-        has = np.asarray([r is not None and len(r) > 0 for r in per])
-        if has.any():
-            counts = np.asarray([len(r) for r in per if r is not None and len(r)], np.int64)
-            seen = self.region_index.contains(np.concatenate([r for r in per if r is not None and len(r)]))
-            keep[has] &= np.logical_and.reduceat(seen, np.cumsum(counts) - counts)
+        per = [regions.get(cid, np.zeros(0, np.int64)) for cid in ids]
+        counts = np.asarray([len(r) for r in per], np.int64)
+        has = counts > 0
+        if has.any():  # every region of an image must be in view (reduceat over each image's run)
+            seen = self.region_index.contains(np.concatenate(per))
+            keep[has] &= np.logical_and.reduceat(seen, (np.cumsum(counts) - counts)[has])
         return [cid for cid, k in zip(ids, keep.tolist(), strict=True) if k]
 
     def status(self) -> dict[str, Any]:

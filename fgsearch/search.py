@@ -357,8 +357,8 @@ def library_sample(lib: Library) -> LibrarySample:
     ids = ids[lib.global_index.contains(ids)] if len(ids) else ids  # a reader's view may lag its catalog
     if len(ids) > SAMPLE_IMAGES:
         ids = ids[np.linspace(0, len(ids) - 1, SAMPLE_IMAGES).round().astype(np.int64)]
-    regions = lib.catalog.region_arrays(ids.tolist()) if key[1] else {}
-    rids = [regions[int(c)][0] if int(c) in regions else np.zeros(0, np.int64) for c in ids]
+    regions = lib.catalog.region_ids_by_content(ids.tolist()) if key[1] else {}
+    rids = [regions.get(int(c), np.zeros(0, np.int64)) for c in ids]
     rids = [r[lib.region_index.contains(r)] if len(r) else r for r in rids]
     counts = np.asarray([len(r) for r in rids], np.int64)
     all_rids = np.concatenate(rids) if rids else np.zeros(0, np.int64)
