@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -16,11 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _source_files() -> set[str]:
-    """Every file the wheel must hold, named as installed, derived from the source tree."""
-    expected = {"fgsearch/console/cli.py"}
+    """Every file the wheel must hold, named as installed, derived from the source tree: the sources
+    of the C extension (the HNSW search kernel) stay out, the extension it builds goes in."""
+    expected = {"fgsearch/console/cli.py", "fgsearch/indexes/_hnsw_kernel" + sysconfig.get_config_var("EXT_SUFFIX")}
     for src, dest in (("fgsearch", "fgsearch"), ("indexes", "fgsearch/indexes"), ("trainer", "fgsearch/trainer")):
         for f in (ROOT / src).rglob("*"):
-            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc":
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".c", ".so", ".pyd"):
                 expected.add(f"{dest}/{f.relative_to(ROOT / src).as_posix()}")
     return expected
 
@@ -32,7 +34,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md", "cli.py"):
         shutil.copy2(ROOT / name, src / name)
     for name in ("fgsearch", "indexes", "trainer"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
     # offline: no build isolation, the environment's setuptools and wheel (dev extra) build it
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
@@ -49,7 +51,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_holds_exactly_the_package(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     dist_info = {n for n in names if n.split("/")[0].endswith(".dist-info")}
-    assert {n.split("/")[0] for n in dist_info} == {wheel.name.split("-py3")[0] + ".dist-info"}
+    assert {n.split("/")[0] for n in dist_info} == {"-".join(wheel.name.split("-")[:2]) + ".dist-info"}
     assert set(names) - dist_info == _source_files()
 
 
