@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from ._graph import HnswKernel, kernel_isa, kernel_missing_reason
 from ._store import fsync_file
 from .base import SearchResult, as_queries, empty_result, merge_topk, topk_rows
 from .calibration import cross_modal_queries, in_distribution_queries, recall_at_k
@@ -142,6 +143,23 @@ def _ef_ladder(depth: int) -> list[int]:
     return [b for b in steps if b >= depth]
 
 
+_warned_no_kernel = False
+
+
+def _kernel_for(ann: Any) -> HnswKernel | None:
+    """fgsearch's search kernel for an HNSW graph (see :mod:`._graph`); None: FAISS's search (warned once)."""
+    global _warned_no_kernel
+    kernel = HnswKernel.for_index(ann)
+    if kernel is None and kernel_isa() is None and not _warned_no_kernel and kernel_missing_reason():
+        _warned_no_kernel = True
+        log.warning(
+            "%s: HNSW searches use FAISS's own search (~1.5x slower); reinstall fgsearch with a C compiler "
+            "(pip install -e . / pip install fgsearch --no-binary fgsearch) to build it",
+            kernel_missing_reason(),
+        )
+    return kernel
+
+
 def calibration_queries(vectors: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Image-like queries near stored vectors (see :func:`.calibration.in_distribution_queries`)."""
     return in_distribution_queries(vectors, n, seed)
@@ -165,6 +183,9 @@ class FaissIndex(StoreBackedIndex):
         self._mapped = False  # the FAISS file is memory-mapped, not read into memory
         self._gpu_ivf: Any = None
         self._sel_cache: tuple[int, Any] | None = None
+        self._mask_cache: tuple[int, np.ndarray | None] | None = None
+        self._kernel: HnswKernel | None = None
+        self._positions_are_rows = False  # graph position i holds the snapshot's row i
         self._extra = extra
         self._tombstones = np.zeros(0, dtype=np.int64)
         tier = extra.get("tier")
@@ -185,6 +206,10 @@ class FaissIndex(StoreBackedIndex):
                 self._tombstones = np.load(self._store.path / extra["tombstones_file"])
             if tier == "ivf":
                 self._maybe_gpu()
+            else:
+                self._kernel = _kernel_for(self._ann)
+                if self._kernel is not None:  # then candidates need no id -> row lookup
+                    self._positions_are_rows = bool(np.array_equal(self._kernel.ids, self._store.base_ids))
 
     def set_calibration_queries(self, source: CalibrationSource | None) -> None:
         """Queries of the kinds this index will serve, used the next time it builds its structure.
@@ -345,8 +370,7 @@ class FaissIndex(StoreBackedIndex):
             if n >= cfg.recalibrate_growth * max(calibrated_n, 1):
                 # adds since the calibration make the graph (or the IVF lists) larger: the breadth
                 # that reached the goal then may not reach it now, so measure again at this size
-                sel = _excluding(tombstones) if tombstones.size else None
-                extra.update(self._calibrate(ann, vecs, ids, self.tier, sel=sel))
+                extra.update(self._calibrate(ann, vecs, ids, self.tier, exclude=tombstones))
                 extra["calibrated_n"] = n
         if ann.ntotal != n + tombstones.size:
             raise RuntimeError(f"faiss index holds {ann.ntotal} vectors, snapshot {n}")  # internal bug
@@ -444,7 +468,9 @@ class FaissIndex(StoreBackedIndex):
             ivf.add_with_ids(np.ascontiguousarray(vecs[s : s + _ADD_CHUNK]), np.asarray(ids[s : s + _ADD_CHUNK]))
         return ivf, {"tier_built": "ivf", "nlist": nlist, "pq_m": m}
 
-    def _calibrate(self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str, *, sel: Any = None) -> dict[str, Any]:
+    def _calibrate(
+        self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str, *, exclude: np.ndarray | None = None
+    ) -> dict[str, Any]:
         """Pick the search breadth and re-rank depth reaching the recall goal on every query set.
 
         For each re-rank depth ``rerank_factor * k`` (doubling up to 16x the configured factor), find
@@ -459,6 +485,11 @@ class FaissIndex(StoreBackedIndex):
         cfg = self._config
         sets = self._calibration_sets(vecs)
         block = cfg.block_rows
+        # measured with the search the index will run: fgsearch's kernel on an 8-bit graph
+        kernel = _kernel_for(ann) if tier == "hnsw" else None
+        dead = exclude if exclude is not None and exclude.size else None
+        sel = _excluding(dead) if dead is not None else None
+        mask = kernel.excluded_mask(dead) if kernel is not None and dead is not None else None
         truths = {
             name: exact_topk(
                 q, ((vecs[s : s + block], np.asarray(ids[s : s + block])) for s in range(0, ids.size, block)), 10
@@ -472,7 +503,10 @@ class FaissIndex(StoreBackedIndex):
         def measure(breadth: int, factor: int) -> dict[str, float]:
             return {
                 name: recall_at_k(
-                    self._ann_candidates(ann, tier, q, 10, breadth, sel, gather, rerank_factor=factor)[0], truths[name]
+                    self._ann_candidates(
+                        ann, tier, q, 10, breadth, sel, gather, rerank_factor=factor, kernel=kernel, excluded=mask
+                    )[0],
+                    truths[name],
                 )
                 for name, (q, _) in sets.items()
             }
@@ -543,11 +577,25 @@ class FaissIndex(StoreBackedIndex):
         *,
         rerank_factor: int,
         use_gpu: bool = False,
+        kernel: HnswKernel | None = None,
+        excluded: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate candidates re-ranked by exact inner products; ``gather(ids) -> vectors``."""
+        """Approximate candidates re-ranked by exact inner products; ``gather(ids) -> vectors``.
+
+        With ``kernel`` (an HNSW graph, no allowed-id filter) fgsearch's kernel walks the graph,
+        skipping the nodes set in ``excluded``; otherwise FAISS searches with ``sel``.
+        """
         faiss = _faiss()
         r = min(max(k * rerank_factor, self._config.min_rerank), max(int(ann.ntotal), 1))
-        if use_gpu and sel is None and self._gpu_ivf is not None:
+        src: np.ndarray | None = None  # what gather() reads: candidate ids, or snapshot rows
+        if kernel is not None:
+            pos = kernel.positions(q, r, max(int(breadth), r), excluded, threads=faiss.omp_get_max_threads())
+            if kernel is self._kernel and self._positions_are_rows:
+                cand = np.where(pos >= 0, np.asarray(self._store.base_ids)[np.maximum(pos, 0)], -1)
+                src, gather = pos, self._store.read_rows
+            else:
+                cand = np.where(pos >= 0, kernel.ids[np.maximum(pos, 0)], -1)
+        elif use_gpu and sel is None and self._gpu_ivf is not None:
             _, cand = self._gpu_ivf.search(q, r)
         else:
             if tier == "ivf":
@@ -565,7 +613,7 @@ class FaissIndex(StoreBackedIndex):
             part = cand[s : s + step]
             qi, ci = np.nonzero(part >= 0)
             if qi.size:
-                v = gather(part[qi, ci])
+                v = gather((part if src is None else src[s : s + step])[qi, ci])
                 scores[s + qi, ci] = np.einsum("ij,ij->i", v, q[s + qi])
         return topk_rows(cand, scores, k)
 
@@ -589,6 +637,19 @@ class FaissIndex(StoreBackedIndex):
         self._sel_cache = (version, sel)
         return sel
 
+    def _unfiltered_mask(self) -> np.ndarray | None:
+        """The kernel's mask of the same ids as :meth:`_unfiltered_selector` (cached per change)."""
+        version = self._store.version
+        if self._mask_cache is not None and self._mask_cache[0] == version:
+            return self._mask_cache[1]
+        assert self._kernel is not None
+        dead = self._store.base_dead_ids()
+        if self._tombstones.size:
+            dead = np.union1d(dead, self._tombstones)
+        mask = self._kernel.excluded_mask(dead)
+        self._mask_cache = (version, mask)
+        return mask
+
     def search(self, queries: Any, k: int = 10, *, allowed_ids: Any = None) -> SearchResult:
         q, kk, allowed = self._prepare_search(queries, k, allowed_ids)
         if q.shape[0] == 0 or self._store.n_live == 0:
@@ -597,9 +658,13 @@ class FaissIndex(StoreBackedIndex):
         out_s = np.empty((q.shape[0], kk), dtype=np.float32)
         exact_filter = allowed is not None and (self._ann is None or allowed.size <= self._config.filter_exact_max)
         sel: Any = None
+        mask: np.ndarray | None = None
+        kernel = self._kernel if allowed is None else None
         delta_allowed: np.ndarray | None = None
         if self._ann is not None and not exact_filter:
-            if allowed is None:
+            if kernel is not None:
+                mask = self._unfiltered_mask()
+            elif allowed is None:
                 sel = self._unfiltered_selector()
             else:
                 faiss = _faiss()
@@ -623,6 +688,8 @@ class FaissIndex(StoreBackedIndex):
                     self._store_gather,
                     rerank_factor=self._rerank_factor(),
                     use_gpu=True,
+                    kernel=kernel,
+                    excluded=mask,
                 )
                 if delta_allowed is not None:
                     if delta_allowed.size:
@@ -647,6 +714,7 @@ class FaissIndex(StoreBackedIndex):
         else:
             p.update(hnsw_m=e.get("hnsw_m"), hnsw_ef_construction=e.get("hnsw_ef_construction"))
             p.update(codes=e.get("hnsw_codes", "SQ8"), ef_search=self._breadth(), tombstones=int(self._tombstones.size))
+            p.update(search_kernel=f"fgsearch-{self._kernel.isa}" if self._kernel is not None else "faiss")
         p.update(
             mmap=self._mapped,
             calibrated_recall=e.get("calibrated_recall"),
