@@ -64,7 +64,9 @@ def test_installed_wheel_is_not_shadowed_by_a_clone(wheel: Path, tmp_path: Path)
         if f.is_file():
             (clone / f.name).write_bytes(f.read_bytes())
     code = (
-        "import fgsearch, fgsearch.console.cli as c\nfrom fgsearch import Library\nprint(fgsearch.__file__, c.__file__)"
+        "import fgsearch, fgsearch.console.cli as c\nfrom fgsearch import Library\n"
+        "from fgsearch.indexes import _graph\nassert _graph.kernel_isa(), _graph.kernel_missing_reason()\n"
+        "print(fgsearch.__file__, c.__file__)"
     )
     r = subprocess.run(
         [sys.executable, "-c", code],
