@@ -3,7 +3,7 @@
 The FAISS backend builds and stores its graph with FAISS; unfiltered searches of an 8-bit graph
 run here instead of in ``faiss.IndexHNSW.search``: the same graph, codes and entry point, walked by
 a kernel that scores a code with one integer dot product (the query folded into the codes' scale
-and rounded to 8 bits: AVX-512 VNNI, AVX2 or portable C, chosen for the CPU; integer sums are
+and rounded to 16-bit integers: AVX-512 VNNI, AVX2 or portable C, chosen for the CPU; integer sums are
 exact, so every variant returns the same candidates) and prefetches the codes it is about to
 score. At efSearch 512 over 1M vectors it is ~1.5x faster than FAISS's search of the same graph at
 the same recall (``bench/bench_indexes.py --backends faiss,faiss-faiss-search``). Candidates are

@@ -5,8 +5,10 @@
  * Why it exists: FAISS's HNSW search decodes every 8-bit code to float and keeps its candidates in
  * a structure scanned linearly; at efSearch 512 over 1M vectors a query spends ~0.8 ms. Here the
  * query is folded into the codes' scale once (w_i = q_i * vdiff_i, so that q.x = const + sum w_i c_i
- * for FAISS's decode x_i = vmin_i + (c_i + 0.5) / 255 * vdiff_i), rounded to 8 bits, and every
- * distance is an integer dot product of 8-bit codes (AVX-512 VNNI, AVX2 or portable C, chosen at
+ * for FAISS's decode x_i = vmin_i + (c_i + 0.5) / 255 * vdiff_i) and rounded to 16-bit integers
+ * (as many bits as keep d * 255 * |w| in an int32: 14 at 512 dimensions; 8-bit weights lost recall
+ * on embeddings where a few dimensions dominate), and every distance is an integer dot product of
+ * the 8-bit codes (AVX-512 VNNI, AVX2 or portable C, chosen at
  * load time; integer sums are exact, so every variant returns the same candidates). The search is
  * bound by memory latency (1M nodes: every node is a cache miss), so it prefetches: the codes of
  * a node's unvisited neighbours before scoring them, the link-list offset of every node it queues,
@@ -102,7 +104,7 @@ static inline void prefetch_code(const uint8_t *p, int bytes) {
 #define DEFINE_SEARCH(NAME, ATTR, DOT)                                                               \
     ATTR static int NAME(const int32_t *neighbors, const uint64_t *offsets, const int32_t *cum,       \
                          int32_t entry, int32_t max_level, const uint8_t *codes, int64_t n, int d,   \
-                         const int8_t *w, int ef, int r, const uint8_t *excluded, uint16_t *visited, \
+                         const int16_t *w, int ef, int r, const uint8_t *excluded, uint16_t *visited, \
                          item *cand, int cap_c, item *top, int32_t *out_i, float *out_s) {           \
         uint16_t ep = (uint16_t)(visited[n] + 1);                                                    \
         if (ep == 0) {                                                                               \
@@ -176,7 +178,7 @@ static inline void prefetch_code(const uint8_t *p, int bytes) {
         return m;                                                                                    \
     }
 
-static inline int32_t dot_generic(const int8_t *w, const uint8_t *c, int d) {
+static inline int32_t dot_generic(const int16_t *w, const uint8_t *c, int d) {
     int32_t acc = 0;
     for (int i = 0; i < d; i++) acc += (int32_t)w[i] * (int32_t)c[i];
     return acc;
@@ -186,12 +188,12 @@ DEFINE_SEARCH(search_generic, , dot_generic)
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-__attribute__((target("avx2"))) static inline int32_t dot_avx2(const int8_t *w, const uint8_t *c, int d) {
+__attribute__((target("avx2"))) static inline int32_t dot_avx2(const int16_t *w, const uint8_t *c, int d) {
     __m256i acc = _mm256_setzero_si256();
     int i = 0;
     for (; i + 16 <= d; i += 16) {
         __m256i cv = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(c + i)));
-        __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + i)));
+        __m256i wv = _mm256_loadu_si256((const __m256i *)(w + i));
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(cv, wv));
     }
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
@@ -203,12 +205,12 @@ __attribute__((target("avx2"))) static inline int32_t dot_avx2(const int8_t *w, 
 }
 DEFINE_SEARCH(search_avx2, __attribute__((target("avx2"))), dot_avx2)
 
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) static inline int32_t dot_vnni(const int8_t *w,
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static inline int32_t dot_vnni(const int16_t *w,
                                                                                      const uint8_t *c, int d) {
     __m512i acc = _mm512_setzero_si512();
     int i = 0;
-    for (; i + 64 <= d; i += 64)  /* unsigned codes x signed weights, 4 products per 32-bit lane */
-        acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512((const void *)(c + i)),
+    for (; i + 32 <= d; i += 32)  /* codes widened to 16 bits x 16-bit weights, 2 products per lane */
+        acc = _mm512_dpwssd_epi32(acc, _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(c + i))),
                                   _mm512_loadu_si512((const void *)(w + i)));
     int32_t out = _mm512_reduce_add_epi32(acc);
     for (; i < d; i++) out += (int32_t)w[i] * (int32_t)c[i];
@@ -218,7 +220,7 @@ DEFINE_SEARCH(search_vnni, __attribute__((target("avx512f,avx512bw,avx512vnni"))
 #endif
 
 typedef int (*search_fn)(const int32_t *, const uint64_t *, const int32_t *, int32_t, int32_t, const uint8_t *,
-                         int64_t, int, const int8_t *, int, int, const uint8_t *, uint16_t *, item *, int, item *,
+                         int64_t, int, const int16_t *, int, int, const uint8_t *, uint16_t *, item *, int, item *,
                          int32_t *, float *);
 
 /* Variant names, in the order fg_hnsw_isa() numbers them. */
@@ -248,7 +250,7 @@ const char *fg_hnsw_isa_name(int isa) { return (isa >= 0 && isa <= 2) ? ISA_NAME
  */
 int64_t fg_hnsw_scratch_bytes(int d, int ef) {
     int64_t cap_c = (int64_t)(ef + 1) * 64;
-    return (int64_t)d + 64 + (cap_c + ef + 2) * (int64_t)sizeof(item);
+    return 2 * (int64_t)d + 64 + (cap_c + ef + 2) * (int64_t)sizeof(item);
 }
 
 int fg_hnsw_search(int isa, const int32_t *neighbors, const uint64_t *offsets, const int32_t *cum, int32_t entry,
@@ -262,9 +264,12 @@ int fg_hnsw_search(int isa, const int32_t *neighbors, const uint64_t *offsets, c
     if (isa >= 2) fn = search_vnni;
     else if (isa == 1) fn = search_avx2;
 #endif
-    int8_t *w8 = (int8_t *)scratch;
+    int16_t *w16 = (int16_t *)scratch;
     int cap_c = (ef + 1) * 64;
-    item *cand = (item *)((char *)scratch + (((size_t)d + 63) & ~(size_t)63));
+    item *cand = (item *)((char *)scratch + ((2 * (size_t)d + 63) & ~(size_t)63));
+    /* the largest weight: |sum of d products| <= d * 255 * wmax must fit an int32 */
+    float wmax = (float)(2147483647.0 / (255.0 * (double)d));
+    if (wmax > 32767.0f) wmax = 32767.0f;
     item *top = cand + cap_c;
     for (int64_t qi = 0; qi < nq; qi++) {
         const float *qq = q + qi * d;
@@ -274,14 +279,14 @@ int fg_hnsw_search(int isa, const int32_t *neighbors, const uint64_t *offsets, c
             if (a < 0) a = -a;
             if (a > mx) mx = a;
         }
-        float scale = mx > 0.0f ? 127.0f / mx : 0.0f;
+        float scale = mx > 0.0f ? (float)(int)wmax / mx : 0.0f;
         for (int i = 0; i < d; i++) {
             float a = qq[i] * vdiff[i] * scale;
-            w8[i] = (int8_t)(a >= 0 ? (int)(a + 0.5f) : -(int)(-a + 0.5f));
+            w16[i] = (int16_t)(a >= 0 ? (int)(a + 0.5f) : -(int)(-a + 0.5f));
         }
         int32_t *oi = out_i + qi * r;
         float *os = out_s + qi * r;
-        int m = fn(neighbors, offsets, cum, entry, max_level, codes, n, d, w8, ef, r, excluded, visited, cand, cap_c,
+        int m = fn(neighbors, offsets, cum, entry, max_level, codes, n, d, w16, ef, r, excluded, visited, cand, cap_c,
                    top, oi, os);
         for (int k = m; k < r; k++) {
             oi[k] = -1;

@@ -209,3 +209,26 @@ def test_a_short_read_of_the_vectors_file_is_an_error(tmp_path: Path) -> None:
             _graph.pread_rows(fd, 0, np.array([0, 5]), out)
     finally:
         os.close(fd)
+
+
+def test_recall_holds_when_a_few_dimensions_dominate() -> None:
+    """Embeddings with outlier dimensions (a few dims far larger than the rest): the query's
+    weights keep enough precision for the small dims (with 8-bit weights, as first written, the
+    kernel fell 1.4 points of recall behind FAISS's search of the same graph here, and 10 points
+    on 100k CLIP-like vectors with the same two dims scaled 40x)."""
+    x = unit_vectors(20_000, 96, seed=12, clusters=80)
+    x[:, :2] *= 40.0
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(x.shape[0], dtype=np.int64)
+    ann = _graph_index(x, ids)
+    kernel = _graph.HnswKernel.for_index(ann)
+    assert kernel is not None
+    q = near_queries(x, 300, seed=13)
+    truth = np.argsort(-(q @ x.T), axis=1)[:, :10]
+    for ef in (32, 128):
+        p = faiss.SearchParametersHNSW()
+        p.efSearch = ef
+        _, theirs = ann.search(q, 30, params=p)
+        r_theirs = recall_at_k(_reranked(x, ids, q, theirs), truth)
+        r_ours = recall_at_k(_reranked(x, ids, q, kernel.search(q, 30, ef)), truth)
+        assert r_ours >= r_theirs - 0.005, (ef, r_ours, r_theirs)  # 8-bit weights: 0.014 lower at ef 32
