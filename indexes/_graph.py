@@ -2,12 +2,12 @@
 
 The FAISS backend builds and stores its graph with FAISS; unfiltered searches of an 8-bit graph
 run here instead of in ``faiss.IndexHNSW.search``: the same graph, codes and entry point, walked by
-a kernel that scores a code with one integer dot product (the query folded into the codes' scale
-and rounded to 16-bit integers: AVX-512 VNNI, AVX2 or portable C, chosen for the CPU; integer sums are
-exact, so every variant returns the same candidates) and prefetches the codes it is about to
-score. At efSearch 512 over 1M vectors it is ~1.5x faster than FAISS's search of the same graph at
-the same recall (``bench/bench_indexes.py --backends faiss,faiss-faiss-search``). Candidates are
-re-ranked with exact inner products by the caller, as before, so scores stay exact.
+a kernel that scores a code with one integer dot product (the query folded into the codes'
+scale and rounded to 16-bit integers: AVX-512 VNNI, AVX2 or portable C, chosen for the CPU;
+integer sums are exact, so every variant returns the same candidates) and prefetches what it
+reads next. At efSearch 512 over 1M vectors it is ~2x faster than FAISS's search of the same
+graph at the same recall (``bench/bench_indexes.py`` searches our index both ways: rows ``faiss`` and ``faiss/fs``).
+Candidates are re-ranked with exact inner products by the caller, as before, so scores stay exact.
 
 The kernel is a C extension built by ``pip install`` (it needs a C compiler). Where it was not
 built, :func:`kernel_isa` says so, the index logs a warning once and searches with FAISS, and
