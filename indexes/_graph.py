@@ -52,8 +52,6 @@ def _load() -> Any:
         lib = ctypes.CDLL(str(_hnsw_kernel.__file__))
         p = ctypes.c_void_p
         lib.fg_hnsw_isa.restype = ctypes.c_int
-        lib.fg_hnsw_isa_name.restype = ctypes.c_char_p
-        lib.fg_hnsw_isa_name.argtypes = [ctypes.c_int]
         lib.fg_hnsw_scratch_bytes.restype = ctypes.c_int64
         lib.fg_hnsw_scratch_bytes.argtypes = [ctypes.c_int, ctypes.c_int]
         lib.fg_pread_rows.restype = ctypes.c_int64
@@ -236,7 +234,10 @@ class HnswKernel:
         ``ef`` is the beam width (raised to ``r``); ``excluded`` a mask from :meth:`excluded_mask`.
         Batches are split over ``threads`` threads (the C call releases the GIL).
         """
-        pos = self.positions(q, r, ef, excluded, threads)
+        return self.ids_of(self.positions(q, r, ef, excluded, threads))
+
+    def ids_of(self, pos: np.ndarray) -> np.ndarray:
+        """The ids at graph positions ``pos`` (-1 stays -1)."""
         return np.where(pos >= 0, self._ids[np.maximum(pos, 0)], -1)
 
     def positions(

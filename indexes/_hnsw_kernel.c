@@ -223,10 +223,8 @@ typedef int (*search_fn)(const int32_t *, const uint64_t *, const int32_t *, int
                          int64_t, int, const int16_t *, int, int, const uint8_t *, uint16_t *, item *, int, item *,
                          int32_t *, float *);
 
-/* Variant names, in the order fg_hnsw_isa() numbers them. */
-static const char *const ISA_NAMES[] = {"generic", "avx2", "avx512vnni"};
-
-/* The best variant this CPU runs (2, 1 or 0). */
+/* The best variant this CPU runs: 2 (AVX-512 VNNI), 1 (AVX2) or 0 (portable C), in the order of
+ * ISAS in _graph.py. */
 int fg_hnsw_isa(void) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
@@ -237,8 +235,6 @@ int fg_hnsw_isa(void) {
 #endif
     return 0;
 }
-
-const char *fg_hnsw_isa_name(int isa) { return (isa >= 0 && isa <= 2) ? ISA_NAMES[isa] : "?"; }
 
 /*
  * Search nq queries (rows of q, d floats each) one after the other. For each query: the top r

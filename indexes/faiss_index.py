@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from ._graph import HnswKernel, kernel_isa, kernel_missing_reason
+from ._graph import HnswKernel, kernel_missing_reason
 from ._store import fsync_file
 from .base import SearchResult, as_queries, empty_result, merge_topk, topk_rows
 from .calibration import cross_modal_queries, in_distribution_queries, recall_at_k
@@ -150,12 +150,12 @@ def _kernel_for(ann: Any) -> HnswKernel | None:
     """fgsearch's search kernel for an HNSW graph (see :mod:`._graph`); None: FAISS's search (warned once)."""
     global _warned_no_kernel
     kernel = HnswKernel.for_index(ann)
-    if kernel is None and kernel_isa() is None and not _warned_no_kernel and kernel_missing_reason():
+    if kernel is None and not _warned_no_kernel and (missing := kernel_missing_reason()):
         _warned_no_kernel = True
         log.warning(
             "%s: HNSW searches use FAISS's own search (~1.5x slower); reinstall fgsearch with a C compiler "
             "(pip install -e . / pip install fgsearch --no-binary fgsearch) to build it",
-            kernel_missing_reason(),
+            missing,
         )
     return kernel
 
@@ -590,11 +590,9 @@ class FaissIndex(StoreBackedIndex):
         src: np.ndarray | None = None  # what gather() reads: candidate ids, or snapshot rows
         if kernel is not None:
             pos = kernel.positions(q, r, max(int(breadth), r), excluded, threads=faiss.omp_get_max_threads())
-            if kernel is self._kernel and self._positions_are_rows:
-                cand = np.where(pos >= 0, np.asarray(self._store.base_ids)[np.maximum(pos, 0)], -1)
+            cand = kernel.ids_of(pos)
+            if kernel is self._kernel and self._positions_are_rows:  # position i is row i: no id lookup
                 src, gather = pos, self._store.read_rows
-            else:
-                cand = np.where(pos >= 0, kernel.ids[np.maximum(pos, 0)], -1)
         elif use_gpu and sel is None and self._gpu_ivf is not None:
             _, cand = self._gpu_ivf.search(q, r)
         else:
@@ -625,28 +623,28 @@ class FaissIndex(StoreBackedIndex):
             )
         return self._store.read_rows(rows)
 
+    def _dead_ids(self) -> np.ndarray:
+        """Ids in the graph that no search may return: removed/replaced since the snapshot, and tombstones."""
+        dead = self._store.base_dead_ids()
+        return np.union1d(dead, self._tombstones) if self._tombstones.size else dead
+
     def _unfiltered_selector(self) -> Any:
-        """Selector excluding ids removed/replaced since the snapshot, and tombstones (cached per change)."""
+        """FAISS selector excluding :meth:`_dead_ids` (cached per change)."""
         version = self._store.version
         if self._sel_cache is not None and self._sel_cache[0] == version:
             return self._sel_cache[1]
-        dead = self._store.base_dead_ids()
-        if self._tombstones.size:
-            dead = np.union1d(dead, self._tombstones)
+        dead = self._dead_ids()
         sel = _excluding(dead) if dead.size else None
         self._sel_cache = (version, sel)
         return sel
 
     def _unfiltered_mask(self) -> np.ndarray | None:
-        """The kernel's mask of the same ids as :meth:`_unfiltered_selector` (cached per change)."""
+        """The kernel's mask of :meth:`_dead_ids` (cached per change)."""
         version = self._store.version
         if self._mask_cache is not None and self._mask_cache[0] == version:
             return self._mask_cache[1]
         assert self._kernel is not None
-        dead = self._store.base_dead_ids()
-        if self._tombstones.size:
-            dead = np.union1d(dead, self._tombstones)
-        mask = self._kernel.excluded_mask(dead)
+        mask = self._kernel.excluded_mask(self._dead_ids())
         self._mask_cache = (version, mask)
         return mask
 
