@@ -55,7 +55,10 @@ class FaissConfig:
     * ``structure``: ``"hnsw"`` (default): FAISS ``IndexHNSWSQ``, a graph of ``hnsw_m`` links per
       vector over scalar-quantised codes (``hnsw_codes``: ``"SQ8"``, 8 bits per dimension, the
       default, or ``"SQ4"``: half the memory, lower recall on text queries at 1M), built with
-      ``hnsw_ef_construction``; ``"ivfpq"``:
+      ``hnsw_ef_construction``, then each vector's level-0 list is topped up to ``hnsw_fill_links``
+      links with its nearest neighbours and reverse links are added (FAISS's neighbour selection
+      uses ~16 of the ``2 * hnsw_m`` slots on CLIP-like data; ``0`` keeps FAISS's graph as built);
+      ``"ivfpq"``:
       ``IndexIVFPQ`` (``nlist`` cells, ``pq_m`` bytes per vector), kept for GPUs and comparison.
     * ``nlist`` (IVF cells): ``None`` derives a power of two near ``2 * sqrt(n)``, clamped to
       [64, 65536]; ``pq_m`` (bytes per vector): ``None`` derives ``dim // 4`` (``dim // 8`` when a
@@ -92,6 +95,7 @@ class FaissConfig:
     hnsw_m: int = 24
     hnsw_ef_construction: int = 100
     hnsw_codes: Literal["SQ4", "SQ8"] = "SQ8"
+    hnsw_fill_links: int = 24
     ef_search: int | None = None
     max_ef_search: int = 2048
     nlist: int | None = None
@@ -125,6 +129,8 @@ class FaissConfig:
             raise IndexInputError(f"max_tombstones must be in [0, 1), got {self.max_tombstones}")
         if self.hnsw_codes not in ("SQ4", "SQ8"):
             raise IndexInputError(f"hnsw_codes must be 'SQ4' or 'SQ8', got {self.hnsw_codes!r}")
+        if self.hnsw_fill_links < 0:
+            raise IndexInputError(f"hnsw_fill_links must be >= 0, got {self.hnsw_fill_links}")
         if self.hnsw_m < 2 or self.hnsw_ef_construction < 1 or self.max_ef_search < 1:
             raise IndexInputError("hnsw_m must be >= 2, hnsw_ef_construction and max_ef_search >= 1")
         for name in ("nlist", "pq_m", "nprobe", "ef_search"):

@@ -8,7 +8,9 @@ How search works (see :class:`~.config.FaissConfig` for every knob):
   past ``flat_threshold``, the next snapshot builds ``IndexHNSWSQ`` (8-bit scalar-quantised codes
   by default, ``hnsw_codes="SQ4"`` for 4-bit; ``hnsw_m`` = 24 links per vector, 48 on the base
   layer: 512 B of codes + ~220 B of graph and ids per 512-d vector) under the
-  catalog ids, and calibrates the search: the smallest ``efSearch`` (32, 48, 64, 96, ...) and re-rank depth
+  catalog ids, tops every vector's base-layer list up to ``hnsw_fill_links`` links with its nearest
+  neighbours and adds reverse links (:func:`._graph.reinforce_links`; vectors folded in later get
+  the same), and calibrates the search: the smallest ``efSearch`` (32, 48, 64, 96, ...) and re-rank depth
   (``3·k`` doubling up to ``48·k``, at least 30) whose recall@10 against exact search reaches
   ``recall_target`` + 0.01 on every calibration set: image-like queries (stored vectors plus
   noise) AND text-like queries (the caller's real text embeddings, or synthetic cross-modal ones,
@@ -46,12 +48,13 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from ._graph import HnswKernel, kernel_missing_reason
+from ._graph import HnswKernel, kernel_missing_reason, reinforce_links
 from ._store import fsync_file
 from .base import SearchResult, as_queries, empty_result, merge_topk, topk_rows
 from .calibration import cross_modal_queries, in_distribution_queries, recall_at_k
@@ -166,6 +169,22 @@ def calibration_queries(vectors: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 CalibrationSource = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+
+
+def _snapshot_vectors_at(ann: Any, vecs: np.ndarray, ids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``positions -> vectors`` of an ``IndexIDMap`` graph, read from a snapshot (``vecs`` by
+    ascending ``ids``); zeros for positions whose id the snapshot no longer holds (tombstones)."""
+    id_map = _faiss().vector_to_array(ann.id_map)
+
+    def at(pos: np.ndarray) -> np.ndarray:
+        want = id_map[pos]
+        rows = np.minimum(np.searchsorted(ids, want), max(ids.size - 1, 0))
+        found = ids[rows] == want
+        out = np.zeros((pos.size, vecs.shape[1]), dtype=np.float32)
+        out[found] = vecs[rows[found]]
+        return out
+
+    return at
 
 
 class FaissIndex(StoreBackedIndex):
@@ -361,10 +380,16 @@ class FaissIndex(StoreBackedIndex):
             ann, extra = self._train(vecs, ids)
             tombstones = tombstones[:0]
         else:
+            start = int(ann.ntotal)
+            added: list[np.ndarray] = []
             for dvecs, dids in self._store.iter_blocks(_ADD_CHUNK, base=False):
                 live = dids >= 0
                 if live.any():
                     ann.add_with_ids(np.ascontiguousarray(dvecs[live]), dids[live])
+                    if self.tier == "hnsw":
+                        added.append(np.asarray(dvecs[live], dtype=np.float32))
+            if added:
+                self._reinforce(ann, np.concatenate(added), start, _snapshot_vectors_at(ann, vecs, ids))
             extra = {k: v for k, v in self._extra.items() if k not in ("files", "tombstones_file")}
             calibrated_n = int(self._extra.get("calibrated_n", trained_n))
             if n >= cfg.recalibrate_growth * max(calibrated_n, 1):
@@ -435,8 +460,21 @@ class FaissIndex(StoreBackedIndex):
         )
         for s in range(0, n, _ADD_CHUNK):
             ann.add_with_ids(np.ascontiguousarray(vecs[s : s + _ADD_CHUNK]), np.asarray(ids[s : s + _ADD_CHUNK]))
+        self._reinforce(ann, vecs, 0, lambda pos: np.asarray(vecs[pos], dtype=np.float32))  # position i is row i
         built = {"tier_built": "hnsw", "hnsw_m": cfg.hnsw_m, "hnsw_ef_construction": cfg.hnsw_ef_construction}
-        return ann, {**built, "hnsw_codes": cfg.hnsw_codes}
+        return ann, {**built, "hnsw_codes": cfg.hnsw_codes, "hnsw_fill_links": cfg.hnsw_fill_links}
+
+    def _reinforce(
+        self, ann: Any, vectors: np.ndarray, start: int, vectors_at: Callable[[np.ndarray], np.ndarray]
+    ) -> None:
+        """More level-0 links for graph positions ``start ..`` (see :func:`._graph.reinforce_links`)."""
+        if self._config.hnsw_fill_links <= 0 or vectors.shape[0] == 0:
+            return
+        t = time.perf_counter()
+        added = reinforce_links(ann, vectors, start, self._config.hnsw_fill_links, vectors_at)
+        log.info(
+            "HNSW: %d level-0 links added for %d vectors in %.1fs", added, vectors.shape[0], time.perf_counter() - t
+        )
 
     def _build_ivf(self, vecs: np.ndarray, ids: np.ndarray) -> tuple[Any, dict[str, Any]]:
         faiss = _faiss()
@@ -712,6 +750,7 @@ class FaissIndex(StoreBackedIndex):
         else:
             p.update(hnsw_m=e.get("hnsw_m"), hnsw_ef_construction=e.get("hnsw_ef_construction"))
             p.update(codes=e.get("hnsw_codes", "SQ8"), ef_search=self._breadth(), tombstones=int(self._tombstones.size))
+            p.update(fill_links=int(e.get("hnsw_fill_links", 0)))
             p.update(search_kernel=f"fgsearch-{self._kernel.isa}" if self._kernel is not None else "faiss")
         p.update(
             mmap=self._mapped,
