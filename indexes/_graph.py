@@ -21,6 +21,7 @@ import ctypes
 import itertools
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -276,7 +277,7 @@ def reinforce_links(
     vectors: np.ndarray,
     start: int,
     target: int,
-    vectors_at: Any,
+    vectors_at: Callable[[np.ndarray], np.ndarray],
     *,
     ef: int = 64,
     chunk: int = 65536,
