@@ -34,7 +34,7 @@ typedef struct {
     int32_t i;
 } item;
 
-/* min-heap on s: the results, worst on top */
+/* min-heap on s: the results, worst on top; also the candidates to expand, stored with -s (best on top) */
 static inline void minh_push(item *h, int *n, item x) {
     int k = (*n)++;
     while (k > 0) {
@@ -53,30 +53,6 @@ static inline void minh_pop(item *h, int *n) {
         if (c >= m) break;
         if (c + 1 < m && h[c + 1].s < h[c].s) c++;
         if (h[c].s >= x.s) break;
-        h[k] = h[c];
-        k = c;
-    }
-    h[k] = x;
-}
-/* max-heap on s: the candidates to expand, best on top */
-static inline void maxh_push(item *h, int *n, item x) {
-    int k = (*n)++;
-    while (k > 0) {
-        int p = (k - 1) >> 1;
-        if (h[p].s >= x.s) break;
-        h[k] = h[p];
-        k = p;
-    }
-    h[k] = x;
-}
-static inline void maxh_pop(item *h, int *n) {
-    item x = h[--(*n)];
-    int k = 0, m = *n;
-    for (;;) {
-        int c = 2 * k + 1;
-        if (c >= m) break;
-        if (c + 1 < m && h[c + 1].s > h[c].s) c++;
-        if (h[c].s <= x.s) break;
         h[k] = h[c];
         k = c;
     }
@@ -135,14 +111,14 @@ static inline void prefetch_code(const uint8_t *p, int bytes) {
         }                                                                                            \
         int nc = 0, nt = 0;                                                                          \
         visited[cur] = ep;                                                                           \
-        maxh_push(cand, &nc, (item){cur_s, cur});                                                    \
+        minh_push(cand, &nc, (item){-cur_s, cur});                                                   \
         if (!excluded || !excluded[cur]) minh_push(top, &nt, (item){cur_s, cur});                    \
         const int c0 = cum[0], cnt0 = cum[1] - cum[0];                                               \
         int32_t fresh[1024];                                                                         \
         while (nc > 0) { /* best-first beam search of width ef on level 0 */                         \
             item c = cand[0];                                                                        \
-            if (nt >= ef && c.s < top[0].s) break;                                                   \
-            maxh_pop(cand, &nc);                                                                     \
+            if (nt >= ef && -c.s < top[0].s) break;                                                  \
+            minh_pop(cand, &nc);                                                                     \
             const int32_t *nb = neighbors + offsets[c.i] + c0;                                       \
             if (nc > 0) /* the links of the likely next node to expand (its offset was prefetched) */ \
                 prefetch_line(neighbors + offsets[cand[0].i] + c0);                                  \
@@ -160,7 +136,7 @@ static inline void prefetch_code(const uint8_t *p, int bytes) {
                 float s = (float)DOT(w, codes + (int64_t)v * d, d);                                  \
                 if (nt < ef || s > top[0].s) {                                                       \
                     prefetch_line(offsets + v);                                                      \
-                    if (nc < cap_c) maxh_push(cand, &nc, (item){s, v});                              \
+                    if (nc < cap_c) minh_push(cand, &nc, (item){-s, v});                             \
                     if (!excluded || !excluded[v]) {                                                 \
                         minh_push(top, &nt, (item){s, v});                                           \
                         if (nt > ef) minh_pop(top, &nt);                                             \
