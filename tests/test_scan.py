@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from fgsearch.errors import InputError
+from fgsearch.library import Library
+from fgsearch.regions import RegionSettings
 from fgsearch.scan import FileEntry, WalkStats, display_path, walk
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -245,3 +247,16 @@ def test_other_formats_pillow_reads_are_walked_and_more_can_be_asked_for(tmp_pat
         "c.jfif",
         "d.heic",
     ]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_root_is_a_file_the_decoder_refuses(tmp_path: Path, tiny_model_dir: Path) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    entries = list(walk([fifo]))
+    assert [e.path for e in entries] == [str(fifo)] and entries[0].error is None
+    with Library.open(tmp_path / "lib", model=str(tiny_model_dir), regions=RegionSettings(proposer="none")) as lib:
+        report = lib.index(str(fifo))
+        assert report.failed == 1
+        ((path, reason),) = lib.failures()
+    assert path == str(fifo) and reason.startswith("not a regular file"), reason

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fgsearch.console.cli import app
+from fgsearch.model import REGISTRY
 from fgsearch.trainer.fineshapes import make_fineshapes
 
 TINY_TRAIN = [
@@ -243,3 +244,18 @@ def test_train_names_init_for_a_missing_model(tmp_path: Path, monkeypatch: pytes
     r = run("train", "--data", str(data), "--out", str(tmp_path / "out"), "--init", "fg-clip-base")
     assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
     assert "--init PATH" in r.output and "--init demo" in r.output and "--model" not in r.output
+
+
+def test_a_long_path_stays_on_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "photos" / ("a_rather_long_folder_name_" * 4)
+    folder.mkdir(parents=True)
+    empty = folder / "an_empty_photo_with_a_long_name.jpg"
+    empty.write_bytes(b"")
+    runner = CliRunner()
+    lib = str(tmp_path / "lib")
+    r = runner.invoke(
+        app,
+        ["index", str(tmp_path / "photos"), "--library", lib, "--model", str(REGISTRY["demo"].local_dir)],
+        terminal_width=80,
+    )
+    assert f"  skipping {empty}: file is empty (zero bytes)\n" in r.output, r.output

@@ -17,6 +17,7 @@ from PIL import Image
 from fgsearch.catalog import SCHEMA_VERSION, Catalog, ModelInfo, WriteLock
 from fgsearch.decode import load_image
 from fgsearch.errors import ImageError, InputError, LibraryError, LibraryLockedError
+from fgsearch.library_paths import data_home, resolve_library_dir
 from fgsearch.scan import walk
 
 MODEL = ModelInfo(name="m", ref="abc", dim=8, image_size=(64, 64))
@@ -233,3 +234,28 @@ def test_search_lookups_read_rows_as_stored(tmp_path: Path) -> None:
     assert (rows[0].width, rows[0].height) == (10, 10)
     assert cat.contents_of_regions([rids[2][0], rids[1][2], 10_000, rids[1][0], rids[2][1]]) == [cids[2], cids[1]]
     assert cat.contents_of_regions([]) == [] and cat.contents_by_ids([]) == []
+
+
+def test_fgsearch_home_sets_the_default_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FGSEARCH_HOME", str(tmp_path / "home"))
+    assert data_home() == tmp_path / "home"
+    assert resolve_library_dir(None) == (tmp_path / "home" / "default").resolve()
+
+
+def test_explicit_library_wins_and_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FGSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_library_dir("libs/../mine") == (tmp_path / "mine").resolve()
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert resolve_library_dir("~/lib") == (tmp_path / "user" / "lib").resolve()
+
+
+def test_without_fgsearch_home_the_platform_data_dir_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    from platformdirs import user_data_dir
+
+    monkeypatch.delenv("FGSEARCH_HOME", raising=False)
+    expected = Path(user_data_dir("fgsearch", appauthor=False))
+    assert data_home() == expected
+    assert resolve_library_dir(None) == (expected / "default").resolve()
+    monkeypatch.setenv("FGSEARCH_HOME", "")  # empty counts as unset
+    assert data_home() == expected

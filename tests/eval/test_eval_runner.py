@@ -196,7 +196,7 @@ def test_demo_model_beats_chance_on_fineshapes(tmp_path: Path) -> None:
 def test_readme_eval_example_runs(tmp_path: Path, tiny_model_dir: Path) -> None:
     import re
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = re.search(r"## Evaluation: `fgsearch eval`.*?```python\n(.*?)```", readme, re.S)
     assert block, "README has no evaluation python example"
     data = _write("urban1k", tmp_path / "Urban1k")

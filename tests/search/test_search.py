@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _library_data import scene
+from _library_data import demo_cli_library, make_folder, png_bomb_header, scene
 from typer.testing import CliRunner
 
+from fgsearch.console.cli import app
 from fgsearch.errors import InputError, LibraryError
 from fgsearch.library import Library
 from fgsearch.regions import RegionSettings
@@ -210,3 +211,50 @@ def test_results_read_on_past_images_the_catalog_no_longer_lists(library, monkey
     assert [h.rank for h in hits] == [1, 2, 3, 4]
     assert [(h.box, h.region_id, h.score) for h in hits] == [(h.box, h.region_id, h.score) for h in kept]
     assert all(h.box is not None for h in hits)
+
+
+def test_a_bomb_query_image_names_no_flag_query_lacks(tmp_path: Path) -> None:
+    lib = demo_cli_library(tmp_path, n_good=2)
+    runner = CliRunner()
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb_header(30000, 30000))
+    r = runner.invoke(app, ["query", "--image", str(bomb), "--library", lib])
+    assert r.exit_code == 1
+    assert (
+        r.output.startswith(f"error: cannot read query image {bomb}: image is ")
+        and "over the 100 megapixel limit" in r.output
+    )
+    assert "--max-megapixels" not in r.output, r.output
+
+
+@pytest.fixture()
+def linked_library(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, Path]:
+    real = tmp_path / "real"
+    make_folder(real, n_good=4, bad=False)
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    with Library.open(tmp_path / "lib", model=str(tiny_model_dir), regions=RegionSettings(proposer="none")) as lib:
+        lib.index(str(link))
+    return tmp_path / "lib", link
+
+
+def test_cli_under_a_symlinked_root_finds_its_images(linked_library: tuple[Path, Path]) -> None:
+    lib, link = linked_library
+    r = CliRunner().invoke(app, ["query", "a photo", "--library", str(lib), "--under", str(link), "--json", "-k", "50"])
+    assert r.exit_code == 0, r.output
+    paths = [p for hit in json.loads(r.stdout)["results"] for p in hit["paths"]]
+    assert len(paths) == 4 and all(p.startswith(str(link) + "/") for p in paths), paths
+
+
+def test_serve_under_a_symlinked_root_finds_its_images(linked_library: tuple[Path, Path], tiny_model_dir: Path) -> None:
+    pytest.importorskip("fastapi")
+    from _serve_data import make_client
+
+    lib, link = linked_library
+    client, service = make_client(lib)
+    try:
+        r = client.post("/api/search", json={"text": "a photo", "k": 50, "filters": {"under": str(link)}})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["results"]) == 4
+    finally:
+        service.close()

@@ -326,3 +326,20 @@ def test_default_weights_follow_the_query_kind_like_the_library(served) -> None:
         direct = service.lib.search(image=image, box=box, k=6)
         want = [(h.image_id, round(h.score, 6)) for h in direct]
         assert [(h["image_id"], h["score"]) for h in body["results"]] == want
+
+
+pytest.importorskip("fastapi")
+
+
+def test_upload_errors_name_only_their_own_reason(serve_library) -> None:
+    client, service = make_client(serve_library[0])
+    try:
+        for data, reason in ((b"", "file is empty (zero bytes)"), (b"%!PS-Adobe-3.0\nshowpage\n", "not an image")):
+            resp = client.post("/api/search", files={"image": ("q.jpg", data)})
+            assert resp.status_code == 400
+            msg = resp.json()["error"]
+            assert msg.startswith(f"uploaded image: {reason}") and "megapixel" not in msg, msg
+        bomb = client.post("/api/search", files={"image": ("b.png", png_bomb_header(20000, 20000))}).json()["error"]
+        assert bomb.count("50 megapixel") == 1 and "--max-megapixels" not in bomb, bomb
+    finally:
+        service.close()

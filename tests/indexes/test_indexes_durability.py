@@ -40,6 +40,7 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         cwd=WORKER.parent,
+        env={**os.environ, "PYTHONPATH": str(WORKER.parent.parent)},  # the shared test data modules
     )
 
 

@@ -406,3 +406,10 @@ def test_every_walked_extension_decodes_a_real_file_of_its_format(ext: str, fmt:
 def test_photoshop_composite_keeps_its_pixels() -> None:
     img = scene(6, (W, H))
     assert load_image(_psd(img), min_side=8).image.tobytes() == img.tobytes()
+
+
+@pytest.mark.parametrize("pillow_limit", [Image.MAX_IMAGE_PIXELS, 89_478_485, 500_000_000])
+def test_a_bomb_is_refused_with_its_size(pillow_limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)
+    with pytest.raises(ImageError, match=r"\(400 megapixels\), over the 50 megapixel limit"):
+        load_image(png_bomb_header(20000, 20000), max_megapixels=50)
