@@ -395,7 +395,7 @@ def query(
     from fgsearch.boxes import Box
     from fgsearch.library import Library
     from fgsearch.render import check_target
-    from fgsearch.search import Filters, FusionWeights, QueryInfo, SearchQuery, run_search
+    from fgsearch.search import Filters, FusionWeights, QueryInfo, SearchQuery
 
     if box is not None and image is None:
         _fail("--box needs --image (the box is a region of the query image)")
@@ -430,7 +430,7 @@ def query(
     )
     info = QueryInfo()
     with Library.open(library, read_only=True, device=device) as lib:
-        hits = lib.consistent(lambda: run_search(lib, q, info))
+        hits = lib.search(query=q, info=info)
     console = _console(json_out or paths_out)  # stdout holds only the JSON or the paths
     for notice in info.notices:
         console.print(_text(f"notice: {notice}"))

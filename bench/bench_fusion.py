@@ -83,7 +83,7 @@ def evaluate(lib: Library, data: Path) -> dict[str, dict[str, float]]:
     all_rids = np.concatenate(rids)
     regions = lib.region_index.get(all_rids)
     owner = np.repeat(np.arange(len(ids)), counts)
-    sample = library_sample(lib)
+    sample = library_sample(lib.store)
     objects = json.loads((data / "objects.json").read_text())
     captions = {
         str(data / c["f_path"]): c["caption"] for c in json.loads((data / "jsonfiles" / "train.json").read_text())
@@ -138,7 +138,8 @@ def overhead(n_images: int, queries: int = 50) -> None:
     import torch
 
     from fgsearch.model import FGCLIP, FGCLIPConfig, save_model
-    from fgsearch.search import _SAMPLES, SearchQuery, search_vector
+    from fgsearch.search import SearchQuery, search_vector
+    from fgsearch.search.fusion import _SAMPLES
 
     spec = importlib.util.spec_from_file_location("bench_query", Path(__file__).with_name("bench_query.py"))
     assert spec is not None and spec.loader is not None
@@ -152,20 +153,20 @@ def overhead(n_images: int, queries: int = 50) -> None:
         rng = np.random.default_rng(1)
         with Library.open(lib_dir, read_only=True) as lib:
             t0 = time.perf_counter()
-            sample = library_sample(lib)
+            sample = library_sample(lib.store)
             draw_ms = (time.perf_counter() - t0) * 1000
             total, zs = [], []
             for _ in range(queries + 3):
                 q = rng.normal(size=512).astype(np.float32)
                 q /= np.linalg.norm(q)
                 t0 = time.perf_counter()
-                search_vector(lib, SearchQuery(text="synthetic", k=10), q)
+                search_vector(lib.store, SearchQuery(text="synthetic", k=10), q)
                 t1 = time.perf_counter()
                 _standardising(sample, q)
                 t2 = time.perf_counter()
                 total.append((t1 - t0) * 1000)
                 zs.append((t2 - t1) * 1000)
-            _SAMPLES.pop(lib, None)
+            _SAMPLES.pop(lib.store, None)
         p50 = float(np.median(total[3:]))
         z50 = float(np.median(zs[3:]))
         print(

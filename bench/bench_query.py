@@ -104,7 +104,7 @@ def main() -> None:
 
     from fgsearch.library import Library
     from fgsearch.model import FGCLIP, FGCLIPConfig, save_model
-    from fgsearch.search import QueryInfo, SearchQuery, run_search
+    from fgsearch.search import QueryInfo, SearchQuery
 
     args.work.mkdir(parents=True, exist_ok=True)
     model_dir = args.work / "model"
@@ -132,7 +132,7 @@ def main() -> None:
         ms = []
         for qi, v in enumerate(text_like):
             t0 = time.perf_counter()
-            lib.consistent(lambda v=v: search_vector(lib, SearchQuery(text="-", k=10), v))
+            lib.consistent(lambda v=v: search_vector(lib.store, SearchQuery(text="-", k=10), v))
             if qi >= 3:
                 ms.append(1000 * (time.perf_counter() - t0))
         print(
@@ -144,7 +144,7 @@ def main() -> None:
             for qi in range(args.queries + 3):
                 text = " ".join(rng.choice(words, n_words))
                 info = QueryInfo()
-                run_search(lib, SearchQuery(text=text, k=10), info)
+                lib.search(query=SearchQuery(text=text, k=10), info=info)
                 if qi >= 3:  # warm-up
                     enc_ms.append(info.encode_ms)
                     search_ms.append(info.search_ms)

@@ -13,7 +13,7 @@ latency, errors, the server's anonymous RSS at the start, half-time and end of t
 maximum (memory flat over a run: no growth from half-time to the end, after the level's warm-up), its
 file-backed RSS (memory-mapped vectors) at the end, and how many
 texts the server encoded per forward pass. As a yardstick measured in the same run, the same
-queries first go through ``run_search`` in this process (no HTTP, one at a time). --unbatched
+queries first go through ``Library.search`` in this process (no HTTP, one at a time). --unbatched
 also runs every level against a server whose text batching is off (max_batch=1): the ratio shows
 what batching buys on this machine.
 The clients share the CPU with the server: on a 2-core machine that costs the server some time.
@@ -142,16 +142,16 @@ def level(port: int, pid: int, clients: int, duration: float, words: int) -> dic
 
 
 def direct(lib_dir: Path, words: int, n: int = 30) -> float:
-    """p50 (ms) of the same queries through run_search in this process: no HTTP, one at a time."""
+    """p50 (ms) of the same queries through Library.search in this process: no HTTP, one at a time."""
     from fgsearch.library import Library
-    from fgsearch.search import SearchQuery, run_search
+    from fgsearch.search import SearchQuery
 
     rng = np.random.default_rng(7)
     times = []
     with Library.open(lib_dir, read_only=True, device="cpu") as lib:
         for i in range(n + 3):
             t0 = time.perf_counter()
-            run_search(lib, SearchQuery(text=" ".join(rng.choice(WORDS, words)), k=21))
+            lib.search(query=SearchQuery(text=" ".join(rng.choice(WORDS, words)), k=21))
             if i >= 3:
                 times.append((time.perf_counter() - t0) * 1000)
     return float(np.percentile(times, 50))
@@ -214,7 +214,7 @@ def main() -> None:
         f"{args.words}-word queries, k=20; {os.cpu_count()} CPUs; {args.duration:.0f} s per level"
     )
     print(
-        f"peer: the same queries through run_search in-process, one at a time: p50 {direct(lib_dir, args.words):.1f} ms"
+        f"peer: the same queries through Library.search in-process, one at a time: p50 {direct(lib_dir, args.words):.1f} ms"
     )
     results = run(lib_dir, args.port, 32, levels, args.duration, args.words)
     if args.unbatched:

@@ -839,3 +839,73 @@ def _file_conditions(
     if modified_before:
         conds.append(files_t.c.mtime_ns < _mtime_ns(modified_before))
     return conds
+
+
+# ---- cheap read-only peeks at a catalog file (no SQLAlchemy, no schema checks) ----------------
+def _peek_connection(catalog_file: Path) -> sqlite3.Connection:
+    """A read-only plain-sqlite connection (immutable where the folder cannot be written)."""
+
+    def connect(immutable: bool) -> sqlite3.Connection:
+        con = sqlite3.connect(read_only_uri(catalog_file, immutable=immutable), uri=True)
+        try:
+            con.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opening is lazy: fail here, not later
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    try:
+        return connect(immutable=False)
+    except sqlite3.Error as e:
+        if not cannot_write_here(e) or not catalog_file.is_file():
+            raise
+    return connect(immutable=True)
+
+
+def peek_meta(catalog_file: Path, keys: Sequence[str]) -> dict[str, Any]:
+    """The JSON values of these meta keys; {} when the file cannot be read."""
+    try:
+        con = _peek_connection(catalog_file)
+        try:
+            marks = ",".join("?" * len(keys))
+            rows = con.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})", tuple(keys)).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return {}
+    return {k: json.loads(v) for k, v in rows}
+
+
+def peek_library_id(catalog_file: Path) -> str | None:
+    """The build id recorded now: "" in the moment a --reindex replaces the catalog (no file, or
+    no table yet), None when unset; a damaged catalog raises."""
+    try:
+        con = _peek_connection(catalog_file)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key='library_id'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as e:
+        if not catalog_file.is_file() or "no such table" in str(e):
+            return ""
+        raise
+    return json.loads(row[0]) if row else None
+
+
+def peek_unfinished(catalog_file: Path) -> bool:
+    """A catalog without a recorded model and without any image: a creation that did not finish.
+    Unreadable files are not ours to judge (Catalog.open reports a damaged catalog clearly)."""
+    try:
+        con = _peek_connection(catalog_file)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "meta" not in tables:
+                return False  # not a catalog of ours: never wiped
+            keys = {r[0] for r in con.execute("SELECT key FROM meta")}
+            if "schema_version" not in keys or "dim" in keys:
+                return False
+            return "contents" not in tables or not con.execute("SELECT 1 FROM contents LIMIT 1").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False

@@ -208,7 +208,7 @@ class SearchService:
     # ---- search ----------------------------------------------------------------------------
     def search(self, q: SearchQuery, offset: int = 0) -> tuple[list[SearchHit], QueryInfo, bool]:
         """Results ``offset .. offset + k`` of the ranking, the query info, and whether more follow."""
-        from fgsearch.search import QueryInfo, run_search
+        from fgsearch.search import QueryInfo
 
         s = self.settings
         if q.k < 1 or q.k > s.max_k:
@@ -223,7 +223,7 @@ class SearchService:
         # Searches are mostly Python and hold the GIL: run side by side they share one core and
         # all finish at the end of the round; one at a time (after the batched text encoding),
         # the first results go back early (bench_serve, 8 clients: p50 295 -> 254 ms).
-        hits = self.lib.consistent(lambda: run_search(self.lib, wide, info, search_lock=self._search_lock))
+        hits = self.lib.search(query=wide, info=info, search_lock=self._search_lock)
         more = len(hits) > offset + q.k
         return hits[offset : offset + q.k], info, more
 

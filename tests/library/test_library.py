@@ -114,13 +114,13 @@ def test_big_files_are_streamed_with_the_same_result(
     content hashes and vectors as reading them whole, and bad ones still fail with a reason."""
     import hashlib
 
-    import fgsearch.ingest
+    import fgsearch.ingest.prepare
 
     folder = make_folder(tmp_path / "photos", n_good=4, bad=False)
     (tmp_path / "photos" / "cut.png").write_bytes(folder["good"][1].read_bytes()[:-200])  # truncated
     results = []
-    for limit in (fgsearch.ingest.READ_WHOLE_BYTES, 100):  # 100 bytes: every file is streamed
-        monkeypatch.setattr(fgsearch.ingest, "READ_WHOLE_BYTES", limit)
+    for limit in (fgsearch.ingest.prepare.READ_WHOLE_BYTES, 100):  # 100 bytes: every file is streamed
+        monkeypatch.setattr(fgsearch.ingest.prepare, "READ_WHOLE_BYTES", limit)
         with Library.open(tmp_path / f"lib-{limit}", model=str(tiny_model_dir), regions=RegionSettings("none")) as lib:
             rep = lib.index(tmp_path / "photos")
             assert rep.indexed == 4 and rep.failed == 1, rep.failures
@@ -410,7 +410,7 @@ def test_status_needs_no_model_and_a_bad_reindex_keeps_the_library(tmp_path: Pat
     shutil.rmtree(model)  # the library's model is gone: status still works, search says what is missing
     import fgsearch.library
 
-    fgsearch.library._ENCODERS.clear()  # as in a new process
+    fgsearch.library.clear_shared_encoders()  # as in a new process
     with Library.open(tmp_path / "lib", read_only=True) as reader:
         assert reader.status()["counts"]["images"] == 3
         with pytest.raises(ModelNotFoundError, match="model-copy"):
@@ -513,11 +513,11 @@ def test_a_bad_sidecar_fails_before_a_library_is_made_and_a_good_one_is_stored_a
 def test_automatic_batch_size() -> None:
     from fgsearch.ingest import IndexOptions
 
-    assert IndexOptions().resolved_batch_size("cpu") == 32
-    assert IndexOptions().resolved_batch_size("cuda") == 256
-    assert IndexOptions(batch_size=5).resolved_batch_size("cuda") == 5
+    assert IndexOptions().resolved_batch_size(False) == 32
+    assert IndexOptions().resolved_batch_size(True) == 256
+    assert IndexOptions(batch_size=5).resolved_batch_size(True) == 5
     with pytest.raises(InputError, match="--batch-size"):
-        IndexOptions(batch_size=-1).resolved_batch_size("cpu")
+        IndexOptions(batch_size=-1).resolved_batch_size(False)
 
 
 def test_a_box_given_as_a_list_a_tuple_or_text_is_the_same_box(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -42,7 +42,7 @@ def _photos(root: Path) -> list[Path]:
 def test_index_mixed_shapes_then_query_in_english_and_chinese(tiny2: Path, tmp_path: Path) -> None:
     from fgsearch.library import Library
     from fgsearch.model import Encoder
-    from fgsearch.search import QueryInfo, SearchQuery, run_search
+    from fgsearch.search import QueryInfo, SearchQuery
 
     photos = _photos(tmp_path / "photos")
     lib_dir = tmp_path / "lib"
@@ -70,13 +70,13 @@ def test_index_mixed_shapes_then_query_in_english_and_chinese(tiny2: Path, tmp_p
         assert st["family"] == "fgclip2" and st["score_calibration"]["kind"] == "sigmoid"
         assert st["score_calibration"]["bias"] == pytest.approx(-5.0)
         info = QueryInfo()
-        run_search(lib, SearchQuery(text="a red mug", k=2), info)
+        lib.search(query=SearchQuery(text="a red mug", k=2), info=info)
         assert (info.text_path, info.region_walk) == ("short", "box")  # region matching: the box walk
         # --text-path box forces the box walk for a text the rule sends down the long walk
         long_text = "a red mug on a wooden table " * 40
         assert enc.region_walk(long_text).value == "long"
         info = QueryInfo()
-        hit = run_search(lib, SearchQuery(text=long_text, k=1, by="region", text_path="box"), info)[0]
+        hit = lib.search(query=SearchQuery(text=long_text, k=1, by="region", text_path="box"), info=info)[0]
         assert (info.text_path, info.region_walk) == ("box", "box")
         assert any("truncated to 64 tokens (box walk)" in n for n in info.notices)
         with pytest.warns(UserWarning, match="box walk"):

@@ -55,7 +55,7 @@ def test_every_stored_image_ranks_itself_first(library) -> None:
     assert len(ids) == N_IMAGES
     wrong = []
     for cid, vec in zip(ids, lib.global_index.get(np.asarray(ids)), strict=True):
-        hits = search_vector(lib, SearchQuery(image="stored", k=1), vec)
+        hits = search_vector(lib.store, SearchQuery(image="stored", k=1), vec)
         if hits[0].image_id != cid:
             wrong.append(cid)
     assert not wrong, f"{name}: {len(wrong)}/{len(ids)} images did not rank themselves first"
@@ -88,10 +88,10 @@ def test_every_stored_region_finds_itself_in_its_image(library) -> None:
     wrong_image, wrong_region = [], []
     for (cid, rid, box), vec in zip(trials, vecs, strict=True):
         q = SearchQuery(image="stored", box=box, k=1)
-        hit = search_vector(lib, q, vec)[0]
+        hit = search_vector(lib.store, q, vec)[0]
         if hit.image_id != cid or hit.box is None or hit.box.iou(box) < 0.99:
             wrong_image.append(rid)
-        hit = search_vector(lib, SearchQuery(image="stored", box=box, k=1, by="region"), vec)[0]
+        hit = search_vector(lib.store, SearchQuery(image="stored", box=box, k=1, by="region"), vec)[0]
         if hit.image_id != cid or hit.box is None or hit.box.iou(box) < 0.99:
             wrong_region.append(rid)
     assert not wrong_image, f"{name}: {len(wrong_image)}/{len(trials)} regions did not rank their image first"

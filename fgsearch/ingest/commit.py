@@ -1,0 +1,98 @@
+"""Commit stage of an index run: the one writer of a library's store.
+
+Consistency protocol, per batch of new images (:meth:`Committer.store`):
+
+1. the catalog reserves content and region ids in state ``pending`` (commit);
+2. the vectors go into both vector indexes, which are flushed (journaled, fsynced);
+3. the catalog marks the contents ``ok`` and writes their file rows (commit).
+
+A crash between 1 and 3 leaves ``pending`` rows; the next writer removes their ids from the
+indexes and drops them before doing anything else (:func:`fgsearch.library.doctor.recover`). Ids
+are never reused, so an orphan vector can never be mistaken for a new image. A copy (bytes that
+hash to known content) is linked to that content's vectors once the content is committed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from fgsearch.ingest.embed import Embedded
+    from fgsearch.ingest.options import IndexReport
+    from fgsearch.ingest.prepare import Prepared
+    from fgsearch.library.store import LibraryStore
+
+
+class Committer:
+    """Writes one run's results into the store: failures, new contents with their vectors, copies."""
+
+    def __init__(self, store: LibraryStore, run_id: int, report: IndexReport, proposer_name: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.report = report
+        self.proposer_name = proposer_name
+
+    def failure(self, prep: Prepared) -> None:
+        self.store.catalog.record_failure(prep.path, prep.size, prep.mtime_ns, prep.reason, self.run_id)
+        self.report.note_failure(prep.path, prep.reason)
+
+    def store_batch(self, batch: Sequence[Prepared], emb: Embedded) -> None:
+        """The three-step commit of a batch of new images (see the module docstring)."""
+        cat, gidx, ridx = self.store.catalog, self.store.global_index, self.store.region_index
+        items = [
+            {
+                "sha256": p.sha256,
+                "width": p.width,
+                "height": p.height,
+                "captured_at": p.captured_at,
+                "boxes": [tuple(map(float, b)) for b in emb.boxes[i]],
+                "proposer": self.proposer_name,
+            }
+            for i, p in enumerate(batch)
+        ]
+        content_ids, region_ids = cat.reserve_contents(items)
+        gidx.add(np.asarray(content_ids, np.int64), emb.images)
+        flat_regions = [rid for rids in region_ids for rid in rids]
+        if flat_regions:
+            owners = [cid for cid, rids in zip(content_ids, region_ids, strict=True) for _ in rids]
+            ranks = [k for rids in region_ids for k in range(len(rids))]
+            ridx.add(
+                np.asarray(flat_regions, np.int64),
+                np.concatenate(emb.regions),
+                payload={"image_id": owners, "region": ranks},
+            )
+        gidx.flush()
+        ridx.flush()
+        cat.confirm_contents(content_ids, [(p.path, p.size, p.mtime_ns) for p in batch], self.run_id)
+        self.report.indexed += len(batch)
+        self.report.regions += len(flat_regions)
+
+    def link_copies(self, copies: Sequence[Prepared]) -> None:
+        """Files whose content is committed: their rows point at that content's vectors."""
+        if not copies:
+            return
+        for p in copies:
+            self.store.catalog.link_file(p.path, p.size, p.mtime_ns, p.sha256, self.run_id)
+        self.report.reused += len(copies)
+        self.store.catalog.commit()
+
+
+def prune(store: LibraryStore, run_id: int, roots: list[str], unselected: bool) -> int:
+    """Sweep: drop the files under ``roots`` that are gone from disk, and contents no file uses any
+    more. Files still on disk that this run did not select (``--include``, ``--exclude``, hidden)
+    are kept unless ``unselected`` says to drop them too. Returns the number of files dropped."""
+    cat = store.catalog
+    if not unselected:
+        cat.mark_seen([p for p in cat.unseen_paths(run_id, roots) if os.path.isfile(p)], run_id)
+        cat.commit()
+    removed_contents, removed_regions = cat.sweep(run_id, roots)
+    if len(removed_contents) or len(removed_regions):
+        store.global_index.remove(np.asarray(removed_contents, np.int64), missing="ignore")
+        store.region_index.remove(np.asarray(removed_regions, np.int64), missing="ignore")
+        store.global_index.flush()
+        store.region_index.flush()
+    return cat.last_sweep_files

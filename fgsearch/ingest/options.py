@@ -1,0 +1,89 @@
+"""What an index run is asked to do (:class:`IndexOptions`) and what it did (:class:`IndexReport`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fgsearch.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int, int], None]  # (stage, files done, files to do, images embedded)
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """What ``fgsearch index`` does; defaults are what a user expects."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()  # extra file extensions to walk (Pillow-readable ones are walked anyway)
+    hidden: bool = False
+    prune: bool = True
+    retry_failed: bool = False
+    batch_size: int = 0  # images per forward pass and per commit; 0 = 32 on a CPU, 256 on a GPU
+    workers: int = 0  # decode threads; 0 = min(8, CPU count)
+    max_megapixels: float = 100.0
+    min_side: int = 16
+    fast_decode: bool = False  # JPEG draft decoding: faster, not bit-exact with the reference resize
+    follow_links: bool = False  # follow symbolic links that lead outside the indexed folders
+    prune_unselected: bool = False  # also drop files still on disk that include/exclude/hidden left out
+
+    def resolved_workers(self) -> int:
+        return self.workers if self.workers > 0 else min(8, os.cpu_count() or 2)
+
+    def resolved_batch_size(self, on_accelerator: bool) -> int:
+        """An accelerator gets bigger batches: the per-batch commit (fsync of both indexes and the
+        catalog) would otherwise cost as much as its forward pass."""
+        if self.batch_size < 0:
+            raise InputError(f"--batch-size must be >= 1 (or 0 for automatic), got {self.batch_size}")
+        if self.batch_size > 0:
+            return self.batch_size
+        return 256 if on_accelerator else 32
+
+
+@dataclass
+class IndexReport:
+    """Counts of one run, and the failures it recorded (path, reason)."""
+
+    scanned: int = 0
+    unchanged: int = 0
+    indexed: int = 0
+    reused: int = 0
+    failed: int = 0
+    pruned: int = 0
+    regions: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # things a user should hear about (not failures)
+    failures_listed: int = 20  # how many failures are kept in ``failures`` (all are counted)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    def note_failure(self, path: str, reason: str) -> None:
+        """Count a file that could not be indexed (rclip's ``skipping <path>: <reason>``)."""
+        self.failed += 1
+        if len(self.failures) < self.failures_listed:
+            self.failures.append((path, reason))
+        logger.info("skipping %s: %s", path, reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scanned": self.scanned,
+            "unchanged": self.unchanged,
+            "indexed": self.indexed,
+            "reused": self.reused,
+            "failed": self.failed,
+            "pruned": self.pruned,
+            "regions": self.regions,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "failures": [{"path": p, "reason": r} for p, r in self.failures],
+            "warnings": list(self.warnings),
+        }

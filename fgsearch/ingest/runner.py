@@ -1,0 +1,180 @@
+"""The index run: plan -> prepare (worker threads) -> new or copy -> embed -> commit -> prune.
+
+:func:`run_index` runs the stages of :mod:`~fgsearch.ingest.plan`, :mod:`~fgsearch.ingest.prepare`,
+:mod:`~fgsearch.ingest.embed` and :mod:`~fgsearch.ingest.commit` with threads in one process: files
+are prepared ahead in a thread pool and come back in walk order; this thread decides new content
+or copy, embeds a batch whenever one is full and commits it. Another runner (processes, machines)
+maps the same stage functions and keeps one writer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fgsearch.ingest.commit import Committer, prune
+from fgsearch.ingest.embed import embed_batch
+from fgsearch.ingest.options import IndexOptions, IndexReport, ProgressFn
+from fgsearch.ingest.plan import select_changed, walk_roots
+from fgsearch.ingest.prepare import Prepared, Preparer, ordered
+
+if TYPE_CHECKING:
+    from fgsearch.library.store import LibraryStore
+    from fgsearch.model import Encoder
+    from fgsearch.regions import ImageBoxes, Proposer
+
+
+def run_index(
+    store: LibraryStore,
+    encoder: Encoder,
+    roots: Sequence[str],
+    opts: IndexOptions,
+    progress: ProgressFn | None = None,
+) -> IndexReport:
+    """Index ``roots`` into an open, writable store with ``encoder`` (see
+    :mod:`fgsearch.ingest.commit` for what survives a crash)."""
+    from fgsearch.library.doctor import heal
+    from fgsearch.scan import readable_extensions
+
+    t0 = time.perf_counter()
+    exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
+    batch_size = opts.resolved_batch_size(_on_accelerator(encoder))
+    proposer = _proposer_for(store)
+    report = IndexReport()
+    cat = store.catalog
+    warning = heal(store)
+    if warning:
+        report.warnings.append(warning)
+    run_id = cat.begin_run()
+    abs_roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
+    entries = walk_roots(abs_roots, opts, exts, report)
+    report.scanned = len(entries)
+    todo = select_changed(cat, entries, opts, run_id, report)
+    batcher = _Batcher(
+        encoder, proposer, Committer(store, run_id, report, proposer.name), batch_size, cat.content_hashes()
+    )
+    _prepare_and_embed(batcher, opts, todo, progress, report)
+    cat.commit()
+    report.warnings.extend(proposer.run_warnings(batcher.seen))
+    if opts.prune:
+        report.pruned = prune(store, run_id, abs_roots, opts.prune_unselected)
+    store.global_index.save()
+    store.region_index.save()
+    cat.end_run(run_id, report.to_dict())
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _prepare_and_embed(
+    batcher: _Batcher, opts: IndexOptions, todo: list, progress: ProgressFn | None, report: IndexReport
+) -> None:
+    """Prepare the planned files in worker threads (in walk order) and feed them to the batcher."""
+    from fgsearch.decode import PixelBudget, routed_warnings
+
+    budget = PixelBudget(int(opts.max_megapixels * 1e6))
+    preparer = Preparer(batcher.encoder.transform, opts, batcher.reserved, budget, batcher.proposer)
+    done = 0
+    if progress:
+        progress("index", 0, len(todo), 0)
+    with (
+        routed_warnings(),
+        ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool,
+    ):
+        for prep in ordered(pool, preparer, todo, ahead=max(2 * batcher.batch_size, 8)):
+            done += 1
+            batcher.add(prep)
+            if progress:
+                progress("index", done, len(todo), report.indexed)
+        batcher.flush()
+    if progress:
+        progress("index", done, len(todo), report.indexed)
+
+
+@dataclass
+class _Batcher:
+    """Takes prepared files in walk order, decides new content or copy, and embeds and commits a
+    batch whenever one is full.
+
+    ``reserved`` holds the content already embedded plus the content queued for embedding by this
+    run. Only this thread adds to it, as it assembles batches, so a second copy of the same bytes
+    is always linked to the first (committed in its batch before any link is written), never
+    reserved twice, however far ahead the workers decoded it."""
+
+    encoder: Encoder
+    proposer: Proposer
+    committer: Committer
+    batch_size: int
+    reserved: set[str]
+    batch: list[Prepared] = field(default_factory=list)
+    copies: list[Prepared] = field(default_factory=list)
+    seen: _SeenBoxes = field(default_factory=lambda: _SeenBoxes())  # what the proposer said of each new image
+
+    def add(self, prep: Prepared) -> None:
+        if prep.kind == "failed":
+            self.committer.failure(prep)
+        elif prep.sha256 in self.reserved:  # a worker's "reuse", or a copy it decoded before its original was queued
+            self.copies.append(prep)
+        else:
+            self.batch.append(prep)
+            self.reserved.add(prep.sha256)
+            if prep.boxes is not None:
+                self.seen.add(prep.boxes)
+        if len(self.batch) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Embed and commit the batch, then link the copies (their content is committed by now)."""
+        if self.batch:
+            self.committer.store_batch(self.batch, embed_batch(self.encoder, self.proposer, self.batch))
+        self.committer.link_copies(self.copies)
+        self.batch, self.copies = [], []
+
+
+class _SeenBoxes(Sequence["ImageBoxes"]):
+    """What the proposer said of each new image of a run, for its end-of-run warnings, without
+    the boxes themselves (a run may have millions of images): entries that name no source and
+    skipped nothing are only counted."""
+
+    def __init__(self) -> None:
+        self._notable: list[ImageBoxes] = []
+        self._plain: ImageBoxes | None = None
+        self._n_plain = 0
+
+    def add(self, boxes: ImageBoxes) -> None:
+        from dataclasses import replace
+
+        import numpy as np
+
+        light = replace(boxes, boxes=np.zeros((0, 4), np.float32))
+        if boxes.source is not None or boxes.skipped:
+            self._notable.append(light)
+        else:
+            self._plain = self._plain or light
+            self._n_plain += 1
+
+    def __len__(self) -> int:
+        return len(self._notable) + self._n_plain
+
+    def __getitem__(self, i: int) -> ImageBoxes:  # type: ignore[override]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i < len(self._notable):
+            return self._notable[i]
+        assert self._plain is not None
+        return self._plain
+
+
+def _on_accelerator(encoder: Encoder) -> bool:
+    return encoder.device.type == "cuda"
+
+
+def _proposer_for(store: LibraryStore) -> Proposer:
+    from fgsearch.ingest._interim_proposer import make_proposer
+
+    return make_proposer(store.build.regions)

@@ -1,0 +1,150 @@
+"""Keeping the catalog and the vector indexes in agreement: the doctor (check and repair), the
+recovery of batches a crashed writer left half-done, and the heal step an index run starts with.
+
+Every function takes the :class:`~fgsearch.library.store.LibraryStore` it checks; reads go
+through :meth:`~fgsearch.library.store.LibraryStore.consistent`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fgsearch.errors import LibraryError
+from fgsearch.library.settings import INDEX_NAMES
+from fgsearch.library.store import storage_errors
+
+if TYPE_CHECKING:
+    from fgsearch.library.store import LibraryStore
+
+logger = logging.getLogger(__name__)
+
+SETTLE_S = 2.0  # how long a read-only check waits for a writer's batch in flight to land
+
+
+def doctor(store: LibraryStore, repair: bool = False) -> dict[str, Any]:
+    """Check that catalog and indexes agree; with ``repair``, make them agree.
+
+    Vectors the catalog does not know are removed; catalog rows whose vectors are missing are
+    dropped and their files marked for re-indexing (the next ``index`` run embeds them again).
+    A read-only check while another process indexes reports only disagreements that persist:
+    a batch in flight (vectors written, catalog not yet confirmed) is not one.
+    """
+    found, counts = store.consistent(lambda: disagreements(store))
+    if store.read_only and any(v.size for v in found.values()):
+        found = _persisting(store, found)
+    damaged = store.consistent(lambda: _damaged(store))
+    report: dict[str, Any] = {"damaged_files": damaged["files"]}
+    for name in INDEX_NAMES:
+        cat_n, idx_n = counts[name]
+        report[name] = {
+            "catalog": cat_n,
+            "index": idx_n,
+            "orphan_vectors": int(found[name + "_orphan"].size),
+            "missing_vectors": int(found[name + "_missing"].size),
+            "damaged_vectors": int(damaged[name].size),
+        }
+    ok = not any(v.size for v in found.values()) and not damaged["files"]
+    if repair and not ok:
+        if store.read_only:
+            raise LibraryError("doctor --repair needs a writable library")
+        with storage_errors(store.path):
+            _repair(store, found, damaged)
+    report["consistent"] = ok
+    report["repaired"] = bool(repair and not ok)
+    return report
+
+
+def _repair(store: LibraryStore, found: dict[str, Any], damaged: dict[str, Any]) -> None:
+    """Remove orphan vectors; drop images with missing or damaged vectors (their files are
+    re-queued, so the next ``index`` run embeds them again); write clean snapshots."""
+    gidx, ridx = store.indexes
+    gidx.remove(found["global_orphan"], missing="ignore")
+    ridx.remove(found["regions_orphan"], missing="ignore")
+    broken = set(map(int, found["global_missing"])) | set(map(int, damaged["global"]))
+    regions_lost = list(map(int, np.union1d(found["regions_missing"], damaged["regions"])))
+    broken |= set(store.catalog.contents_of_regions(regions_lost))
+    if broken:
+        _, region_ids = store.catalog.drop_contents(sorted(broken), keep_files_for_reindex=True)
+        gidx.remove(np.asarray(sorted(broken), np.int64), missing="ignore")
+        ridx.remove(np.asarray(region_ids, np.int64), missing="ignore")
+    for idx in (gidx, ridx):
+        idx.flush()
+    for idx in (gidx, ridx):
+        idx.save()
+
+
+def disagreements(store: LibraryStore) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
+    """Orphan vectors (ids the catalog has never reserved, or has deleted) and missing vectors
+    (confirmed catalog ids absent from the index), per index. Read the indexes first: every id
+    in them was reserved in the catalog before it was written."""
+    idx = {"global": store.global_index.ids(), "regions": store.region_index.ids()}
+    confirmed = store.catalog.all_vector_ids()
+    known = store.catalog.all_vector_ids(include_pending=True)
+    out: dict[str, Any] = {}
+    counts: dict[str, tuple[int, int]] = {}
+    for i, name in enumerate(INDEX_NAMES):
+        ok_ids = np.asarray(confirmed[i], np.int64)
+        out[name + "_orphan"] = np.setdiff1d(idx[name], np.asarray(known[i], np.int64))
+        out[name + "_missing"] = np.setdiff1d(ok_ids, idx[name])
+        counts[name] = (int(ok_ids.size), int(idx[name].size))
+    return out, counts
+
+
+def _damaged(store: LibraryStore) -> dict[str, Any]:
+    """Snapshot files that fail their checksums, and the ids of each index whose stored vectors
+    they make untrustworthy (every full read of the index files happens here)."""
+    out: dict[str, Any] = {"files": []}
+    for name, idx in zip(INDEX_NAMES, store.indexes, strict=True):
+        files, ids = idx.verify()
+        out["files"] += [f"{name}/{f}" for f in files]
+        out[name] = ids
+    return out
+
+
+def _persisting(store: LibraryStore, found: dict[str, Any]) -> dict[str, Any]:
+    """Keep only the disagreements that are still there after the writer (if any) has had time
+    to finish the batch or deletion it was in the middle of."""
+    deadline = time.monotonic() + SETTLE_S
+    while any(v.size for v in found.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        again, _ = store.consistent(lambda: disagreements(store))
+        found = {k: np.intersect1d(v, again[k]) for k, v in found.items()}
+    return found
+
+
+def heal(store: LibraryStore) -> str | None:
+    """If the vector indexes no longer hold what the catalog says (a deleted or restored index
+    folder), make them agree first: images without vectors are then embedded again by the run.
+    Returns the warning for the run's report (a log line would cut through the progress bar)."""
+    counts = store.catalog.counts()
+    if counts["images"] == store.global_index.count() and counts["regions"] == store.region_index.count():
+        return None
+    report = doctor(store, repair=True)
+    missing = report["global"]["missing_vectors"] + report["regions"]["missing_vectors"]
+    orphans = report["global"]["orphan_vectors"] + report["regions"]["orphan_vectors"]
+    if not (missing or orphans):
+        return None
+    warning = (
+        f"catalog and vector indexes disagreed ({missing} vectors missing, {orphans} unknown): repaired; "
+        "images without vectors are embedded again by this run"
+    )
+    logger.info("%s", warning)
+    return warning
+
+
+def recover(store: LibraryStore) -> int:
+    """Undo batches a crashed writer left half-done (ids reserved, vectors maybe written)."""
+    content_ids, region_ids = store.catalog.pending_contents()
+    if not content_ids:
+        return 0
+    logger.warning("recovering %d images from an interrupted run", len(content_ids))
+    store.global_index.remove(np.asarray(content_ids, np.int64), missing="ignore")
+    store.region_index.remove(np.asarray(region_ids, np.int64), missing="ignore")
+    store.global_index.flush()
+    store.region_index.flush()
+    store.catalog.drop_contents(content_ids)
+    return len(content_ids)

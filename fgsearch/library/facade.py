@@ -1,0 +1,288 @@
+"""The public entry point: :class:`Library` composes a library's parts and hands each operation
+only what it uses.
+
+``Library.open`` is the composition root: it checks and locks the folder, opens the store
+(catalog + indexes, :mod:`fgsearch.library.lifecycle`) and keeps the encoder. ``index`` runs the
+ingest pipeline (:func:`fgsearch.ingest.run_index`) on the store and the encoder; ``search`` runs
+:func:`fgsearch.search.run_search` on the same two; ``doctor`` the checks of
+:mod:`fgsearch.library.doctor`. No stage ever receives the ``Library`` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fgsearch.boxes import Box
+from fgsearch.errors import LibraryError
+from fgsearch.library import doctor as doctor_mod
+from fgsearch.library.lifecycle import OpenRequest, check_library_dir, open_store
+from fgsearch.library.settings import BackendSettings, model_info, shared_encoder
+from fgsearch.library.store import LibraryStore, storage_errors
+from fgsearch.regions import RegionSettings
+
+if TYPE_CHECKING:
+    import threading
+
+    from fgsearch.catalog import Catalog
+    from fgsearch.indexes import VectorIndex
+    from fgsearch.ingest import IndexOptions, IndexReport, ProgressFn
+    from fgsearch.model import Encoder
+    from fgsearch.search import QueryInfo, SearchHit, SearchQuery
+
+T = TypeVar("T")
+
+
+class Library:
+    """A searchable image library. Open with :meth:`Library.open`; close (or use ``with``) when done.
+
+    Readers (``read_only=True``) never block and are safe to share between threads; one writer at a
+    time holds ``<library>/lock`` (a second gets :class:`~fgsearch.errors.LibraryLockedError`).
+    Every search, ``status`` and ``doctor`` of a reader first picks up what the writer has committed
+    (under a millisecond) and sees one consistent state (:meth:`consistent`); a writable library may
+    be searched from other threads while it indexes. The library records the model, region settings
+    and backend that built it and refuses to mix vectors from another model.
+    """
+
+    def __init__(self, store: LibraryStore, *, lock: Any = None, device: str = "auto", encoder: Encoder | None = None):
+        self.store = store
+        self.device = device
+        self._lock = lock
+        self._encoder = encoder
+        self._encoder_epoch = store.build.epoch
+        self._given_encoder = encoder  # kept across a reopen after --reindex when it fits the new build
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        model: str | None = None,
+        backend: str | BackendSettings | None = None,
+        regions: RegionSettings | None = None,
+        read_only: bool = False,
+        create: bool = True,
+        reindex: bool = False,
+        device: str = "auto",
+        encoder: Encoder | None = None,
+        rebuild_damaged: bool = False,
+    ) -> Library:
+        """Open (or create) a library.
+
+        ``path``: a directory; default ``$FGSEARCH_HOME/default`` or the user data directory.
+        ``model``: registry name, ``hf-hub:`` id or checkpoint directory; ``None`` uses the library's
+        own (``fg-clip-base`` for a new library). ``backend`` (a kind, or kind + options) and
+        ``regions`` apply when the library is created (or rebuilt with ``reindex=True``); passing
+        different ones later is an error. ``rebuild_damaged`` (for ``doctor --repair``) replaces a
+        damaged vector index by an empty one.
+        """
+        from fgsearch.library_paths import resolve_library_dir
+
+        lib_dir = resolve_library_dir(path)
+        exists = check_library_dir(lib_dir, read_only=read_only, create=create, reindex=reindex)
+        bk = BackendSettings(kind=backend) if isinstance(backend, str) else backend
+        req = OpenRequest(model, bk, regions, read_only, reindex, rebuild_damaged)
+        made_dir = not lib_dir.exists()
+        lock = None if read_only else _lock_folder(lib_dir)
+        try:
+            store, enc = open_store(lib_dir, exists, req, encoder, lambda m: shared_encoder(m, device), _reopen_reader)
+            if not read_only:
+                doctor_mod.recover(store)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            if made_dir:  # a library this call began to create and could not finish: leave nothing behind
+                shutil.rmtree(lib_dir, ignore_errors=True)
+            raise
+        lib = cls(store, lock=lock, device=device, encoder=enc)
+        lib._given_encoder = encoder
+        return lib
+
+    # ---- the parts, for callers that need them ---------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    @property
+    def read_only(self) -> bool:
+        return self.store.read_only
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.store.catalog
+
+    @property
+    def global_index(self) -> VectorIndex:
+        return self.store.global_index
+
+    @property
+    def region_index(self) -> VectorIndex:
+        return self.store.region_index
+
+    @property
+    def model(self) -> str:
+        return self.store.build.model
+
+    @property
+    def region_settings(self) -> RegionSettings:
+        return self.store.build.regions
+
+    @property
+    def backend(self) -> BackendSettings:
+        return self.store.build.backend
+
+    @property
+    def encoder(self) -> Encoder:
+        """The library's model, loaded on first use (and checked against the build that made it)."""
+        build = self.store.build
+        if self._encoder is not None and self._encoder_epoch == build.epoch:
+            return self._encoder
+        enc = None
+        if self._given_encoder is not None:  # e.g. serve's batching encoder: kept if the model is the same
+            with contextlib.suppress(LibraryError):
+                self.store.catalog.check_model(model_info(build.model, self._given_encoder))
+                enc = self._given_encoder
+        if enc is None:
+            enc = shared_encoder(build.model, self.device)
+            self.store.catalog.check_model(model_info(build.model, enc))
+        self._encoder, self._encoder_epoch = enc, build.epoch
+        return enc
+
+    # ---- operations ------------------------------------------------------------------------
+    def index(
+        self,
+        paths: str | os.PathLike[str] | list[str | os.PathLike[str]],
+        options: IndexOptions | None = None,
+        progress: ProgressFn | None = None,
+        **kw: Any,
+    ) -> IndexReport:
+        """Index image folders (or files) incrementally; keyword arguments override IndexOptions fields."""
+        from fgsearch.ingest import IndexOptions, run_index
+
+        if self.read_only:
+            raise LibraryError(f"library {self.path} was opened read-only; open it without read_only to index")
+        opts = replace(options or IndexOptions(), **kw)
+        roots = [str(p) for p in paths] if isinstance(paths, list) else [str(paths)]
+        with storage_errors(self.path):
+            return run_index(self.store, self.encoder, roots, opts, progress)
+
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        image: Any = None,
+        box: Any = None,
+        negative: str | None = None,
+        k: int | None = None,
+        query: SearchQuery | None = None,
+        info: QueryInfo | None = None,
+        search_lock: threading.Lock | None = None,
+        **kw: Any,
+    ) -> list[SearchHit]:
+        """Ranked images (or regions with ``by="region"``) for a text and/or image query.
+
+        ``query`` gives every setting at once (the keywords override its fields); ``info``, when
+        given, receives what the search did (text path, truncation, timings); ``search_lock`` is
+        held for the search half only (a server encodes concurrent queries together)."""
+        from fgsearch.search import SearchQuery, run_search
+
+        q = query or SearchQuery()
+        q = replace(
+            q,
+            text=text if text is not None else q.text,
+            image=image if image is not None else q.image,
+            box=Box.coerce(box) if box is not None else q.box,
+            negative=negative if negative is not None else q.negative,
+            k=k if k is not None else (q.k if query is not None else 10),
+            **kw,
+        )
+        return self.consistent(lambda: run_search(self.store, self.encoder, q, info, search_lock=search_lock))
+
+    def consistent(self, read: Callable[[], T]) -> T:
+        """Run ``read`` against one state of the library (see :meth:`LibraryStore.consistent`)."""
+        return self.store.consistent(read)
+
+    def refresh(self) -> None:
+        """Read-only libraries: pick up what the writer committed; reopen after a ``--reindex``."""
+        self.store.refresh()
+
+    def visible_contents(self, ids: list[int], regions: dict[int, Any] | None = None) -> list[int]:
+        return self.store.visible_contents(ids, regions)
+
+    def status(self) -> dict[str, Any]:
+        """Counts, model, backend, sizes and failures, as a JSON-ready dict."""
+        return self.consistent(self._status)
+
+    def _status(self) -> dict[str, Any]:
+        meta = self.catalog.get_meta()
+        return {
+            "library": str(self.path),
+            "model": meta.get("model_name"),
+            "model_ref": meta.get("model_ref"),
+            "dim": meta.get("dim"),
+            "family": meta.get("model_family", "fgclip"),  # libraries from before families: FG-CLIP
+            "score_calibration": meta.get("score_calibration"),
+            "regions": self.region_settings.to_dict(),
+            "backend": self.backend.to_dict(),
+            "counts": self.catalog.counts(),
+            "vectors": {"global": self.global_index.count(), "regions": self.region_index.count()},
+            "index": {"global": _stats_dict(self.global_index), "regions": _stats_dict(self.region_index)},
+        }
+
+    def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
+        return list(self.catalog.failures(limit))
+
+    def doctor(self, repair: bool = False) -> dict[str, Any]:
+        """Check that catalog and indexes agree; with ``repair``, make them agree
+        (see :func:`fgsearch.library.doctor.doctor`)."""
+        return doctor_mod.doctor(self.store, repair)
+
+    def close(self) -> None:
+        self.store.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lock_folder(lib_dir: Path) -> Any:
+    """Create the library folder if needed and take its writer lock."""
+    from fgsearch.catalog import WriteLock
+
+    try:
+        lib_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LibraryError(
+            f"cannot create the library folder {lib_dir}: {e.strerror or e}; give --library a folder you can write"
+        ) from e
+    lock = WriteLock(lib_dir)
+    lock.acquire()
+    return lock
+
+
+def _reopen_reader(lib_dir: Path) -> LibraryStore:
+    """A fresh read-only store of a library that was rebuilt (its model is checked on next use)."""
+    exists = check_library_dir(lib_dir, read_only=True, create=False, reindex=False)
+    store, _ = open_store(lib_dir, exists, OpenRequest(read_only=True), None, _no_encoder, _reopen_reader)
+    return store
+
+
+def _no_encoder(model: str) -> Encoder:
+    raise LibraryError(f"a reader reopening a rebuilt library loads no model here ({model})")
+
+
+def _stats_dict(index: VectorIndex) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    st = index.stats()
+    return asdict(st) if is_dataclass(st) and not isinstance(st, type) else dict(st)

@@ -1,0 +1,306 @@
+"""Creating, opening, rebuilding (``--reindex``) and wiping a library's store.
+
+A library folder holds what the library created and nothing else::
+
+    <library>/catalog.sqlite     files, contents (images), regions, settings  (SQLAlchemy)
+    <library>/index/global/      one vector per distinct image (id = content id)   [file backends]
+    <library>/index/regions/     one vector per region box    (id = region id)
+    <library>/lock               the writer lock (flock; holds the writer's PID)
+
+:func:`open_store` is the one place that decides, in order: the folder may be used; a creation
+that never finished is started over; a model that fails to load costs nothing (it is loaded before
+anything is written); the settings asked for agree with those recorded; the indexes open (a
+damaged one is an error naming the repair, or replaced under ``rebuild_damaged``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fgsearch.errors import LibraryError
+from fgsearch.library.settings import (
+    DEFAULT_MODEL,
+    INDEX_NAMES,
+    BackendSettings,
+    calibration_texts,
+    model_info,
+    model_source,
+)
+from fgsearch.library.store import Build, LibraryStore
+from fgsearch.regions import RegionSettings
+
+if TYPE_CHECKING:
+    from fgsearch.catalog import Catalog
+    from fgsearch.indexes import VectorIndex
+    from fgsearch.model import Encoder
+
+logger = logging.getLogger(__name__)
+
+CATALOG_FILES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm")
+#: What a library folder may hold before it becomes one (a failed creation leaves its lock file).
+NEW_LIBRARY_LEFTOVERS = {"lock", "catalog.sqlite-wal", "catalog.sqlite-shm"}
+
+EncoderFor = Callable[[str], "Encoder"]  # model reference -> the (shared) encoder
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    """What the caller of ``Library.open`` asked for (``None``: the library's own, or the default)."""
+
+    model: str | None = None
+    backend: BackendSettings | None = None
+    regions: RegionSettings | None = None
+    read_only: bool = False
+    reindex: bool = False
+    rebuild_damaged: bool = False
+
+
+def check_library_dir(lib_dir: Path, *, read_only: bool, create: bool, reindex: bool) -> bool:
+    """Whether a library exists at ``lib_dir``; raises when the request cannot be served there."""
+    if lib_dir.exists() and not lib_dir.is_dir():
+        raise LibraryError(f"{lib_dir} is a file, not a library folder; give --library a folder (new or existing)")
+    exists = (lib_dir / "catalog.sqlite").exists()
+    if read_only and reindex:
+        raise LibraryError("reindex needs a writable library")
+    if not exists and (read_only or not create):
+        raise LibraryError(f"no library at {lib_dir}; create one with `fgsearch index PHOTOS --library {lib_dir}`")
+    if not exists:
+        _check_new_library_dir(lib_dir)
+    return exists
+
+
+def open_store(
+    lib_dir: Path, exists: bool, req: OpenRequest, encoder: Encoder | None, encoder_for: EncoderFor, reopen: Any
+) -> tuple[LibraryStore, Encoder | None]:
+    """Open (creating or rebuilding as asked) the store of a library whose folder is checked and,
+    for a writer, locked. Returns the store and the encoder loaded on the way (``None`` for a
+    reader that was given no model: it loads the library's own on its first search)."""
+    from fgsearch.catalog import Catalog, peek_unfinished
+
+    if exists and not req.read_only and peek_unfinished(lib_dir / "catalog.sqlite"):
+        # created by a run that failed before recording its model (nothing was indexed): start over
+        wipe(lib_dir)
+        exists = False
+    req, encoder, rebuilt = _prepare_build(lib_dir, exists, req, encoder, encoder_for)
+    exists = exists and not rebuilt
+    catalog = Catalog.open(lib_dir / "catalog.sqlite", create=not exists, read_only=req.read_only)
+    try:
+        if exists:
+            build, encoder = _check_existing(lib_dir, catalog, req, encoder, encoder_for)
+        else:
+            encoder = encoder or encoder_for(req.model or DEFAULT_MODEL)
+            build = _init_catalog(catalog, req, encoder)
+        dim = encoder.dim if encoder is not None else int(catalog.get_meta()["dim"])
+        gidx, ridx = open_indexes(lib_dir, build.backend, dim, read_only=req.read_only, rebuild=req.rebuild_damaged)
+        if not exists:
+            _start_empty(lib_dir, (gidx, ridx), rebuilt=req.reindex)
+        if not req.read_only and encoder is not None and build.backend.has("calibration"):
+            texts = calibration_texts(encoder)  # approximate indexes tune their search breadth on text queries
+            for idx in (gidx, ridx):
+                idx.set_calibration_queries(texts)
+    except BaseException:
+        catalog.close()
+        raise
+    store = LibraryStore(lib_dir, catalog, gidx, ridx, build, read_only=req.read_only, reopen=reopen)
+    return store, encoder
+
+
+def _prepare_build(
+    lib_dir: Path, exists: bool, req: OpenRequest, encoder: Encoder | None, encoder_for: EncoderFor
+) -> tuple[OpenRequest, Encoder | None, bool]:
+    """Before anything is written: the sidecar and the model of a new build must load. A
+    ``--reindex`` keeps the model, backend and regions it is not given, then wipes the old build.
+    Returns the request with those filled in, the encoder, and whether the library was wiped."""
+    from dataclasses import replace
+
+    if (not exists or req.reindex) and req.regions is not None:
+        _check_regions(req.regions)  # a missing or malformed sidecar fails before anything is written
+    if not exists and encoder is None:
+        encoder = encoder_for(req.model or DEFAULT_MODEL)  # a model that fails to load leaves no library behind
+    if not (req.reindex and exists):
+        return req, encoder, False
+    stored = stored_settings(lib_dir)
+    req = replace(
+        req,
+        model=req.model or stored.get("model") or DEFAULT_MODEL,
+        backend=req.backend or stored.get("backend"),
+        regions=req.regions or stored.get("regions"),
+    )
+    encoder = encoder or encoder_for(req.model or DEFAULT_MODEL)  # must not cost the old library if it fails
+    wipe(lib_dir, stored.get("backend"))
+    return req, encoder, True
+
+
+def _check_regions(regions: RegionSettings) -> None:
+    if regions.proposer == "sidecar" and regions.sidecar:
+        from fgsearch.regions import SidecarBoxes
+
+        SidecarBoxes(regions.sidecar)
+
+
+def _check_existing(
+    lib_dir: Path, catalog: Catalog, req: OpenRequest, encoder: Encoder | None, encoder_for: EncoderFor
+) -> tuple[Build, Encoder | None]:
+    """An existing library's recorded settings, checked against what the caller asked for."""
+    meta = catalog.get_meta()
+    stored_model = meta.get("model_source") or meta.get("model_name")
+    stored_bk = BackendSettings.from_dict(meta.get("backend") or {})
+    stored_regions = RegionSettings.from_dict(meta.get("regions") or {})
+    if req.backend is not None and req.backend.location(lib_dir) != stored_bk.location(lib_dir):
+        raise LibraryError(
+            f"library {lib_dir} uses {stored_bk.location(lib_dir)}; it cannot switch to "
+            f"{req.backend.location(lib_dir)} (leave out --backend/--qdrant-* to use its own, "
+            "--reindex to rebuild it, or --library to choose another)"
+        )
+    if req.regions is not None and req.regions != stored_regions and not req.read_only:
+        raise LibraryError(
+            f"library {lib_dir} was built with --regions {stored_regions.proposer} "
+            f"(max {stored_regions.max_regions}); use the same settings or --reindex to rebuild"
+        )
+    model_ref = req.model or stored_model or DEFAULT_MODEL
+    if encoder is None and not (req.read_only and req.model is None):
+        encoder = encoder_for(model_ref)
+    if encoder is not None:
+        catalog.check_model(model_info(model_ref, encoder))
+    epoch = meta.get("library_id")
+    if not req.read_only and not epoch:
+        epoch = new_library_id()
+        catalog.set_meta(library_id=epoch)  # a library made before ids were recorded
+    return Build(model_ref, stored_regions, stored_bk, epoch), encoder
+
+
+def _init_catalog(catalog: Catalog, req: OpenRequest, encoder: Encoder) -> Build:
+    """Record a new build's model, backend and regions."""
+    backend = req.backend or BackendSettings()
+    regions = req.regions or RegionSettings()
+    model_ref = req.model or DEFAULT_MODEL
+    catalog.init_library(model_info(model_ref, encoder), regions=regions.to_dict(), backend=backend.to_dict())
+    cal = encoder.calibration
+    epoch = new_library_id()
+    catalog.set_meta(
+        model_source=model_source(model_ref),
+        library_id=epoch,
+        model_family=encoder.family.name,
+        score_calibration=cal.to_dict() if cal is not None else None,
+    )
+    return Build(model_ref, regions, backend, epoch)
+
+
+def new_library_id() -> str:
+    """A library's build id: a new one for every creation and every --reindex."""
+    return uuid.uuid4().hex
+
+
+def open_indexes(
+    lib_dir: Path, bk: BackendSettings, dim: int, *, read_only: bool, rebuild: bool
+) -> tuple[VectorIndex, VectorIndex]:
+    """The global and region indexes. A damaged index in the library folder is an error naming the
+    repair; with ``rebuild`` (doctor --repair) it is replaced by an empty one, and the catalog's
+    images without vectors are then re-queued by the doctor for the next ``index`` run."""
+    from fgsearch.indexes import IndexCorruptError, IndexNotFoundError
+
+    opened: list[VectorIndex] = []
+    try:
+        for name in INDEX_NAMES:
+            try:
+                opened.append(bk.open(lib_dir, name, dim, read_only=read_only, create=not read_only))
+            except IndexNotFoundError as e:
+                raise LibraryError(
+                    f"library {lib_dir} has lost its {name} vector index; run `fgsearch index` on its "
+                    "folders (or `fgsearch doctor --repair`) to rebuild what is missing"
+                ) from e
+            except IndexCorruptError as e:
+                folder = bk.owned_paths(lib_dir).get(name)
+                if not (rebuild and bk.has("files") and folder is not None and folder.is_dir()):
+                    raise LibraryError(
+                        f"library {lib_dir}: the {name} vector index is damaged ({e}); run "
+                        f"`fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index` on its folders"
+                    ) from e
+                logger.warning("replacing the damaged %s vector index of %s (%s)", name, lib_dir, e)
+                shutil.rmtree(folder)
+                opened.append(bk.open(lib_dir, name, dim, read_only=False, create=True))
+    except BaseException:
+        for idx in opened:
+            idx.close()
+        raise
+    return opened[0], opened[1]
+
+
+def _start_empty(lib_dir: Path, indexes: tuple[VectorIndex, VectorIndex], *, rebuilt: bool) -> None:
+    """A new catalog starts its ids at 1, so vectors already in a (Qdrant) collection it is given
+    would be taken for its images: a rebuild clears what its old build left there; a new library
+    refuses a collection that holds vectors (another library's)."""
+    for idx in indexes:
+        n = idx.count()
+        if not n:
+            continue
+        if not rebuilt:
+            where = idx.stats().location
+            for other in indexes:
+                other.close()
+            raise LibraryError(
+                f"the vector store of the new library {lib_dir} already holds {n} vectors ({where}); "
+                "give the library its own --qdrant-path or collection"
+            )
+        idx.remove(idx.ids(), missing="ignore")
+        idx.flush()
+
+
+def wipe(lib_dir: Path, backend: BackendSettings | None = None) -> None:
+    """Remove what the library created (for --reindex): its catalog and the vector-index folders
+    of its recorded backend (of every backend when none is recorded). Anything else in the folder
+    is left alone; the lock file stays."""
+    for name in CATALOG_FILES:
+        (lib_dir / name).unlink(missing_ok=True)
+    for folder in _owned_index_dirs(lib_dir, backend):
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only if now empty: never a folder with the user's files
+            folder.parent.rmdir()
+
+
+def _owned_index_dirs(lib_dir: Path, backend: BackendSettings | None) -> list[Path]:
+    """The vector-index folders a library created inside ``lib_dir``."""
+    if backend is not None:
+        return list(backend.owned_paths(lib_dir).values())
+    from fgsearch.library._interim_backends import backend_names
+
+    return [p for kind in backend_names() for p in BackendSettings(kind).owned_paths(lib_dir).values()]
+
+
+def stored_settings(lib_dir: Path) -> dict[str, Any]:
+    """The model source, backend and region settings recorded in an existing library's catalog
+    (keys missing when unreadable)."""
+    from fgsearch.catalog import peek_meta
+
+    meta = peek_meta(lib_dir / "catalog.sqlite", ("model_source", "model_name", "backend", "regions"))
+    out: dict[str, Any] = {}
+    if meta.get("model_source") or meta.get("model_name"):
+        out["model"] = meta.get("model_source") or meta.get("model_name")
+    if isinstance(meta.get("backend"), dict):
+        out["backend"] = BackendSettings.from_dict(meta["backend"])
+    if isinstance(meta.get("regions"), dict):
+        out["regions"] = RegionSettings.from_dict(meta["regions"])
+    return out
+
+
+def _check_new_library_dir(lib_dir: Path) -> None:
+    """A new library goes into a new or empty folder, never into a folder of the user's files
+    (``--reindex`` later deletes what the library created there, so the two must not mix)."""
+    try:
+        entries = sorted(e.name for e in lib_dir.iterdir()) if lib_dir.is_dir() else []
+    except OSError as e:
+        raise LibraryError(f"cannot read the library folder {lib_dir}: {e.strerror or e}") from e
+    others = [name for name in entries if name not in NEW_LIBRARY_LEFTOVERS]
+    if others:
+        shown = ", ".join(others[:3]) + (f", ... ({len(others)} entries)" if len(others) > 3 else "")
+        raise LibraryError(
+            f"{lib_dir} is not empty ({shown}) and is not an fgsearch library; give --library a new "
+            "or empty folder (e.g. --library PHOTOS-library)"
+        )

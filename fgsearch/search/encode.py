@@ -1,0 +1,79 @@
+"""A query as vectors: text (by the family's text path and region walk), image, image region,
+and the negative text."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fgsearch.boxes import Box
+from fgsearch.errors import ImageError, InputError
+
+if TYPE_CHECKING:
+    from fgsearch.model import Encoder
+    from fgsearch.search.query import QueryInfo, SearchQuery
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+@dataclass
+class QueryVectors:
+    """A query as vectors: for images, for regions (the family's region walk), and a negative."""
+
+    image: np.ndarray
+    region: np.ndarray
+    negative: np.ndarray | None
+    calibrated: bool  # a text-only query on a family whose scores have a probability
+
+
+def encode_query(enc: Encoder, q: SearchQuery, info: QueryInfo) -> QueryVectors:
+    """Query vectors (and negative vector) from text and/or image."""
+    from fgsearch.model import TextTruncatedWarning
+
+    if (q.text is None or not q.text.strip()) and q.image is None:
+        raise InputError("empty query: give a text, --image PATH, or both")
+    parts: list[np.ndarray] = []
+    region_parts: list[np.ndarray] = []
+    if q.text is not None and q.text.strip():
+        path = q.text_path or enc.text_path(q.text).value
+        walk = q.text_path or enc.region_walk(q.text).value
+        info.text_path, info.region_walk = path, walk
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TextTruncatedWarning)
+            parts.append(enc.encode_texts([q.text], path=path)[0])
+            region_parts.append(parts[-1] if walk == path else enc.encode_texts([q.text], path=walk)[0])
+        for w in caught:
+            if issubclass(w.category, TextTruncatedWarning) and str(w.message) not in info.notices:
+                info.notices.append(str(w.message))
+    if q.image is not None:
+        parts.append(image_vector(enc, q.image, q.box))
+        region_parts.append(parts[-1])
+    neg = enc.encode_texts([q.negative])[0] if q.negative else None
+    calibrated = q.image is None and enc.calibration is not None
+    return QueryVectors(_unit(np.sum(parts, axis=0)), _unit(np.sum(region_parts, axis=0)), neg, calibrated)
+
+
+def image_vector(enc: Encoder, image: Any, box: Box | None) -> np.ndarray:
+    """A query image (a path or a PIL image) as a vector: the whole image, or its ``box`` region."""
+    from PIL import Image
+
+    from fgsearch.decode import open_image
+
+    if isinstance(image, Image.Image):
+        img = image
+    else:
+        try:
+            # the indexer's guards (format allow-list, pixel limit, regular file); `query` has no flag
+            # that raises the limit, so the reason names none
+            img = open_image(image, limit_flag=None).image
+        except Exception as e:
+            raise ImageError(f"cannot read query image {image}: {e}") from e
+    if box is None:
+        return enc.encode_images([img]).image[0]
+    out = enc.encode_images([img], boxes=[np.asarray([box.as_tuple()], np.float32)])
+    return out.regions[0][0]
