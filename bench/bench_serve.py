@@ -214,7 +214,8 @@ def main() -> None:
         f"{args.words}-word queries, k=20; {os.cpu_count()} CPUs; {args.duration:.0f} s per level"
     )
     print(
-        f"peer: the same queries through Library.search in-process, one at a time: p50 {direct(lib_dir, args.words):.1f} ms"
+        "peer: the same queries through Library.search in-process, one at a time: "
+        f"p50 {direct(lib_dir, args.words):.1f} ms"
     )
     results = run(lib_dir, args.port, 32, levels, args.duration, args.words)
     if args.unbatched:

@@ -509,7 +509,8 @@ def test_a_reader_takes_the_write_lock_only_when_the_writer_has_committed(built,
         before = reader.store.build_probe.catalog_reads
         for _ in range(5):
             reader.refresh()
-        assert reader.store.build_probe.catalog_reads == before, "the build id was read from the catalog on every refresh"
+        reads = reader.store.build_probe.catalog_reads
+        assert reads == before, "the build id was read from the catalog on every refresh"
 
         entered, release = threading.Event(), threading.Event()
 
