@@ -251,7 +251,10 @@ def index(
     if backend or qdrant_url or qdrant_path:
         # stored in the library: absolute, so that it means the same from any folder later
         where = str(qdrant_path.expanduser().resolve()) if qdrant_path else None
-        bk = BackendSettings(kind=backend or "qdrant", qdrant_url=qdrant_url, qdrant_path=where)
+        if (qdrant_url or where) and (backend or "qdrant") != "qdrant":
+            _fail("--qdrant-url/--qdrant-path need --backend qdrant")
+        opts = {k: v for k, v in (("url", qdrant_url), ("path", where)) if v}
+        bk = BackendSettings(kind=backend or "qdrant", options=opts)
     rs = None
     if regions or max_regions is not None or sidecar:
         if sidecar and sidecar != "per-image":
