@@ -33,6 +33,13 @@ class IndexOptions:
     follow_links: bool = False  # follow symbolic links that lead outside the indexed folders
     prune_unselected: bool = False  # also drop files still on disk that include/exclude/hidden left out
 
+    def check(self) -> None:
+        """Reject bad options before a run records anything (``--ext``, ``--batch-size``)."""
+        from fgsearch.scan import readable_extensions
+
+        readable_extensions(self.extensions)
+        self.resolved_batch_size(False)
+
     def resolved_workers(self) -> int:
         return self.workers if self.workers > 0 else min(8, os.cpu_count() or 2)
 

@@ -34,21 +34,19 @@ def run_index(
     roots: Sequence[str],
     opts: IndexOptions,
     progress: ProgressFn | None = None,
+    report: IndexReport | None = None,
 ) -> IndexReport:
     """Index ``roots`` into an open, writable store with ``encoder`` (see
-    :mod:`fgsearch.ingest.commit` for what survives a crash)."""
-    from fgsearch.library.doctor import heal
+    :mod:`fgsearch.ingest.commit` for what survives a crash). ``report``: one to fill in, e.g.
+    holding the warnings of what the caller did first (the library's heal step)."""
     from fgsearch.scan import readable_extensions
 
     t0 = time.perf_counter()
     exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
     batch_size = opts.resolved_batch_size(_on_accelerator(encoder))
     proposer = _proposer_for(store)
-    report = IndexReport()
+    report = report if report is not None else IndexReport()
     cat = store.catalog
-    warning = heal(store)
-    if warning:
-        report.warnings.append(warning)
     run_id = cat.begin_run()
     abs_roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
     entries = walk_roots(abs_roots, opts, exts, report)

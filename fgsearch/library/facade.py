@@ -162,14 +162,18 @@ class Library:
         **kw: Any,
     ) -> IndexReport:
         """Index image folders (or files) incrementally; keyword arguments override IndexOptions fields."""
-        from fgsearch.ingest import IndexOptions, run_index
+        from fgsearch.ingest import IndexOptions, IndexReport, run_index
 
         if self.read_only:
             raise LibraryError(f"library {self.path} was opened read-only; open it without read_only to index")
         opts = replace(options or IndexOptions(), **kw)
         roots = [str(p) for p in paths] if isinstance(paths, list) else [str(paths)]
         with storage_errors(self.path):
-            return run_index(self.store, self.encoder, roots, opts, progress)
+            opts.check()  # bad options fail before the heal step writes anything
+            encoder = self.encoder
+            warning = doctor_mod.heal(self.store)  # catalog and indexes agree before a run adds to them
+            report = IndexReport(warnings=[warning] if warning else [])
+            return run_index(self.store, encoder, roots, opts, progress, report)
 
     def search(
         self,
