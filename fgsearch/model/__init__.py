@@ -1,11 +1,12 @@
-"""The model layer: families (FG-CLIP, FG-CLIP 2), checkpoints, tokenizers, preprocessing, inference."""
+"""The model layer: the encoder protocol and its runtimes, families (FG-CLIP, FG-CLIP 2),
+checkpoints, tokenizers, preprocessing."""
 
 from fgsearch.model.batch import ImageBatch, ImageItem
 from fgsearch.model.config import FGCLIPConfig, TextConfig, VisionConfig
 from fgsearch.model.convert import stretch_positions
-from fgsearch.model.encoder import EncodedImages, Encoder, resolve_device
-from fgsearch.model.family import FAMILIES, ModelFamily, ScoreCalibration, family_for_config, get_family
-from fgsearch.model.fgclip import FGCLIP, ImageFeatures, TextPath
+from fgsearch.model.encoder import TorchEncoder, resolve_device
+from fgsearch.model.families import ModelFamily, family_for_config, family_names, get_family, register_family
+from fgsearch.model.fgclip import FGCLIP, ImageFeatures
 from fgsearch.model.fgclip2 import FGCLIP2, FGCLIP2Config
 from fgsearch.model.loading import (
     checkpoint_fingerprint,
@@ -17,11 +18,12 @@ from fgsearch.model.loading import (
 )
 from fgsearch.model.naflex import NaFlexTransform
 from fgsearch.model.preprocess import ImageTransform, to_rgb
+from fgsearch.model.protocol import EncodedImages, Encoder, ImagePreprocessor, ScoreCalibration, TextPath
 from fgsearch.model.registry import REGISTRY, ModelSpec
+from fgsearch.model.runtime import load_encoder, register_runtime, runtime_names
 from fgsearch.model.tokenizer import TextTruncatedWarning, Tokenizer
 
 __all__ = [
-    "FAMILIES",
     "FGCLIP",
     "FGCLIP2",
     "REGISTRY",
@@ -32,6 +34,7 @@ __all__ = [
     "ImageBatch",
     "ImageFeatures",
     "ImageItem",
+    "ImagePreprocessor",
     "ImageTransform",
     "ModelFamily",
     "ModelSpec",
@@ -41,15 +44,21 @@ __all__ = [
     "TextPath",
     "TextTruncatedWarning",
     "Tokenizer",
+    "TorchEncoder",
     "VisionConfig",
     "checkpoint_fingerprint",
     "convert_openai_clip",
     "family_for_config",
+    "family_names",
     "get_family",
     "is_cached",
+    "load_encoder",
     "load_model",
+    "register_family",
+    "register_runtime",
     "resolve_device",
     "resolve_spec",
+    "runtime_names",
     "save_model",
     "stretch_positions",
     "to_rgb",
