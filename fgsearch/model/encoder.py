@@ -21,7 +21,7 @@ import numpy as np
 from fgsearch.errors import InputError
 from fgsearch.model.batch import ImageBatch
 from fgsearch.model.families import get_family
-from fgsearch.model.protocol import DenseProposer, EncodedImages, ImagePreprocessor, ScoreCalibration, TextPath
+from fgsearch.model.protocol import DenseProposer, EncodedImages, ScoreCalibration, TextPath
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +72,7 @@ class TorchEncoder:
         self.model = model.eval().requires_grad_(False).to(self.device)
         self.spec = spec
         self.family = get_family(spec.family or "fgclip")
-        self.transform: ImagePreprocessor = self.family.transform(spec)
+        self.transform: Any = self.family.transform(spec)  # an ImagePreprocessor with prepare/as_batch too
         self.tokenizer = self.family.tokenizer(spec)
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"

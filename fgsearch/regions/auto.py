@@ -199,11 +199,11 @@ def _upsample_matrix(n: int, factor: int) -> np.ndarray:
 def _extent(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For ``[..., n, m]`` boolean masks: ``[..., 4]`` first column, first row, last column, last
     row that hold a true value, and whether any does."""
-    rows, cols = mask.any(axis=-1), mask.any(axis=-2)
+    rows, cols = np.asarray(mask.any(axis=-1)), np.asarray(mask.any(axis=-2))
     n, m = rows.shape[-1], cols.shape[-1]
     y0, y1 = rows.argmax(axis=-1), n - 1 - rows[..., ::-1].argmax(axis=-1)
     x0, x1 = cols.argmax(axis=-1), m - 1 - cols[..., ::-1].argmax(axis=-1)
-    return np.stack([x0, y0, x1, y1], axis=-1), rows.any(axis=-1)
+    return np.stack([x0, y0, x1, y1], axis=-1), np.asarray(rows.any(axis=-1))
 
 
 def _refine_boxes(
