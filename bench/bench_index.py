@@ -170,7 +170,7 @@ def main() -> None:
         return
 
     from fgsearch.library import Library
-    from fgsearch.model import FGCLIP, Encoder, FGCLIPConfig, load_model, save_model
+    from fgsearch.model import FGCLIP, FGCLIPConfig, TorchEncoder, load_model, save_model
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
     photos, model_dir = work / f"photos-{args.n}", work / "model"
@@ -183,7 +183,7 @@ def main() -> None:
         torch.manual_seed(0)
         save_model(FGCLIP(FGCLIPConfig.base()), model_dir)
     net, spec = load_model(model_dir)
-    enc = Encoder(net, spec, device=args.device)
+    enc = TorchEncoder(net, spec, device=args.device)
     print(f"device={enc.device} threads={torch.get_num_threads()} batch={args.batch} n={args.n}")
     size = spec.image_size[0]
     fwd = forward_rates(enc, args.batch, size)

@@ -177,13 +177,13 @@ def demo_dataset(work: Path, n_images: int, nq: int) -> tuple[Path, dict[str, Pa
 
     from PIL import Image
 
-    from fgsearch.model import Encoder
+    from fgsearch.model import load_encoder
     from fgsearch.trainer.fineshapes import make_record
 
     data_path = work / f"demo-{n_images}.npy"
     text_path = work / f"demo-{n_images}-text.npy"
     if not (data_path.exists() and text_path.exists()):
-        enc = Encoder.load("demo", device="cpu")
+        enc = load_encoder("demo", device="cpu")
         img_dir = work / "demo-images"
         img_dir.mkdir(exist_ok=True)
         grid = [(x, y, x + 0.5, y + 0.5) for x in (0.0, 0.5) for y in (0.0, 0.5)]

@@ -179,7 +179,7 @@ def bench_fgclip2(args: argparse.Namespace) -> None:
 
     import open_clip
 
-    from fgsearch.model import FGCLIP2, Encoder, FGCLIP2Config, ImageBatch, ModelSpec
+    from fgsearch.model import FGCLIP2, FGCLIP2Config, ImageBatch, ModelSpec, TorchEncoder
     from fgsearch.model.tiny import write_tokenizer
 
     dev = torch.device(args.device)
@@ -201,7 +201,7 @@ def bench_fgclip2(args: argparse.Namespace) -> None:
         std=(0.5, 0.5, 0.5),
         fingerprint="bench",
     )
-    enc = Encoder(ours, spec, device=dev, precision="bf16" if amp else "fp32")
+    enc = TorchEncoder(ours, spec, device=dev, precision="bf16" if amp else "fp32")
     from fgsearch.model import FGCLIP, FGCLIPConfig, TextPath, Tokenizer
 
     v1 = FGCLIP(FGCLIPConfig.base()).eval().to(dev)  # built outside inference mode (its q/k/v cache)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fgsearch.model import Encoder, load_model
+from fgsearch.model import TorchEncoder, load_model
 from fgsearch.model.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 N_CLASSES = 8
@@ -177,7 +177,7 @@ def onehot(c: int) -> np.ndarray:
     return v
 
 
-class OneHotEncoder(Encoder):
+class OneHotEncoder(TorchEncoder):
     """The real Encoder plumbing (transform, batching) with one-hot features.
 
     A box maps to the one-hot of the class its mean red value encodes, an image to its LEFT half's

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fgsearch.model import Encoder, ImageBatch, TextPath, load_model, stretch_positions
+from fgsearch.model import ImageBatch, TextPath, TorchEncoder, load_model, stretch_positions
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -17,7 +17,7 @@ torch.backends.cudnn.allow_tf32 = False
 class FGSearchAdapter2:
     def __init__(self, checkpoint_dir: str) -> None:
         model, spec = load_model(checkpoint_dir, device="cpu")
-        self.encoder = Encoder(model, spec, device="cpu", precision="fp32")
+        self.encoder = TorchEncoder(model, spec, device="cpu", precision="fp32")
         self.family = self.encoder.family
         self.model = self.encoder.model
         self.cfg = model.config

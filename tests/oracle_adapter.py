@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fgsearch.model import Encoder, TextPath, load_model, stretch_positions
+from fgsearch.model import TextPath, TorchEncoder, load_model, stretch_positions
 
 
 class FGSearchAdapter:
     def __init__(self, checkpoint_dir: str) -> None:
         self.model, self.spec = load_model(checkpoint_dir, device="cpu")
-        self.encoder = Encoder(self.model, self.spec, device="cpu")
+        self.encoder = TorchEncoder(self.model, self.spec, device="cpu")
 
     def image_features(self, pixel_values: np.ndarray) -> torch.Tensor:
         with torch.inference_mode():

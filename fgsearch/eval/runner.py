@@ -196,7 +196,7 @@ def _report(progress: ProgressFn | None, stage: str, done: int, total: int) -> N
 
 def _region_path(enc: Encoder) -> str:
     """The walk for region expressions: the family's box walk, else the short path."""
-    return "box" if "box" in enc.family.walks else SHORT
+    return "box" if "box" in enc.walks else SHORT
 
 
 def _load_pixels(enc: Encoder, paths: Sequence[Path]) -> Any:
@@ -418,7 +418,7 @@ def _model_record(enc: Encoder) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "name": spec.name,
         "source": spec.source,
-        "family": enc.family.name,
+        "family": enc.family_name,
         "image_size": list(enc.transform.image_size or ()),  # FG-CLIP 2: none (NaFlex keeps each image's shape)
     }
     if spec.local_dir:
@@ -475,9 +475,9 @@ def run_eval(
     data = Path(data).expanduser().resolve()
     dataset = spec.reader(data, limit)  # read (and check) the data before loading a model
     limited = limit is not None and _limit_left_out(spec.reader, data, dataset)
-    from fgsearch.model import Encoder
+    from fgsearch.model import load_encoder
 
-    enc = model if isinstance(model, Encoder) else Encoder.load(model, device=device)
+    enc = load_encoder(str(model), device=device) if isinstance(model, (str, os.PathLike)) else model
     if spec.kind == "retrieval":
         metrics, sizes = score_retrieval(enc, dataset, spec.text_path, batch_size, progress, ties)
         source = dataset.source
@@ -499,7 +499,7 @@ def run_eval(
         "sizes": sizes,
         "text_path": spec.text_path,
         "batch_size": batch_size,
-        "device": str(enc.device),
+        "device": enc.device_name,
         "precision": enc.precision,
         "limit": limit,
         "limited": limited,

@@ -43,7 +43,7 @@ def run_index(
 
     t0 = time.perf_counter()
     exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
-    batch_size = opts.resolved_batch_size(_on_accelerator(encoder))
+    batch_size = opts.resolved_batch_size(encoder.on_accelerator)
     proposer = _proposer_for(store)
     report = report if report is not None else IndexReport()
     cat = store.catalog
@@ -168,11 +168,7 @@ class _SeenBoxes(Sequence["ImageBoxes"]):
         return self._plain
 
 
-def _on_accelerator(encoder: Encoder) -> bool:
-    return encoder.device.type == "cuda"
-
-
 def _proposer_for(store: LibraryStore) -> Proposer:
-    from fgsearch.ingest._interim_proposer import make_proposer
+    from fgsearch.regions import make_proposer
 
     return make_proposer(store.build.regions)

@@ -139,10 +139,9 @@ def _prepare_build(
 
 
 def _check_regions(regions: RegionSettings) -> None:
-    if regions.proposer == "sidecar" and regions.sidecar:
-        from fgsearch.regions import SidecarBoxes
+    from fgsearch.regions import make_proposer
 
-        SidecarBoxes(regions.sidecar)
+    make_proposer(regions)  # e.g. a sidecar file that is missing or malformed
 
 
 def _check_existing(
@@ -187,7 +186,7 @@ def _init_catalog(catalog: Catalog, req: OpenRequest, encoder: Encoder) -> Build
     catalog.set_meta(
         model_source=model_source(model_ref),
         library_id=epoch,
-        model_family=encoder.family.name,
+        model_family=encoder.family_name,
         score_calibration=cal.to_dict() if cal is not None else None,
     )
     return Build(model_ref, regions, backend, epoch)

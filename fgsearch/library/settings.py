@@ -31,12 +31,12 @@ _ENCODERS_LOCK = threading.Lock()
 
 def shared_encoder(model: str, device: str = "auto", precision: str = "auto") -> Encoder:
     """The process-wide encoder for a model (loaded once, shared by every library and thread)."""
-    from fgsearch.model import Encoder
+    from fgsearch.model import load_encoder
 
     key = (str(model), str(device), precision)
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
-            _ENCODERS[key] = Encoder.load(model, device=device, precision=precision)
+            _ENCODERS[key] = load_encoder(model, device=device, precision=precision)
         return _ENCODERS[key]
 
 

@@ -1,7 +1,9 @@
-"""Inference wrapper: device choice, batching, mixed precision and L2-normalised numpy outputs.
+"""The torch encoder runtime: device choice, batching, mixed precision and L2-normalised numpy outputs.
 
-This is what indexing, query and evaluation use. It talks to the model through its family
-(:mod:`fgsearch.model.family`) only, so FG-CLIP and FG-CLIP 2 go through the same code. The model is
+:class:`TorchEncoder` implements :class:`~fgsearch.model.protocol.Encoder`, the protocol indexing,
+query and evaluation use; it is registered as the built-in runtime ``"torch"``
+(:mod:`fgsearch.model.runtime`). It talks to the model through its family
+(:mod:`fgsearch.model.families`) only, so FG-CLIP and FG-CLIP 2 go through the same code. The model is
 put in eval mode and run under ``torch.inference_mode``; on CUDA the towers run in bf16 autocast
 (the authors saw fp16 NaNs), region pooling always runs in float32.
 """
@@ -11,16 +13,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fgsearch.errors import InputError
 from fgsearch.model.batch import ImageBatch
-from fgsearch.model.family import ScoreCalibration, get_family
-from fgsearch.model.fgclip import TextPath
+from fgsearch.model.families import get_family
+from fgsearch.model.protocol import DenseProposer, EncodedImages, ScoreCalibration, TextPath
 
 if TYPE_CHECKING:
     import torch
@@ -58,16 +59,9 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(n, 1e-12)).astype(np.float32, copy=False)
 
 
-@dataclass
-class EncodedImages:
-    """Per image: a global vector ``image[i]`` and a ``[K_i, P]`` array of region vectors."""
-
-    image: np.ndarray
-    regions: list[np.ndarray]
-
-
-class Encoder:
-    """A loaded model ready for inference. ``Encoder.load("fg-clip-base")`` downloads on first use."""
+class TorchEncoder:
+    """A loaded torch model ready for inference. ``TorchEncoder.load("fg-clip-base")`` (or
+    ``load_encoder("fg-clip-base")``) downloads on first use."""
 
     def __init__(
         self, model: torch.nn.Module, spec: ModelSpec, device: str | Any = "auto", precision: str = "auto"
@@ -78,7 +72,7 @@ class Encoder:
         self.model = model.eval().requires_grad_(False).to(self.device)
         self.spec = spec
         self.family = get_family(spec.family or "fgclip")
-        self.transform = self.family.transform(spec)
+        self.transform: Any = self.family.transform(spec)  # an ImagePreprocessor with prepare/as_batch too
         self.tokenizer = self.family.tokenizer(spec)
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
@@ -94,7 +88,7 @@ class Encoder:
         device: str | Any = "auto",
         precision: str = "auto",
         download: bool = True,
-    ) -> Encoder:
+    ) -> TorchEncoder:
         from fgsearch.model.loading import load_model
 
         net, spec = load_model(model, device="cpu", download=download)
@@ -103,6 +97,22 @@ class Encoder:
     @property
     def dim(self) -> int:
         return self.family.embed_dim(self.model)
+
+    @property
+    def family_name(self) -> str:
+        return self.family.name
+
+    @property
+    def walks(self) -> tuple[str, ...]:
+        return tuple(self.family.walks)
+
+    @property
+    def on_accelerator(self) -> bool:
+        return bool(self.device.type == "cuda")
+
+    @property
+    def device_name(self) -> str:
+        return str(self.device)
 
     @property
     def calibration(self) -> ScoreCalibration | None:
@@ -150,29 +160,20 @@ class Encoder:
     def encode_proposed(
         self,
         pixel_values: ImageBatch | np.ndarray | torch.Tensor,
-        propose: Callable[[Any], Sequence[np.ndarray | torch.Tensor]],
+        propose: DenseProposer,
         normalize: bool = True,
     ) -> tuple[EncodedImages, list[np.ndarray]]:
         """One forward pass where the boxes come from the images' own dense maps.
 
-        ``propose(dense)`` gets dense maps ``[B', h, w, P]`` (float32, on the model's device) of
-        images that share one grid and returns each image's boxes ``[K_i, 4]`` (normalised x1, y1,
-        x2, y2; numpy or tensors on any device). Images of different grids (FG-CLIP 2) are proposed
-        for group by group, in image order within a group. Returns the vectors and the boxes used.
+        ``propose(maps)`` gets every image's dense map as a numpy float32 ``[h_i, w_i, P]`` array
+        (FG-CLIP 2: shapes differ) and returns each image's boxes ``[K_i, 4]`` (normalised x1, y1,
+        x2, y2). Returns the vectors and the boxes used.
         """
         image, maps = self._image_and_maps(self._batch(pixel_values))
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, m in enumerate(maps):
-            groups.setdefault(tuple(m.shape), []).append(i)
-        proposed: list[Any] = [None] * len(maps)
-        with self._torch.inference_mode():
-            for idx in groups.values():
-                got = propose(self._torch.stack([maps[i] for i in idx]))
-                if len(got) != len(idx):
-                    raise InputError(f"the proposer returned box lists for {len(got)} images, not {len(idx)}")
-                for i, b in zip(idx, got, strict=True):
-                    proposed[i] = b
-        return self._with_regions(image, maps, proposed, normalize)
+        got = propose([m.cpu().numpy() for m in maps])
+        if len(got) != len(maps):
+            raise InputError(f"the proposer returned box lists for {len(got)} images, not {len(maps)}")
+        return self._with_regions(image, maps, list(got), normalize)
 
     def _image_and_maps(self, batch: ImageBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Global vectors and float32 dense maps ``[h_i, w_i, P]`` from one pass."""
@@ -251,3 +252,8 @@ class Encoder:
                     feats = self.family.encode_text(self.model, ids, p).float().cpu().numpy()
                 out[chunk] = feats
         return _normalize(out) if normalize else out
+
+
+def load_torch_encoder(model: str, *, device: str = "auto", precision: str = "auto") -> TorchEncoder:
+    """The ``torch`` runtime's loader (see :func:`fgsearch.model.runtime.load_encoder`)."""
+    return TorchEncoder.load(model, device=device, precision=precision)

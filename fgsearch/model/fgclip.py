@@ -18,7 +18,6 @@ No output is L2-normalised here; callers normalise.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -29,22 +28,8 @@ from torch import Tensor, nn
 
 from fgsearch.errors import InputError
 from fgsearch.model.config import FGCLIPConfig, TextConfig, VisionConfig
+from fgsearch.model.protocol import TextPath
 from fgsearch.model.roi import roi_pool
-
-
-class TextPath(str, enum.Enum):
-    """Which text position table and projection encode a text.
-
-    ``SHORT``: at most 77 tokens, ``position_embedding`` + ``text_projection`` (CLIP's own path;
-    FG-CLIP uses it for short captions and region texts). ``LONG``: at most 248 tokens, rows
-    0-19 of ``position_embedding_ori`` and 20-247 of ``position_embedding_res`` +
-    ``text_filip_projection`` (FG-CLIP's long-caption path). ``BOX``: FG-CLIP 2's walk for region
-    expressions; a family that has no such walk rejects it.
-    """
-
-    SHORT = "short"
-    LONG = "long"
-    BOX = "box"  # FG-CLIP 2 only: region ("box") expressions, its own head over the short positions
 
 
 def _activation(name: str) -> nn.Module:

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from fgsearch.errors import CheckpointError, InputError
 from fgsearch.model.config import check_towers
-from fgsearch.model.fgclip import MLP, LayerStack, TextEmbeddings, TextPath
+from fgsearch.model.fgclip import MLP, LayerStack, TextEmbeddings
+from fgsearch.model.protocol import TextPath
 from fgsearch.model.roi import roi_pool
 
 # The reference's defaults (configuration_fgclip2.py) for keys a config.json may leave out.

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from fgsearch.errors import CheckpointError, ModelNotFoundError
-from fgsearch.model.family import read_json
-from fgsearch.model.fgclip import TextPath
+from fgsearch.model.files import read_json
+from fgsearch.model.protocol import TextPath
 from fgsearch.model.tokenizer import TextTruncatedWarning
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

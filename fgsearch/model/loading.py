@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from fgsearch.errors import CheckpointError, ModelNotFoundError
 from fgsearch.model.config import FGCLIPConfig
-from fgsearch.model.family import ModelFamily, family_for_config, get_family, read_json
+from fgsearch.model.families import ModelFamily, family_for_config, get_family
+from fgsearch.model.files import FGSEARCH_META, read_json
 from fgsearch.model.registry import REGISTRY, ModelSpec
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # Buffers some transformers versions saved; they are recomputed, never learned.
 IGNORED_KEY_SUFFIXES = ("embeddings.position_ids",)
-FGSEARCH_META = "fgsearch.json"
 
 
 def resolve_spec(model: str | os.PathLike[str]) -> ModelSpec:
@@ -166,37 +166,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def read_config(path: Path) -> tuple[FGCLIPConfig, dict[str, Any]]:
     raw = read_json(path / "config.json")
     return FGCLIPConfig.from_hf_dict(raw), raw
-
-
-def clip_preprocessing(path: Path, spec: ModelSpec, cfg: FGCLIPConfig) -> ModelSpec:
-    """FG-CLIP (v1): fill the spec's preprocessing from the checkpoint (our fgsearch.json, else the HF
-    processor config)."""
-    changes: dict[str, Any] = {}
-    meta = path / FGSEARCH_META
-    proc = path / "preprocessor_config.json"
-    src: dict[str, Any] = {}
-    if meta.exists():
-        src = json.loads(meta.read_text()).get("preprocess", {})
-    elif proc.exists():
-        try:
-            src = json.loads(proc.read_text())
-        except ValueError:
-            src = {}
-    if "image_mean" in src and "image_std" in src:
-        changes["mean"] = tuple(float(x) for x in src["image_mean"])
-        changes["std"] = tuple(float(x) for x in src["image_std"])
-    if spec.image_size is not None and tuple(spec.image_size) != tuple(cfg.vision.image_size):
-        logger.warning(
-            "model %s: registry image size %s differs from the checkpoint's %s; using the checkpoint's",
-            spec.name,
-            spec.image_size,
-            cfg.vision.image_size,
-        )
-    changes["image_size"] = tuple(cfg.vision.image_size)
-    changes["patch_size"] = cfg.vision.patch_size
-    changes["short_length"] = cfg.text.max_position_embeddings
-    changes["long_length"] = cfg.text.long_positions
-    return spec.resolved(**changes)
 
 
 def checkpoint_fingerprint(path: Path) -> str:

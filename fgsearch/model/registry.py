@@ -1,7 +1,7 @@
 """Model registry: a name maps to its family, where the weights live AND how inputs are prepared.
 
 Architecture comes from the checkpoint's ``config.json``; the registry adds the family
-(:mod:`fgsearch.model.family`), the weight source (hub id + revision) and the preprocessing the
+(:mod:`fgsearch.model.families`), the weight source (hub id + revision) and the preprocessing the
 authors used (FG-CLIP: square resize to the checkpoint's image size, OpenAI CLIP mean/std, 77/248
 text tokens; FG-CLIP 2: NaFlex patches with the dynamic budget, mean/std 0.5, 64/196 tokens). A
 local directory or ``hf-hub:ORG/NAME`` works too; its family and preprocessing are read from the

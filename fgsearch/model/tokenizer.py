@@ -26,7 +26,7 @@ from pathlib import Path
 import regex
 
 from fgsearch.errors import ModelNotFoundError
-from fgsearch.model.fgclip import TextPath
+from fgsearch.model.protocol import TextPath
 
 BOS_ID = 49406
 EOS_ID = 49407

@@ -35,8 +35,11 @@ import numpy as np
 from fgsearch.errors import FgsearchError, ImageError, InputError
 
 if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
     from fgsearch.library import Library
-    from fgsearch.model import Encoder
+    from fgsearch.model import EncodedImages, Encoder, ImagePreprocessor, ModelSpec, ScoreCalibration, TextPath
+    from fgsearch.model.protocol import DenseProposer
     from fgsearch.search import QueryInfo, SearchHit, SearchQuery
 
 logger = logging.getLogger(__name__)
@@ -103,7 +106,8 @@ class _Job:
 class BatchingEncoder:
     """An :class:`~fgsearch.model.Encoder` whose text encoding batches concurrent callers.
 
-    Everything but ``encode_texts`` and ``encode_images`` is the wrapped encoder's own attribute.
+    It implements the protocol by delegating to the wrapped encoder; every forward pass (the
+    worker's text batches, images, lone texts) holds ``model_lock``.
     """
 
     def __init__(self, encoder: Encoder, *, window_ms: float = 4.0, max_batch: int = 32) -> None:
@@ -117,10 +121,68 @@ class BatchingEncoder:
         self._worker = threading.Thread(target=self._run, name="fgsearch-text-encoder", daemon=True)
         self._worker.start()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._enc, name)
+    # ---- what the wrapped encoder is ---------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self._enc.dim
 
-    def encode_texts(self, texts: Sequence[str], path: Any = None, **kw: Any) -> np.ndarray:
+    @property
+    def spec(self) -> ModelSpec:
+        return self._enc.spec
+
+    @property
+    def family_name(self) -> str:
+        return self._enc.family_name
+
+    @property
+    def walks(self) -> tuple[str, ...]:
+        return self._enc.walks
+
+    @property
+    def calibration(self) -> ScoreCalibration | None:
+        return self._enc.calibration
+
+    @property
+    def transform(self) -> ImagePreprocessor:
+        return self._enc.transform
+
+    @property
+    def on_accelerator(self) -> bool:
+        return self._enc.on_accelerator
+
+    @property
+    def device_name(self) -> str:
+        return self._enc.device_name
+
+    @property
+    def precision(self) -> str:
+        return self._enc.precision
+
+    def text_path(self, text: str) -> TextPath:
+        return self._enc.text_path(text)
+
+    def region_walk(self, text: str) -> TextPath:
+        return self._enc.region_walk(text)
+
+    # ---- forward passes, one at a time --------------------------------------------------------
+    def encode_pixels(self, pixels: Any, boxes: Sequence[np.ndarray] | None) -> EncodedImages:
+        with self.model_lock:
+            return self._enc.encode_pixels(pixels, boxes)
+
+    def encode_proposed(self, pixels: Any, propose: DenseProposer) -> tuple[EncodedImages, list[np.ndarray]]:
+        with self.model_lock:
+            return self._enc.encode_proposed(pixels, propose)
+
+    def encode_images(
+        self, images: Sequence[PILImage], boxes: Sequence[np.ndarray] | None = None, batch_size: int = 32
+    ) -> EncodedImages:
+        with self.model_lock:
+            return self._enc.encode_images(images, boxes, batch_size=batch_size)
+
+    def encode_texts(
+        self, texts: Sequence[str], path: TextPath | str | None = None, batch_size: int = 64
+    ) -> np.ndarray:
+        """A lone short-path text joins the worker's next batch; anything else runs alone."""
         from fgsearch.model import TextPath
 
         if isinstance(texts, str):
@@ -128,10 +190,10 @@ class BatchingEncoder:
         texts = list(texts)
         rule = [self._enc.text_path(t) for t in texts]
         forced = TextPath(path) if path is not None else None
-        if kw or len(texts) != 1 or rule[0] is not TextPath.SHORT or forced not in (None, TextPath.SHORT):
+        if len(texts) != 1 or rule[0] is not TextPath.SHORT or forced not in (None, TextPath.SHORT):
             # long (may truncate: the notice must reach this caller's warnings) or unusual: run alone
             with self.model_lock:
-                return self._enc.encode_texts(texts, path=path, **kw)
+                return self._enc.encode_texts(texts, path=path, batch_size=batch_size)
         job = _Job(texts[0], TextPath.SHORT.value)
         self._queue.put(job)
         job.done.wait()
@@ -139,10 +201,6 @@ class BatchingEncoder:
             raise job.error
         assert job.result is not None
         return job.result[None]
-
-    def encode_images(self, *args: Any, **kw: Any) -> Any:
-        with self.model_lock:
-            return self._enc.encode_images(*args, **kw)
 
     def _run(self) -> None:
         while True:
@@ -198,7 +256,7 @@ class SearchService:
             model=settings.model,
             read_only=True,
             device=settings.device,
-            encoder=self.encoder,  # type: ignore[arg-type]  # an Encoder in all but name
+            encoder=self.encoder,
         )
         self._search_lock = threading.Lock()
         self.thumb_dir = self.lib.path / "thumbs"

@@ -14,12 +14,12 @@ from safetensors.torch import save_file
 from fgsearch.errors import CheckpointError, InputError, ModelNotFoundError
 from fgsearch.model import (
     FGCLIP,
-    Encoder,
     FGCLIPConfig,
     TextConfig,
     TextPath,
     TextTruncatedWarning,
     Tokenizer,
+    TorchEncoder,
     VisionConfig,
     convert_openai_clip,
     load_model,
@@ -257,7 +257,7 @@ def test_hub_download_goes_through_snapshot_download(monkeypatch: pytest.MonkeyP
 def test_encoder_outputs(tiny_model_dir: Path) -> None:
     from PIL import Image
 
-    enc = Encoder.load(str(tiny_model_dir), device="cpu")
+    enc = TorchEncoder.load(str(tiny_model_dir), device="cpu")
     rng = np.random.default_rng(0)
     imgs = [Image.fromarray(rng.integers(0, 255, (40 + 10 * i, 60, 3), dtype=np.uint8)) for i in range(5)]
     boxes = [np.array([[0, 0, 1, 1], [0.2, 0.2, 0.6, 0.8]], np.float32)] * 5

@@ -15,13 +15,13 @@ from PIL import Image
 from fgsearch.errors import CheckpointError, InputError
 from fgsearch.model import (
     FGCLIP2,
-    Encoder,
     FGCLIP2Config,
     ImageBatch,
     ModelSpec,
     NaFlexTransform,
     TextPath,
     TextTruncatedWarning,
+    TorchEncoder,
     get_family,
     load_model,
 )
@@ -292,7 +292,7 @@ def test_missing_tokenizer_is_named(tiny2: Path, tmp_path: Path) -> None:
 
 
 def test_tokenizer_lowercases_appends_eos_pads_and_truncates_keeping_eos(tiny2: Path) -> None:
-    enc = Encoder.load(str(tiny2), device="cpu")
+    enc = TorchEncoder.load(str(tiny2), device="cpu")
     tok = enc.tokenizer
     a = tok(["A Red MUG", "一只黑色的猫"], "short")
     assert a.shape == (2, 64)
@@ -307,7 +307,7 @@ def test_tokenizer_lowercases_appends_eos_pads_and_truncates_keeping_eos(tiny2: 
 
 
 def test_encoder_rules_calibration_and_bilingual_queries(tiny2: Path) -> None:
-    enc = Encoder.load(str(tiny2), device="cpu")
+    enc = TorchEncoder.load(str(tiny2), device="cpu")
     assert enc.family.name == "fgclip2" and enc.dim == 64
     cal = enc.calibration
     assert cal is not None and cal.kind == "sigmoid"
@@ -326,7 +326,7 @@ def test_encoder_rules_calibration_and_bilingual_queries(tiny2: Path) -> None:
 
 
 def test_encoder_images_mixed_shapes_with_boxes_equal_one_by_one(tiny2: Path) -> None:
-    enc = Encoder.load(str(tiny2), device="cpu")
+    enc = TorchEncoder.load(str(tiny2), device="cpu")
     ims = _images(8)
     boxes = [np.array([[0, 0, 1, 1], [0.25, 0.1, 0.75, 0.6]], np.float32)] * len(ims)
     both = enc.encode_images(ims, boxes=boxes, batch_size=8)
@@ -339,7 +339,7 @@ def test_encoder_images_mixed_shapes_with_boxes_equal_one_by_one(tiny2: Path) ->
 
 
 def test_v1_family_has_no_box_walk_and_no_calibration(tiny_model_dir: Path) -> None:
-    enc = Encoder.load(str(tiny_model_dir), device="cpu")
+    enc = TorchEncoder.load(str(tiny_model_dir), device="cpu")
     assert enc.family.name == "fgclip" and enc.calibration is None
     with pytest.raises(InputError, match="no 'box' text walk"):
         enc.encode_texts(["a cat"], path="box")
@@ -356,8 +356,8 @@ def test_save_and_reload_roundtrip_keeps_tokenizer_and_processor(tiny2: Path, tm
     assert (spec2.max_patches, spec2.dynamic_patches, spec2.family) == (128, False, "fgclip2")
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k])
-    ids_a = Encoder(model, spec, device="cpu").tokenizer(["红色的杯子 and a mug"], "short")
-    ids_b = Encoder(again, spec2, device="cpu").tokenizer(["红色的杯子 and a mug"], "short")
+    ids_a = TorchEncoder(model, spec, device="cpu").tokenizer(["红色的杯子 and a mug"], "short")
+    ids_b = TorchEncoder(again, spec2, device="cpu").tokenizer(["红色的杯子 and a mug"], "short")
     assert torch.equal(ids_a, ids_b)
 
 

@@ -41,7 +41,7 @@ def _photos(root: Path) -> list[Path]:
 
 def test_index_mixed_shapes_then_query_in_english_and_chinese(tiny2: Path, tmp_path: Path) -> None:
     from fgsearch.library import Library
-    from fgsearch.model import Encoder
+    from fgsearch.model import TorchEncoder
     from fgsearch.search import QueryInfo, SearchQuery
 
     photos = _photos(tmp_path / "photos")
@@ -64,7 +64,7 @@ def test_index_mixed_shapes_then_query_in_english_and_chinese(tiny2: Path, tmp_p
             "--by", "region", "--text-path", "box")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert (json.loads(r.output)["query"]["text_path"], json.loads(r.output)["query"]["region_walk"]) == ("box", "box")
-    enc = Encoder.load(str(tiny2), device="cpu")
+    enc = TorchEncoder.load(str(tiny2), device="cpu")
     with Library.open(lib_dir, read_only=True, encoder=enc) as lib:
         st = lib.status()
         assert st["family"] == "fgclip2" and st["score_calibration"]["kind"] == "sigmoid"
@@ -95,11 +95,11 @@ def test_auto_regions_come_from_each_images_own_map(tiny2: Path, tmp_path: Path)
     import torch
 
     from fgsearch.library import Library
-    from fgsearch.model import Encoder
+    from fgsearch.model import TorchEncoder
     from fgsearch.regions import RegionSettings, auto_boxes
 
     photos = _photos(tmp_path / "photos")
-    enc = Encoder.load(str(tiny2), device="cpu")
+    enc = TorchEncoder.load(str(tiny2), device="cpu")
     settings = RegionSettings(proposer="auto", max_regions=6)
     with Library.open(tmp_path / "lib", model=str(tiny2), regions=settings, encoder=enc) as lib:
         rep = lib.index(tmp_path / "photos", batch_size=len(photos))  # one padded batch of 7 shapes

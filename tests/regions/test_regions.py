@@ -154,9 +154,7 @@ def _bfs_labels(right: np.ndarray, down: np.ndarray) -> np.ndarray:
 
 
 def test_component_labels_match_a_plain_search() -> None:
-    import torch
-
-    from fgsearch.regions import _label
+    from fgsearch.regions.auto import _label
 
     rng = np.random.default_rng(3)
     h, w = 9, 8
@@ -168,9 +166,9 @@ def test_component_labels_match_a_plain_search() -> None:
     masks = [(right, down)]
     for p in (0.2, 0.5, 0.8, 1.0):
         masks.append((rng.random((h, w - 1)) < p, rng.random((h - 1, w)) < p))
-    got = _label(torch.from_numpy(np.stack([r for r, _ in masks])), torch.from_numpy(np.stack([d for _, d in masks])))
+    got = _label(np.stack([r for r, _ in masks]), np.stack([d for _, d in masks]))
     for k, (r, d) in enumerate(masks):
-        np.testing.assert_array_equal(got[k].numpy(), _bfs_labels(r, d))
+        np.testing.assert_array_equal(got[k], _bfs_labels(r, d))
     assert set(got[0].tolist()) == {0}
 
 
@@ -192,7 +190,6 @@ def test_auto_on_degenerate_maps(dense: np.ndarray) -> None:
 
 def test_batched_proposals_equal_one_image_at_a_time() -> None:
     """Images of one batch are padded to the batch's largest segment count; that changes nothing."""
-    import torch
     from reference_regions import reference_auto_boxes
 
     from fgsearch.regions import auto_boxes_batch
@@ -201,11 +198,11 @@ def test_batched_proposals_equal_one_image_at_a_time() -> None:
     maps = np.stack([_random_map(rng, 10, 12) for _ in range(9)])
     maps[3] = 1.0  # a uniform map (few or no segments) inside a batch of busy ones
     settings = RegionSettings(max_regions=7)
-    batch = auto_boxes_batch(torch.from_numpy(maps), settings)
+    batch = auto_boxes_batch(maps, settings)
     assert len(batch) == len(maps)
     for dense, (boxes, scores) in zip(maps, batch, strict=True):
         want_boxes, want_scores = reference_auto_boxes(dense, settings)
-        np.testing.assert_allclose(boxes.numpy(), want_boxes, atol=1e-5)
-        np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-4)
-    assert auto_boxes_batch(torch.zeros((0, 4, 4, 8)), settings) == []
-    assert all(len(b) == 0 for b, _ in auto_boxes_batch(torch.from_numpy(maps), RegionSettings(max_regions=0)))
+        np.testing.assert_allclose(boxes, want_boxes, atol=1e-5)
+        np.testing.assert_allclose(scores, want_scores, atol=1e-4)
+    assert auto_boxes_batch(np.zeros((0, 4, 4, 8), np.float32), settings) == []
+    assert all(len(b) == 0 for b, _ in auto_boxes_batch(maps, RegionSettings(max_regions=0)))
