@@ -170,7 +170,7 @@ def index(
         fast_decode=fast_decode,
     )
     out = console(stderr=json_out)
-    folders = [str(p) for p in paths]
+    folders: list[str | os.PathLike[str]] = [str(p) for p in paths]
     with Library.open(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib:
         if quiet or json_out:
             report = lib.index(folders, opts)
