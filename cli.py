@@ -147,9 +147,7 @@ def index(
     from fgsearch.library import Library
     from fgsearch.terminal import console, index_progress, print_index_report
 
-    for p in paths:
-        if not p.exists():
-            _fail(f"{p} does not exist; give a folder of images")
+    opt.check_paths_exist(paths)
     opt.check_index_limits(max_megapixels, min_side, batch_size, workers)
     opt.check_max_regions(regions, max_regions, sidecar)
     bk = opt.backend_settings(backend, qdrant_url, qdrant_path)
@@ -171,12 +169,11 @@ def index(
     )
     out = console(stderr=json_out)
     folders: list[str | os.PathLike[str]] = [str(p) for p in paths]
-    with Library.open(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib:
-        if quiet or json_out:
-            report = lib.index(folders, opts)
-        else:
-            with index_progress(out) as progress:
-                report = lib.index(folders, opts, progress=progress)
+    with (
+        Library.open(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib,
+        index_progress(out, show=not (quiet or json_out)) as progress,
+    ):
+        report = lib.index(folders, opts, progress=progress)
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -217,13 +214,11 @@ def query(
     """Search the library: ranked images and the matching region."""
     from fgsearch.boxes import Box
     from fgsearch.library import Library
-    from fgsearch.render import check_target
     from fgsearch.search import FusionWeights, QueryInfo, SearchQuery, run_search
     from fgsearch.terminal import console, hits_json, plain, print_hits
 
     opt.check_query(box, image, text_path, top, paths_out, null)
-    show = check_target(show, (".png", ".jpg", ".jpeg")) if show is not None else None
-    html_out = check_target(html_out, (".html", ".htm")) if html_out is not None else None
+    show, html_out = opt.picture_targets(show, html_out)
     taken, modified = (captured_after, captured_before), (modified_after, modified_before)
     filters = opt.filters(path_glob, path_prefix, taken, modified, min_score)
     q = SearchQuery(
@@ -413,10 +408,7 @@ def train(
         tiny_layers=tiny_layers,
     )
     term = console()
-
-    def notice(message: str) -> None:
-        term.print(message, highlight=False, markup=False)
-
+    notice = functools.partial(term.print, highlight=False, markup=False)  # messages are plain text
     with train_progress(term) as progress:
         path = run_train(cfg, progress=progress, notice=notice)
     typer.echo(safe(f"model saved in {path} (use it with --model {path}); log: {path / 'log.jsonl'}"))

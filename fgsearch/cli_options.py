@@ -177,6 +177,22 @@ def check_range(flag: str, value: float, low: float, high: float | None = None) 
         raise InputError(f"{flag} must be {what}, got {value:g}")
 
 
+def check_paths_exist(paths: list[Path]) -> None:
+    """``fgsearch index``: every folder (or file) given exists."""
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"{p} does not exist; give a folder of images")
+
+
+def picture_targets(show: Path | None, html_out: Path | None) -> tuple[Path | None, Path | None]:
+    """``--show`` and ``--html`` checked as writable files of the right type before any work."""
+    from fgsearch.render import check_target
+
+    show = check_target(show, (".png", ".jpg", ".jpeg")) if show is not None else None
+    html_out = check_target(html_out, (".html", ".htm")) if html_out is not None else None
+    return show, html_out
+
+
 def check_index_limits(max_megapixels: float, min_side: int, batch_size: int, workers: int) -> None:
     """``fgsearch index``: decode and batching limits within range."""
     if not (math.isfinite(max_megapixels) and max_megapixels > 0):

@@ -89,9 +89,12 @@ IndexProgressFn = Callable[[str, int, int, int], None]
 
 
 @contextmanager
-def index_progress(out: Console) -> Iterator[IndexProgressFn]:
+def index_progress(out: Console, show: bool = True) -> Iterator[IndexProgressFn | None]:
     """A transient bar for ``Library.index``: files done of all, and the embedding rate in images/s
-    (counted like the summary's)."""
+    (counted like the summary's); None (no progress callback) unless ``show``."""
+    if not show:
+        yield None
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"))
