@@ -1,6 +1,13 @@
 """The training loop: AdamW, warmup + cosine, accumulation, clipping, checkpoints with exact resume,
 held-out evaluation, JSONL log; world size 1 or torchrun DDP.
 
+:func:`train` runs named stages: ``_device`` (the process's device, the process group under
+torchrun), ``_start`` (seeded starting model, its family's preprocessing, optimizer and schedule),
+``_resume`` (the latest checkpoint, :mod:`fgsearch.trainer.checkpoint`), then per step
+``_accumulate`` (forward and backward over ``grad_accum`` batches), ``_optimizer_step`` and
+``_record``, and finally ``_save_final``. The options are one :class:`TrainConfig`
+(:mod:`fgsearch.trainer.config`).
+
 Output directory::
 
     OUT/config.json, model.safetensors, fgsearch.json   the final model (``--model OUT`` loads it)
