@@ -172,12 +172,7 @@ def load_image(
     the error's reason, when :func:`routed_warnings` is in force. ``limit_flag``: the option a
     refused bomb's reason tells the user to raise (None: a caller whose user has no such option).
     """
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        if not data:
-            raise ImageError("file is empty (zero bytes)")
-        fp: BinaryIO = io.BytesIO(data)
-    else:
-        fp = data
+    fp = _as_file(data)
     _let_pillow_open(int(max_megapixels * 1e6))
     too_big = f"over the {max_megapixels:g} megapixel limit (possible decompression bomb)"
     if limit_flag is not None:
@@ -185,33 +180,9 @@ def load_image(
     heard: list[str] = []
     _sink.heard = heard
     try:
-        img = Image.open(fp, formats=decodable_formats())
-        w, h = img.size
-        if w * h > max_megapixels * 1e6:
-            raise ImageError(f"image is {w}x{h} ({w * h / 1e6:.0f} megapixels), {too_big}")
-        if draft is not None and img.format == "JPEG":
-            img.draft("RGB", (draft[1] * 2, draft[0] * 2))
-        if reserve is not None:
-            reserve(img.size[0] * img.size[1])
-        img.load()
-        rgb = to_rgb(img)
-        captured = _captured_at(img)
-    except ImageError as e:
-        raise ImageError(_with_warnings(str(e), heard)) from e
-    except Image.DecompressionBombError as e:  # over twice Pillow's limit, found while opening
-        pixels = re.search(r"\((\d+) pixels\)", str(e))  # Pillow's "Image size (N pixels) exceeds ..."
-        size = f"too large ({int(pixels[1]) / 1e6:.0f} megapixels), " if pixels else ""
-        raise ImageError(f"image is {size}{too_big}") from e
-    except UnidentifiedImageError as e:
-        raise ImageError(
-            _with_warnings("not an image Pillow can read (unknown format or corrupt header)", heard)
-        ) from e
-    except OSError as e:
-        msg = str(e)
-        kind = "truncated" if "truncated" in msg.lower() else "corrupt"
-        raise ImageError(_with_warnings(f"{kind} image data ({msg})", heard)) from e
-    except (ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as e:
-        raise ImageError(_with_warnings(f"corrupt image data ({type(e).__name__}: {e})", heard)) from e
+        img, rgb, captured, (w, h) = _decode(fp, max_megapixels, too_big, draft, reserve)
+    except _DECODE_ERRORS as e:
+        raise _decode_error(e, heard, too_big) from e
     finally:
         _sink.heard = None
     width, height = rgb.size
@@ -221,6 +192,67 @@ def load_image(
     if min(width, height) < min_side:
         raise ImageError(f"image is too small ({width}x{height} px; minimum {min_side} px, see --min-side)")
     return LoadedImage(image=rgb, width=width, height=height, captured_at=captured, warnings=heard)
+
+
+def _as_file(data: bytes | BinaryIO) -> BinaryIO:
+    """A binary file over ``data``; empty bytes are an ImageError."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        if not data:
+            raise ImageError("file is empty (zero bytes)")
+        return io.BytesIO(data)
+    return data
+
+
+def _decode(
+    fp: BinaryIO,
+    max_megapixels: float,
+    too_big: str,
+    draft: tuple[int, int] | None,
+    reserve: Callable[[int], None] | None,
+) -> tuple[Image.Image, Image.Image, datetime | None, tuple[int, int]]:
+    """Open (a format we decode), refuse a bomb from its header, reserve, decode: the image as
+    decoded, its RGB, its capture time and the file's own size (before any draft scaling)."""
+    img = Image.open(fp, formats=decodable_formats())
+    w, h = img.size
+    if w * h > max_megapixels * 1e6:
+        raise ImageError(f"image is {w}x{h} ({w * h / 1e6:.0f} megapixels), {too_big}")
+    if draft is not None and img.format == "JPEG":
+        img.draft("RGB", (draft[1] * 2, draft[0] * 2))
+    if reserve is not None:
+        reserve(img.size[0] * img.size[1])
+    img.load()
+    return img, to_rgb(img), _captured_at(img), (w, h)
+
+
+# what a broken file makes Pillow raise while opening or decoding it
+_DECODE_ERRORS = (
+    ImageError,
+    Image.DecompressionBombError,
+    OSError,  # UnidentifiedImageError included
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    TypeError,
+    MemoryError,
+)
+
+
+def _decode_error(e: BaseException, heard: list[str], too_big: str) -> ImageError:
+    """The one-line ImageError for what decoding raised, quoting Pillow's warnings where it gave any."""
+    if isinstance(e, ImageError):
+        return ImageError(_with_warnings(str(e), heard))
+    if isinstance(e, Image.DecompressionBombError):  # over twice Pillow's limit, found while opening
+        pixels = re.search(r"\((\d+) pixels\)", str(e))  # Pillow's "Image size (N pixels) exceeds ..."
+        size = f"too large ({int(pixels[1]) / 1e6:.0f} megapixels), " if pixels else ""
+        return ImageError(f"image is {size}{too_big}")
+    if isinstance(e, UnidentifiedImageError):
+        return ImageError(_with_warnings("not an image Pillow can read (unknown format or corrupt header)", heard))
+    if isinstance(e, OSError):
+        msg = str(e)
+        kind = "truncated" if "truncated" in msg.lower() else "corrupt"
+        return ImageError(_with_warnings(f"{kind} image data ({msg})", heard))
+    return ImageError(_with_warnings(f"corrupt image data ({type(e).__name__}: {e})", heard))
 
 
 def _with_warnings(reason: str, heard: list[str]) -> str:

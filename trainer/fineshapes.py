@@ -155,7 +155,8 @@ def make_record(index: int, seed: int, image_dir: Path, rel_prefix: str) -> tupl
             if (colour, shape) not in used:
                 used.add((colour, shape))
                 break
-        objs.append(ShapeObject(shape, colour, size, rng.choice(TEXTURES), tuple(round(v, 4) for v in box)))
+        x1, y1, x2, y2 = (round(v, 4) for v in box)
+        objs.append(ShapeObject(shape, colour, size, rng.choice(TEXTURES), (x1, y1, x2, y2)))
     for o in objs:
         _draw(img, o, rng)
     name = f"{index:06d}.png"

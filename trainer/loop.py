@@ -1,6 +1,13 @@
 """The training loop: AdamW, warmup + cosine, accumulation, clipping, checkpoints with exact resume,
 held-out evaluation, JSONL log; world size 1 or torchrun DDP.
 
+:func:`train` runs named stages: ``_device`` (the process's device, the process group under
+torchrun), ``_start`` (seeded starting model, its family's preprocessing, optimizer and schedule),
+``_resume`` (the latest checkpoint, :mod:`fgsearch.trainer.checkpoint`), then per step
+``_accumulate`` (forward and backward over ``grad_accum`` batches), ``_optimizer_step`` and
+``_record``, and finally ``_save_final``. The options are one :class:`TrainConfig`
+(:mod:`fgsearch.trainer.config`).
+
 Output directory::
 
     OUT/config.json, model.safetensors, fgsearch.json   the final model (``--model OUT`` loads it)
@@ -11,7 +18,6 @@ Output directory::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -22,72 +28,21 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fgsearch.errors import DataError, InputError, ModelNotFoundError
+from fgsearch.trainer.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
+from fgsearch.trainer.config import FREEZE_CHOICES, LOSS_CHOICES, TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from fgsearch.model import ModelFamily, ModelSpec
+    from fgsearch.trainer.data import DataSource, ReadStats
+
+__all__ = ["FREEZE_CHOICES", "LOSS_CHOICES", "TrainConfig", "latest_checkpoint", "train"]
 
 logger = logging.getLogger(__name__)
-
-FREEZE_CHOICES = ("none", "vision", "text", "all-but-projections")
-LOSS_CHOICES = ("global", "region", "hardneg")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every option of a training run (saved next to every checkpoint)."""
-
-    data: str
-    out: str
-    data_root: str | None = None
-    init: str = "tiny"  # tiny | tiny-fgclip2 | registry name | checkpoint dir | hf-hub:ORG/NAME | openai-clip:DIR
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    warmup: int = 100
-    grad_accum: int = 1
-    clip_grad: float = 1.0
-    freeze: str = "none"
-    losses: tuple[str, ...] = LOSS_CHOICES
-    region_weight: float = 0.1  # the paper's weights
-    hardneg_weight: float = 0.5
-    save_every: int = 500
-    eval_every: int = 500
-    eval_limit: int = 500
-    log_every: int = 10
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = True
-    # shape of a fresh model (--init tiny, tiny-fgclip2: its towers both have tiny_width and tiny_layers)
-    tiny_image_size: int = 96
-    tiny_patch: int = 12
-    tiny_width: int = 128
-    tiny_layers: int = 4
-    tiny_text_width: int = 64
-    tiny_text_layers: int = 2
-    tiny_dim: int = 64
-
-    def __post_init__(self) -> None:
-        if self.freeze not in FREEZE_CHOICES:
-            raise InputError(f"--freeze must be one of {', '.join(FREEZE_CHOICES)}, got {self.freeze!r}")
-        bad = [x for x in self.losses if x not in LOSS_CHOICES]
-        if bad or not self.losses:
-            raise InputError(f"--losses takes a comma list of {', '.join(LOSS_CHOICES)}, got {','.join(self.losses)}")
-        for name in ("steps", "batch_size", "grad_accum", "save_every", "eval_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["losses"] = list(self.losses)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        d["losses"] = tuple(d.get("losses", LOSS_CHOICES))
-        return cls(**d)
-
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 NoticeFn = Callable[[str], None]
@@ -236,7 +191,8 @@ def _temperatures(model: Any) -> list[Any]:
 def make_optimizer(model: Any, cfg: TrainConfig) -> Any:
     import torch
 
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -251,94 +207,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every random generator's state as tensors and plain values (loadable with weights_only=True)."""
-    import numpy as np
-    import torch
-
-    version, mt, gauss = random.getstate()
-    npst = np.random.get_state(legacy=False)
-    st: dict[str, Any] = {
-        "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
-        "numpy": {
-            "key": torch.from_numpy(npst["state"]["key"].astype(np.int64)),
-            "pos": int(npst["state"]["pos"]),
-            "has_gauss": int(npst["has_gauss"]),
-            "gauss": float(npst["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
-    version, mt, gauss = st["python"]
-    random.setstate((version, tuple(int(x) for x in mt.tolist()), gauss))
-    n = st["numpy"]
-    key = n["key"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", key, n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    """A checkpoint's resume state, loaded so that it cannot run code (tensors and plain values only)."""
-    import pickle
-
-    import torch
-
-    fix = f"delete {path.parent} or run with --no-resume"
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise DataError(
-            f"refusing to resume from {path}: it holds objects other than tensors and plain values, "
-            f"and loading them could run code; {fix}"
-        ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise DataError(f"cannot resume from {path}: unreadable ({type(e).__name__}); {fix}") from e
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    ck = out / "checkpoints"
-    if not ck.is_dir():
-        return None
-    steps = sorted(p for p in ck.iterdir() if p.name.startswith("step-") and (p / "state.pt").exists())
-    return steps[-1] if steps else None
-
-
-def _save_checkpoint(
-    out: Path, step: int, model: Any, opt: Any, sched: Any, position: tuple[int, int], cfg: TrainConfig
-) -> Path:
-    import torch
-
-    final = out / "checkpoints" / f"step-{step:07d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "step": step,
-            "position": list(position),
-            "rng": _rng_state(),
-        },
-        tmp / "state.pt",
-    )
-    (tmp / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
 
 
 def _batches(stream: Any, batch_size: int, start: tuple[int, int]) -> Iterator[tuple[list[Any], tuple[int, int]]]:
@@ -364,6 +232,35 @@ def _batches(stream: Any, batch_size: int, start: tuple[int, int]) -> Iterator[t
         epoch, consumed = epoch + 1, 0
 
 
+@dataclass
+class _Run:
+    """What one training process works with, built once by :func:`_start` and read by each stage."""
+
+    cfg: TrainConfig
+    out: Path
+    rank: int
+    device: torch.device
+    model: torch.nn.Module
+    spec: ModelSpec
+    family: ModelFamily
+    transform: Any
+    tokenizer: Any
+    region_walk: str  # the walk for region texts: FG-CLIP 2's box walk, else short
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    ddp: torch.nn.Module | None = None
+
+    def evaluate(self, heldout: list[Any]) -> dict[str, float]:
+        """Held-out metrics of the model as it is now (rank 0 only); the model goes back to training."""
+        from fgsearch.trainer.evaluation import evaluate_heldout
+
+        self.model.eval()
+        kw = {"family": self.family.name, "region_walk": self.region_walk}
+        metrics = evaluate_heldout(self.model, heldout, self.transform, self.tokenizer, self.device, **kw)
+        self.model.train()
+        return metrics
+
+
 def train(
     cfg: TrainConfig, progress: ProgressFn | None = None, stop_at: int | None = None, notice: NoticeFn | None = None
 ) -> Path:
@@ -372,105 +269,41 @@ def train(
     ``stop_at`` ends this process after that step (with a checkpoint), as an interruption would;
     running again with ``resume`` continues exactly where it stopped. ``notice`` receives one-line
     messages for the user (warnings, resumption, evaluation results); without it they are logged."""
-    import torch
-
-    from fgsearch.model import get_family, resolve_device, save_model
-    from fgsearch.trainer.data import SampleStream, collate, resolve_data
-    from fgsearch.trainer.evaluation import evaluate_heldout, heldout_samples
-    from fgsearch.trainer.losses import FeatureModule, total_loss
+    from fgsearch.trainer.data import SampleStream, resolve_data
+    from fgsearch.trainer.evaluation import heldout_samples
 
     rank, world, local_rank = _dist_env()
-    say = notice if notice is not None and rank == 0 else (lambda m: logger.info("%s", m))
+    say: NoticeFn = notice if notice is not None and rank == 0 else (lambda m: logger.info("%s", m))
     if cfg.warmup >= cfg.steps:
         say(f"warning: --warmup {cfg.warmup} >= --steps {cfg.steps}: the learning rate never gets past warmup")
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        device = resolve_device(cfg.device)
+    device = _device(cfg, world, local_rank)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     source = resolve_data(cfg.data, cfg.data_root)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    model, spec = init_model(cfg, out, source)
-    apply_freeze(model, cfg.freeze)
-    model.train().to(device)
-    family = get_family(spec.family or "fgclip")
-    transform = family.transform(spec)
-    tokenizer = family.tokenizer(spec)
-    region_walk = "box" if "box" in family.walks else "short"  # region texts: FG-CLIP 2's box walk
-    opt = make_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    step, position = 0, (0, 0)
-    ck = latest_checkpoint(out) if cfg.resume else None
-    if ck is not None:
-        state = _load_state(ck / "state.pt")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, position = int(state["step"]), tuple(state["position"])
-        _set_rng_state(state["rng"])
-        if step >= cfg.steps:
-            say(
-                f"already at step {step} of {cfg.steps} in {out}: nothing to train "
-                "(a larger --steps continues, --no-resume starts over)"
-            )
-        else:
-            say(f"resuming from {ck} (step {step} of {cfg.steps})")
+    run = _start(cfg, out, source, device, rank)
+    step, position = _resume(run, say) if cfg.resume else (0, (0, 0))
     if rank == 0:
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    ddp = None
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp = DistributedDataParallel(FeatureModule(model), device_ids=[local_rank] if device.type == "cuda" else None)
+        from fgsearch.trainer.losses import FeatureModule
+
+        ids = [local_rank] if device.type == "cuda" else None
+        run.ddp = DistributedDataParallel(FeatureModule(run.model), device_ids=ids)
     stream = SampleStream(source, cfg.seed, rank, world)
     heldout = heldout_samples(cfg, source) if rank == 0 else []
-    amp = device.type == "cuda"
     log = open(out / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed in finally
     batches = _batches(stream, cfg.batch_size, position)
     t0 = time.perf_counter()
     try:
         while step < cfg.steps:
-            parts_sum = {"loss": 0.0, "global": 0.0, "region": 0.0, "hardneg": 0.0}
-            for _ in range(cfg.grad_accum):
-                samples, position = next(batches)
-                batch = collate(samples, transform, tokenizer, family=family.name, region_walk=region_walk)
-                batch = _to(batch, device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    parts = total_loss(
-                        model, batch, cfg.losses, ddp=ddp, weights=(cfg.region_weight, cfg.hardneg_weight)
-                    )
-                (parts.total / cfg.grad_accum).backward()
-                parts_sum["loss"] += float(parts.total.detach()) / cfg.grad_accum
-                parts_sum["global"] += parts.global_ / cfg.grad_accum
-                parts_sum["region"] += parts.region / cfg.grad_accum
-                parts_sum["hardneg"] += parts.hardneg / cfg.grad_accum
-            if cfg.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip_grad)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            with torch.no_grad():  # as in CLIP: temperatures stay within exp(4.6052) = 100
-                for p in _temperatures(model):
-                    p.clamp_(0, math.log(100))
+            parts, position = _accumulate(run, batches)
+            _optimizer_step(run)
             step += 1
-            record: dict[str, Any] = {
-                "step": step,
-                **{k: round(v, 6) for k, v in parts_sum.items()},
-                "lr": sched.get_last_lr()[0],
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
+            record = _record(run, step, parts, t0)
             if rank == 0 and heldout and (step % cfg.eval_every == 0 or step == cfg.steps):
-                model.eval()
-                record["eval"] = evaluate_heldout(
-                    model, heldout, transform, tokenizer, device, family=family.name, region_walk=region_walk
-                )
-                model.train()
+                record["eval"] = run.evaluate(heldout)
                 say(f"step {step} held-out: " + ", ".join(f"{k} {v:.3f}" for k, v in record["eval"].items()))
             if log is not None and (step % cfg.log_every == 0 or "eval" in record or step == cfg.steps):
                 log.write(json.dumps(record) + "\n")
@@ -478,23 +311,152 @@ def train(
             if progress is not None and rank == 0:
                 progress(step, cfg.steps, {k: v for k, v in record.items() if isinstance(v, float)})
             if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps or step == stop_at):
-                _save_checkpoint(out, step, model, opt, sched, position, cfg)
+                save_checkpoint(out, step, run.model, run.opt, run.sched, position, cfg)
             if stop_at is not None and step >= stop_at:
                 return out
         if rank == 0:
-            model.eval()
-            extra: dict[str, Any] = {"trained_with": cfg.to_dict(), "steps": step}
-            if cfg.init == "tiny":
-                extra["source"] = "fgsearch train --init tiny (a fresh tiny model)"
-            save_model(model, out, spec, extra=extra)
-            # the weights get the same permissions as the JSON files beside them (umask), not 0600
-            os.chmod(out / "model.safetensors", (out / "config.json").stat().st_mode & 0o777)
-            if stream.stats.bad:
-                logger.warning("%d bad records skipped; first: %s", stream.stats.bad, stream.stats.reasons[:3])
+            _save_final(run, step, stream.stats)
     finally:
         if log is not None:
             log.close()
     return out
+
+
+def _device(cfg: TrainConfig, world: int, local_rank: int) -> torch.device:
+    """This process's device: ``--device`` alone, or under torchrun the local rank's GPU (the
+    process group is started here: NCCL on GPUs, else gloo)."""
+    import torch
+
+    from fgsearch.model import resolve_device
+
+    if world == 1:
+        return resolve_device(cfg.device)
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _start(cfg: TrainConfig, out: Path, source: DataSource, device: torch.device, rank: int) -> _Run:
+    """Seed, build the starting model (frozen parts set, on ``device``), its family's preprocessing,
+    and the optimizer with its warmup + cosine schedule."""
+    import torch
+
+    from fgsearch.model import get_family
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    model, spec = init_model(cfg, out, source)
+    apply_freeze(model, cfg.freeze)
+    model.train().to(device)
+    family = get_family(spec.family or "fgclip")
+    opt = make_optimizer(model, cfg)
+    return _Run(
+        cfg=cfg,
+        out=out,
+        rank=rank,
+        device=device,
+        model=model,
+        spec=spec,
+        family=family,
+        transform=family.transform(spec),
+        tokenizer=family.tokenizer(spec),
+        region_walk="box" if "box" in family.walks else "short",
+        opt=opt,
+        sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg)),
+    )
+
+
+def _resume(run: _Run, say: NoticeFn) -> tuple[int, tuple[int, int]]:
+    """The step and data position to continue from: the latest checkpoint's (weights, optimizer,
+    schedule and random generators restored), or the start when there is none."""
+    ck = latest_checkpoint(run.out)
+    if ck is None:
+        return 0, (0, 0)
+    state = load_state(ck / "state.pt")
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    step, (epoch, consumed) = int(state["step"]), state["position"]
+    set_rng_state(state["rng"])
+    steps = run.cfg.steps
+    if step >= steps:
+        say(
+            f"already at step {step} of {steps} in {run.out}: nothing to train "
+            "(a larger --steps continues, --no-resume starts over)"
+        )
+    else:
+        say(f"resuming from {ck} (step {step} of {steps})")
+    return step, (int(epoch), int(consumed))
+
+
+def _accumulate(
+    run: _Run, batches: Iterator[tuple[list[Any], tuple[int, int]]]
+) -> tuple[dict[str, float], tuple[int, int]]:
+    """Forward and backward over ``grad_accum`` batches; the mean loss and its parts, and the data
+    position after the last batch."""
+    import torch
+
+    from fgsearch.trainer.data import collate
+    from fgsearch.trainer.losses import total_loss
+
+    cfg = run.cfg
+    parts_sum = {"loss": 0.0, "global": 0.0, "region": 0.0, "hardneg": 0.0}
+    position = (0, 0)
+    for _ in range(cfg.grad_accum):
+        samples, position = next(batches)
+        batch = collate(samples, run.transform, run.tokenizer, family=run.family.name, region_walk=run.region_walk)
+        batch = _to(batch, run.device)
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+            weights = (cfg.region_weight, cfg.hardneg_weight)
+            parts = total_loss(run.model, batch, cfg.losses, ddp=run.ddp, weights=weights)
+        (parts.total / cfg.grad_accum).backward()
+        parts_sum["loss"] += float(parts.total.detach()) / cfg.grad_accum
+        parts_sum["global"] += parts.global_ / cfg.grad_accum
+        parts_sum["region"] += parts.region / cfg.grad_accum
+        parts_sum["hardneg"] += parts.hardneg / cfg.grad_accum
+    return parts_sum, position
+
+
+def _optimizer_step(run: _Run) -> None:
+    """Clip, step the optimizer and the schedule, and keep the temperatures in range."""
+    import torch
+
+    if run.cfg.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], run.cfg.clip_grad)
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    with torch.no_grad():  # as in CLIP: temperatures stay within exp(4.6052) = 100
+        for p in _temperatures(run.model):
+            p.clamp_(0, math.log(100))
+
+
+def _record(run: _Run, step: int, parts: dict[str, float], t0: float) -> dict[str, Any]:
+    """The log line of a step: losses (rounded), learning rate and seconds since the start."""
+    return {
+        "step": step,
+        **{k: round(v, 6) for k, v in parts.items()},
+        "lr": run.sched.get_last_lr()[0],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _save_final(run: _Run, step: int, stats: ReadStats) -> None:
+    """The trained model in ``OUT`` (loadable with ``--model OUT``), with the config it was trained with."""
+    from fgsearch.model import save_model
+
+    cfg, out = run.cfg, run.out
+    run.model.eval()
+    extra: dict[str, Any] = {"trained_with": cfg.to_dict(), "steps": step}
+    if cfg.init == "tiny":
+        extra["source"] = "fgsearch train --init tiny (a fresh tiny model)"
+    save_model(run.model, out, run.spec, extra=extra)
+    # the weights get the same permissions as the JSON files beside them (umask), not 0600
+    os.chmod(out / "model.safetensors", (out / "config.json").stat().st_mode & 0o777)
+    if stats.bad:
+        logger.warning("%d bad records skipped; first: %s", stats.bad, stats.reasons[:3])
 
 
 def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ with world size 1 nothing is gathered.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -211,19 +212,21 @@ def forward_features(model: torch.nn.Module, batch: dict) -> dict[str, Tensor]:
 
     image, regions = image_features(model, batch)
     walk = batch.get("region_walk", TextPath.SHORT)
+    # every family's model has encode_text(ids, path); nn.Module's own typing cannot say so
+    encode_text = cast("Callable[[Tensor, TextPath], Tensor]", model.encode_text)
     out = {
         "image": image,
         "regions": regions,
-        "long": model.encode_text(batch["long_ids"], TextPath.LONG),
-        "short": model.encode_text(batch["short_ids"], TextPath.SHORT),
+        "long": encode_text(batch["long_ids"], TextPath.LONG),
+        "short": encode_text(batch["short_ids"], TextPath.SHORT),
     }
     p = image.shape[-1]
     out["region_text"] = (
-        model.encode_text(batch["region_ids"], walk) if batch.get("region_ids") is not None else image.new_zeros((0, p))
+        encode_text(batch["region_ids"], walk) if batch.get("region_ids") is not None else image.new_zeros((0, p))
     )
     if batch.get("hard_ids") is not None:
         k = batch["hard_k"]
-        out["hard_text"] = model.encode_text(batch["hard_ids"], walk).reshape(-1, k, p)
+        out["hard_text"] = encode_text(batch["hard_ids"], walk).reshape(-1, k, p)
     return out
 
 

@@ -11,7 +11,8 @@ from fgsearch.eval.metrics import (
     topk_accuracy,
 )
 from fgsearch.eval.paper import PAPER, PaperNumber, paper_numbers
-from fgsearch.eval.runner import TASKS, EvalResult, EvalTask, ProgressFn, run_eval
+from fgsearch.eval.runner import ProgressFn, run_eval
+from fgsearch.eval.tasks import TASKS, EvalResult, EvalTask
 
 __all__ = [
     "PAPER",

@@ -29,7 +29,9 @@ from fgsearch.errors import InputError
 Ties = Literal["pessimistic", "index"]
 Relevant = Sequence[Sequence[int]]
 
-_CHUNK = 1024  # query rows scored at a time (a 25k x 5k similarity matrix is fine; a 25k x 5k bool per row block too)
+ROWS_PER_BLOCK = (
+    1024  # query rows scored at a time (a 25k x 5k similarity matrix is fine; a 25k x 5k bool per row block too)
+)
 
 
 def _check_sim(sim: np.ndarray, name: str = "similarity") -> np.ndarray:
@@ -41,11 +43,14 @@ def _check_sim(sim: np.ndarray, name: str = "similarity") -> np.ndarray:
     return sim
 
 
-def first_hit_ranks(sim: np.ndarray, relevant: Relevant, ties: Ties = "pessimistic") -> np.ndarray:
+def first_hit_ranks(
+    sim: np.ndarray, relevant: Relevant, ties: Ties = "pessimistic", *, rows_per_block: int = ROWS_PER_BLOCK
+) -> np.ndarray:
     """0-based rank of the best-ranked correct gallery item for each query (row of ``sim``).
 
     ``relevant[q]`` lists the correct gallery indices of query q (one or more; duplicates are fine).
     A query hits at K when its rank is below K. See the module docstring for ``ties``.
+    ``rows_per_block`` bounds memory (queries scored at a time); it never changes the ranks.
     """
     sim = _check_sim(sim)
     nq, ng = sim.shape
@@ -55,10 +60,10 @@ def first_hit_ranks(sim: np.ndarray, relevant: Relevant, ties: Ties = "pessimist
         raise InputError(f"ties must be 'pessimistic' or 'index', got {ties!r}")
     ranks = np.empty(nq, dtype=np.int64)
     cols = np.arange(ng)
-    for s in range(0, nq, _CHUNK):
-        block = sim[s : s + _CHUNK].astype(np.float64, copy=False)
+    for s in range(0, nq, rows_per_block):
+        block = sim[s : s + rows_per_block].astype(np.float64, copy=False)
         gt = np.zeros(block.shape, dtype=bool)
-        for r, items in enumerate(relevant[s : s + _CHUNK]):
+        for r, items in enumerate(relevant[s : s + rows_per_block]):
             idx = np.asarray(list(items), dtype=np.int64)
             if idx.size == 0:
                 raise InputError(f"query {s + r} has no correct item; every query needs at least one")

@@ -16,13 +16,11 @@ classification, FineShapes regions) take the family's box walk where it has one 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +29,8 @@ import numpy as np
 from fgsearch.errors import DataError, FgsearchError, InputError
 from fgsearch.eval import datasets as ds
 from fgsearch.eval.metrics import Ties, hard_negative_accuracy, retrieval_metrics, topk_accuracy
-from fgsearch.eval.paper import PaperNumber, paper_numbers
+from fgsearch.eval.paper import paper_numbers
+from fgsearch.eval.tasks import LONG, SHORT, TASKS, EvalResult, EvalTask
 
 if TYPE_CHECKING:
     from fgsearch.model import Encoder
@@ -41,7 +40,6 @@ logger = logging.getLogger(__name__)
 ProgressFn = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as work advances (``stage`` is a short label)."""
 
-SHORT, LONG = "short", "long"
 
 # Prompts for box classification (class name in the braces), averaged per class as CLIP does.
 # The reference averages over CLIP's 80 ImageNet templates; ours is a shorter set of our own, so
@@ -56,136 +54,6 @@ BOX_TEMPLATES: tuple[str, ...] = (
     "a blurry photo of a {}.",
     "a {} in the scene.",
 )
-
-
-@dataclass(frozen=True)
-class EvalTask:
-    """A benchmark: how to read its data and how to score it."""
-
-    name: str
-    description: str
-    kind: str  # retrieval | regions | boxcls | fineshapes
-    reader: Callable[[str | os.PathLike[str], int | None], Any]
-    text_path: str  # the text path used: short, long, or "long captions, short regions"
-    layout: str  # the expected local layout, for help texts
-
-
-TASKS: dict[str, EvalTask] = {
-    "flickr30k": EvalTask(
-        "flickr30k",
-        "Flickr30K 1K test: text<->image R@1/5/10",
-        "retrieval",
-        lambda p, n: ds.read_karpathy(p, "flickr30k", "test", n),
-        SHORT,
-        "DIR/dataset_flickr30k.json (Karpathy) + DIR/flickr30k-images/*.jpg",
-    ),
-    "coco": EvalTask(
-        "coco",
-        "MSCOCO 5K: text<->image R@1/5/10",
-        "retrieval",
-        ds.read_coco_retrieval,
-        SHORT,
-        "DIR/annotations/captions_val2017.json + DIR/val2017/ (or DIR/dataset_coco.json, Karpathy 5K test)",
-    ),
-    "dci": EvalTask(
-        "dci",
-        "DCI long-caption retrieval: text<->image R@1",
-        "retrieval",
-        ds.read_dci,
-        LONG,
-        "DIR/annotations/*.json + DIR/photos/",
-    ),
-    "sharegpt4v": EvalTask(
-        "sharegpt4v",
-        "ShareGPT4V-1k long-caption retrieval: text<->image R@1",
-        "retrieval",
-        ds.read_sharegpt4v,
-        LONG,
-        f"DIR/{ds.SHAREGPT4V_FILE} + its images under DIR",
-    ),
-    "urban1k": EvalTask(
-        "urban1k",
-        "Urban-1K long-caption retrieval: text<->image R@1",
-        "retrieval",
-        ds.read_urban1k,
-        LONG,
-        "DIR/image/*.jpg + DIR/caption/*.txt",
-    ),
-    "fgovd": EvalTask(
-        "fgovd",
-        "FG-OVD: region vs positive and hard-negative expressions (accuracy)",
-        "regions",
-        ds.read_fgovd,
-        SHORT,
-        "FILE.jsonl or DIR/*.jsonl (FG-OVD benchmark files) + COCO val2017 images under DIR, DIR/coco or DIR/..",
-    ),
-    "coco-boxcls": EvalTask(
-        "coco-boxcls",
-        "COCO box classification: region vs class-name prompts (top-1/top-5 accuracy)",
-        "boxcls",
-        ds.read_coco_boxes,
-        SHORT,
-        "DIR/annotations/instances_val2017.json + DIR/val2017/",
-    ),
-    "fineshapes": EvalTask(
-        "fineshapes",
-        "FineShapes held-out: R@1/5/10, hard-negative and region->text accuracy",
-        "fineshapes",
-        ds.read_fineshapes,
-        "long captions, short region texts",
-        "DIR/jsonfiles/heldout.json + DIR/images/ (made by `fgsearch make-data fineshapes DIR`)",
-    ),
-}
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Metrics (percent), the paper's numbers keyed like them, and what produced them."""
-
-    task: str
-    metrics: dict[str, float]
-    paper: dict[str, tuple[PaperNumber, ...]] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def rows(self) -> list[tuple[str, str, str]]:
-        """Table rows ``(metric, ours, paper)``, values formatted to two decimals; paper ``""`` if none."""
-        out = []
-        for name, value in self.metrics.items():
-            ref = " / ".join(str(p) for p in self.paper.get(name, ()))
-            out.append((name, f"{value:.2f}", ref))
-        return out
-
-    def describe(self) -> list[tuple[str, str]]:
-        """Readable ``(label, value)`` lines for the settings: model, data, sizes, text path, device, date."""
-        s = self.settings
-        m = s.get("model", {})
-        model = f"{m.get('name', '?')} ({m.get('source', '?')}"
-        model += f", fingerprint {m['fingerprint']})" if m.get("fingerprint") else ")"
-        sizes = ", ".join(f"{k} {v}" for k, v in s.get("sizes", {}).items())
-        lines = [
-            ("model", model),
-            ("data", f"{s.get('data', '?')} ({s.get('data_files', '')})"),
-            ("sizes", sizes),
-            ("text path", str(s.get("text_path", ""))),
-            ("device", f"{s.get('device', '?')} ({s.get('precision', '?')}), batch size {s.get('batch_size', '?')}"),
-            ("date", f"{s.get('date', '?')} ({s.get('seconds', '?')} s)"),
-        ]
-        if s.get("limit") is not None and s.get("limited", True):
-            lines.append(("limit", f"first {s['limit']} only: not comparable with the paper's numbers"))
-        elif s.get("limit") is not None:
-            lines.append(("limit", f"{s['limit']} (the data has no more: nothing was left out)"))
-        return lines
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "task": self.task,
-            "metrics": dict(self.metrics),
-            "paper": {k: [{"value": p.value, "label": p.label} for p in v] for k, v in self.paper.items()},
-            "settings": dict(self.settings),
-        }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, default=str)
 
 
 # ---- encoding ------------------------------------------------------------------------------------
@@ -464,13 +332,7 @@ def run_eval(
     :class:`~fgsearch.model.Encoder` (then ``device`` is ignored). ``limit`` keeps the first N
     images (N items for FG-OVD) for a quick check; such numbers are not comparable to the paper's.
     """
-    if task not in TASKS:
-        raise InputError(f"unknown evaluation task {task!r}; choose one of {', '.join(TASKS)}")
-    if limit is not None and limit < 1:
-        raise InputError(f"limit must be at least 1, got {limit}")
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    spec = TASKS[task]
+    spec = _check_args(task, limit, batch_size)
     started = _dt.datetime.now(_dt.timezone.utc)
     data = Path(data).expanduser().resolve()
     dataset = spec.reader(data, limit)  # read (and check) the data before loading a model
@@ -478,24 +340,13 @@ def run_eval(
     from fgsearch.model import load_encoder
 
     enc = load_encoder(str(model), device=device) if isinstance(model, (str, os.PathLike)) else model
-    if spec.kind == "retrieval":
-        metrics, sizes = score_retrieval(enc, dataset, spec.text_path, batch_size, progress, ties)
-        source = dataset.source
-    elif spec.kind == "regions":
-        metrics, sizes = score_regions(enc, dataset, batch_size, progress)
-        source = dataset.source
-    elif spec.kind == "boxcls":
-        metrics, sizes = score_boxcls(enc, dataset, batch_size, progress, ties)
-        source = dataset.source
-    else:
-        metrics, sizes = score_fineshapes(enc, dataset, batch_size, progress, ties)
-        source = dataset.source
+    metrics, sizes = _score(enc, spec, dataset, batch_size, progress, ties)
     settings = {
         "task": task,
         "description": spec.description,
         "model": _model_record(enc),
         "data": str(data),
-        "data_files": source,
+        "data_files": dataset.source,
         "sizes": sizes,
         "text_path": spec.text_path,
         "batch_size": batch_size,
@@ -512,3 +363,27 @@ def run_eval(
 
     settings["fgsearch_version"] = __version__
     return EvalResult(task, {k: round(v, 4) for k, v in metrics.items()}, paper_numbers(task), settings)
+
+
+def _check_args(task: str, limit: int | None, batch_size: int) -> EvalTask:
+    """The task's entry; InputError for an unknown task, a limit or batch size below 1."""
+    if task not in TASKS:
+        raise InputError(f"unknown evaluation task {task!r}; choose one of {', '.join(TASKS)}")
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    return TASKS[task]
+
+
+def _score(
+    enc: Encoder, spec: EvalTask, dataset: Any, batch_size: int, progress: ProgressFn | None, ties: Ties
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The task kind's scorer on ``dataset``: metrics (percent) and the sizes scored."""
+    if spec.kind == "retrieval":
+        return score_retrieval(enc, dataset, spec.text_path, batch_size, progress, ties)
+    if spec.kind == "regions":
+        return score_regions(enc, dataset, batch_size, progress)
+    if spec.kind == "boxcls":
+        return score_boxcls(enc, dataset, batch_size, progress, ties)
+    return score_fineshapes(enc, dataset, batch_size, progress, ties)

@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fgsearch._version import __version__
 from fgsearch.errors import FgsearchError, ImageError, InputError, LibraryError
 from fgsearch.serve import tokens_match
-from fgsearch.serve.engine import NotFoundError, SearchService
+from fgsearch.serve.engine import NotFoundError, SearchService, ServeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -241,13 +241,24 @@ def create_app(service: SearchService) -> FastAPI:
         yield
         service.close()
 
-    s = service.settings
     app = FastAPI(
         title="fgsearch",
         description="Search a library of images by text, image or region (FG-CLIP).",
         version=__version__,
         lifespan=lifespan,
     )
+    _add_error_handlers(app)
+    _add_server_routes(app, service)
+    _add_search_route(app, service)
+    _add_image_routes(app, service)
+    _add_page(app)
+    _add_middleware(app, service.settings)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"status", "error"}``: the library's typed errors by kind, validation 422,
+    the vector store 503, anything else 500 (logged, never its text)."""
 
     @app.exception_handler(FgsearchError)
     async def _fg_error(_: Request, e: FgsearchError) -> JSONResponse:
@@ -270,6 +281,8 @@ def create_app(service: SearchService) -> FastAPI:
         logger.exception("unexpected error")
         return _error(500, f"internal error ({type(e).__name__}); the server log has the details")
 
+
+def _add_server_routes(app: FastAPI, service: SearchService) -> None:
     @app.get("/healthz", tags=["server"], summary="Liveness (no token needed; reveals nothing)")
     def healthz() -> dict[str, bool]:
         return {"ok": True}
@@ -278,31 +291,37 @@ def create_app(service: SearchService) -> FastAPI:
     def status() -> JSONResponse:
         return JSONResponse(service.status())
 
+
+# the search body is read by hand (JSON or multipart); OpenAPI is told both shapes
+SEARCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "query": {"type": "string", "description": "a SearchRequest as JSON"},
+                        "image": {"type": "string", "format": "binary"},
+                    },
+                    "required": ["image"],
+                }
+            },
+        },
+    }
+}
+
+
+def _add_search_route(app: FastAPI, service: SearchService) -> None:
     @app.post(
         "/api/search",
         tags=["search"],
         summary="Search by text, image upload, image id and/or box",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}},
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "query": {"type": "string", "description": "a SearchRequest as JSON"},
-                                "image": {"type": "string", "format": "binary"},
-                            },
-                            "required": ["image"],
-                        }
-                    },
-                },
-            }
-        },
+        openapi_extra=SEARCH_BODY,
     )
     async def search(request: Request) -> JSONResponse:
-        req, upload = await _read_search(request)
+        req, upload = await _read_search(request, service.settings.max_upload_bytes)
         image: Any = None
         if upload is not None:
             image = await run_in_threadpool(service.decode_upload, upload)
@@ -310,54 +329,63 @@ def create_app(service: SearchService) -> FastAPI:
             image = await run_in_threadpool(service.image_for_query, req.image_id)
         q = _to_query(req, image)
         hits, info, more = await run_in_threadpool(service.search, q, req.offset)
-        return JSONResponse(
-            {
-                "query": {
-                    "text": req.text,
-                    "image": "upload" if upload is not None else None,
-                    "image_id": req.image_id,
-                    "box": req.box,
-                    "not": req.negative,
-                    "by": req.by,
-                    "k": req.k,
-                    "offset": req.offset,
-                    "text_path": info.text_path,
-                },
-                "results": [h.to_dict() for h in hits],
-                "offset": req.offset,
-                "k": req.k,
-                "more": more,
-                "notices": info.notices,
-                "timing_ms": {"encode": round(info.encode_ms, 1), "search": round(info.search_ms, 1)},
-            }
-        )
+        return JSONResponse(_search_answer(req, upload is not None, hits, info, more))
 
-    async def _read_search(request: Request) -> tuple[SearchRequest, bytes | None]:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        upload: bytes | None = None
-        if ctype == "multipart/form-data":
-            form = await request.form(max_files=1, max_fields=2, max_part_size=256 * 1024)
-            raw_query = form.get("query") or "{}"
-            file = form.get("image")
-            if file is None or isinstance(file, str):
-                raise InputError("a multipart search needs an 'image' file field (and optionally a 'query' field)")
-            upload = await file.read(s.max_upload_bytes + 1)
-            if not isinstance(raw_query, str):
-                raise InputError("the 'query' field must be JSON text, not a file")
-        elif ctype in ("application/json", ""):
-            raw_query = (await request.body()).decode("utf-8", errors="replace") or "{}"
-        else:
-            raise InputError(f"unsupported content type {ctype!r}: send application/json or multipart/form-data")
-        try:
-            req = SearchRequest.model_validate(json.loads(raw_query))
-        except json.JSONDecodeError as e:
-            raise RequestValidationError([{"loc": ("body",), "msg": f"not JSON ({e.msg})"}]) from None
-        except ValidationError as e:
-            raise RequestValidationError(e.errors()) from None
-        if upload is not None and req.image_id is not None:
-            raise InputError("give image_id or upload an image, not both")
-        return req, upload
 
+async def _read_search(request: Request, max_upload: int) -> tuple[SearchRequest, bytes | None]:
+    """The search request from a JSON body, or from a multipart form's ``query`` field and its
+    ``image`` file (read up to one byte over ``max_upload``, so that the decoder can refuse it)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    upload: bytes | None = None
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=2, max_part_size=256 * 1024)
+        raw_query = form.get("query") or "{}"
+        file = form.get("image")
+        if file is None or isinstance(file, str):
+            raise InputError("a multipart search needs an 'image' file field (and optionally a 'query' field)")
+        upload = await file.read(max_upload + 1)
+        if not isinstance(raw_query, str):
+            raise InputError("the 'query' field must be JSON text, not a file")
+    elif ctype in ("application/json", ""):
+        raw_query = (await request.body()).decode("utf-8", errors="replace") or "{}"
+    else:
+        raise InputError(f"unsupported content type {ctype!r}: send application/json or multipart/form-data")
+    try:
+        req = SearchRequest.model_validate(json.loads(raw_query))
+    except json.JSONDecodeError as e:
+        raise RequestValidationError([{"loc": ("body",), "msg": f"not JSON ({e.msg})"}]) from None
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
+    if upload is not None and req.image_id is not None:
+        raise InputError("give image_id or upload an image, not both")
+    return req, upload
+
+
+def _search_answer(req: SearchRequest, uploaded: bool, hits: Any, info: Any, more: bool) -> dict[str, Any]:
+    """The search response: the query as understood, the results (as ``fgsearch query --json``),
+    paging, notices and timings."""
+    return {
+        "query": {
+            "text": req.text,
+            "image": "upload" if uploaded else None,
+            "image_id": req.image_id,
+            "box": req.box,
+            "not": req.negative,
+            "by": req.by,
+            "k": req.k,
+            "offset": req.offset,
+            "text_path": info.text_path,
+        },
+        "results": [h.to_dict() for h in hits],
+        "offset": req.offset,
+        "k": req.k,
+        "more": more,
+        "notices": info.notices,
+        "timing_ms": {"encode": round(info.encode_ms, 1), "search": round(info.search_ms, 1)},
+    }
+
+
+def _add_image_routes(app: FastAPI, service: SearchService) -> None:
     @app.get("/api/images/{image_id}", tags=["images"], summary="Metadata and every region of an image")
     def image(image_id: int) -> JSONResponse:
         return JSONResponse(service.image(image_id))
@@ -379,11 +407,17 @@ def create_app(service: SearchService) -> FastAPI:
             headers={"Cache-Control": "private, max-age=3600"},
         )
 
+
+def _add_page(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def _add_middleware(app: FastAPI, s: ServeSettings) -> None:
+    """The guard (token, body cap, security headers) and, with ``--cors``, one allowed origin."""
     app.add_middleware(Guard, token=s.token, max_body=s.max_body_bytes)
     if s.cors:
         from fastapi.middleware.cors import CORSMiddleware
@@ -394,7 +428,6 @@ def create_app(service: SearchService) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    return app
 
 
 def _mime(data: bytes) -> str:

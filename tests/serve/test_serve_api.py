@@ -184,20 +184,36 @@ def test_empty_library_is_409(tmp_path: Path) -> None:
         service.close()
 
 
-def test_unexpected_faults_are_500_json_without_details(served, monkeypatch: pytest.MonkeyPatch) -> None:
-    client, service, _ = served
+class _FailingSearch:
+    """The served service with a search that raises ``error``; ``create_app`` takes the service it
+    serves, which is the injection point for faults."""
 
-    def broken(*a, **k):
-        raise RuntimeError("secret internals")
+    def __init__(self, inner, error: Exception) -> None:
+        self._inner, self._error = inner, error
 
-    monkeypatch.setattr(service, "search", broken)
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def search(self, *a, **k):
+        raise self._error
+
+
+def _client_failing_with(service, error: Exception):
+    from fastapi.testclient import TestClient
+
+    from fgsearch.serve.app import create_app
+
+    return TestClient(create_app(_FailingSearch(service, error)), raise_server_exceptions=False)
+
+
+def test_unexpected_faults_are_500_json_without_details(served) -> None:
+    _, service, _ = served
+    client = _client_failing_with(service, RuntimeError("secret internals"))
     msg = _error(_search(client, text="x"), 500)
     assert "RuntimeError" in msg and "secret" not in msg
 
-    def store_down(*a, **k):
-        raise IndexBackendError("qdrant server at http://localhost:6333 is unreachable; start it or check --qdrant-url")
-
-    monkeypatch.setattr(service, "search", store_down)
+    down = IndexBackendError("qdrant server at http://localhost:6333 is unreachable; start it or check --qdrant-url")
+    client = _client_failing_with(service, down)
     assert "unreachable; start it" in _error(_search(client, text="x"), 503)
 
 
