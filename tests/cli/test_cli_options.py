@@ -10,6 +10,7 @@ import pytest
 
 from fgsearch import cli_options as opt
 from fgsearch.errors import InputError
+from fgsearch.library import BackendSettings
 
 
 def test_check_range_names_the_flag_and_the_bounds() -> None:
@@ -44,7 +45,10 @@ def test_settings_are_none_unless_asked_and_paths_are_absolute(tmp_path: Path, m
     assert opt.region_settings(None, None, None) is None
     monkeypatch.chdir(tmp_path)
     bk = opt.backend_settings(None, None, Path("qd"))
-    assert bk is not None and bk.kind == "qdrant" and bk.qdrant_path == str(tmp_path.resolve() / "qd")
+    assert bk is not None and bk.kind == "qdrant" and bk.options["path"] == str(tmp_path.resolve() / "qd")
+    assert opt.backend_settings("qdrant", None, None, ["collection=mine"]) == BackendSettings(
+        "qdrant", {"collection": "mine"}
+    )
     rs = opt.region_settings(None, None, "boxes.json")
     assert rs is not None and rs.proposer == "sidecar" and rs.max_regions == 16
     assert rs.sidecar == str(tmp_path.resolve() / "boxes.json")
