@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import fgsearch.catalog as catalog_mod
-from fgsearch.catalog import SCHEMA_VERSION, Catalog, ModelInfo, WriteLock
+from fgsearch.catalog import MIGRATIONS, SCHEMA_VERSION, Catalog, ModelInfo, WriteLock
 from fgsearch.errors import LibraryError, LibraryLockedError
 
 MODEL = ModelInfo(name="tiny", ref="sha-1", dim=8, image_size=(64, 64))
@@ -208,11 +207,13 @@ def test_failed_migration_leaves_the_old_catalog_intact(tmp_path: Path, monkeypa
     con.executescript("ALTER TABLE regions DROP COLUMN score; UPDATE meta SET value='1' WHERE key='schema_version';")
     con.close()
 
-    def half_done(conn: sa.Connection) -> None:
-        catalog_mod._migrate_1_to_2(conn)
+    real_step = MIGRATIONS[1]
+
+    def half_done(con: sqlite3.Connection) -> None:
+        real_step(con)
         raise RuntimeError("power cut in the middle of a migration")
 
-    monkeypatch.setitem(catalog_mod.MIGRATIONS, 1, half_done)
+    monkeypatch.setitem(MIGRATIONS, 1, half_done)
     with pytest.raises(RuntimeError, match="power cut"):
         Catalog.open(db)
     cols = [r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(regions)")]
@@ -258,13 +259,12 @@ def test_write_lock_on_a_missing_library_dir_is_a_library_error(tmp_path: Path) 
         WriteLock(tmp_path / "not-there").acquire()
 
 
-def test_filesystem_without_locks_is_not_reported_as_locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_filesystem_without_locks_is_not_reported_as_locked(tmp_path: Path) -> None:
     import errno
 
     def no_locks(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(catalog_mod.fcntl, "flock", no_locks)
     with pytest.raises(LibraryError, match=r"cannot lock .*No locks available.*local disk") as info:
-        WriteLock(tmp_path).acquire()
+        WriteLock(tmp_path, flock=no_locks).acquire()
     assert not isinstance(info.value, LibraryLockedError)
