@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+from _privileges import run_python_unprivileged, shared_tmp_dir
 
 from fgsearch.errors import InputError
 from fgsearch.library import Library
 from fgsearch.regions import RegionSettings
 from fgsearch.scan import FileEntry, WalkStats, display_path, walk
-
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:
@@ -195,20 +195,30 @@ def test_folder_that_cannot_be_listed_is_a_storable_failure(tmp_path: Path, monk
     err.path.encode("utf-8")  # storable in the catalog
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root reads every folder")
-def test_unreadable_folder_is_one_failure_and_the_rest_is_walked(tmp_path: Path) -> None:
-    root = tmp_path / "r"
-    _touch(root / "locked" / "secret.jpg")
-    _touch(root / "open" / "fine.jpg")
-    raw_locked = os.fsencode(root) + b"/locked-\xff"
-    os.makedirs(raw_locked)
-    os.chmod(root / "locked", 0)
-    os.chmod(raw_locked, 0)
-    try:
-        entries = list(walk([root]))
-    finally:
-        os.chmod(root / "locked", 0o755)
-        os.chmod(raw_locked, 0o755)
+WALK = """
+import json, sys
+from fgsearch.scan import walk
+print(json.dumps([[e.path, e.error, e.size] for e in walk([sys.argv[1]])]))
+"""
+
+
+def _walk_unprivileged(root: Path) -> list[FileEntry]:
+    """``walk([root])`` as a user without root's right to read everything (entries rebuilt from JSON)."""
+    r = run_python_unprivileged(WALK, str(root), cwd=root.parent)
+    assert r.returncode == 0, r.stderr
+    return [FileEntry(path=p, size=size, mtime_ns=0, error=err) for p, err, size in json.loads(r.stdout)]
+
+
+def test_unreadable_folder_is_one_failure_and_the_rest_is_walked() -> None:
+    with shared_tmp_dir() as base:
+        root = base / "r"
+        _touch(root / "locked" / "secret.jpg")
+        _touch(root / "open" / "fine.jpg")
+        raw_locked = os.fsencode(root) + b"/locked-\xff"
+        os.makedirs(raw_locked)
+        os.chmod(root / "locked", 0)
+        os.chmod(raw_locked, 0)
+        entries = _walk_unprivileged(root)
     assert _rel(entries, root) == ["open/fine.jpg"]
     errors = [e for e in entries if e.error]
     assert len(errors) == 2 and all("permission denied" in (e.error or "") for e in errors)
@@ -216,15 +226,12 @@ def test_unreadable_folder_is_one_failure_and_the_rest_is_walked(tmp_path: Path)
         e.path.encode("utf-8")  # a non-UTF-8 folder name must be storable too
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root reads every file")
-def test_unreadable_file_is_listed_for_the_reader_to_report(tmp_path: Path) -> None:
-    root = tmp_path / "r"
-    f = _touch(root / "noperm.jpg", b"abc")
-    os.chmod(f, 0)
-    try:
-        (entry,) = list(walk([root]))
-    finally:
-        os.chmod(f, 0o644)
+def test_unreadable_file_is_listed_for_the_reader_to_report() -> None:
+    with shared_tmp_dir() as base:
+        root = base / "r"
+        f = _touch(root / "noperm.jpg", b"abc")
+        os.chmod(f, 0)
+        (entry,) = _walk_unprivileged(root)
     assert entry.error is None and entry.size == 3  # stat works; reading fails later with its own reason
 
 

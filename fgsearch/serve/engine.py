@@ -328,12 +328,7 @@ class SearchService:
         }
 
     def _content_hash(self, image_id: int) -> str:
-        import sqlalchemy as sa
-
-        from fgsearch.catalog import contents_t
-
-        with self.lib.catalog.engine.connect() as conn:
-            h = conn.execute(sa.select(contents_t.c.sha256).where(contents_t.c.id == image_id)).scalar()
+        h = self.lib.catalog.content_sha256(image_id)
         if h is None:
             raise NotFoundError(f"image {image_id} is not in the library")
         return str(h)

@@ -1,4 +1,4 @@
-"""fgsearch.catalog: odd library paths, sweep roots, migration atomicity, model checks, links, lock."""
+"""fgsearch.catalog: odd library paths, sweep roots, migration atomicity, model checks, links, lock, SQL errors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import fgsearch.catalog as catalog_mod
-from fgsearch.catalog import SCHEMA_VERSION, Catalog, ModelInfo, WriteLock
+from fgsearch.catalog import MIGRATIONS, SCHEMA_VERSION, Catalog, ModelInfo, WriteLock
 from fgsearch.errors import LibraryError, LibraryLockedError
 
 MODEL = ModelInfo(name="tiny", ref="sha-1", dim=8, image_size=(64, 64))
@@ -208,11 +207,13 @@ def test_failed_migration_leaves_the_old_catalog_intact(tmp_path: Path, monkeypa
     con.executescript("ALTER TABLE regions DROP COLUMN score; UPDATE meta SET value='1' WHERE key='schema_version';")
     con.close()
 
-    def half_done(conn: sa.Connection) -> None:
-        catalog_mod._migrate_1_to_2(conn)
+    real_step = MIGRATIONS[1]
+
+    def half_done(con: sqlite3.Connection) -> None:
+        real_step(con)
         raise RuntimeError("power cut in the middle of a migration")
 
-    monkeypatch.setitem(catalog_mod.MIGRATIONS, 1, half_done)
+    monkeypatch.setitem(MIGRATIONS, 1, half_done)
     with pytest.raises(RuntimeError, match="power cut"):
         Catalog.open(db)
     cols = [r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(regions)")]
@@ -258,13 +259,55 @@ def test_write_lock_on_a_missing_library_dir_is_a_library_error(tmp_path: Path) 
         WriteLock(tmp_path / "not-there").acquire()
 
 
-def test_filesystem_without_locks_is_not_reported_as_locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_filesystem_without_locks_is_not_reported_as_locked(tmp_path: Path) -> None:
     import errno
 
     def no_locks(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(catalog_mod.fcntl, "flock", no_locks)
     with pytest.raises(LibraryError, match=r"cannot lock .*No locks available.*local disk") as info:
-        WriteLock(tmp_path).acquire()
+        WriteLock(tmp_path, flock=no_locks).acquire()
     assert not isinstance(info.value, LibraryLockedError)
+
+
+def test_a_failed_statement_is_a_dbapi_error_and_its_transaction_rolls_back(tmp_path: Path) -> None:
+    """Every statement runs as plain SQL; a failure still leaves as SQLAlchemy's DBAPIError family
+    (``.orig`` the sqlite error), and a write block commits all of its statements or none."""
+    cat = _new(tmp_path / "catalog.sqlite")
+    cat.reserve_contents([_item("a")])
+    with pytest.raises(sa.exc.IntegrityError, match="UNIQUE") as info:
+        cat.reserve_contents([_item("b"), _item("a")])  # the second one repeats a hash
+    assert isinstance(info.value.orig, sqlite3.IntegrityError)
+    assert cat.content_sha256(2) is None and cat.pending_contents()[0] == [1]  # "b" rolled back too
+    con = sqlite3.connect(tmp_path / "catalog.sqlite")
+    con.execute("DROP TABLE regions")
+    con.commit()
+    con.close()
+    with pytest.raises(sa.exc.OperationalError, match="no such table: regions") as lookup:
+        cat.region_ids_by_content([1])
+    assert isinstance(lookup.value.orig, sqlite3.OperationalError)
+    cat.close()
+
+
+def test_content_sha256(tmp_path: Path) -> None:
+    cat = _new(tmp_path / "catalog.sqlite")
+    ids = _index(cat, {"/p/a.jpg": "a" * 64}, cat.begin_run())
+    assert cat.content_sha256(ids["a" * 64]) == "a" * 64 and cat.content_sha256(10**9) is None
+
+
+def test_capture_and_modification_filters_compare_stored_times(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    cat = _new(tmp_path / "catalog.sqlite")
+    run = cat.begin_run()
+    when = datetime(2021, 5, 4, 10, 11, 12)  # stored with six zero microseconds
+    cids, _ = cat.reserve_contents([_item("a", captured_at=when), _item("b")])
+    mtime = int(datetime(2022, 1, 1, tzinfo=timezone.utc).timestamp() * 1e9)
+    cat.confirm_contents(cids, [("/p/a.jpg", 1, mtime), ("/p/b.jpg", 1, mtime + 1)], run)
+    assert cat.filter_contents(captured_after=when) == [cids[0]]
+    assert cat.filter_contents(captured_before=when) == []
+    assert cat.filter_contents(captured_before=when.replace(microsecond=1)) == [cids[0]]
+    at = datetime(2022, 1, 1, tzinfo=timezone.utc)
+    assert sorted(cat.filter_contents(modified_after=at)) == cids
+    assert sorted(cat.filter_contents(modified_before=datetime(2300, 1, 1))) == cids  # past 2262: clamped
+    assert cat.matching_paths(cids, modified_after=at, path_glob="*/b.jpg") == {cids[1]: ["/p/b.jpg"]}

@@ -21,7 +21,6 @@ from _eval_data import (
 
 from fgsearch.errors import InputError
 from fgsearch.eval import TASKS, EvalResult, run_eval
-from fgsearch.model.registry import ASSETS
 
 # 4 images of classes [0, 1, 2, 2], 2 captions each (the same case as test_eval_metrics, by hand)
 CLASSES = [0, 1, 2, 2]
@@ -177,10 +176,6 @@ def test_limit_keeps_first_images(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert lines["model"].startswith("tiny-model") and res.settings["model"]["fingerprint"] in lines["model"]
 
 
-DEMO = ASSETS / "demo-model"
-
-
-@pytest.mark.skipif(not (DEMO / "config.json").exists(), reason="demo model asset not shipped yet")
 def test_demo_model_beats_chance_on_fineshapes(tmp_path: Path) -> None:
     from fgsearch.trainer.fineshapes import make_fineshapes
 

@@ -1,0 +1,150 @@
+"""Opening a catalog file and running SQL on it: URIs, the engine, and the one way statements run.
+
+Every statement of the package goes through :class:`SqlStore`: plain SQL text on the pooled
+``sqlite3`` connection of a SQLAlchemy engine (see the package docstring for why). The engine
+keeps what SQLAlchemy is good at here: one pooled connection per thread, the pragmas of every new
+connection, a URL that opens any folder name. A ``sqlite3.Error`` raised by a statement leaves as
+the matching ``sqlalchemy.exc.DBAPIError`` subclass (``.orig`` is the sqlite error), so a caller
+sees one family of database errors whichever statement failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import quote
+
+import sqlalchemy as sa
+
+CHUNK = 30_000  # SQLite bound-parameter limit is 32,766
+
+
+def read_only_uri(path: Path, *, immutable: bool = False) -> str:
+    """An sqlite3 URI that opens ``path`` for reading only (any folder name: the path is quoted).
+
+    ``immutable`` is for a library on a read-only mount or in a folder this user cannot write:
+    SQLite then needs no ``-shm`` file (which it could not create), and reads the database file as
+    it is (a clean writer leaves nothing in the WAL when it closes)."""
+    return f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def cannot_write_here(err: BaseException) -> bool:
+    """Whether an sqlite error on a read-only open means the folder or mount is not writable."""
+    msg = str(err).lower()
+    return "readonly database" in msg or "unable to open database file" in msg
+
+
+def create_engine(path: Path, *, read_only: bool, immutable: bool) -> sa.Engine:
+    """An engine on ``path``: WAL and ``synchronous=NORMAL`` for a writer, foreign keys and a 30 s
+    busy timeout for everyone. ``URL.create``, not an f-string: a folder named "a?b", "a#b" or
+    "a%20b" must open that folder."""
+    if read_only:
+        query = {"mode": "ro", "uri": "true", **({"immutable": "1"} if immutable else {})}
+        url = sa.engine.URL.create("sqlite", database=f"file:{quote(str(path))}", query=query)
+    else:
+        url = sa.engine.URL.create("sqlite", database=str(path))
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _: Any) -> None:
+        cur = dbapi_conn.cursor()
+        if not read_only:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    return engine
+
+
+def chunks(seq: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
+    """``seq`` in slices of at most ``n`` (an ``IN`` list stays within SQLite's parameter limit)."""
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def marks(n: int) -> str:
+    """``?,?,...`` for an ``IN`` list of ``n`` values."""
+    return ",".join("?" * n)
+
+
+def now() -> datetime:
+    """The catalog's clock: UTC, without a time zone (as stored)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def to_sql_datetime(value: datetime | None) -> str | None:
+    """A datetime as the catalog stores it (SQLAlchemy's SQLite ``DateTime`` text, microseconds
+    always written, time zone dropped), so that text comparison orders times."""
+    if value is None:
+        return None
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
+    )
+
+
+def from_sql_datetime(value: str | None) -> datetime | None:
+    """A stored ``DateTime`` column as a datetime."""
+    return None if value is None else datetime.fromisoformat(value)
+
+
+@contextlib.contextmanager
+def _as_dbapi_errors() -> Iterator[None]:
+    """Re-raise a ``sqlite3.Error`` as SQLAlchemy's matching ``DBAPIError`` subclass."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise sa.exc.DBAPIError.instance(None, None, e, sqlite3.Error) from e
+
+
+def _driver(pooled: Any) -> sqlite3.Connection:
+    """The ``sqlite3`` connection inside a pooled one."""
+    return cast(sqlite3.Connection, pooled.driver_connection)  # the engine's driver is pysqlite
+
+
+class SqlStore:
+    """The engine of one catalog file and the three ways its statements run."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A pooled connection for reads (rows come back as plain tuples)."""
+        with _as_dbapi_errors():
+            pooled = self.engine.raw_connection()
+            try:
+                yield _driver(pooled)
+            finally:
+                pooled.close()  # back to the pool, rolled back
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """A pooled connection whose statements commit together when the block ends, or not at all."""
+        with _as_dbapi_errors():
+            pooled = self.engine.raw_connection()
+            try:
+                con = _driver(pooled)
+                try:
+                    yield con
+                    con.commit()
+                except BaseException:
+                    con.rollback()
+                    raise
+            finally:
+                pooled.close()
+
+    def select_in(self, sql: str, ids: Iterable[int], params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` (whose ``{marks}`` is the ``IN`` list, bound before ``params``) for ``ids``,
+        in chunks within SQLite's parameter limit; an ``ORDER BY`` holds within each chunk."""
+        out: list[tuple[Any, ...]] = []
+        with self.reading() as con:
+            for chunk in chunks([int(i) for i in ids]):
+                out.extend(con.execute(sql.format(marks=marks(len(chunk))), (*chunk, *params)).fetchall())
+        return out

@@ -1,0 +1,158 @@
+"""The :class:`Catalog`: opening one library's catalog file, its settings, and its parts together.
+
+``Catalog`` is one public class built from layers, each in its own module: region lookups
+(:mod:`.regions`), contents (:mod:`.contents`), files and runs (:mod:`.files`); this module adds
+opening (schema creation, migration, read-only fallbacks), the settings in the ``meta`` table and
+the counts ``fgsearch status`` shows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from fgsearch.catalog.connect import cannot_write_here, create_engine, now
+from fgsearch.catalog.files import FileRows
+from fgsearch.catalog.schema import SCHEMA_VERSION, check_tables, check_version, create_schema, migrate, table_names
+from fgsearch.errors import LibraryError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model a library was built with; vectors from another model are never mixed in."""
+
+    name: str
+    ref: str  # revision or checkpoint fingerprint
+    dim: int
+    image_size: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ref": self.ref, "dim": self.dim, "image_size": list(self.image_size)}
+
+
+class Catalog(FileRows):
+    """Typed access to one library's SQLite catalog. Writers are single-threaded; readers may be many."""
+
+    def __init__(self, engine: sa.Engine, path: Path, read_only: bool) -> None:
+        super().__init__(engine)
+        self.path = path
+        self.read_only = read_only
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], create: bool = False, read_only: bool = False) -> Catalog:
+        """Open (or with ``create`` make) the catalog at ``path``. A reader in a folder it cannot
+        write (a read-only mount or directory) reads the file as immutable."""
+        p = Path(path)
+        if not p.exists() and not create:
+            raise LibraryError(f"no catalog at {p}; create the library with `fgsearch index PHOTOS`")
+        if read_only:
+            try:
+                return cls._open(p, create, read_only, immutable=False)
+            except LibraryError as e:
+                if not cannot_write_here(e.__cause__ or e):
+                    raise
+            logger.info("catalog %s is in a folder that cannot be written: reading it as immutable", p)
+            return cls._open(p, create, read_only, immutable=True)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return cls._open(p, create, read_only, immutable=False)
+
+    @classmethod
+    def _open(cls, p: Path, create: bool, read_only: bool, *, immutable: bool) -> Catalog:
+        engine = create_engine(p, read_only=read_only, immutable=immutable)
+        cat = cls(engine, p, read_only)
+        try:
+            cat._prepare_schema(create)
+        except sa.exc.DatabaseError as e:
+            engine.dispose()
+            raise LibraryError(
+                f"catalog {p} is not a readable SQLite database ({e.orig}); restore it from a backup or rebuild "
+                f"the library with `fgsearch index PHOTOS --library {p.parent} --reindex`"
+            ) from e
+        except BaseException:
+            engine.dispose()
+            raise
+        return cat
+
+    def _prepare_schema(self, create: bool) -> None:
+        with self.reading() as con:
+            tables = table_names(con)
+        if check_tables(self.path, tables, create=create and not self.read_only):
+            create_schema(self.engine)
+            return
+        version = int(self.get_meta().get("schema_version", 1))
+        check_version(self.path, version, read_only=self.read_only)
+        if version < SCHEMA_VERSION:
+            with self.writing() as con:
+                migrate(con, self.path, version)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- settings --------------------------------------------------------------------------
+    def get_meta(self) -> dict[str, Any]:
+        with self.reading() as con:
+            return {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
+
+    def set_meta(self, **values: Any) -> None:
+        sql = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        with self.writing() as con:
+            con.executemany(sql, [(k, json.dumps(v)) for k, v in values.items()])
+
+    def init_library(self, model: ModelInfo, regions: dict[str, Any], backend: dict[str, Any]) -> None:
+        from fgsearch import __version__
+
+        self.set_meta(
+            model_name=model.name,
+            model_ref=model.ref,
+            dim=model.dim,
+            image_size=list(model.image_size),
+            regions=regions,
+            backend=backend,
+            created_at=now().isoformat(),
+            fgsearch_version=__version__,
+        )
+
+    def check_model(self, model: ModelInfo) -> None:
+        """Refuse a model other than the one that built the library."""
+        m = self.get_meta()
+        same = (
+            m.get("dim") == model.dim
+            and m.get("model_ref") == model.ref
+            and (m.get("model_name") == model.name or bool(model.ref))
+        )
+        if not same:
+            raise LibraryError(
+                f"library {self.path.parent} was built with model {m.get('model_name')} (dim {m.get('dim')}, ref "
+                f"{m.get('model_ref') or '-'}); this run uses {model.name} (dim {model.dim}, ref {model.ref or '-'}). "
+                "Use the same --model, --reindex to rebuild the library, or --library to choose another"
+            )
+
+    # ---- reading ---------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Files (ok, failed), images, regions, bytes indexed and the catalog file's size."""
+        queries = {
+            "files_ok": "SELECT count(*) FROM files WHERE status = 'ok'",
+            "files_failed": "SELECT count(*) FROM files WHERE status = 'failed'",
+            "images": "SELECT count(*) FROM contents WHERE state = 'ok'",
+            "regions": "SELECT count(*) FROM regions",
+            "bytes_indexed": "SELECT sum(size) FROM files WHERE status = 'ok'",
+        }
+        with self.reading() as con:
+            out = {k: int(con.execute(q).fetchone()[0] or 0) for k, q in queries.items()}
+        out["catalog_bytes"] = self.path.stat().st_size if self.path.exists() else 0
+        return out
