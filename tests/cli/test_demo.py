@@ -17,7 +17,7 @@ DEMO = REGISTRY["demo"]
 
 
 def test_demo_model_ships_in_the_package() -> None:
-    assert is_cached(DEMO), "fgsearch/assets/demo-model is missing: train it with the README's command"
+    assert is_cached(DEMO), "fgsearch/assets/demo-model is missing: train it with the recipe in docs/training.md"
     size = sum(f.stat().st_size for f in Path(DEMO.local_dir).iterdir())
     assert size <= 10 * 1024 * 1024
 

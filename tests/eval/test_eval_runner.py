@@ -191,15 +191,15 @@ def test_demo_model_beats_chance_on_fineshapes(tmp_path: Path) -> None:
 def test_readme_eval_example_runs(tmp_path: Path, tiny_model_dir: Path) -> None:
     import re
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = re.search(r"## Evaluation: `fgsearch eval`.*?```python\n(.*?)```", readme, re.S)
-    assert block, "README has no evaluation python example"
+    page = (Path(__file__).resolve().parents[2] / "docs" / "eval.md").read_text()
+    block = re.search(r"# Evaluation: `fgsearch eval`.*?## As a library\n\n```python\n(.*?)```", page, re.S)
+    assert block, "docs/eval.md has no evaluation python example"
     data = _write("urban1k", tmp_path / "Urban1k")
     code = (
         block.group(1).replace('"/data/Urban1k"', repr(str(data))).replace('"fg-clip-base"', repr(str(tiny_model_dir)))
     )
     scope: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "docs/eval.md", "exec"), scope)
     assert scope["result"].metrics["t2i_r10"] == 100.0  # type: ignore[attr-defined]
 
 
