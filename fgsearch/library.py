@@ -443,9 +443,12 @@ class Library:
             if not exists:
                 _start_empty(lib_dir, (gidx, ridx), rebuilt=reindex)
             if not read_only and enc is not None:  # approximate indexes tune search on text queries
+                from fgsearch.indexes import Calibratable
+
                 texts = _calibration_texts(enc)
-                gidx.set_calibration_queries(texts)
-                ridx.set_calibration_queries(texts)
+                for idx in (gidx, ridx):
+                    if isinstance(idx, Calibratable):
+                        idx.set_calibration_queries(texts)
         except BaseException:
             catalog.close()
             raise
@@ -1059,7 +1062,7 @@ def _owned_index_dirs(lib_dir: Path, backend: BackendSettings | None) -> dict[Pa
     File-backed indexes count only when they hold an index manifest; an embedded Qdrant store
     counts only at the library's own default path (a ``--qdrant-path`` is the user's folder).
     """
-    from fgsearch.indexes._store import MANIFEST
+    from fgsearch.indexes import MANIFEST
 
     out: dict[Path, list[str]] = {}
     names = ("global", "regions")
