@@ -252,6 +252,7 @@ def config_from_options(config_type: type, options: Mapping[str, Any]) -> Any:
     """A ``config_type`` from parsed options (nested config dataclasses built from their dicts)."""
     kwargs = dict(options)
     for name, hint in option_fields(config_type).items():
-        if name in kwargs and dataclasses.is_dataclass(hint) and isinstance(kwargs[name], Mapping):
+        nested = isinstance(hint, type) and dataclasses.is_dataclass(hint)
+        if nested and name in kwargs and isinstance(kwargs[name], Mapping):
             kwargs[name] = hint(**kwargs[name])
     return config_type(**kwargs)
