@@ -10,8 +10,8 @@ Every backend gets the same data and the same query sets in the same run:
 * ``exact``: our exact backend (brute force; its answers are the ground truth).
 * ``faiss``: our default (HNSW M=24 over 8-bit scalar-quantised codes, efConstruction 100, with
   exact re-rank; efSearch/re-rank depth calibrated on image-like and synthetic text-like queries,
-  see ``fgsearch.indexes.calibration``).
-  Its unfiltered searches run fgsearch's HNSW kernel (``fgsearch.indexes._graph``); the same index
+  see ``fgsearch.indexes.faiss.calibration_queries``).
+  Its unfiltered searches run fgsearch's HNSW kernel (``fgsearch.indexes.hnsw``); the same index
   is then searched again with FAISS's own HNSW search (``FGSEARCH_HNSW_KERNEL=faiss``) and
   reported as ``faiss/fs``, the kernel's share of the figures from the same run.
 * ``faiss-ivfpq``: our backend with ``structure="ivfpq"`` (the previous default, IVF-PQ).
@@ -158,13 +158,13 @@ GENERATORS = {"clip": generate_clip_like, "isotropic": generate}
 
 
 def make_queries(data: np.ndarray, nq: int, seed: int = SEED + 1) -> np.ndarray:
-    from fgsearch.indexes.calibration import in_distribution_queries
+    from fgsearch.indexes.faiss.calibration_queries import in_distribution_queries
 
     return in_distribution_queries(data, nq, seed)
 
 
 def make_text_queries(data: np.ndarray, nq: int, seed: int = SEED + 3) -> np.ndarray:
-    from fgsearch.indexes.calibration import cross_modal_queries
+    from fgsearch.indexes.faiss.calibration_queries import cross_modal_queries
 
     return cross_modal_queries(data, nq, seed)
 
@@ -388,7 +388,7 @@ def worker_query(kind: str, index_dir: Path, data_path: Path, qsets: dict[str, t
             batch_s = time.perf_counter() - t
             recall = None
             if tpath is not None:
-                from fgsearch.indexes.calibration import recall_at_k
+                from fgsearch.indexes.faiss.calibration_queries import recall_at_k
 
                 recall = recall_at_k(ids, np.load(tpath))
             else:

@@ -1,29 +1,53 @@
 """Vector index backends behind one interface (installed as ``fgsearch.indexes``).
 
 ``exact`` (brute-force numpy: the yardstick), ``faiss`` (the embedded default: exact while small,
-IVF-PQ + exact re-ranking when large) and ``qdrant`` (embedded files or a Qdrant server/cluster).
-Vectors are L2-normalized float32; scores are inner products; ids are non-negative int64.
+HNSW-SQ or IVF-PQ + exact re-ranking when large) and ``qdrant`` (embedded files or a Qdrant
+server/cluster). Vectors are L2-normalized float32; scores are inner products; ids are
+non-negative int64.
 
 This package never imports torch, the model or the rest of fgsearch; FAISS and qdrant-client are
 imported only when an index of that kind is created or opened.
+
+Layout, by concern::
+
+    base.py          VectorIndex (the one interface), SearchResult, IndexStats, input checks
+    config.py        frozen config dataclasses (ExactConfig, FaissConfig, QdrantConfig, JournalConfig)
+    errors.py        IndexBackendError and its subclasses (one-line, actionable messages)
+    registry.py      Backend descriptors by name; KINDS and each kind's config type come from here
+    api.py           create_index / open_index / open_spec: look the kind up, call its descriptor
+    file_backend.py  the descriptor shared by directory-backed backends (exact, faiss)
+    faults.py        named fault-injection points (the test seam for crashes and failed requests)
+    native.py        loader of the compiled helper library (batched pread, HNSW search kernel)
+    store/           the journaled snapshot store: files, journal, rows in memory, JournaledStore
+    exact.py         StoreBackedIndex (the store behind VectorIndex) + ExactIndex + its descriptor
+    hnsw/            the HNSW search kernel: C source, ctypes wrapper, level-0 link reinforcement
+    faiss/           FaissIndex, its tiers (HNSW, IVF-PQ), calibration of the search, GPU
+    qdrant/          QdrantIndex (embedded or server) + its descriptor
+
+How to add a backend (a third party does exactly what the built-ins do):
+
+1. Implement :class:`VectorIndex` (``count/add/remove/search/get/ids/contains/flush/save/reload/
+   stats/close``) and a frozen config dataclass; test it with the congruence suite
+   (``tests/indexes/test_indexes_congruence.py``): every backend must agree with ``exact``.
+2. Write a :class:`Backend` descriptor: ``name``, ``config_type``, ``capabilities``
+   (``"files"``, ``"tunable_breadth"``, ``"calibration"``), ``create_index``/``open_index``
+   (by path and config) and ``open``/``owned_paths``/``location`` (a library's index ``name`` under
+   its folder ``home``). Subclass :class:`~.file_backend.FileBackend` if its indexes are directories.
+3. Register it: declare ``[project.entry-points."fgsearch.backends"] mine = "pkg.module:MyBackend"``
+   in the package's pyproject (the built-ins are declared the same way in fgsearch's), or call
+   :func:`register_backend` from code. ``KINDS``, ``--backend`` and the option parsing follow.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-from typing import Any
-
-from .base import IndexStats, SearchResult, VectorIndex
+from .api import create_index, open_index, open_spec
+from .base import Calibratable, CalibrationSource, IndexStats, SearchResult, VectorIndex
 from .config import (
-    KINDS,
     ExactConfig,
     FaissConfig,
     IndexSpec,
     JournalConfig,
     QdrantConfig,
-    check_config,
-    check_kind,
 )
 from .errors import (
     BackendUnavailableError,
@@ -41,115 +65,44 @@ from .errors import (
     InvalidVectorError,
     UnknownIdError,
 )
-
-PathLike = str | Path
-
-
-def _store_class(kind: str) -> Any:
-    if kind == "exact":
-        from .exact import ExactIndex
-
-        return ExactIndex
-    from .faiss_index import FaissIndex
-
-    return FaissIndex
-
-
-def _qdrant_config(path: PathLike | None, config: Any) -> QdrantConfig:
-    cfg: QdrantConfig = check_config("qdrant", config)
-    if path is not None:
-        if cfg.url is not None:
-            raise IndexInputError("qdrant: give a path (embedded mode) or QdrantConfig(url=...), not both")
-        if cfg.path is not None and Path(cfg.path) != Path(path):
-            raise IndexInputError(f"qdrant: path {path} conflicts with QdrantConfig(path={cfg.path!r})")
-        cfg = dataclasses.replace(cfg, path=str(path))
-    if cfg.path is None and cfg.url is None:
-        raise IndexInputError("qdrant: give a path (embedded mode) or QdrantConfig(url=...) (server mode)")
-    return cfg
+from .faults import FaultPoints, faults
+from .registry import (
+    CAPABILITIES,
+    INDEX_NAMES,
+    Backend,
+    backend_names,
+    check_config,
+    check_kind,
+    get_backend,
+    register_backend,
+    unregister_backend,
+)
+from .store import MANIFEST
 
 
-def create_index(kind: str, path: PathLike | None, dim: int, *, config: Any = None) -> VectorIndex:
-    """Create a new, empty index of ``kind`` at ``path`` for ``dim``-d vectors.
-
-    ``path`` is a directory for ``exact``/``faiss`` and embedded ``qdrant``; it may be ``None`` for a
-    Qdrant server (``config=QdrantConfig(url=...)``). Raises :class:`IndexExistsError` if one exists.
-    """
-    spec = IndexSpec(kind=kind, dim=dim, config=config)
-    if kind == "qdrant":
-        from .qdrant_index import QdrantIndex
-
-        return QdrantIndex.create(_qdrant_config(path, spec.config), dim)
-    if path is None:
-        raise IndexInputError(f"a {kind} index needs a directory path")
-    index: VectorIndex = _store_class(kind).create(path, dim, spec.config)
-    return index
-
-
-def open_index(
-    kind: str | None,
-    path: PathLike | None,
-    *,
-    read_only: bool = False,
-    config: Any = None,
-    dim: int | None = None,
-    create: bool = False,
-) -> VectorIndex:
-    """Open the index of ``kind`` at ``path`` (``kind=None``: read it from the directory).
-
-    ``config=None`` reuses the configuration stored with the index. ``dim`` (optional) is checked
-    against the stored dimension. ``create=True`` creates the index when it does not exist yet (it
-    then needs ``kind`` and ``dim``, and conflicts with ``read_only=True``).
-    """
-    if create and read_only:
-        raise IndexInputError("create=True conflicts with read_only=True")
-    if create and (kind is None or dim is None):
-        raise IndexInputError("create=True needs both kind and dim")
-    if dim is not None and (not isinstance(dim, int) or dim < 1):
-        raise IndexInputError(f"dim must be a positive integer, got {dim!r}")
-    if kind is None:
-        if path is None:
-            raise IndexInputError("open_index(kind=None) needs a path to read the kind from")
-        from ._store import read_manifest
-
-        kind = str(read_manifest(Path(path))["kind"])
-    check_kind(kind)
-    if kind == "qdrant":
-        from .qdrant_index import QdrantIndex
-
-        cfg = _qdrant_config(path, config)
-        if create:
-            assert dim is not None
-            return QdrantIndex.create(cfg, dim, exist_ok=True)
-        return QdrantIndex.open(cfg, read_only=read_only, dim=dim)
-    if path is None:
-        raise IndexInputError(f"a {kind} index needs a directory path")
-    if config is not None:
-        check_config(kind, config)
-    cls = _store_class(kind)
-    if create and not (Path(path) / "manifest.json").exists():
-        assert dim is not None
-        try:
-            index: VectorIndex = cls.create(path, dim, config)
-            return index
-        except IndexExistsError:
-            pass  # created concurrently: open it below
-    index = cls.open(path, read_only=read_only, config=config, dim=dim)
-    return index
-
-
-def open_spec(spec: IndexSpec, path: PathLike | None, *, read_only: bool = False, create: bool = False) -> VectorIndex:
-    """Open (or create) the index described by ``spec``."""
-    return open_index(spec.kind, path, read_only=read_only, config=spec.config, dim=spec.dim, create=create)
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``KINDS``: the registered backend names, read from the registry when first asked for (the
+    entry points are scanned then, not when this package is imported)."""
+    if name == "KINDS":
+        return backend_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
+    "CAPABILITIES",
+    "INDEX_NAMES",
     "KINDS",
+    "MANIFEST",
+    "Backend",
     "BackendUnavailableError",
+    "Calibratable",
+    "CalibrationSource",
     "CollectionMismatchError",
     "DimensionMismatchError",
     "DuplicateIdError",
     "ExactConfig",
     "FaissConfig",
+    "FaultPoints",
     "IndexBackendError",
     "IndexClosedError",
     "IndexCorruptError",
@@ -166,7 +119,14 @@ __all__ = [
     "SearchResult",
     "UnknownIdError",
     "VectorIndex",
+    "backend_names",
+    "check_config",
+    "check_kind",
     "create_index",
+    "faults",
+    "get_backend",
     "open_index",
     "open_spec",
+    "register_backend",
+    "unregister_backend",
 ]

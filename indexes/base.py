@@ -8,9 +8,9 @@ vectors); ids are non-negative int64 catalog ids. Results are padded with id ``-
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,6 +25,8 @@ from .errors import (
 
 MissingPolicy = Literal["error", "ignore"]
 Payload = Mapping[str, Sequence[Any]]
+#: Calibration queries a caller gives: a set name -> ``[n, dim]`` vectors, or a callable returning that mapping.
+CalibrationSource = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,17 @@ class IndexStats:
     bytes_in_memory: int | None = None
     bytes_on_disk: int | None = None
     location: str | None = None
+
+
+@runtime_checkable
+class Calibratable(Protocol):
+    """The "calibration" capability: an index that tunes its search on queries of the kinds it will
+    serve (FAISS's approximate tiers). Exact search has nothing to tune and Qdrant tunes its own
+    HNSW, so those indexes are not Calibratable; check with ``isinstance(index, Calibratable)``."""
+
+    def set_calibration_queries(self, source: CalibrationSource | None) -> None:
+        """``source`` maps a set name (``"text"``) to ``[n, dim]`` query vectors, or is a callable
+        returning that mapping (called only when a tuning happens); ``None`` clears it."""
 
 
 class VectorIndex(abc.ABC):
@@ -171,16 +184,6 @@ class VectorIndex(abc.ABC):
         damaged). Backends whose storage keeps its own integrity (Qdrant) report nothing."""
         self._check_open()
         return [], np.zeros(0, dtype=np.int64)
-
-    def set_calibration_queries(self, source: Any) -> None:
-        """Queries of the kinds this index will serve, for backends that tune their search on them.
-
-        ``source`` maps a set name (``"text"``) to ``[n, dim]`` query vectors, or is a callable
-        returning that mapping (called only when a tuning happens). FAISS's approximate tiers
-        calibrate on them (see ``FaissIndex.set_calibration_queries``); exact search has nothing to
-        tune, and Qdrant tunes its own HNSW, so those backends keep no reference to them.
-        """
-        del source  # nothing to tune here (FaissIndex overrides this)
 
     # ----------------------------------------------------------------- helpers for subclasses
     def _check_open(self) -> None:

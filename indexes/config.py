@@ -1,6 +1,7 @@
 """Frozen configuration of the index backends.
 
-Each backend has one frozen dataclass; :class:`IndexSpec` names a backend, a dimension and its
+Each backend has one frozen dataclass (its descriptor in :mod:`.registry` names it as
+``config_type``); :class:`IndexSpec` names a backend, a dimension and its
 configuration so that callers (the catalog) can record and reopen exactly what they built.
 """
 
@@ -11,9 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import IndexInputError
-
-Kind = Literal["exact", "faiss", "qdrant"]
-KINDS: tuple[str, ...] = ("exact", "faiss", "qdrant")
 
 
 @dataclass(frozen=True)
@@ -185,33 +183,6 @@ class QdrantConfig:
             raise IndexInputError("QdrantConfig: batch_size must be >= 1 and max_retries >= 0")
 
 
-BackendConfig = ExactConfig | FaissConfig | QdrantConfig
-_CONFIG_TYPES: dict[str, type] = {"exact": ExactConfig, "faiss": FaissConfig, "qdrant": QdrantConfig}
-
-
-def default_config(kind: str) -> Any:
-    """The default configuration of backend ``kind``."""
-    check_kind(kind)
-    return _CONFIG_TYPES[kind]()
-
-
-def check_kind(kind: str) -> None:
-    """Reject an unknown backend name with the list of known ones."""
-    if kind not in KINDS:
-        raise IndexInputError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
-
-
-def check_config(kind: str, config: Any) -> Any:
-    """Return ``config`` (or the default) after checking that it belongs to backend ``kind``."""
-    check_kind(kind)
-    if config is None:
-        return default_config(kind)
-    expected = _CONFIG_TYPES[kind]
-    if not isinstance(config, expected):
-        raise IndexInputError(f"index kind {kind!r} takes a {expected.__name__}, got {type(config).__name__}")
-    return config
-
-
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain-JSON form of a config (secrets dropped), for manifests and stats."""
     data = dataclasses.asdict(config)
@@ -220,9 +191,9 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return data
 
 
-def config_from_dict(kind: str, data: dict[str, Any]) -> Any:
-    """Inverse of :func:`config_to_dict` (unknown keys are ignored, so old manifests still load)."""
-    cls = _CONFIG_TYPES[kind]
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Inverse of :func:`config_to_dict` for config type ``cls`` (unknown keys are ignored, so old
+    manifests still load)."""
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in data.items() if k in names}
     if "journal" in kwargs and isinstance(kwargs["journal"], dict):
@@ -240,7 +211,9 @@ class IndexSpec:
     config: Any = None
 
     def __post_init__(self) -> None:
-        check_kind(self.kind)
+        from .registry import check_config, get_backend  # the registry knows each backend's config type
+
+        get_backend(self.kind)
         if not isinstance(self.dim, int) or self.dim < 1:
             raise IndexInputError(f"dim must be a positive integer, got {self.dim!r}")
         object.__setattr__(self, "config", check_config(self.kind, self.config))

@@ -1,7 +1,7 @@
 """The exact backend (brute-force inner products with numpy/BLAS) and the shared file-backed base.
 
 :class:`StoreBackedIndex` implements the whole :class:`~.base.VectorIndex` contract on top of
-:class:`~._store.JournaledStore` (snapshot + journal durability); :class:`ExactIndex` adds exact
+:class:`~.store.JournaledStore` (snapshot + journal durability); :class:`ExactIndex` adds exact
 search. It is the yardstick every other backend is tested against, and a usable backend for small
 libraries and tests.
 """
@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from ._store import JournaledStore
 from .base import (
     IndexStats,
     MissingPolicy,
@@ -33,6 +32,8 @@ from .base import (
 )
 from .config import ExactConfig, config_from_dict, config_to_dict
 from .errors import DimensionMismatchError, DuplicateIdError, IndexCorruptError, UnknownIdError
+from .file_backend import FileBackend
+from .store import JournaledStore
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class StoreBackedIndex(VectorIndex):
                     "rebuild the index for this model"
                 )
             if config is None:
-                config = config_from_dict(cls.kind, store.manifest.get("config", {}))
+                config = config_from_dict(cls.config_type, store.manifest.get("config", {}))
             elif not read_only:
                 store.set_config(config_to_dict(config))
             index = cls(store, config, read_only=read_only)
@@ -325,3 +326,13 @@ class ExactIndex(StoreBackedIndex):
 
     def _params(self) -> dict[str, Any]:
         return {**super()._params(), "search": "exact"}
+
+
+class ExactBackend(FileBackend):
+    """Descriptor of the exact backend (registered through the ``fgsearch.backends`` entry points)."""
+
+    name = "exact"
+    config_type = ExactConfig
+
+    def index_class(self) -> type[ExactIndex]:
+        return ExactIndex

@@ -255,8 +255,15 @@ class _Run:
         from fgsearch.trainer.evaluation import evaluate_heldout
 
         self.model.eval()
-        kw = {"family": self.family.name, "region_walk": self.region_walk}
-        metrics = evaluate_heldout(self.model, heldout, self.transform, self.tokenizer, self.device, **kw)
+        metrics = evaluate_heldout(
+            self.model,
+            heldout,
+            self.transform,
+            self.tokenizer,
+            self.device,
+            family=self.family.name,
+            region_walk=self.region_walk,
+        )
         self.model.train()
         return metrics
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fgsearch.errors import LibraryError
-from fgsearch.library.settings import INDEX_NAMES
+from fgsearch.indexes import INDEX_NAMES
 from fgsearch.library.store import storage_errors
 
 if TYPE_CHECKING:

@@ -286,7 +286,6 @@ def _no_encoder(model: str) -> Encoder:
 
 
 def _stats_dict(index: VectorIndex) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
+    from dataclasses import asdict
 
-    st = index.stats()
-    return asdict(st) if is_dataclass(st) and not isinstance(st, type) else dict(st)
+    return asdict(index.stats())

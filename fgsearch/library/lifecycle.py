@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fgsearch.errors import LibraryError
+from fgsearch.indexes import INDEX_NAMES
 from fgsearch.library.settings import (
     DEFAULT_MODEL,
-    INDEX_NAMES,
     BackendSettings,
     calibration_texts,
     model_info,
@@ -101,15 +101,24 @@ def open_store(
         gidx, ridx = open_indexes(lib_dir, build.backend, dim, read_only=req.read_only, rebuild=req.rebuild_damaged)
         if not exists:
             _start_empty(lib_dir, (gidx, ridx), rebuilt=req.reindex)
-        if not req.read_only and encoder is not None and build.backend.has("calibration"):
-            texts = calibration_texts(encoder)  # approximate indexes tune their search breadth on text queries
-            for idx in (gidx, ridx):
-                idx.set_calibration_queries(texts)
+        if not req.read_only and encoder is not None:
+            _calibrate(encoder, (gidx, ridx))
     except BaseException:
         catalog.close()
         raise
     store = LibraryStore(lib_dir, catalog, gidx, ridx, build, read_only=req.read_only, reopen=reopen)
     return store, encoder
+
+
+def _calibrate(encoder: Encoder, indexes: tuple[VectorIndex, VectorIndex]) -> None:
+    """Approximate indexes tune their search breadth on text queries of this model (embedded on
+    first use: an index build)."""
+    from fgsearch.indexes import Calibratable
+
+    texts = calibration_texts(encoder)
+    for idx in indexes:
+        if isinstance(idx, Calibratable):
+            idx.set_calibration_queries(texts)
 
 
 def _prepare_build(
@@ -268,7 +277,7 @@ def _owned_index_dirs(lib_dir: Path, backend: BackendSettings | None) -> list[Pa
     """The vector-index folders a library created inside ``lib_dir``."""
     if backend is not None:
         return list(backend.owned_paths(lib_dir).values())
-    from fgsearch.library._interim_backends import backend_names
+    from fgsearch.indexes import backend_names
 
     return [p for kind in backend_names() for p in BackendSettings(kind).owned_paths(lib_dir).values()]
 

@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any
 from fgsearch.errors import LibraryError
 
 if TYPE_CHECKING:
-    from fgsearch.indexes import VectorIndex
+    from fgsearch.indexes import Backend, VectorIndex
     from fgsearch.model import Encoder
 
 DEFAULT_MODEL = "fg-clip-base"
-INDEX_NAMES = ("global", "regions")  # one vector per image, one per region box
 _LEGACY_KEYS = {"qdrant_url": "url", "qdrant_path": "path", "qdrant_collection": "collection"}
 
 _ENCODERS: dict[tuple[str, str, str], Encoder] = {}
@@ -56,7 +55,7 @@ class BackendSettings:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from fgsearch.library._interim_backends import IndexInputError
+        from fgsearch.indexes import IndexInputError
 
         try:
             parsed = _backend(self.kind).parse_options(dict(self.options))
@@ -92,8 +91,8 @@ class BackendSettings:
         return capability in _backend(self.kind).capabilities
 
 
-def _backend(kind: str) -> Any:
-    from fgsearch.library._interim_backends import IndexInputError, get_backend
+def _backend(kind: str) -> Backend:
+    from fgsearch.indexes import IndexInputError, get_backend
 
     try:
         return get_backend(kind)

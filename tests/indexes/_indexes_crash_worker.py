@@ -20,9 +20,7 @@ from typing import Any
 import numpy as np
 from _indexes_data import ann_config, small_journal, unit_vectors
 
-from fgsearch.indexes import ExactConfig, VectorIndex, create_index, open_index
-from fgsearch.indexes import _store as store_mod
-from fgsearch.indexes import faiss_index as faiss_mod
+from fgsearch.indexes import MANIFEST, ExactConfig, VectorIndex, create_index, faults, open_index
 
 DIM = 16
 BATCH = 150
@@ -78,36 +76,25 @@ def _block(stage: str) -> None:
 
 
 def install_hook(stage: str) -> None:
-    if stage == "vectors":
-        real = store_mod._write_npy
+    """Stop the save at ``stage`` through the indexes' named fault points (see fgsearch.indexes.faults)."""
+    if stage == "vectors":  # the first chunk of the new vectors file is in its temp file
 
-        def write_npy(path: Path, shape: Any, dtype: str, chunks: Any) -> None:
-            if not path.name.startswith("vectors."):
-                return real(path, shape, dtype, chunks)
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "wb") as f:
-                np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
-                first = next(iter(chunks))
-                f.write(first[: len(first) // 2].tobytes())
-                f.flush()
-            _block(stage)
+        def in_vectors(path: object) -> None:
+            if isinstance(path, Path) and path.name.startswith("vectors."):
+                _block(stage)
 
-        store_mod._write_npy = write_npy  # type: ignore[assignment]
-    elif stage == "faiss":
-        faiss_mod.fsync_file = lambda path: _block(stage)  # type: ignore[assignment]
-    elif stage == "manifest":
-        real_atomic = store_mod.atomic_write_bytes
+        faults.install("store.snapshot_chunk", in_vectors)
+    elif stage == "faiss":  # the FAISS file is written, not yet fsynced nor renamed
+        faults.install("faiss.before_fsync", lambda path: _block(stage))
+    elif stage == "manifest":  # the new manifest is complete in its temp file, not yet renamed
 
-        def atomic(path: Path, data: bytes) -> None:
-            if path.name != store_mod.MANIFEST:
-                return real_atomic(path, data)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(data)
-            _block(stage)
+        def in_manifest(path: object) -> None:
+            if isinstance(path, Path) and path.name == MANIFEST:
+                _block(stage)
 
-        store_mod.atomic_write_bytes = atomic  # type: ignore[assignment]
-    elif stage == "after":
-        store_mod.JournaledStore._collect_garbage = lambda self: _block(stage)  # type: ignore[method-assign]
+        faults.install("store.before_rename", in_manifest)
+    elif stage == "after":  # committed, the old generation's files not yet deleted
+        faults.install("store.collect_garbage", lambda path: _block(stage))
 
 
 def main() -> None:

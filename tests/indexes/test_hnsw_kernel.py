@@ -1,4 +1,4 @@
-"""fgsearch's HNSW search kernel (indexes/_hnsw_kernel.c via fgsearch.indexes._graph).
+"""fgsearch's HNSW search kernel (indexes/hnsw/_hnsw_kernel.c via fgsearch.indexes.hnsw).
 
 The kernel walks FAISS's own graph and codes; what it must guarantee: it is built by the install,
 every CPU variant returns the same candidates, its recall is FAISS's search's on the same graph,
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from _indexes_data import near_queries, text_like_queries, unit_vectors
 
-from fgsearch.indexes import FaissConfig, _graph, create_index, open_index
-from fgsearch.indexes.calibration import recall_at_k
+from fgsearch.indexes import FaissConfig, create_index, hnsw, native, open_index
+from fgsearch.indexes.faiss.calibration_queries import recall_at_k
 
 
 def _graph_index(
@@ -53,18 +53,18 @@ def graph() -> tuple[np.ndarray, np.ndarray, faiss.Index]:
 
 
 def test_the_install_built_the_kernel() -> None:
-    assert _graph.kernel_missing_reason() is None
-    assert _graph.kernel_isa() in _graph.ISAS
+    assert hnsw.kernel_missing_reason() is None
+    assert hnsw.kernel_isa() in hnsw.ISAS
 
 
 def test_every_cpu_variant_returns_the_same_candidates(graph, monkeypatch: pytest.MonkeyPatch) -> None:
     x, _, ann = graph
     q = np.concatenate([near_queries(x, 40), text_like_queries(x, 40, seed=5)])
-    best = _graph.ISAS.index(_graph.kernel_isa() or "generic")
+    best = hnsw.ISAS.index(hnsw.kernel_isa() or "generic")
     answers = {}
-    for isa in _graph.ISAS[: best + 1]:
-        monkeypatch.setenv(_graph.ENV, isa)
-        kernel = _graph.HnswKernel.for_index(ann)
+    for isa in hnsw.ISAS[: best + 1]:
+        monkeypatch.setenv(hnsw.ENV, isa)
+        kernel = hnsw.HnswKernel.for_index(ann)
         assert kernel is not None and kernel.isa == isa
         answers[isa] = kernel.search(q, 30, 64)
     first = answers["generic"]
@@ -75,7 +75,7 @@ def test_every_cpu_variant_returns_the_same_candidates(graph, monkeypatch: pytes
 
 def test_recall_matches_faiss_search_of_the_same_graph(graph) -> None:
     x, ids, ann = graph
-    kernel = _graph.HnswKernel.for_index(ann)
+    kernel = hnsw.HnswKernel.for_index(ann)
     assert kernel is not None
     for q in (near_queries(x, 200, seed=2), text_like_queries(x, 200, seed=9)):
         truth = ids[np.argsort(-(q @ x.T), axis=1)[:, :10]]
@@ -92,7 +92,7 @@ def test_recall_matches_faiss_search_of_the_same_graph(graph) -> None:
 
 def test_excluded_ids_never_come_back(graph) -> None:
     x, _, ann = graph
-    kernel = _graph.HnswKernel.for_index(ann)
+    kernel = hnsw.HnswKernel.for_index(ann)
     assert kernel is not None
     q = near_queries(x, 50, seed=4)
     plain = kernel.search(q, 20, 64)
@@ -107,7 +107,7 @@ def test_excluded_ids_never_come_back(graph) -> None:
 
 def test_batches_threads_and_concurrent_callers_change_nothing(graph) -> None:
     x, _, ann = graph
-    kernel = _graph.HnswKernel.for_index(ann)
+    kernel = hnsw.HnswKernel.for_index(ann)
     assert kernel is not None
     q = text_like_queries(x, 96, seed=8)
     one_by_one = np.concatenate([kernel.search(q[i : i + 1], 30, 64) for i in range(q.shape[0])])
@@ -133,17 +133,17 @@ def test_batches_threads_and_concurrent_callers_change_nothing(graph) -> None:
 def test_only_8bit_inner_product_graphs_use_it() -> None:
     x = unit_vectors(2000, 32, seed=1)
     ids = np.arange(2000, dtype=np.int64)
-    assert _graph.HnswKernel.for_index(_graph_index(x, ids, qtype=faiss.ScalarQuantizer.QT_4bit)) is None
+    assert hnsw.HnswKernel.for_index(_graph_index(x, ids, qtype=faiss.ScalarQuantizer.QT_4bit)) is None
     flat = faiss.IndexIDMap(faiss.IndexFlatIP(32))
     flat.add_with_ids(x, ids)
-    assert _graph.HnswKernel.for_index(flat) is None
-    assert _graph.HnswKernel.for_index(_graph_index(x, ids)) is not None
+    assert hnsw.HnswKernel.for_index(flat) is None
+    assert hnsw.HnswKernel.for_index(_graph_index(x, ids)) is not None
 
 
 def test_a_bad_variant_name_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(_graph.ENV, "sse9")
+    monkeypatch.setenv(hnsw.ENV, "sse9")
     with pytest.raises(ValueError, match="FGSEARCH_HNSW_KERNEL='sse9': use faiss, auto, generic"):
-        _graph.kernel_isa()
+        hnsw.kernel_isa()
 
 
 def test_the_faiss_backend_searches_with_it_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,7 +156,7 @@ def test_the_faiss_backend_searches_with_it_and_says_so(tmp_path: Path, monkeypa
         idx.save()
         idx.remove(ids[:50])  # removed since the snapshot: excluded through the kernel's mask
         p = idx.stats().params
-        assert (p["tier"], p["search_kernel"]) == ("hnsw", f"fgsearch-{_graph.kernel_isa()}")
+        assert (p["tier"], p["search_kernel"]) == ("hnsw", f"fgsearch-{hnsw.kernel_isa()}")
         q = np.concatenate([near_queries(x, 100, seed=3), text_like_queries(x, 100, seed=4)])
         got = idx.search(q, 10)
         assert not np.isin(got.ids, ids[:50]).any()
@@ -165,7 +165,7 @@ def test_the_faiss_backend_searches_with_it_and_says_so(tmp_path: Path, monkeypa
         assert recall_at_k(got.ids, truth) >= 0.95
         np.testing.assert_allclose(got.scores, np.take_along_axis(q @ x.T, (got.ids - 1) // 2, axis=1), atol=1e-5)
         assert p["calibration"]["reached"]
-    monkeypatch.setenv(_graph.ENV, "faiss")
+    monkeypatch.setenv(hnsw.ENV, "faiss")
     with open_index("faiss", tmp_path / "f", read_only=True, config=cfg) as ro:
         assert ro.stats().params["search_kernel"] == "faiss"
         theirs = ro.search(q, 10)
@@ -203,10 +203,10 @@ def test_a_short_read_of_the_vectors_file_is_an_error(tmp_path: Path) -> None:
     out = np.empty((2, 8), dtype=np.float32)
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert _graph.pread_rows(fd, 0, np.array([1, 0]), out)
+        assert native.pread_rows(fd, 0, np.array([1, 0]), out)
         np.testing.assert_array_equal(out, np.arange(16, dtype=np.float32).reshape(2, 8)[[1, 0]])
         with pytest.raises(OSError, match="short read of row 5"):
-            _graph.pread_rows(fd, 0, np.array([0, 5]), out)
+            native.pread_rows(fd, 0, np.array([0, 5]), out)
     finally:
         os.close(fd)
 
@@ -221,7 +221,7 @@ def test_recall_holds_when_a_few_dimensions_dominate() -> None:
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     ids = np.arange(x.shape[0], dtype=np.int64)
     ann = _graph_index(x, ids)
-    kernel = _graph.HnswKernel.for_index(ann)
+    kernel = hnsw.HnswKernel.for_index(ann)
     assert kernel is not None
     q = near_queries(x, 300, seed=13)
     truth = np.argsort(-(q @ x.T), axis=1)[:, :10]

@@ -1,4 +1,4 @@
-"""Level-0 link reinforcement of the FAISS backend's HNSW graphs (``_graph.reinforce_links``).
+"""Level-0 link reinforcement of the FAISS backend's HNSW graphs (``hnsw.reinforce_links``).
 
 FAISS's neighbour selection leaves most level-0 slots empty on clustered embeddings and some
 vectors with one or two links; the backend adds reverse links and tops every list up with nearest
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from _indexes_data import near_queries, text_like_queries, unit_vectors
 
-from fgsearch.indexes import FaissConfig, IndexInputError, _graph, create_index
-from fgsearch.indexes.calibration import recall_at_k
+from fgsearch.indexes import FaissConfig, IndexInputError, create_index, hnsw
+from fgsearch.indexes.faiss.calibration_queries import recall_at_k
 
 
 def _graph_index(x: np.ndarray, m: int = 8) -> faiss.Index:
@@ -57,10 +57,10 @@ def data() -> np.ndarray:
 
 @pytest.mark.parametrize("search", ["auto", "faiss"])  # neighbours found by our kernel, or by FAISS
 def test_lists_stay_valid_supersets_and_fill_up(data: np.ndarray, search: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(_graph.ENV, search)
+    monkeypatch.setenv(hnsw.ENV, search)
     ann = _graph_index(data)
     before = _level0(ann)
-    added = _graph.reinforce_links(ann, data, 0, 12, lambda p: data[p])
+    added = hnsw.reinforce_links(ann, data, 0, 12, lambda p: data[p])
     after = _level0(ann)
     _assert_valid(after)
     assert added == int((after >= 0).sum() - (before >= 0).sum()) > 0
@@ -76,11 +76,11 @@ def test_more_of_the_true_neighbours_are_found_at_the_same_breadth(data: np.ndar
     flat.add(data)
     queries = {"image": near_queries(data, 300, seed=4), "text": text_like_queries(data, 300, seed=5)}
     ann = _graph_index(data)
-    plain = _graph.HnswKernel.for_index(ann)
+    plain = hnsw.HnswKernel.for_index(ann)
     assert plain is not None
     before = {k: recall_at_k(plain.search(q, 10, 16), flat.search(q, 10)[1]) for k, q in queries.items()}
-    _graph.reinforce_links(ann, data, 0, 12, lambda p: data[p])
-    kernel = _graph.HnswKernel.for_index(ann)
+    hnsw.reinforce_links(ann, data, 0, 12, lambda p: data[p])
+    kernel = hnsw.HnswKernel.for_index(ann)
     assert kernel is not None
     after = {k: recall_at_k(kernel.search(q, 10, 16), flat.search(q, 10)[1]) for k, q in queries.items()}
     assert after["image"] >= before["image"] + 0.015, (before, after)

@@ -30,7 +30,7 @@ from fgsearch.indexes import (
     open_index,
 )
 from fgsearch.indexes.base import topk_rows
-from fgsearch.indexes.faiss_index import FaissIndex
+from fgsearch.indexes.faiss import FaissIndex
 
 DIM = 16
 
@@ -180,7 +180,7 @@ def test_read_only_and_lock(kind: str, tmp_path: Path) -> None:
 
 
 def test_factory_rejects_conflicts(tmp_path: Path) -> None:
-    with pytest.raises(IndexInputError, match="unknown index kind"):
+    with pytest.raises(IndexInputError, match=r"^unknown backend 'annoy'; choose one of exact, faiss, qdrant$"):
         create_index("annoy", tmp_path / "x", 8)
     with pytest.raises(IndexInputError, match="FaissConfig"):
         create_index("faiss", tmp_path / "x", 8, config=ExactConfig())

@@ -12,127 +12,37 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from _indexes_data import ann_config, near_queries, recall, same_topk, small_journal, text_like_queries, unit_vectors
+from _congruence import DIM, ROWS, N, Row, run_congruence
+from _indexes_data import ann_config, near_queries, recall, text_like_queries, unit_vectors
 
 from fgsearch.indexes import (
-    ExactConfig,
     FaissConfig,
     IndexInputError,
-    QdrantConfig,
-    VectorIndex,
+    backend_names,
     create_index,
     open_index,
 )
-from fgsearch.indexes.faiss_index import FaissIndex
-
-DIM = 32
-N = 3000  # qdrant embedded writes ~1 ms per point: its test uses N_QDRANT
-N_QDRANT = 1000
-
-
-def _apply_ops(indexes: list[VectorIndex], data: np.ndarray, *, save_midway: bool) -> None:
-    """The same sequence of adds, removals, upserts and re-adds on every index."""
-    rng = np.random.default_rng(7)
-    n = data.shape[0]
-    step = n // 6
-    for s in range(0, n, step):
-        for idx in indexes:
-            idx.add(np.arange(s, min(s + step, n)), data[s : s + step])
-            idx.flush()
-    if save_midway:
-        for idx in indexes:
-            idx.save()
-    removed = rng.choice(n, size=n // 10, replace=False)
-    replaced = rng.choice(np.setdiff1d(np.arange(n), removed), size=n // 20, replace=False)
-    new_vecs = unit_vectors(n // 20, DIM, seed=99)
-    readded = removed[: n // 60]
-    for idx in indexes:
-        assert idx.remove(removed) == n // 10
-        idx.add(replaced, new_vecs, upsert=True)
-        idx.add(readded, data[readded] * -1.0)  # re-add removed ids with other vectors
-        idx.add(np.arange(n, n + 100), unit_vectors(100, DIM, seed=5))
-        idx.flush()
-
-
-def _compare(ref: VectorIndex, other: VectorIndex, queries: np.ndarray, *, exact: bool) -> None:
-    np.testing.assert_array_equal(ref.ids(), other.ids())
-    probe = ref.ids()[::97]
-    np.testing.assert_allclose(ref.get(probe), other.get(probe), atol=1e-6)
-    allowed = ref.ids()[::3]
-    for kw in ({}, {"allowed_ids": allowed}, {"allowed_ids": allowed[:40]}):
-        r = ref.search(queries, 10, **kw)
-        o = other.search(queries, 10, **kw)
-        if exact:
-            assert same_topk(r.ids, r.scores, o.ids, o.scores), kw.keys()
-        else:
-            assert recall(o.ids, r.ids) >= 0.95, kw.keys()
-            valid = o.ids >= 0
-            vecs = ref.get(o.ids[valid])
-            rows = np.nonzero(valid)[0]
-            np.testing.assert_allclose(o.scores[valid], np.einsum("ij,ij->i", vecs, queries[rows]), atol=1e-5)
-        if "allowed_ids" in kw:
-            assert np.isin(o.ids[o.ids >= 0], kw["allowed_ids"]).all()
-
-
-def _congruence(tmp_path: Path, kind: str, config: Any, *, exact: bool, save_midway: bool, n: int = N) -> VectorIndex:
-    data = unit_vectors(n, DIM, seed=3)
-    queries = near_queries(data, 60)
-    ref = create_index("exact", tmp_path / "ref", DIM, config=ExactConfig(journal=small_journal()))
-    other = create_index(kind, tmp_path / kind, DIM, config=config)
-    _apply_ops([ref, other], data, save_midway=save_midway)
-    _compare(ref, other, queries, exact=exact)
-    # reopen: snapshot + journal replay must give the same answers
-    ref.close()
-    other.close()
-    ref = open_index("exact", tmp_path / "ref", read_only=True)
-    other = open_index(kind, tmp_path / kind)
-    _compare(ref, other, queries, exact=exact)
-    other.save()  # fold the journal into a new snapshot
-    _compare(ref, other, queries, exact=exact)
-    other.close()
-    other = open_index(kind, tmp_path / kind, read_only=kind != "qdrant")
-    _compare(ref, other, queries, exact=exact)
-    ref.close()
-    return other
-
-
-def test_exact_backend_persistence_roundtrip(tmp_path: Path) -> None:
-    other = _congruence(tmp_path, "exact", ExactConfig(), exact=True, save_midway=False)
-    other.close()
-
-
-def test_faiss_flat_tier_is_exact(tmp_path: Path) -> None:
-    other = _congruence(tmp_path, "faiss", FaissConfig(journal=small_journal()), exact=True, save_midway=True)
-    assert other.stats().params["tier"] == "flat"
-    other.close()
-
+from fgsearch.indexes.faiss import FaissIndex
 
 STRUCTURES = [("hnsw", "hnsw"), ("ivfpq", "ivf")]
 
 
-@pytest.mark.parametrize("save_midway", [True, False])
-@pytest.mark.parametrize(("structure", "tier"), STRUCTURES)
-def test_faiss_approximate_tier_recall(tmp_path: Path, save_midway: bool, structure: str, tier: str) -> None:
-    cfg = ann_config(structure=structure)
-    other = _congruence(tmp_path, "faiss", cfg, exact=False, save_midway=save_midway)
-    params = other.stats().params
-    assert params["tier"] == tier
-    sets = params["calibration"]["sets"]
-    assert set(sets) == {"image", "text"} and sets["text"]["source"].startswith("synthetic cross-modal")
-    assert sets["image"]["recall10"] >= 0.95
-    if structure == "hnsw":  # IVF-PQ misses text-like queries at any nprobe here (worst set ~0.86)
-        assert params["calibrated_recall"] >= 0.95 and params["calibration"]["reached"]
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_backend_agrees_with_exact(tmp_path: Path, row: Row) -> None:
+    """The congruence suite: one row per backend (and per tier of one), all against exact."""
+    other = run_congruence(
+        tmp_path, row.kind, row.config(tmp_path), exact=row.exact, save_midway=row.save_midway, n=row.n
+    )
+    if row.check is not None:
+        row.check(other.stats().params)
     other.close()
 
 
-def test_qdrant_embedded_is_exact(tmp_path: Path) -> None:
-    cfg = QdrantConfig(path=str(tmp_path / "qdrant"), batch_size=300)
-    other = _congruence(tmp_path, "qdrant", cfg, exact=True, save_midway=False, n=N_QDRANT)
-    other.close()
+def test_every_registered_backend_has_a_congruence_row() -> None:
+    assert set(backend_names()) <= {r.kind for r in ROWS}
 
 
 def test_qdrant_payload_carries_image_and_region(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from fgsearch.indexes import (
     IndexNotFoundError,
     QdrantConfig,
     create_index,
+    faults,
     open_index,
 )
 
@@ -32,53 +33,50 @@ def _cfg(tmp_path: Path, **kw: Any) -> QdrantConfig:
     return QdrantConfig(path=str(tmp_path / "q"), retry_backoff_s=0.0, **kw)
 
 
-def test_transient_errors_are_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transient_errors_are_retried(tmp_path: Path) -> None:
     idx = create_index("qdrant", None, DIM, config=_cfg(tmp_path, batch_size=4, max_retries=2))
-    real = idx._client.upsert  # type: ignore[attr-defined]
     calls = {"n": 0}
 
-    def flaky(*a: Any, **kw: Any) -> Any:
+    def flaky(collection: object) -> None:
         calls["n"] += 1
         if calls["n"] in (1, 3):  # first try of batch 1 and of batch 2 fail
             raise ResponseHandlingException(ConnectionError("connection reset"))
-        return real(*a, **kw)
 
-    monkeypatch.setattr(idx._client, "upsert", flaky)  # type: ignore[attr-defined]
-    idx.add(np.arange(8), unit_vectors(8, DIM))
+    with faults.inject("qdrant.upsert", flaky):
+        idx.add(np.arange(8), unit_vectors(8, DIM))
     assert calls["n"] == 4 and len(idx) == 8
     idx.close()
 
 
-def test_failed_add_is_undone_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_add_is_undone_and_reported(tmp_path: Path) -> None:
     idx = create_index("qdrant", None, DIM, config=_cfg(tmp_path, batch_size=4, max_retries=1))
     idx.add([100], unit_vectors(1, DIM))
-    real = idx._client.upsert  # type: ignore[attr-defined]
     calls = {"n": 0}
 
-    def dies_on_second_batch(*a: Any, **kw: Any) -> Any:
+    def dies_on_second_batch(collection: object) -> None:
         calls["n"] += 1
         if calls["n"] >= 2:
             raise UnexpectedResponse(503, "Service Unavailable", b"", None)  # type: ignore[arg-type]
-        return real(*a, **kw)
 
-    monkeypatch.setattr(idx._client, "upsert", dies_on_second_batch)  # type: ignore[attr-defined]
-    with pytest.raises(IndexBackendError, match=r"503 .*the 4 new ones written were removed$"):
+    with (
+        faults.inject("qdrant.upsert", dies_on_second_batch),
+        pytest.raises(IndexBackendError, match=r"503 .*the 4 new ones written were removed$"),
+    ):
         idx.add(np.arange(10), unit_vectors(10, DIM, seed=2))
     assert calls["n"] == 3  # first batch, then the second batch tried twice (1 retry)
     np.testing.assert_array_equal(idx.ids(), [100])  # no half-written state left behind
     idx.close()
 
 
-def test_non_transient_errors_are_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_transient_errors_are_not_retried(tmp_path: Path) -> None:
     idx = create_index("qdrant", None, DIM, config=_cfg(tmp_path, max_retries=3))
     calls = {"n": 0}
 
-    def bad_request(*a: Any, **kw: Any) -> Any:
+    def bad_request(collection: object) -> None:
         calls["n"] += 1
         raise UnexpectedResponse(400, "Bad Request", b"wrong", None)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(idx._client, "upsert", bad_request)  # type: ignore[attr-defined]
-    with pytest.raises(IndexBackendError, match="nothing was written"):
+    with faults.inject("qdrant.upsert", bad_request), pytest.raises(IndexBackendError, match="nothing was written"):
         idx.add([1], unit_vectors(1, DIM))
     assert calls["n"] == 1
     idx.close()

@@ -386,7 +386,7 @@ def test_a_full_disk_is_one_line_and_the_library_keeps_what_was_committed(
     import sqlalchemy
 
     from fgsearch.catalog import Catalog
-    from fgsearch.indexes._store import JournaledStore
+    from fgsearch.indexes.store import JournaledStore
 
     root = tmp_path / "photos"
     make_folder(root, n_good=6, bad=False)

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .base import (
+from ..base import (
     IndexStats,
     MissingPolicy,
     Payload,
@@ -42,8 +42,8 @@ from .base import (
     empty_result,
     topk_rows,
 )
-from .config import QdrantConfig, config_to_dict
-from .errors import (
+from ..config import QdrantConfig, config_to_dict
+from ..errors import (
     BackendUnavailableError,
     CollectionMismatchError,
     DuplicateIdError,
@@ -54,6 +54,7 @@ from .errors import (
     IndexNotFoundError,
     UnknownIdError,
 )
+from ..faults import faults
 
 log = logging.getLogger(__name__)
 
@@ -360,10 +361,14 @@ class QdrantIndex(VectorIndex):
                 if cols:
                     payloads = [{key: col[i] for key, col in cols.items()} for i in range(s, e)]
                 batch = models.Batch(ids=arr[s:e].tolist(), vectors=vecs[s:e].tolist(), payloads=payloads)
-                self._retry("upsert", partial(self._client.upsert, self._config.collection, points=batch, wait=True))
+                self._retry("upsert", partial(self._upsert, batch))
                 written = e
         except Exception as e:
             raise IndexBackendError(self._undo_partial_add(arr, existing, written, e)) from e
+
+    def _upsert(self, batch: Any) -> None:
+        faults.reach("qdrant.upsert", self._config.collection)
+        self._client.upsert(self._config.collection, points=batch, wait=True)
 
     def _undo_partial_add(self, ids: np.ndarray, existing: np.ndarray, written: int, exc: Exception) -> str:
         """Delete the new points a failed add wrote; return a message saying what is left."""

@@ -1,0 +1,176 @@
+"""Calibration of the FAISS backend's search: the breadth and re-rank depth that reach the recall goal.
+
+"Calibration" means one thing in this package: tuning the approximate search's breadth
+(``efSearch`` for HNSW, ``nprobe`` for IVF) and re-rank depth against exact search. The steps:
+:func:`calibration_sets` (the query sets to satisfy), :func:`_exact_truths` (their exact top 10),
+:func:`_search_ladder` (the narrowest breadth, then the shallowest depth, reaching the goal) and
+:func:`_record` (what was measured and why, for ``stats().params["calibration"]``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..base import Calibratable, CalibrationSource, as_queries
+from ..config import FaissConfig
+from ..errors import IndexInputError
+from ..exact import exact_topk
+from .calibration_queries import cross_modal_queries, in_distribution_queries, recall_at_k
+
+log = logging.getLogger(__name__)
+
+#: ``(queries, breadth, rerank factor) -> candidate ids [nq, 10]`` as the index would search.
+Candidates = Callable[[np.ndarray, int, int], np.ndarray]
+QuerySets = dict[str, tuple[np.ndarray, str]]
+_Trial = tuple[int, int, dict[str, float]]  # breadth, rerank factor, recall per set
+
+__all__ = ["Calibratable", "CalibrationSource", "calibrate", "calibration_sets", "ef_ladder"]
+
+
+def ef_ladder(depth: int) -> list[int]:
+    """efSearch values to try for a re-rank depth: powers of two and 1.5x between them
+    (32, 48, 64, 96, ...), from the first one at or above ``depth``; the half steps matter at
+    large collections, where doubling efSearch doubles the cost of every query."""
+    steps = sorted({m * 2**e for e in range(4, 17) for m in (2, 3)})
+    return [b for b in steps if b >= depth]
+
+
+def calibration_sets(vecs: np.ndarray, cfg: FaissConfig, source: CalibrationSource | None, dim: int) -> QuerySets:
+    """Named query sets (queries, where they came from) the calibration must satisfy."""
+    sets: QuerySets = {
+        "image": (
+            in_distribution_queries(vecs, cfg.calibration_queries, cfg.seed + 1),
+            "synthetic: stored vectors plus noise",
+        )
+    }
+    given: Mapping[str, Any] = {}
+    if source is not None:
+        given = source() if callable(source) else source
+    for name, queries in given.items():
+        try:
+            q = as_queries(queries, dim)
+        except IndexInputError as e:
+            raise IndexInputError(f"calibration query set {name!r}: {e}") from e
+        if q.shape[0] == 0:
+            continue
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        sets[str(name)] = (np.ascontiguousarray(q[: cfg.calibration_queries], dtype=np.float32), "given by caller")
+    if len(sets) == 1:
+        sets["text"] = (
+            cross_modal_queries(vecs, cfg.calibration_queries, cfg.seed + 2),
+            "synthetic cross-modal (no text queries given)",
+        )
+    return sets
+
+
+def calibrate(
+    ann: Any,
+    tier: str,
+    vecs: np.ndarray,
+    ids: np.ndarray,
+    cfg: FaissConfig,
+    sets: QuerySets,
+    candidates: Candidates,
+    *,
+    fixed: int | None,
+) -> dict[str, Any]:
+    """Pick the search breadth and re-rank depth reaching the recall goal on every query set.
+
+    For each re-rank depth ``rerank_factor * k`` (doubling up to 16x the configured factor), find
+    the smallest breadth (``nprobe``: powers of two up to ``nlist / 4``; ``efSearch``: 32, 48,
+    64, 96, ... from the depth up to ``max_ef_search``) whose recall@10 against exact search reaches
+    the goal on the worst query set. The narrowest breadth wins (the breadth is what a search
+    costs), then the shallowest depth: a deeper re-rank is only tried with breadths narrower than
+    the best so far. A configured breadth (``fixed``) is kept and only measured. Returns the
+    manifest extras (``nprobe``/``ef_search``, ``rerank_factor`` and a ``calibration`` record).
+    """
+    truths = _exact_truths(sets, vecs, ids, cfg.block_rows)
+
+    def measure(breadth: int, factor: int) -> dict[str, float]:
+        return {name: recall_at_k(candidates(q, breadth, factor), truths[name]) for name, (q, _) in sets.items()}
+
+    goal = min(1.0, cfg.recall_target + cfg.calibration_margin)
+    nlist = int(ann.nlist) if tier == "ivf" else 0
+    (breadth, factor, recalls), reached = _search_ladder(measure, tier, nlist, cfg, fixed, goal)
+    name = "nprobe" if tier == "ivf" else "ef_search"
+    if not reached:
+        log.warning(
+            "recall target %.3f not reached on calibration queries (worst set %.3f); %s",
+            goal,
+            min(recalls.values()),
+            "raise pq_m or nlist" if tier == "ivf" else "raise hnsw_m, hnsw_ef_construction or max_ef_search",
+        )
+    record = _record(sets, cfg, (breadth, factor, recalls), name, goal, reached=reached, fixed=fixed is not None)
+    worst = min(recalls.values())
+    return {name: breadth, "rerank_factor": factor, "calibrated_recall": worst, "calibration": record}
+
+
+def _exact_truths(sets: QuerySets, vecs: np.ndarray, ids: np.ndarray, block: int) -> dict[str, np.ndarray]:
+    """Each set's exact top-10 ids over the snapshot (the yardstick of recall)."""
+    return {
+        name: exact_topk(
+            q, ((vecs[s : s + block], np.asarray(ids[s : s + block])) for s in range(0, ids.size, block)), 10
+        )[0]
+        for name, (q, _) in sets.items()
+    }
+
+
+def _breadths(tier: str, nlist: int, cfg: FaissConfig, depth: int, fixed: int | None) -> list[int]:
+    """The breadths to try, narrowest first, for a re-rank ``depth``."""
+    if fixed is not None:
+        return [fixed]
+    if tier == "ivf":
+        cap = max(1, nlist // 4)
+        return sorted({min(2**i, cap) for i in range(0, cap.bit_length() + 1)})
+    return [b for b in ef_ladder(depth) if b <= cfg.max_ef_search] or [depth]
+
+
+def _search_ladder(
+    measure: Callable[[int, int], dict[str, float]],
+    tier: str,
+    nlist: int,
+    cfg: FaissConfig,
+    fixed: int | None,
+    goal: float,
+) -> tuple[_Trial, bool]:
+    """The chosen (breadth, factor, recalls) and whether it reached ``goal`` (else the best seen)."""
+    best: _Trial = (0, cfg.rerank_factor, {"-": -1.0})
+    chosen: _Trial | None = None
+    for factor in [cfg.rerank_factor * f for f in (1, 2, 4, 8, 16)]:
+        breadths = _breadths(tier, nlist, cfg, max(10 * factor, cfg.min_rerank), fixed)
+        if chosen is not None:  # a deeper re-rank only wins with a narrower (cheaper) search
+            breadths = [b for b in breadths if b < chosen[0]]
+        for breadth in breadths:
+            recalls = measure(breadth, factor)
+            if min(recalls.values()) > min(best[2].values()):
+                best = (breadth, factor, recalls)
+            if min(recalls.values()) >= goal:
+                chosen = (breadth, factor, recalls)
+                break
+    return (chosen, True) if chosen is not None else (best, False)
+
+
+def _record(
+    sets: QuerySets, cfg: FaissConfig, trial: _Trial, name: str, goal: float, *, reached: bool, fixed: bool
+) -> dict[str, Any]:
+    """What was calibrated, on which query sets, and the recall each reached."""
+    breadth, factor, recalls = trial
+    return {
+        "goal_recall10": goal,
+        "reached": reached,
+        "breadth_name": name,
+        "breadth": breadth,
+        "rerank_depth_k10": max(10 * factor, cfg.min_rerank),
+        "rule": (
+            f"smallest {name}{' (configured)' if fixed else ''}, then smallest "
+            f"re-rank depth, whose recall@10 against exact search reaches {goal:.3f} on every query set"
+        ),
+        "sets": {
+            k: {"queries": int(sets[k][0].shape[0]), "source": sets[k][1], "recall10": round(v, 4)}
+            for k, v in recalls.items()
+        },
+    }
