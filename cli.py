@@ -154,20 +154,11 @@ def index(
     bk = opt.backend_settings(backend, qdrant_url, qdrant_path, backend_opt)
     rs = opt.region_settings(regions, max_regions, sidecar)
     opts = IndexOptions(
-        include=tuple(include),
-        exclude=tuple(exclude),
-        extensions=tuple(ext),
-        hidden=hidden,
-        prune=prune,
-        prune_unselected=prune_unselected,
-        follow_links=follow_links,
-        retry_failed=retry_failed,
-        batch_size=batch_size,
-        workers=workers,
-        max_megapixels=max_megapixels,
-        min_side=min_side,
+        include=tuple(include), exclude=tuple(exclude), extensions=tuple(ext), hidden=hidden, prune=prune,
+        prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed,
+        batch_size=batch_size, workers=workers, max_megapixels=max_megapixels, min_side=min_side,
         fast_decode=fast_decode,
-    )
+    )  # fmt: skip
     out = console(stderr=json_out)
     folders: list[str | os.PathLike[str]] = [str(p) for p in paths]
     with (
@@ -223,16 +214,10 @@ def query(
     taken, modified = (captured_after, captured_before), (modified_after, modified_before)
     filters = opt.filters(path_glob, path_prefix, taken, modified, min_score)
     q = SearchQuery(
-        text=text,
-        image=str(image) if image else None,
-        box=Box.parse(box) if box is not None else None,
-        negative=negative,
-        k=top,
-        by=by,
-        filters=filters,
+        text=text, image=str(image) if image else None, box=Box.parse(box) if box is not None else None,
+        negative=negative, k=top, by=by, filters=filters, text_path=text_path,
         weights=FusionWeights(global_=w_global, region=w_region, negative=w_negative),
-        text_path=text_path,
-    )
+    )  # fmt: skip
     info = QueryInfo()
     with Library.open(library, read_only=True, device=device) as lib:
         hits = lib.search(query=q, info=info)

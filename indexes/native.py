@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,13 +28,27 @@ def load_library() -> Any:
     with _lock:
         if _lib is not None or _lib_error is not None:
             return _lib
-        try:
-            from .hnsw import _hnsw_kernel  # type: ignore[attr-defined]
-        except ImportError as e:
-            _lib_error = f"the C extension fgsearch.indexes.hnsw._hnsw_kernel is not built ({e})"
+        built = _extension_file()
+        if built is None:
+            _lib_error = "the C extension fgsearch.indexes.hnsw._hnsw_kernel is not built"
             return None
-        _lib = _declare(ctypes.CDLL(str(_hnsw_kernel.__file__)))
+        try:
+            _lib = _declare(ctypes.CDLL(str(built)))
+        except OSError as e:
+            _lib_error = f"the C extension {built} cannot be loaded ({e})"
         return _lib
+
+
+def _extension_file() -> Path | None:
+    """Where pip built the extension (beside its source, ``hnsw/``). Found by name, not imported:
+    importing it would import the ``hnsw`` package, whose wrapper loads this module."""
+    import importlib.machinery
+
+    folder = Path(__file__).resolve().parent / "hnsw"
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if (folder / f"_hnsw_kernel{suffix}").is_file():
+            return folder / f"_hnsw_kernel{suffix}"
+    return None
 
 
 def _declare(lib: Any) -> Any:
