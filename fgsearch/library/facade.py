@@ -49,7 +49,9 @@ class Library:
     and backend that built it and refuses to mix vectors from another model.
     """
 
-    def __init__(self, store: LibraryStore, *, lock: Any = None, device: str = "auto", encoder: Encoder | None = None):
+    def __init__(
+        self, store: LibraryStore, *, lock: Any = None, device: str = "auto", encoder: Encoder | None = None
+    ) -> None:
         self.store = store
         self.device = device
         self._lock = lock
