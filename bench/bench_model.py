@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,25 +85,7 @@ def bench_fgclip(args: argparse.Namespace) -> None:
     tok = Tokenizer()
     ref_tok = open_clip.get_tokenizer("ViT-B-16")
     rng = np.random.default_rng(0)
-    words = [
-        "red",
-        "mug",
-        "left",
-        "of",
-        "an",
-        "open",
-        "silver",
-        "laptop",
-        "next",
-        "to",
-        "a",
-        "potted",
-        "cactus",
-        "on",
-        "a",
-        "wooden",
-        "desk",
-    ]
+    words = "red mug left of an open silver laptop next to a potted cactus on a wooden desk".split()
     short_texts = [" ".join(rng.choice(words, 20)) for _ in range(args.batch)]
     long_texts = [" ".join(rng.choice(words, 150)) for _ in range(args.batch)]
     boxes = [torch.rand(16, 2).sort(dim=1).values.repeat_interleave(2, 1)[:, [0, 2, 1, 3]] for _ in range(args.batch)]
@@ -142,16 +125,22 @@ def bench_fgclip(args: argparse.Namespace) -> None:
                 )
             n = len(texts)
             rows.append((f"texts/s {name} ({len(texts[0].split())} words, batch {n})", n / t_ours, n / t_ref))
-        # same work as open_clip on the short path: a full 77-token row (no trimming possible)
-        full = torch.randint(1, 49000, (args.batch, 77), device=dev)
-        full[:, -1] = 49407
-        full_ref = full.clone()
         with ctx():
-            t_ours, t_ref = timed_pair(
-                lambda: ours.encode_text(full, TextPath.SHORT), lambda: ref.encode_text(full_ref), args.repeats
-            )
-        rows.append((f"texts/s short (77 tokens full, batch {args.batch})", args.batch / t_ours, args.batch / t_ref))
+            rows.append(_full_short_row(ours, ref, args, dev))
     print_rows(rows)
+
+
+def _full_short_row(ours: Any, ref: Any, args: argparse.Namespace, dev: torch.device) -> tuple[str, float, float]:
+    """Same work as open_clip on the short path: a full 77-token row (no trimming possible)."""
+    from fgsearch.model import TextPath
+
+    full = torch.randint(1, 49000, (args.batch, 77), device=dev)
+    full[:, -1] = 49407
+    full_ref = full.clone()
+    t_ours, t_ref = timed_pair(
+        lambda: ours.encode_text(full, TextPath.SHORT), lambda: ref.encode_text(full_ref), args.repeats
+    )
+    return (f"texts/s short (77 tokens full, batch {args.batch})", args.batch / t_ours, args.batch / t_ref)
 
 
 def _add(rows: list[tuple[str, float, float]], row: tuple[str, float, float]) -> None:
@@ -174,34 +163,15 @@ def _mixed_images(n: int, seed: int = 0) -> list:
 
 
 def bench_fgclip2(args: argparse.Namespace) -> None:
-    import tempfile
-    from pathlib import Path
-
     import open_clip
 
-    from fgsearch.model import FGCLIP2, FGCLIP2Config, ImageBatch, ModelSpec, TorchEncoder
-    from fgsearch.model.tiny import write_tokenizer
+    from fgsearch.model import ImageBatch
 
     dev = torch.device(args.device)
     amp = dev.type == "cuda"
     torch.manual_seed(0)
-    cfg = FGCLIP2Config.base()
-    ours = FGCLIP2(cfg).eval().to(dev)
+    ours, enc = _fgclip2_encoder(dev, amp)
     ref = open_clip.create_model("ViT-B-16-SigLIP2-256", pretrained=None).eval().to(dev)
-    tmp = Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
-    write_tokenizer(tmp, 2000)  # a small stand-in vocabulary: tokenizing is not what is timed
-    spec = ModelSpec(
-        name="fg-clip2-base (random)",
-        family="fgclip2",
-        local_dir=str(tmp),
-        patch_size=16,
-        short_length=64,
-        long_length=196,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        fingerprint="bench",
-    )
-    enc = TorchEncoder(ours, spec, device=dev, precision="bf16" if amp else "fp32")
     from fgsearch.model import FGCLIP, FGCLIPConfig, TextPath, Tokenizer
 
     v1 = FGCLIP(FGCLIPConfig.base()).eval().to(dev)  # built outside inference mode (its q/k/v cache)
@@ -255,6 +225,31 @@ def bench_fgclip2(args: argparse.Namespace) -> None:
     print_rows([v1_row], "FG-CLIP 2", "FG-CLIP v1")
     if args.index_images:
         bench_index2(enc, args.index_images, bs, args.repeats)
+
+
+def _fgclip2_encoder(dev: torch.device, amp: bool) -> tuple[Any, Any]:
+    """The FG-CLIP 2 base architecture with random weights, and an encoder around it."""
+    import tempfile
+    from pathlib import Path
+
+    from fgsearch.model import FGCLIP2, FGCLIP2Config, ModelSpec, TorchEncoder
+    from fgsearch.model.tiny import write_tokenizer
+
+    ours = FGCLIP2(FGCLIP2Config.base()).eval().to(dev)
+    tmp = Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
+    write_tokenizer(tmp, 2000)  # a small stand-in vocabulary: tokenizing is not what is timed
+    spec = ModelSpec(
+        name="fg-clip2-base (random)",
+        family="fgclip2",
+        local_dir=str(tmp),
+        patch_size=16,
+        short_length=64,
+        long_length=196,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        fingerprint="bench",
+    )
+    return ours, TorchEncoder(ours, spec, device=dev, precision="bf16" if amp else "fp32")
 
 
 def bench_index2(enc, n: int, batch: int, repeats: int) -> None:  # type: ignore[no-untyped-def]

@@ -69,11 +69,13 @@ class BackendSettings:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BackendSettings:
         """Settings as a catalog stored them (either format)."""
+        kind = str(d.get("kind", "faiss"))
         opts = dict(d.get("options") or {})
-        for old, new in _LEGACY_KEYS.items():
-            if d.get(old) is not None:
-                opts.setdefault(new, d[old])
-        return cls(kind=str(d.get("kind", "faiss")), options=opts)
+        if kind == "qdrant":  # the old format kept qdrant's fields beside the kind, for every kind
+            for old, new in _LEGACY_KEYS.items():
+                if d.get(old) is not None:
+                    opts.setdefault(new, d[old])
+        return cls(kind=kind, options=opts)
 
     def open(self, home: Path, name: str, dim: int, *, read_only: bool, create: bool) -> VectorIndex:
         """The library's ``name`` index ("global" or "regions") in this backend."""

@@ -77,6 +77,34 @@ def test_reindex_keeps_the_backend_and_region_settings_unless_new_ones_are_given
         assert lib.backend.kind == "faiss" and lib.region_settings == none
 
 
+def test_a_library_recorded_with_the_old_backend_format_opens_searches_and_reindexes(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Catalogs written before backend options kept qdrant's fields beside every kind
+    (``{"kind": "faiss", "qdrant_url": null, ..., "qdrant_collection": "fgsearch"}``): they open as
+    they did, and the fields mean qdrant's options only for a qdrant library."""
+    import json
+    import sqlite3
+
+    root = tmp_path / "photos"
+    make_folder(root, n_good=2, bad=False)
+    lib_dir = tmp_path / "lib"
+    with Library.open(lib_dir, model=str(tiny_model_dir), backend="exact") as lib:
+        lib.index(root)
+    old = {"kind": "exact", "qdrant_url": None, "qdrant_path": None, "qdrant_collection": "fgsearch"}
+    with sqlite3.connect(lib_dir / "catalog.sqlite") as con:
+        con.execute("UPDATE meta SET value=? WHERE key='backend'", (json.dumps(old),))
+    with Library.open(lib_dir, read_only=True) as reader:
+        assert reader.backend == BackendSettings("exact") and len(reader.search("a photo", k=2)) == 2
+    with Library.open(lib_dir) as lib:
+        assert lib.index(root).unchanged == 2
+    with Library.open(lib_dir, reindex=True) as lib:
+        assert lib.backend == BackendSettings("exact") and lib.index(root).indexed == 2
+    legacy = {"kind": "qdrant", "qdrant_url": None, "qdrant_path": "/srv/q", "qdrant_collection": "photos"}
+    assert BackendSettings.from_dict(legacy).options["path"] == "/srv/q"
+    assert BackendSettings.from_dict(legacy).options["collection"] == "photos"
+
+
 def test_doctor_on_a_folder_without_a_library_refuses_and_writes_nothing(tmp_path: Path) -> None:
     from fgsearch.console.cli import app
 
