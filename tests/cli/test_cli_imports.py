@@ -1,7 +1,7 @@
 """Commands that run no model import no torch (issue 23.9: `fgsearch models` took 1.8 s and 669 MB
 to print a table). Each command runs in a fresh interpreter, which then lists the heavy modules
-it holds. Not here: `doctor --repair`, which opens the library as a writer, and a writer loads the
-library's model (to check it, and for the breadth calibration of approximate indexes)."""
+it holds. `doctor --repair` opens the library as a writer: a writer given no model loads the
+library's own only when it needs it (to index, or to calibrate an approximate index it builds)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ def test_commands_that_run_no_model_import_no_torch(tmp_path: Path, tiny_model_d
         ["status", "-l", lib, "--json"],
         ["status", "-l", lib, "--failed"],
         ["doctor", "-l", lib],
+        ["doctor", "-l", lib, "--repair"],
         ["make-data", "fineshapes", str(tmp_path / "data"), "--n", "2"],
     ]
     runs = {" ".join(c): _heavy_modules(c) for c in commands}
