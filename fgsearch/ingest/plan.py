@@ -72,8 +72,7 @@ def select_changed(
 ) -> list[tuple[str, Any]]:
     """Skip stage: files whose path, size and mtime the catalog already has are marked seen (a
     known failure stays failed unless ``retry_failed``, and counts as failed, not as unchanged);
-    walk errors are recorded. Returns the
-    (root, entry) pairs left to read."""
+    walk errors are recorded. Returns the (root, entry) pairs left to read."""
     cat = catalog
     known_files = cat.file_states([e.path for _, e in entries if not e.error])
     todo: list[tuple[str, Any]] = []
