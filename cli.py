@@ -437,7 +437,9 @@ def eval_(
     model: str = typer.Option("fg-clip-base", "--model", "-m", help=opt.MODEL_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Images (or texts) per forward pass."),
     device: str = opt.DEVICE,
-    limit: int | None = typer.Option(None, "--limit", help="Only the first N images (a quick check, not comparable)."),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Only the first N images (a quick check; not comparable when that leaves data out)."
+    ),
     json_out: bool = opt.json_flag("Print the result as JSON."),
 ) -> None:
     """Reproduce the paper's benchmarks from local data; the paper's numbers are shown beside ours."""

@@ -114,7 +114,7 @@ def print_index_report(out: Console, report: IndexReport) -> None:
     and the command that lists every failure."""
     out.print(
         f"scanned {report.scanned}: indexed {report.indexed} ({report.regions} regions), reused {report.reused}, "
-        f"unchanged {report.unchanged}, failed {report.failed}, pruned {report.pruned} "
+        f"unchanged {report.unchanged}, failed {report.failed}{_failed_before(report)}, pruned {report.pruned} "
         f"in {report.seconds:.1f}s ({report.images_per_second:.1f} images/s)",
         highlight=False,
     )
@@ -124,6 +124,13 @@ def print_index_report(out: Console, report: IndexReport) -> None:
         out.print(plain(f"warning: {warning}"), highlight=False)
     if report.failed > min(FAILURES_SHOWN, len(report.failures)):
         out.print(f"  ... {report.failed} failures in all: `fgsearch status --failed` lists them", highlight=False)
+
+
+def _failed_before(report: IndexReport) -> str:
+    """Which failures were not tried again, and the flag that tries them."""
+    if not report.failed_unchanged:
+        return ""
+    return f" ({report.failed_unchanged} unchanged since they failed: --retry-failed tries them again)"
 
 
 # ---- query ----------------------------------------------------------------------------------------

@@ -330,7 +330,8 @@ def run_eval(
 
     ``model`` is a registry name, ``hf-hub:`` id, checkpoint directory, or a loaded
     :class:`~fgsearch.model.Encoder` (then ``device`` is ignored). ``limit`` keeps the first N
-    images (N items for FG-OVD) for a quick check; such numbers are not comparable to the paper's.
+    images (N items for FG-OVD) for a quick check; when that leaves something out (``settings["limited"]``)
+    the numbers are not comparable to the paper's.
     """
     spec = _check_args(task, limit, batch_size)
     started = _dt.datetime.now(_dt.timezone.utc)

@@ -55,13 +55,19 @@ class IndexOptions:
 
 @dataclass
 class IndexReport:
-    """Counts of one run, and the failures it recorded (path, reason)."""
+    """Counts of one run, and the failures it recorded (path, reason).
+
+    The counts partition the files scanned: ``scanned == indexed + reused + unchanged + failed``.
+    ``unchanged`` are files indexed before and not changed since; ``failed`` are all files that are
+    failed after this run, of which ``failed_unchanged`` failed before and did not change (they are
+    not read again unless ``--retry-failed``)."""
 
     scanned: int = 0
     unchanged: int = 0
     indexed: int = 0
     reused: int = 0
     failed: int = 0
+    failed_unchanged: int = 0
     pruned: int = 0
     regions: int = 0
     seconds: float = 0.0
@@ -87,6 +93,7 @@ class IndexReport:
             "indexed": self.indexed,
             "reused": self.reused,
             "failed": self.failed,
+            "failed_unchanged": self.failed_unchanged,
             "pruned": self.pruned,
             "regions": self.regions,
             "seconds": round(self.seconds, 3),

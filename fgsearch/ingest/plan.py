@@ -71,8 +71,8 @@ def select_changed(
     catalog: Catalog, entries: list[tuple[str, Any]], opts: IndexOptions, run_id: int, report: IndexReport
 ) -> list[tuple[str, Any]]:
     """Skip stage: files whose path, size and mtime the catalog already has are marked seen (a
-    known failure stays failed unless ``retry_failed``); walk errors are recorded. Returns the
-    (root, entry) pairs left to read."""
+    known failure stays failed unless ``retry_failed``, and counts as failed, not as unchanged);
+    walk errors are recorded. Returns the (root, entry) pairs left to read."""
     cat = catalog
     known_files = cat.file_states([e.path for _, e in entries if not e.error])
     todo: list[tuple[str, Any]] = []
@@ -90,11 +90,12 @@ def select_changed(
             and (st.status == "ok" or (st.status == "failed" and not opts.retry_failed))
         ):
             unchanged.append(e.path)
-            if st.status == "failed":
+            if st.status == "failed":  # counted once: failed (and unchanged since), never also as unchanged
                 report.failed += 1
+                report.failed_unchanged += 1
             continue
         todo.append((root, e))
     cat.mark_seen(unchanged, run_id)
-    report.unchanged = len(unchanged)
+    report.unchanged = len(unchanged) - report.failed_unchanged
     cat.commit()
     return todo

@@ -80,8 +80,9 @@ def open_store(
     lib_dir: Path, exists: bool, req: OpenRequest, encoder: Encoder | None, encoder_for: EncoderFor, reopen: Any
 ) -> tuple[LibraryStore, Encoder | None]:
     """Open (creating or rebuilding as asked) the store of a library whose folder is checked and,
-    for a writer, locked. Returns the store and the encoder loaded on the way (``None`` for a
-    reader that was given no model: it loads the library's own on its first search)."""
+    for a writer, locked. Returns the store and the encoder loaded on the way (``None`` for an
+    existing library given no model: the library's own loads on first use, so that a reader, or a
+    writer that only repairs, never loads it)."""
     from fgsearch.catalog import Catalog, peek_unfinished
 
     if exists and not req.read_only and peek_unfinished(lib_dir / "catalog.sqlite"):
@@ -101,8 +102,8 @@ def open_store(
         gidx, ridx = open_indexes(lib_dir, build.backend, dim, read_only=req.read_only, rebuild=req.rebuild_damaged)
         if not exists:
             _start_empty(lib_dir, (gidx, ridx), rebuilt=req.reindex)
-        if not req.read_only and encoder is not None:
-            _calibrate(encoder, (gidx, ridx))
+        if not req.read_only:
+            _calibrate(_loader(encoder, encoder_for, build.model), (gidx, ridx))
     except BaseException:
         catalog.close()
         raise
@@ -110,12 +111,19 @@ def open_store(
     return store, encoder
 
 
-def _calibrate(encoder: Encoder, indexes: tuple[VectorIndex, VectorIndex]) -> None:
+def _loader(encoder: Encoder | None, encoder_for: EncoderFor, model: str) -> Callable[[], Encoder]:
+    """The encoder, or a function that loads the library's model when first called."""
+    if encoder is not None:
+        return lambda: encoder
+    return lambda: encoder_for(model)
+
+
+def _calibrate(load: Callable[[], Encoder], indexes: tuple[VectorIndex, VectorIndex]) -> None:
     """Approximate indexes tune their search breadth on text queries of this model (embedded on
-    first use: an index build)."""
+    first use: an index build; a writer that builds nothing never loads the model for them)."""
     from fgsearch.indexes import Calibratable
 
-    texts = calibration_texts(encoder)
+    texts = calibration_texts(load)
     for idx in indexes:
         if isinstance(idx, Calibratable):
             idx.set_calibration_queries(texts)
@@ -173,7 +181,7 @@ def _check_existing(
             f"(max {stored_regions.max_regions}); use the same settings or --reindex to rebuild"
         )
     model_ref = req.model or stored_model or DEFAULT_MODEL
-    if encoder is None and not (req.read_only and req.model is None):
+    if encoder is None and req.model is not None:  # else the library's own, loaded on first use
         encoder = encoder_for(model_ref)
     if encoder is not None:
         catalog.check_model(model_info(model_ref, encoder))

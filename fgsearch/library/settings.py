@@ -132,13 +132,13 @@ def model_info(model_ref: str, enc: Encoder) -> Any:
     return ModelInfo(name=enc.spec.name, ref=ref, dim=enc.dim, image_size=tuple(enc.spec.image_size or ()))
 
 
-def calibration_texts(enc: Encoder) -> Callable[[], dict[str, Any]]:
+def calibration_texts(load: Callable[[], Encoder]) -> Callable[[], dict[str, Any]]:
     """The model's embeddings of 150 varied captions, computed on first use (an index build tunes
-    its search breadth on them)."""
+    its search breadth on them); ``load`` gives the model, loaded only then if need be."""
     things = "a dog|two children|a red car|an old man|a cup of coffee|a bicycle|a cat|a plate of pasta"
     things += "|a wooden boat|a woman in a blue dress|a birthday cake|a laptop|a horse|a street sign|a tent"
     where = "on a beach at sunset|in a snowy forest|on a kitchen table|next to a window|in a crowded market"
     where += "|under a bridge|at night under street lights|in a green field|on a white background|in a museum"
     captions = [f"{t} {w}" for t in things.split("|") for w in where.split("|")]
     cache: dict[str, Any] = {}
-    return lambda: cache.setdefault("sets", {"text": enc.encode_texts(captions)})
+    return lambda: cache.setdefault("sets", {"text": load().encode_texts(captions)})

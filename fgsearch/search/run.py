@@ -125,11 +125,11 @@ def _search_images(
         cid = cids[int(np.argmax(bad))]
         found = store.catalog.contents_by_ids([cid])
         raise _damaged(store, found[0].path if found else f"image {cid}")
-    own = _query_file_content(store, q)  # an exact tie goes to the query's own file (pixel-identical copies)
-    order = sorted(range(len(cids)), key=lambda i: (-score[i], cids[i] != own, cids[i]))
+    own, own_path = _query_file(store, q)
+    order = _ranked(score, cids, own)
     if q.filters.min_score is not None:
         order = [i for i in order if score[i] >= q.filters.min_score]
-    picked = _pick_rows(store, q, cids, order)
+    picked = [(i, _own_path_first(row, own, own_path)) for i, row in _pick_rows(store, q, cids, order)]
     boxes = store.catalog.region_boxes([int(all_rids[arg[i]]) for i, _ in picked if arg[i] >= 0])
     hits = []
     for rank, (i, row) in enumerate(picked, start=1):
@@ -175,13 +175,45 @@ def _pick_rows(store: LibraryStore, q: SearchQuery, cids: list[int], order: list
     return picked
 
 
-def _query_file_content(store: LibraryStore, q: SearchQuery) -> int | None:
-    """The indexed image of a whole-image query given as a path, if the library holds that file."""
+# Scores this close to the query file's own score are a tie: pixel-identical files (a PNG and a
+# BMP of the same pixels) have the same vectors up to the last bits of a batched, possibly
+# reduced-precision forward pass, so their order would otherwise be chance.
+OWN_FILE_TIE = 1e-4
+
+
+def _ranked(score: np.ndarray, cids: list[int], own: int | None) -> list[int]:
+    """Positions of ``cids`` best first; the query's own image first among those tied with it
+    (within :data:`OWN_FILE_TIE`), then the others of that tie by score, then by id."""
+    if own is None or own not in cids:
+        return sorted(range(len(cids)), key=lambda i: (-score[i], cids[i]))
+    mine = float(score[cids.index(own)])
+
+    def key(i: int) -> tuple[float, bool, float, int]:
+        s = float(score[i])
+        tied = abs(s - mine) <= OWN_FILE_TIE  # a monotone snap: the order outside the tie is unchanged
+        return (-(mine if tied else s), cids[i] != own, -s, cids[i])
+
+    return sorted(range(len(cids)), key=key)
+
+
+def _query_file(store: LibraryStore, q: SearchQuery) -> tuple[int | None, str | None]:
+    """The indexed image of a whole-image query given as a path, and that path as the catalog
+    shows it; ``(None, None)`` when the query is not such a file of the library."""
     if q.image is None or q.box is not None or not isinstance(q.image, str | os.PathLike):
-        return None
+        return None, None
     from fgsearch.scan import display_path
 
-    return store.catalog.content_of_path(display_path(os.path.abspath(os.path.expanduser(os.fspath(q.image)))))
+    path = display_path(os.path.abspath(os.path.expanduser(os.fspath(q.image))))
+    cid = store.catalog.content_of_path(path)
+    return (cid, path) if cid is not None else (None, None)
+
+
+def _own_path_first(row: ContentRow, own: int | None, own_path: str | None) -> ContentRow:
+    """The hit of the query's own image names the query's file: byte-identical copies share one
+    image, whose path would otherwise be the first by name (another file)."""
+    if own is None or row.id != own or row.path == own_path or own_path not in row.paths:
+        return row
+    return replace(row, path=own_path)
 
 
 def _damaged(store: LibraryStore, path: str) -> LibraryError:
@@ -243,6 +275,7 @@ def _search_regions(store: LibraryStore, q: SearchQuery, qv: np.ndarray) -> list
         row.id: row
         for row in _restrict_paths(store, list({row.id: row for _, row in info.values()}.values()), q.filters)
     }
+    own, own_path = _query_file(store, q)
     hits: list[SearchHit] = []
     for rid, s in pairs:
         if rid not in info or info[rid][1].id not in rows:
@@ -252,7 +285,7 @@ def _search_regions(store: LibraryStore, q: SearchQuery, qv: np.ndarray) -> list
         box, row = info[rid]
         if not np.isfinite(s):
             raise _damaged(store, row.path)
-        hits.append(_hit(len(hits) + 1, s, None, s, box, rid, rows[row.id]))
+        hits.append(_hit(len(hits) + 1, s, None, s, box, rid, _own_path_first(rows[row.id], own, own_path)))
         if len(hits) >= q.k:
             break
     return hits

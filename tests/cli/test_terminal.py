@@ -79,6 +79,7 @@ def test_index_report_lists_the_first_failures_and_names_the_command() -> None:
         reused=0,
         unchanged=0,
         failed=12,
+        failed_unchanged=0,
         pruned=0,
         seconds=1.0,
         images_per_second=0.0,

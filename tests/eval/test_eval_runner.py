@@ -240,3 +240,27 @@ def test_a_limit_runs_on_data_whose_later_images_are_missing(tmp_path: Path, tin
     res = run_eval("flickr30k", data, tiny_model_dir, device="cpu", limit=2)
     assert res.settings["limited"] is True and "not comparable" in dict(res.describe())["limit"]
     assert res.metrics == kept.metrics
+
+
+# what --limit counts (images; FG-OVD: items), and how many of them each task's tiny data has
+LIMIT_UNITS = {"fgovd": 2, "coco-boxcls": 1, "fineshapes": 2}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_says_not_comparable_only_when_the_limit_left_something_out(
+    task: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Issue 23.5: `eval --limit N` must say "not comparable" only when the limit removed something,
+    on every task: a limit of exactly the data's size, or above it, removes nothing; 1 removes
+    something wherever the data holds more than one."""
+    data = _write(task, tmp_path / "data")
+    full = run_eval(task, data, tiny_model_dir, device="cpu")
+    size = LIMIT_UNITS.get(task, len(CLASSES))
+    for limit in (size, size + 1, 1000):
+        res = run_eval(task, data, tiny_model_dir, device="cpu", limit=limit)
+        line = dict(res.describe())["limit"]
+        assert res.settings["limited"] is False and "not comparable" not in line, (limit, line)
+        assert res.settings["sizes"] == full.settings["sizes"] and res.metrics == full.metrics
+    cut = run_eval(task, data, tiny_model_dir, device="cpu", limit=1)
+    assert cut.settings["limited"] is (size > 1)
+    assert ("not comparable" in dict(cut.describe())["limit"]) is (size > 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def test_odd_files_and_odd_library_folder_end_to_end(
         assert "permission denied" in reasons[str(photos / "locked-\\xff")]
         assert "not an image" in reasons[str(photos / "postscript.jpg")]
         again = lib.index(photos, batch_size=2)
-        assert again.indexed == 0 and again.unchanged == 6 and again.failed == 3  # the PostScript file stays failed
+        assert again.indexed == 0 and again.unchanged == 5 and again.failed == 3  # the PostScript file stays failed
+        assert again.failed_unchanged == 1  # and is counted once, as failed (not also as unchanged)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["photos", lib_dir.name])
     with Library.open(lib_dir, read_only=True) as reader:
         assert len(reader.failures()) == 3
@@ -75,3 +77,45 @@ def test_a_non_utf8_name_and_a_file_literally_called_its_escape_are_two_files(
         assert paths == {str(photos / "ok.png"), str(photos / "caf\\xe9.png")}
         again = lib.index(photos, batch_size=2)
         assert again.unchanged == 2 and again.failed == 0 and lib.failures() == []
+
+
+def test_report_counts_partition_the_files_scanned(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Issue 23.2: a re-run counted a file that failed before and did not change both as unchanged
+    and as failed (`scanned 5, unchanged 5, failed 2`). Over three runs (first, unchanged, one bad
+    file fixed) indexed + reused + unchanged + failed == scanned, in the JSON and the summary."""
+    from typer.testing import CliRunner
+
+    from fgsearch.console.cli import app
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        scene(i).save(photos / f"good{i}.png")
+    (photos / "bad0.png").write_bytes(b"not an image")
+    (photos / "bad1.jpg").write_bytes(b"")
+    base = ["index", str(photos), "--library", str(tmp_path / "lib"), "--model", str(tiny_model_dir)]
+    base += ["--regions", "none"]
+
+    def run(*extra: str) -> dict:
+        r = CliRunner().invoke(app, [*base, "--json", *extra])
+        assert r.exit_code == 0, r.output
+        rep = json.loads(r.stdout)
+        assert rep["scanned"] == rep["indexed"] + rep["reused"] + rep["unchanged"] + rep["failed"], rep
+        return rep
+
+    first = run()
+    assert (first["scanned"], first["indexed"], first["unchanged"], first["failed"]) == (5, 3, 0, 2)
+    assert first["failed_unchanged"] == 0
+    second = run()
+    assert (second["scanned"], second["indexed"], second["unchanged"], second["failed"]) == (5, 0, 3, 2)
+    assert second["failed_unchanged"] == 2 and second["failures"] == []
+    summary = CliRunner().invoke(app, [*base, "--quiet"])
+    assert summary.exit_code == 0, summary.output
+    assert "unchanged 3, failed 2 (2 unchanged since they failed: --retry-failed tries them again)" in summary.output
+    scene(7).save(photos / "bad0.png")  # fixed: read again, since its size and mtime changed
+    third = run()
+    assert (third["scanned"], third["indexed"], third["unchanged"], third["failed"]) == (5, 1, 3, 1)
+    assert third["failed_unchanged"] == 1
+    retried = run("--retry-failed")
+    assert (retried["unchanged"], retried["failed"], retried["failed_unchanged"]) == (4, 1, 0)
+    assert [f["path"] for f in retried["failures"]] == [str(photos / "bad1.jpg")]

@@ -50,7 +50,8 @@ def test_index_reports_every_file_and_reruns_do_nothing(tmp_path: Path, tiny_mod
         )
         assert all(".hidden" not in p for p in reasons)
         again = lib.index(tmp_path / "photos", batch_size=4)
-        assert again.indexed == 0 and again.reused == 0 and again.unchanged == n_good + n_bad
+        assert again.indexed == 0 and again.reused == 0 and again.unchanged == n_good  # each file counted once:
+        assert again.failed == n_bad and again.failed_unchanged == n_bad  # the bad ones as failed, not unchanged
         assert lib.doctor()["consistent"]
 
 
@@ -319,7 +320,8 @@ def test_cli_index_query_status(tmp_path: Path, tiny_model_dir: Path) -> None:
     r = runner.invoke(app, [*base, "--ext", "raw"])
     assert r.exit_code == 0 and json.loads(r.stdout)["indexed"] == 1, r.output
     r = runner.invoke(app, [*base, "--ext", "raw"])
-    assert r.exit_code == 0 and json.loads(r.stdout)["unchanged"] == 11, r.output
+    assert r.exit_code == 0 and json.loads(r.stdout)["unchanged"] == 6, r.output  # the 5 failed are not unchanged
+    assert json.loads(r.stdout)["failed"] == 5 and json.loads(r.stdout)["failed_unchanged"] == 5
     import fgsearch.decode
 
     drafts: list[object] = []

@@ -129,3 +129,54 @@ def test_a_pixel_identical_copy_ranks_the_query_file_first(tmp_path: Path) -> No
         for name in ("zz-same-pixels.png", "000003.png"):
             hits = lib.search(image=str(data / name), k=2)
             assert hits[0].path == str(data / name) and hits[0].score == hits[1].score
+
+
+def _same_pixels(tmp_path: Path) -> tuple[Path, list[str]]:
+    """Six photos, and photo 3's pixels again as BMP and lossless WebP, each also as a byte copy
+    whose name sorts first (byte copies share one image; the image is shown by its first path)."""
+    from PIL import Image
+
+    data = make_fineshapes(tmp_path / "photos", n=6, seed=7, heldout=0) / "images"
+    with Image.open(data / "000003.png") as im:
+        im.load()
+        im.save(data / "000003.bmp")
+        im.save(data / "000003.webp", lossless=True)
+    for name in ("000003.png", "000003.bmp", "000003.webp"):
+        shutil.copyfile(data / name, data / f"0-copy-of-{name}")
+    return data, sorted(p.name for p in data.iterdir() if "000003" in p.name)
+
+
+def test_a_query_file_comes_first_among_pixel_identical_files(tmp_path: Path) -> None:
+    """Issue 23.4: a query by a file that has a byte copy named before it returned the copy's
+    path first (the image's first path), not the query's own file. Now the query's file comes
+    first, then the other images with the same pixels (PNG, BMP, lossless WebP)."""
+    data, same = _same_pixels(tmp_path)
+    with Library.open(tmp_path / "lib", model="demo", device="cpu") as lib:
+        lib.index(str(data))
+        for name in same:
+            hits = lib.search(image=str(data / name), k=4)
+            assert hits[0].path == str(data / name), f"query {name}: {[h.path for h in hits]}"
+            assert str(data / name) in hits[0].paths
+            copies = {Path(p).name for h in hits[:3] for p in h.paths}
+            assert copies == set(same) and hits[3].score < hits[2].score
+
+
+def test_a_query_file_wins_a_tie_broken_in_the_last_bits(tmp_path: Path) -> None:
+    """Pixel-identical files embedded in different batches (or at reduced precision) may get vectors
+    that differ in the last bits; a copy scoring 1e-6 above the query's own file must not come first."""
+    data, _ = _same_pixels(tmp_path)
+    with Library.open(tmp_path / "lib", model="demo", device="cpu") as lib:
+        lib.index(str(data))
+        own = lib.catalog.content_of_path(str(data / "000003.bmp"))
+        copy = lib.catalog.content_of_path(str(data / "000003.png"))
+        assert own is not None and copy is not None and own != copy
+        ids = np.asarray([own], np.int64)
+        vec = lib.global_index.get(ids)[0]
+        nudged = vec + 2e-3 * np.roll(vec, 1)  # the stored vector of the query's own file, a little off
+        lib.global_index.remove(ids)
+        lib.global_index.add(ids, (nudged / np.linalg.norm(nudged))[None].astype(np.float32))
+        q = SearchQuery(image=str(data / "000003.bmp"), k=3)
+        hits = search_vector(lib.store, q, vec)
+        by_id = {h.image_id: h.score for h in hits}
+        assert 0 < by_id[copy] - by_id[own] < 1e-4, by_id  # the copy is ahead, in the last bits
+        assert hits[0].image_id == own and hits[0].path == str(data / "000003.bmp")
