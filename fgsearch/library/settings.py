@@ -141,4 +141,10 @@ def calibration_texts(load: Callable[[], Encoder]) -> Callable[[], dict[str, Any
     where += "|under a bridge|at night under street lights|in a green field|on a white background|in a museum"
     captions = [f"{t} {w}" for t in things.split("|") for w in where.split("|")]
     cache: dict[str, Any] = {}
-    return lambda: cache.setdefault("sets", {"text": load().encode_texts(captions)})
+
+    def sets() -> dict[str, Any]:
+        if "sets" not in cache:  # once: a later build of the same library reuses them
+            cache["sets"] = {"text": load().encode_texts(captions)}
+        return cache["sets"]
+
+    return sets
