@@ -390,3 +390,17 @@ def test_a_faiss_file_damaged_under_a_running_server_is_409_in_one_line_naming_t
         service.close()
     with pytest.raises(LibraryError, match=r"regions vector index is damaged \(.*FAISS cannot read .*doctor --repair"):
         make_client(lib_dir)  # a server starting on it: the same line (fgsearch serve prints it)
+
+
+def test_the_docs_page_loads_swagger_ui_from_the_server_not_a_cdn(served) -> None:
+    import re
+
+    client, _, _ = served
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    urls = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert urls and all(u.startswith("/docs-assets/") for u in urls), urls
+    for u in urls:
+        assert client.get(u).status_code == 200, u
+    assert "'/openapi.json'" in page.text
+    assert client.get("/redoc").status_code == 404  # FastAPI's ReDoc page would load from a CDN too

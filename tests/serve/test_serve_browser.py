@@ -169,3 +169,23 @@ def test_a_10000_image_library_pages_as_you_scroll(tmp_path_factory: pytest.Temp
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_api_docs_page_works_offline(server: str, browser, shots: Path) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    outside: list[str] = []
+
+    def offline(route) -> None:  # the network is off: only the server itself answers
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    page.route("**/*", offline)
+    page.goto(server + "/docs")
+    page.wait_for_selector("#swagger-ui .opblock", timeout=30_000)
+    paths = page.evaluate("() => [...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent)")
+    assert {"/api/search", "/api/status", "/api/images/{image_id}"} <= {p.replace("\u200b", "") for p in paths}
+    page.screenshot(path=str(shots / "7-api-docs-offline.png"))
+    assert outside == []
