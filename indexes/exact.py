@@ -134,8 +134,9 @@ class StoreBackedIndex(VectorIndex):
         try:
             self._after_load()
         except RuntimeError as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise IndexCorruptError(
-                f"{self._store.path}: cannot read the backend files of generation {self._store.generation} ({e})"
+                f"{self._store.path}: cannot read the backend files of generation {self._store.generation} ({reason})"
             ) from e
 
     # ------------------------------------------------------------------ reads

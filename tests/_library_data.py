@@ -90,3 +90,32 @@ def demo_cli_library(tmp_path: Path, n_good: int) -> str:
     )
     assert r.exit_code == 0, r.output
     return lib
+
+
+def build_hnsw_library(root: Path, model_dir: Path) -> tuple[Path, Path, Path]:
+    """``(library, photos, FAISS file)``: a library whose region index has an HNSW graph (56 images
+    x 18 grid regions = 1,008 vectors; FAISS builds its approximate structure from 1,000 vectors
+    when ``flat_threshold`` is below that, where a real library waits for 50,000)."""
+    import json
+
+    from fgsearch.library import BackendSettings, Library
+    from fgsearch.regions import RegionSettings
+
+    photos = root / "photos"
+    make_folder(photos, n_good=56, bad=False)
+    backend = BackendSettings("faiss", {"flat_threshold": 2, "calibration_queries": 4})
+    regions = RegionSettings(proposer="grid", max_regions=18)
+    with Library.open(root / "lib", model=str(model_dir), regions=regions, backend=backend) as lib:
+        lib.index(photos)
+    folder = root / "lib" / "index" / "regions"
+    extra = json.loads((folder / "manifest.json").read_text())["extra"]
+    assert extra["tier"] == "hnsw", extra
+    return root / "lib", photos, folder / extra["faiss_file"]
+
+
+def garble_hnsw_graph(path: Path) -> None:
+    """Flip bytes inside a FAISS HNSW file, keeping its size: FAISS refuses it with its C++ text."""
+    b = bytearray(path.read_bytes())
+    for i in range(200, len(b) - 200, 7):
+        b[i] ^= 0xFF
+    path.write_bytes(bytes(b))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fgsearch.model import ImageBatch, TextPath, TorchEncoder, load_model, stretch_positions
+from fgsearch.model import ImageBatch, TextPath, TorchEncoder, load_model, stretch_short_positions
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -63,10 +63,7 @@ class FGSearchAdapter2:
             return self.model.similarity_logits(torch.from_numpy(image), torch.from_numpy(text))
 
     def resize_position_embedding(self, table: np.ndarray) -> torch.Tensor:
-        t = self.cfg.text
-        keep = t.keep_len
-        factor = (t.longtext_len - keep) // (table.shape[0] - keep)
-        return stretch_positions(torch.from_numpy(table), keep=keep, factor=factor)
+        return stretch_short_positions(torch.from_numpy(table), keep_len=self.cfg.text.keep_len)
 
 
 def load(checkpoint_dir: str) -> FGSearchAdapter2:

@@ -41,6 +41,13 @@ def test_readme_is_short_and_shows_the_page() -> None:
     assert SCREENSHOT.stat().st_size < 200 * 1024
 
 
+def test_development_says_how_to_get_the_browser_tests_and_ci_requires_them() -> None:
+    dev = README.read_text().split("## Development", 1)[1]
+    assert "apt-get install chromium" in dev and "test_serve_browser.py" in dev
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert 'export FGSEARCH_REQUIRE_BROWSER="${FGSEARCH_REQUIRE_BROWSER:-1}"' in ci  # missing Chromium fails CI
+
+
 def _commands() -> dict[str, set[str]]:
     """Each CLI command with every option spelling it accepts."""
     import typer

@@ -33,7 +33,7 @@ from fgsearch.library.settings import (
     model_info,
     model_source,
 )
-from fgsearch.library.store import Build, LibraryStore
+from fgsearch.library.store import Build, LibraryStore, damaged_index
 from fgsearch.regions import RegionSettings
 
 if TYPE_CHECKING:
@@ -235,10 +235,7 @@ def open_indexes(
             except IndexCorruptError as e:
                 folder = bk.owned_paths(lib_dir).get(name)
                 if not (rebuild and bk.has("files") and folder is not None and folder.is_dir()):
-                    raise LibraryError(
-                        f"library {lib_dir}: the {name} vector index is damaged ({e}); run "
-                        f"`fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index` on its folders"
-                    ) from e
+                    raise damaged_index(lib_dir, e, name) from e
                 logger.warning("replacing the damaged %s vector index of %s (%s)", name, lib_dir, e)
                 shutil.rmtree(folder)
                 opened.append(bk.open(lib_dir, name, dim, read_only=False, create=True))

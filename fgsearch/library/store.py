@@ -224,16 +224,31 @@ class BuildProbe:
         return same
 
 
+def damaged_index(lib_dir: Path, e: BaseException, name: str | None = None) -> LibraryError:
+    """The one-line error for an index file that cannot be opened: the library, the file (the
+    backend's message names it) and the repair."""
+    what = f"the {name} vector index" if name else "a vector index"
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return LibraryError(
+        f"library {lib_dir}: {what} is damaged ({reason}); run "
+        f"`fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index` on its folders"
+    )
+
+
 @contextlib.contextmanager
 def storage_errors(lib_dir: Path) -> Iterator[None]:
-    """Turn a full disk, a damaged catalog or an unwritable library into one line naming the fix."""
+    """Turn a full disk, a damaged catalog or index, or an unwritable library into one line naming the fix."""
     import errno
     import sqlite3
 
     import sqlalchemy
 
+    from fgsearch.indexes import IndexCorruptError
+
     try:
         yield
+    except IndexCorruptError as e:  # e.g. a reader reloading a new snapshot whose file is damaged
+        raise damaged_index(lib_dir, e) from e
     except (OSError, sqlite3.Error, sqlalchemy.exc.DBAPIError) as e:
         msg = str(getattr(e, "orig", None) or e)
         low = msg.lower()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from fgsearch.model.encoder import TorchEncoder, resolve_device
     from fgsearch.model.families import ModelFamily, family_for_config, family_names, get_family, register_family
     from fgsearch.model.fgclip import FGCLIP, ImageFeatures
-    from fgsearch.model.fgclip2 import FGCLIP2, FGCLIP2Config
+    from fgsearch.model.fgclip2 import FGCLIP2, FGCLIP2Config, stretch_short_positions
     from fgsearch.model.loading import (
         checkpoint_fingerprint,
         convert_openai_clip,
@@ -71,6 +71,7 @@ _WHERE = {
     "resolve_device": "fgsearch.model.encoder",
     "runtime_names": "fgsearch.model.runtime",
     "stretch_positions": "fgsearch.model.convert",
+    "stretch_short_positions": "fgsearch.model.fgclip2",
     "to_rgb": "fgsearch.model.preprocess",
 }
 
@@ -121,5 +122,6 @@ __all__ = [
     "runtime_names",
     "save_model",
     "stretch_positions",
+    "stretch_short_positions",
     "to_rgb",
 ]

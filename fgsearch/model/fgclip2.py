@@ -23,6 +23,7 @@ No output is L2-normalised here; callers normalise.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -185,6 +186,34 @@ class FGCLIP2Config:
 
 
 Shapes = Tensor | Sequence[Sequence[int]] | np.ndarray  # every image's patch grid (h, w)
+
+
+# The reference's ``resize_postion_embeding()`` (SigLIP 2 -> FG-CLIP 2 starting point) copies the first
+# 20 rows of the short table and stretches the rest 4x, giving 4L - 60 rows for an L-row table. The 20
+# is a literal in that function, NOT the config's ``keep_len`` (which only splits the long walk between
+# ``position_embedding_ori`` and ``position_embedding_res``): we follow the reference, so a checkpoint
+# made here matches one made there, and warn once when the config says otherwise.
+STRETCH_KEEP = 20
+STRETCH_FACTOR = 4
+_stretch_warned: set[int] = set()
+
+
+def stretch_short_positions(table: Tensor, keep_len: int = STRETCH_KEEP) -> Tensor:
+    """The reference's short -> long position stretch: ``[L, D]`` -> ``[4L - 60, D]``.
+
+    Keeps :data:`STRETCH_KEEP` rows whatever ``keep_len`` (the config's) says; warns once per
+    differing ``keep_len`` (the long walk then reads stretched rows where the config expects copied
+    ones, exactly as in the reference)."""
+    from fgsearch.model.convert import stretch_positions
+
+    if keep_len != STRETCH_KEEP and keep_len not in _stretch_warned:
+        _stretch_warned.add(keep_len)
+        warnings.warn(
+            f"the config's keep_len is {keep_len} but FG-CLIP 2's reference stretches the short position "
+            f"table keeping {STRETCH_KEEP} rows (hard-coded); following the reference",
+            stacklevel=2,
+        )
+    return stretch_positions(table, keep=STRETCH_KEEP, factor=STRETCH_FACTOR)
 
 
 def key_mask(mask: Tensor | None) -> Tensor | None:

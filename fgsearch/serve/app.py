@@ -9,7 +9,8 @@ Routes (every ``/api/`` route needs ``Authorization: Bearer TOKEN`` when the ser
 * ``GET /api/images/{id}``: metadata and every region; ``/file``: the original bytes;
   ``/thumb?size=N``: a JPEG thumbnail. Images are addressed by catalog id only.
 * ``GET /api/status``: ``fgsearch status --json`` plus the server's limits.
-* ``GET /healthz`` (no auth), ``GET /`` the page, ``/static/*`` its files, ``/docs`` OpenAPI.
+* ``GET /healthz`` (no auth), ``GET /`` the page, ``/static/*`` its files, ``/docs`` the OpenAPI
+  page (Swagger UI served from the ``fastapi-offline`` package: no CDN, works offline).
 
 Errors are ``{"status": CODE, "error": "one line"}``: 400 bad input or image, 401 missing or wrong
 token, 404 unknown image or route, 409 the library cannot answer (empty, no regions), 413 a body
@@ -246,12 +247,15 @@ def create_app(service: SearchService) -> FastAPI:
         description="Search a library of images by text, image or region (FG-CLIP).",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load Swagger UI / ReDoc from a CDN: blank offline
+        redoc_url=None,
     )
     _add_error_handlers(app)
     _add_server_routes(app, service)
     _add_search_route(app, service)
     _add_image_routes(app, service)
     _add_page(app)
+    _add_docs(app)
     _add_middleware(app, service.settings)
     return app
 
@@ -414,6 +418,42 @@ def _add_page(app: FastAPI) -> None:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI over ``/openapi.json``, its script and style served from the installed
+    ``fastapi-offline`` package (part of ``fgsearch[serve]``), so the page works without a network.
+    Without that package ``/docs`` is a 404 naming it (the schema stays at ``/openapi.json``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("fastapi_offline") is None:
+
+        @app.get("/docs", include_in_schema=False)
+        def no_docs() -> JSONResponse:
+            return _error(
+                404,
+                "the API page needs the fastapi-offline package: pip install 'fgsearch[serve]' "
+                "(the OpenAPI schema is at /openapi.json)",
+            )
+
+        return
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+
+    assets = Path(str(files("fastapi_offline") / "static"))
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
 
 
 def _add_middleware(app: FastAPI, s: ServeSettings) -> None:

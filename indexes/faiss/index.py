@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,7 +95,7 @@ class FaissIndex(StoreBackedIndex):
     _calibration_source: CalibrationSource | None = None
 
     def _after_load(self) -> None:
-        faiss = load_faiss()
+        load_faiss()  # a missing extra is named before anything is read
         extra = self._store.manifest.get("extra", {})
         self._ann: Any = None
         self._mapped = False  # the FAISS file is memory-mapped, not read into memory
@@ -109,18 +110,15 @@ class FaissIndex(StoreBackedIndex):
         if tier in ("ivf", "hnsw"):
             fpath = self._store.path / extra["faiss_file"]
             flags = mmap_flags(tier) if self._config.mmap else 0
-            try:
-                self._ann = faiss.read_index(str(fpath), flags)
-                self._mapped = bool(flags)
-                if self._mapped:
-                    prefetch(fpath)
-            except RuntimeError as e:
-                if not flags:
-                    raise
-                log.warning("cannot memory-map %s (%s); reading it into memory", fpath, e)
-                self._ann = faiss.read_index(str(fpath))
+            self._ann, self._mapped = _read_faiss_file(fpath, flags, self._store.generation)
+            if self._mapped:
+                prefetch(fpath)
             if extra.get("tombstones_file"):
-                self._tombstones = np.load(self._store.path / extra["tombstones_file"])
+                tpath = self._store.path / extra["tombstones_file"]
+                try:
+                    self._tombstones = np.load(tpath)
+                except (OSError, ValueError, EOFError) as e:
+                    raise IndexCorruptError(f"{tpath} is damaged ({type(e).__name__})") from e
             if tier == "ivf":
                 self._maybe_gpu()
             else:
@@ -489,3 +487,26 @@ class FaissIndex(StoreBackedIndex):
         code_size = int(faiss.downcast_index(graph.storage).code_size)
         links = int(graph.hnsw.neighbors.size()) * 4 + int(graph.hnsw.offsets.size()) * 8
         return total + int(ann.ntotal) * (code_size + 8 + 4) + links
+
+
+def _read_faiss_file(fpath: Path, flags: int, generation: int) -> tuple[Any, bool]:
+    """``(index, memory_mapped)``: ``faiss.read_index`` with ``flags``, or read into memory when
+    memory-mapping fails. A file FAISS cannot read at all is an :class:`IndexCorruptError` naming
+    the file in one line; FAISS's own text (a C++ function and source line) goes to the debug log."""
+    faiss = load_faiss()
+    try:
+        return faiss.read_index(str(fpath), flags), bool(flags)
+    except RuntimeError as e:
+        error = e
+        log.debug("FAISS cannot read %s with flags %#x: %s", fpath, flags, e)
+    if flags:
+        try:
+            ann = faiss.read_index(str(fpath))
+        except RuntimeError as e:
+            log.debug("FAISS cannot read %s: %s", fpath, e)
+        else:
+            log.warning("cannot memory-map %s; reading it into memory", fpath)
+            return ann, False
+    raise IndexCorruptError(
+        f"cannot read the backend files of generation {generation}: FAISS cannot read {fpath}"
+    ) from error

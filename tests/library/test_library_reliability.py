@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -562,3 +563,28 @@ def test_a_reader_takes_the_write_lock_only_when_the_writer_has_committed(built,
             holder.join(10)
         slow.join(10)
         assert not slow.is_alive() and reader.global_index.count() == before + 2
+
+
+def test_a_damaged_faiss_hnsw_file_is_one_line_naming_library_file_and_repair(tmp_path, tiny_model_dir, caplog) -> None:
+    from _library_data import build_hnsw_library, garble_hnsw_graph
+
+    lib_dir, root, faiss_file = build_hnsw_library(tmp_path, tiny_model_dir)
+    garble_hnsw_graph(faiss_file)
+    want = (
+        f"library {lib_dir}: the regions vector index is damaged "
+        f"(cannot read the backend files of generation 2: FAISS cannot read {faiss_file}); "
+        f"run `fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index` on its folders"
+    )
+    with pytest.raises(LibraryError) as err:  # the library API
+        Library.open(lib_dir, read_only=True)
+    assert str(err.value) == want
+    for args in (["status"], ["query", "a red square"], ["doctor"], ["index", str(root)]):  # the CLI
+        code, out = _cli(*args, "--library", str(lib_dir))
+        assert code == 1 and out.strip() == f"error: {want}", out
+    assert not [r for r in caplog.records if r.levelno > logging.DEBUG and "faiss::" in r.getMessage()]
+    code, out = _cli("doctor", "--repair", "--library", str(lib_dir))
+    assert code == 0 and "repaired" in out, out
+    code, out = _cli("index", str(root), "--library", str(lib_dir))
+    assert code == 0, out
+    with Library.open(lib_dir, read_only=True) as lib:
+        assert lib.search("a red square")

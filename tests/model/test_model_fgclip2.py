@@ -6,6 +6,7 @@ import json
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -377,3 +378,36 @@ def test_text_last_layer_shortcut_equals_the_textbook_forward(cfg: FGCLIP2Config
                 x = layer(x, mask=km)
             naive = tm.head(tm.final_layer_norm(x)[:, -1])
             torch.testing.assert_close(m.encode_text(ids, "short", attention_mask=am), naive, rtol=0, atol=2e-6)
+
+
+def _oracle2_adapter(checkpoint: Path) -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "oracle2_adapter.py"
+    spec = importlib.util.spec_from_file_location("oracle2_adapter_under_test", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.load(str(checkpoint))
+
+
+def test_position_stretch_keeps_the_references_20_rows_and_warns_once_when_keep_len_differs(tmp_path: Path) -> None:
+    # the reference's resize_postion_embeding() hard-codes 20 kept rows: 4L - 60 rows, whatever keep_len says
+    cfg = FGCLIP2Config.tiny(text_length=40, long_length=100, keep_len=16)
+    adapter = _oracle2_adapter(write_fgclip2(tmp_path / "keep16", cfg))
+    table = np.random.default_rng(0).normal(size=(40, 64)).astype(np.float32)
+    with pytest.warns(UserWarning, match="keep_len is 16.*keeping 20 rows"):
+        got = np.asarray(adapter.resize_position_embedding(table))
+    assert got.shape == (4 * 40 - 60, 64)
+    t = table.astype(np.float64)
+    want = [t[:20]]
+    for i in range(20, 39):
+        want.append(np.stack([(1 - j / 4) * t[i] + j / 4 * t[i + 1] for j in range(4)]))
+    want.append(np.stack([t[39] + j / 4 * (t[39] - t[38]) for j in range(4)]))
+    np.testing.assert_allclose(got, np.concatenate(want), rtol=0, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: a second stretch with the same keep_len is silent
+        adapter.resize_position_embedding(table)
+        from fgsearch.model import stretch_short_positions
+
+        assert stretch_short_positions(torch.from_numpy(table), keep_len=20).shape == (100, 64)  # no warning

@@ -359,3 +359,48 @@ def test_upload_errors_name_only_their_own_reason(serve_library) -> None:
         assert bomb.count("50 megapixel") == 1 and "--max-megapixels" not in bomb, bomb
     finally:
         service.close()
+
+
+def test_a_faiss_file_damaged_under_a_running_server_is_409_in_one_line_naming_the_repair(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from _library_data import build_hnsw_library, garble_hnsw_graph, scene
+
+    from fgsearch.errors import LibraryError
+    from fgsearch.library import Library
+
+    lib_dir, photos, _ = build_hnsw_library(tmp_path, tiny_model_dir)
+    client, service = make_client(lib_dir)
+    try:
+        assert _search(client, text="a red square").status_code == 200
+        scene(99).save(photos / "new.png")
+        with Library.open(lib_dir) as lib:  # the writer: a new snapshot with a new FAISS file
+            lib.index(photos)
+        folder = lib_dir / "index" / "regions"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        faiss_file = folder / manifest["extra"]["faiss_file"]
+        garble_hnsw_graph(faiss_file)
+        msg = _error(_search(client, text="a red square"), 409)  # the server reloads the new snapshot
+        assert msg == (
+            f"library {lib_dir}: a vector index is damaged (cannot read the backend files of generation "
+            f"{manifest['generation']}: FAISS cannot read {faiss_file}); "
+            f"run `fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index` on its folders"
+        )
+    finally:
+        service.close()
+    with pytest.raises(LibraryError, match=r"regions vector index is damaged \(.*FAISS cannot read .*doctor --repair"):
+        make_client(lib_dir)  # a server starting on it: the same line (fgsearch serve prints it)
+
+
+def test_the_docs_page_loads_swagger_ui_from_the_server_not_a_cdn(served) -> None:
+    import re
+
+    client, _, _ = served
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    urls = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert urls and all(u.startswith("/docs-assets/") for u in urls), urls
+    for u in urls:
+        assert client.get(u).status_code == 200, u
+    assert "'/openapi.json'" in page.text
+    assert client.get("/redoc").status_code == 404  # FastAPI's ReDoc page would load from a CDN too

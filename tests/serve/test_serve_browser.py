@@ -3,6 +3,8 @@ see thumbnails with their best box, open a photo with its regions, drag a box, g
 
 Needs Debian's ``chromium`` (``apt-get install chromium``; ``.ci/run`` installs it) and the
 ``playwright`` Python package, which is pointed at that executable (no browser is downloaded).
+Without them these tests skip, except under ``FGSEARCH_REQUIRE_BROWSER=1`` (``.ci/run`` sets it),
+where they fail: a CI run that skipped the browser is not green.
 Screenshots are saved under ``$FGSEARCH_SCREENSHOTS`` (default: the test's temporary folder).
 """
 
@@ -17,10 +19,9 @@ from _serve_data import build_large_library, build_library, start_server
 
 CHROMIUM = os.environ.get("FGSEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
-]
+REQUIRED = os.environ.get("FGSEARCH_REQUIRE_BROWSER") == "1"
+
+pytestmark = [pytest.mark.browser]
 
 # a file name that would run script if the page ever put names into HTML
 HOSTILE = "<img src=x onerror=alert(1)>.png"
@@ -31,7 +32,18 @@ VIEWER_LOADED = "() => { const i = document.getElementById('viewer-img'); return
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def chromium() -> str:
+    """The browser's path; skips without one, fails instead where it is required (.ci/run)."""
+    if not Path(CHROMIUM).exists():
+        msg = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+        if REQUIRED:
+            pytest.fail(f"{msg}; FGSEARCH_REQUIRE_BROWSER=1 (set by .ci/run) requires the browser tests", pytrace=False)
+        pytest.skip(msg)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, chromium: str):
     root = tmp_path_factory.mktemp("browser")
     lib, _ = build_library(root, n=10, hostile_name=HOSTILE)
     proc, url = start_server(lib)
@@ -48,10 +60,13 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+def browser(chromium: str):
+    if REQUIRED:
+        import playwright.sync_api as sync_api
+    else:
+        sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         yield b
         b.close()
 
@@ -169,3 +184,42 @@ def test_a_10000_image_library_pages_as_you_scroll(tmp_path_factory: pytest.Temp
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_api_docs_page_works_offline(server: str, browser, shots: Path) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    outside: list[str] = []
+
+    def offline(route) -> None:  # the network is off: only the server itself answers
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    page.route("**/*", offline)
+    page.goto(server + "/docs")
+    page.wait_for_selector("#swagger-ui .opblock", timeout=30_000)
+    paths = page.evaluate("() => [...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent)")
+    assert {"/api/search", "/api/status", "/api/images/{image_id}"} <= {p.replace("\u200b", "") for p in paths}
+    page.screenshot(path=str(shots / "7-api-docs-offline.png"))
+    assert outside == []
+
+
+@pytest.mark.parametrize(("required", "outcome"), [("0", "1 skipped"), ("1", "1 error")])
+def test_without_chromium_the_browser_tests_skip_unless_required(tmp_path: Path, required: str, outcome: str) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FGSEARCH_CHROMIUM": str(tmp_path / "no-chromium"), "FGSEARCH_REQUIRE_BROWSER": required}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", __file__, "-k", "token_prompt"],
+        cwd=Path(__file__).parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert outcome in out and (proc.returncode == 0) == (required == "0"), out
+    assert "apt-get install chromium" in out
