@@ -40,6 +40,7 @@ def build(work: Path, n_images: int, per: int, dim: int, model_dir: Path, data: 
     lib_dir = work / f"lib-{data}"
     if (lib_dir / "catalog.sqlite").exists():
         return lib_dir
+    work.mkdir(parents=True, exist_ok=True)  # bench_serve builds in a subfolder of its --work
     generate = GENERATORS[data]
     global_vecs = generate(work / f"global-{data}.npy", n_images, dim, 1000, seed=1)
     region_vecs = generate(work / f"regions-{data}.npy", n_images * per, dim, 1000, seed=2)
