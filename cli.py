@@ -284,7 +284,9 @@ def status(
         fails = lib.failures() if failed else []
     if json_out:
         if failed:
-            st["failures"] = [{"path": p, "reason": r} for p, r in fails]
+            from fgsearch.scan import display_path
+
+            st["failures"] = [{"path": display_path(p), "reason": r} for p, r in fails]
         typer.echo(json.dumps(st, indent=2, default=str))
     elif failed:
         for p, r in fails:

@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from fgsearch.boxes import Box
 from fgsearch.errors import InputError
+from fgsearch.scan import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def contact_sheet(
         if item.box is not None:
             _draw_box(im, item.box)
         sheet.paste(im, (x0 + (thumb - im.width) // 2, y0 + (thumb - im.height) // 2))
-        lines = [*item.caption.splitlines()[:1], Path(item.path).name]
+        lines = [*item.caption.splitlines()[:1], display_path(Path(item.path).name)]
         for j, line in enumerate(lines):
             draw.text((x0, y0 + thumb + 2 + 15 * j), _fit(line, font, thumb), fill=(0, 0, 0), font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +156,7 @@ def html_page(
         cards.append(
             f'<figure><div class="pic"><img src="data:image/jpeg;base64,{data}" width="{im.width}" '
             f'height="{im.height}" alt="">{box_html}</div><figcaption>{html.escape(item.caption)}<br>'
-            f"<code>{html.escape(item.path)}</code></figcaption></figure>"
+            f"<code>{html.escape(display_path(item.path))}</code></figcaption></figure>"
         )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>"
