@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _library_data import png_bomb_header, scene
+from _library_data import V2_NOT_UTF8, catalog_as_v2, png_bomb_header, scene
 from PIL import Image
 
 from fgsearch.catalog import SCHEMA_VERSION, Catalog, ModelInfo, WriteLock
@@ -114,29 +114,6 @@ def test_step_migration_from_v1(tmp_path: Path) -> None:
     assert cids
 
 
-_V2_FILES = (  # the files table of schema v2 (fgsearch before issue 23.3): keyed by its text path
-    "CREATE TABLE files (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE, "
-    "size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, content_id INTEGER REFERENCES contents (id) "
-    "ON DELETE SET NULL, status VARCHAR(8) NOT NULL, reason TEXT, seen_run INTEGER NOT NULL, "
-    "updated_at DATETIME NOT NULL)"
-)
-_V2_NOT_UTF8 = "file name is not valid UTF-8; rename the file"  # what v2 recorded for such a name
-
-
-def _as_v2(db: Path) -> None:
-    """Rebuild a catalog's files table as schema v2 had it (text paths only) and say v2."""
-    con = sqlite3.connect(db)
-    con.executescript(
-        "CREATE TABLE files_old AS SELECT * FROM files; DROP TABLE files; "
-        + _V2_FILES
-        + "; INSERT INTO files (id, path, size, mtime_ns, content_id, status, reason, seen_run, updated_at) "
-        "SELECT id, path, size, mtime_ns, content_id, status, reason, seen_run, updated_at FROM files_old; "
-        "DROP TABLE files_old; CREATE INDEX ix_files_content ON files (content_id); "
-        "UPDATE meta SET value='2' WHERE key='schema_version';"
-    )
-    con.close()
-
-
 def test_files_are_keyed_by_their_exact_name(tmp_path: Path) -> None:
     """Issue 23.3: a name that is not UTF-8 (``caf<e9>.png``) and a file literally called by its
     ``\\xNN`` escape (``caf\\xe9.png``) are two file rows with their own contents; the catalog
@@ -171,11 +148,11 @@ def test_step_migration_from_v2_keys_files_by_their_bytes(tmp_path: Path) -> Non
     run = cat.begin_run()
     cids, _ = cat.reserve_contents([_item("a")])
     cat.confirm_contents(cids, [("/p/caf\u00e9.png", 1, 10)], run)
-    cat.record_failure("/p/caf\\xe9.png", 0, 0, _V2_NOT_UTF8, run)
+    cat.record_failure("/p/caf\\xe9.png", 0, 0, V2_NOT_UTF8, run)
     cat.record_failure("/p/bad.png", 5, 50, "not an image", run)
     cat.commit()
     cat.close()
-    _as_v2(db)
+    catalog_as_v2(db)
     with pytest.raises(LibraryError, match="upgrade it to v3"):
         Catalog.open(db, read_only=True)
     with Catalog.open(db) as cat:

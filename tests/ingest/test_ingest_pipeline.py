@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
-from _library_data import scene
+from _library_data import V2_NOT_UTF8, catalog_as_v2, scene
 
+from fgsearch.errors import LibraryError
 from fgsearch.library import Library
 from fgsearch.regions import RegionSettings
 from fgsearch.search import Filters
@@ -92,6 +94,43 @@ def test_a_non_utf8_name_and_a_file_literally_called_its_escape_are_two_files(
         gone = lib.index(photos, batch_size=2)
         assert gone.pruned == 1 and len(lib.search(text="a photo", k=9)) == 4
         assert latin1 not in {h.path for h in lib.search(text="a photo", k=9)}
+
+
+def test_a_library_of_schema_v2_migrates_and_indexes_the_names_it_could_not_keep(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Issue 23.3: a library whose catalog is schema v2 (files keyed by their text) opens for
+    indexing, migrates to v3, keeps its files unchanged, and indexes the names v2 lost: one it
+    recorded as a failure ("not valid UTF-8") and one it skipped because a real file had its escape."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    scene(1).save(photos / "ok.png")
+    scene(2).save(photos / "caf\\xe9.png")
+    regions = RegionSettings(proposer="none")
+    lib_dir = tmp_path / "lib"
+    with Library.open(lib_dir, model=str(tiny_model_dir), regions=regions) as lib:
+        assert lib.index(photos).indexed == 2
+    catalog_as_v2(lib_dir / "catalog.sqlite")
+    con = sqlite3.connect(lib_dir / "catalog.sqlite")
+    con.execute(  # what v2 recorded for sub/b<ff>.png
+        "INSERT INTO files (path, size, mtime_ns, status, reason, seen_run, updated_at) "
+        "VALUES (?, 0, 0, 'failed', ?, 1, '2026-12-01 00:00:00.000000')",
+        (str(photos / "sub" / "b\\xff.png"), V2_NOT_UTF8),
+    )
+    con.commit()
+    con.close()
+    lost = [os.fsencode(photos) + b"/caf\xe9.png", os.fsencode(photos) + b"/sub/b\xff.png"]
+    for i, name in enumerate(lost):
+        with open(name, "wb") as f:
+            scene(3 + i).save(f, format="PNG")
+    with pytest.raises(LibraryError, match="upgrade it to v3"):
+        Library.open(lib_dir, read_only=True)
+    with Library.open(lib_dir) as lib:
+        rep = lib.index(photos)
+        assert (rep.unchanged, rep.indexed, rep.failed, lib.failures()) == (2, 2, 0, [])
+        assert lib.catalog.get_meta()["schema_version"] == 3
+        found = sorted(os.fsencode(h.path) for h in lib.search(text="a photo", k=9))
+        assert found == sorted([os.fsencode(photos / "ok.png"), os.fsencode(photos / "caf\\xe9.png"), *lost])
 
 
 def test_report_counts_partition_the_files_scanned(tmp_path: Path, tiny_model_dir: Path) -> None:
