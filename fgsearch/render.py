@@ -104,8 +104,10 @@ def contact_sheet(
     items: Sequence[RenderItem], out: str | Path, *, thumb: int = 256, columns: int = 4, title: str | None = None
 ) -> Path:
     """Write a grid of thumbnails with boxes drawn, each captioned with its first caption line and
-    its file name; PNG, or JPEG for a ``.jpg``/``.jpeg`` name."""
+    its file name; PNG, or JPEG for a ``.jpg``/``.jpeg`` name. Names (and a title naming a query
+    file) are drawn as text: a byte that is not UTF-8 as its ``\\xNN`` escape."""
     out = check_target(out, tuple(SHEET_FORMATS))
+    title = display_path(title) if title else title
     n = max(1, len(items))
     cols = min(columns, n)
     rows = math.ceil(n / cols)
@@ -138,8 +140,10 @@ def contact_sheet(
 def html_page(
     items: Sequence[RenderItem], out: str | Path, *, title: str = "fgsearch results", thumb: int = 320
 ) -> Path:
-    """Write one self-contained HTML file (inline images, CSS boxes, no external resources)."""
+    """Write one self-contained HTML file (inline images, CSS boxes, no external resources); paths
+    as text (:func:`fgsearch.scan.display_path`)."""
     out = check_target(out, (".html", ".htm"))
+    title = display_path(title)
     cards = []
     for item in items:
         im = _thumbnail(item.path, thumb)

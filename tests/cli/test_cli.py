@@ -139,6 +139,10 @@ def test_a_non_utf8_name_and_its_escape_are_two_files_with_their_own_bytes(tmp_p
         r = run("query", "--image", os.fsdecode(own), "--library", lib, "-k", "1", "--paths", "-0")
         assert r.exit_code == 0, r.output
         assert r.stdout_bytes == own + b"\0"
+    pictures = ["--show", str(tmp_path / "s.png"), "--html", str(tmp_path / "q.html")]  # titled by the query file
+    r = run("query", "--image", os.fsdecode(latin1), "--library", lib, "-k", "3", "--json", *pictures)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["query"]["image"] == str(photos / "caf\\xe9.png")
     r = run("query", "a red circle", "--library", lib, "-k", "5", "--paths")
     assert sorted(r.stdout.splitlines()).count(str(photos / "caf\\xe9.png")) == 2  # both shown as the escape
     r = run("query", "a red circle", "--library", lib, "-k", "5", "--json", "--html", str(tmp_path / "r.html"))
