@@ -57,7 +57,7 @@ def file_conditions(
     params: list[Any] = []
     if path_glob:
         conds.append("files.path GLOB ?")
-        params.append(path_glob)
+        params.append(shown(path_glob))  # a glob typed with a byte that is not UTF-8 matches its escape
     if path_prefix:
         prefix = raw(path_prefix.rstrip(os.sep) + os.sep)
         conds.append("substr(files.raw_path, 1, ?) = ?")

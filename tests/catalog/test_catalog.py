@@ -130,6 +130,7 @@ def test_files_are_keyed_by_their_exact_name(tmp_path: Path) -> None:
     assert sorted(cat.filter_contents(path_prefix="/p")) == sorted(cids)
     assert cat.matching_paths(cids, path_prefix="/p") == {cids[0]: [latin1], cids[1]: [escaped]}
     assert sorted(cat.filter_contents(path_glob="*caf\\xe9*")) == sorted(cids)  # a glob matches the shown text
+    assert sorted(cat.filter_contents(path_glob=os.fsdecode(b"*caf\xe9*"))) == sorted(cids)  # also as typed in Latin-1
     cat.mark_seen([latin1], run + 1)
     cat.commit()
     assert cat.unseen_paths(run + 1, ["/p"]) == [escaped]
