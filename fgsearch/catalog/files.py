@@ -72,9 +72,14 @@ def file_conditions(
 
 
 def upsert_files(con: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert or replace file rows ``(path, size, mtime_ns, content_id, status, reason, seen_run)``."""
+    """Insert or replace file rows ``(path, size, mtime_ns, content_id, status, reason, seen_run)``;
+    a reason is text (one quoting a name that is not UTF-8 keeps its escape)."""
     stamp = to_sql_datetime(now())
-    con.executemany(_UPSERT_FILE, [(raw(r[0]), shown(r[0]), *r[1:], stamp) for r in rows])
+    out = []
+    for path, size, mtime_ns, content_id, status, reason, run_id in rows:
+        text = None if reason is None else shown(reason)
+        out.append((raw(path), shown(path), size, mtime_ns, content_id, status, text, run_id, stamp))
+    con.executemany(_UPSERT_FILE, out)
 
 
 class FileRows(ContentRows):

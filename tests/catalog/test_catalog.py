@@ -137,6 +137,9 @@ def test_files_are_keyed_by_their_exact_name(tmp_path: Path) -> None:
     cat.record_failure(escaped, 3, 30, "truncated", run)
     cat.commit()
     assert cat.failures() == [(escaped, "truncated")] and cat.content_of_path(latin1) == cids[0]
+    cat.record_failure(latin1, 1, 11, f"cannot read {latin1}", run)  # a reason quoting the name
+    cat.commit()
+    assert cat.failures() == [(escaped, "truncated"), (latin1, "cannot read /p/caf\\xe9.png")]
     cat.close()
 
 
