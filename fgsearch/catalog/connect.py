@@ -106,12 +106,6 @@ def from_raw(raw_path: bytes) -> str:
     return os.fsdecode(raw_path)
 
 
-def shown(path: str) -> str:
-    """The text of a path as the catalog's ``path`` column keeps it: bytes that are not UTF-8
-    as ``\\xNN`` escapes (so a real name may look the same; ``raw_path`` tells them apart)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 @contextlib.contextmanager
 def _as_dbapi_errors() -> Iterator[None]:
     """Re-raise a ``sqlite3.Error`` as SQLAlchemy's matching ``DBAPIError`` subclass."""

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fgsearch.catalog.connect import chunks, from_raw, marks, now, raw, shown, to_sql_datetime
+from fgsearch.catalog.connect import chunks, from_raw, marks, now, raw, to_sql_datetime
 from fgsearch.catalog.contents import ContentRows
+from fgsearch.scan import display_path
 
 _FILE_COLUMNS = ("raw_path", "path", "size", "mtime_ns", "content_id", "status", "reason", "seen_run", "updated_at")
 _UPSERT_FILE = (
@@ -51,13 +52,13 @@ def file_conditions(
     path_glob: str | None, path_prefix: str | None, modified_after: datetime | None, modified_before: datetime | None
 ) -> tuple[str, list[Any]]:
     """SQL conditions on one file row, and their parameters: ok, and matching every given path and
-    modification-time filter. The glob matches the path as shown (:func:`shown`), the prefix the
-    exact bytes."""
+    modification-time filter. The glob matches the path as shown (``display_path``: a byte that is
+    not UTF-8 as its escape), the prefix the exact bytes."""
     conds: list[str] = ["files.status = 'ok'"]
     params: list[Any] = []
     if path_glob:
         conds.append("files.path GLOB ?")
-        params.append(shown(path_glob))  # a glob typed with a byte that is not UTF-8 matches its escape
+        params.append(display_path(path_glob))  # a glob typed with a byte that is not UTF-8 matches its escape
     if path_prefix:
         prefix = raw(path_prefix.rstrip(os.sep) + os.sep)
         conds.append("substr(files.raw_path, 1, ?) = ?")
@@ -77,8 +78,8 @@ def upsert_files(con: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> No
     stamp = to_sql_datetime(now())
     out = []
     for path, size, mtime_ns, content_id, status, reason, run_id in rows:
-        text = None if reason is None else shown(reason)
-        out.append((raw(path), shown(path), size, mtime_ns, content_id, status, text, run_id, stamp))
+        text = None if reason is None else display_path(reason)
+        out.append((raw(path), display_path(path), size, mtime_ns, content_id, status, text, run_id, stamp))
     con.executemany(_UPSERT_FILE, out)
 
 
