@@ -227,7 +227,10 @@ def query(
     if filters.path_prefix and not os.path.isdir(filters.path_prefix):
         out.print(plain(f"warning: --under {filters.path_prefix}: no such folder on disk"))
     if json_out:
-        asked = {"text": text, "image": str(image) if image else None, "box": box, "not": negative, "by": by, "k": top}
+        from fgsearch.scan import display_path
+
+        shown = display_path(str(image)) if image else None
+        asked = {"text": text, "image": shown, "box": box, "not": negative, "by": by, "k": top}
         typer.echo(hits_json({**asked, "text_path": info.text_path, "region_walk": info.region_walk}, hits))
     elif paths_out:
         _print_paths([h.path for h in hits], null)
@@ -284,7 +287,9 @@ def status(
         fails = lib.failures() if failed else []
     if json_out:
         if failed:
-            st["failures"] = [{"path": p, "reason": r} for p, r in fails]
+            from fgsearch.scan import display_path
+
+            st["failures"] = [{"path": display_path(p), "reason": r} for p, r in fails]
         typer.echo(json.dumps(st, indent=2, default=str))
     elif failed:
         for p, r in fails:

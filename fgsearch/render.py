@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from fgsearch.boxes import Box
 from fgsearch.errors import InputError
+from fgsearch.scan import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,10 @@ def contact_sheet(
     items: Sequence[RenderItem], out: str | Path, *, thumb: int = 256, columns: int = 4, title: str | None = None
 ) -> Path:
     """Write a grid of thumbnails with boxes drawn, each captioned with its first caption line and
-    its file name; PNG, or JPEG for a ``.jpg``/``.jpeg`` name."""
+    its file name; PNG, or JPEG for a ``.jpg``/``.jpeg`` name. Names (and a title naming a query
+    file) are drawn as text: a byte that is not UTF-8 as its ``\\xNN`` escape."""
     out = check_target(out, tuple(SHEET_FORMATS))
+    title = display_path(title) if title else title
     n = max(1, len(items))
     cols = min(columns, n)
     rows = math.ceil(n / cols)
@@ -125,7 +128,7 @@ def contact_sheet(
         if item.box is not None:
             _draw_box(im, item.box)
         sheet.paste(im, (x0 + (thumb - im.width) // 2, y0 + (thumb - im.height) // 2))
-        lines = [*item.caption.splitlines()[:1], Path(item.path).name]
+        lines = [*item.caption.splitlines()[:1], display_path(Path(item.path).name)]
         for j, line in enumerate(lines):
             draw.text((x0, y0 + thumb + 2 + 15 * j), _fit(line, font, thumb), fill=(0, 0, 0), font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -137,8 +140,10 @@ def contact_sheet(
 def html_page(
     items: Sequence[RenderItem], out: str | Path, *, title: str = "fgsearch results", thumb: int = 320
 ) -> Path:
-    """Write one self-contained HTML file (inline images, CSS boxes, no external resources)."""
+    """Write one self-contained HTML file (inline images, CSS boxes, no external resources); paths
+    as text (:func:`fgsearch.scan.display_path`)."""
     out = check_target(out, (".html", ".htm"))
+    title = display_path(title)
     cards = []
     for item in items:
         im = _thumbnail(item.path, thumb)
@@ -155,7 +160,7 @@ def html_page(
         cards.append(
             f'<figure><div class="pic"><img src="data:image/jpeg;base64,{data}" width="{im.width}" '
             f'height="{im.height}" alt="">{box_html}</div><figcaption>{html.escape(item.caption)}<br>'
-            f"<code>{html.escape(item.path)}</code></figcaption></figure>"
+            f"<code>{html.escape(display_path(item.path))}</code></figcaption></figure>"
         )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>"

@@ -4,8 +4,11 @@ Symbolic links (to folders or files) are followed only when they lead inside the
 walked; links that lead elsewhere (``link -> ..``, ``link -> /etc``) are skipped and counted in
 :class:`WalkStats`, unless ``follow_links`` asks for them.
 
-Each file is yielded as a :class:`FileEntry` (absolute path, size, mtime in ns). Entries that cannot
-be used at all (a name that is not valid UTF-8, a broken symlink, a file that cannot be stat'ed)
+Each file is yielded as a :class:`FileEntry` (absolute path, size, mtime in ns). A path is the
+``str`` that ``os`` gives and takes: a name that is not valid UTF-8 keeps its bytes as lone
+surrogates (``os.fsdecode``), so it names its own file and never equals another name; the catalog
+stores its exact bytes and shows it with ``\\xNN`` escapes (:func:`display_path`). Entries that cannot
+be used at all (a broken symlink, a file that cannot be stat'ed, a folder that cannot be listed)
 come with ``error`` set, so the caller records them as failures instead of losing them.
 Include/exclude globs match the path relative to the walked root (``fnmatch``; ``**/`` also
 matches zero folders), e.g. ``--include '*.jpg' --exclude 'raw/**'``.
@@ -63,21 +66,11 @@ class FileEntry:
     error: str | None = None
 
 
-#: The error of a file whose name is not valid UTF-8 (its path is shown with ``\xNN`` escapes).
-NOT_UTF8 = "file name is not valid UTF-8; rename the file"
-
-
 def display_path(path: str) -> str:
-    """A storable, printable form of a path whose name may not be valid UTF-8."""
+    """A path as text (JSON, HTML, messages): bytes of its name that are not valid UTF-8 as
+    ``\\xNN`` escapes. For showing only: a real file may be called by that text; open, compare and
+    store the path itself."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _valid_utf8(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _matches(rel: str, patterns: Iterable[str]) -> bool:
@@ -120,8 +113,6 @@ def walk(
 
 
 def _entry(path: str) -> FileEntry:
-    if not _valid_utf8(path):
-        return FileEntry(display_path(path), error=NOT_UTF8)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -165,10 +156,10 @@ class _Walker:
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except PermissionError:
-            yield FileEntry(display_path(directory), error="folder cannot be read (permission denied)")
+            yield FileEntry(directory, error="folder cannot be read (permission denied)")
             return
         except OSError as e:
-            yield FileEntry(display_path(directory), error=f"folder cannot be read: {e.strerror or e}")
+            yield FileEntry(directory, error=f"folder cannot be read: {e.strerror or e}")
             return
         for de in entries:
             if not self.hidden and de.name.startswith("."):
@@ -191,7 +182,7 @@ class _Walker:
                 continue
             try:
                 if de.is_symlink() and not os.path.exists(path):
-                    yield FileEntry(display_path(path), error="broken symbolic link")
+                    yield FileEntry(path, error="broken symbolic link")
                     continue
                 if not stat.S_ISREG(os.stat(path).st_mode) or self._leaves(de, path):
                     continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import struct
 import zlib
 from pathlib import Path
@@ -119,3 +120,26 @@ def garble_hnsw_graph(path: Path) -> None:
     for i in range(200, len(b) - 200, 7):
         b[i] ^= 0xFF
     path.write_bytes(bytes(b))
+
+
+_V2_FILES = (  # the files table of schema v2 (fgsearch before issue 23.3): keyed by its text path
+    "CREATE TABLE files (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE, "
+    "size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, content_id INTEGER REFERENCES contents (id) "
+    "ON DELETE SET NULL, status VARCHAR(8) NOT NULL, reason TEXT, seen_run INTEGER NOT NULL, "
+    "updated_at DATETIME NOT NULL)"
+)
+V2_NOT_UTF8 = "file name is not valid UTF-8; rename the file"  # what v2 recorded for such a name
+
+
+def catalog_as_v2(db: Path) -> None:
+    """Rebuild a catalog's files table as schema v2 had it (text paths only) and say v2."""
+    con = sqlite3.connect(db)
+    con.executescript(
+        "CREATE TABLE files_old AS SELECT * FROM files; DROP TABLE files; "
+        + _V2_FILES
+        + "; INSERT INTO files (id, path, size, mtime_ns, content_id, status, reason, seen_run, updated_at) "
+        "SELECT id, path, size, mtime_ns, content_id, status, reason, seen_run, updated_at FROM files_old; "
+        "DROP TABLE files_old; CREATE INDEX ix_files_content ON files (content_id); "
+        "UPDATE meta SET value='2' WHERE key='schema_version';"
+    )
+    con.close()

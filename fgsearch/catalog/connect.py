@@ -11,6 +11,7 @@ sees one family of database errors whichever statement failed.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -92,6 +93,17 @@ def to_sql_datetime(value: datetime | None) -> str | None:
 def from_sql_datetime(value: str | None) -> datetime | None:
     """A stored ``DateTime`` column as a datetime."""
     return None if value is None else datetime.fromisoformat(value)
+
+
+def raw(path: str) -> bytes:
+    """A path as the catalog keys it: its exact bytes (a name that is not UTF-8 comes from
+    ``os.fsdecode`` with its bytes kept as lone surrogates, and goes back to those bytes)."""
+    return os.fsencode(path)
+
+
+def from_raw(raw_path: bytes) -> str:
+    """A stored path as the ``str`` the ``os`` functions take (the inverse of :func:`raw`)."""
+    return os.fsdecode(raw_path)
 
 
 @contextlib.contextmanager

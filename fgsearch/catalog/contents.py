@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from fgsearch.boxes import Box
-from fgsearch.catalog.connect import chunks, from_sql_datetime, marks, now, to_sql_datetime
+from fgsearch.catalog.connect import chunks, from_raw, from_sql_datetime, marks, now, raw, to_sql_datetime
 from fgsearch.catalog.regions import RegionRows
 
 
@@ -120,8 +120,8 @@ class ContentRows(RegionRows):
         with self.reading() as con:
             row = con.execute(
                 "SELECT f.content_id FROM files AS f JOIN contents AS c ON c.id = f.content_id "
-                "WHERE f.path = ? AND f.status = 'ok' AND c.state = 'ok'",
-                (path,),
+                "WHERE f.raw_path = ? AND f.status = 'ok' AND c.state = 'ok'",
+                (raw(path),),
             ).fetchone()
         return None if row is None else int(row[0])
 
@@ -129,14 +129,14 @@ class ContentRows(RegionRows):
         """Indexed images for ids (in the given order), skipping ids without an ok file."""
         found: dict[int, tuple[int, int, datetime | None, list[str]]] = {}
         for cid, w, h, cap, path in self.select_in(
-            "SELECT c.id, c.width, c.height, c.captured_at, f.path FROM contents AS c "
+            "SELECT c.id, c.width, c.height, c.captured_at, f.raw_path FROM contents AS c "
             "JOIN files AS f ON f.content_id = c.id "
-            "WHERE c.id IN ({marks}) AND c.state = 'ok' AND f.status = 'ok' ORDER BY c.id, f.path",
+            "WHERE c.id IN ({marks}) AND c.state = 'ok' AND f.status = 'ok' ORDER BY c.id, f.raw_path",
             ids,
         ):
             if cid not in found:
                 found[cid] = (w, h, from_sql_datetime(cap), [])
-            found[cid][3].append(path)
+            found[cid][3].append(from_raw(path))
         return [
             ContentRow(cid, found[cid][3][0], tuple(found[cid][3]), found[cid][0], found[cid][1], found[cid][2])
             for cid in ids

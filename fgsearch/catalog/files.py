@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fgsearch.catalog.connect import chunks, marks, now, to_sql_datetime
+from fgsearch.catalog.connect import chunks, from_raw, marks, now, raw, to_sql_datetime
 from fgsearch.catalog.contents import ContentRows
+from fgsearch.scan import display_path
 
-_FILE_COLUMNS = ("path", "size", "mtime_ns", "content_id", "status", "reason", "seen_run", "updated_at")
+_FILE_COLUMNS = ("raw_path", "path", "size", "mtime_ns", "content_id", "status", "reason", "seen_run", "updated_at")
 _UPSERT_FILE = (
     f"INSERT INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({marks(len(_FILE_COLUMNS))}) "
-    "ON CONFLICT (path) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _FILE_COLUMNS[1:])
+    "ON CONFLICT (raw_path) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _FILE_COLUMNS[1:])
 )
 _VANISHED = "content vanished during indexing; run again"
 
@@ -35,10 +36,10 @@ class FileState:
 
 
 def _under(root: str) -> tuple[str, list[Any]]:
-    """SQL condition and its parameters: a file row at ``root`` or inside it."""
+    """SQL condition and its parameters: a file row at ``root`` or inside it (compared as bytes)."""
     root = root.rstrip(os.sep) or os.sep
-    prefix = root if root.endswith(os.sep) else root + os.sep  # "/" stays "/"
-    return "(files.path = ? OR substr(files.path, 1, ?) = ?)", [root, len(prefix), prefix]
+    prefix = raw(root if root.endswith(os.sep) else root + os.sep)  # "/" stays "/"
+    return "(files.raw_path = ? OR substr(files.raw_path, 1, ?) = ?)", [raw(root), len(prefix), prefix]
 
 
 def _mtime_ns(when: datetime) -> int:
@@ -51,15 +52,16 @@ def file_conditions(
     path_glob: str | None, path_prefix: str | None, modified_after: datetime | None, modified_before: datetime | None
 ) -> tuple[str, list[Any]]:
     """SQL conditions on one file row, and their parameters: ok, and matching every given path and
-    modification-time filter."""
+    modification-time filter. The glob matches the path as shown (``display_path``: a byte that is
+    not UTF-8 as its escape), the prefix the exact bytes."""
     conds: list[str] = ["files.status = 'ok'"]
     params: list[Any] = []
     if path_glob:
         conds.append("files.path GLOB ?")
-        params.append(path_glob)
+        params.append(display_path(path_glob))  # a glob typed with a byte that is not UTF-8 matches its escape
     if path_prefix:
-        prefix = path_prefix.rstrip(os.sep) + os.sep
-        conds.append("substr(files.path, 1, ?) = ?")
+        prefix = raw(path_prefix.rstrip(os.sep) + os.sep)
+        conds.append("substr(files.raw_path, 1, ?) = ?")
         params += [len(prefix), prefix]
     if modified_after:
         conds.append("files.mtime_ns >= ?")
@@ -71,9 +73,14 @@ def file_conditions(
 
 
 def upsert_files(con: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert or replace file rows ``(path, size, mtime_ns, content_id, status, reason, seen_run)``."""
+    """Insert or replace file rows ``(path, size, mtime_ns, content_id, status, reason, seen_run)``;
+    a reason is text (one quoting a name that is not UTF-8 keeps its escape)."""
     stamp = to_sql_datetime(now())
-    con.executemany(_UPSERT_FILE, [(*r, stamp) for r in rows])
+    out = []
+    for path, size, mtime_ns, content_id, status, reason, run_id in rows:
+        text = None if reason is None else display_path(reason)
+        out.append((raw(path), display_path(path), size, mtime_ns, content_id, status, text, run_id, stamp))
+    con.executemany(_UPSERT_FILE, out)
 
 
 class FileRows(ContentRows):
@@ -112,9 +119,9 @@ class FileRows(ContentRows):
         out: dict[str, FileState] = {}
         with self.reading() as con:
             for chunk in chunks(list(paths)):
-                sql = f"SELECT path, size, mtime_ns, status FROM files WHERE path IN ({marks(len(chunk))})"
-                for p, size, mtime, status in con.execute(sql, tuple(chunk)):
-                    out[p] = FileState(size, mtime, status)
+                sql = f"SELECT raw_path, size, mtime_ns, status FROM files WHERE raw_path IN ({marks(len(chunk))})"
+                for p, size, mtime, status in con.execute(sql, tuple(raw(p) for p in chunk)):
+                    out[from_raw(p)] = FileState(size, mtime, status)
         return out
 
     def record_failure(self, path: str, size: int, mtime_ns: int, reason: str, run_id: int) -> None:
@@ -143,8 +150,8 @@ class FileRows(ContentRows):
             upsert_files(con, rows)
             for paths, run_id in self._pending_seen:
                 for chunk in chunks(paths):
-                    sql = f"UPDATE files SET seen_run = ? WHERE path IN ({marks(len(chunk))})"
-                    con.execute(sql, (run_id, *chunk))
+                    sql = f"UPDATE files SET seen_run = ? WHERE raw_path IN ({marks(len(chunk))})"
+                    con.execute(sql, (run_id, *(raw(p) for p in chunk)))
         self._pending_files.clear()
         self._pending_links.clear()
         self._pending_seen.clear()
@@ -156,8 +163,8 @@ class FileRows(ContentRows):
         with self.reading() as con:
             for root in roots:
                 cond, params = _under(root)
-                sql = f"SELECT files.path FROM files WHERE {cond} AND files.seen_run != ?"
-                out.extend(r[0] for r in con.execute(sql, (*params, run_id)))
+                sql = f"SELECT files.raw_path FROM files WHERE {cond} AND files.seen_run != ?"
+                out.extend(from_raw(r[0]) for r in con.execute(sql, (*params, run_id)))
         return out
 
     def sweep(self, run_id: int, roots: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -182,12 +189,12 @@ class FileRows(ContentRows):
 
     # ---- reading ---------------------------------------------------------------------------
     def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
-        sql = "SELECT path, reason FROM files WHERE status = 'failed' ORDER BY path"
+        sql = "SELECT raw_path, reason FROM files WHERE status = 'failed' ORDER BY raw_path"
         params: tuple[int, ...] = ()
         if limit is not None:
             sql, params = sql + " LIMIT ?", (limit,)
         with self.reading() as con:
-            return [(p, r or "") for p, r in con.execute(sql, params)]
+            return [(from_raw(p), r or "") for p, r in con.execute(sql, params)]
 
     def filter_contents(
         self,
@@ -225,8 +232,8 @@ class FileRows(ContentRows):
     ) -> dict[int, list[str]]:
         """Per content id, its ok paths (sorted) that pass the file conditions of :meth:`filter_contents`."""
         cond, params = file_conditions(path_glob, path_prefix, modified_after, modified_before)
-        sql = f"SELECT content_id, path FROM files WHERE content_id IN ({{marks}}) AND {cond} ORDER BY path"
+        sql = f"SELECT content_id, raw_path FROM files WHERE content_id IN ({{marks}}) AND {cond} ORDER BY raw_path"
         out: dict[int, list[str]] = {}
         for cid, path in self.select_in(sql, content_ids, params):
-            out.setdefault(int(cid), []).append(path)
+            out.setdefault(int(cid), []).append(from_raw(path))
         return out

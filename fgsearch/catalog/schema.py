@@ -21,7 +21,7 @@ from fgsearch.errors import LibraryError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 meta_t = sa.Table("meta", metadata, sa.Column("key", sa.String, primary_key=True), sa.Column("value", sa.Text))
@@ -57,7 +57,10 @@ files_t = sa.Table(
     "files",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("path", sa.Text, nullable=False, unique=True),
+    # the name exactly as the file system has it (os.fsencode), the key; ``path`` is its text as
+    # shown (bytes that are not UTF-8 as \xNN escapes), for people and --path globs (schema v3)
+    sa.Column("raw_path", sa.LargeBinary, nullable=False, unique=True),
+    sa.Column("path", sa.Text, nullable=False),
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("mtime_ns", sa.Integer, nullable=False),
     sa.Column("content_id", sa.Integer, sa.ForeignKey("contents.id", ondelete="SET NULL"), nullable=True),
@@ -66,6 +69,7 @@ files_t = sa.Table(
     sa.Column("seen_run", sa.Integer, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
     sa.Index("ix_files_content", "content_id"),
+    sa.Index("ix_files_path", "path"),
     sqlite_autoincrement=True,
 )
 runs_t = sa.Table(
@@ -84,8 +88,32 @@ def migrate_1_to_2(con: sqlite3.Connection) -> None:
     con.execute("ALTER TABLE regions ADD COLUMN score FLOAT")
 
 
+#: the failure a v2 catalog recorded for a file whose name is not valid UTF-8 (its path an escape)
+_V2_NOT_UTF8 = "file name is not valid UTF-8; rename the file"
+
+
+def migrate_2_to_3(con: sqlite3.Connection) -> None:
+    """v3 keys a file by its exact name (``raw_path``, bytes), so that a name that is not UTF-8 and
+    a file literally called by that name's ``\\xNN`` escape are two rows. v2 stored text only: its
+    rows' bytes are their UTF-8, except the failures it recorded for names that were not UTF-8, whose
+    path is the escape, not the name; those are dropped (the next run indexes the real file)."""
+    con.execute("DELETE FROM files WHERE status = 'failed' AND reason = ?", (_V2_NOT_UTF8,))
+    con.execute(
+        "CREATE TABLE files_v3 (id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, raw_path BLOB NOT NULL UNIQUE, "
+        "path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+        "content_id INTEGER REFERENCES contents (id) ON DELETE SET NULL, status VARCHAR(8) NOT NULL, "
+        "reason TEXT, seen_run INTEGER NOT NULL, updated_at DATETIME NOT NULL)"
+    )
+    columns = "id, path, size, mtime_ns, content_id, status, reason, seen_run, updated_at"
+    con.execute(f"INSERT INTO files_v3 (raw_path, {columns}) SELECT CAST(path AS BLOB), {columns} FROM files")
+    con.execute("DROP TABLE files")
+    con.execute("ALTER TABLE files_v3 RENAME TO files")
+    con.execute("CREATE INDEX ix_files_content ON files (content_id)")
+    con.execute("CREATE INDEX ix_files_path ON files (path)")
+
+
 #: version -> the step that takes a catalog from that version to the next
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: migrate_1_to_2, 2: migrate_2_to_3}
 
 
 def table_names(con: sqlite3.Connection) -> set[str]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fgsearch.errors import InputError
+from fgsearch.scan import display_path
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,6 @@ class IndexReport:
             "regions": self.regions,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
-            "failures": [{"path": p, "reason": r} for p, r in self.failures],
+            "failures": [{"path": display_path(p), "reason": r} for p, r in self.failures],
             "warnings": list(self.warnings),
         }

@@ -19,7 +19,7 @@ def walk_roots(
 ) -> list[tuple[str, Any]]:
     """Walk stage: (root, entry) for every image file, each path once even when roots overlap
     (``photos photos/sub``); warns about roots that give nothing and links left unfollowed."""
-    from fgsearch.scan import NOT_UTF8, WalkStats, walk
+    from fgsearch.scan import WalkStats, walk
 
     entries: list[tuple[str, Any]] = []
     seen: set[str] = set()
@@ -38,11 +38,10 @@ def walk_roots(
             stats=stats,
         ):
             found += 1
-            # a name that is not UTF-8 is shown (and stored) with \xNN escapes, which a real file
-            # may be literally called: the two are different files, neither may hide the other
-            key = ("\0" if entry.error == NOT_UTF8 else "") + entry.path
-            if key not in seen:
-                seen.add(key)
+            # a name that is not UTF-8 keeps its bytes (lone surrogates): it never equals the name
+            # of a file literally called by its \xNN escape, and both are indexed
+            if entry.path not in seen:
+                seen.add(entry.path)
                 entries.append((root, entry))
         outside.update(stats.links_outside)
         if not found and stats.filtered:
@@ -55,14 +54,6 @@ def walk_roots(
         report.warnings.append(
             f"skipped {len(outside)} symbolic link(s) leading outside the indexed folders (e.g. {min(outside)}); "
             "--follow-links follows them"
-        )
-    named = {e.path for _, e in entries if e.error != NOT_UTF8}
-    clash = [e.path for _, e in entries if e.error == NOT_UTF8 and e.path in named]
-    if clash:  # reported here, never recorded: the catalog row of that path is the other file's
-        entries = [(r, e) for r, e in entries if not (e.error == NOT_UTF8 and e.path in named)]
-        report.warnings.extend(
-            f"skipping a file shown as {p} (its name is not valid UTF-8; another file is called that): rename it"
-            for p in sorted(clash)
         )
     return entries
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from fgsearch.boxes import Box
 from fgsearch.errors import InputError
+from fgsearch.scan import display_path
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,8 @@ class SearchHit:
             "score": round(self.score, 6),
             "global_score": None if self.global_score is None else round(self.global_score, 6),
             "region_score": None if self.region_score is None else round(self.region_score, 6),
-            "path": self.path,
-            "paths": list(self.paths),
+            "path": display_path(self.path),  # text: --paths -0 prints a name's exact bytes
+            "paths": [display_path(p) for p in self.paths],
             "box": None if self.box is None else [round(v, 5) for v in self.box.as_tuple()],
             "region_id": self.region_id,
             "image_id": self.image_id,

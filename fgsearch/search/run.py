@@ -198,12 +198,10 @@ def _ranked(score: np.ndarray, cids: list[int], own: int | None) -> list[int]:
 
 def _query_file(store: LibraryStore, q: SearchQuery) -> tuple[int | None, str | None]:
     """The indexed image of a whole-image query given as a path, and that path as the catalog
-    shows it; ``(None, None)`` when the query is not such a file of the library."""
+    keeps it (its exact name); ``(None, None)`` when the query is not such a file of the library."""
     if q.image is None or q.box is not None or not isinstance(q.image, str | os.PathLike):
         return None, None
-    from fgsearch.scan import display_path
-
-    path = display_path(os.path.abspath(os.path.expanduser(os.fspath(q.image))))
+    path = os.fsdecode(os.path.abspath(os.path.expanduser(os.fspath(q.image))))
     cid = store.catalog.content_of_path(path)
     return (cid, path) if cid is not None else (None, None)
 

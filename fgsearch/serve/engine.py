@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fgsearch.errors import FgsearchError, ImageError, InputError
+from fgsearch.scan import display_path
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -316,8 +317,8 @@ class SearchService:
         regions = self.lib.catalog.regions_for_contents([image_id]).get(image_id, [])
         return {
             "image_id": row.id,
-            "path": row.path,
-            "paths": list(row.paths),
+            "path": display_path(row.path),
+            "paths": [display_path(p) for p in row.paths],
             "width": row.width,
             "height": row.height,
             "captured_at": row.captured_at.isoformat() if row.captured_at else None,

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _library_data import png_bomb_header, scene
+from _library_data import V2_NOT_UTF8, catalog_as_v2, png_bomb_header, scene
 from PIL import Image
 
 from fgsearch.catalog import SCHEMA_VERSION, Catalog, ModelInfo, WriteLock
@@ -114,6 +114,74 @@ def test_step_migration_from_v1(tmp_path: Path) -> None:
     assert cids
 
 
+def test_files_are_keyed_by_their_exact_name(tmp_path: Path) -> None:
+    """Issue 23.3: a name that is not UTF-8 (``caf<e9>.png``) and a file literally called by its
+    ``\\xNN`` escape (``caf\\xe9.png``) are two file rows with their own contents; the catalog
+    gives each path back exactly (filters, lookups, failures)."""
+    cat = _new(tmp_path)
+    run = cat.begin_run()
+    latin1, escaped = os.fsdecode(b"/p/caf\xe9.png"), "/p/caf\\xe9.png"
+    cids, _ = cat.reserve_contents([_item("a"), _item("b")])
+    cat.confirm_contents(cids, [(latin1, 1, 10), (escaped, 2, 20)], run)
+    assert cat.content_of_path(latin1) == cids[0] and cat.content_of_path(escaped) == cids[1]
+    assert [(r.path, r.paths) for r in cat.contents_by_ids(cids)] == [(latin1, (latin1,)), (escaped, (escaped,))]
+    states = cat.file_states([latin1, escaped])
+    assert (states[latin1].size, states[escaped].size) == (1, 2)
+    assert sorted(cat.filter_contents(path_prefix="/p")) == sorted(cids)
+    assert cat.matching_paths(cids, path_prefix="/p") == {cids[0]: [latin1], cids[1]: [escaped]}
+    assert sorted(cat.filter_contents(path_glob="*caf\\xe9*")) == sorted(cids)  # a glob matches the shown text
+    assert sorted(cat.filter_contents(path_glob=os.fsdecode(b"*caf\xe9*"))) == sorted(cids)  # also as typed in Latin-1
+    cat.mark_seen([latin1], run + 1)
+    cat.commit()
+    assert cat.unseen_paths(run + 1, ["/p"]) == [escaped]
+    cat.record_failure(escaped, 3, 30, "truncated", run)
+    cat.commit()
+    assert cat.failures() == [(escaped, "truncated")] and cat.content_of_path(latin1) == cids[0]
+    cat.record_failure(latin1, 1, 11, f"cannot read {latin1}", run)  # a reason quoting the name
+    cat.commit()
+    assert cat.failures() == [(escaped, "truncated"), (latin1, "cannot read /p/caf\\xe9.png")]
+    cat.close()
+
+
+def test_step_migration_from_v2_keys_files_by_their_bytes(tmp_path: Path) -> None:
+    """A v2 catalog (one text ``path`` per file, unique) migrates to v3: its files keep their ids,
+    contents and states under their exact names; the failures v2 recorded for names that were not
+    UTF-8 (whose path was an escape, not the name) are dropped so the next run indexes those files."""
+    db = tmp_path / "catalog.sqlite"
+    cat = _new(tmp_path)
+    run = cat.begin_run()
+    cids, _ = cat.reserve_contents([_item("a")])
+    cat.confirm_contents(cids, [("/p/caf\u00e9.png", 1, 10)], run)
+    cat.record_failure("/p/caf\\xe9.png", 0, 0, V2_NOT_UTF8, run)
+    cat.record_failure("/p/bad.png", 5, 50, "not an image", run)
+    cat.commit()
+    cat.close()
+    catalog_as_v2(db)
+    with pytest.raises(LibraryError, match="upgrade it to v3"):
+        Catalog.open(db, read_only=True)
+    with Catalog.open(db) as cat:
+        assert cat.get_meta()["schema_version"] == SCHEMA_VERSION == 3
+        assert cat.content_of_path("/p/caf\u00e9.png") == cids[0]
+        assert cat.failures() == [("/p/bad.png", "not an image")]
+        latin1 = os.fsdecode(b"/p/caf\xe9.png")
+        cat.record_failure(latin1, 1, 1, "truncated", run)
+        cat.record_failure("/p/caf\\xe9.png", 2, 2, "truncated", run)
+        cat.commit()
+        assert len(cat.failures()) == 3 and set(cat.file_states([latin1, "/p/caf\\xe9.png"])) == {
+            latin1,
+            "/p/caf\\xe9.png",
+        }
+    con = sqlite3.connect(db)
+    rows = sorted(con.execute("SELECT raw_path, path FROM files"))
+    assert rows == [
+        (b"/p/bad.png", "/p/bad.png"),
+        (b"/p/caf\\xe9.png", "/p/caf\\xe9.png"),
+        ("/p/caf\u00e9.png".encode(), "/p/caf\u00e9.png"),
+        (b"/p/caf\xe9.png", "/p/caf\\xe9.png"),  # shown as its escape, keyed by its byte
+    ]
+    con.close()
+
+
 def test_corrupt_catalog_is_a_clear_error(tmp_path: Path) -> None:
     db = tmp_path / "catalog.sqlite"
     db.write_bytes(b"this is not sqlite" * 100)
@@ -164,14 +232,14 @@ def test_walk_rules(tmp_path: Path) -> None:
     )
     entries = list(walk([root]))
     names = [os.path.relpath(e.path, root) for e in entries if not e.error]
-    assert names == ["a/b/z.webp", "a/raw.tiff", "a/y.png", "x.JPG"]
+    assert names == ["a/b/z.webp", "a/raw.tiff", "a/y.png", bad_name, "x.JPG"]  # a name that is not UTF-8 too
     errors = {os.path.basename(e.path): e.error for e in entries if e.error}
     assert "broken symbolic link" in errors["dangling.png"]
-    assert any("not valid UTF-8" in v for v in errors.values())
-    assert [os.path.basename(e.path) for e in walk([root], include=["*.png"]) if not e.error] == ["y.png"]
+    assert list(errors) == ["dangling.png"]
+    assert [os.path.basename(e.path) for e in walk([root], include=["*.png"]) if not e.error] == ["y.png", bad_name]
     kept = [os.path.basename(e.path) for e in walk([root], exclude=["a/**"]) if not e.error]
-    assert kept == ["x.JPG"]
-    assert len([e for e in walk([root], hidden=True) if not e.error]) == 5
+    assert kept == [bad_name, "x.JPG"]
+    assert len([e for e in walk([root], hidden=True) if not e.error]) == 6
     with pytest.raises(InputError, match="does not exist"):
         list(walk([tmp_path / "nope"]))
 

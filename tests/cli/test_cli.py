@@ -109,6 +109,49 @@ def test_paths_output_is_machine_safe(library: Path) -> None:
     assert set(got[:-1]) == expected
 
 
+def test_a_non_utf8_name_and_its_escape_are_two_files_with_their_own_bytes(tmp_path: Path) -> None:
+    """Issue 23.3: `caf<e9>.png` (Latin-1, not UTF-8) and a file literally called `caf\\xe9.png` are
+    both indexed and found; ``--paths -0`` prints each one's real bytes, a query by either file
+    names that file first, and text output (lines, JSON, HTML) shows both as the escape."""
+    from _library_data import scene
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    scene(1).save(photos / "ok.png")
+    scene(2).save(photos / "caf\\xe9.png")
+    latin1 = os.fsencode(photos) + b"/caf\xe9.png"
+    with open(latin1, "wb") as f:
+        scene(3).save(f, format="PNG")
+    names = {os.fsencode(photos / "ok.png"), os.fsencode(photos / "caf\\xe9.png"), latin1}
+    lib = str(tmp_path / "lib")
+    r = run("index", str(photos), "--library", lib, "--model", "demo", "--regions", "none", "--json")
+    assert r.exit_code == 0, r.output
+    assert {k: json.loads(r.stdout)[k] for k in ("scanned", "indexed", "failed")} == {
+        "scanned": 3,
+        "indexed": 3,
+        "failed": 0,
+    }
+    r = run("query", "a red circle", "--library", lib, "-k", "5", "--paths", "-0")
+    assert r.exit_code == 0, r.output
+    got = r.stdout_bytes.split(b"\0")
+    assert got[-1] == b"" and sorted(got[:-1]) == sorted(names)
+    for own in names:
+        r = run("query", "--image", os.fsdecode(own), "--library", lib, "-k", "1", "--paths", "-0")
+        assert r.exit_code == 0, r.output
+        assert r.stdout_bytes == own + b"\0"
+    pictures = ["--show", str(tmp_path / "s.png"), "--html", str(tmp_path / "q.html")]  # titled by the query file
+    r = run("query", "--image", os.fsdecode(latin1), "--library", lib, "-k", "3", "--json", *pictures)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["query"]["image"] == str(photos / "caf\\xe9.png")
+    r = run("query", "a red circle", "--library", lib, "-k", "5", "--paths")
+    assert sorted(r.stdout.splitlines()).count(str(photos / "caf\\xe9.png")) == 2  # both shown as the escape
+    r = run("query", "a red circle", "--library", lib, "-k", "5", "--json", "--html", str(tmp_path / "r.html"))
+    assert r.exit_code == 0, r.output
+    shown = sorted(h["path"] for h in json.loads(r.stdout)["results"])
+    assert shown == sorted([str(photos / "caf\\xe9.png")] * 2 + [str(photos / "ok.png")])
+    assert (tmp_path / "r.html").read_text().count("caf\\xe9.png") == 2
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -404,3 +405,43 @@ def test_the_docs_page_loads_swagger_ui_from_the_server_not_a_cdn(served) -> Non
         assert client.get(u).status_code == 200, u
     assert "'/openapi.json'" in page.text
     assert client.get("/redoc").status_code == 404  # FastAPI's ReDoc page would load from a CDN too
+
+
+def test_a_non_utf8_name_and_its_escape_are_served_as_two_files(tmp_path: Path) -> None:
+    """Issue 23.3: `caf<e9>.png` and a file literally called `caf\\xe9.png` are two images; each
+    image's file route sends that file's bytes (the catalog gives the server each exact name), and
+    the JSON shows both names as text."""
+    from _library_data import scene
+    from _serve_data import DEMO_DIR
+
+    from fgsearch.library import Library
+    from fgsearch.regions import RegionSettings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    files = {os.fsencode(photos / "caf\\xe9.png"): 1, os.fsencode(photos) + b"/caf\xe9.png": 2}
+    for name, i in files.items():
+        with open(name, "wb") as f:
+            scene(i).save(f, format="PNG")
+    with Library.open(tmp_path / "lib", model=DEMO_DIR, regions=RegionSettings("none"), device="cpu") as lib:
+        assert lib.index(str(photos)).indexed == 2
+    client, service = make_client(tmp_path / "lib")
+    try:
+        resp = _search(client, text="a red circle", k=5)
+        assert resp.status_code == 200, resp.text
+        results = resp.json()["results"]
+        assert [h["path"] for h in results] == [str(photos / "caf\\xe9.png")] * 2
+        sent = set()
+        for h in results:
+            assert client.get(f"/api/images/{h['image_id']}").json()["path"] == str(photos / "caf\\xe9.png")
+            body = client.get(f"/api/images/{h['image_id']}/file")
+            assert body.status_code == 200, body.text
+            sent.add(body.content)
+            assert client.get(f"/api/images/{h['image_id']}/thumb?size=64").status_code == 200
+        on_disk = set()
+        for name in files:
+            with open(name, "rb") as f:
+                on_disk.add(f.read())
+        assert sent == on_disk
+    finally:
+        service.close()
