@@ -236,8 +236,7 @@ def query(
         _print_paths([h.path for h in hits], null)
     else:
         print_hits(out, hits)
-    title = text or (f"image {image}" if image else "")
-    _write_pictures(out, hits, title, show, html_out)
+    _write_pictures(out, hits, text or (f"image {image}" if image else ""), show, html_out)
 
 
 def _print_paths(paths: list[str], null: bool) -> None:

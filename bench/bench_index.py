@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,50 +149,15 @@ def huge_memory(n: int, side: int, workers: int, work: Path) -> None:
     print(f"  budget / no budget: {budget / old:.2f}; budget / one huge image: {budget / rows['1 huge PNG']:.2f}")
 
 
-def main() -> None:
-    if "--rss-child" in sys.argv:
-        i = sys.argv.index("--rss-child")
-        workers = int(sys.argv[sys.argv.index("--workers") + 1])
-        _rss_child(sys.argv[i + 1], "--no-budget" not in sys.argv, workers)
-        return
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=96)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--workers", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=3, help="alternating none/auto runs; medians are compared")
-    ap.add_argument("--keep", type=Path, default=None, help="reuse/keep generated photos and model here")
-    ap.add_argument("--huge", type=int, default=0, help="measure peak memory of N huge PNGs instead")
-    ap.add_argument("--side", type=int, default=10000, help="with --huge: the PNGs' width and height")
-    args = ap.parse_args()
-    if args.huge:
-        work = args.keep or Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
-        huge_memory(args.huge, args.side, args.workers or 3, work)
-        return
-
+def index_runs(
+    work: Path, photos: Path, model_dir: Path, enc: Any, args: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, list[float]], Any]:
+    """End-to-end ``fgsearch index`` runs, alternating --regions none and auto: wall and CPU seconds."""
     from fgsearch.library import Library
-    from fgsearch.model import FGCLIP, FGCLIPConfig, TorchEncoder, load_model, save_model
-
-    work = args.keep or Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
-    photos, model_dir = work / f"photos-{args.n}", work / "model"
-    if not photos.exists() or len(list(photos.glob("*.jpg"))) != args.n:
-        photos.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        make_photos(photos, args.n)
-        print(f"generated {args.n} JPEGs 1024x768 in {time.perf_counter() - t0:.1f}s")
-    if not (model_dir / "model.safetensors").exists():
-        torch.manual_seed(0)
-        save_model(FGCLIP(FGCLIPConfig.base()), model_dir)
-    net, spec = load_model(model_dir)
-    enc = TorchEncoder(net, spec, device=args.device)
-    print(f"device={enc.device} threads={torch.get_num_threads()} batch={args.batch} n={args.n}")
-    size = spec.image_size[0]
-    fwd = forward_rates(enc, args.batch, size)
-    fwd_none, fwd_regions = fwd["global"], fwd["auto"]
-    wall: dict[str, list[float]] = {"none": [], "auto": []}
-    cpu: dict[str, list[float]] = {"none": [], "auto": []}
     from fgsearch.regions import RegionSettings
 
+    wall: dict[str, list[float]] = {"none": [], "auto": []}
+    cpu: dict[str, list[float]] = {"none": [], "auto": []}
     for r in range(args.repeats):  # alternate, so drift in machine speed hits both alike
         for proposer in ("none", "auto"):
             lib_dir = work / f"lib-{proposer}"
@@ -207,7 +173,12 @@ def main() -> None:
                 f"[{r + 1}/{args.repeats}] --regions {proposer}: indexed {rep.indexed} images ({rep.regions} regions) "
                 f"in {rep.seconds:.1f}s = {rep.images_per_second:.2f} images/s, {c1 - c0:.1f} CPU-s"
             )
-    n_img = rep.indexed
+    return wall, cpu, rep
+
+
+def print_summary(n_img: int, wall: dict[str, list[float]], cpu: dict[str, list[float]], fwd: dict[str, float]) -> None:
+    """The medians, the model-only rates and the ratios against the targets."""
+    fwd_none, fwd_regions = fwd["global"], fwd["auto"]
     e_none, e_auto = n_img / float(np.median(wall["none"])), n_img / float(np.median(wall["auto"]))
     pair_wall = [a / b - 1 for a, b in zip(wall["auto"], wall["none"], strict=True)]
     pair_cpu = [a / b - 1 for a, b in zip(cpu["auto"], cpu["none"], strict=True)]
@@ -230,6 +201,48 @@ def main() -> None:
         f"median {100 * float(np.median(pair_cpu)):+.1f}%"
     )
     print(f"auto vs none, ratio of the medians above: {100 * (e_none / e_auto - 1):+.1f}%")
+
+
+def main() -> None:
+    if "--rss-child" in sys.argv:
+        i = sys.argv.index("--rss-child")
+        workers = int(sys.argv[sys.argv.index("--workers") + 1])
+        _rss_child(sys.argv[i + 1], "--no-budget" not in sys.argv, workers)
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=96)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="alternating none/auto runs; medians are compared")
+    ap.add_argument("--keep", type=Path, default=None, help="reuse/keep generated photos and model here")
+    ap.add_argument("--huge", type=int, default=0, help="measure peak memory of N huge PNGs instead")
+    ap.add_argument("--side", type=int, default=10000, help="with --huge: the PNGs' width and height")
+    args = ap.parse_args()
+    if args.huge:
+        work = args.keep or Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
+        huge_memory(args.huge, args.side, args.workers or 3, work)
+        return
+
+    from fgsearch.model import FGCLIP, FGCLIPConfig, TorchEncoder, load_model, save_model
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
+    photos, model_dir = work / f"photos-{args.n}", work / "model"
+    if not photos.exists() or len(list(photos.glob("*.jpg"))) != args.n:
+        photos.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        make_photos(photos, args.n)
+        print(f"generated {args.n} JPEGs 1024x768 in {time.perf_counter() - t0:.1f}s")
+    if not (model_dir / "model.safetensors").exists():
+        torch.manual_seed(0)
+        save_model(FGCLIP(FGCLIPConfig.base()), model_dir)
+    net, spec = load_model(model_dir)
+    enc = TorchEncoder(net, spec, device=args.device)
+    print(f"device={enc.device} threads={torch.get_num_threads()} batch={args.batch} n={args.n}")
+    size = spec.image_size[0]
+    fwd = forward_rates(enc, args.batch, size)
+    wall, cpu, rep = index_runs(work, photos, model_dir, enc, args)
+    print_summary(rep.indexed, wall, cpu, fwd)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, IndexCorruptError
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +64,26 @@ def excluding(ids: np.ndarray) -> Any:
     sel = faiss.IDSelectorNot(batch)
     sel._keep = batch  # keep the wrapped selector alive as long as the outer one
     return sel
+
+
+def read_faiss_file(fpath: Path, flags: int, generation: int) -> tuple[Any, bool]:
+    """``(index, memory_mapped)``: ``faiss.read_index`` with ``flags``, or read into memory when
+    memory-mapping fails. A file FAISS cannot read at all is an :class:`IndexCorruptError` naming
+    the file in one line; FAISS's own text (a C++ function and source line) goes to the debug log."""
+    faiss = load_faiss()
+    try:
+        return faiss.read_index(str(fpath), flags), bool(flags)
+    except RuntimeError as e:
+        error = e
+        log.debug("FAISS cannot read %s with flags %#x: %s", fpath, flags, e)
+    if flags:
+        try:
+            ann = faiss.read_index(str(fpath))
+        except RuntimeError as e:
+            log.debug("FAISS cannot read %s: %s", fpath, e)
+        else:
+            log.warning("cannot memory-map %s; reading it into memory", fpath)
+            return ann, False
+    raise IndexCorruptError(
+        f"cannot read the backend files of generation {generation}: FAISS cannot read {fpath}"
+    ) from error

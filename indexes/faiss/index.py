@@ -47,7 +47,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,7 +59,7 @@ from ..faults import faults
 from ..hnsw import HnswKernel, kernel_missing_reason
 from ..store.files import fsync_file
 from . import tiers
-from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch
+from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
 from .calibration import CalibrationSource, calibrate, calibration_sets
 from .gpu import clone_to_gpu, gpu_wanted
 
@@ -110,7 +109,7 @@ class FaissIndex(StoreBackedIndex):
         if tier in ("ivf", "hnsw"):
             fpath = self._store.path / extra["faiss_file"]
             flags = mmap_flags(tier) if self._config.mmap else 0
-            self._ann, self._mapped = _read_faiss_file(fpath, flags, self._store.generation)
+            self._ann, self._mapped = read_faiss_file(fpath, flags, self._store.generation)
             if self._mapped:
                 prefetch(fpath)
             if extra.get("tombstones_file"):
@@ -487,26 +486,3 @@ class FaissIndex(StoreBackedIndex):
         code_size = int(faiss.downcast_index(graph.storage).code_size)
         links = int(graph.hnsw.neighbors.size()) * 4 + int(graph.hnsw.offsets.size()) * 8
         return total + int(ann.ntotal) * (code_size + 8 + 4) + links
-
-
-def _read_faiss_file(fpath: Path, flags: int, generation: int) -> tuple[Any, bool]:
-    """``(index, memory_mapped)``: ``faiss.read_index`` with ``flags``, or read into memory when
-    memory-mapping fails. A file FAISS cannot read at all is an :class:`IndexCorruptError` naming
-    the file in one line; FAISS's own text (a C++ function and source line) goes to the debug log."""
-    faiss = load_faiss()
-    try:
-        return faiss.read_index(str(fpath), flags), bool(flags)
-    except RuntimeError as e:
-        error = e
-        log.debug("FAISS cannot read %s with flags %#x: %s", fpath, flags, e)
-    if flags:
-        try:
-            ann = faiss.read_index(str(fpath))
-        except RuntimeError as e:
-            log.debug("FAISS cannot read %s: %s", fpath, e)
-        else:
-            log.warning("cannot memory-map %s; reading it into memory", fpath)
-            return ann, False
-    raise IndexCorruptError(
-        f"cannot read the backend files of generation {generation}: FAISS cannot read {fpath}"
-    ) from error
