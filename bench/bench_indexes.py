@@ -73,140 +73,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-CHUNK = 50_000
-SEED = 1234
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import (
+    CHUNK,
+    GENERATORS,
+    demo_dataset,
+    make_queries,
+    make_text_queries,
+)
+
 PEER_EF = {"hnsw-sq8": (128, 256, 512), "qdrant-edge": (64, 128, 256, 512)}
 PEER_RERANK = 100
-
-
-# --------------------------------------------------------------------------- data
-def _write_vectors(
-    path: Path, n: int, dim: int, seed: int, chunk: Callable[[np.random.Generator, int], np.ndarray]
-) -> np.ndarray:
-    """``path`` (.npy) as a memmap: reused when it holds ``n x dim`` already, else written chunk by
-    chunk, ``chunk(rng, rows)`` giving the unnormalised rows of chunk ``c`` from ``rng([seed, c])``."""
-    if path.exists():
-        arr = np.load(path, mmap_mode="r")
-        if arr.shape == (n, dim):
-            return arr
-    out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float32, shape=(n, dim))
-    for c, s in enumerate(range(0, n, CHUNK)):
-        e = min(s + CHUNK, n)
-        x = chunk(np.random.default_rng([seed, c]), e - s)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        out[s:e] = x.astype(np.float32)
-    out.flush()
-    del out
-    os.replace(path.with_suffix(".tmp.npy"), path)
-    return np.load(path, mmap_mode="r")
-
-
-def generate(path: Path, n: int, dim: int, clusters: int, seed: int = SEED) -> np.ndarray:
-    """Write ``n`` clustered unit vectors (``isotropic``, see the module docstring) to ``path``."""
-    rng = np.random.default_rng(seed)
-    shared = rng.standard_normal(dim)
-    shared /= np.linalg.norm(shared)
-    centres = rng.standard_normal((clusters, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    spread = rng.uniform(0.8, 1.6, clusters)
-    weights = 1.0 / np.arange(1, clusters + 1) ** 0.8
-    weights /= weights.sum()
-
-    def chunk(r: np.random.Generator, rows: int) -> np.ndarray:
-        lab = r.choice(clusters, size=rows, p=weights)
-        return 0.5 * shared + centres[lab] + spread[lab, None] * r.standard_normal((rows, dim)) / math.sqrt(dim)
-
-    return _write_vectors(path, n, dim, seed, chunk)
-
-
-def generate_clip_like(path: Path, n: int, dim: int, topics: int, seed: int = SEED) -> np.ndarray:
-    """Write ``n`` CLIP-like unit vectors (see the module docstring) to ``path``; return a memmap."""
-    rng = np.random.default_rng(seed)
-    shared = rng.standard_normal(dim)
-    shared /= np.linalg.norm(shared)
-    rotation, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
-    spectrum = np.arange(1, dim + 1) ** -0.5  # standard deviations: eigenvalue i ~ 1/i
-    basis = (rotation * (spectrum / np.linalg.norm(spectrum))).astype(np.float32)  # E|basis @ g|^2 = 1
-    scenes = 20
-    weights = 1.0 / np.arange(1, topics + 1) ** 0.8
-    weights /= weights.sum()
-    topic_c = rng.standard_normal((topics, dim)).astype(np.float32) @ basis.T
-    scene_c = (rng.standard_normal((topics * scenes, dim)).astype(np.float32) @ basis.T).reshape(topics, scenes, dim)
-
-    def chunk(r: np.random.Generator, rows: int) -> np.ndarray:
-        t = r.choice(topics, size=rows, p=weights)
-        sc = r.integers(0, scenes, size=rows)
-        photo = r.standard_normal((rows, dim)).astype(np.float32) @ basis.T
-        return 1.2 * shared + topic_c[t] + 0.6 * scene_c[t, sc] + 0.6 * photo
-
-    return _write_vectors(path, n, dim, seed, chunk)
-
-
-GENERATORS = {"clip": generate_clip_like, "isotropic": generate}
-
-
-def make_queries(data: np.ndarray, nq: int, seed: int = SEED + 1) -> np.ndarray:
-    from fgsearch.indexes.faiss.calibration_queries import in_distribution_queries
-
-    return in_distribution_queries(data, nq, seed)
-
-
-def make_text_queries(data: np.ndarray, nq: int, seed: int = SEED + 3) -> np.ndarray:
-    from fgsearch.indexes.faiss.calibration_queries import cross_modal_queries
-
-    return cross_modal_queries(data, nq, seed)
-
-
-def demo_dataset(work: Path, n_images: int, nq: int) -> tuple[Path, dict[str, Path]]:
-    """Demo-model embeddings of generated FineShapes-like photos (one global vector and region vectors
-    for each shape's box and a 2x2 grid, as a library stores them) and of their varied captions
-    (whole-image captions, short and long referring expressions) as text queries."""
-    import random
-
-    from PIL import Image
-
-    from fgsearch.model import load_encoder
-    from fgsearch.trainer.fineshapes import make_record
-
-    data_path = work / f"demo-{n_images}.npy"
-    text_path = work / f"demo-{n_images}-text.npy"
-    if not (data_path.exists() and text_path.exists()):
-        enc = load_encoder("demo", device="cpu")
-        img_dir = work / "demo-images"
-        img_dir.mkdir(exist_ok=True)
-        grid = [(x, y, x + 0.5, y + 0.5) for x in (0.0, 0.5) for y in (0.0, 0.5)]
-        vecs: list[np.ndarray] = []
-        captions: list[str] = []
-        for s in range(0, n_images, 32):
-            recs = [make_record(i, SEED, img_dir, "")[0] for i in range(s, min(s + 32, n_images))]
-            images = [Image.open(img_dir / r["f_path"]).convert("RGB") for r in recs]
-            boxes = [np.asarray([b["bbox"] for b in r["bbox_info"]] + grid, np.float32) for r in recs]
-            out = enc.encode_images(images, boxes=boxes)
-            vecs.append(np.concatenate([out.image, *out.regions]))
-            for r in recs:
-                captions += [r["caption"], r["short_caption"]]
-                captions += [t for b in r["bbox_info"] for t in (b["short_expr"], b["long_expr"])]
-            print(f"\r  demo: embedded {min(s + 32, n_images)}/{n_images} photos", end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
-        np.save(data_path, np.concatenate(vecs).astype(np.float32))
-        picked = random.Random(SEED).sample(captions, min(nq, len(captions)))
-        np.save(text_path, np.asarray(enc.encode_texts(picked), dtype=np.float32))
-    data = np.load(data_path, mmap_mode="r")
-    image_path = work / f"demo-{n_images}-image.npy"
-    np.save(image_path, make_queries(data, nq))
-    return data_path, {"image": image_path, "text": text_path}
 
 
 # --------------------------------------------------------------------------- workers
@@ -348,6 +235,36 @@ class _Searcher:
         return sum(p.stat().st_size for p in index_dir.rglob("*") if p.is_file())
 
 
+def _timed_set(searcher: _Searcher, kind: str, setting: object, name: str, qpath: Path, tpath: Path | None) -> dict:
+    """One query set at one setting: single-query latency, batch throughput, recall (or the truth)."""
+    q = np.load(qpath)
+    for i in range(10):  # warm-up
+        searcher.search(q[i : i + 1], 10)
+    lat = []
+    for i in range(min(30 if kind == "exact" else 300, q.shape[0])):  # exact: only its truth matters
+        t = time.perf_counter()
+        searcher.search(q[i : i + 1], 10)
+        lat.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    ids = searcher.search(q, 10)
+    batch_s = time.perf_counter() - t
+    recall = None
+    if tpath is not None:
+        from fgsearch.indexes.faiss.calibration_queries import recall_at_k
+
+        recall = recall_at_k(ids, np.load(tpath))
+    else:
+        np.save(qpath.with_name(qpath.stem + "-truth.npy"), ids)
+    return {
+        "setting": setting,
+        "set": name,
+        "recall10": recall,
+        "p50_ms": 1000 * float(np.percentile(lat, 50)),
+        "p95_ms": 1000 * float(np.percentile(lat, 95)),
+        "batch_qps": q.shape[0] / batch_s,
+    }
+
+
 def worker_query(kind: str, index_dir: Path, data_path: Path, qsets: dict[str, tuple[Path, Path | None]]) -> dict:
     """Latency, throughput, recall for every query set and search setting; memory after all of it."""
     import faiss
@@ -375,34 +292,7 @@ def worker_query(kind: str, index_dir: Path, data_path: Path, qsets: dict[str, t
     for setting in searcher.settings:
         searcher.setting = setting
         for name, (qpath, tpath) in qsets.items():
-            q = np.load(qpath)
-            for i in range(10):  # warm-up
-                searcher.search(q[i : i + 1], 10)
-            lat = []
-            for i in range(min(30 if kind == "exact" else 300, q.shape[0])):  # exact: only its truth matters
-                t = time.perf_counter()
-                searcher.search(q[i : i + 1], 10)
-                lat.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            ids = searcher.search(q, 10)
-            batch_s = time.perf_counter() - t
-            recall = None
-            if tpath is not None:
-                from fgsearch.indexes.faiss.calibration_queries import recall_at_k
-
-                recall = recall_at_k(ids, np.load(tpath))
-            else:
-                np.save(qpath.with_name(qpath.stem + "-truth.npy"), ids)
-            runs.append(
-                {
-                    "setting": setting,
-                    "set": name,
-                    "recall10": recall,
-                    "p50_ms": 1000 * float(np.percentile(lat, 50)),
-                    "p95_ms": 1000 * float(np.percentile(lat, 95)),
-                    "batch_qps": q.shape[0] / batch_s,
-                }
-            )
+            runs.append(_timed_set(searcher, kind, setting, name, qpath, tpath))
     after = _rss()
     n = searcher.n
     d_anon = after["RssAnon"] - before["RssAnon"]
@@ -498,6 +388,18 @@ def print_table(rows: list) -> None:
         )
 
 
+def run_worker_args(w: list[str]) -> None:
+    """A build or query worker (a subprocess of the main run): prints its result as JSON."""
+    if w[0] == "build":
+        res = worker_build(w[1], Path(w[2]), Path(w[3]))
+    else:
+        qsets = {k: (Path(q), None if t == "-" else Path(t)) for k, (q, t) in json.loads(w[4]).items()}
+        res = worker_query(w[1], Path(w[2]), Path(w[3]), qsets)
+    # also beside the index directory, so a long run's finished backends survive an interruption
+    Path(w[3] if w[0] == "build" else w[2]).with_suffix(f".{w[0]}.json").write_text(json.dumps(res))
+    print(json.dumps(res))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, action="append", help="synthetic collection size (repeatable)")
@@ -515,15 +417,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.worker:
-        w = args.worker
-        if w[0] == "build":
-            res = worker_build(w[1], Path(w[2]), Path(w[3]))
-        else:
-            qsets = {k: (Path(q), None if t == "-" else Path(t)) for k, (q, t) in json.loads(w[4]).items()}
-            res = worker_query(w[1], Path(w[2]), Path(w[3]), qsets)
-        # also beside the index directory, so a long run's finished backends survive an interruption
-        Path(w[3] if w[0] == "build" else w[2]).with_suffix(f".{w[0]}.json").write_text(json.dumps(res))
-        print(json.dumps(res))
+        run_worker_args(args.worker)
         return
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]

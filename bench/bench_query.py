@@ -35,7 +35,7 @@ def build(work: Path, n_images: int, per: int, dim: int, model_dir: Path, data: 
     from fgsearch.regions import RegionSettings
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_indexes import GENERATORS
+    from bench_data import GENERATORS
 
     lib_dir = work / f"lib-{data}"
     if (lib_dir / "catalog.sqlite").exists():
@@ -102,7 +102,7 @@ def warm_figures(lib_dir: Path, args: argparse.Namespace, rng: np.random.Generat
         for name, idx in (("global", lib.global_index), ("regions", lib.region_index)):
             p = idx.stats().params
             print(f"{name} index: tier {p.get('tier')}, calibration {p.get('calibration')}")
-        from bench_indexes import make_text_queries
+        from bench_data import make_text_queries
 
         from fgsearch.search import search_vector
 
