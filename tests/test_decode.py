@@ -430,7 +430,8 @@ def test_a_pixel_budget_held_elsewhere_waits_then_says_busy() -> None:
         with budget.hold(wait=0.2) as reserve:
             reserve(20)  # what is free is granted at once
         t0 = time.monotonic()
-        with pytest.raises(BusyError, match="budget of 0.0001 megapixels is held") as busy, budget.hold(wait=0.2) as reserve:
+        refused = budget.hold(wait=0.2)
+        with pytest.raises(BusyError, match=r"budget of 0\.0001 megapixels is held") as busy, refused as reserve:
             reserve(50)
         assert 0.15 < time.monotonic() - t0 < 5 and busy.value.retry_after == 1
         assert budget.free == 20  # the refused request took nothing

@@ -43,6 +43,7 @@ from fgsearch.errors import BusyError, FgsearchError, ImageError, InputError
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
+    from fgsearch.decode import PixelBudget
     from fgsearch.library import Library
     from fgsearch.model import EncodedImages, Encoder, ImagePreprocessor, ModelSpec, ScoreCalibration, TextPath
     from fgsearch.model.protocol import DenseProposer
@@ -270,14 +271,7 @@ class SearchService:
             encoder=self.encoder,
         )
         self._search_lock = threading.Lock()
-        from fgsearch.decode import PixelBudget
-
-        if settings.decode_megapixels <= 0 or settings.decode_wait_s < 0:
-            raise InputError(
-                f"decode_megapixels must be positive and decode_wait_s not negative, got "
-                f"{settings.decode_megapixels:g} and {settings.decode_wait_s:g}"
-            )
-        self.pixels = PixelBudget(int(settings.decode_megapixels * 1e6))
+        self.pixels = _pixel_budget(settings)
         self.thumb_dir = self.lib.path / "thumbs"
         self._thumb_cache_ok = True
         self.started = time.time()
@@ -454,6 +448,17 @@ class SearchService:
     def close(self) -> None:
         self.encoder.close()
         self.lib.close()
+
+
+def _pixel_budget(s: ServeSettings) -> PixelBudget:
+    """The decoded-pixel budget that every decode of the server shares."""
+    from fgsearch.decode import PixelBudget
+
+    if not s.decode_megapixels > 0:
+        raise InputError(f"--decode-megapixels must be positive, got {s.decode_megapixels:g}")
+    if not s.decode_wait_s >= 0:
+        raise InputError(f"decode_wait_s must be 0 or more seconds, got {s.decode_wait_s:g}")
+    return PixelBudget(int(s.decode_megapixels * 1e6))
 
 
 def _decode(
