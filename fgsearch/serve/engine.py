@@ -87,6 +87,12 @@ class ServeSettings:
     decode_megapixels: float = 100.0
     decode_wait_s: float = 5.0
 
+    def __post_init__(self) -> None:
+        if not self.decode_megapixels > 0:
+            raise InputError(f"--decode-megapixels must be positive, got {self.decode_megapixels:g}")
+        if not self.decode_wait_s >= 0:
+            raise InputError(f"decode_wait_s must be 0 or more seconds, got {self.decode_wait_s:g}")
+
     def model_thread_count(self) -> int:
         """``model_threads``, else every core this process may use but one: searches (one core,
         mostly Python) run beside the text encoding of the next requests, and a forward pass that
@@ -451,13 +457,9 @@ class SearchService:
 
 
 def _pixel_budget(s: ServeSettings) -> PixelBudget:
-    """The decoded-pixel budget that every decode of the server shares."""
+    """The decoded-pixel budget that every decode of the server shares (checked by ServeSettings)."""
     from fgsearch.decode import PixelBudget
 
-    if not s.decode_megapixels > 0:
-        raise InputError(f"--decode-megapixels must be positive, got {s.decode_megapixels:g}")
-    if not s.decode_wait_s >= 0:
-        raise InputError(f"decode_wait_s must be 0 or more seconds, got {s.decode_wait_s:g}")
     return PixelBudget(int(s.decode_megapixels * 1e6))
 
 
