@@ -82,7 +82,7 @@ class ServeSettings:
     max_batch: int = 32
     model_threads: int | None = None  # CPU threads of a forward pass; None: all cores but one (see model_thread_count)
     # decoded pixels that uploads, queries by a library image and thumbnails may hold at once (a
-    # 50 MP upload holds about 0.4 GB while decoded); a request waits decode_wait_s for its share,
+    # 50 MP upload holds 0.5-0.6 GB while decoded); a request waits decode_wait_s for its share,
     # then is answered 503 with Retry-After
     decode_megapixels: float = 100.0
     decode_wait_s: float = 5.0

@@ -254,7 +254,7 @@ GIB = 1024 * 1024  # KiB
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from /proc (Linux)")
 def test_32_concurrent_big_uploads_stay_within_the_pixel_budget(serve_library) -> None:
     """32 simultaneous uploads of a 7,071 x 7,071 RGBA 16-bit PNG (50 MP, under the upload limit;
-    about 0.4 GB decoded): with the default budget (100 MP: two such images decoded at once) the
+    0.5-0.6 GB decoded): with the default budget (100 MP: two such images decoded at once) the
     server's peak resident memory stays under its baseline + 1.5 GiB (before the budget: about
     0.5 GB per upload in flight, 16 GB for 32), and every request is answered 200 or 503 with
     Retry-After, at least one 200."""
