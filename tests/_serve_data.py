@@ -142,8 +142,8 @@ def build_large_library(root: Path, n: int) -> Path:
 
 
 def big_png16(width: int = 7071, height: int = 7071) -> bytes:
-    """A PNG of ``width`` x ``height`` RGBA pixels, 16 bits a channel, that compresses to a few
-    hundred KB (repeated stripes): small to send, 0.5-0.6 GB while a server holds it decoded."""
+    """A PNG of ``width`` x ``height`` RGBA pixels, 16 bits a channel, that compresses to about
+    1 MB (repeated stripes): small to send, 0.5-0.6 GB while a server holds it decoded."""
     import struct
     import zlib
 
