@@ -469,13 +469,28 @@ def serve(
     token: str | None = opt.TOKEN,
     cors: str | None = typer.Option(None, "--cors", help="Let pages from this origin (https://host) call the API."),
     device: str = opt.DEVICE_SHORT,
+    decode_megapixels: float = typer.Option(
+        100.0,
+        "--decode-megapixels",
+        help="Decoded pixels that uploads, image queries and thumbnails may hold at once (about 8 bytes "
+        "each); a request that waits 5 s for its share is answered 503 with Retry-After.",
+    ),
 ) -> None:
     """Serve the library: a web page at / and a JSON API (OpenAPI at /docs); the model loads once."""
     from fgsearch.serve import run_server
     from fgsearch.serve.engine import ServeSettings
 
     where = str(library) if library else None
-    settings = ServeSettings(library=where, model=model, device=device, host=host, port=port, token=token, cors=cors)
+    settings = ServeSettings(
+        library=where,
+        model=model,
+        device=device,
+        host=host,
+        port=port,
+        token=token,
+        cors=cors,
+        decode_megapixels=decode_megapixels,
+    )
     typer.echo(f"fgsearch serve: loading the library and the model; then http://{host}:{port}/", err=True)
     run_server(settings)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import math
 import os
 import re
 import stat
@@ -27,7 +28,7 @@ from typing import Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
-from fgsearch.errors import FgsearchError, ImageError
+from fgsearch.errors import BusyError, FgsearchError, ImageError
 from fgsearch.model.preprocess import to_rgb
 
 logger = logging.getLogger(__name__)
@@ -315,7 +316,11 @@ class PixelBudget:
     budget is free, so several huge images never decode together (peak memory stays near one
     huge image's) while ordinary photos still decode in parallel. An image bigger than the whole
     budget waits for all of it, then runs alone. After a big image the freed memory is returned
-    to the system (:func:`_trim_malloc`), so the next one does not add to it."""
+    to the system (:func:`_trim_malloc`), so the next one does not add to it.
+
+    The indexer's workers wait as long as it takes (``hold()``); a server cannot keep a client
+    waiting for ever, so it holds with ``wait`` seconds, past which :class:`BusyError` is raised
+    (the server answers 503 with ``Retry-After``)."""
 
     def __init__(self, pixels: int) -> None:
         self.total = max(1, int(pixels))
@@ -323,16 +328,22 @@ class PixelBudget:
         self._cv = threading.Condition()
 
     @contextmanager
-    def hold(self) -> Iterator[Callable[[int], None]]:
+    def hold(self, wait: float | None = None) -> Iterator[Callable[[int], None]]:
         """``with budget.hold() as reserve:``; ``reserve(n)`` waits for ``n`` pixels, which are
-        given back when the block ends (after the decoded image is dropped)."""
+        given back when the block ends (after the decoded image is dropped). With ``wait``
+        (seconds), a reservation not granted in that time raises :class:`BusyError` instead."""
         taken = 0
 
         def reserve(n: int) -> None:
             nonlocal taken
             n = min(max(0, n), self.total)
             with self._cv:
-                self._cv.wait_for(lambda: self.free >= n)
+                if not self._cv.wait_for(lambda: self.free >= n, timeout=wait):
+                    raise BusyError(
+                        f"{n / 1e6:.3g} megapixels to decode did not fit in {wait:g} s: the budget of "
+                        f"{self.total / 1e6:.3g} megapixels is held by other images",
+                        retry_after=max(1, math.ceil(wait or 0)),
+                    )
                 self.free -= n
             taken += n
 

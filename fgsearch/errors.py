@@ -35,5 +35,14 @@ class LibraryLockedError(LibraryError):
     """Another process holds the library's write lock."""
 
 
+class BusyError(FgsearchError):
+    """A shared resource (the decoded-pixel budget of a server) stayed in use past the wait allowed;
+    nothing is wrong with the request: retry it after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class DataError(FgsearchError):
     """A training or evaluation data file is missing or malformed."""

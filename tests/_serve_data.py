@@ -139,3 +139,20 @@ def build_large_library(root: Path, n: int) -> Path:
         lib.global_index.save()
         lib.region_index.save()
     return root / "lib"
+
+
+def big_png16(width: int = 7071, height: int = 7071) -> bytes:
+    """A PNG of ``width`` x ``height`` RGBA pixels, 16 bits a channel, that compresses to about
+    1 MB (repeated stripes): small to send, 0.5-0.6 GB while a server holds it decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    stripes = bytes(range(0, 256, 8)) * (width * 8 // 32 + 1)
+    row = b"\x00" + stripes[: width * 8]  # filter "none", then the pixels
+    z = zlib.compressobj(9)
+    data = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0)  # 16-bit, RGBA
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")

@@ -413,3 +413,39 @@ def test_a_bomb_is_refused_with_its_size(pillow_limit: int, monkeypatch: pytest.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)
     with pytest.raises(ImageError, match=r"\(400 megapixels\), over the 50 megapixel limit"):
         load_image(png_bomb_header(20000, 20000), max_megapixels=50)
+
+
+def test_a_pixel_budget_held_elsewhere_waits_then_says_busy() -> None:
+    """A server's hold(wait=...): a share that stays taken past the wait is a BusyError naming the
+    budget (the server's 503 + Retry-After); one freed in time is granted; every pixel comes back."""
+    import threading
+    import time
+
+    from fgsearch.decode import PixelBudget
+    from fgsearch.errors import BusyError
+
+    budget = PixelBudget(100)
+    with budget.hold() as held:
+        held(80)
+        with budget.hold(wait=0.2) as reserve:
+            reserve(20)  # what is free is granted at once
+        t0 = time.monotonic()
+        refused = budget.hold(wait=0.2)
+        with pytest.raises(BusyError, match=r"budget of 0\.0001 megapixels is held") as busy, refused as reserve:
+            reserve(50)
+        assert 0.15 < time.monotonic() - t0 < 5 and busy.value.retry_after == 1
+        assert budget.free == 20  # the refused request took nothing
+        granted: list[float] = []
+
+        def waiter() -> None:
+            with budget.hold(wait=10) as reserve:
+                reserve(500)  # bigger than the budget: waits for all of it
+                granted.append(time.monotonic())
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.2)
+        released = time.monotonic()
+    t.join(10)
+    assert granted and granted[0] >= released
+    assert budget.free == budget.total

@@ -15,7 +15,8 @@ Routes (every ``/api/`` route needs ``Authorization: Bearer TOKEN`` when the ser
 Errors are ``{"status": CODE, "error": "one line"}``: 400 bad input or image, 401 missing or wrong
 token, 404 unknown image or route, 409 the library cannot answer (empty, no regions), 413 a body
 over the limit, 422 a malformed request, 500 an unexpected fault (logged), 503 the vector store
-failed (a Qdrant server unreachable).
+failed (a Qdrant server unreachable), or the server is busy decoding other images (its decoded-pixel
+budget stayed full for ``decode_wait_s``; with ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fgsearch._version import __version__
-from fgsearch.errors import FgsearchError, ImageError, InputError, LibraryError
+from fgsearch.errors import BusyError, FgsearchError, ImageError, InputError, LibraryError
 from fgsearch.serve import tokens_match
 from fgsearch.serve.engine import NotFoundError, SearchService, ServeSettings
 
@@ -146,6 +147,8 @@ def _status_of(e: FgsearchError) -> int:
         return 400
     if isinstance(e, LibraryError):
         return 409
+    if isinstance(e, BusyError):
+        return 503
     return 500
 
 
@@ -266,7 +269,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(FgsearchError)
     async def _fg_error(_: Request, e: FgsearchError) -> JSONResponse:
-        return _error(_status_of(e), str(e))
+        retry = {"Retry-After": str(e.retry_after)} if isinstance(e, BusyError) else None
+        return _error(_status_of(e), str(e), retry)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -326,14 +330,28 @@ def _add_search_route(app: FastAPI, service: SearchService) -> None:
     )
     async def search(request: Request) -> JSONResponse:
         req, upload = await _read_search(request, service.settings.max_upload_bytes)
-        image: Any = None
-        if upload is not None:
-            image = await run_in_threadpool(service.decode_upload, upload)
-        elif req.image_id is not None:
-            image = await run_in_threadpool(service.image_for_query, req.image_id)
-        q = _to_query(req, image)
-        hits, info, more = await run_in_threadpool(service.search, q, req.offset)
+        if upload is None and req.image_id is None:
+            hits, info, more = await run_in_threadpool(service.search, _to_query(req, None), req.offset)
+        else:
+            hits, info, more = await run_in_threadpool(_search_by_image, service, req, upload)
         return JSONResponse(_search_answer(req, upload is not None, hits, info, more))
+
+
+def _search_by_image(service: SearchService, req: SearchRequest, upload: bytes | None) -> Any:
+    """A search whose query image (an upload or a library image) holds its share of the server's
+    decoded-pixel budget from before it is decoded until the search is done with it."""
+    with service.decoding() as reserve:
+        return _decode_and_search(service, req, upload, reserve)
+
+
+def _decode_and_search(service: SearchService, req: SearchRequest, upload: bytes | None, reserve: Any) -> Any:
+    # a function of its own: the decoded image is freed when it returns, before the budget is given back
+    if upload is not None:
+        image = service.decode_upload(upload, reserve)
+    else:
+        assert req.image_id is not None  # _search_by_image is called with an upload or an image id
+        image = service.image_for_query(req.image_id, reserve)
+    return service.search(_to_query(req, image), req.offset)
 
 
 async def _read_search(request: Request, max_upload: int) -> tuple[SearchRequest, bytes | None]:

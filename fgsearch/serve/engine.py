@@ -11,6 +11,11 @@ whole process. It is safe to call from many threads at once:
   without a restart: every search runs through :meth:`Library.consistent`, which first reloads
   what the writer has committed (and reopens a library rebuilt with ``--reindex``) and searches one
   consistent state of catalog and indexes.
+* **Decoded pixels share one budget** (:class:`~fgsearch.decode.PixelBudget`, as the indexer's
+  workers do): an upload, a query by a library image and a thumbnail each reserve their pixels
+  before decoding and keep them until the request is done with the image. A request that cannot
+  get its pixels within ``decode_wait_s`` fails with :class:`~fgsearch.errors.BusyError` (HTTP
+  503 with ``Retry-After``), so concurrent big uploads never hold more than the budget decoded.
 * **Files are served only by catalog id.** The bytes read from an image's recorded path are served
   only when their SHA-256 is the content hash the catalog recorded when the image was indexed:
   a file replaced since (by another photo, or by a symlink to ``/etc/passwd``) is refused, so no
@@ -25,19 +30,21 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fgsearch.errors import FgsearchError, ImageError, InputError
+from fgsearch.errors import BusyError, FgsearchError, ImageError, InputError
 from fgsearch.scan import display_path
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
+    from fgsearch.decode import PixelBudget
     from fgsearch.library import Library
     from fgsearch.model import EncodedImages, Encoder, ImagePreprocessor, ModelSpec, ScoreCalibration, TextPath
     from fgsearch.model.protocol import DenseProposer
@@ -75,6 +82,17 @@ class ServeSettings:
     batch_window_ms: float = 4.0  # how long the text worker waits for more texts to batch
     max_batch: int = 32
     model_threads: int | None = None  # CPU threads of a forward pass; None: all cores but one (see model_thread_count)
+    # decoded pixels that uploads, queries by a library image and thumbnails may hold at once (a
+    # 50 MP upload holds 0.5-0.6 GB while decoded); a request waits decode_wait_s for its share,
+    # then is answered 503 with Retry-After
+    decode_megapixels: float = 100.0
+    decode_wait_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.decode_megapixels > 0:
+            raise InputError(f"--decode-megapixels must be positive, got {self.decode_megapixels:g}")
+        if not self.decode_wait_s >= 0:
+            raise InputError(f"decode_wait_s must be 0 or more seconds, got {self.decode_wait_s:g}")
 
     def model_thread_count(self) -> int:
         """``model_threads``, else every core this process may use but one: searches (one core,
@@ -260,6 +278,7 @@ class SearchService:
             encoder=self.encoder,
         )
         self._search_lock = threading.Lock()
+        self.pixels = _pixel_budget(settings)
         self.thumb_dir = self.lib.path / "thumbs"
         self._thumb_cache_ok = True
         self.started = time.time()
@@ -286,9 +305,31 @@ class SearchService:
         more = len(hits) > offset + q.k
         return hits[offset : offset + q.k], info, more
 
-    def decode_upload(self, data: bytes) -> Any:
+    @contextmanager
+    def decoding(self) -> Iterator[Callable[[int], None]]:
+        """``with service.decoding() as reserve:`` a share of the decoded-pixel budget for what the
+        block decodes (pass ``reserve`` to :meth:`decode_upload` or :meth:`image_for_query`),
+        given back when the block ends: drop the image before that. :class:`BusyError` when the
+        pixels are not free within ``decode_wait_s``."""
+        s = self.settings
+        with self.pixels.hold(wait=s.decode_wait_s) as reserve:
+
+            def reserve_or_busy(n: int) -> None:
+                try:
+                    reserve(n)
+                except BusyError as e:
+                    raise BusyError(
+                        f"the server is busy decoding other images (at most {s.decode_megapixels:g} "
+                        f"megapixels at once); retry in {e.retry_after} s",
+                        retry_after=e.retry_after,
+                    ) from e
+
+            yield reserve_or_busy
+
+    def decode_upload(self, data: bytes, reserve: Callable[[int], None] | None = None) -> Any:
         """An uploaded query image through the indexer's guarded decoder (size, bomb and corruption
-        checks before any pixel is decoded). The one place the server decodes client bytes."""
+        checks before any pixel is decoded). The one place the server decodes client bytes.
+        ``reserve``: from :meth:`decoding` (every server request passes one)."""
         s = self.settings
         if len(data) > s.max_upload_bytes:
             raise ImageError(
@@ -296,13 +337,14 @@ class SearchService:
             )
         try:
             # no flag to name: a client cannot raise the limit (the bomb's reason names the server's)
-            return _decode(data, s.max_upload_megapixels, limit_flag=None)
+            return _decode(data, s.max_upload_megapixels, limit_flag=None, reserve=reserve)
         except ImageError as e:
             raise ImageError(f"uploaded image: {e}") from e
 
-    def image_for_query(self, image_id: int) -> Any:
-        """A library image, decoded, as the query image of "more like this" or a drawn box."""
-        return _decode(self.file_bytes(image_id)[0], _INDEXED_MEGAPIXELS)
+    def image_for_query(self, image_id: int, reserve: Callable[[int], None] | None = None) -> Any:
+        """A library image, decoded, as the query image of "more like this" or a drawn box
+        (``reserve``: as for :meth:`decode_upload`)."""
+        return _decode(self.file_bytes(image_id)[0], _INDEXED_MEGAPIXELS, reserve=reserve)
 
     # ---- images ----------------------------------------------------------------------------
     def _row(self, image_id: int) -> Any:
@@ -374,13 +416,8 @@ class SearchService:
         except OSError:
             pass
         data, _ = self.file_bytes(image_id)
-        img = _decode(data, _INDEXED_MEGAPIXELS, draft=size)
-        img.thumbnail((size, size))
-        import io
-
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=85)
-        out = buf.getvalue()
+        with self.decoding() as reserve:
+            out = _thumbnail_jpeg(data, size, reserve)  # the decoded image is gone when this returns
         self._store_thumb(cached, out)
         return out
 
@@ -407,6 +444,7 @@ class SearchService:
             "max_results": s.max_results,
             "max_upload_bytes": s.max_upload_bytes,
             "max_upload_megapixels": s.max_upload_megapixels,
+            "decode_megapixels": s.decode_megapixels,
             "thumb_sizes": list(THUMB_SIZES),
             "model_threads": _torch_threads(),
             "text_batches": self.encoder.batches,
@@ -419,16 +457,44 @@ class SearchService:
         self.lib.close()
 
 
+def _pixel_budget(s: ServeSettings) -> PixelBudget:
+    """The decoded-pixel budget that every decode of the server shares (checked by ServeSettings)."""
+    from fgsearch.decode import PixelBudget
+
+    return PixelBudget(int(s.decode_megapixels * 1e6))
+
+
 def _decode(
-    data: bytes, max_megapixels: float, draft: int | None = None, limit_flag: str | None = "--max-megapixels"
+    data: bytes,
+    max_megapixels: float,
+    draft: int | None = None,
+    limit_flag: str | None = "--max-megapixels",
+    reserve: Callable[[int], None] | None = None,
 ) -> Any:
     """Bytes -> an EXIF-oriented RGB image, through the indexer's guarded decoder (pixel count checked
-    before any pixel is decoded, truncation and corruption refused). Every decode of the server."""
+    before any pixel is decoded, truncation and corruption refused; ``reserve(pixels)`` called just
+    before the pixels are decoded). Every decode of the server."""
     from fgsearch.decode import load_image
 
     return load_image(
-        data, max_megapixels=max_megapixels, min_side=1, draft=(draft, draft) if draft else None, limit_flag=limit_flag
+        data,
+        max_megapixels=max_megapixels,
+        min_side=1,
+        draft=(draft, draft) if draft else None,
+        reserve=reserve,
+        limit_flag=limit_flag,
     ).image
+
+
+def _thumbnail_jpeg(data: bytes, size: int, reserve: Callable[[int], None]) -> bytes:
+    """The JPEG bytes of an image file's thumbnail, at most ``size`` px on its longer side."""
+    import io
+
+    img = _decode(data, _INDEXED_MEGAPIXELS, draft=size, reserve=reserve)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
 
 
 def _torch_threads() -> int:

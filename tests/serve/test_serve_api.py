@@ -445,3 +445,46 @@ def test_a_non_utf8_name_and_its_escape_are_served_as_two_files(tmp_path: Path) 
         assert sent == on_disk
     finally:
         service.close()
+
+
+def test_image_decodes_wait_for_the_pixel_budget_then_answer_503_with_retry_after(serve_library) -> None:
+    """Uploads, queries by image id and thumbnails share one decoded-pixel budget: while another
+    request holds all of it, each waits ``decode_wait_s``, then is a one-line 503 with Retry-After;
+    once it is free they succeed, and every request (refused or not) gives its pixels back."""
+    import shutil
+    import threading
+    import time
+
+    lib_dir, images = serve_library
+    client, service = make_client(lib_dir, decode_megapixels=0.001, decode_wait_s=0.3)
+    try:
+        upload = {"files": {"image": ("q.png", png_bytes(images / "000004.png"), "image/png")}}
+        shutil.rmtree(lib_dir / "thumbs", ignore_errors=True)  # a cached thumbnail decodes nothing
+        assert service.status()["server"]["decode_megapixels"] == 0.001
+        with service.pixels.hold() as reserve:
+            reserve(service.pixels.total)  # another request holds the whole budget
+            t0 = time.monotonic()
+            for resp in (
+                client.post("/api/search", **upload),
+                _search(client, image_id=1),
+                _search(client, image_id=1, box=[0.1, 0.1, 0.6, 0.6]),
+                client.get("/api/images/1/thumb?size=1024"),
+            ):
+                assert "busy decoding other images" in _error(resp, 503)
+                assert resp.headers["Retry-After"] == "1"
+            assert time.monotonic() - t0 >= 4 * 0.25  # each waited before giving up
+            assert _search(client, text="a star").status_code == 200  # a text search needs no pixels
+            assert service.pixels.free == 0
+            # a request that starts waiting gets the budget when it is given back in time
+            late: list[int] = []
+            waiter = threading.Thread(target=lambda: late.append(client.post("/api/search", **upload).status_code))
+            waiter.start()
+            time.sleep(0.05)
+        waiter.join(30)
+        assert late == [200]
+        assert client.post("/api/search", **upload).status_code == 200
+        assert _search(client, image_id=1).status_code == 200
+        assert client.get("/api/images/1/thumb?size=1024").status_code == 200
+        assert service.pixels.free == service.pixels.total
+    finally:
+        service.close()

@@ -142,6 +142,38 @@ def test_query_open_photo_and_draw_a_box(server: str, browser, shots: Path) -> N
     assert not dialogs and not errors
 
 
+def test_a_busy_server_is_asked_again_after_retry_after(server: str, browser) -> None:
+    """The server answers 503 + Retry-After when its decoded-pixel budget stays full: the page waits
+    and asks again (here every thumbnail and the "more like this" search are refused once)."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    refused: set[str] = set()
+
+    def busy_once(route) -> None:
+        url = route.request.url + (route.request.post_data or "")
+        if url in refused:
+            route.continue_()
+            return
+        refused.add(url)
+        route.fulfill(
+            status=503,
+            headers={"Retry-After": "1", "Content-Type": "application/json"},
+            body='{"status": 503, "error": "the server is busy decoding other images; retry in 1 s"}',
+        )
+
+    page.route("**/api/images/*/thumb*", busy_once)
+    page.goto(server + "/?q=a+small+blue+square")
+    page.wait_for_selector("#grid .card")
+    page.wait_for_function(VISIBLE_THUMBS_LOADED, timeout=20_000)
+    first = page.locator("#grid .card").first.get_attribute("data-image-id")
+    page.route("**/api/search", busy_once)
+    page.goto(server + f"/?image={first}")
+    page.wait_for_function(f"() => document.getElementById('image-query-label').textContent === 'Like image #{first}'")
+    page.wait_for_selector("#grid .card")
+    page.wait_for_function(VISIBLE_THUMBS_LOADED, timeout=20_000)
+    assert any("/thumb" in u for u in refused) and any("/api/search" in u for u in refused)
+    assert "error" not in (page.get_attribute("#status", "class") or "")
+
+
 def test_token_prompt_kept_for_the_session(tmp_path_factory: pytest.TempPathFactory, browser, shots: Path) -> None:
     lib, _ = build_library(tmp_path_factory.mktemp("browser-token"), n=4)
     proc, url = start_server(lib, "--token", "s3cret-token")

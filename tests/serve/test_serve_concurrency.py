@@ -13,7 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _serve_data import DEMO_DIR, build_library, make_client, png_bytes, serve_library_fixture, start_server  # noqa: F401
+from _serve_data import (  # noqa: F401  (serve_library_fixture: the fixture serve_library)
+    DEMO_DIR,
+    big_png16,
+    build_library,
+    make_client,
+    png_bytes,
+    serve_library_fixture,
+    start_server,
+)
 
 pytest.importorskip("fastapi")
 
@@ -229,3 +237,76 @@ def test_the_model_leaves_one_core_to_the_searches(monkeypatch) -> None:
     assert ServeSettings(model_threads=2).model_thread_count() == 2
     with pytest.raises(InputError, match="model_threads"):
         ServeSettings(model_threads=0).model_thread_count()
+
+
+def _memory_kb(pid: int, field: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (the peak resident so far) of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+GIB = 1024 * 1024  # KiB
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from /proc (Linux)")
+def test_32_concurrent_big_uploads_stay_within_the_pixel_budget(serve_library) -> None:
+    """32 simultaneous uploads of a 7,071 x 7,071 RGBA 16-bit PNG (50 MP, under the upload limit;
+    0.5-0.6 GB decoded): with the default budget (100 MP: two such images decoded at once) the
+    server's peak resident memory stays under its baseline + 1.5 GiB (before the budget: about
+    0.5 GB per upload in flight, 16 GB for 32), and every request is answered 200 or 503 with
+    Retry-After, at least one 200."""
+    import httpx
+
+    lib_dir, images = serve_library
+    big = big_png16()
+    proc, url = start_server(lib_dir)
+    runaway = threading.Event()
+    try:
+        small = {"image": ("q.png", png_bytes(images / "000004.png"), "image/png")}
+        assert httpx.post(url + "/api/search", files=small, timeout=60).status_code == 200  # the model is warm
+        baseline = _memory_kb(proc.pid, "VmRSS")
+        bound = baseline + int(1.5 * GIB)
+        stop = threading.Event()
+
+        def watchdog() -> None:  # without a budget the server would take the machine's memory: stop it early
+            while not stop.wait(0.05):
+                try:
+                    if _memory_kb(proc.pid, "VmRSS") > bound + GIB:
+                        runaway.set()
+                        proc.kill()
+                        return
+                except (OSError, AssertionError):
+                    return
+
+        answers: list[tuple[int, str | None, str]] = []
+        start = threading.Barrier(32)
+
+        def upload() -> None:
+            start.wait()
+            try:
+                r = httpx.post(url + "/api/search", files={"image": ("big.png", big, "image/png")}, timeout=300)
+                answers.append((r.status_code, r.headers.get("retry-after"), r.text[:200]))
+            except httpx.HTTPError as e:
+                answers.append((0, None, repr(e)))
+
+        guard = threading.Thread(target=watchdog, daemon=True)
+        guard.start()
+        clients = [threading.Thread(target=upload) for _ in range(32)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(600)
+        assert not runaway.is_set(), f"resident memory went past {(bound + GIB) / GIB:.1f} GiB: the server was stopped"
+        peak = _memory_kb(proc.pid, "VmHWM")
+        stop.set()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    codes = [a[0] for a in answers]
+    assert len(answers) == 32 and set(codes) <= {200, 503}, answers
+    assert 200 in codes
+    assert all(a[1] is not None and int(a[1]) >= 1 for a in answers if a[0] == 503)
+    assert peak < bound, f"peak {peak / GIB:.2f} GiB over baseline {baseline / GIB:.2f} GiB + 1.5 GiB"

@@ -42,6 +42,21 @@ def test_cli_refuses_a_public_bind_before_loading_anything(tmp_path: Path) -> No
     assert "no library at" in env_token.output  # the token from the environment passed the bind check
 
 
+def test_cli_passes_the_decode_budget_and_refuses_a_bad_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fgsearch.serve
+    from fgsearch.console.cli import app
+    from fgsearch.serve.engine import ServeSettings
+
+    seen: list[ServeSettings] = []
+    monkeypatch.setattr(fgsearch.serve, "run_server", seen.append)
+    ok = CliRunner().invoke(app, ["serve", "--library", str(tmp_path / "none"), "--decode-megapixels", "250"])
+    assert ok.exit_code == 0, ok.output
+    assert seen[0].decode_megapixels == 250 and seen[0].decode_wait_s == 5
+    bad = CliRunner().invoke(app, ["serve", "--library", str(tmp_path / "none"), "--decode-megapixels", "0"])
+    assert bad.exit_code == 1 and "error: --decode-megapixels must be positive, got 0" in bad.output
+    assert len(seen) == 1
+
+
 def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     with pytest.raises(InputError, match=r"uvicorn is missing\): pip install 'fgsearch\[serve\]'"):

@@ -38,13 +38,21 @@ $("token-form").addEventListener("submit", (ev) => {
   waiting.forEach((resolve) => resolve());
 });
 
+const BUSY_RETRIES = 3; // a 503 with Retry-After (the server's decoding budget is full) is tried again
+
 async function request(url, options = {}) {
-  for (;;) {
+  for (let busy = 0; ; ) {
     const headers = new Headers(options.headers || {});
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.set("Authorization", "Bearer " + token);
     const resp = await fetch(url, { ...options, headers });
     if (resp.status === 401) { await askToken(); continue; }
+    const retryAfter = Number(resp.headers.get("Retry-After"));
+    if (resp.status === 503 && retryAfter > 0 && busy < BUSY_RETRIES) {
+      busy += 1;
+      await new Promise((resolve) => setTimeout(resolve, 1000 * Math.min(retryAfter, 30)));
+      continue;
+    }
     if (!resp.ok) {
       let message = resp.status + " " + resp.statusText;
       try { message = (await resp.json()).error || message; } catch (e) { /* not JSON */ }
