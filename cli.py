@@ -207,7 +207,7 @@ def query(
     from fgsearch.boxes import Box
     from fgsearch.library import Library
     from fgsearch.search import FusionWeights, QueryInfo, SearchQuery
-    from fgsearch.terminal import console, hits_json, plain, print_hits
+    from fgsearch.terminal import console, hits_json, plain, print_hits, write_pictures
 
     opt.check_query(box, image, text_path, top, paths_out, null)
     show, html_out = opt.picture_targets(show, html_out)
@@ -236,7 +236,7 @@ def query(
         _print_paths([h.path for h in hits], null)
     else:
         print_hits(out, hits)
-    _write_pictures(out, hits, text or (f"image {image}" if image else ""), show, html_out)
+    write_pictures(out, hits, text or (f"image {image}" if image else ""), show, html_out)
 
 
 def _print_paths(paths: list[str], null: bool) -> None:
@@ -249,22 +249,6 @@ def _print_paths(paths: list[str], null: bool) -> None:
         return
     for p in paths:
         typer.echo(safe(p))
-
-
-def _write_pictures(out: Any, hits: list[Any], title: str, show: Path | None, html_out: Path | None) -> None:
-    """``--show`` and ``--html``: the hits drawn with their boxes, each file announced when written."""
-    if not (show or html_out):
-        return
-    from fgsearch.render import RenderItem, contact_sheet, html_page
-    from fgsearch.terminal import plain
-
-    items = [RenderItem(h.path, f"#{h.rank} · score {h.score:.3f}", h.box) for h in hits]
-    if show:
-        contact_sheet(items, show, title=title)
-        out.print(plain(f"wrote {show}"))
-    if html_out:
-        html_page(items, html_out, title=f"fgsearch: {title}")
-        out.print(plain(f"wrote {html_out}"))
 
 
 # ---- status, doctor ---------------------------------------------------------------------------------

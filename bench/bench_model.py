@@ -165,15 +165,13 @@ def _mixed_images(n: int, seed: int = 0) -> list:
 def bench_fgclip2(args: argparse.Namespace) -> None:
     import open_clip
 
-    from fgsearch.model import ImageBatch
+    from fgsearch.model import FGCLIP, FGCLIPConfig, ImageBatch, TextPath, Tokenizer
 
     dev = torch.device(args.device)
     amp = dev.type == "cuda"
     torch.manual_seed(0)
     ours, enc = _fgclip2_encoder(dev, amp)
     ref = open_clip.create_model("ViT-B-16-SigLIP2-256", pretrained=None).eval().to(dev)
-    from fgsearch.model import FGCLIP, FGCLIPConfig, TextPath, Tokenizer
-
     v1 = FGCLIP(FGCLIPConfig.base()).eval().to(dev)  # built outside inference mode (its q/k/v cache)
     words = "red mug left of an open silver laptop next to a potted cactus on a wooden desk".split()
     rng = np.random.default_rng(0)

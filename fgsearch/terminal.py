@@ -271,3 +271,18 @@ def print_eval(out: Console, result: EvalResult, task: str) -> None:
     out.print(table)
     for label, value in result.describe():
         out.print(f"{label}: {value}", highlight=False, markup=False)
+
+
+def write_pictures(out: Any, hits: list[Any], title: str, show: Path | None, html_out: Path | None) -> None:
+    """``--show`` and ``--html``: the hits drawn with their boxes, each file announced when written."""
+    if not (show or html_out):
+        return
+    from fgsearch.render import RenderItem, contact_sheet, html_page
+
+    items = [RenderItem(h.path, f"#{h.rank} · score {h.score:.3f}", h.box) for h in hits]
+    if show:
+        contact_sheet(items, show, title=title)
+        out.print(plain(f"wrote {show}"))
+    if html_out:
+        html_page(items, html_out, title=f"fgsearch: {title}")
+        out.print(plain(f"wrote {html_out}"))
