@@ -29,14 +29,11 @@ _HASH_CHUNK = 1 << 22
 
 def fsync_dir(path: Path) -> None:
     """fsync a directory so that renames and new files in it survive a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(path)
 
 
 def fsync_file(path: Path) -> None:
+    """fsync a file (or a directory) by path: opened read-only, which is enough for fsync."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
