@@ -39,3 +39,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-model")
     save_model(FGCLIP(FGCLIPConfig.tiny()), out)
     return out
+
+
+# PostgreSQL fixtures (postgres_server, postgres_url): tests/_postgres.py
+from _postgres import postgres_server, postgres_url  # noqa: E402,F401
