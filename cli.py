@@ -46,10 +46,12 @@ def _errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from fgsearch.errors import FgsearchError
+        from fgsearch.errors import FgsearchError, InputError
 
         try:
             return fn(*args, **kwargs)
+        except InputError as e:
+            _fail(e.worded(opt.flag_of))  # the library's parameters named by their flags
         except FgsearchError as e:
             _fail(str(e))
         except KeyboardInterrupt:
@@ -206,10 +208,10 @@ def query(
     """Search the library: ranked images and the matching region."""
     from fgsearch.boxes import Box
     from fgsearch.library import Library
-    from fgsearch.search import FusionWeights, QueryInfo, SearchQuery
+    from fgsearch.search import FusionWeights, QueryInfo, SearchQuery, check_query
     from fgsearch.terminal import console, hits_json, plain, print_hits, write_pictures
 
-    opt.check_query(box, image, text_path, top, paths_out, null)
+    opt.check_query(top, paths_out, null)
     show, html_out = opt.picture_targets(show, html_out)
     taken, modified = (captured_after, captured_before), (modified_after, modified_before)
     filters = opt.filters(path_glob, path_prefix, taken, modified, min_score)
@@ -218,6 +220,7 @@ def query(
         negative=negative, k=top, by=by, filters=filters, text_path=text_path,
         weights=FusionWeights(global_=w_global, region=w_region, negative=w_negative),
     )  # fmt: skip
+    check_query(q)  # before the library and the model are loaded
     info = QueryInfo()
     with Library.open(library, read_only=True, device=device) as lib:
         hits = lib.search(query=q, info=info)

@@ -192,9 +192,9 @@ def make_fineshapes(
     ``out_dir`` must be new or empty; with ``overwrite``, an earlier FineShapes output there is removed
     first (only files this function writes: a folder holding anything else is refused)."""
     if n < 1:
-        raise InputError(f"--n must be at least 1, got {n}")
+        raise InputError("{n} must be at least 1, got {got}", field="n", got=n)
     if not 0 <= heldout < 1:
-        raise InputError(f"--heldout is a fraction in [0, 1), got {heldout}")
+        raise InputError("{heldout} is a fraction in [0, 1), got {got}", field="heldout", got=heldout)
     out = Path(out_dir)
     _clear_output(out, overwrite)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,9 @@ class IndexOptions:
         """An accelerator gets bigger batches: the per-batch commit (fsync of both indexes and the
         catalog) would otherwise cost as much as its forward pass."""
         if self.batch_size < 0:
-            raise InputError(f"--batch-size must be >= 1 (or 0 for automatic), got {self.batch_size}")
+            raise InputError(
+                "{batch_size} must be >= 1 (or 0 for automatic), got {got}", field="batch_size", got=self.batch_size
+            )
         if self.batch_size > 0:
             return self.batch_size
         return 256 if on_accelerator else 32

@@ -110,7 +110,7 @@ def parse_backend_options(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"--backend-opt takes KEY=VALUE, got {pair!r}")
+            raise InputError("{backend_opt} takes KEY=VALUE, got {got!r}", field="backend_opt", got=pair)
         out[key.strip()] = value
     return out
 

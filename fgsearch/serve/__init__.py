@@ -42,7 +42,7 @@ def check_bind(host: str, token: str | None) -> None:
             "(or set FGSEARCH_TOKEN) so that every request must carry it"
         )
     if token is not None and len(token) < 8:
-        raise InputError("--token must be at least 8 characters long")
+        raise InputError("{token} must be at least 8 characters long", field="token")
 
 
 def tokens_match(given: str, expected: str) -> bool:
