@@ -400,15 +400,13 @@ def demo(
 ) -> None:
     """Offline demo: generate FineShapes photos, index them with the shipped demo model, run queries."""
     from fgsearch.library import Library
-    from fgsearch.model import REGISTRY
     from fgsearch.render import RenderItem, contact_sheet, html_page
     from fgsearch.terminal import console, hits_table
     from fgsearch.trainer.fineshapes import EXAMPLE_QUERIES, make_fineshapes
 
-    model_dir = REGISTRY["demo"].local_dir
     data = make_fineshapes(folder / "photos", n=n, seed=1234, heldout=0, overwrite=True)  # its own photos
     out = console()
-    with Library.open(folder / "library", model=str(model_dir), device="cpu") as lib:
+    with Library.open(folder / "library", model="demo", device="cpu") as lib:
         rep = lib.index(str(data / "images"))
         out.print(f"indexed {rep.indexed} photos ({rep.regions} regions) in {rep.seconds:.1f}s", highlight=False)
         for i, q in enumerate(EXAMPLE_QUERIES):

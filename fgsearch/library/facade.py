@@ -230,10 +230,12 @@ class Library:
         return self.consistent(self._status)
 
     def _status(self) -> dict[str, Any]:
+        from fgsearch.model.loading import registry_name
+
         meta = self.catalog.get_meta()
         return {
             "library": str(self.path),
-            "model": meta.get("model_name"),
+            "model": registry_name(meta.get("model_name"), meta.get("model_ref")),  # old: "demo-model"
             "model_ref": meta.get("model_ref"),
             "dim": meta.get("dim"),
             "family": meta.get("model_family", "fgclip"),  # libraries from before families: FG-CLIP
