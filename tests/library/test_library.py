@@ -518,7 +518,7 @@ def test_automatic_batch_size() -> None:
     assert IndexOptions().resolved_batch_size(False) == 32
     assert IndexOptions().resolved_batch_size(True) == 256
     assert IndexOptions(batch_size=5).resolved_batch_size(True) == 5
-    with pytest.raises(InputError, match="--batch-size"):
+    with pytest.raises(InputError, match="^batch_size must be >= 1"):
         IndexOptions(batch_size=-1).resolved_batch_size(False)
 
 
