@@ -141,6 +141,15 @@ def test_bad_searches_are_400_naming_the_request_field(served, body, needle, fie
     assert "--" not in resp.json()["error"] and resp.json().get("field") == field
 
 
+def test_a_bad_request_is_refused_before_its_upload_is_decoded(served) -> None:
+    """An upload that is not an image, with k=0: the k error, not the image's (nothing decoded)."""
+    client, _, _ = served
+    resp = client.post(
+        "/api/search", files={"image": ("q.png", b"not an image", "image/png")}, data={"query": json.dumps({"k": 0})}
+    )
+    assert resp.status_code == 400 and resp.json()["field"] == "k", resp.text
+
+
 def test_a_nan_min_score_names_its_field(served) -> None:
     client, _, _ = served
     raw = '{"text": "x", "filters": {"min_score": NaN}}'  # Python's JSON reads NaN
