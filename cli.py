@@ -143,7 +143,11 @@ def index(
     quiet: bool = opt.QUIET,
     json_out: bool = opt.json_flag("Print the summary as JSON."),
 ) -> None:
-    """Index image folders: global and region vectors, incremental and resumable."""
+    """Index image folders: global and region vectors, incremental and resumable.
+
+    Exit status: 0 every file indexed or unchanged; 3 some files failed in this run (listed, and
+    by `fgsearch status --failed`); 4 files failed and none is indexed; 1 an error stopped the run.
+    """
     import json
 
     from fgsearch.ingest import IndexOptions
@@ -172,6 +176,8 @@ def index(
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
         print_index_report(out, report)
+    if opt.INDEX_EXIT[report.outcome]:  # scripts tell "some files failed" from "nothing indexed"
+        raise typer.Exit(opt.INDEX_EXIT[report.outcome])
 
 
 # ---- query ------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from fgsearch.regions import RegionSettings
     from fgsearch.search import Filters
 
+# `fgsearch index`'s exit status (docs/indexing.md#exit-status): 0 every file indexed (or unchanged),
+# 1 an error stopped the run, 2 a usage error, and when files were skipped as bad (never fatal):
+INDEX_EXIT = {"complete": 0, "partial": 3, "none": 4}
 TOP_LIMIT = 10_000  # results per query: more is not a search, and -k 10**9 would allocate for every one
 REGIONS_LIMIT = 1_024
 WORKERS_LIMIT = 256

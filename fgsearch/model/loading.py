@@ -188,7 +188,7 @@ def registry_name(name: str | None, fingerprint: str | None = None) -> str | Non
     return name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _folder_fingerprint(folder: str) -> str | None:
     path = Path(folder)
     return checkpoint_fingerprint(path) if (path / "config.json").is_file() else None
