@@ -55,7 +55,10 @@ def main() -> None:
     ap.add_argument("--family", choices=("fgclip", "fgclip2", "both"), default="both")
     ap.add_argument("--index-images", type=int, default=32, help="FG-CLIP 2 index e2e: images (0: skip)")
     ap.add_argument("--index-only", action="store_true", help="FG-CLIP 2: only the index e2e measurement")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
+    if args.smoke:
+        args.repeats, args.batch, args.index_images = 1, 2, 2
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.family in ("fgclip", "both"):

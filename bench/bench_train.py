@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,7 +66,10 @@ def main() -> None:
     ap.add_argument("--hardneg-weight", type=float, default=0.5, help="paper: 0.5")
     ap.add_argument("--work", type=Path, default=Path("bench-train"))
     ap.add_argument("--only", choices=("all", "global"), default=None)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
+    if args.smoke:
+        args.steps, args.n, args.batch, args.work = 2, 24, 4, Path(tempfile.mkdtemp(prefix="fgsearch-bench-train-"))
 
     from fgsearch.trainer import make_fineshapes
 
