@@ -217,7 +217,7 @@ def main() -> None:
     if not (model_dir / "model.safetensors").exists():
         torch.manual_seed(0)
         save_model(FGCLIP(FGCLIPConfig.tiny() if args.smoke else FGCLIPConfig.base()), model_dir)
-    dim = 64 if args.smoke else 512  # the model's
+    dim = FGCLIPConfig.tiny().projection_dim if args.smoke else 512  # the model's
     lib_dir = build(
         args.work / f"{args.images}x{args.regions_per_image}", args.images, args.regions_per_image, dim, model_dir
     )

@@ -185,5 +185,5 @@ def check_query(q: SearchQuery, *, encoded: bool = False) -> None:
         raise InputError("{box} needs {image} (the box is a region of the query image)", field="box")
     q.weights.resolve(query_kind(q))
     if not encoded and isinstance(q.image, (str, os.PathLike)) and not os.path.isfile(q.image):
-        what = "is not a file" if os.path.exists(q.image) else "file does not exist"
+        what = "not a regular file; give an image file" if os.path.exists(q.image) else "file does not exist"
         raise ImageError(f"cannot read query image {os.fsdecode(q.image)}: {what}")
