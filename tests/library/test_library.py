@@ -155,11 +155,13 @@ def test_filters_negative_and_json(tmp_path: Path, tiny_model_dir: Path) -> None
         all_hits = lib.search("a red circle on a grey background", k=8)
         assert len(all_hits) == 8 and all_hits == sorted(all_hits, key=lambda h: -h.score)
         sub = lib.search("a red circle on a grey background", k=8, filters=Filters(path_glob="*/sub/*"))
-        assert sub and all("/sub/" in h.path for h in sub)
+        in_sub = [h for h in all_hits if "/sub/" in h.path]
+        assert in_sub and len(sub) == len(in_sub) and all("/sub/" in h.path for h in sub)
         top = all_hits[0]
         # negative text equal to the query: each image loses w_negative * its fused score for that text
         neg = lib.search("a red circle on a grey background", negative="a red circle on a grey background", k=8)
         by_id = {h.image_id: h for h in all_hits}
+        assert len(neg) == 8  # every image checked below
         for h in neg:
             assert h.score == pytest.approx(0.5 * by_id[h.image_id].score, abs=1e-5)
         floor = lib.search("a red circle on a grey background", k=8, filters=Filters(min_score=top.score - 1e-6))
