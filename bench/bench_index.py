@@ -24,9 +24,11 @@ photo costs), builds the fg-clip-base architecture with random weights, and prin
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -222,6 +224,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:  # a tiny model, 4 photos, one run of each kind
         args.n, args.batch, args.repeats, args.device, args.keep = 4, 4, 1, "cpu", Path(tempfile.mkdtemp())
+        atexit.register(shutil.rmtree, args.keep, ignore_errors=True)
     if args.huge:
         work = args.keep or Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
         huge_memory(args.huge, args.side, args.workers or 3, work)

@@ -19,7 +19,9 @@ whole `fgsearch query` process.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -171,6 +173,7 @@ def main() -> None:
     if args.smoke:
         args.images, args.regions_per_image, args.queries = 300, 2, 3
         args.work = Path(tempfile.mkdtemp(prefix="fgsearch-bench-query-"))
+        atexit.register(shutil.rmtree, args.work, ignore_errors=True)
 
     import torch
 

@@ -22,9 +22,11 @@ The clients share the CPU with the server: on a 2-core machine that costs the se
 from __future__ import annotations
 
 import argparse
+import atexit
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -204,6 +206,7 @@ def main() -> None:
     if args.smoke:
         args.images, args.regions_per_image, args.clients, args.duration, args.words = 300, 2, "1,2", 2.0, 5
         args.work, args.port = Path(tempfile.mkdtemp(prefix="fgsearch-bench-serve-")), free_port()
+        atexit.register(shutil.rmtree, args.work, ignore_errors=True)
 
     import torch
 

@@ -14,7 +14,9 @@ On a GPU it also reports steps/s and images/s for the fg-clip-base architecture 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -70,6 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.steps, args.n, args.batch, args.work = 2, 24, 4, Path(tempfile.mkdtemp(prefix="fgsearch-bench-train-"))
+        atexit.register(shutil.rmtree, args.work, ignore_errors=True)
 
     from fgsearch.trainer import make_fineshapes
 
