@@ -120,6 +120,8 @@ def index(
     backend_opt: list[str] = opt.BACKEND_OPT,
     qdrant_url: str | None = opt.QDRANT_URL,
     qdrant_path: Path | None = opt.QDRANT_PATH,
+    catalog: str | None = opt.CATALOG,
+    catalog_password_env: str | None = opt.CATALOG_PASSWORD_ENV,
     regions: str | None = opt.REGIONS,
     max_regions: int | None = opt.MAX_REGIONS,
     sidecar: str | None = opt.SIDECAR,
@@ -143,6 +145,7 @@ def index(
 ) -> None:
     """Index image folders: global and region vectors, incremental and resumable."""
     import json
+    from functools import partial
 
     from fgsearch.ingest import IndexOptions
     from fgsearch.library import Library
@@ -161,8 +164,9 @@ def index(
     )  # fmt: skip
     out = console(stderr=json_out)
     folders: list[str | os.PathLike[str]] = [str(p) for p in paths]
+    open_at = partial(Library.open, catalog=catalog, catalog_password_env=catalog_password_env)
     with (
-        Library.open(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib,
+        open_at(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib,
         index_progress(out, show=not (quiet or json_out)) as progress,
     ):
         report = lib.index(folders, opts, progress=progress)

@@ -193,6 +193,8 @@ def disk_line(lib_dir: Path, st: dict[str, Any]) -> str:
 def print_status(out: Console, st: dict[str, Any]) -> None:
     """``fgsearch status``: library, model, backend, region settings, counts, vectors, disk use."""
     out.print(plain(f"library  {st['library']}"), highlight=False)
+    if "://" in str(st.get("catalog", "")):  # a PostgreSQL catalog (shown without its password)
+        out.print(plain(f"catalog  {st['catalog']}"), highlight=False)
     out.print(plain(f"model    {st['model']} (dim {st['dim']}, ref {st['model_ref']})"), highlight=False)
     out.print(
         f"backend  {st['backend']['kind']}   regions {st['regions']['proposer']} (max {st['regions']['max_regions']})",
