@@ -183,6 +183,8 @@ def disk_line(lib_dir: Path, st: dict[str, Any]) -> str:
     """Sizes on disk: the whole library folder, its catalog and each vector index."""
     total = sum(f.stat().st_size for f in lib_dir.rglob("*") if f.is_file() and not f.is_symlink())
     catalog = sum(f.stat().st_size for f in lib_dir.glob("catalog.sqlite*") if f.is_file())
+    if "://" in str(st.get("catalog", "")):  # a PostgreSQL catalog: its database's size
+        catalog = int(st.get("counts", {}).get("catalog_bytes", 0))
     parts = [f"catalog {human_size(catalog)}"]
     for name, label in (("global", "global"), ("regions", "region")):
         n = st.get("index", {}).get(name, {}).get("bytes_on_disk")

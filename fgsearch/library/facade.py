@@ -59,6 +59,8 @@ class Library:
         self._encoder = encoder
         self._encoder_epoch = store.build.epoch
         self._given_encoder = encoder  # kept across a reopen after --reindex when it fits the new build
+        #: a writer beside others on a shared vector store (see :meth:`open`); it indexes through claims
+        self.shared_writer = False
 
     @classmethod
     def open(
@@ -117,6 +119,7 @@ class Library:
             raise
         lib = cls(store, lock=lock, device=device, encoder=enc)
         lib._given_encoder = encoder
+        lib.shared_writer = shared_writer
         return lib
 
     # ---- the parts, for callers that need them ---------------------------------------------
@@ -182,6 +185,11 @@ class Library:
 
         if self.read_only:
             raise LibraryError(f"library {self.path} was opened read-only; open it without read_only to index")
+        if self.shared_writer:
+            raise LibraryError(
+                f"library {self.path} was opened as a shared writer, which takes its work from "
+                "fgsearch.catalog.WorkQueue; Library.index plans and indexes alone (open it without shared_writer)"
+            )
         opts = replace(options or IndexOptions(), **kw)
         roots = [str(p) for p in paths] if isinstance(paths, list) else [str(paths)]
         with storage_errors(self.path):
@@ -250,6 +258,7 @@ class Library:
             "score_calibration": meta.get("score_calibration"),
             "regions": self.region_settings.to_dict(),
             "backend": self.backend.to_dict(),
+            "store": self.backend.location(self.path),  # where the vectors are, as people name it
             "counts": self.catalog.counts(),
             "vectors": {"global": self.global_index.count(), "regions": self.region_index.count()},
             "index": {"global": _stats_dict(self.global_index), "regions": _stats_dict(self.region_index)},

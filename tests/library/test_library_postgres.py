@@ -168,11 +168,13 @@ def test_postgresql_restarted_mid_run_stops_with_nothing_lost_and_the_next_run_f
         assert again.doctor()["consistent"]
 
 
-def test_replicas_on_the_description_see_what_any_writer_indexed(
+def test_serve_replicas_on_the_description_rank_alike_and_see_any_writer(
     postgres_url: str, photos: Path, tmp_path: Path
 ) -> None:
-    """Two readers (replicas: each its own store, as in two processes) open the library by its
-    description and rank alike; a writer's later run shows in a replica already open."""
+    """Two servers (replicas, each its own store) open the library by its description, rank alike
+    and say in /api/status which catalog and store they use; a writer's later run shows in both."""
+    from _serve_data import make_client
+
     kw: dict[str, Any] = {"model": "demo", "regions": GRID, "device": "cpu", "backend": "exact"}
     some = tmp_path / "some"
     some.mkdir()
@@ -181,9 +183,20 @@ def test_replicas_on_the_description_see_what_any_writer_indexed(
     with Library.open(tmp_path / "lib", catalog=postgres_url, **kw) as w:
         w.index(str(some))
     desc = tmp_path / "lib" / "library.json"
-    with Library.open(desc, read_only=True) as one, Library.open(desc, read_only=True) as two:
-        assert _top(one, "a red circle") == _top(two, "a red circle") and len(_top(one, "a red circle")) == 3
+    (one, s1), (two, s2) = make_client(desc), make_client(desc)
+
+    def ranked(client: Any) -> list[tuple[str, float]]:
+        body = client.post("/api/search", json={"text": "a red circle", "k": 10}).json()
+        return [(h["path"], round(h["score"], 5)) for h in body["results"]]
+
+    try:
+        assert ranked(one) == ranked(two) and len(ranked(one)) == 3
+        st = one.get("/api/status").json()
+        assert st["catalog"] == public_url(postgres_url) and st["store"] == two.get("/api/status").json()["store"]
+        assert "exact" in st["store"]
         with Library.open(tmp_path / "lib", device="cpu") as w:
             w.index([str(some), str(photos)])
-        assert one.status()["counts"]["images"] == two.status()["counts"]["images"] == 6
-        assert _top(one, "a red circle") == _top(two, "a red circle") and len(_top(one, "a red circle")) == 5
+        assert ranked(one) == ranked(two) and len(ranked(one)) == 6
+    finally:
+        s1.close()
+        s2.close()
