@@ -53,6 +53,7 @@ work_t = sa.Table(
     work_metadata,
     sa.Column("id", ID, sa.Identity(), primary_key=True),
     sa.Column("raw_path", sa.LargeBinary, nullable=False, unique=True),
+    sa.Column("root", sa.LargeBinary, nullable=True),  # the folder it was found under (a sidecar's base)
     sa.Column("size", BIG, nullable=False),
     sa.Column("mtime_ns", BIG, nullable=False),
     sa.Column("state", sa.String(8), nullable=False),  # queued | claimed
@@ -71,13 +72,15 @@ class ClaimLostError(LibraryError):
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One claimed file: the queue row's id, the path and the (size, mtime) it was planned with."""
+    """One claimed file: the queue row's id, the path and the (size, mtime) it was planned with,
+    how many claims it has had, and the folder it was found under (``None``: not given)."""
 
     id: int
     path: str
     size: int
     mtime_ns: int
     attempts: int
+    root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,16 +130,17 @@ class WorkQueue:
         return cls(catalog, owner)
 
     # ---- the driver ------------------------------------------------------------------------
-    def enqueue(self, files: Sequence[tuple[str, int, int]]) -> int:
-        """Queue ``(path, size, mtime_ns)`` files; a file queued already keeps its row (and claim).
-        Returns how many rows were added."""
+    def enqueue(self, files: Sequence[tuple[str, int, int]], root: str | None = None) -> int:
+        """Queue ``(path, size, mtime_ns)`` files found under ``root``; a file queued already keeps
+        its row (and claim). Returns how many rows were added."""
         sql = (
-            "INSERT INTO work (raw_path, size, mtime_ns, state, attempts) VALUES (?, ?, ?, 'queued', 0) "
+            "INSERT INTO work (raw_path, root, size, mtime_ns, state, attempts) VALUES (?, ?, ?, ?, 'queued', 0) "
             "ON CONFLICT (raw_path) DO NOTHING"
         )
+        base = None if root is None else raw(root)
         before = self.counts()["total"]
         with self.catalog.writing() as con:
-            con.executemany(sql, [(raw(p), int(s), int(m)) for p, s, m in files])
+            con.executemany(sql, [(raw(p), base, int(s), int(m)) for p, s, m in files])
         return self.counts()["total"] - before
 
     def counts(self) -> dict[str, int]:
@@ -175,10 +179,13 @@ class WorkQueue:
             lease = (float(lease_s),) if pg else (to_sql_datetime(now() + timedelta(seconds=lease_s)),)
             rows = con.execute(
                 f"UPDATE work SET state = 'claimed', owner = ?, lease_until = {until}, attempts = attempts + 1, "
-                f"content_id = NULL WHERE id IN ({_marks(ids)}) RETURNING id, raw_path, size, mtime_ns, attempts",
+                f"content_id = NULL WHERE id IN ({_marks(ids)}) RETURNING id, raw_path, size, mtime_ns, attempts, root",
                 (self.owner, *lease, *ids),
             ).fetchall()
-        items = [WorkItem(int(i), from_raw(bytes(p)), int(s), int(m), int(a)) for i, p, s, m, a in rows]
+        items = [
+            WorkItem(int(i), from_raw(bytes(p)), int(s), int(m), int(a), None if r is None else from_raw(bytes(r)))
+            for i, p, s, m, a, r in rows
+        ]
         items.sort(key=lambda w: w.id)
         return Claim(items, stale)
 

@@ -199,6 +199,34 @@ class Library:
             report = IndexReport(warnings=[warning] if warning else [])
             return run_index(self.store, encoder, roots, opts, progress, report)
 
+    def index_shared(
+        self,
+        paths: str | os.PathLike[str] | list[str | os.PathLike[str]],
+        options: IndexOptions | None = None,
+        progress: ProgressFn | None = None,
+        *,
+        lease_s: float = 300.0,
+    ) -> IndexReport:
+        """Index beside the library's other shared writers (``shared_writer=True``, on any machine):
+        queue what changed under ``paths`` and take batches of the common work until none is left
+        (see :mod:`fgsearch.ingest.shared`; a batch held longer than ``lease_s`` seconds by a writer
+        that died is taken over). Deletions are swept by a lone ``index`` run, not here."""
+        from fgsearch.catalog import WorkQueue
+        from fgsearch.ingest import IndexOptions
+        from fgsearch.ingest.shared import run_shared
+
+        if not self.shared_writer:
+            raise LibraryError(
+                f"library {self.path} was opened as its lone writer; index_shared is for shared writers "
+                "(open it with shared_writer=True), index for a lone one"
+            )
+        opts = options or IndexOptions()
+        roots = [str(p) for p in paths] if isinstance(paths, list) else [str(paths)]
+        with storage_errors(self.path):
+            opts.check()
+            queue = WorkQueue.open(self.catalog, create=True)
+            return run_shared(self.store, self.encoder, roots, opts, queue, lease_s=lease_s, progress=progress)
+
     def search(
         self,
         text: str | None = None,
