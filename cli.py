@@ -122,6 +122,7 @@ def index(
     qdrant_path: Path | None = opt.QDRANT_PATH,
     catalog: str | None = opt.CATALOG,
     catalog_password_env: str | None = opt.CATALOG_PASSWORD_ENV,
+    shared: bool = opt.SHARED,
     regions: str | None = opt.REGIONS,
     max_regions: int | None = opt.MAX_REGIONS,
     sidecar: str | None = opt.SIDECAR,
@@ -164,12 +165,12 @@ def index(
     )  # fmt: skip
     out = console(stderr=json_out)
     folders: list[str | os.PathLike[str]] = [str(p) for p in paths]
-    open_at = partial(Library.open, catalog=catalog, catalog_password_env=catalog_password_env)
+    open_at = partial(Library.open, catalog=catalog, catalog_password_env=catalog_password_env, shared_writer=shared)
     with (
         open_at(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib,
         index_progress(out, show=not (quiet or json_out)) as progress,
     ):
-        report = lib.index(folders, opts, progress=progress)
+        report = (lib.index_shared if shared else lib.index)(folders, opts, progress=progress)
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -55,6 +55,12 @@ CATALOG = typer.Option(
     help="Keep a NEW library's catalog in PostgreSQL: postgresql+psycopg://USER@HOST:PORT/DB (recorded in "
     "LIBRARY/library.json without the password; give it through PGPASSWORD or --catalog-password-env).",
 )
+SHARED = typer.Option(
+    False,
+    "--shared",
+    help="Index beside the library's other writers (PostgreSQL catalog, a vector store every machine reaches): "
+    "each takes batches of the common work (docs/postgres.md).",
+)
 CATALOG_PASSWORD_ENV = typer.Option(
     None, "--catalog-password-env", metavar="VAR", help="Environment variable holding the catalog's password."
 )

@@ -96,6 +96,8 @@ class Library:
         different ones later is an error. ``rebuild_damaged`` (for ``doctor --repair``) replaces a
         damaged vector index by an empty one.
         """
+        if shared_writer and (read_only or reindex):
+            raise LibraryError("a shared writer neither reads only nor rebuilds (--reindex): run those alone")
         lib_dir, ref = _catalog_of(path, catalog, catalog_password_env)
         exists = check_library_dir(lib_dir, read_only=read_only, create=create, reindex=reindex, catalog=ref)
         bk = BackendSettings(kind=backend) if isinstance(backend, str) else backend

@@ -3,6 +3,7 @@ reach) split the work through the catalog's queue; every file is indexed once.""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -12,7 +13,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 from _library_data import scene
+from typer.testing import CliRunner
 
+from fgsearch.console.cli import app
 from fgsearch.errors import LibraryError
 from fgsearch.indexes import Backend, IndexStats, SearchResult, VectorIndex, register_backend, unregister_backend
 from fgsearch.ingest import IndexOptions
@@ -153,8 +156,14 @@ def test_two_shared_writers_index_each_file_once(postgres_url: str, tmp_path: Pa
         cids, rids = writers[0].catalog.all_vector_ids(include_pending=True)
         assert sorted(writers[0].global_index.ids().tolist()) == sorted(cids)  # each image once in the store
         assert sorted(writers[0].region_index.ids().tolist()) == sorted(rids) and len(rids) == 9 * 2
-        again = writers[1].index_shared(str(photos))
-        assert (again.indexed, again.reused) == (0, 0) and again.unchanged == 10
+        (photos / "s9.png").write_bytes((photos / "s1.png").read_bytes())  # a new copy, beside writer 1
+        r = CliRunner().invoke(app, ["index", str(photos), "--library", str(desc), "--shared", "--json"])
+        assert r.exit_code == 0, r.output
+        assert {k: json.loads(r.output)[k] for k in ("indexed", "reused", "unchanged")} == {
+            "indexed": 0, "reused": 1, "unchanged": 10,
+        }  # fmt: skip
+        with pytest.raises(LibraryError, match="neither reads only nor rebuilds"):
+            Library.open(desc, shared_writer=True, reindex=True)
     finally:
         for w in writers:
             w.close()
