@@ -41,6 +41,7 @@ import sqlalchemy as sa
 
 from fgsearch.catalog.connect import from_raw, now, raw, to_sql_datetime
 from fgsearch.catalog.files import upsert_files
+from fgsearch.catalog.lock import ADVISORY_KEY
 from fgsearch.catalog.schema import BIG, ID, TIME
 from fgsearch.errors import LibraryError
 
@@ -123,7 +124,7 @@ class WorkQueue:
         if create:
             with catalog.engine.begin() as conn:
                 if catalog.pg:  # two drivers at once: one creates, the other then sees the table
-                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(1718056803, 2)")
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_KEY[0]}, 2)")
                 work_metadata.create_all(conn, checkfirst=True)
         elif not sa.inspect(catalog.engine).has_table("work"):
             raise LibraryError(f"the catalog {catalog.location} has no shared work queue; the driver creates it")

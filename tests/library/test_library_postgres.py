@@ -92,6 +92,8 @@ def test_a_password_is_never_recorded_printed_or_logged(
     lib = str(tmp_path / "lib")
     caplog.set_level(logging.DEBUG)
     logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)  # every statement and its parameters
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.DEBUG)  # every connection made
+    logging.getLogger("psycopg").setLevel(logging.DEBUG)
     outputs = []
     r = run("index", str(photos), "--library", lib, "--catalog", with_pw, "--model", "demo", "--backend", "exact",
             "--regions", "grid", "--max-regions", "2", "--device", "cpu")  # fmt: skip
@@ -109,9 +111,11 @@ def test_a_password_is_never_recorded_printed_or_logged(
     desc = Path(lib, "library.json").read_text()
     outputs.append(desc)
     outputs += [rec.getMessage() for rec in caplog.records]
+    assert {"sqlalchemy.pool.impl.QueuePool", "sqlalchemy.engine.Engine"} <= {rec.name for rec in caplog.records}
     assert all(secret not in text for text in outputs)
     assert public_url(url) in desc  # the URL is recorded, without its password
-    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    for name in ("sqlalchemy.engine", "sqlalchemy.pool", "psycopg"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def test_an_unreachable_catalog_and_a_second_driver_are_one_line_errors(
