@@ -96,8 +96,9 @@ class Claim:
 @dataclass(frozen=True)
 class Reservation:
     """Pending ids of the items :meth:`WorkQueue.reserve` got (``items[i]`` -> ``content_ids[i]``,
-    ``region_ids[i]``), and the ``copies``: items whose bytes are indexed or reserved already (by
-    this batch or another writer), to :meth:`WorkQueue.link` later."""
+    ``region_ids[i]``; in the order of their bytes' hashes, not as given), and the ``copies``:
+    items whose bytes are indexed or reserved already (by this batch or another writer), to
+    :meth:`WorkQueue.link` later."""
 
     items: list[WorkItem]
     content_ids: list[int]
@@ -251,9 +252,12 @@ class WorkQueue:
         cids: list[int] = []
         copies: list[tuple[WorkItem, str]] = []
         stamp = to_sql_datetime(now())
+        kept: list[dict[str, Any]] = []
+        # in hash order: two writers inserting the same bytes wait on each other in one order (no deadlock)
+        pairs = sorted(zip(items, contents, strict=True), key=lambda pair: str(pair[1]["sha256"]))
         with self.catalog.writing() as con:
             self._hold(con, items)
-            for it, c in zip(items, contents, strict=True):
+            for it, c in pairs:
                 row = con.execute(
                     sql_c, (c["sha256"], c["width"], c["height"], to_sql_datetime(c.get("captured_at")), stamp)
                 ).fetchone()
@@ -262,7 +266,7 @@ class WorkQueue:
                 else:
                     got.append(it)
                     cids.append(int(row[0]))
-            kept = [c for c, (it) in zip(contents, items, strict=True) if it in got]
+                    kept.append(c)
             regions = []
             for cid, c in zip(cids, kept, strict=True):
                 scores = c.get("scores") or [None] * len(c["boxes"])

@@ -20,6 +20,7 @@ from fgsearch.errors import LibraryError
 from fgsearch.indexes import Backend, IndexStats, SearchResult, VectorIndex, register_backend, unregister_backend
 from fgsearch.ingest import IndexOptions
 from fgsearch.library import Library
+from fgsearch.model import load_encoder
 from fgsearch.regions import RegionSettings
 
 
@@ -134,18 +135,25 @@ def test_two_shared_writers_index_each_file_once(postgres_url: str, tmp_path: Pa
     ):
         lone.index_shared(str(photos))
     desc = tmp_path / "lib" / "library.json"
-    writers = [Library.open(desc, shared_writer=True, device="cpu") for _ in range(2)]
+    # two writers as two machines would run them: each its own library view and its own model
+    writers = [Library.open(desc, shared_writer=True, encoder=load_encoder("demo", device="cpu")) for _ in range(2)]
     reports: list[Any] = [None, None]
+    errors: list[BaseException] = []
 
     def work(i: int) -> None:
-        reports[i] = writers[i].index_shared(str(photos), IndexOptions(batch_size=2, workers=1), lease_s=60)
+        try:
+            reports[i] = writers[i].index_shared(str(photos), IndexOptions(batch_size=2, workers=1), lease_s=60)
+        except BaseException as e:
+            errors.append(e)
+            raise
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=600)
     try:
+        assert errors == []
         with pytest.raises(LibraryError, match="shared writer, which takes its work from"):
             writers[0].index(str(photos))
         assert all(r is not None for r in reports)
