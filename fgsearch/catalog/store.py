@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from fgsearch.catalog.connect import cannot_write_here, create_engine, now
 from fgsearch.catalog.files import FileRows
+from fgsearch.catalog.health import open_error_message
 from fgsearch.catalog.schema import SCHEMA_VERSION, check_tables, check_version, create_schema, migrate, table_names
 from fgsearch.errors import LibraryError
 
@@ -73,10 +74,7 @@ class Catalog(FileRows):
             cat._prepare_schema(create)
         except sa.exc.DatabaseError as e:
             engine.dispose()
-            raise LibraryError(
-                f"catalog {p} is not a readable SQLite database ({e.orig}); restore it from a backup or rebuild "
-                f"the library with `fgsearch index PHOTOS --library {p.parent} --reindex`"
-            ) from e
+            raise LibraryError(open_error_message(p, e)) from e
         except BaseException:
             engine.dispose()
             raise
@@ -144,12 +142,17 @@ class Catalog(FileRows):
 
     # ---- reading ---------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        """Files (ok, failed), images, regions, bytes indexed and the catalog file's size."""
+        """Files (ok, failed), images and regions (confirmed: their vectors are in the indexes), images
+        and regions pending (reserved by a run that has not confirmed them: one in flight, or one
+        that was interrupted), bytes indexed and the catalog file's size."""
+        pending = "SELECT id FROM contents WHERE state = 'pending'"
         queries = {
             "files_ok": "SELECT count(*) FROM files WHERE status = 'ok'",
             "files_failed": "SELECT count(*) FROM files WHERE status = 'failed'",
             "images": "SELECT count(*) FROM contents WHERE state = 'ok'",
-            "regions": "SELECT count(*) FROM regions",
+            "regions": f"SELECT count(*) FROM regions WHERE content_id NOT IN ({pending})",
+            "images_pending": "SELECT count(*) FROM contents WHERE state = 'pending'",
+            "regions_pending": f"SELECT count(*) FROM regions WHERE content_id IN ({pending})",
             "bytes_indexed": "SELECT sum(size) FROM files WHERE status = 'ok'",
         }
         with self.reading() as con:
