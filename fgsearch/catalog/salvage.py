@@ -74,15 +74,20 @@ class SalvageReport:
 
 
 # ---- reading what can be read ----------------------------------------------------------------
-def _first_rowid_from(con: sqlite3.Connection, table: str, start: int, cols: str) -> tuple[bool, int | None]:
-    """(whether the first row at ``rowid >= start`` can be read, whole, and its rowid; None at the end)."""
+def _first_row_from(con: sqlite3.Connection, table: str, start: int, cols: str) -> tuple[bool, Any]:
+    """(whether the first row at ``rowid >= start`` can be read, whole; that row, or None at the end)."""
     try:
         row = con.execute(
             f"SELECT rowid, {cols} FROM {table} WHERE rowid >= ? ORDER BY rowid LIMIT 1", (start,)
         ).fetchone()
     except sqlite3.DatabaseError:
         return False, None
-    return True, None if row is None else int(row[0])
+    return True, row
+
+
+def _first_rowid_from(con: sqlite3.Connection, table: str, start: int, cols: str) -> tuple[bool, int | None]:
+    ok, row = _first_row_from(con, table, start, cols)
+    return ok, None if row is None else int(row[0])
 
 
 def _next_readable(con: sqlite3.Connection, table: str, after: int, cols: str) -> int | None:
@@ -125,6 +130,16 @@ def scan_table(con: sqlite3.Connection, table: str, columns: list[str]) -> tuple
         except sqlite3.DatabaseError as e:
             if "no such" in str(e):  # the table (or a column) is not there: sqlite_master lost it
                 return rows, spans + 1
+            # sqlite3's cursor steps to the next row before it hands out the current one, so the
+            # error of the step onto a damaged page swallows the last good row: read on one by one
+            while True:
+                ok, row = _first_row_from(con, table, pos, cols)
+                if not ok:
+                    break
+                if row is None:
+                    return rows, spans
+                rows.append(row)
+                pos = int(row[0]) + 1
             spans += 1
             nxt = _next_readable(con, table, pos, cols)  # a start past pos: always progress
             if nxt is None:
@@ -195,6 +210,9 @@ def salvage_catalog(catalog_file: Path) -> SalvageReport:
         leftover.unlink(missing_ok=True)
     try:
         src = sqlite3.connect(read_only_uri(catalog_file), uri=True)
+        # lenient reads: a file shorter than its header says (truncated) is otherwise refused whole,
+        # and a schema entry that does not parse does not hide the others (nothing is written)
+        src.execute("PRAGMA writable_schema=ON")
     except sqlite3.Error as e:
         raise LibraryError(f"cannot open the catalog {catalog_file} to salvage it ({e})") from e
     try:

@@ -118,12 +118,12 @@ def incomplete_after_salvage(store: LibraryStore, region_orphans: Any, global_or
     ``a <= b``; before the first or after the last, ``a`` or ``b`` is open); it belongs to one of
     the images ``a..b``. If an image whose row was lost (an orphan global vector) lies strictly
     between ``a`` and ``b``, the region was that image's and is gone with it; otherwise every
-    recovered image in ``a..b`` is re-queued (``a`` and ``b`` may be one image more than was
-    lost, and an image that has no regions at all inside a gap is re-queued too: the price of not
-    knowing which it was)."""
+    recovered image in ``a..b`` is re-queued, except ``b`` when its first region after the gap has
+    rank 0 (it lost nothing before it). ``a`` may be one image more than was lost, and an image
+    that has no regions at all inside a gap is re-queued too: the price of not knowing."""
     if not len(region_orphans):
         return set()
-    rids, owners = store.catalog.region_owners()  # by region id
+    rids, owners, ranks = store.catalog.region_owners()  # by region id
     images = np.asarray(sorted(store.catalog.all_vector_ids()[0]), np.int64)  # every recovered image
     lost_images = np.unique(np.asarray(global_orphans, np.int64))
     out: set[int] = set()
@@ -132,7 +132,9 @@ def incomplete_after_salvage(store: LibraryStore, region_orphans: Any, global_or
         hi = int(owners[i]) if i < rids.size else int(np.iinfo(np.int64).max)
         if np.any((lost_images > lo) & (lost_images < hi)):
             continue
-        out |= set(images[(images >= lo) & (images <= hi)].tolist())
+        # hi's first region after the gap has rank 0: hi lost none before it (a region list starts at 0)
+        top = hi - 1 if i < rids.size and ranks[i] == 0 and lo != hi else hi
+        out |= set(images[(images >= lo) & (images <= top)].tolist())
     return out
 
 
