@@ -8,8 +8,8 @@ and every folder an ``index`` run was given. It is rewritten whole (write a temp
 rename), never edited in place, and only ever read for advice and for ``--reindex``/``doctor
 --repair`` defaults: the catalog stays the authority while it can be read.
 
-This module imports nothing else of fgsearch, so the catalog (below the library) can use it for its
-messages too.
+This module imports nothing else of fgsearch at import time, so the catalog (below the library)
+can use it for its messages too.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ def read_record(lib_dir: Path) -> dict[str, Any]:
 
 
 def write_record(lib_dir: Path, rec: dict[str, Any]) -> None:
-    """Write ``rec`` as the record of ``lib_dir`` (a temporary file, fsync, rename).
-
-    An ``OSError`` (a full disk) propagates: the caller's storage-error handling names it."""
+    """Write ``rec`` as the record of ``lib_dir`` (a temporary file, fsync, rename); a full disk
+    or an unwritable folder is a ``LibraryError`` naming it (the old record stays as it was)."""
     rec = {**rec, "format": FORMAT}
     path = record_path(lib_dir)
     tmp = path.with_name(path.name + ".tmp")
@@ -53,6 +52,14 @@ def write_record(lib_dir: Path, rec: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        from fgsearch.catalog.health import full_disk_message, is_full_disk
+        from fgsearch.errors import LibraryError
+
+        if is_full_disk(e):
+            raise LibraryError(full_disk_message(Path(lib_dir), e)) from e
+        raise LibraryError(f"cannot write {path}: {e.strerror or e}; check the --library folder") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -71,7 +78,7 @@ def record_run(lib_dir: Path, roots: list[str], model: str, backend: dict[str, A
     folders = list(rec.get("folders") or [])
     for r in roots:
         f = os.path.abspath(os.path.expanduser(r))
-        if f not in folders:
+        if f not in folders and os.path.exists(f):  # a folder that is not there is an error of the run
             folders.append(f)
     want = {"model": rec.get("model") or model, "backend": rec.get("backend") or backend,
             "regions": rec.get("regions") or regions, "folders": folders}  # fmt: skip

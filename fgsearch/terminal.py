@@ -209,10 +209,12 @@ def print_status(out: Console, st: dict[str, Any]) -> None:
 
 def doctor_lines(rep: dict[str, Any]) -> list[str]:
     """``fgsearch doctor``'s findings before its verdict: per index, then each damaged file."""
-    chk = rep["catalog_check"]
-    verdict = "ok" if chk["ok"] else "DAMAGED: " + "; ".join(chk["problems"][:3])
-    when = " (before the repair)" if rep.get("salvage") else ""
-    lines = [f"catalog{when}: {chk['method']} {verdict} ({chk['seconds']:.2f} s)"]
+    lines = []
+    chk = rep.get("catalog_check")
+    if chk is not None:
+        verdict = "ok" if chk["ok"] else "DAMAGED: " + "; ".join(chk["problems"][:3])
+        when = " (before the repair)" if rep.get("salvage") else ""
+        lines.append(f"catalog{when}: {chk['method']} {verdict} ({chk['seconds']:.2f} s)")
     if rep.get("salvage"):
         lines += salvage_lines(rep["salvage"])
     if "global" not in rep:

@@ -104,8 +104,14 @@ def open_error_message(catalog_file: Path, err: BaseException) -> str:
 
 
 def damaged_message(catalog_file: Path, msg: str) -> str:
-    """A damaged catalog: the salvage, then the rebuild as a last resort (both as pasteable commands)."""
+    """A damaged catalog: the salvage, then the rebuild as a last resort (both as pasteable commands).
+    A file whose header is gone ("not a database") has nothing a salvage can read: the rebuild."""
     lib_dir = catalog_file.parent
+    if "not a database" in msg.lower():
+        return (
+            f"catalog {catalog_file} is not a readable SQLite database ({msg}); restore it from a backup or "
+            f"rebuild the library with `{rebuild_command(lib_dir)}`"
+        )
     return (
         f"the catalog {catalog_file} is damaged ({msg}); run `{repair_command(lib_dir)}` to salvage what is "
         f"readable (or restore it from a backup; last resort: `{rebuild_command(lib_dir)}`)"

@@ -27,6 +27,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 TABLES = ("meta", "runs", "contents", "regions", "files")  # parents before children
 MAX_ROWID = 1 << 62
+BATCH = 50_000  # rows per executemany
 _INT = (int,)
 _NUM = (int, float)
 _TEXT = (str,)
@@ -112,11 +114,13 @@ def _next_readable(con: sqlite3.Connection, table: str, after: int, cols: str) -
     return None
 
 
-def scan_table(con: sqlite3.Connection, table: str, columns: list[str]) -> tuple[list[tuple[Any, ...]], int]:
-    """Every readable row of ``table`` (``rowid`` first, then ``columns``), and how many damaged
-    spans the scan skipped."""
-    rows: list[tuple[Any, ...]] = []
-    spans, pos = 0, 0
+def iter_rows(
+    con: sqlite3.Connection, table: str, columns: list[str], spans: list[int] | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """Every readable row of ``table`` (``rowid`` first, then ``columns``), in rowid order; each
+    damaged span the scan skips adds 1 to ``spans[0]``."""
+    spans = spans if spans is not None else [0]
+    pos = 0
     cols = ", ".join(columns)
     # ">= pos", not "> pos - 1": a seek lands on the page of the rowid it names, and pos - 1 may
     # lie on the damaged page that was just skipped
@@ -124,12 +128,13 @@ def scan_table(con: sqlite3.Connection, table: str, columns: list[str]) -> tuple
     while True:
         try:
             for r in con.execute(sql, (pos,)):
-                rows.append(r)
                 pos = int(r[0]) + 1
-            return rows, spans
+                yield r
+            return
         except sqlite3.DatabaseError as e:
             if "no such" in str(e):  # the table (or a column) is not there: sqlite_master lost it
-                return rows, spans + 1
+                spans[0] += 1
+                return
             # sqlite3's cursor steps to the next row before it hands out the current one, so the
             # error of the step onto a damaged page swallows the last good row: read on one by one
             while True:
@@ -137,14 +142,22 @@ def scan_table(con: sqlite3.Connection, table: str, columns: list[str]) -> tuple
                 if not ok:
                     break
                 if row is None:
-                    return rows, spans
-                rows.append(row)
+                    return
                 pos = int(row[0]) + 1
-            spans += 1
+                yield row
+            spans[0] += 1
             nxt = _next_readable(con, table, pos, cols)  # a start past pos: always progress
             if nxt is None:
-                return rows, spans
+                return
             pos = nxt
+
+
+def scan_table(con: sqlite3.Connection, table: str, columns: list[str]) -> tuple[list[tuple[Any, ...]], int]:
+    """Every readable row of ``table`` (``rowid`` first, then ``columns``), and how many damaged
+    spans the scan skipped."""
+    spans = [0]
+    rows = list(iter_rows(con, table, columns, spans))
+    return rows, spans[0]
 
 
 def _count_by_index(con: sqlite3.Connection, table: str) -> int | None:
@@ -216,30 +229,19 @@ def salvage_catalog(catalog_file: Path) -> SalvageReport:
     except sqlite3.Error as e:
         raise LibraryError(f"cannot open the catalog {catalog_file} to salvage it ({e})") from e
     try:
-        rows = _read_all(src, report)
-        sequences = _old_sequences(src)
+        meta = [r for r in iter_rows(src, "meta", _columns("meta")) if _CHECKS["meta"](r)]
+        _check_version(catalog_file, meta)
+        _copy_into(new, src, report)
+    except BaseException:
+        for leftover in (new, Path(f"{new}-journal")):
+            leftover.unlink(missing_ok=True)
+        raise
     finally:
         src.close()
-    _check_version(catalog_file, rows["meta"])
-    _write_new(new, rows, sequences, report)
     _swap(catalog_file, new, aside)
     report.seconds = time.perf_counter() - t0
     logger.info("salvaged catalog %s: %s (damaged file kept as %s)", catalog_file, report.recovered, aside)
     return report
-
-
-def _read_all(src: sqlite3.Connection, report: SalvageReport) -> dict[str, list[tuple[Any, ...]]]:
-    out: dict[str, list[tuple[Any, ...]]] = {}
-    for table in TABLES:
-        found, spans = scan_table(src, table, _columns(table))
-        good = [r for r in found if _CHECKS.get(table, lambda r: True)(r)]
-        report.damaged_spans[table] = spans
-        report.invalid_rows[table] = len(found) - len(good)
-        n = _count_by_index(src, table)
-        if n is not None:
-            report.before[table] = n
-        out[table] = good
-    return out
 
 
 def _old_sequences(src: sqlite3.Connection) -> dict[str, int]:
@@ -260,9 +262,9 @@ def _check_version(catalog_file: Path, meta_rows: list[tuple[Any, ...]]) -> None
         )
 
 
-def _write_new(
-    path: Path, rows: dict[str, list[tuple[Any, ...]]], sequences: dict[str, int], report: SalvageReport
-) -> None:
+def _copy_into(path: Path, src: sqlite3.Connection, report: SalvageReport) -> None:
+    """Create a new catalog at ``path`` and stream every sound row of ``src`` into it, table by
+    table (parents first: regions and files are matched against the contents recovered)."""
     engine = create_engine(path, read_only=False, immutable=False)
     try:
         create_schema(engine)  # writes schema_version: a recovered meta row replaces it
@@ -271,20 +273,13 @@ def _write_new(
     con = sqlite3.connect(path)
     try:
         con.execute("PRAGMA journal_mode=DELETE")
+        con.execute("PRAGMA synchronous=OFF")  # the file is renamed into place only once complete and fsynced
         con.execute("BEGIN")
-        content_ids = {int(r[1]) for r in rows["contents"]}
+        content_ids: set[int] = set()
         for table in TABLES:
-            cols = _columns(table)
-            keep = rows[table]
-            if table == "regions":
-                keep = [r for r in keep if int(r[2]) in content_ids]
-            if table == "files":
-                keep, report.files_requeued = _requeue_orphan_files(keep, content_ids)
-            sql = f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-            con.executemany(sql, [r[1:] for r in keep])
-            report.recovered[table] = len(keep)
+            _copy_table(con, src, table, content_ids, report)
         report.meta_keys_lost = _meta_keys_lost(con)
-        for name, seq in sequences.items():
+        for name, seq in _old_sequences(src).items():
             con.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, name))
             con.execute(
                 "INSERT INTO sqlite_sequence (name, seq) SELECT ?, ? WHERE NOT EXISTS "
@@ -292,7 +287,7 @@ def _write_new(
                 (name, seq, name),
             )
         con.commit()
-        problems = [r[0] for r in con.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        problems = [r[0] for r in con.execute("PRAGMA quick_check") if r[0] != "ok"]
         if problems:
             raise LibraryError(f"the salvaged catalog {path} fails its own check ({problems[0]}); nothing was replaced")
         con.execute("PRAGMA journal_mode=WAL")
@@ -305,17 +300,40 @@ def _write_new(
         os.close(fd)
 
 
-def _requeue_orphan_files(files: list[tuple[Any, ...]], content_ids: set[int]) -> tuple[list[tuple[Any, ...]], int]:
-    """Files whose image row was lost: reset so that the next index run embeds them again."""
-    cols = _columns("files")
-    ci, mi = cols.index("content_id") + 1, cols.index("mtime_ns") + 1
-    out, n = [], 0
-    for r in files:
-        if r[ci] is not None and int(r[ci]) not in content_ids:
-            r = tuple(None if i == ci else (-1 if i == mi else v) for i, v in enumerate(r))
-            n += 1
-        out.append(r)
-    return out, n
+def _copy_table(
+    con: sqlite3.Connection, src: sqlite3.Connection, table: str, content_ids: set[int], report: SalvageReport
+) -> None:
+    cols = _columns(table)
+    sql = f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    spans, kept, invalid, requeued = [0], 0, 0, 0
+    check = _CHECKS[table]
+    ci, mi = (cols.index("content_id") + 1, cols.index("mtime_ns") + 1) if table == "files" else (0, 0)
+    batch: list[tuple[Any, ...]] = []
+    for r in iter_rows(src, table, cols, spans):
+        if not check(r):
+            invalid += 1
+            continue
+        if table == "contents":
+            content_ids.add(int(r[1]))
+        elif table == "regions" and int(r[2]) not in content_ids:
+            continue  # its image's row was lost: the region goes with it
+        elif table == "files" and r[ci] is not None and int(r[ci]) not in content_ids:
+            r = tuple(None if i == ci else (-1 if i == mi else v) for i, v in enumerate(r))  # re-queued
+            requeued += 1
+        batch.append(r[1:])
+        kept += 1
+        if len(batch) >= BATCH:
+            con.executemany(sql, batch)
+            batch.clear()
+    con.executemany(sql, batch)
+    report.recovered[table] = kept
+    report.damaged_spans[table] = spans[0]
+    report.invalid_rows[table] = invalid
+    if table == "files":
+        report.files_requeued = requeued
+    n = _count_by_index(src, table)
+    if n is not None:
+        report.before[table] = n
 
 
 def _meta_keys_lost(con: sqlite3.Connection) -> list[str]:

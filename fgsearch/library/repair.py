@@ -59,6 +59,10 @@ def examine(
             f"catalog {lib_dir / 'catalog.sqlite'} is empty (its records are lost); rebuild the library with "
             f"`{rebuild_command(lib_dir)}`"
         )
+    if check.unreadable and any("not a database" in m for m in check.problems):
+        from fgsearch.catalog.health import damaged_message
+
+        raise LibraryError(damaged_message(lib_dir / "catalog.sqlite", check.problems[0]))
     if not check.ok and not repair:
         return {
             "library": str(lib_dir),

@@ -246,3 +246,29 @@ def test_a_full_disk_is_named_with_its_fix_and_never_called_damage(built_lib, tm
         code, out = _cli("status", "--library", str(lib))
         assert code == 0 and f"images           {N}" in out
         os.sync()
+
+
+def test_a_full_disk_at_the_library_record_is_one_line_and_the_library_is_kept(
+    lib_copy, tmp_path: Path, monkeypatch
+) -> None:
+    import errno
+
+    from fgsearch.errors import LibraryError
+
+    lib_dir, _ = lib_copy
+    real_fsync = os.fsync
+
+    def full(fd: int) -> None:  # the first write of an index run is its folders, into library.json
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    record = (lib_dir / "library.json").read_bytes()
+    more = tmp_path / "more-photos"
+    more.mkdir()
+    with Library.open(lib_dir) as lib:
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(LibraryError, match=r"the disk holding library .* is full .*free some space"):
+            lib.index(more)
+        monkeypatch.setattr(os, "fsync", real_fsync)
+    assert (lib_dir / "library.json").read_bytes() == record and not list(lib_dir.glob("*.tmp"))
+    with Library.open(lib_dir, read_only=True) as lib:
+        assert lib.doctor()["consistent"] and lib.status()["counts"]["images"] == N

@@ -402,7 +402,7 @@ def test_a_read_only_library_can_be_queried(tmp_path: Path) -> None:
         r = run("index", str(base / "photos"))
         assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert "reindex" not in r.stderr, r.stderr
-        assert sorted(p.name for p in lib_dir.iterdir()) == ["catalog.sqlite", "index", "lock"]
+        assert sorted(p.name for p in lib_dir.iterdir()) == ["catalog.sqlite", "index", "library.json", "lock"]
     finally:
         for p in [base, *base.rglob("*")]:
             if p.is_dir():
