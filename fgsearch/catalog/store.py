@@ -150,12 +150,14 @@ class Catalog(FileRows):
             "files_ok": "SELECT count(*) FROM files WHERE status = 'ok'",
             "files_failed": "SELECT count(*) FROM files WHERE status = 'failed'",
             "images": "SELECT count(*) FROM contents WHERE state = 'ok'",
-            "regions": f"SELECT count(*) FROM regions WHERE content_id NOT IN ({pending})",
+            "regions": "SELECT count(*) FROM regions",
             "images_pending": "SELECT count(*) FROM contents WHERE state = 'pending'",
-            "regions_pending": f"SELECT count(*) FROM regions WHERE content_id IN ({pending})",
+            "regions_pending": f"SELECT count(*) FROM regions WHERE content_id IN ({pending})",  # by its index
             "bytes_indexed": "SELECT sum(size) FROM files WHERE status = 'ok'",
         }
-        with self.reading() as con:
+        with self.reading() as con:  # one read transaction: the counts agree with each other
+            con.execute("BEGIN")
             out = {k: int(con.execute(q).fetchone()[0] or 0) for k, q in queries.items()}
+        out["regions"] -= out["regions_pending"]
         out["catalog_bytes"] = self.path.stat().st_size if self.path.exists() else 0
         return out
