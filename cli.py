@@ -299,22 +299,28 @@ def status(
 @_errors
 def doctor(
     library: Path | None = opt.LIBRARY,
-    repair: bool = typer.Option(False, "--repair", help="Fix disagreements (remove orphan vectors, re-queue images)."),
+    repair: bool = typer.Option(
+        False, "--repair", help="Salvage a damaged catalog, fix disagreements, re-embed what was lost."
+    ),
+    full: bool = typer.Option(False, "--full", help="SQLite's full integrity_check (slower) instead of quick_check."),
 ) -> None:
-    """Check that the catalog and the vector indexes agree and that index files match their checksums."""
-    from fgsearch.library import Library
+    """Check the catalog file, that it and the vector indexes agree, and the index files' checksums."""
+    from fgsearch.library.repair import examine
     from fgsearch.terminal import doctor_lines
 
-    with Library.open(library, read_only=not repair, create=False, rebuild_damaged=repair) as lib:
-        rep = lib.doctor(repair=repair)
+    rep = examine(library, repair=repair, full=full)
     for line in doctor_lines(rep):
-        typer.echo(line)
-    if rep["consistent"]:
+        typer.echo(safe(line))
+    if not rep["catalog_check"]["ok"] and not rep["repaired"] and rep["salvage"] is None:
+        typer.echo(f"the catalog is damaged: run `{rep['advice']}` to salvage it")
+        raise typer.Exit(1)
+    if rep["consistent"] and rep["salvage"] is None:
         typer.echo("ok: catalog and indexes agree")
-    elif rep["repaired"]:
-        typer.echo("repaired: run `fgsearch index` again to re-embed images whose vectors were missing")
+    elif rep["repaired"] or rep["salvage"] is not None:
+        more = f": run `{rep['advice']}` to re-embed the images whose vectors were lost" if rep["advice"] else ""
+        typer.echo(safe(f"repaired{more}"))
     else:
-        typer.echo("catalog and indexes disagree: run `fgsearch doctor --repair`")
+        typer.echo(f"catalog and indexes disagree: run `fgsearch doctor --repair --library {rep['library']}`")
         raise typer.Exit(1)
 
 

@@ -23,8 +23,9 @@ from fgsearch.errors import LibraryError
 from fgsearch.library import doctor as doctor_mod
 from fgsearch.library.description import CatalogRef, locate
 from fgsearch.library.lifecycle import OpenRequest, check_library_dir, open_store
-from fgsearch.library.settings import BackendSettings, model_info, shared_encoder
+from fgsearch.library.settings import BackendSettings, model_info, model_source, shared_encoder
 from fgsearch.library.store import LibraryStore, storage_errors
+from fgsearch.library_record import record_run
 from fgsearch.regions import RegionSettings
 
 if TYPE_CHECKING:
@@ -196,6 +197,8 @@ class Library:
         roots = [str(p) for p in paths] if isinstance(paths, list) else [str(paths)]
         with storage_errors(self.path):
             opts.check()  # bad options fail before the heal step writes anything
+            build = self.store.build  # recorded outside the catalog, for advice that must outlive it
+            record_run(self.path, roots, model_source(build.model), build.backend.to_dict(), build.regions.to_dict())
             encoder = self.encoder
             warning = doctor_mod.heal(self.store)  # catalog and indexes agree before a run adds to them
             report = IndexReport(warnings=[warning] if warning else [])
@@ -285,6 +288,7 @@ class Library:
         from fgsearch.model.loading import registry_name
 
         meta = self.catalog.get_meta()
+        counts = self.catalog.counts()
         return {
             "library": str(self.path),
             "catalog": self.catalog.location,  # the file, or the database URL without its password
@@ -296,7 +300,8 @@ class Library:
             "regions": self.region_settings.to_dict(),
             "backend": self.backend.to_dict(),
             "store": self.backend.location(self.path),  # where the vectors are, as people name it
-            "counts": self.catalog.counts(),
+            "counts": counts,
+            "pending": doctor_mod.pending(self.store, counts),
             "vectors": {"global": self.global_index.count(), "regions": self.region_index.count()},
             "index": {"global": _stats_dict(self.global_index), "regions": _stats_dict(self.region_index)},
         }
@@ -304,10 +309,11 @@ class Library:
     def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
         return list(self.catalog.failures(limit))
 
-    def doctor(self, repair: bool = False) -> dict[str, Any]:
-        """Check that catalog and indexes agree; with ``repair``, make them agree
-        (see :func:`fgsearch.library.doctor.doctor`)."""
-        return doctor_mod.doctor(self.store, repair)
+    def doctor(self, repair: bool = False, *, full: bool = False, after_salvage: bool = False) -> dict[str, Any]:
+        """Check the catalog file and that catalog and indexes agree; with ``repair``, make them agree
+        (see :func:`fgsearch.library.doctor.doctor`; a damaged catalog is salvaged on the folder,
+        before a library opens it: :func:`fgsearch.library.repair.examine`)."""
+        return doctor_mod.doctor(self.store, repair, full=full, after_salvage=after_salvage)
 
     def close(self) -> None:
         self.store.close()
