@@ -57,6 +57,8 @@ from ..errors import IndexCorruptError
 from ..exact import StoreBackedIndex, chunked_queries, exact_topk
 from ..faults import faults
 from ..hnsw import HnswKernel, kernel_missing_reason
+from ..hnsw.check import check_graph
+from ..hnsw.kernel import faiss_version_reason
 from ..store.files import fsync_file
 from . import tiers
 from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
@@ -77,11 +79,12 @@ def _kernel_for(ann: Any) -> HnswKernel | None:
     kernel = HnswKernel.for_index(ann)
     if kernel is None and not _warned_no_kernel and (missing := kernel_missing_reason()):
         _warned_no_kernel = True
-        log.warning(
-            "%s: HNSW searches use FAISS's own search (~1.5x slower); reinstall fgsearch with a C compiler "
-            "(pip install -e . / pip install fgsearch --no-binary fgsearch) to build it",
-            missing,
+        fix = (
+            "pip install 'faiss-cpu>=1.14.2,<2'"
+            if faiss_version_reason()
+            else "reinstall fgsearch with a C compiler (pip install -e . / pip install fgsearch --no-binary fgsearch)"
         )
+        log.warning("%s: HNSW searches use FAISS's own search (~1.5x slower); %s", missing, fix)
     return kernel
 
 
@@ -121,9 +124,25 @@ class FaissIndex(StoreBackedIndex):
             if tier == "ivf":
                 self._maybe_gpu()
             else:
+                self._check_graph(fpath)
                 self._kernel = _kernel_for(self._ann)
                 if self._kernel is not None:  # then candidates need no id -> row lookup
                     self._positions_are_rows = bool(np.array_equal(self._kernel.ids, self._store.base_ids))
+
+    def _check_graph(self, fpath: Any) -> None:
+        """Refuse a graph the kernel must not read (see :func:`..hnsw.check.check_graph`), and one
+        whose ids are not the snapshot's (what a search returns must be a stored vector)."""
+        try:
+            check_graph(self._ann)
+            graph_ids = load_faiss().vector_to_array(self._ann.id_map)
+            if not np.array_equal(graph_ids, self._store.base_ids):
+                known = np.union1d(self._store.base_ids, self._tombstones)
+                if graph_ids.size != known.size or not np.isin(graph_ids, known).all():
+                    raise IndexCorruptError("HNSW graph: its ids are not the snapshot's")
+        except IndexCorruptError as e:
+            raise IndexCorruptError(
+                f"cannot read the backend files of generation {self._store.generation}: {fpath} is damaged ({e})"
+            ) from e
 
     def set_calibration_queries(self, source: CalibrationSource | None) -> None:
         """Queries of the kinds this index will serve, used the next time it builds its structure.
