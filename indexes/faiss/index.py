@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -60,12 +61,17 @@ from ..hnsw import HnswKernel, kernel_missing_reason
 from ..hnsw.check import check_graph
 from ..hnsw.kernel import faiss_version_reason
 from ..store.files import fsync_file
+from ..store.journaled import KEPT_FILES
 from . import tiers
 from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
-from .calibration import CalibrationSource, calibrate, calibration_sets
+from .calibration import CalibrationSource, calibrate, calibration_sets, measure_sets
 from .gpu import clone_to_gpu, gpu_wanted
+from .served import FILE as SERVED_FILE
+from .served import ServedQueries
 
 log = logging.getLogger(__name__)
+
+KEPT_FILES.add(SERVED_FILE)  # the served-query record outlives snapshots
 
 #: Candidate rows re-scored at once (a batch of queries is re-ranked in slices of this many rows).
 _RERANK_ROWS = 1024
@@ -108,6 +114,8 @@ class FaissIndex(StoreBackedIndex):
         self._positions_are_rows = False  # graph position i holds the snapshot's row i
         self._extra = extra
         self._tombstones = np.zeros(0, dtype=np.int64)
+        if getattr(self, "_served", None) is None:  # kept across snapshots: it knows if it cannot write
+            self._served = ServedQueries(self._store.path, self.dim, self._config.served_queries)
         tier = extra.get("tier")
         if tier in ("ivf", "hnsw"):
             fpath = self._store.path / extra["faiss_file"]
@@ -209,6 +217,8 @@ class FaissIndex(StoreBackedIndex):
     def _build_extra(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
         """Build the FAISS file of a new snapshot (called before the snapshot is committed)."""
         n = int(ids.size)
+        if self._config.served_queries == 0:
+            self._served.remove()  # turned off: what was recorded goes
         old = self._ann is not None and self._same_structure()
         threshold = self._ivf_threshold()
         if n < threshold and not (old and n >= threshold / 2):
@@ -223,7 +233,55 @@ class FaissIndex(StoreBackedIndex):
             extra = self._fold_delta(ann, vecs, ids, tombstones)
         if ann.ntotal != n + tombstones.size:
             raise RuntimeError(f"faiss index holds {ann.ntotal} vectors, snapshot {n}")  # internal bug
+        extra["served"] = self._check_served(ann, vecs, ids, tombstones, extra)
         return self._write_snapshot_files(generation, ann, tombstones, extra, n)
+
+    def _check_served(
+        self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tombstones: np.ndarray, extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Recall@10 of the search as calibrated, on the queries this index served (see
+        :mod:`.served`); calibrates again, with them as a set, when they miss the goal or clear it
+        with room to narrow. Updates ``extra`` and returns the ``served`` record for the manifest."""
+        cfg = self._config
+        if cfg.served_queries == 0:
+            return {"recording": False}
+        served = self._served.recent(cfg.calibration_queries)
+        total = self._served.total()
+        record: dict[str, Any] = {
+            "recording": True,
+            "held": min(total, cfg.served_queries),
+            "needed": cfg.served_min,
+            "total_at_check": total,
+        }
+        tier = str(extra.get("tier_built", self.tier))
+        fresh = extra.get("calibration") is not self._extra.get("calibration")  # calibrated in this build
+        cal = extra.get("calibration") or {} if fresh else {}
+        if min(total, cfg.served_queries) < cfg.served_min:
+            return record
+        goal = min(1.0, cfg.recall_target + cfg.calibration_margin)
+        if "served" not in cal.get("sets", {}):  # not calibrated on them in this build: measure
+            breadth_name = "nprobe" if tier == "ivf" else "ef_search"
+            breadth = int(self._configured_breadth(tier) or extra.get(breadth_name, 128))
+            factor = int(extra.get("rerank_factor", cfg.rerank_factor))
+            candidates = self._candidates_fn(ann, vecs, ids, tier, tombstones)
+            sets = {"served": (served, "served")}
+            recall = measure_sets(sets, vecs, ids, cfg, candidates, breadth, factor)["served"]
+            fixed = self._configured_breadth(tier) is not None
+            if not fixed and (recall < goal or recall >= goal + 0.01):  # widen, or try narrower
+                extra.update(self._calibrate(ann, vecs, ids, tier, exclude=tombstones, served=served))
+                cal = extra["calibration"]
+            else:
+                cal = {"breadth": breadth, "sets": {"served": {"recall10": round(recall, 4)}}}
+        recall = float(cal["sets"]["served"]["recall10"])
+        record.update(
+            recall10=recall,
+            goal_recall10=goal,
+            below_goal=recall < goal,
+            queries=int(served.shape[0]),
+            measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            breadth=int(cal.get("breadth", extra.get("ef_search", extra.get("nprobe", 0)))),
+        )
+        return record
 
     def _reopen_for_update(self, n: int) -> tuple[Any, np.ndarray]:
         """The current structure, read again, with the snapshot's removals applied; ``(None, _)``
@@ -312,9 +370,26 @@ class FaissIndex(StoreBackedIndex):
         return ann, extra
 
     def _calibrate(
-        self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str, *, exclude: np.ndarray | None = None
+        self,
+        ann: Any,
+        vecs: np.ndarray,
+        ids: np.ndarray,
+        tier: str,
+        *,
+        exclude: np.ndarray | None = None,
+        served: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Calibrate the search of ``ann`` as this index will run it (see :func:`.calibration.calibrate`)."""
+        if served is None and self._config.served_queries:
+            served = self._served.recent(self._config.calibration_queries)
+        candidates = self._candidates_fn(ann, vecs, ids, tier, exclude)
+        sets = calibration_sets(vecs, self._config, self._calibration_source, self.dim, served)
+        return calibrate(ann, tier, vecs, ids, self._config, sets, candidates, fixed=self._configured_breadth(tier))
+
+    def _candidates_fn(
+        self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str, exclude: np.ndarray | None
+    ) -> Callable[[np.ndarray, int, int], np.ndarray]:
+        """``(queries, breadth, rerank factor) -> top-10 ids`` as a search of ``ann`` runs."""
         # measured with the search the index will run: fgsearch's kernel on an 8-bit graph
         kernel = _kernel_for(ann) if tier == "hnsw" else None
         dead = exclude if exclude is not None and exclude.size else None
@@ -329,8 +404,7 @@ class FaissIndex(StoreBackedIndex):
                 ann, tier, q, 10, breadth, sel, gather, rerank_factor=factor, kernel=kernel, excluded=mask
             )[0]
 
-        sets = calibration_sets(vecs, self._config, self._calibration_source, self.dim)
-        return calibrate(ann, tier, vecs, ids, self._config, sets, candidates, fixed=self._configured_breadth(tier))
+        return candidates
 
     # ------------------------------------------------------------------ search
     def _ann_candidates(
@@ -418,6 +492,7 @@ class FaissIndex(StoreBackedIndex):
 
     def search(self, queries: Any, k: int = 10, *, allowed_ids: Any = None) -> SearchResult:
         q, kk, allowed = self._prepare_search(queries, k, allowed_ids)
+        self._served.record(q)
         if q.shape[0] == 0 or self._store.n_live == 0:
             return empty_result(q.shape[0], kk)
         out_i = np.empty((q.shape[0], kk), dtype=np.int64)
@@ -470,7 +545,7 @@ class FaissIndex(StoreBackedIndex):
 
     # ------------------------------------------------------------------ stats
     def _params(self) -> dict[str, Any]:
-        p: dict[str, Any] = {**super()._params(), "tier": self.tier}
+        p: dict[str, Any] = {**super()._params(), "tier": self.tier, "served": self._served_status()}
         if self._ann is None:
             return p
         e = self._extra
@@ -491,6 +566,15 @@ class FaissIndex(StoreBackedIndex):
             calibration=e.get("calibration"),
         )
         return p
+
+    def _served_status(self) -> dict[str, Any]:
+        """What ``status`` shows of the served-query record and the recall measured on it."""
+        s = dict(self._extra.get("served") or {})
+        s["recording"] = self._served.enabled
+        if self._served.unavailable:
+            s["unavailable"] = self._served.unavailable
+        s["recorded_since_check"] = max(0, self._served.total() - int(s.get("total_at_check", 0)))
+        return s
 
     def _bytes_in_memory(self) -> int:
         """Store memory plus the FAISS structure: codes, ids, graph links or IVF centroids."""
