@@ -202,6 +202,8 @@ def print_status(out: Console, st: dict[str, Any]) -> None:
         out.print(f"{k:<16} {v}", highlight=False)
     out.print(f"vectors  global {st['vectors']['global']}, regions {st['vectors']['regions']}", highlight=False)
     out.print(plain(disk_line(Path(st["library"]), st)), highlight=False)
+    for line in st.get("below_goal", []):
+        out.print(plain(f"warning  {line}"), highlight=False)
 
 
 def doctor_lines(rep: dict[str, Any]) -> list[str]:
@@ -214,6 +216,7 @@ def doctor_lines(rep: dict[str, Any]) -> list[str]:
             f"missing vectors {r['missing_vectors']}, damaged vectors {r['damaged_vectors']}"
         )
     lines += [f"damaged file (checksum mismatch): {f}" for f in rep["damaged_files"]]
+    lines += [f"below goal: {line}" for line in rep.get("below_goal", [])]
     return lines
 
 

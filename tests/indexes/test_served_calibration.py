@@ -109,8 +109,20 @@ def test_below_goal_when_no_breadth_reaches_it_is_in_the_status(tmp_path: Path, 
         idx.save()
         idx.search(far_queries(x, 120, seed=5, away=4.0), 10)
         idx.save()
-        s = idx.stats().params["served"]
-        assert s["below_goal"] and s["recall10"] < s["goal_recall10"] == pytest.approx(0.98), s
+        params = idx.stats().params
+    s = params["served"]
+    assert s["below_goal"] and s["recall10"] < s["goal_recall10"] == pytest.approx(0.98), s
+    from fgsearch.library.doctor import recall_below_goal  # what `fgsearch status` and `doctor` print
+    from fgsearch.terminal import doctor_lines
+
+    (line,) = recall_below_goal({"regions": params, "global": {}})
+    assert line.startswith(
+        f"regions index: recall@10 {s['recall10']:.3f} on 100 served queries (measured {s['measured_at']}) "
+        "is below the goal 0.980; searches may miss matches"
+    )
+    part = {"catalog": 1, "index": 1, "orphan_vectors": 0, "missing_vectors": 0, "damaged_vectors": 0}
+    rep = {"global": part, "regions": part, "damaged_files": [], "below_goal": [line]}
+    assert doctor_lines(rep)[-1] == f"below goal: {line}"
 
 
 def test_the_record_is_vectors_only_capped_private_and_off_with_one_setting(tmp_path: Path, data) -> None:
