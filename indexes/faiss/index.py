@@ -152,6 +152,11 @@ class FaissIndex(StoreBackedIndex):
                 f"cannot read the backend files of generation {self._store.generation}: {fpath} is damaged ({e})"
             ) from e
 
+    def close(self) -> None:
+        if not self.closed and getattr(self, "_served", None) is not None:
+            self._served.flush()  # the queries this process answered since its last write
+        super().close()
+
     def set_calibration_queries(self, source: CalibrationSource | None) -> None:
         """Queries of the kinds this index will serve, used the next time it builds its structure.
 
@@ -245,6 +250,7 @@ class FaissIndex(StoreBackedIndex):
         cfg = self._config
         if cfg.served_queries == 0:
             return {"recording": False}
+        self._served.flush()
         served = self._served.recent(cfg.calibration_queries)
         total = self._served.total()
         record: dict[str, Any] = {
@@ -381,6 +387,7 @@ class FaissIndex(StoreBackedIndex):
     ) -> dict[str, Any]:
         """Calibrate the search of ``ann`` as this index will run it (see :func:`.calibration.calibrate`)."""
         if served is None and self._config.served_queries:
+            self._served.flush()
             served = self._served.recent(self._config.calibration_queries)
         candidates = self._candidates_fn(ann, vecs, ids, tier, exclude)
         sets = calibration_sets(vecs, self._config, self._calibration_source, self.dim, served)

@@ -32,6 +32,7 @@ FILE = "served_queries.f16"
 _MAGIC = b"FGSQ"
 _HEADER = struct.Struct("<4sIIQ")  # magic, dim, capacity, total ever recorded
 _HEADER_BYTES = 64
+FLUSH_ROWS = 32
 
 
 class ServedQueries:
@@ -42,16 +43,31 @@ class ServedQueries:
         self.dim = int(dim)
         self.capacity = max(0, int(capacity))
         self.unavailable: str | None = None  # why this process records nothing
+        self._pending: list[np.ndarray] = []  # rows not written yet (written 32 at a time)
+        self._pending_rows = 0
 
     @property
     def enabled(self) -> bool:
         return self.capacity > 0 and self.unavailable is None
 
     def record(self, q: np.ndarray) -> None:
-        """Append the rows of ``q`` (``[n, dim]`` float32) to the ring; never raises."""
+        """Add the rows of ``q`` (``[n, dim]`` float32) to the ring (written once 32 rows are
+        waiting, so a search pays for a file write once per 32 queries); never raises."""
         if not self.enabled or q.shape[0] == 0:
             return
-        rows = np.ascontiguousarray(q[-self.capacity :], dtype=np.float16)
+        self._pending.append(np.asarray(q[-self.capacity :], dtype=np.float16))
+        self._pending_rows += self._pending[-1].shape[0]
+        if self._pending_rows >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows still waiting (at close, and before a snapshot reads the record)."""
+        if not self._pending:
+            return
+        rows = np.ascontiguousarray(np.concatenate(self._pending)[-self.capacity :])
+        self._pending, self._pending_rows = [], 0
+        if not self.enabled:
+            return
         try:
             self._append(rows)
         except OSError as e:

@@ -142,6 +142,9 @@ def test_the_record_is_vectors_only_capped_private_and_off_with_one_setting(tmp_
         np.testing.assert_allclose(kept, q[::-1][:50], atol=2e-3)  # the 50 newest, newest first
         idx.save()  # a snapshot keeps the record (it is not a snapshot file)
         assert path.exists()
+    with open_index("faiss", tmp_path / "f", read_only=True, config=cfg) as ro:  # e.g. one `fgsearch query`
+        ro.search(q[:1], 10)
+    assert rec.total() == 81  # written when the process closes the index
     off = FaissConfig(served_queries=0)
     with open_index("faiss", tmp_path / "f", config=off) as idx:
         idx.search(q[:5], 10)
@@ -156,8 +159,8 @@ def test_a_reader_that_cannot_write_the_record_searches_and_says_so(tmp_path: Pa
         idx.save()
     (tmp_path / "f" / FILE).mkdir()  # what cannot be written as a file, even by root
     with open_index("faiss", tmp_path / "f", read_only=True) as ro:
-        for _ in range(3):
-            assert ro.search(near_queries(x, 3, seed=7), 10).ids.shape == (3, 10)
+        for _ in range(3):  # written 32 rows at a time: these 120 make the process try
+            assert ro.search(near_queries(x, 40, seed=7), 10).ids.shape == (40, 10)
         s = ro.stats().params["served"]
         assert s["recording"] is False and "cannot write" in s["unavailable"], s
     assert sum("served queries are not recorded" in r.getMessage() for r in caplog.records) == 1
