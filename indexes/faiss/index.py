@@ -67,7 +67,7 @@ from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch, read_f
 from .calibration import CalibrationSource, calibrate, calibration_sets, measure_sets
 from .gpu import clone_to_gpu, gpu_wanted
 from .served import FILE as SERVED_FILE
-from .served import ServedQueries
+from .served import ServedQueries, served_capacity
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class FaissIndex(StoreBackedIndex):
         self._extra = extra
         self._tombstones = np.zeros(0, dtype=np.int64)
         if getattr(self, "_served", None) is None:  # kept across snapshots: it knows if it cannot write
-            self._served = ServedQueries(self._store.path, self.dim, self._config.served_queries)
+            self._served = ServedQueries(self._store.path, self.dim, served_capacity(self._config.served_queries))
         tier = extra.get("tier")
         if tier in ("ivf", "hnsw"):
             fpath = self._store.path / extra["faiss_file"]
@@ -222,7 +222,7 @@ class FaissIndex(StoreBackedIndex):
     def _build_extra(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
         """Build the FAISS file of a new snapshot (called before the snapshot is committed)."""
         n = int(ids.size)
-        if self._config.served_queries == 0:
+        if self._served.capacity == 0:
             self._served.remove()  # turned off: what was recorded goes
         old = self._ann is not None and self._same_structure()
         threshold = self._ivf_threshold()
@@ -248,21 +248,21 @@ class FaissIndex(StoreBackedIndex):
         :mod:`.served`); calibrates again, with them as a set, when they miss the goal or clear it
         with room to narrow. Updates ``extra`` and returns the ``served`` record for the manifest."""
         cfg = self._config
-        if cfg.served_queries == 0:
+        if self._served.capacity == 0:
             return {"recording": False}
         self._served.flush()
         served = self._served.recent(cfg.calibration_queries)
         total = self._served.total()
         record: dict[str, Any] = {
             "recording": True,
-            "held": min(total, cfg.served_queries),
+            "held": min(total, self._served.capacity),
             "needed": cfg.served_min,
             "total_at_check": total,
         }
         tier = str(extra.get("tier_built", self.tier))
         fresh = extra.get("calibration") is not self._extra.get("calibration")  # calibrated in this build
         cal = extra.get("calibration") or {} if fresh else {}
-        if min(total, cfg.served_queries) < cfg.served_min:
+        if min(total, self._served.capacity) < cfg.served_min:
             return record
         goal = min(1.0, cfg.recall_target + cfg.calibration_margin)
         if "served" not in cal.get("sets", {}):  # not calibrated on them in this build: measure
@@ -386,7 +386,7 @@ class FaissIndex(StoreBackedIndex):
         served: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Calibrate the search of ``ann`` as this index will run it (see :func:`.calibration.calibrate`)."""
-        if served is None and self._config.served_queries:
+        if served is None and self._served.capacity:
             self._served.flush()
             served = self._served.recent(self._config.calibration_queries)
         candidates = self._candidates_fn(ann, vecs, ids, tier, exclude)

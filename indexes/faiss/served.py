@@ -10,7 +10,9 @@ with them as one of the sets, when they miss the goal (widen) or clear it with r
 What is kept, and where: ``served_queries.f16`` in the index directory, a ring of at most
 ``FaissConfig.served_queries`` vectors (float16; 2,000 x 512-d = 2 MB), the most recent first
 to be kept. Vectors only: no text, no time of each query, no result; readable by the owner only
-(mode 0600). ``served_queries=0`` turns it off, and the next snapshot deletes the file.
+(mode 0600). ``served_queries=0`` (an index's setting, given when it is created) or the
+environment variable ``FGSEARCH_SERVED_QUERIES=0`` (any process, any existing library) turns it
+off: nothing is recorded, and the next snapshot deletes the file.
 Several processes (a server, ``fgsearch query``) append under an exclusive ``flock``; a process
 that cannot write the file (a read-only disk) logs one warning and records nothing, and the
 index's status says so (``served.recording``).
@@ -33,6 +35,14 @@ _MAGIC = b"FGSQ"
 _HEADER = struct.Struct("<4sIIQ")  # magic, dim, capacity, total ever recorded
 _HEADER_BYTES = 64
 FLUSH_ROWS = 32
+
+
+ENV = "FGSEARCH_SERVED_QUERIES"
+
+
+def served_capacity(configured: int) -> int:
+    """The ring's capacity: the index's setting, or 0 when ``FGSEARCH_SERVED_QUERIES=0``."""
+    return 0 if os.environ.get(ENV, "").strip() == "0" else int(configured)
 
 
 class ServedQueries:

@@ -125,7 +125,9 @@ def test_below_goal_when_no_breadth_reaches_it_is_in_the_status(tmp_path: Path, 
     assert doctor_lines(rep)[-1] == f"below goal: {line}"
 
 
-def test_the_record_is_vectors_only_capped_private_and_off_with_one_setting(tmp_path: Path, data) -> None:
+def test_the_record_is_vectors_only_capped_private_and_off_with_one_setting(
+    tmp_path: Path, data, monkeypatch: pytest.MonkeyPatch
+) -> None:
     x = data[:1500]
     cfg = FaissConfig(served_queries=50)  # exact search (no graph): recorded all the same
     with create_index("faiss", tmp_path / "f", DIM, config=cfg) as idx:
@@ -145,9 +147,17 @@ def test_the_record_is_vectors_only_capped_private_and_off_with_one_setting(tmp_
     with open_index("faiss", tmp_path / "f", read_only=True, config=cfg) as ro:  # e.g. one `fgsearch query`
         ro.search(q[:1], 10)
     assert rec.total() == 81  # written when the process closes the index
-    off = FaissConfig(served_queries=0)
+    monkeypatch.setenv("FGSEARCH_SERVED_QUERIES", "0")  # off for an existing index, in every process
+    with open_index("faiss", tmp_path / "f", read_only=True, config=cfg) as ro:
+        ro.search(q[:40], 10)
+    assert rec.total() == 81
+    with open_index("faiss", tmp_path / "f", config=cfg) as idx:
+        idx.save()
+        assert not path.exists() and idx.stats().params["served"]["recording"] is False
+    monkeypatch.delenv("FGSEARCH_SERVED_QUERIES")
+    off = FaissConfig(served_queries=0)  # off as the index's own setting
     with open_index("faiss", tmp_path / "f", config=off) as idx:
-        idx.search(q[:5], 10)
+        idx.search(q[:40], 10)
         idx.save()
         assert not path.exists() and idx.stats().params["served"]["recording"] is False
 
