@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ class ServedQueries:
         self.unavailable: str | None = None  # why this process records nothing
         self._pending: list[np.ndarray] = []  # rows not written yet (written 32 at a time)
         self._pending_rows = 0
+        self._lock = threading.Lock()  # a server searches from several threads
 
     @property
     def enabled(self) -> bool:
@@ -65,17 +67,21 @@ class ServedQueries:
         waiting, so a search pays for a file write once per 32 queries); never raises."""
         if not self.enabled or q.shape[0] == 0:
             return
-        self._pending.append(np.asarray(q[-self.capacity :], dtype=np.float16))
-        self._pending_rows += self._pending[-1].shape[0]
-        if self._pending_rows >= FLUSH_ROWS:
+        rows = np.asarray(q[-self.capacity :], dtype=np.float16)
+        with self._lock:
+            self._pending.append(rows)
+            self._pending_rows += rows.shape[0]
+            full = self._pending_rows >= FLUSH_ROWS
+        if full:
             self.flush()
 
     def flush(self) -> None:
         """Write the rows still waiting (at close, and before a snapshot reads the record)."""
-        if not self._pending:
+        with self._lock:
+            pending, self._pending, self._pending_rows = self._pending, [], 0
+        if not pending:
             return
-        rows = np.ascontiguousarray(np.concatenate(self._pending)[-self.capacity :])
-        self._pending, self._pending_rows = [], 0
+        rows = np.ascontiguousarray(np.concatenate(pending)[-self.capacity :])
         if not self.enabled:
             return
         try:
