@@ -52,8 +52,8 @@ def main() -> None:
         del mapped
     print(
         f"graph check, {n:,}-node graph (M=24, built in {built:.0f}s), memory-mapped: "
-        f"first {1000 * ts[0]:.0f} ms, then median {1000 * float(np.median(ts[1:])):.0f} ms "
-        f"(min {1000 * min(ts):.0f} ms)"
+        f"first {1000 * ts[0]:.1f} ms, then median {1000 * float(np.median(ts[1:])):.1f} ms "
+        f"(min {1000 * min(ts):.1f} ms)"
     )
 
 
