@@ -572,9 +572,10 @@ class FaissIndex(StoreBackedIndex):
     def _served_status(self) -> dict[str, Any]:
         """What ``status`` shows of the served-query record and the recall measured on it."""
         s = dict(self._extra.get("served") or {})
-        s["recording"] = self._served.enabled
-        if self._served.unavailable:
-            s["unavailable"] = self._served.unavailable
+        why = self._served.writable() if self._served.capacity else None
+        s["recording"] = self._served.enabled and why is None
+        if why:
+            s["unavailable"] = why
         s["recorded_since_check"] = max(0, self._served.total() - int(s.get("total_at_check", 0)))
         return s
 

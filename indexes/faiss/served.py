@@ -14,13 +14,15 @@ to be kept. Vectors only: no text, no time of each query, no result; readable by
 environment variable ``FGSEARCH_SERVED_QUERIES=0`` (any process, any existing library) turns it
 off: nothing is recorded, and the next snapshot deletes the file.
 Several processes (a server, ``fgsearch query``) append under an exclusive ``flock``; a process
-that cannot write the file (a read-only disk) logs one warning and records nothing, and the
-index's status says so (``served.recording``).
+that cannot write the file records nothing and says so once in its log (at INFO where the library
+is simply not writable by this user or disk, else a warning), and the index's status says so
+(``served.recording: false`` with the reason).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import struct
@@ -88,7 +90,18 @@ class ServedQueries:
             self._append(rows)
         except OSError as e:
             self.unavailable = f"cannot write {self.path} ({e.strerror or e})"
-            log.warning("%s: served queries are not recorded by this process", self.unavailable)
+            # a library shared read-only is expected: said once at INFO, and in its status
+            level = logging.INFO if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else logging.WARNING
+            log.log(level, "%s: served queries are not recorded by this process", self.unavailable)
+
+    def writable(self) -> str | None:
+        """Why this process could not record (None when it can, as far as permissions tell)."""
+        if self.unavailable is not None:
+            return self.unavailable
+        target = self.path if self.path.exists() else self.path.parent
+        if self.path.is_dir() or not os.access(target, os.W_OK):
+            return f"cannot write {self.path} (not writable by this user)"
+        return None
 
     def _append(self, rows: np.ndarray) -> None:
         import fcntl
