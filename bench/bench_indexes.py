@@ -465,7 +465,7 @@ def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path]
             print(f"#   params {r['params']}", flush=True)
         check = results[0][1]["graph_check_ms"]
         print(
-            f"# {kind} {label}: build {b['build_s']:.1f}s ({b.get('build_cpu_s', float('nan')):.0f} CPU s), "
+            f"# {kind} {label}: build {b['build_s']:.1f}s ({b.get('build_cpu_s', float('nan')):.1f} CPU s), "
             f"build peak RSS {b['build_peak_B'] / 2**30:.2f} GiB"
             + (f", graph check on open {check:.1f} ms" if check is not None else ""),
             flush=True,
