@@ -209,6 +209,8 @@ def print_status(out: Console, st: dict[str, Any]) -> None:
         out.print(plain(note), highlight=False)
     out.print(f"vectors  global {st['vectors']['global']}, regions {st['vectors']['regions']}", highlight=False)
     out.print(plain(disk_line(Path(st["library"]), st)), highlight=False)
+    for line in st.get("below_goal", []):
+        out.print(plain(f"warning  {line}"), highlight=False)
 
 
 def doctor_lines(rep: dict[str, Any]) -> list[str]:
@@ -233,6 +235,7 @@ def doctor_lines(rep: dict[str, Any]) -> list[str]:
     note = pending_note(rep.get("pending"))
     if note:
         lines.append(note)
+    lines += [f"below goal: {line}" for line in rep.get("below_goal", [])]
     return lines
 
 

@@ -61,6 +61,9 @@ def doctor(
             "missing_vectors": int(found[name + "_missing"].size),
             "damaged_vectors": int(damaged[name].size),
         }
+    report["below_goal"] = store.consistent(
+        lambda: recall_below_goal({n: i.stats().params for n, i in zip(INDEX_NAMES, store.indexes, strict=True)})
+    )
     ok = not any(v.size for v in found.values()) and not damaged["files"]
     report["requeued_images"] = 0
     if repair and not ok:
@@ -85,6 +88,29 @@ def pending(store: LibraryStore, counts: dict[str, int] | None = None) -> dict[s
     if n and store.read_only:
         writer = WriteLock(store.path).holder()
     return {"images": n, "regions": counts["regions_pending"], "writer": writer}
+
+
+def recall_below_goal(params: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per index whose measured recall@10 is below its goal: on the queries it served
+    (``params["served"]``), or on its calibration sets when no breadth reached the goal."""
+    lines = []
+    for name, p in params.items():
+        served = p.get("served") or {}
+        cal = p.get("calibration") or {}
+        if served.get("below_goal"):
+            lines.append(
+                f"{name} index: recall@10 {served['recall10']:.3f} on {served['queries']} served queries "
+                f"(measured {served['measured_at']}) is below the goal {served['goal_recall10']:.3f}; "
+                "searches may miss matches (a fixed ef_search/nprobe setting is kept as set; otherwise "
+                "no breadth up to max_ef_search reached it)"
+            )
+        elif cal and cal.get("reached") is False:
+            worst = min((v["recall10"] for v in cal.get("sets", {}).values()), default=0.0)
+            lines.append(
+                f"{name} index: recall@10 {worst:.3f} on its calibration queries is below the goal "
+                f"{cal['goal_recall10']:.3f} at the widest breadth tried; searches may miss matches"
+            )
+    return lines
 
 
 def _repair(store: LibraryStore, found: dict[str, Any], damaged: dict[str, Any], after_salvage: bool) -> int:

@@ -303,7 +303,8 @@ class Library:
             "counts": counts,
             "pending": doctor_mod.pending(self.store, counts),
             "vectors": {"global": self.global_index.count(), "regions": self.region_index.count()},
-            "index": {"global": _stats_dict(self.global_index), "regions": _stats_dict(self.region_index)},
+            "index": (index := {"global": _stats_dict(self.global_index), "regions": _stats_dict(self.region_index)}),
+            "below_goal": doctor_mod.recall_below_goal({k: v.get("params") or {} for k, v in index.items()}),
         }
 
     def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
