@@ -137,6 +137,7 @@ def index(
     batch_size: int = opt.INDEX_BATCH,
     workers: int = opt.WORKERS,
     fast_decode: bool = opt.FAST_DECODE,
+    pipeline: str = opt.PIPELINE,
     device: str = opt.DEVICE,
     quiet: bool = opt.QUIET,
     json_out: bool = opt.json_flag("Print the summary as JSON."),
@@ -157,7 +158,7 @@ def index(
         include=tuple(include), exclude=tuple(exclude), extensions=tuple(ext), hidden=hidden, prune=prune,
         prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed,
         batch_size=batch_size, workers=workers, max_megapixels=max_megapixels, min_side=min_side,
-        fast_decode=fast_decode,
+        fast_decode=fast_decode, pipeline=pipeline,
     )  # fmt: skip
     out = console(stderr=json_out)
     folders: list[str | os.PathLike[str]] = [str(p) for p in paths]

@@ -91,6 +91,13 @@ FAST_DECODE = typer.Option(
     help="Decode big JPEGs at a reduced scale (at least twice the model's input): much faster for "
     "multi-megapixel photos; vectors differ slightly from a full-size decode.",
 )
+PIPELINE = typer.Option(
+    "auto",
+    "--pipeline",
+    help="serial: decode in threads, embed and commit in turn; overlap: decode, forward pass and commit "
+    "in their own threads; device: overlap, with JPEGs decoded on the GPU (nvjpeg); auto: device on "
+    "CUDA, serial elsewhere (see docs/gpu.md).",
+)
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 # ---- query -----------------------------------------------------------------------------------------
