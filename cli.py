@@ -138,6 +138,7 @@ def index(
     workers: int = opt.WORKERS,
     fast_decode: bool = opt.FAST_DECODE,
     pipeline: str = opt.PIPELINE,
+    fast_text: bool = opt.FAST_TEXT,
     device: str = opt.DEVICE,
     quiet: bool = opt.QUIET,
     json_out: bool = opt.json_flag("Print the summary as JSON."),
@@ -167,10 +168,13 @@ def index(
         index_progress(out, show=not (quiet or json_out)) as progress,
     ):
         report = lib.index(folders, opts, progress=progress)
+        fast = opt.prepare_fast_text(lib) if fast_text else None
     if json_out:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json.dumps({**report.to_dict(), **({"fast_text": fast} if fast else {})}, indent=2))
     else:
         print_index_report(out, report)
+        if fast:
+            out.print(opt.fast_text_line(fast), markup=False, highlight=False)
 
 
 # ---- query ------------------------------------------------------------------------------------------
@@ -220,7 +224,7 @@ def query(
         weights=FusionWeights(global_=w_global, region=w_region, negative=w_negative),
     )  # fmt: skip
     info = QueryInfo()
-    with Library.open(library, read_only=True, device=device) as lib:
+    with Library.open(library, read_only=True, device=device, text_only=image is None) as lib:
         hits = lib.search(query=q, info=info)
     out = console(stderr=json_out or paths_out)  # stdout holds only the JSON or the paths
     for notice in info.notices:

@@ -98,7 +98,30 @@ PIPELINE = typer.Option(
     "in their own threads; device: overlap, with JPEGs decoded on the GPU (nvjpeg); auto: device on "
     "CUDA, serial elsewhere (see docs/gpu.md).",
 )
+FAST_TEXT = typer.Option(
+    False,
+    "--fast-text",
+    help="Also prepare the model's text tower for cold queries without torch (ONNX Runtime; once per "
+    "model, checked against torch; FG-CLIP only; needs the fast-start extra). See docs/fast-start.md.",
+)
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
+def prepare_fast_text(lib: Any) -> dict[str, Any]:
+    """``--fast-text``: the library's model's text tower exported and checked (once per model)."""
+    from fgsearch.model.fast_text import prepare_fast_text as prepare
+
+    return prepare(lib.encoder)
+
+
+def fast_text_line(meta: dict[str, Any]) -> str:
+    """What ``--fast-text`` prepared, for the index summary."""
+    verdict = "queries use it" if meta.get("passed") else "refused: queries keep torch"
+    return (
+        f"fast text path: cosine to torch >= {meta.get('cosine_min')}, top-10 overlap {meta.get('top10')} "
+        f"on {meta.get('texts')} texts; {verdict}"
+    )
+
 
 # ---- query -----------------------------------------------------------------------------------------
 TEXT_ARG = typer.Argument(None, help="What to find; any length (up to 248 tokens are read).")

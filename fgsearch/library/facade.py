@@ -22,7 +22,7 @@ from fgsearch.boxes import Box
 from fgsearch.errors import LibraryError
 from fgsearch.library import doctor as doctor_mod
 from fgsearch.library.lifecycle import OpenRequest, check_library_dir, open_store
-from fgsearch.library.settings import BackendSettings, model_info, shared_encoder
+from fgsearch.library.settings import BackendSettings, fast_text_encoder, model_info, shared_encoder
 from fgsearch.library.store import LibraryStore, storage_errors
 from fgsearch.regions import RegionSettings
 
@@ -58,6 +58,7 @@ class Library:
         self._encoder = encoder
         self._encoder_epoch = store.build.epoch
         self._given_encoder = encoder  # kept across a reopen after --reindex when it fits the new build
+        self._text_only = False
 
     @classmethod
     def open(
@@ -73,6 +74,7 @@ class Library:
         device: str = "auto",
         encoder: Encoder | None = None,
         rebuild_damaged: bool = False,
+        text_only: bool = False,
     ) -> Library:
         """Open (or create) a library.
 
@@ -81,7 +83,9 @@ class Library:
         own (``fg-clip-base`` for a new library). ``backend`` (a kind, or kind + options) and
         ``regions`` apply when the library is created (or rebuilt with ``reindex=True``); passing
         different ones later is an error. ``rebuild_damaged`` (for ``doctor --repair``) replaces a
-        damaged vector index by an empty one.
+        damaged vector index by an empty one. ``text_only``: the caller encodes texts only (a text
+        query): the model's fast text tower is used where it was prepared and passed its check
+        (``fgsearch index --fast-text``; :mod:`fgsearch.model.fast_text`), without loading torch.
         """
         from fgsearch.library_paths import resolve_library_dir
 
@@ -103,6 +107,7 @@ class Library:
             raise
         lib = cls(store, lock=lock, device=device, encoder=enc)
         lib._given_encoder = encoder
+        lib._text_only = text_only
         return lib
 
     # ---- the parts, for callers that need them ---------------------------------------------
@@ -149,6 +154,8 @@ class Library:
             with contextlib.suppress(LibraryError):
                 self.store.catalog.check_model(model_info(build.model, self._given_encoder))
                 enc = self._given_encoder
+        if enc is None and self._text_only and self.device in ("auto", "cpu"):
+            enc = fast_text_encoder(build.model)
         if enc is None:
             enc = shared_encoder(build.model, self.device)
             self.store.catalog.check_model(model_info(build.model, enc))
