@@ -207,6 +207,7 @@ def query(
     show: Path | None = opt.SHOW,
     html_out: Path | None = opt.HTML,
     device: str = opt.DEVICE_SHORT,
+    via_server: bool = opt.VIA_SERVER,
 ) -> None:
     """Search the library: ranked images and the matching region."""
     from fgsearch.boxes import Box
@@ -224,8 +225,10 @@ def query(
         weights=FusionWeights(global_=w_global, region=w_region, negative=w_negative),
     )  # fmt: skip
     info = QueryInfo()
-    with Library.open(library, read_only=True, device=device, text_only=image is None) as lib:
-        hits = lib.search(query=q, info=info)
+    hits = opt.via_server(library, q, info) if via_server else None
+    if hits is None:
+        with Library.open(library, read_only=True, device=device, text_only=image is None) as lib:
+            hits = lib.search(query=q, info=info)
     out = console(stderr=json_out or paths_out)  # stdout holds only the JSON or the paths
     for notice in info.notices:
         out.print(plain(f"notice: {notice}"))

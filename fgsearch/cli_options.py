@@ -114,6 +114,22 @@ def prepare_fast_text(lib: Any) -> dict[str, Any]:
     return prepare(lib.encoder)
 
 
+VIA_SERVER = typer.Option(
+    False,
+    "--via-server",
+    help="Ask a running `fgsearch serve` of this library (found by its library id; a dead or stale "
+    "one is ignored within a second) instead of loading the model here. Text queries only.",
+)
+
+
+def via_server(library: Path | None, query: Any, info: Any) -> list[Any] | None:
+    """``--via-server``: the hits from a running server of the library, or None to search here."""
+    from fgsearch.library_paths import resolve_library_dir
+    from fgsearch.serve.discovery import search_via_server
+
+    return search_via_server(resolve_library_dir(library), query, info)
+
+
 def fast_text_line(meta: dict[str, Any]) -> str:
     """What ``--fast-text`` prepared, for the index summary."""
     verdict = "queries use it" if meta.get("passed") else "refused: queries keep torch"

@@ -299,8 +299,13 @@ class SearchService:
             "model_threads": _torch_threads(),
             "text_batches": self.encoder.batches,
             "batched_texts": self.encoder.batched_texts,
+            "library_id": self.library_id,  # `fgsearch query --via-server` checks it (fgsearch.serve.discovery)
         }
         return st
+
+    @property
+    def library_id(self) -> str:
+        return str(self.lib.store.build.epoch)
 
     def close(self) -> None:
         self.encoder.close()
