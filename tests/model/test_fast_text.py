@@ -81,3 +81,13 @@ def test_a_text_query_runs_without_torch(tmp_path: Path, tiny_model_dir: Path) -
     assert out.exit_code == 0 and "fast text path: cosine to torch" in out.output, out.output
     after, imported = query()
     assert imported == "NO-TORCH" and after == before
+    from fgsearch.search import SearchQuery
+    from fgsearch.serve.engine import SearchService, ServeSettings
+
+    service = SearchService(ServeSettings(library=str(lib), device="cpu"))  # a CPU server: texts on the fast tower
+    try:
+        assert service.status()["server"]["text_runtime"] == "onnx-text"
+        hits, _, _ = service.search(SearchQuery(text="a red circle", k=10), 0)
+        assert [h.path for h in hits] == before
+    finally:
+        service.close()
