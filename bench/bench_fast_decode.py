@@ -61,13 +61,15 @@ def decode_times(files: list[Path], transform: Any) -> dict[str, float]:
     """Median seconds per image: read + decode + preprocess, full and draft (one thread)."""
     from fgsearch.decode import load_image
 
-    out: dict[str, list[float]] = {"full": [], "fast": []}
+    out: dict[str, list[float]] = {"full": [], "fast": [], "diff": []}
     for f in files:
+        pixels = {}
         for name, draft in (("full", None), ("fast", transform.image_size)):
             t0 = time.perf_counter()
             loaded = load_image(io.BytesIO(f.read_bytes()), draft=draft)
-            transform.item(loaded.image)
+            pixels[name] = transform.item(loaded.image).pixels
             out[name].append(time.perf_counter() - t0)
+        out["diff"].append(float(np.abs(pixels["full"] - pixels["fast"]).mean()))  # model input, normalised
     return {k: float(np.median(v)) for k, v in out.items()}
 
 
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         per = decode_times(sorted(photos.glob("*.jpg")), transform)
         print(
             f"read+decode+preprocess per image, one thread ({args.size} -> {transform.image_size}): "
-            f"full {1000 * per['full']:.0f} ms, fast {1000 * per['fast']:.0f} ms ({per['full'] / per['fast']:.1f}x)"
+            f"full {1000 * per['full']:.0f} ms, fast {1000 * per['fast']:.0f} ms ({per['full'] / per['fast']:.1f}x); "
+            f"model input mean |full - fast| {per['diff']:.4f} (normalised units, weights-independent)"
         )
         runs = index_runs(photos, model, work, args.repeats)
         for name in ("full", "fast"):
