@@ -43,7 +43,10 @@ def run_index(
     from fgsearch.scan import readable_extensions
 
     t0 = time.perf_counter()
+    from fgsearch.ingest.pipeline import resolve_pipeline
+
     exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
+    resolve_pipeline(opts, encoder)  # so does a --pipeline this model or device cannot run
     batch_size = opts.resolved_batch_size(encoder.on_accelerator)
     proposer = _proposer_for(store)
     report = report if report is not None else IndexReport()
