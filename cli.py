@@ -142,6 +142,8 @@ def index(
     batch_size: int = opt.INDEX_BATCH,
     workers: int = opt.WORKERS,
     fast_decode: bool = opt.FAST_DECODE,
+    pipeline: str = opt.PIPELINE,
+    fast_text: bool = opt.FAST_TEXT,
     device: str = opt.DEVICE,
     quiet: bool = opt.QUIET,
     json_out: bool = opt.json_flag("Print the summary as JSON."),
@@ -167,7 +169,7 @@ def index(
         include=tuple(include), exclude=tuple(exclude), extensions=tuple(ext), hidden=hidden, prune=prune,
         prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed,
         batch_size=batch_size, workers=workers, max_megapixels=max_megapixels, min_side=min_side,
-        fast_decode=fast_decode,
+        fast_decode=fast_decode, pipeline=pipeline,
     )  # fmt: skip
     out = console(stderr=json_out)
     folders: list[str | os.PathLike[str]] = [str(p) for p in paths]
@@ -177,10 +179,13 @@ def index(
         index_progress(out, show=not (quiet or json_out)) as progress,
     ):
         report = (lib.index_shared if shared else lib.index)(folders, opts, progress=progress)
+        fast = opt.prepare_fast_text(lib) if fast_text else None
     if json_out:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json.dumps({**report.to_dict(), **({"fast_text": fast} if fast else {})}, indent=2))
     else:
         print_index_report(out, report)
+        if fast:
+            out.print(opt.fast_text_line(fast), markup=False, highlight=False)
     if opt.INDEX_EXIT[report.outcome]:  # scripts tell "some files failed" from "nothing indexed"
         raise typer.Exit(opt.INDEX_EXIT[report.outcome])
 
@@ -215,6 +220,7 @@ def query(
     show: Path | None = opt.SHOW,
     html_out: Path | None = opt.HTML,
     device: str = opt.DEVICE_SHORT,
+    via_server: bool = opt.VIA_SERVER,
 ) -> None:
     """Search the library: ranked images and the matching region."""
     from fgsearch.boxes import Box
@@ -233,8 +239,10 @@ def query(
     )  # fmt: skip
     check_query(q)  # before the library and the model are loaded
     info = QueryInfo()
-    with Library.open(library, read_only=True, device=device) as lib:
-        hits = lib.search(query=q, info=info)
+    hits = opt.via_server(library, q, info) if via_server else None
+    if hits is None:
+        with Library.open(library, read_only=True, device=device, text_only=image is None) as lib:
+            hits = lib.search(query=q, info=info)
     out = console(stderr=json_out or paths_out)  # stdout holds only the JSON or the paths
     for notice in info.notices:
         out.print(plain(f"notice: {notice}"))

@@ -14,9 +14,10 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fgsearch.ingest.commit import Committer, prune
+from fgsearch.ingest.device import DevicePreparer
 from fgsearch.ingest.embed import embed_batch
 from fgsearch.ingest.options import IndexOptions, IndexReport, ProgressFn
 from fgsearch.ingest.plan import select_changed, walk_roots
@@ -42,7 +43,10 @@ def run_index(
     from fgsearch.scan import readable_extensions
 
     t0 = time.perf_counter()
+    from fgsearch.ingest.pipeline import resolve_pipeline
+
     exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
+    resolve_pipeline(opts, encoder)  # so does a --pipeline this model or device cannot run
     batch_size = opts.resolved_batch_size(encoder.on_accelerator)
     proposer = _proposer_for(store)
     report = report if report is not None else IndexReport()
@@ -52,10 +56,16 @@ def run_index(
     entries = walk_roots(abs_roots, opts, exts, report)
     report.scanned = len(entries)
     todo = select_changed(cat, entries, opts, run_id, report)
-    batcher = _Batcher(
-        encoder, proposer, Committer(store, run_id, report, proposer.name), batch_size, cat.content_hashes()
+    batcher = _batcher(
+        encoder, proposer, Committer(store, run_id, report, proposer.name), batch_size, cat.content_hashes(), opts
     )
-    _prepare_and_embed(batcher, opts, todo, progress, report)
+    try:
+        _prepare_and_embed(batcher, opts, todo, progress, report)
+    finally:
+        batcher.close()  # what was handed off is committed, even on Ctrl-C
+    times = getattr(batcher, "times", None)
+    if times is not None:
+        report.stage_seconds = {k: round(v, 3) for k, v in times.seconds.items()}
     cat.commit()
     report.warnings.extend(proposer.run_warnings(batcher.seen))
     if opts.prune:
@@ -74,7 +84,10 @@ def _prepare_and_embed(
     from fgsearch.decode import PixelBudget, routed_warnings
 
     budget = PixelBudget(int(opts.max_megapixels * 1e6))
-    preparer = Preparer(batcher.encoder.transform, opts, batcher.reserved, budget, batcher.proposer)
+    kind = DevicePreparer if getattr(batcher, "stager", None) is not None else Preparer
+    preparer = kind(batcher.encoder.transform, opts, batcher.reserved, budget, batcher.proposer)
+    times = getattr(batcher, "times", None)
+    prepare = preparer if times is None else _timed(preparer, times)
     done = 0
     if progress:
         progress("index", 0, len(todo), 0)
@@ -82,7 +95,7 @@ def _prepare_and_embed(
         routed_warnings(),
         ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool,
     ):
-        for prep in ordered(pool, preparer, todo, ahead=max(2 * batcher.batch_size, 8)):
+        for prep in ordered(pool, prepare, todo, ahead=max(2 * batcher.batch_size, 8)):
             done += 1
             batcher.add(prep)
             if progress:
@@ -113,7 +126,7 @@ class _Batcher:
 
     def add(self, prep: Prepared) -> None:
         if prep.kind == "failed":
-            self.committer.failure(prep)
+            self.failed(prep)
         elif prep.sha256 in self.reserved:  # a worker's "reuse", or a copy it decoded before its original was queued
             self.copies.append(prep)
         else:
@@ -125,11 +138,23 @@ class _Batcher:
             self.flush()
 
     def flush(self) -> None:
-        """Embed and commit the batch, then link the copies (their content is committed by now)."""
-        if self.batch:
-            self.committer.store_batch(self.batch, embed_batch(self.encoder, self.proposer, self.batch))
-        self.committer.link_copies(self.copies)
+        """Hand the batch and its copies on (see :meth:`hand_off`), and start a new batch."""
+        batch, copies = self.batch, self.copies
         self.batch, self.copies = [], []
+        self.hand_off(batch, copies)
+
+    def hand_off(self, batch: list[Prepared], copies: list[Prepared]) -> None:
+        """Embed and commit the batch, then link the copies (their content is committed by now).
+        :class:`fgsearch.ingest.pipeline.PipelinedBatcher` does this in other threads."""
+        if batch:
+            self.committer.store_batch(batch, embed_batch(self.encoder, self.proposer, batch))
+        self.committer.link_copies(copies)
+
+    def failed(self, prep: Prepared) -> None:
+        self.committer.failure(prep)
+
+    def close(self) -> None:
+        """Wait for everything handed off to be committed (nothing to wait for here)."""
 
 
 class _SeenBoxes(Sequence["ImageBoxes"]):
@@ -166,6 +191,33 @@ class _SeenBoxes(Sequence["ImageBoxes"]):
             return self._notable[i]
         assert self._plain is not None
         return self._plain
+
+
+def _batcher(
+    encoder: Encoder, proposer: Proposer, committer: Committer, size: int, known: set[str], opts: IndexOptions
+) -> _Batcher:
+    """The serial batcher, or the pipelined one (:mod:`fgsearch.ingest.pipeline`) as ``opts.pipeline`` says."""
+    from fgsearch.ingest.pipeline import PipelinedBatcher, resolve_pipeline
+
+    pipeline = resolve_pipeline(opts, encoder)
+    if pipeline == "serial":
+        return _Batcher(encoder, proposer, committer, size, known)
+    stager = None
+    if pipeline == "device":
+        from fgsearch.ingest.device import DeviceStager
+
+        stager = DeviceStager(encoder.transform, encoder.device_name, max_megapixels=opts.max_megapixels)
+    return PipelinedBatcher(encoder, proposer, committer, size, known, stager=stager)
+
+
+def _timed(preparer: Preparer, times: Any) -> Any:
+    """The preparer, its seconds (summed over the worker threads) added to ``prepare``."""
+
+    def run(item: Any) -> Prepared:
+        with times.timed("prepare"):
+            return preparer(item)
+
+    return run
 
 
 def _proposer_for(store: LibraryStore) -> Proposer:

@@ -23,7 +23,7 @@ from fgsearch.errors import LibraryError
 from fgsearch.library import doctor as doctor_mod
 from fgsearch.library.description import CatalogRef, locate
 from fgsearch.library.lifecycle import OpenRequest, check_library_dir, open_store
-from fgsearch.library.settings import BackendSettings, model_info, model_source, shared_encoder
+from fgsearch.library.settings import BackendSettings, fast_text_encoder, model_info, model_source, shared_encoder
 from fgsearch.library.store import LibraryStore, storage_errors
 from fgsearch.library_record import record_run
 from fgsearch.regions import RegionSettings
@@ -62,6 +62,7 @@ class Library:
         self._given_encoder = encoder  # kept across a reopen after --reindex when it fits the new build
         #: a writer beside others on a shared vector store (see :meth:`open`); it indexes through claims
         self.shared_writer = False
+        self._text_only = False
 
     @classmethod
     def open(
@@ -80,6 +81,7 @@ class Library:
         catalog: str | None = None,
         catalog_password_env: str | None = None,
         shared_writer: bool = False,
+        text_only: bool = False,
     ) -> Library:
         """Open (or create) a library.
 
@@ -95,7 +97,9 @@ class Library:
         own (``fg-clip-base`` for a new library). ``backend`` (a kind, or kind + options) and
         ``regions`` apply when the library is created (or rebuilt with ``reindex=True``); passing
         different ones later is an error. ``rebuild_damaged`` (for ``doctor --repair``) replaces a
-        damaged vector index by an empty one.
+        damaged vector index by an empty one. ``text_only``: the caller encodes texts only (a text
+        query): the model's fast text tower is used where it was prepared and passed its check
+        (``fgsearch index --fast-text``; :mod:`fgsearch.model.fast_text`), without loading torch.
         """
         if shared_writer and (read_only or reindex):
             raise LibraryError("a shared writer neither reads only nor rebuilds (--reindex): run those alone")
@@ -123,6 +127,7 @@ class Library:
         lib = cls(store, lock=lock, device=device, encoder=enc)
         lib._given_encoder = encoder
         lib.shared_writer = shared_writer
+        lib._text_only = text_only
         return lib
 
     # ---- the parts, for callers that need them ---------------------------------------------
@@ -169,6 +174,8 @@ class Library:
             with contextlib.suppress(LibraryError):
                 self.store.catalog.check_model(model_info(build.model, self._given_encoder))
                 enc = self._given_encoder
+        if enc is None and self._text_only and self.device in ("auto", "cpu"):
+            enc = fast_text_encoder(build.model)
         if enc is None:
             enc = shared_encoder(build.model, self.device)
             self.store.catalog.check_model(model_info(build.model, enc))
