@@ -148,6 +148,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "exact": "fgsearch.indexes.exact:ExactBackend",
     "faiss": "fgsearch.indexes.faiss:FaissBackend",
     "qdrant": "fgsearch.indexes.qdrant:QdrantBackend",
+    "pgvector": "fgsearch.indexes.pgvector:PgvectorBackend",
 }
 
 

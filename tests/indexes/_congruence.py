@@ -17,11 +17,20 @@ from typing import Any
 import numpy as np
 from _indexes_data import ann_config, near_queries, recall, same_topk, small_journal, unit_vectors
 
-from fgsearch.indexes import ExactConfig, FaissConfig, QdrantConfig, VectorIndex, create_index, open_index
+from fgsearch.indexes import (
+    ExactConfig,
+    FaissConfig,
+    PgvectorConfig,
+    QdrantConfig,
+    VectorIndex,
+    create_index,
+    open_index,
+)
 
 DIM = 32
 N = 3000  # qdrant embedded writes ~1 ms per point: its test uses N_QDRANT
 N_QDRANT = 1000
+N_PG = 1500
 
 
 def apply_ops(indexes: list[VectorIndex], data: np.ndarray, *, save_midway: bool) -> None:
@@ -74,19 +83,21 @@ def run_congruence(
     data = unit_vectors(n, DIM, seed=3)
     queries = near_queries(data, 60)
     ref = create_index("exact", tmp_path / "ref", DIM, config=ExactConfig(journal=small_journal()))
-    other = create_index(kind, tmp_path / kind, DIM, config=config)
+    where = None if kind == "pgvector" else tmp_path / kind  # pgvector: a table named by its config
+    reopen = config if where is None else None  # (the others read their stored config)
+    other = create_index(kind, where, DIM, config=config)
     apply_ops([ref, other], data, save_midway=save_midway)
     compare(ref, other, queries, exact=exact)
     # reopen: snapshot + journal replay must give the same answers
     ref.close()
     other.close()
     ref = open_index("exact", tmp_path / "ref", read_only=True)
-    other = open_index(kind, tmp_path / kind)
+    other = open_index(kind, where, config=reopen)
     compare(ref, other, queries, exact=exact)
     other.save()  # fold the journal into a new snapshot
     compare(ref, other, queries, exact=exact)
     other.close()
-    other = open_index(kind, tmp_path / kind, read_only=kind != "qdrant")
+    other = open_index(kind, where, config=reopen, read_only=kind != "qdrant")
     compare(ref, other, queries, exact=exact)
     ref.close()
     return other
@@ -107,6 +118,15 @@ class Row:
 
 def _flat(params: dict[str, Any]) -> None:
     assert params["tier"] == "flat"
+
+
+def _pg_tier(tier: str) -> Callable[[dict[str, Any]], None]:
+    def check(params: dict[str, Any]) -> None:
+        assert params["tier"] == tier
+        if tier == "hnsw":  # built at flat_threshold, calibrated on image-like and synthetic text queries
+            assert set(params["calibration"]["sets"]) == {"image", "text"} and params["calibration"]["reached"]
+
+    return check
 
 
 def _calibrated(tier: str) -> Callable[[dict[str, Any]], None]:
@@ -149,5 +169,16 @@ ROWS: list[Row] = [
         lambda tmp: QdrantConfig(path=str(tmp / "qdrant"), batch_size=300),
         exact=True,
         n=N_QDRANT,
+    ),
+    # pgvector: a PostgreSQL table (the test fills in the url of a fresh database); exact below
+    # flat_threshold, and with its HNSW index built and calibrated at 1,000 vectors
+    Row("pgvector-exact", "pgvector", lambda tmp: PgvectorConfig(), exact=True, n=N_PG, check=_pg_tier("exact")),
+    Row(
+        "pgvector-hnsw",
+        "pgvector",
+        lambda tmp: PgvectorConfig(flat_threshold=1000, calibration_queries=100),
+        exact=False,
+        n=N_PG,
+        check=_pg_tier("hnsw"),
     ),
 ]
