@@ -391,15 +391,25 @@ class PgvectorIndex(VectorIndex):
             self._conn.execute("SELECT set_config(%s, %s, false)", (name, value))
             self._gucs[name] = value
 
+    def search_sql(self, *, exact: bool, filtered: bool) -> str:
+        """The candidate query: parameters (allowed ids when ``filtered``), the query vector, LIMIT."""
+        where = "WHERE id = ANY(%s)" if filtered else ""
+        if exact:  # "+ 0": an expression no index matches, so the planner scans and sorts exactly
+            return f"SELECT id, embedding FROM {self._table} {where} ORDER BY (embedding <#> %s::vector) + 0 LIMIT %s"
+        if self._meta.get("storage") == "halfvec":
+            order = f"embedding::halfvec({self.dim}) <#> %s::halfvec({self.dim})"
+        else:
+            order = f"embedding <#> %s::vector({self.dim})"
+        return f"SELECT id, embedding FROM {self._table} {where} ORDER BY {order} LIMIT %s"
+
     def _candidates(
         self, q: np.ndarray, k: int, allowed: np.ndarray | None, breadth: int | None = None, factor: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Candidate (ids, float32 vectors) for one query: exact, or from the HNSW index."""
-        cfg, t, lit = self._config, self._table, vector_literal(q)
-        where, params = ("WHERE id = ANY(%s)", [allowed.tolist()]) if allowed is not None else ("", [])
+        cfg, lit = self._config, vector_literal(q)
+        params = [allowed.tolist()] if allowed is not None else []
         exact = not self.indexed or (allowed is not None and allowed.size <= cfg.filter_exact_max)
-        if exact:  # "+ 0": an expression no index matches, so the planner scans and sorts exactly
-            sql = f"SELECT id, embedding FROM {t} {where} ORDER BY (embedding <#> %s::vector) + 0 LIMIT %s"
+        if exact:
             limit = 2 * k + 10  # a margin for ties rounded differently by the server
         else:
             ef = breadth or cfg.ef_search or int(self._meta.get("ef_search", 40))
@@ -407,9 +417,7 @@ class PgvectorIndex(VectorIndex):
             limit = max(k * rf, cfg.min_rerank)
             self._set("hnsw.ef_search", str(min(max(ef, limit), 1000)))
             self._set("hnsw.iterative_scan", "relaxed_order" if allowed is not None or limit > 1000 else "off")
-            expr = f"embedding::halfvec({self.dim})" if self._meta.get("storage") == "halfvec" else "embedding"
-            cast = expr.replace("embedding::", "") if "::" in expr else f"vector({self.dim})"
-            sql = f"SELECT id, embedding FROM {t} {where} ORDER BY {expr} <#> %s::{cast} LIMIT %s"
+        sql = self.search_sql(exact=exact, filtered=allowed is not None)
         with self._conn.cursor(binary=True) as cur:
             cur.execute(sql, (*params, lit, limit))
             return decode_rows(cur.fetchall(), self.dim)
