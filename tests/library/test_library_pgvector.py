@@ -1,0 +1,37 @@
+"""A library whose vectors live in PostgreSQL (pgvector) indexes, searches and reindexes like one
+on the exact backend built from the same images (same model, same catalog ids)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from _library_data import scene
+
+from fgsearch.library import BackendSettings, Library
+from fgsearch.regions import RegionSettings
+
+
+def test_a_pgvector_library_returns_what_an_exact_one_does(
+    tmp_path: Path, tiny_model_dir: Path, postgres_url: str
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(6):
+        scene(i).save(photos / f"p{i}.png")
+    grid = RegionSettings(proposer="grid")
+    pg = BackendSettings("pgvector", {"url": postgres_url, "table": "lib"})
+    hits = {}
+    for name, bk in (("exact", BackendSettings("exact")), ("pgvector", pg)):
+        with Library.open(tmp_path / name, model=str(tiny_model_dir), backend=bk, regions=grid) as lib:
+            report = lib.index(photos)
+            assert report.indexed == 6 and report.regions > 0
+            hits[name] = [(h.path, h.box) for h in lib.search("a red square on grass", k=5)]
+    assert hits["pgvector"] == hits["exact"]
+    with Library.open(tmp_path / "pgvector", read_only=True) as reader:  # options come back from the catalog
+        st = reader.status()
+        assert st["backend"]["kind"] == "pgvector" and st["vectors"]["global"] == 6
+        assert reader.doctor()["consistent"]
+        assert [(h.path, h.box) for h in reader.search("a red square on grass", k=5)] == hits["exact"]
+    with Library.open(tmp_path / "pgvector", model=str(tiny_model_dir), reindex=True) as lib:  # tables emptied
+        assert lib.index(photos).indexed == 6
+        assert lib.status()["vectors"]["global"] == 6
