@@ -249,18 +249,27 @@ class PgvectorIndex(VectorIndex):
         psycopg = psycopg_module()
         if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             faults.reach("pgvector.before_commit", self._table)
-            self._conn.commit()
+            try:
+                self._conn.commit()
+            except psycopg.OperationalError as e:
+                raise BackendUnavailableError(
+                    f"committing table {self._table} at {self._where} failed: lost the connection "
+                    f"({' '.join(str(e).split())}); changes since the last flush are lost, run the job again"
+                ) from e
 
     def _in_savepoint(self, conn: Any, what: str, fn: Callable[[], None]) -> None:
         """Run ``fn`` on ``conn`` so that a failure undoes it alone (the transaction stays usable)."""
         psycopg = psycopg_module()
-        conn.execute("SAVEPOINT fgsearch_pgvector")
+        started = False
         try:
+            conn.execute("SAVEPOINT fgsearch_pgvector")
+            started = True
             fn()
         except BaseException as e:
             try:
-                conn.execute("ROLLBACK TO SAVEPOINT fgsearch_pgvector")
-                conn.execute("RELEASE SAVEPOINT fgsearch_pgvector")
+                if started:
+                    conn.execute("ROLLBACK TO SAVEPOINT fgsearch_pgvector")
+                    conn.execute("RELEASE SAVEPOINT fgsearch_pgvector")
             except psycopg.Error:
                 pass  # the connection itself is gone: the error below says so
             self._gucs.clear()
@@ -440,16 +449,32 @@ class PgvectorIndex(VectorIndex):
         out_s = np.full((q.shape[0], kk), -np.inf, dtype=np.float32)
         psycopg = psycopg_module()
         with self._lock:
-            try:
-                for j in range(q.shape[0]):
-                    out_i[j], out_s[j] = (a[0] for a in self._search_one(q[j], kk, allowed))
-            except psycopg.OperationalError as e:
-                self._gucs.clear()
-                raise BackendUnavailableError(
-                    f"searching table {self._table} at {self._where} failed: {' '.join(str(e).split())}; "
-                    "check that the server is running"
-                ) from e
+            for attempt in (0, 1):
+                try:
+                    for j in range(q.shape[0]):
+                        out_i[j], out_s[j] = (a[0] for a in self._search_one(q[j], kk, allowed))
+                    break
+                except psycopg.OperationalError as e:
+                    self._gucs.clear()
+                    # a reader holds nothing uncommitted: after a server restart (or a dropped
+                    # connection) it connects again once; a writer's lost transaction is an error
+                    if attempt == 0 and self._read_only and self._conn.broken:
+                        log.warning("pgvector %s: connection lost (%s); connecting again", self._table, e)
+                        self._reconnect()
+                        continue
+                    raise BackendUnavailableError(
+                        f"searching table {self._table} at {self._where} failed: {' '.join(str(e).split())}; "
+                        "check that the server is running"
+                    ) from e
         return SearchResult(ids=out_i, scores=out_s)
+
+    def _reconnect(self) -> None:
+        try:
+            self._conn.close()
+        except Exception as e:  # it is broken already
+            log.debug("closing a broken connection: %s", e)
+        self._conn = self._connect(self._config, read_only=True)
+        self._gucs.clear()
 
     # ------------------------------------------------------------------ durability
     def flush(self) -> None:
@@ -518,7 +543,7 @@ class PgvectorIndex(VectorIndex):
         if self._closed:
             return
         try:
-            if not self._read_only:
+            if not self._read_only and not self._conn.broken:  # broken: the failed call said what was lost
                 with self._lock:
                     self._commit()
         finally:

@@ -214,3 +214,25 @@ def test_library_options_never_store_a_password() -> None:
     opts = backend.parse_options({"url": "postgresql://me@db/photos", "storage": "vector", "hnsw_m": "24"})
     assert opts == {"url": "postgresql://me@db/photos", "storage": "vector", "hnsw_m": 24}
     assert "(tables fgsearch_global, fgsearch_regions)" in backend.location(Path("."), opts)
+
+
+def test_a_reader_connects_again_after_losing_its_connection(postgres_url: str) -> None:
+    """A server restart (here: the server ending the reader's session) costs a reader nothing: its
+    next search connects again; a writer's lost transaction is an error saying what was lost."""
+    x = unit_vectors(20, DIM)
+    writer = create_index("pgvector", None, DIM, config=_pg(postgres_url))
+    writer.add(np.arange(20), x)
+    writer.flush()
+    reader = open_index("pgvector", None, config=_pg(postgres_url), read_only=True)
+    assert reader.search(x[3], 1).ids[0, 0] == 3
+    writer.add([100], unit_vectors(1, DIM, seed=5))  # pending, not flushed
+    with _superuser(postgres_url) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                     "AND pid <> pg_backend_pid()")  # fmt: skip
+    assert reader.search(x[4], 1).ids[0, 0] == 4
+    with pytest.raises(BackendUnavailableError, match=r"lost the connection.*changes since the last flush are lost"):
+        writer.add([101], unit_vectors(1, DIM, seed=6))
+    reader.close()
+    writer.close()
+    with open_index("pgvector", None, config=_pg(postgres_url), read_only=True) as again:
+        assert again.ids().tolist() == list(range(20))  # the flushed state, nothing half-written
