@@ -112,6 +112,8 @@ class PgvectorIndex(VectorIndex):
         self._gucs: dict[str, str] = {}
         self._calibration_source: CalibrationSource | None = None
         self._generation = 0
+        self._counted: int | None = None  # rows at the last save (None: not counted yet)
+        self._grown = 0  # this writer's adds minus removes since
         self._meta: dict[str, Any] = {}
         self._load_meta()
 
@@ -323,6 +325,7 @@ class PgvectorIndex(VectorIndex):
                     cur.copy(f"COPY {self._table} (id, embedding) FROM STDIN (FORMAT BINARY)") as cp,
                 ):
                     cp.write(copy_rows(arr, vecs))
+                self._grown += int(arr.size - existing.sum())
 
             self._in_savepoint(conn, f"adding {arr.size} vectors", write)
 
@@ -347,6 +350,7 @@ class PgvectorIndex(VectorIndex):
                 if present.any():
                     conn.execute(f"DELETE FROM {self._table} WHERE id = ANY(%s)", (arr[present].tolist(),))
                 removed[0] = int(present.sum())
+                self._grown -= removed[0]
 
             self._in_savepoint(conn, f"removing {arr.size} vectors", delete)
         return removed[0]
@@ -488,7 +492,12 @@ class PgvectorIndex(VectorIndex):
                 self.save()
 
     def _wants_save(self) -> bool:
-        n = self.count()
+        """Whether the graph is due (built, dropped, calibrated again), judged on the count at the
+        last save plus this writer's adds and removes since (a count(*) per flush would scan the
+        table); :meth:`save` counts exactly before it acts."""
+        if self._counted is None:
+            self._counted, self._grown = self.count(), 0
+        n = self._counted + self._grown
         if not self.indexed:
             return n >= self._config.flat_threshold
         if n < self._config.flat_threshold // 2:
@@ -505,6 +514,7 @@ class PgvectorIndex(VectorIndex):
         with self._lock:
             self._commit()
             n = self.count()
+            self._counted, self._grown = n, 0
             cfg = self._config
             if not self.indexed and n >= cfg.flat_threshold:
                 self._meta.update(build_index(self._conn, cfg, self._table, self.dim, n))
