@@ -215,17 +215,33 @@ class PgvectorIndex(VectorIndex):
         self._calibration_source = source
 
     # ------------------------------------------------------------------ connections
-    def _session(self, connection: Any) -> Any:
-        """The psycopg connection a write goes to: ours, or the caller's (inside its transaction)."""
-        if connection is None:
-            return self._conn
-        psycopg = psycopg_module()
+    @staticmethod
+    def _driver(connection: Any) -> Any:
+        """The psycopg connection behind a SQLAlchemy Connection (or a pooled DBAPI one), or itself."""
         raw = connection
         inner = getattr(raw, "connection", None)  # a SQLAlchemy Connection -> its pooled DBAPI connection
         if inner is not None and hasattr(inner, "driver_connection"):
             raw = inner.driver_connection
         elif hasattr(raw, "driver_connection"):
             raw = raw.driver_connection
+        return raw
+
+    def joins(self, connection: Any) -> bool:
+        """Whether writes can go on ``connection`` (``add(..., connection=...)``): a psycopg
+        connection (or a SQLAlchemy one on psycopg) to this table's database."""
+        psycopg = psycopg_module()
+        raw = self._driver(connection)
+        if not isinstance(raw, psycopg.Connection) or self._read_only:
+            return False
+        mine, theirs = self._conn.info, raw.info
+        return bool((mine.dbname, mine.host, mine.port) == (theirs.dbname, theirs.host, theirs.port))
+
+    def _session(self, connection: Any) -> Any:
+        """The psycopg connection a write goes to: ours, or the caller's (inside its transaction)."""
+        if connection is None:
+            return self._conn
+        psycopg = psycopg_module()
+        raw = self._driver(connection)
         if not isinstance(raw, psycopg.Connection):
             raise IndexInputError(
                 "connection= takes a SQLAlchemy Connection on the psycopg driver (postgresql+psycopg://) "
