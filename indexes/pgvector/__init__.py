@@ -52,13 +52,13 @@ class PgvectorBackend(Backend):
                 f"backend pgvector: the url {redact(url)} holds a password, which the library would store; "
                 "remove it from the url and set PGPASSWORD (or ~/.pgpass)"
             )
-        if not url:
-            raise IndexInputError("backend pgvector: give the database, --backend-opt url=postgresql://USER@HOST/DB")
         check_table_name(f"{opts.get('table') or _DEFAULT_TABLE}_regions")
         PgvectorConfig(**opts)  # the config's own checks
         return opts
 
     def config_for(self, name: str, options: Mapping[str, Any]) -> PgvectorConfig:
+        if not options.get("url"):
+            raise IndexInputError("backend pgvector: give the database, --backend-opt url=postgresql://USER@HOST/DB")
         cfg = PgvectorConfig(**dict(options))
         return dataclasses.replace(cfg, table=f"{cfg.table}_{name}")
 

@@ -208,7 +208,7 @@ def test_library_options_never_store_a_password() -> None:
         backend.parse_options({"url": "postgresql://me:s3cret@db.example/photos"})
     assert "PGPASSWORD" in str(e.value) and "s3cret" not in str(e.value) and "***" in str(e.value)
     with pytest.raises(IndexInputError, match="give the database"):
-        backend.parse_options({"table": "photos"})
+        backend.open(Path("."), "global", DIM, backend.parse_options({"table": "photos"}), read_only=True, create=False)
     with pytest.raises(IndexInputError, match="lower-case letters"):
         backend.parse_options({"url": "postgresql://me@db/photos", "table": "Photos; DROP TABLE x"})
     opts = backend.parse_options({"url": "postgresql://me@db/photos", "storage": "vector", "hnsw_m": "24"})
