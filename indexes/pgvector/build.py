@@ -14,8 +14,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from ..config import FaissConfig
+from ..exact import exact_topk
 from ..faiss.calibration import calibrate, calibration_sets
 from .config import PgvectorConfig
+from .sql import decode_rows
 
 if TYPE_CHECKING:
     from .index import PgvectorIndex
@@ -74,10 +79,10 @@ def drop_index(conn: Any, table: str) -> None:
 
 def calibrate_search(index: PgvectorIndex, n: int) -> dict[str, Any]:
     """Calibrate ``hnsw.ef_search`` and the re-rank depth of ``index`` (see the module docstring)."""
-    fcfg = index.faiss_style_config()
-    sample = index.sample(20_000)
+    fcfg = faiss_style_config(index.config)
+    sample = draw_sample(index, 20_000)
     sets = calibration_sets(sample, fcfg, index.calibration_source, index.dim)
-    truths = index.exact_truths(sets)
+    truths = exact_truths(index, sets)
     extra = calibrate(
         None,
         "hnsw",
@@ -99,3 +104,39 @@ def calibrate_search(index: PgvectorIndex, n: int) -> dict[str, Any]:
         ", ".join(f"{k} {v['recall10']:.3f}" for k, v in c["sets"].items()),
     )
     return extra
+
+
+def exact_truths(index: PgvectorIndex, sets: dict[str, tuple[np.ndarray, str]]) -> dict[str, np.ndarray]:
+    """Each query set's exact top-10 over every stored vector (one streamed pass)."""
+    names = list(sets)
+    allq = np.concatenate([sets[n][0] for n in names])
+    top = exact_topk(allq, index.iter_blocks(), 10)[0]
+    out, s = {}, 0
+    for n in names:
+        m = sets[n][0].shape[0]
+        out[n] = top[s : s + m]
+        s += m
+    return out
+
+
+def draw_sample(index: PgvectorIndex, n: int) -> np.ndarray:
+    """About ``n`` stored vectors drawn at random (repeatably), for calibration queries."""
+    pct = min(100.0, 100.0 * 1.3 * n / max(index.count(), 1))
+    rows = index.read_rows(
+        f"SELECT id, embedding FROM {index.config.table} TABLESAMPLE BERNOULLI (%s) REPEATABLE (%s) LIMIT %s",
+        (pct, index.config.seed, n),
+    )
+    return decode_rows(rows, index.dim)[1]
+
+
+def faiss_style_config(c: PgvectorConfig) -> FaissConfig:
+    """The calibration settings in the form :mod:`..faiss.calibration` takes."""
+    return FaissConfig(
+        recall_target=c.recall_target,
+        calibration_margin=c.calibration_margin,
+        calibration_queries=c.calibration_queries,
+        rerank_factor=c.rerank_factor,
+        min_rerank=c.min_rerank,
+        max_ef_search=c.max_ef_search,
+        seed=c.seed,
+    )

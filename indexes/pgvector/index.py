@@ -41,10 +41,8 @@ from ..base import (
     empty_result,
     topk_rows,
 )
-from ..config import FaissConfig
 from ..errors import (
     BackendUnavailableError,
-    CollectionMismatchError,
     DimensionMismatchError,
     DuplicateIdError,
     IndexBackendError,
@@ -53,7 +51,6 @@ from ..errors import (
     IndexNotFoundError,
     UnknownIdError,
 )
-from ..exact import exact_topk
 from ..faults import faults
 from .config import PgvectorConfig
 from .sql import (
@@ -61,9 +58,11 @@ from .sql import (
     connect,
     copy_rows,
     decode_rows,
+    driver_connection,
     ensure_extension,
     psycopg_module,
     redact,
+    table_dim,
     vector_literal,
 )
 
@@ -77,24 +76,6 @@ _SAMPLE = 20_000
 def _fmt_ids(ids: np.ndarray, limit: int = 5) -> str:
     shown = ", ".join(str(int(i)) for i in ids[:limit])
     return shown + (f", ... ({ids.size} in all)" if ids.size > limit else "")
-
-
-def _table_dim(conn: Any, table: str) -> int | None:
-    """The dimension of ``table``'s ``embedding`` column; None when the table does not exist."""
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
-    if not exists:
-        return None
-    row = conn.execute(
-        "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "WHERE a.attrelid = to_regclass(%s) AND a.attname = 'embedding' AND NOT a.attisdropped",
-        (table,),
-    ).fetchone()
-    if row is None or not str(row[0]).startswith("vector("):
-        raise CollectionMismatchError(
-            f"table {table} exists and is not an fgsearch vector table (no embedding vector column); "
-            "choose another table (--backend-opt table=NAME)"
-        )
-    return int(str(row[0])[len("vector(") : -1])
 
 
 class PgvectorIndex(VectorIndex):
@@ -135,7 +116,7 @@ class PgvectorIndex(VectorIndex):
         try:
             where, table = redact(config.url or ""), config.table
             ensure_extension(conn, where)
-            found = _table_dim(conn, table)
+            found = table_dim(conn, table)
             if found is not None and not exist_ok:
                 raise IndexExistsError(f"table {table} already exists in {where}; open it instead")
             if found is None:
@@ -167,7 +148,7 @@ class PgvectorIndex(VectorIndex):
         conn = cls._connect(config, read_only=read_only)
         try:
             where = redact(config.url or "")
-            found = _table_dim(conn, config.table)
+            found = table_dim(conn, config.table)
             if found is None:
                 raise IndexNotFoundError(f"no table {config.table} in {where}; create it with create_index()")
             cls._check_dim(config.table, where, found, dim)
@@ -215,22 +196,11 @@ class PgvectorIndex(VectorIndex):
         self._calibration_source = source
 
     # ------------------------------------------------------------------ connections
-    @staticmethod
-    def _driver(connection: Any) -> Any:
-        """The psycopg connection behind a SQLAlchemy Connection (or a pooled DBAPI one), or itself."""
-        raw = connection
-        inner = getattr(raw, "connection", None)  # a SQLAlchemy Connection -> its pooled DBAPI connection
-        if inner is not None and hasattr(inner, "driver_connection"):
-            raw = inner.driver_connection
-        elif hasattr(raw, "driver_connection"):
-            raw = raw.driver_connection
-        return raw
-
     def joins(self, connection: Any) -> bool:
         """Whether writes can go on ``connection`` (``add(..., connection=...)``): a psycopg
         connection (or a SQLAlchemy one on psycopg) to this table's database."""
         psycopg = psycopg_module()
-        raw = self._driver(connection)
+        raw = driver_connection(connection)
         if not isinstance(raw, psycopg.Connection) or self._read_only:
             return False
         mine, theirs = self._conn.info, raw.info
@@ -241,7 +211,7 @@ class PgvectorIndex(VectorIndex):
         if connection is None:
             return self._conn
         psycopg = psycopg_module()
-        raw = self._driver(connection)
+        raw = driver_connection(connection)
         if not isinstance(raw, psycopg.Connection):
             raise IndexInputError(
                 "connection= takes a SQLAlchemy Connection on the psycopg driver (postgresql+psycopg://) "
@@ -404,6 +374,12 @@ class PgvectorIndex(VectorIndex):
         if not ok.all():
             raise UnknownIdError(f"ids not in table {self._table}: {_fmt_ids(arr[~ok])}")
         return vecs[pos]
+
+    def read_rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Rows of a query on this index's connection (binary: vectors as raw bytes)."""
+        with self._lock, self._conn.cursor(binary=True) as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
 
     def iter_blocks(self, block: int = _BLOCK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every stored (vectors, ids), ``block`` rows at a time (a server-side cursor)."""
@@ -597,41 +573,4 @@ class PgvectorIndex(VectorIndex):
             bytes_in_memory=0,  # the vectors live in the server, none in this process
             bytes_on_disk=size,
             location=f"{self._where} (table {self._table})",
-        )
-
-    # ------------------------------------------------------------------ calibration support
-    def exact_truths(self, sets: dict[str, tuple[np.ndarray, str]]) -> dict[str, np.ndarray]:
-        """Each query set's exact top-10 over every stored vector (one streamed pass)."""
-        names = list(sets)
-        allq = np.concatenate([sets[n][0] for n in names])
-        top = exact_topk(allq, self.iter_blocks(), 10)[0]
-        out, s = {}, 0
-        for n in names:
-            m = sets[n][0].shape[0]
-            out[n] = top[s : s + m]
-            s += m
-        return out
-
-    def sample(self, n: int) -> np.ndarray:
-        """About ``n`` stored vectors drawn at random (repeatably), for calibration queries."""
-        total = max(self.count(), 1)
-        pct = min(100.0, 100.0 * 1.3 * n / total)
-        with self._lock, self._conn.cursor(binary=True) as cur:
-            cur.execute(
-                f"SELECT id, embedding FROM {self._table} TABLESAMPLE BERNOULLI (%s) REPEATABLE (%s) LIMIT %s",
-                (pct, self._config.seed, n),
-            )
-            return decode_rows(cur.fetchall(), self.dim)[1]
-
-    def faiss_style_config(self) -> FaissConfig:
-        """The calibration settings in the form :mod:`..faiss.calibration` takes."""
-        c = self._config
-        return FaissConfig(
-            recall_target=c.recall_target,
-            calibration_margin=c.calibration_margin,
-            calibration_queries=c.calibration_queries,
-            rerank_factor=c.rerank_factor,
-            min_rerank=c.min_rerank,
-            max_ef_search=c.max_ef_search,
-            seed=c.seed,
         )

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, IndexInputError
+from ..errors import BackendUnavailableError, CollectionMismatchError, IndexInputError
 
 #: The oldest pgvector with ``halfvec`` and iterative index scans' predecessor features we use.
 MIN_PGVECTOR = (0, 7, 0)
@@ -159,3 +159,32 @@ def decode_rows(rows: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np
 def vector_literal(q: np.ndarray) -> str:
     """A query vector as pgvector text (``repr`` of each float32 round-trips exactly through strtof)."""
     return "[" + ",".join(map(repr, q.astype(np.float32).tolist())) + "]"
+
+
+def table_dim(conn: Any, table: str) -> int | None:
+    """The dimension of ``table``'s ``embedding`` column; None when the table does not exist."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+    if not exists:
+        return None
+    row = conn.execute(
+        "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attname = 'embedding' AND NOT a.attisdropped",
+        (table,),
+    ).fetchone()
+    if row is None or not str(row[0]).startswith("vector("):
+        raise CollectionMismatchError(
+            f"table {table} exists and is not an fgsearch vector table (no embedding vector column); "
+            "choose another table (--backend-opt table=NAME)"
+        )
+    return int(str(row[0])[len("vector(") : -1])
+
+
+def driver_connection(connection: Any) -> Any:
+    """The psycopg connection behind a SQLAlchemy Connection (or a pooled DBAPI one), or itself."""
+    raw = connection
+    inner = getattr(raw, "connection", None)  # a SQLAlchemy Connection -> its pooled DBAPI connection
+    if inner is not None and hasattr(inner, "driver_connection"):
+        raw = inner.driver_connection
+    elif hasattr(raw, "driver_connection"):
+        raw = raw.driver_connection
+    return raw
