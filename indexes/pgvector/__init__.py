@@ -42,7 +42,7 @@ class PgvectorBackend(Backend):
 
     name = "pgvector"
     config_type = PgvectorConfig
-    capabilities: frozenset[str] = frozenset({"tunable_breadth", "calibration"})
+    capabilities: frozenset[str] = frozenset({"tunable_breadth", "calibration", "catalog_database"})
 
     def parse_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         opts = parse_fields(self.name, PgvectorConfig, raw, sorted(option_fields(PgvectorConfig)))
@@ -58,7 +58,10 @@ class PgvectorBackend(Backend):
 
     def config_for(self, name: str, options: Mapping[str, Any]) -> PgvectorConfig:
         if not options.get("url"):
-            raise IndexInputError("backend pgvector: give the database, --backend-opt url=postgresql://USER@HOST/DB")
+            raise IndexInputError(
+                "backend pgvector: give the database, --backend-opt url=postgresql://USER@HOST/DB "
+                "(or keep the library's catalog in PostgreSQL: its database is then the default)"
+            )
         cfg = PgvectorConfig(**dict(options))
         return dataclasses.replace(cfg, table=f"{cfg.table}_{name}")
 

@@ -166,6 +166,7 @@ def test_kinds_come_from_the_registry() -> None:
     assert get_backend("faiss").config_type is FaissConfig
     assert get_backend("faiss").capabilities == {"files", "tunable_breadth", "calibration"}
     assert get_backend("exact").capabilities == {"files"} and not get_backend("qdrant").capabilities
+    assert get_backend("pgvector").capabilities == {"tunable_breadth", "calibration", "catalog_database"}
 
 
 def test_unknown_kind_is_a_one_line_error(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from _library_data import scene
 
 from fgsearch.library import BackendSettings, Library
@@ -35,3 +36,18 @@ def test_a_pgvector_library_returns_what_an_exact_one_does(
     with Library.open(tmp_path / "pgvector", model=str(tiny_model_dir), reindex=True) as lib:  # tables emptied
         assert lib.index(photos).indexed == 6
         assert lib.status()["vectors"]["global"] == 6
+
+
+def test_the_catalog_database_is_the_default_for_pgvector_only(tmp_path: Path, postgres_url: str) -> None:
+    """A pgvector library with no url puts its tables in the catalog's PostgreSQL database (given
+    at open, never recorded); a backend that cannot live there ignores it."""
+    from fgsearch.indexes import IndexInputError
+
+    pg = BackendSettings("pgvector")
+    assert pg.to_dict() == {"kind": "pgvector", "options": {}}
+    with pg.open(tmp_path, "global", 8, read_only=False, create=True, database=postgres_url) as idx:
+        assert idx.stats().location.endswith("(table fgsearch_global)") and len(idx) == 0
+    with pytest.raises(IndexInputError, match=r"give the database.*catalog in PostgreSQL"):
+        pg.open(tmp_path, "global", 8, read_only=True, create=False)
+    with BackendSettings("exact").open(tmp_path, "global", 8, read_only=False, create=True, database=postgres_url) as e:
+        assert e.kind == "exact"
