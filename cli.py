@@ -122,6 +122,9 @@ def index(
     backend_opt: list[str] = opt.BACKEND_OPT,
     qdrant_url: str | None = opt.QDRANT_URL,
     qdrant_path: Path | None = opt.QDRANT_PATH,
+    catalog: str | None = opt.CATALOG,
+    catalog_password_env: str | None = opt.CATALOG_PASSWORD_ENV,
+    shared: bool = opt.SHARED,
     regions: str | None = opt.REGIONS,
     max_regions: int | None = opt.MAX_REGIONS,
     sidecar: str | None = opt.SIDECAR,
@@ -149,6 +152,7 @@ def index(
     by `fgsearch status --failed`); 4 files failed and none is indexed; 1 an error stopped the run.
     """
     import json
+    from functools import partial
 
     from fgsearch.ingest import IndexOptions
     from fgsearch.library import Library
@@ -167,11 +171,12 @@ def index(
     )  # fmt: skip
     out = console(stderr=json_out)
     folders: list[str | os.PathLike[str]] = [str(p) for p in paths]
+    open_at = partial(Library.open, catalog=catalog, catalog_password_env=catalog_password_env, shared_writer=shared)
     with (
-        Library.open(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib,
+        open_at(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib,
         index_progress(out, show=not (quiet or json_out)) as progress,
     ):
-        report = lib.index(folders, opts, progress=progress)
+        report = (lib.index_shared if shared else lib.index)(folders, opts, progress=progress)
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

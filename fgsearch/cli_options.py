@@ -54,6 +54,21 @@ BACKEND_OPT = typer.Option(
 QDRANT_URL = typer.Option(
     None, "--qdrant-url", help="Qdrant server URL (with --backend qdrant); API key from QDRANT_API_KEY."
 )
+CATALOG = typer.Option(
+    None,
+    "--catalog",
+    help="Keep a NEW library's catalog in PostgreSQL: postgresql+psycopg://USER@HOST:PORT/DB (recorded in "
+    "LIBRARY/library.json without the password; give it through PGPASSWORD or --catalog-password-env).",
+)
+SHARED = typer.Option(
+    False,
+    "--shared",
+    help="Index beside the library's other writers (PostgreSQL catalog, a vector store every machine reaches): "
+    "each takes batches of the common work (docs/postgres.md).",
+)
+CATALOG_PASSWORD_ENV = typer.Option(
+    None, "--catalog-password-env", metavar="VAR", help="Environment variable holding the catalog's password."
+)
 QDRANT_PATH = typer.Option(None, "--qdrant-path", help="Embedded Qdrant directory (with --backend qdrant).")
 REGIONS = typer.Option(
     None, "--regions", help="Region proposer for a new library: auto (default), grid, none, sidecar."
