@@ -138,6 +138,8 @@ def index(
     workers: int = opt.WORKERS,
     fast_decode: bool = opt.FAST_DECODE,
     device: str = opt.DEVICE,
+    precision: str = opt.PRECISION,
+    runtime: str = opt.RUNTIME,
     quiet: bool = opt.QUIET,
     json_out: bool = opt.json_flag("Print the summary as JSON."),
 ) -> None:
@@ -153,6 +155,7 @@ def index(
     opt.check_max_regions(regions, max_regions, sidecar)
     bk = opt.backend_settings(backend, qdrant_url, qdrant_path, backend_opt)
     rs = opt.region_settings(regions, max_regions, sidecar)
+    fast = opt.fast_path(runtime, precision)
     opts = IndexOptions(
         include=tuple(include), exclude=tuple(exclude), extensions=tuple(ext), hidden=hidden, prune=prune,
         prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed,
@@ -162,7 +165,7 @@ def index(
     out = console(stderr=json_out)
     folders: list[str | os.PathLike[str]] = [str(p) for p in paths]
     with (
-        Library.open(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib,
+        Library.open(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device, fast=fast) as lib,
         index_progress(out, show=not (quiet or json_out)) as progress,
     ):
         report = lib.index(folders, opts, progress=progress)
@@ -202,6 +205,8 @@ def query(
     show: Path | None = opt.SHOW,
     html_out: Path | None = opt.HTML,
     device: str = opt.DEVICE_SHORT,
+    precision: str = opt.PRECISION,
+    runtime: str = opt.RUNTIME,
 ) -> None:
     """Search the library: ranked images and the matching region."""
     from fgsearch.boxes import Box
@@ -219,10 +224,10 @@ def query(
         weights=FusionWeights(global_=w_global, region=w_region, negative=w_negative),
     )  # fmt: skip
     info = QueryInfo()
-    with Library.open(library, read_only=True, device=device) as lib:
+    with Library.open(library, read_only=True, device=device, fast=opt.fast_path(runtime, precision)) as lib:
         hits = lib.search(query=q, info=info)
     out = console(stderr=json_out or paths_out)  # stdout holds only the JSON or the paths
-    for notice in info.notices:
+    for notice in [*lib.notes, *info.notices]:
         out.print(plain(f"notice: {notice}"))
     if filters.path_prefix and not os.path.isdir(filters.path_prefix):
         out.print(plain(f"warning: --under {filters.path_prefix}: no such folder on disk"))
@@ -425,6 +430,8 @@ def eval_(
     model: str = typer.Option("fg-clip-base", "--model", "-m", help=opt.MODEL_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Images (or texts) per forward pass."),
     device: str = opt.DEVICE,
+    precision: str = opt.PRECISION,
+    runtime: str = opt.RUNTIME,
     limit: int | None = typer.Option(
         None, "--limit", help="Only the first N images (a quick check; not comparable when that leaves data out)."
     ),
@@ -436,7 +443,8 @@ def eval_(
 
     out = console(stderr=json_out)
     with stage_progress(out) as progress:
-        result = run_eval(task, data, model=model, batch_size=batch_size, device=device, limit=limit, progress=progress)
+        fast = opt.fast_path(runtime, precision)
+        result = run_eval(task, data, model, batch_size, device, limit, progress, fast=fast)
     if json_out:
         typer.echo(result.to_json())
     else:
@@ -453,6 +461,8 @@ def serve(
     token: str | None = opt.TOKEN,
     cors: str | None = typer.Option(None, "--cors", help="Let pages from this origin (https://host) call the API."),
     device: str = opt.DEVICE_SHORT,
+    precision: str = opt.PRECISION,
+    runtime: str = opt.RUNTIME,
     decode_megapixels: float = typer.Option(
         100.0,
         "--decode-megapixels",
@@ -466,15 +476,9 @@ def serve(
 
     where = str(library) if library else None
     settings = ServeSettings(
-        library=where,
-        model=model,
-        device=device,
-        host=host,
-        port=port,
-        token=token,
-        cors=cors,
-        decode_megapixels=decode_megapixels,
-    )
+        library=where, model=model, device=device, fast=opt.fast_path(runtime, precision), host=host, port=port,
+        token=token, cors=cors, decode_megapixels=decode_megapixels,
+    )  # fmt: skip
     typer.echo(f"fgsearch serve: loading the library and the model; then http://{host}:{port}/", err=True)
     run_server(settings)
 

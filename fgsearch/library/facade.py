@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fgsearch.boxes import Box
 from fgsearch.errors import LibraryError
 from fgsearch.library import doctor as doctor_mod
+from fgsearch.library.fastpath import FastPath, choose_encoder
 from fgsearch.library.lifecycle import OpenRequest, check_library_dir, open_store
 from fgsearch.library.settings import BackendSettings, model_info, shared_encoder
 from fgsearch.library.store import LibraryStore, storage_errors
@@ -50,7 +51,13 @@ class Library:
     """
 
     def __init__(
-        self, store: LibraryStore, *, lock: Any = None, device: str = "auto", encoder: Encoder | None = None
+        self,
+        store: LibraryStore,
+        *,
+        lock: Any = None,
+        device: str = "auto",
+        encoder: Encoder | None = None,
+        fast: FastPath | None = None,
     ) -> None:
         self.store = store
         self.device = device
@@ -58,6 +65,12 @@ class Library:
         self._encoder = encoder
         self._encoder_epoch = store.build.epoch
         self._given_encoder = encoder  # kept across a reopen after --reindex when it fits the new build
+        self.fast = fast  # the runtime + precision asked for (None: fp32 PyTorch, no gate)
+        self.encoder_path = "torch fp32"  # the path in use (set again when the model is loaded)
+        self.notes: list[str] = []  # one line per fast path refused or not checked yet (say them)
+        self._gate_pending = False
+        self._sample_roots: list[str] = []
+        self._gates: dict[str, Any] = {}  # gate reports measured by this process (a reader cannot record)
 
     @classmethod
     def open(
@@ -73,6 +86,7 @@ class Library:
         device: str = "auto",
         encoder: Encoder | None = None,
         rebuild_damaged: bool = False,
+        fast: FastPath | None = None,
     ) -> Library:
         """Open (or create) a library.
 
@@ -81,7 +95,8 @@ class Library:
         own (``fg-clip-base`` for a new library). ``backend`` (a kind, or kind + options) and
         ``regions`` apply when the library is created (or rebuilt with ``reindex=True``); passing
         different ones later is an error. ``rebuild_damaged`` (for ``doctor --repair``) replaces a
-        damaged vector index by an empty one.
+        damaged vector index by an empty one. ``fast`` (a runtime + precision) puts a fast path
+        behind the quality gate (:mod:`fgsearch.library.fastpath`); ``None`` runs fp32 PyTorch.
         """
         from fgsearch.library_paths import resolve_library_dir
 
@@ -101,7 +116,9 @@ class Library:
             if made_dir:  # a library this call began to create and could not finish: leave nothing behind
                 shutil.rmtree(lib_dir, ignore_errors=True)
             raise
-        lib = cls(store, lock=lock, device=device, encoder=enc)
+        if encoder is None and fast is not None and fast.candidates(device):
+            enc = None  # the fp32 model loaded on the way is the gate's reference; the gate picks
+        lib = cls(store, lock=lock, device=device, encoder=enc, fast=fast)
         lib._given_encoder = encoder
         return lib
 
@@ -150,10 +167,42 @@ class Library:
                 self.store.catalog.check_model(model_info(build.model, self._given_encoder))
                 enc = self._given_encoder
         if enc is None:
-            enc = shared_encoder(build.model, self.device)
+            enc = self._choose(build.model)
             self.store.catalog.check_model(model_info(build.model, enc))
         self._encoder, self._encoder_epoch = enc, build.epoch
         return enc
+
+    def _choose(self, model: str) -> Encoder:
+        """fp32 PyTorch, or the fast path asked for once it passed the gate (recorded or measured)."""
+        if self.fast is None or not self.fast.candidates(self.device):
+            enc = shared_encoder(model, self.device)
+            self.encoder_path = f"torch {enc.precision}"
+            return enc
+        meta = self.catalog.get_meta()
+        recorded = {**(meta.get("gate") or {}), **self._gates}
+        choice = choose_encoder(
+            self.fast,
+            self.device,
+            str(meta.get("model_ref") or ""),
+            recorded,
+            self._sample_images,
+            lambda precision, runtime: shared_encoder(model, self.device, precision, runtime),
+        )
+        measured = {k: r.to_dict() for k, r in choice.measured.items()}
+        self._gates.update(measured)
+        if measured and not self.read_only:
+            self.catalog.set_meta(gate={**(meta.get("gate") or {}), **measured})
+        self.encoder_path, self.notes, self._gate_pending = choice.label, choice.notes, choice.pending
+        return choice.encoder
+
+    def _sample_images(self, n: int) -> list[Any]:
+        """Up to ``n`` of the library's own images, spread over it (else from the folders being indexed)."""
+        from fgsearch.library.fastpath import read_sample
+
+        ids = sorted(self.catalog.all_vector_ids()[0])
+        step = max(1, len(ids) // n) if ids else 1
+        paths = [r.path for r in self.catalog.contents_by_ids(ids[::step][:n])]
+        return read_sample(paths, n, self._sample_roots)
 
     # ---- operations ------------------------------------------------------------------------
     def index(
@@ -172,10 +221,19 @@ class Library:
         roots = [str(p) for p in paths] if isinstance(paths, list) else [str(paths)]
         with storage_errors(self.path):
             opts.check()  # bad options fail before the heal step writes anything
+            self._sample_roots = roots  # a library without images yet: the gate samples these folders
             encoder = self.encoder
+            if self._gate_pending:
+                self._encoder = None
+                encoder = self.encoder
             warning = doctor_mod.heal(self.store)  # catalog and indexes agree before a run adds to them
             report = IndexReport(warnings=[warning] if warning else [])
-            return run_index(self.store, encoder, roots, opts, progress, report)
+            report.warnings += self.notes
+            report = run_index(self.store, encoder, roots, opts, progress, report)
+            made = list(self.catalog.get_meta().get("precisions") or [])
+            if report.indexed and self.encoder_path not in made:
+                self.catalog.set_meta(precisions=[*made, self.encoder_path])
+            return report
 
     def search(
         self,
@@ -225,6 +283,8 @@ class Library:
         return self.consistent(self._status)
 
     def _status(self) -> dict[str, Any]:
+        from fgsearch.model.gate import GateReport
+
         meta = self.catalog.get_meta()
         return {
             "library": str(self.path),
@@ -233,6 +293,8 @@ class Library:
             "dim": meta.get("dim"),
             "family": meta.get("model_family", "fgclip"),  # libraries from before families: FG-CLIP
             "score_calibration": meta.get("score_calibration"),
+            "precisions": meta.get("precisions"),  # the paths that made the vectors (None: before they were recorded)
+            "gate": [GateReport.from_dict(r).line() for r in (meta.get("gate") or {}).values()],
             "regions": self.region_settings.to_dict(),
             "backend": self.backend.to_dict(),
             "counts": self.catalog.counts(),

@@ -73,7 +73,7 @@ class FastPath:
         if self.precision == "auto":
             return [(self.runtime, "int8"), (self.runtime, "fp32")]
         if self.precision == "bf16" and not native_bf16():
-            raise InputError(f"--precision bf16: this CPU has no native bf16 instructions; use fp32 or int8")
+            raise InputError("--precision bf16: this CPU has no native bf16 instructions; use fp32 or int8")
         return [(self.runtime, self.precision)]
 
 
@@ -152,3 +152,29 @@ def model_ref_dir(load: LoadFn) -> str:
     spec = load("fp32", "torch").spec
     assert spec.local_dir is not None
     return spec.local_dir
+
+
+def read_sample(paths: list[str], n: int, roots: list[str]) -> list[Image.Image]:
+    """Up to ``n`` decodable images of ``paths`` (the library's), else the first under ``roots``."""
+    from itertools import islice
+
+    from fgsearch.decode import load_image, open_regular
+    from fgsearch.scan import walk
+
+    def candidates() -> Any:
+        if paths:  # the library's own images
+            yield from paths
+            return
+        for entry in walk(list(roots)):
+            yield entry.path
+
+    out: list[Image.Image] = []
+    for path in islice(candidates(), 4 * n):  # a few unreadable files never make the search long
+        if len(out) >= n:
+            break
+        try:
+            with open_regular(path) as fh:
+                out.append(load_image(fh, draft=(448, 448)).image.convert("RGB"))
+        except Exception as e:  # a bad file is skipped here; indexing reports it
+            logger.debug("gate sample: skipping %s: %s", path, e)
+    return out

@@ -24,18 +24,18 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "fg-clip-base"
 _LEGACY_KEYS = {"qdrant_url": "url", "qdrant_path": "path", "qdrant_collection": "collection"}
 
-_ENCODERS: dict[tuple[str, str, str], Encoder] = {}
+_ENCODERS: dict[tuple[str, str, str, str], Encoder] = {}
 _ENCODERS_LOCK = threading.Lock()
 
 
-def shared_encoder(model: str, device: str = "auto", precision: str = "auto") -> Encoder:
+def shared_encoder(model: str, device: str = "auto", precision: str = "auto", runtime: str = "torch") -> Encoder:
     """The process-wide encoder for a model (loaded once, shared by every library and thread)."""
     from fgsearch.model import load_encoder
 
-    key = (str(model), str(device), precision)
+    key = (str(model), str(device), precision, runtime)
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
-            _ENCODERS[key] = load_encoder(model, device=device, precision=precision)
+            _ENCODERS[key] = load_encoder(model, device=device, precision=precision, runtime=runtime)
         return _ENCODERS[key]
 
 
@@ -130,6 +130,7 @@ def model_info(model_ref: str, enc: Encoder) -> Any:
     if not ref and enc.spec.local_dir:
         ref = checkpoint_fingerprint(Path(enc.spec.local_dir))
     return ModelInfo(name=enc.spec.name, ref=ref, dim=enc.dim, image_size=tuple(enc.spec.image_size or ()))
+
 
 def _calibration_captions() -> list[str]:
     """150 varied captions: an index build tunes its search breadth on them, the quality gate

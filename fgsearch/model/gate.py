@@ -15,8 +15,9 @@ lets a well-calibrated int8 through with margin while a broken quantisation (dyn
 has given cosines of 0.9 and wrong search results elsewhere) fails by orders of magnitude. An
 overlap of 0.95 allows, on average, one swap in the top 20: rank changes among near-ties, never a
 different result list. Items fp32 scores within 0.001 of its own k-th score count as ties
-(:func:`topk_overlap`): bf16 moves a cosine by ~1e-3 at most, so a tighter order is noise. Below either bound the fast path is refused and fp32 is used, with a
-one-line message naming the figure that failed.
+(:func:`topk_overlap`): bf16 moves a cosine by ~1e-3 at most, so a tighter order is noise.
+Below either bound the fast path is refused and fp32 is used, with a one-line message naming the
+figure that failed.
 
 Random-weight models are a weak proxy: their embeddings are nearly isotropic, so cosines between
 runtimes are high and rankings among random images are near-ties (overlap is then the harder
@@ -75,11 +76,8 @@ class GateReport:
     @property
     def failures(self) -> list[str]:
         b = self.bounds
-        out = [
-            f"{name} cosine {value:.5f} < {b.cosine}"
-            for name, value in (("image", self.image_cosine), ("region", self.region_cosine), ("text", self.text_cosine))
-            if value < b.cosine
-        ]
+        cosines = (("image", self.image_cosine), ("region", self.region_cosine), ("text", self.text_cosine))
+        out = [f"{name} cosine {value:.5f} < {b.cosine}" for name, value in cosines if value < b.cosine]
         out += [
             f"text->{name} top-{b.k} overlap {value:.3f} < {b.overlap}"
             for name, value in (("image", self.image_overlap), ("region", self.region_overlap))

@@ -85,7 +85,9 @@ def export_dir(spec: ModelSpec) -> Path:
 # ---- graphs: what each family exports ------------------------------------------------------------
 def _graphs(family: str) -> Any:
     if family not in ("fgclip", "fgclip2"):
-        raise InputError(f"the openvino runtime knows the fgclip and fgclip2 families, not {family!r}; use --runtime torch")
+        raise InputError(
+            f"the openvino runtime knows the fgclip and fgclip2 families, not {family!r}; use --runtime torch"
+        )
     return family
 
 
@@ -155,10 +157,13 @@ def _text_module(family_name: str, model: Any, walk: TextPath, length: int) -> t
 
 def _convert(module: Any, example: tuple[Any, ...]) -> Any:
     """torch module -> ov.Model (traced first without the trace check: attention code paths vary)."""
+    import warnings
+
     import torch
 
     ov = _ov()
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape checks that are constant per graph
         traced = torch.jit.trace(module, example, check_trace=False)
         return ov.convert_model(traced, example_input=example)
 
@@ -187,7 +192,7 @@ def export(model: str) -> Path:
             mod, ex = _text_module(family, net, TextPath(walk), tok.length(walk))
             ov.save_model(_convert(mod, ex), tmp / f"text-{walk}.xml", compress_to_fp16=False)
         if family == "fgclip2":
-            emb = net.vision_model.embeddings
+            emb: Any = getattr(net, "vision_model").embeddings  # noqa: B009 (an FGCLIP2 module)
             np.save(tmp / "positions.npy", emb.position_embedding.weight.detach().float().numpy())
         cal = fam.calibration(net)
         meta = {"dim": fam.embed_dim(net), "calibration": cal.to_dict() if cal else None, "model": spec.name}
@@ -213,7 +218,11 @@ def ensure_int8(model: str, images: Callable[[], Sequence[Image.Image]]) -> Path
         sample = list(images())
         if not sample:
             raise InputError("int8 needs images to calibrate on: index some images first (or use --precision fp32)")
-        _quantize(model, out, sample)
+        import contextlib
+        import sys
+
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: never into a --json stdout
+            _quantize(model, out, sample)
     return out
 
 
@@ -221,6 +230,8 @@ def _quantize(model: str, out: Path, sample: Sequence[Image.Image]) -> None:
     import nncf
 
     from fgsearch.library.settings import CALIBRATION_CAPTIONS
+
+    nncf.set_log_level(logging.ERROR)
 
     ov = _ov()
     core = ov.Core()
@@ -334,7 +345,7 @@ class OpenVINOEncoder:
 
         if self._positions is None:
             self._positions = np.load(self.folder / "positions.npy")
-        grid = int(round(len(self._positions) ** 0.5))
+        grid = round(len(self._positions) ** 0.5)
         shapes = [(int(h), int(w)) for h, w in np.asarray(b.shapes).tolist()]
         pos = naflex_positions(torch.from_numpy(self._positions), grid, shapes, pixels.shape[1], torch.float32)
         mask = np.ones(pixels.shape[:2], np.int32) if b.mask is None else np.asarray(b.mask, np.int32)
@@ -404,7 +415,9 @@ class OpenVINOEncoder:
     def token_ids(self, texts: Sequence[str], walk: TextPath) -> np.ndarray:
         return np.asarray(self.tokenizer(list(texts), walk), np.int64)
 
-    def encode_texts(self, texts: Sequence[str], path: TextPath | str | None = None, batch_size: int = 64) -> np.ndarray:
+    def encode_texts(
+        self, texts: Sequence[str], path: TextPath | str | None = None, batch_size: int = 64
+    ) -> np.ndarray:
         if isinstance(texts, str):
             texts = [texts]
         paths = [TextPath(path) if path is not None else self.text_path(t) for t in texts]
