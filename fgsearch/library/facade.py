@@ -101,6 +101,8 @@ class Library:
         from fgsearch.library_paths import resolve_library_dir
 
         lib_dir = resolve_library_dir(path)
+        # checked before anything is created or locked (bf16 asked on a CPU without it is an error)
+        gated = encoder is None and fast is not None and bool(fast.candidates(device))
         exists = check_library_dir(lib_dir, read_only=read_only, create=create, reindex=reindex)
         bk = BackendSettings(kind=backend) if isinstance(backend, str) else backend
         req = OpenRequest(model, bk, regions, read_only, reindex, rebuild_damaged)
@@ -116,7 +118,7 @@ class Library:
             if made_dir:  # a library this call began to create and could not finish: leave nothing behind
                 shutil.rmtree(lib_dir, ignore_errors=True)
             raise
-        if encoder is None and fast is not None and fast.candidates(device):
+        if gated:
             enc = None  # the fp32 model loaded on the way is the gate's reference; the gate picks
         lib = cls(store, lock=lock, device=device, encoder=enc, fast=fast)
         lib._given_encoder = encoder

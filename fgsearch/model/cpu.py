@@ -1,11 +1,15 @@
 """What this CPU runs natively: bf16 (AVX512_BF16 or AMX) and int8 dot products (AVX512_VNNI,
 AVX-VNNI or AMX). Read from the kernel's CPU flags, never guessed from the torch build: bf16 on a
 CPU without these instructions is emulated and slower than fp32, so ``auto`` never picks it there.
+
+``FGSEARCH_CPU_FLAGS`` (space- or comma-separated) replaces the flags read: tests use it to run
+both branches on any machine, and a user may set it empty to keep every run on fp32.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -13,9 +17,16 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty where unknown)."""
+    """The CPU's feature flags (``$FGSEARCH_CPU_FLAGS``, else Linux ``/proc/cpuinfo``; empty where unknown)."""
+    env = os.environ.get("FGSEARCH_CPU_FLAGS")
+    if env is not None:
+        return frozenset(env.replace(",", " ").split())
+    return _proc_flags()
+
+
+@functools.lru_cache(maxsize=1)
+def _proc_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
