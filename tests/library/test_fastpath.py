@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _library_data import make_folder
 from typer.testing import CliRunner
 
-from _library_data import make_folder
 from fgsearch.console.cli import app
 from fgsearch.errors import InputError
 from fgsearch.library import Library

@@ -11,10 +11,10 @@ from PIL import Image
 
 pytest.importorskip("openvino")
 
-from fgsearch.library.settings import CALIBRATION_CAPTIONS  # noqa: E402
-from fgsearch.model import load_encoder  # noqa: E402
-from fgsearch.model.gate import run_gate  # noqa: E402
-from fgsearch.model.openvino import OpenVINOEncoder, ensure_int8, export_dir  # noqa: E402
+from fgsearch.library.settings import CALIBRATION_CAPTIONS
+from fgsearch.model import load_encoder
+from fgsearch.model.gate import run_gate
+from fgsearch.model.openvino import OpenVINOEncoder, ensure_int8, export_dir
 
 ORACLE2 = str(Path(__file__).parents[1] / "fixtures" / "oracle2" / "visible" / "checkpoint")
 
