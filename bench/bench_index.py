@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import runtime_peers  # bench/runtime_peers.py: --runtimes
 import torch
 from PIL import Image, ImageDraw
 
@@ -218,7 +219,11 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="reuse/keep generated photos and model here")
     ap.add_argument("--huge", type=int, default=0, help="measure peak memory of N huge PNGs instead")
     ap.add_argument("--side", type=int, default=10000, help="with --huge: the PNGs' width and height")
+    runtime_peers.add_args(ap)
     args = ap.parse_args()
+    if args.runtimes:  # CPU runtimes side by side (bench/runtime_peers.py)
+        runtime_peers.index(args)
+        return
     if args.huge:
         work = args.keep or Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
         huge_memory(args.huge, args.side, args.workers or 3, work)

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 import numpy as np
+import runtime_peers  # bench/runtime_peers.py: --runtimes
 import torch
 
 
@@ -55,7 +56,11 @@ def main() -> None:
     ap.add_argument("--family", choices=("fgclip", "fgclip2", "both"), default="both")
     ap.add_argument("--index-images", type=int, default=32, help="FG-CLIP 2 index e2e: images (0: skip)")
     ap.add_argument("--index-only", action="store_true", help="FG-CLIP 2: only the index e2e measurement")
+    runtime_peers.add_args(ap)
     args = ap.parse_args()
+    if args.runtimes:  # CPU runtimes side by side (bench/runtime_peers.py)
+        runtime_peers.towers(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.family in ("fgclip", "both"):
