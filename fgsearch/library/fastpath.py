@@ -137,7 +137,7 @@ def choose_encoder(
             if precision == "int8":
                 from fgsearch.model.openvino import ensure_int8
 
-                ensure_int8(model_ref_dir(load), lambda: sample(CALIBRATION_IMAGES))
+                ensure_int8(load("fp32", "torch").spec.local_dir or "", lambda: sample(CALIBRATION_IMAGES))
             rep = run_gate(label, load(precision, runtime), load("fp32", "torch"), images, gate_captions())
             measured[key] = rep
             logger.info("quality gate %s", rep.line())
@@ -145,13 +145,6 @@ def choose_encoder(
             return Choice(load(precision, runtime), label, measured, notes)
         notes.append(f"fast path {rep.line()}; using fp32")
     return Choice(load("fp32", "torch"), "torch fp32", measured, notes)
-
-
-def model_ref_dir(load: LoadFn) -> str:
-    """The checkpoint directory of the library's model (the int8 model is cached beside its weights)."""
-    spec = load("fp32", "torch").spec
-    assert spec.local_dir is not None
-    return spec.local_dir
 
 
 def read_sample(paths: list[str], n: int, roots: list[str]) -> list[Image.Image]:

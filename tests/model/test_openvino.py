@@ -82,3 +82,28 @@ def test_openvino_on_a_gpu_device_is_refused() -> None:
 
     with pytest.raises(InputError, match="runs on the CPU"):
         load_encoder("demo", device="cuda", runtime="openvino")
+
+
+def test_cli_index_query_and_status_with_the_openvino_runtime(tmp_path: Path) -> None:
+    """End to end: int8 (calibrated on the library's photos if not yet), gated, recorded, shown."""
+    import json
+
+    from _library_data import make_folder
+    from typer.testing import CliRunner
+
+    from fgsearch.console.cli import app
+    from fgsearch.model import REGISTRY
+
+    make_folder(tmp_path / "photos", n_good=6, bad=False)
+    lib, demo = str(tmp_path / "lib"), str(REGISTRY["demo"].local_dir)
+    r = CliRunner().invoke(
+        app, ["index", str(tmp_path / "photos"), "-l", lib, "-m", demo, "--runtime", "openvino", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["indexed"] == 6  # NNCF's progress bars went to stderr
+    r = CliRunner().invoke(app, ["status", "-l", lib, "--json"])
+    st = json.loads(r.stdout)
+    assert st["precisions"] and st["precisions"][0].startswith("openvino ")
+    assert st["gate"] and st["gate"][0].startswith("openvino int8: ")
+    r = CliRunner().invoke(app, ["query", "a red car", "-l", lib, "--runtime", "openvino", "--json"])
+    assert r.exit_code == 0 and len(json.loads(r.stdout)["results"]) == 6, r.output
