@@ -70,7 +70,7 @@ class Library:
         self.notes: list[str] = []  # one line per fast path refused or not checked yet (say them)
         self._gate_pending = False
         self._sample_roots: list[str] = []
-        self._gates: dict[str, Any] = {}  # gate reports measured by this process (a reader cannot record)
+        self.gates_measured: dict[str, Any] = {}  # gate reports this object measured (a reader cannot record them)
 
     @classmethod
     def open(
@@ -181,7 +181,7 @@ class Library:
             self.encoder_path = f"torch {enc.precision}"
             return enc
         meta = self.catalog.get_meta()
-        recorded = {**(meta.get("gate") or {}), **self._gates}
+        recorded = {**(meta.get("gate") or {}), **self.gates_measured}
         choice = choose_encoder(
             self.fast,
             self.device,
@@ -191,7 +191,7 @@ class Library:
             lambda precision, runtime: shared_encoder(model, self.device, precision, runtime),
         )
         measured = {k: r.to_dict() for k, r in choice.measured.items()}
-        self._gates.update(measured)
+        self.gates_measured.update(measured)
         if measured and not self.read_only:
             self.catalog.set_meta(gate={**(meta.get("gate") or {}), **measured})
         self.encoder_path, self.notes, self._gate_pending = choice.label, choice.notes, choice.pending

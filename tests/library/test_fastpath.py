@@ -59,7 +59,7 @@ def test_auto_takes_bf16_after_the_gate_and_records_it(tmp_path: Path) -> None:
     # a reader uses the writer's verdict: nothing measured again
     with Library.open(tmp_path / "lib", read_only=True, fast=FastPath("torch", "auto")) as lib:
         assert lib.search("a red car")
-        assert lib.encoder_path == "torch bf16" and lib.notes == [] and lib._gates == {}
+        assert lib.encoder_path == "torch bf16" and lib.notes == [] and lib.gates_measured == {}
     # a later fp32 run mixes paths within the gate's bound: both are listed
     make_folder(tmp_path / "more", n_good=2, bad=False, seed=7)
     with Library.open(tmp_path / "lib", fast=FastPath("torch", "fp32")) as lib:
@@ -98,3 +98,16 @@ def test_cli_precision_and_runtime_checks(tmp_path: Path, monkeypatch: pytest.Mo
     assert FastPath("torch", "auto").candidates("cpu") == []  # auto on a CPU without bf16: plain fp32
     r = CliRunner().invoke(app, [*base, "--json"])  # auto there: fp32, no gate
     assert r.exit_code == 0 and json.loads(r.output)["indexed"] == 2
+
+
+def test_eval_runs_the_gate_on_the_tasks_images(tmp_path: Path) -> None:
+    from _eval_data import write_dci
+
+    from fgsearch.eval import run_eval
+
+    data = write_dci(tmp_path, [0, 1, 2, 2], ["a red square", "a green one", "blue", "two blue"])
+    res = run_eval("dci", data, DEMO, device="cpu", fast=FastPath("torch", "auto"))
+    assert res.settings["precision"] == "bf16"
+    assert res.settings["notes"] and res.settings["notes"][0].startswith("torch bf16: passed")
+    plain = run_eval("dci", data, DEMO, device="cpu", fast=FastPath("torch", "fp32"))
+    assert plain.settings["precision"] == "fp32" and plain.settings["notes"] == []
