@@ -413,7 +413,27 @@ class OpenVINOEncoder:
         return self.family.region_walk(self.tokenizer, text)
 
     def token_ids(self, texts: Sequence[str], walk: TextPath) -> np.ndarray:
-        return np.asarray(self.tokenizer(list(texts), walk), np.int64)
+        """Padded id rows for the walk's graph, without torch (a query needs none), warning on
+        truncation as the torch runtime does."""
+        import warnings
+
+        from fgsearch.model.tokenizer import TextTruncatedWarning
+
+        tok, texts = self.tokenizer, list(texts)
+        if hasattr(tok, "tokenize_rows"):  # FG-CLIP's BPE
+            t = tok.tokenize_rows(texts, walk)
+            rows, dropped = t.ids, t.dropped
+        else:  # FG-CLIP 2's Hugging Face tokenizer
+            rows, dropped = tok.rows(texts, walk)
+        for text, n in zip(texts, dropped, strict=True):
+            if n:
+                warnings.warn(
+                    f"text truncated to {tok.length(walk)} tokens ({walk.value} walk): dropped {n} tokens "
+                    f"from {text[:40]!r}...",
+                    TextTruncatedWarning,
+                    stacklevel=3,
+                )
+        return np.asarray(rows, np.int64).reshape(len(texts), tok.length(walk))
 
     def encode_texts(
         self, texts: Sequence[str], path: TextPath | str | None = None, batch_size: int = 64

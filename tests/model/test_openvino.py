@@ -107,3 +107,22 @@ def test_cli_index_query_and_status_with_the_openvino_runtime(tmp_path: Path) ->
     assert st["gate"] and st["gate"][0].startswith("openvino int8: ")
     r = CliRunner().invoke(app, ["query", "a red car", "-l", lib, "--runtime", "openvino", "--json"])
     assert r.exit_code == 0 and len(json.loads(r.stdout)["results"]) == 6, r.output
+
+
+def test_text_tower_runs_without_torch_once_exported() -> None:
+    """What a fast query start can build on: tokenizer + compiled text graph + numpy, no torch."""
+    import os
+    import subprocess
+    import sys
+
+    from fgsearch.model.openvino import export
+
+    export("demo")
+    code = (
+        "import sys; from fgsearch.model.openvino import OpenVINOEncoder; "
+        "v = OpenVINOEncoder('demo').encode_texts(['a dog on a beach', 'a red car']); "
+        "assert v.shape[0] == 2 and abs(float((v * v).sum(1).min()) - 1) < 1e-4; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), check=True)
+    assert out.stdout.strip() == "False", out.stderr
