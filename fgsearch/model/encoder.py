@@ -85,6 +85,7 @@ class TorchEncoder:
             raise InputError(f"precision must be auto, bf16 or fp32 for the torch runtime, got {precision!r}")
         # CPU bf16: the weights themselves in bfloat16 (a copy: the caller's module stays float32)
         self._cast = precision == "bf16" and self.device.type == "cpu"
+        self._calibration: ScoreCalibration | None = None
         if self._cast:
             from fgsearch.model.cpu import native_bf16
 
@@ -93,6 +94,8 @@ class TorchEncoder:
                     "precision bf16: this CPU has no native bf16 instructions (AVX512_BF16 or AMX), so bf16 "
                     "would be emulated and slower than fp32; use --precision fp32 (or auto)"
                 )
+            # the family's score calibration (FG-CLIP 2: exp(logit_scale), logit_bias) stays float32
+            self._calibration = self.family.calibration(self.model)
             self.model = copy.deepcopy(self.model).to(torch.bfloat16)
         self.precision = precision
         self._torch = torch
@@ -133,6 +136,8 @@ class TorchEncoder:
     @property
     def calibration(self) -> ScoreCalibration | None:
         """The family's own probability for a cosine (FG-CLIP 2: sigmoid with its learned bias)."""
+        if self._cast:  # read from the float32 weights: bf16 would round exp(logit_scale)
+            return self._calibration
         return self.family.calibration(self.model)
 
     @contextlib.contextmanager

@@ -44,3 +44,14 @@ def test_cpu_bf16_without_native_support_is_refused(monkeypatch: pytest.MonkeyPa
     net, spec = load_model("demo")
     with pytest.raises(InputError, match="no native bf16 instructions"):
         TorchEncoder(net, spec, device="cpu", precision="bf16")
+
+
+def test_cpu_bf16_keeps_the_float32_score_calibration(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """FG-CLIP 2's probability uses exp(logit_scale): read from bf16 weights it was off by 3e-3."""
+    from fgsearch.model.tiny import write_fgclip2
+
+    monkeypatch.setenv("FGSEARCH_CPU_FLAGS", "avx512_bf16")
+    net, spec = load_model(write_fgclip2(tmp_path / "m", logit_scale=2.3, logit_bias=-5.0))
+    fp32 = TorchEncoder(net, spec, device="cpu", precision="fp32").calibration
+    bf16 = TorchEncoder(net, spec, device="cpu", precision="bf16").calibration
+    assert fp32 is not None and bf16 == fp32
