@@ -38,6 +38,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--runtime-repeats", type=int, default=5, help="alternated rounds; medians")
     g.add_argument("--runtime-images", type=int, default=48, help="bench_index: photos indexed per run")
     g.add_argument("--runtime-work", type=Path, default=None, help="keep models, exports and photos here")
+    g.add_argument("--torch-only", action="store_true", help="only PyTorch fp32 vs bf16 (no export, no calibration)")
 
 
 def scenes(n: int, size: tuple[int, int] = (640, 480), seed: int = 0) -> list[Image.Image]:
@@ -81,7 +82,7 @@ def model_dir(work: Path, family: str, smoke: bool) -> Path:
     return out
 
 
-def peers(model: str, calibration: list[Image.Image]) -> dict[str, Any]:
+def peers(model: str, calibration: list[Image.Image], torch_only: bool = False) -> dict[str, Any]:
     """Every path that runs on this CPU, built (export / calibration times printed)."""
     from fgsearch.model import load_encoder
     from fgsearch.model.cpu import cpu_summary, native_bf16
@@ -91,6 +92,8 @@ def peers(model: str, calibration: list[Image.Image]) -> dict[str, Any]:
     out: dict[str, Any] = {"torch fp32": load_encoder(model, device="cpu", precision="fp32")}
     if native_bf16():
         out["torch bf16"] = load_encoder(model, device="cpu", precision="bf16")
+    if torch_only:
+        return out
     t0 = time.perf_counter()
     export(model)
     t1 = time.perf_counter()
@@ -158,7 +161,7 @@ def towers(args: argparse.Namespace) -> None:
     for family in families:
         model = str(model_dir(work, family, smoke))
         print(f"\n== {family} ({'tiny' if smoke else 'base'} architecture, random weights) ==")
-        encs = peers(model, photos[:n_cal])
+        encs = peers(model, photos[:n_cal], args.torch_only)
         passed = gates(encs, photos[: 4 if smoke else 32])
         corners = np.sort(rng.uniform(0.05, 0.95, (16, 2, 2)).astype(np.float32), axis=1)  # [(x1, y1), (x2, y2)]
         box = corners.reshape(16, 4)
@@ -174,7 +177,7 @@ def towers(args: argparse.Namespace) -> None:
         fns = {k: (lambda e=e: e.encode_texts(texts, path="short")) for k, e in encs.items()}
         secs = alternate(fns, repeats)
         _table("texts/s, batch 8 (short walk, 12 words)", "texts/s", {k: 8 / s for k, s in secs.items()}, passed)
-        if family == "fgclip2":
+        if family == "fgclip2" and "openvino fp32" in encs:
             naflex_shapes(encs["openvino fp32"], photos[8:16] if len(photos) >= 16 else photos[:8], repeats)
 
 
@@ -216,7 +219,7 @@ def index(args: argparse.Namespace) -> None:
     for family in families:
         model = str(model_dir(work, family, smoke))
         print(f"\n== index end to end: {family} ({'tiny' if smoke else 'base'}, random weights), {n} JPEGs ==")
-        encs = peers(model, calibration)
+        encs = peers(model, calibration, args.torch_only)
         passed = gates(encs, calibration[: 4 if smoke else 32])
         wall: dict[str, list[float]] = {k: [] for k in encs}
         for r in range(repeats):
