@@ -145,6 +145,8 @@ def index(
     pipeline: str = opt.PIPELINE,
     fast_text: bool = opt.FAST_TEXT,
     device: str = opt.DEVICE,
+    precision: str = opt.PRECISION,
+    runtime: str = opt.RUNTIME,
     quiet: bool = opt.QUIET,
     json_out: bool = opt.json_flag("Print the summary as JSON."),
 ) -> None:
@@ -165,6 +167,7 @@ def index(
     opt.check_max_regions(regions, max_regions, sidecar)
     bk = opt.backend_settings(backend, qdrant_url, qdrant_path, backend_opt)
     rs = opt.region_settings(regions, max_regions, sidecar)
+    fast = opt.fast_path(runtime, precision)
     opts = IndexOptions(
         include=tuple(include), exclude=tuple(exclude), extensions=tuple(ext), hidden=hidden, prune=prune,
         prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed,
@@ -175,17 +178,17 @@ def index(
     folders: list[str | os.PathLike[str]] = [str(p) for p in paths]
     open_at = partial(Library.open, catalog=catalog, catalog_password_env=catalog_password_env, shared_writer=shared)
     with (
-        open_at(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib,
+        open_at(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device, fast=fast) as lib,
         index_progress(out, show=not (quiet or json_out)) as progress,
     ):
         report = (lib.index_shared if shared else lib.index)(folders, opts, progress=progress)
-        fast = opt.prepare_fast_text(lib) if fast_text else None
+        text_tower = opt.prepare_fast_text(lib) if fast_text else None
     if json_out:
-        typer.echo(json.dumps({**report.to_dict(), **({"fast_text": fast} if fast else {})}, indent=2))
+        typer.echo(json.dumps({**report.to_dict(), **({"fast_text": text_tower} if text_tower else {})}, indent=2))
     else:
         print_index_report(out, report)
-        if fast:
-            out.print(opt.fast_text_line(fast), markup=False, highlight=False)
+        if text_tower:
+            out.print(opt.fast_text_line(text_tower), markup=False, highlight=False)
     if opt.INDEX_EXIT[report.outcome]:  # scripts tell "some files failed" from "nothing indexed"
         raise typer.Exit(opt.INDEX_EXIT[report.outcome])
 
@@ -221,6 +224,8 @@ def query(
     html_out: Path | None = opt.HTML,
     device: str = opt.DEVICE_SHORT,
     via_server: bool = opt.VIA_SERVER,
+    precision: str = opt.PRECISION,
+    runtime: str = opt.RUNTIME,
 ) -> None:
     """Search the library: ranked images and the matching region."""
     from fgsearch.boxes import Box
@@ -240,11 +245,14 @@ def query(
     check_query(q)  # before the library and the model are loaded
     info = QueryInfo()
     hits = opt.via_server(library, q, info) if via_server else None
+    notes: list[str] = []
     if hits is None:
-        with Library.open(library, read_only=True, device=device, text_only=image is None) as lib:
+        fast = opt.fast_path(runtime, precision)
+        with Library.open(library, read_only=True, device=device, text_only=image is None, fast=fast) as lib:
             hits = lib.search(query=q, info=info)
+            notes = lib.notes
     out = console(stderr=json_out or paths_out)  # stdout holds only the JSON or the paths
-    for notice in info.notices:
+    for notice in [*notes, *info.notices]:
         out.print(plain(f"notice: {notice}"))
     if filters.path_prefix and not os.path.isdir(filters.path_prefix):
         out.print(plain(f"warning: --under {filters.path_prefix}: no such folder on disk"))
@@ -451,6 +459,8 @@ def eval_(
     model: str = typer.Option("fg-clip-base", "--model", "-m", help=opt.MODEL_HELP),
     batch_size: int = typer.Option(32, "--batch-size", help="Images (or texts) per forward pass."),
     device: str = opt.DEVICE,
+    precision: str = opt.PRECISION,
+    runtime: str = opt.RUNTIME,
     limit: int | None = typer.Option(
         None, "--limit", help="Only the first N images (a quick check; not comparable when that leaves data out)."
     ),
@@ -462,7 +472,8 @@ def eval_(
 
     out = console(stderr=json_out)
     with stage_progress(out) as progress:
-        result = run_eval(task, data, model=model, batch_size=batch_size, device=device, limit=limit, progress=progress)
+        fast = opt.fast_path(runtime, precision)
+        result = run_eval(task, data, model, batch_size, device, limit, progress, fast=fast)
     if json_out:
         typer.echo(result.to_json())
     else:
@@ -479,6 +490,8 @@ def serve(
     token: str | None = opt.TOKEN,
     cors: str | None = typer.Option(None, "--cors", help="Let pages from this origin (https://host) call the API."),
     device: str = opt.DEVICE_SHORT,
+    precision: str = opt.PRECISION,
+    runtime: str = opt.RUNTIME,
     decode_megapixels: float = typer.Option(
         100.0,
         "--decode-megapixels",
@@ -492,15 +505,9 @@ def serve(
 
     where = str(library) if library else None
     settings = ServeSettings(
-        library=where,
-        model=model,
-        device=device,
-        host=host,
-        port=port,
-        token=token,
-        cors=cors,
-        decode_megapixels=decode_megapixels,
-    )
+        library=where, model=model, device=device, fast=opt.fast_path(runtime, precision), host=host, port=port,
+        token=token, cors=cors, decode_megapixels=decode_megapixels,
+    )  # fmt: skip
     typer.echo(f"fgsearch serve: loading the library and the model; then http://{host}:{port}/", err=True)
     run_server(settings)
 

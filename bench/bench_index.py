@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import runtime_peers  # bench/runtime_peers.py: --runtimes
 import torch
 from PIL import Image, ImageDraw
 
@@ -221,7 +222,11 @@ def main() -> None:
     ap.add_argument("--huge", type=int, default=0, help="measure peak memory of N huge PNGs instead")
     ap.add_argument("--side", type=int, default=10000, help="with --huge: the PNGs' width and height")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
+    runtime_peers.add_args(ap)
     args = ap.parse_args()
+    if args.runtimes:  # CPU runtimes side by side (bench/runtime_peers.py)
+        runtime_peers.index(args)
+        return
     if args.smoke:  # a tiny model, 4 photos, one run of each kind
         args.n, args.batch, args.repeats, args.device, args.keep = 4, 4, 1, "cpu", Path(tempfile.mkdtemp())
         atexit.register(shutil.rmtree, args.keep, ignore_errors=True)

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 import numpy as np
+import runtime_peers  # bench/runtime_peers.py: --runtimes
 import torch
 
 
@@ -56,7 +57,11 @@ def main() -> None:
     ap.add_argument("--index-images", type=int, default=32, help="FG-CLIP 2 index e2e: images (0: skip)")
     ap.add_argument("--index-only", action="store_true", help="FG-CLIP 2: only the index e2e measurement")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
+    runtime_peers.add_args(ap)
     args = ap.parse_args()
+    if args.runtimes:  # CPU runtimes side by side (bench/runtime_peers.py)
+        runtime_peers.towers(args)
+        return
     if args.smoke:  # the architectures are base-sized: one family, batch 1, one repeat
         args.repeats, args.batch, args.index_images, args.family = 1, 1, 0, "fgclip"
     if args.threads:

@@ -39,6 +39,21 @@ MODEL_HELP = "Model: registry name (fgsearch models), hf-hub:ORG/NAME or a check
 LIBRARY = typer.Option(None, "--library", "-l", help="Library directory (default: $FGSEARCH_HOME/default).")
 DEVICE = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
 DEVICE_SHORT = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps.")
+PRECISION = typer.Option(
+    "auto",
+    "--precision",
+    help="auto (bf16 on a CPU with native bf16, int8 with --runtime openvino, when the quality gate "
+    "holds; else fp32), fp32, bf16, int8 (openvino). See docs/runtimes.md.",
+)
+RUNTIME = typer.Option("torch", "--runtime", help="torch, or openvino (pip install 'fgsearch[openvino]').")
+
+
+def fast_path(runtime: str, precision: str) -> Any:
+    """``--runtime`` + ``--precision`` -> the library's FastPath (checked: unknown names are errors)."""
+    from fgsearch.library.fastpath import FastPath
+
+    return FastPath(runtime=runtime, precision=precision)
+
 
 # ---- index -----------------------------------------------------------------------------------------
 PATHS_ARG = typer.Argument(..., help="Folders (or files) to index.")

@@ -208,6 +208,10 @@ def print_status(out: Console, st: dict[str, Any]) -> None:
     if note:
         out.print(plain(note), highlight=False)
     out.print(f"vectors  global {st['vectors']['global']}, regions {st['vectors']['regions']}", highlight=False)
+    if st.get("precisions"):
+        out.print(plain(f"made by  {', '.join(st['precisions'])}"), highlight=False)
+    for line in st.get("gate") or []:  # the quality gate's verdict per fast path (docs/runtimes.md)
+        out.print(plain(f"gate     {line}"), highlight=False)
     out.print(plain(disk_line(Path(st["library"]), st)), highlight=False)
     for line in st.get("below_goal", []):
         out.print(plain(f"warning  {line}"), highlight=False)
@@ -325,6 +329,8 @@ def print_eval(out: Console, result: EvalResult, task: str) -> None:
     out.print(table)
     for label, value in result.describe():
         out.print(f"{label}: {value}", highlight=False, markup=False)
+    for note in result.settings.get("notes") or []:  # the quality gate's verdicts (fast paths)
+        out.print(plain(f"gate: {note}"), highlight=False)
 
 
 def write_pictures(out: Any, hits: list[Any], title: str, show: Path | None, html_out: Path | None) -> None:

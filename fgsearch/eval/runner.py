@@ -33,6 +33,7 @@ from fgsearch.eval.paper import paper_numbers
 from fgsearch.eval.tasks import LONG, SHORT, TASKS, EvalResult, EvalTask
 
 if TYPE_CHECKING:
+    from fgsearch.library.fastpath import FastPath
     from fgsearch.model import Encoder
 
 logger = logging.getLogger(__name__)
@@ -316,6 +317,24 @@ def _limit_left_out(reader: Any, data: Path, kept: Any) -> bool:
     return _dataset_size(whole) > _dataset_size(kept)
 
 
+def _gated(model: str, device: str, fast: FastPath, dataset: Any) -> tuple[Encoder, list[str]]:
+    """The fast path asked for if it passes the gate on the task's images, else fp32 (and why)."""
+    from fgsearch.library.fastpath import choose_encoder, read_sample
+    from fgsearch.library.settings import shared_encoder
+
+    images = [str(p) for p in getattr(dataset, "images", ())]
+    ref = shared_encoder(model, device, "fp32")
+    choice = choose_encoder(
+        fast,
+        device,
+        ref.spec.fingerprint or "",
+        {},
+        lambda n: read_sample(images[:: max(1, len(images) // n)][:n], n, []),
+        lambda precision, runtime: shared_encoder(model, device, precision, runtime),
+    )
+    return choice.encoder, [r.line() for r in choice.measured.values()] + choice.notes
+
+
 def run_eval(
     task: str,
     data: str | os.PathLike[str],
@@ -325,13 +344,16 @@ def run_eval(
     limit: int | None = None,
     progress: ProgressFn | None = None,
     ties: Ties = "pessimistic",
+    fast: FastPath | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``task`` (a key of :data:`TASKS`) with the local data at ``data``.
 
     ``model`` is a registry name, ``hf-hub:`` id, checkpoint directory, or a loaded
     :class:`~fgsearch.model.Encoder` (then ``device`` is ignored). ``limit`` keeps the first N
     images (N items for FG-OVD) for a quick check; when that leaves something out (``settings["limited"]``)
-    the numbers are not comparable to the paper's.
+    the numbers are not comparable to the paper's. ``fast`` (a runtime + precision) runs a fast
+    path once it passes the quality gate on the task's own images (else fp32, said in
+    ``settings["notes"]``).
     """
     spec = _check_args(task, limit, batch_size)
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -340,7 +362,11 @@ def run_eval(
     limited = limit is not None and _limit_left_out(spec.reader, data, dataset)
     from fgsearch.model import load_encoder
 
-    enc = load_encoder(str(model), device=device) if isinstance(model, (str, os.PathLike)) else model
+    notes: list[str] = []
+    if isinstance(model, (str, os.PathLike)) and fast is not None and fast.candidates(device):
+        enc, notes = _gated(str(model), device, fast, dataset)
+    else:
+        enc = load_encoder(str(model), device=device) if isinstance(model, (str, os.PathLike)) else model
     metrics, sizes = _score(enc, spec, dataset, batch_size, progress, ties)
     settings = {
         "task": task,
@@ -353,6 +379,7 @@ def run_eval(
         "batch_size": batch_size,
         "device": enc.device_name,
         "precision": enc.precision,
+        "notes": notes,
         "limit": limit,
         "limited": limited,
         "ties": ties,

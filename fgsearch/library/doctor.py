@@ -41,10 +41,9 @@ def doctor(
     """
     from fgsearch.catalog.health import check_catalog, check_postgres_catalog, damaged_message
 
-    if store.catalog.pg:  # reachability and schema: PostgreSQL keeps its own pages
-        check = check_postgres_catalog(store.catalog)
-    else:
-        check = check_catalog(store.catalog.path, full=full)
+    # a PostgreSQL catalog: reachability and schema (the server keeps its own pages)
+    pg = store.catalog.pg
+    check = check_postgres_catalog(store.catalog) if pg else check_catalog(store.catalog.path, full=full)
     if not check.ok:
         if repair:
             raise LibraryError(damaged_message(store.catalog.path, check.problems[0]))

@@ -22,6 +22,7 @@ from fgsearch.boxes import Box
 from fgsearch.errors import LibraryError
 from fgsearch.library import doctor as doctor_mod
 from fgsearch.library.description import CatalogRef, locate
+from fgsearch.library.fastpath import FastPath, choose_encoder
 from fgsearch.library.lifecycle import OpenRequest, check_library_dir, open_store
 from fgsearch.library.settings import BackendSettings, fast_text_encoder, model_info, model_source, shared_encoder
 from fgsearch.library.store import LibraryStore, storage_errors
@@ -52,7 +53,13 @@ class Library:
     """
 
     def __init__(
-        self, store: LibraryStore, *, lock: Any = None, device: str = "auto", encoder: Encoder | None = None
+        self,
+        store: LibraryStore,
+        *,
+        lock: Any = None,
+        device: str = "auto",
+        encoder: Encoder | None = None,
+        fast: FastPath | None = None,
     ) -> None:
         self.store = store
         self.device = device
@@ -63,6 +70,12 @@ class Library:
         #: a writer beside others on a shared vector store (see :meth:`open`); it indexes through claims
         self.shared_writer = False
         self._text_only = False
+        self.fast = fast  # the runtime + precision asked for (None: fp32 PyTorch, no gate)
+        self.encoder_path = "torch fp32"  # the path in use (set again when the model is loaded)
+        self.notes: list[str] = []  # one line per fast path refused or not checked yet (say them)
+        self._gate_pending = False
+        self._sample_roots: list[str] = []
+        self.gates_measured: dict[str, Any] = {}  # gate reports this object measured (a reader cannot record them)
 
     @classmethod
     def open(
@@ -82,6 +95,7 @@ class Library:
         catalog_password_env: str | None = None,
         shared_writer: bool = False,
         text_only: bool = False,
+        fast: FastPath | None = None,
     ) -> Library:
         """Open (or create) a library.
 
@@ -100,10 +114,14 @@ class Library:
         damaged vector index by an empty one. ``text_only``: the caller encodes texts only (a text
         query): the model's fast text tower is used where it was prepared and passed its check
         (``fgsearch index --fast-text``; :mod:`fgsearch.model.fast_text`), without loading torch.
+        ``fast`` (a runtime + precision) puts a fast path behind the quality gate
+        (:mod:`fgsearch.library.fastpath`); ``None`` runs fp32 PyTorch.
         """
         if shared_writer and (read_only or reindex):
             raise LibraryError("a shared writer neither reads only nor rebuilds (--reindex): run those alone")
         lib_dir, ref = _catalog_of(path, catalog, catalog_password_env)
+        # checked before anything is created or locked (bf16 asked on a CPU without it is an error)
+        gated = encoder is None and fast is not None and bool(fast.candidates(device))
         exists = check_library_dir(lib_dir, read_only=read_only, create=create, reindex=reindex, catalog=ref)
         bk = BackendSettings(kind=backend) if isinstance(backend, str) else backend
         req = OpenRequest(model, bk, regions, read_only, reindex, rebuild_damaged, ref)
@@ -124,7 +142,9 @@ class Library:
             if made_dir:  # a library this call began to create and could not finish: leave nothing behind
                 shutil.rmtree(lib_dir, ignore_errors=True)
             raise
-        lib = cls(store, lock=lock, device=device, encoder=enc)
+        if gated:
+            enc = None  # the fp32 model loaded on the way is the gate's reference; the gate picks
+        lib = cls(store, lock=lock, device=device, encoder=enc, fast=fast)
         lib._given_encoder = encoder
         lib.shared_writer = shared_writer
         lib._text_only = text_only
@@ -177,10 +197,42 @@ class Library:
         if enc is None and self._text_only and self.device in ("auto", "cpu"):
             enc = fast_text_encoder(build.model)
         if enc is None:
-            enc = shared_encoder(build.model, self.device)
+            enc = self._choose(build.model)
             self.store.catalog.check_model(model_info(build.model, enc))
         self._encoder, self._encoder_epoch = enc, build.epoch
         return enc
+
+    def _choose(self, model: str) -> Encoder:
+        """fp32 PyTorch, or the fast path asked for once it passed the gate (recorded or measured)."""
+        if self.fast is None or not self.fast.candidates(self.device):
+            enc = shared_encoder(model, self.device)
+            self.encoder_path = f"torch {enc.precision}"
+            return enc
+        meta = self.catalog.get_meta()
+        recorded = {**(meta.get("gate") or {}), **self.gates_measured}
+        choice = choose_encoder(
+            self.fast,
+            self.device,
+            str(meta.get("model_ref") or ""),
+            recorded,
+            self._sample_images,
+            lambda precision, runtime: shared_encoder(model, self.device, precision, runtime),
+        )
+        measured = {k: r.to_dict() for k, r in choice.measured.items()}
+        self.gates_measured.update(measured)
+        if measured and not self.read_only:
+            self.catalog.set_meta(gate={**(meta.get("gate") or {}), **measured})
+        self.encoder_path, self.notes, self._gate_pending = choice.label, choice.notes, choice.pending
+        return choice.encoder
+
+    def _sample_images(self, n: int) -> list[Any]:
+        """Up to ``n`` of the library's own images, spread over it (else from the folders being indexed)."""
+        from fgsearch.library.fastpath import read_sample
+
+        ids = sorted(self.catalog.all_vector_ids()[0])
+        step = max(1, len(ids) // n) if ids else 1
+        paths = [r.path for r in self.catalog.contents_by_ids(ids[::step][:n])]
+        return read_sample(paths, n, self._sample_roots)
 
     # ---- operations ------------------------------------------------------------------------
     def index(
@@ -206,10 +258,19 @@ class Library:
             opts.check()  # bad options fail before the heal step writes anything
             build = self.store.build  # recorded outside the catalog, for advice that must outlive it
             record_run(self.path, roots, model_source(build.model), build.backend.to_dict(), build.regions.to_dict())
+            self._sample_roots = roots  # a library without images yet: the gate samples these folders
             encoder = self.encoder
+            if self._gate_pending:
+                self._encoder = None
+                encoder = self.encoder
             warning = doctor_mod.heal(self.store)  # catalog and indexes agree before a run adds to them
             report = IndexReport(warnings=[warning] if warning else [])
-            return run_index(self.store, encoder, roots, opts, progress, report)
+            report.warnings += self.notes
+            report = run_index(self.store, encoder, roots, opts, progress, report)
+            made = list(self.catalog.get_meta().get("precisions") or [])
+            if report.indexed and self.encoder_path not in made:
+                self.catalog.set_meta(precisions=[*made, self.encoder_path])
+            return report
 
     def index_shared(
         self,
@@ -292,6 +353,7 @@ class Library:
         return self.consistent(self._status)
 
     def _status(self) -> dict[str, Any]:
+        from fgsearch.model.gate import GateReport
         from fgsearch.model.loading import registry_name
 
         meta = self.catalog.get_meta()
@@ -304,6 +366,8 @@ class Library:
             "dim": meta.get("dim"),
             "family": meta.get("model_family", "fgclip"),  # libraries from before families: FG-CLIP
             "score_calibration": meta.get("score_calibration"),
+            "precisions": meta.get("precisions"),  # the paths that made the vectors (None: before they were recorded)
+            "gate": [GateReport.from_dict(r).line() for r in (meta.get("gate") or {}).values()],
             "regions": self.region_settings.to_dict(),
             "backend": self.backend.to_dict(),
             "store": self.backend.location(self.path),  # where the vectors are, as people name it

@@ -46,10 +46,9 @@ def examine(
     recovered and the counts ``images_recovered``, ``images_lost``, ``images_reembedded``) and
     ``advice`` (the command to run next, or None)."""
     from fgsearch.catalog.health import check_catalog, full_disk_message
+    from fgsearch.library.description import locate
     from fgsearch.library.lifecycle import check_library_dir
     from fgsearch.library_paths import resolve_library_dir
-
-    from fgsearch.library.description import locate
 
     if locate(path)[1] is not None:  # a PostgreSQL catalog: no file to check or salvage here
         return _doctor(locate(path)[0], repair=repair, full=full, salvage=None, reembed=reembed, device=device)

@@ -25,18 +25,18 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "fg-clip-base"
 _LEGACY_KEYS = {"qdrant_url": "url", "qdrant_path": "path", "qdrant_collection": "collection"}
 
-_ENCODERS: dict[tuple[str, str, str], Encoder] = {}
+_ENCODERS: dict[tuple[str, str, str, str], Encoder] = {}
 _ENCODERS_LOCK = threading.Lock()
 
 
-def shared_encoder(model: str, device: str = "auto", precision: str = "auto") -> Encoder:
+def shared_encoder(model: str, device: str = "auto", precision: str = "auto", runtime: str = "torch") -> Encoder:
     """The process-wide encoder for a model (loaded once, shared by every library and thread)."""
     from fgsearch.model import load_encoder
 
-    key = (str(model), str(device), precision)
+    key = (str(model), str(device), precision, runtime)
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:
-            _ENCODERS[key] = load_encoder(model, device=device, precision=precision)
+            _ENCODERS[key] = load_encoder(model, device=device, precision=precision, runtime=runtime)
         return _ENCODERS[key]
 
 
@@ -161,14 +161,23 @@ def model_info(model_ref: str, enc: Encoder) -> Any:
     return ModelInfo(name=name, ref=ref, dim=enc.dim, image_size=tuple(enc.spec.image_size or ()))
 
 
-def calibration_texts(load: Callable[[], Encoder]) -> Callable[[], dict[str, Any]]:
-    """The model's embeddings of 150 varied captions, computed on first use (an index build tunes
-    its search breadth on them); ``load`` gives the model, loaded only then if need be."""
+def _calibration_captions() -> list[str]:
+    """150 varied captions: an index build tunes its search breadth on them, the quality gate
+    and int8 calibration use them as the text side."""
     things = "a dog|two children|a red car|an old man|a cup of coffee|a bicycle|a cat|a plate of pasta"
     things += "|a wooden boat|a woman in a blue dress|a birthday cake|a laptop|a horse|a street sign|a tent"
     where = "on a beach at sunset|in a snowy forest|on a kitchen table|next to a window|in a crowded market"
     where += "|under a bridge|at night under street lights|in a green field|on a white background|in a museum"
-    captions = [f"{t} {w}" for t in things.split("|") for w in where.split("|")]
+    return [f"{t} {w}" for t in things.split("|") for w in where.split("|")]
+
+
+CALIBRATION_CAPTIONS = _calibration_captions()
+
+
+def calibration_texts(load: Callable[[], Encoder]) -> Callable[[], dict[str, Any]]:
+    """The model's embeddings of 150 varied captions, computed on first use (an index build tunes
+    its search breadth on them); ``load`` gives the model, loaded only then if need be."""
+    captions = CALIBRATION_CAPTIONS
     cache: dict[str, Any] = {}
 
     def sets() -> dict[str, Any]:

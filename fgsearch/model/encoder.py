@@ -5,12 +5,17 @@ query and evaluation use; it is registered as the built-in runtime ``"torch"``
 (:mod:`fgsearch.model.runtime`). It talks to the model through its family
 (:mod:`fgsearch.model.families`) only, so FG-CLIP and FG-CLIP 2 go through the same code. The model is
 put in eval mode and run under ``torch.inference_mode``; on CUDA the towers run in bf16 autocast
-(the authors saw fp16 NaNs), region pooling always runs in float32.
+(the authors saw fp16 NaNs). On the CPU, ``bf16`` casts the towers' weights to bfloat16 instead:
+CPU autocast copies ``nn.MultiheadAttention``'s broadcast weights per layer and ran 4x SLOWER than
+fp32 at batch 8 here, the module cast 3x faster (docs/runtimes.md). ``bf16`` on a CPU without
+native bf16 instructions (:mod:`fgsearch.model.cpu`) is refused, never emulated. Region pooling
+always runs in float32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -74,10 +79,24 @@ class TorchEncoder:
         self.family = get_family(spec.family or "fgclip")
         self.transform: Any = self.family.transform(spec)  # an ImagePreprocessor with prepare/as_batch too
         self.tokenizer = self.family.tokenizer(spec)
-        if precision == "auto":
+        if precision == "auto":  # ungated: the library's gate (fgsearch.model.gate) decides CPU bf16
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         if precision not in ("bf16", "fp32"):
-            raise InputError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+            raise InputError(f"precision must be auto, bf16 or fp32 for the torch runtime, got {precision!r}")
+        # CPU bf16: the weights themselves in bfloat16 (a copy: the caller's module stays float32)
+        self._cast = precision == "bf16" and self.device.type == "cpu"
+        self._calibration: ScoreCalibration | None = None
+        if self._cast:
+            from fgsearch.model.cpu import native_bf16
+
+            if not native_bf16():
+                raise InputError(
+                    "precision bf16: this CPU has no native bf16 instructions (AVX512_BF16 or AMX), so bf16 "
+                    "would be emulated and slower than fp32; use --precision fp32 (or auto)"
+                )
+            # the family's score calibration (FG-CLIP 2: exp(logit_scale), logit_bias) stays float32
+            self._calibration = self.family.calibration(self.model)
+            self.model = copy.deepcopy(self.model).to(torch.bfloat16)
         self.precision = precision
         self._torch = torch
 
@@ -117,13 +136,15 @@ class TorchEncoder:
     @property
     def calibration(self) -> ScoreCalibration | None:
         """The family's own probability for a cosine (FG-CLIP 2: sigmoid with its learned bias)."""
+        if self._cast:  # read from the float32 weights: bf16 would round exp(logit_scale)
+            return self._calibration
         return self.family.calibration(self.model)
 
     @contextlib.contextmanager
     def _ctx(self) -> Iterator[None]:
         torch = self._torch
         with torch.inference_mode():
-            if self.precision == "bf16":
+            if self.precision == "bf16" and not self._cast:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     yield
             else:

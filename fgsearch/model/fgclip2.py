@@ -251,6 +251,26 @@ class AttentionPoolingHead(nn.Module):
         return a + self.mlp(self.layernorm(a))
 
 
+def naflex_positions(
+    weight: Tensor, grid: int, shapes: Sequence[tuple[int, int]], length: int, dtype: torch.dtype
+) -> Tensor:
+    """``[grid*grid, D]`` position table -> ``[B, length, D]`` rows resized to each ``(h, w)``
+    (bilinear, antialiased); padding rows get row 0. A function so that a runtime outside torch
+    (the OpenVINO graph takes positions as an input) computes exactly the same rows."""
+    d = weight.shape[-1]
+    table = weight.reshape(grid, grid, d).permute(2, 0, 1)[None].float()
+    out = table.new_empty((len(shapes), length, d), dtype=dtype)
+    done: dict[tuple[int, int], Tensor] = {}
+    for i, (h, w) in enumerate(shapes):
+        if (h, w) not in done:
+            r = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+            done[(h, w)] = r.reshape(d, h * w).t().to(dtype)
+        r = done[(h, w)]
+        out[i, : h * w] = r
+        out[i, h * w :] = r[0]
+    return out
+
+
 class VisionEmbeddings2(nn.Module):
     def __init__(self, cfg: Vision2Config) -> None:
         super().__init__()
@@ -260,18 +280,7 @@ class VisionEmbeddings2(nn.Module):
 
     def positions(self, shapes: Sequence[tuple[int, int]], length: int, dtype: torch.dtype) -> Tensor:
         """The ``[B, length, D]`` position rows: the grid resized to each ``(h, w)``; padding gets row 0."""
-        d = self.position_embedding.weight.shape[-1]
-        table = self.position_embedding.weight.reshape(self.grid, self.grid, d).permute(2, 0, 1)[None].float()
-        out = table.new_empty((len(shapes), length, d), dtype=dtype)
-        done: dict[tuple[int, int], Tensor] = {}
-        for i, (h, w) in enumerate(shapes):
-            if (h, w) not in done:
-                r = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-                done[(h, w)] = r.reshape(d, h * w).t().to(dtype)
-            r = done[(h, w)]
-            out[i, : h * w] = r
-            out[i, h * w :] = r[0]
-        return out
+        return naflex_positions(self.position_embedding.weight, self.grid, shapes, length, dtype)
 
     def forward(self, pixel_values: Tensor, shapes: Sequence[tuple[int, int]]) -> Tensor:
         x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))

@@ -1,5 +1,6 @@
 """Encoder runtimes by name: what runs a model behind the :class:`~fgsearch.model.protocol.Encoder`
-protocol (built-in: ``"torch"``, :class:`~fgsearch.model.encoder.TorchEncoder`).
+protocol (built-ins: ``"torch"``, :class:`~fgsearch.model.encoder.TorchEncoder`; ``"openvino"``,
+:class:`~fgsearch.model.openvino.OpenVINOEncoder`).
 
 A runtime is one loader, ``loader(model, *, device, precision) -> Encoder``, registered with
 :func:`register_runtime` or as a ``name = "module:function"`` entry in the ``fgsearch.runtimes``
@@ -23,6 +24,7 @@ class EncoderLoader(Protocol):
 BUILTIN_RUNTIMES = {
     "torch": "fgsearch.model.encoder:load_torch_encoder",
     "onnx-text": "fgsearch.model.fast_text:load_fast_text",  # texts only, no torch (cold queries)
+    "openvino": "fgsearch.model.openvino:load_openvino_encoder",  # extra fgsearch[openvino]
 }
 RUNTIME_REGISTRY: Registry[EncoderLoader] = Registry(
     "fgsearch.runtimes",

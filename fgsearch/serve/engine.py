@@ -42,6 +42,7 @@ from fgsearch.serve.batching import BatchingEncoder
 if TYPE_CHECKING:
     from fgsearch.decode import PixelBudget
     from fgsearch.library import Library
+    from fgsearch.library.fastpath import FastPath
     from fgsearch.search import QueryInfo, SearchHit, SearchQuery
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class ServeSettings:
     library: str | None = None
     model: str | None = None
     device: str = "auto"
+    fast: FastPath | None = None  # runtime + precision behind the quality gate (None: fp32 PyTorch)
     host: str = "127.0.0.1"
     port: int = 7860
     token: str | None = None
@@ -122,9 +124,14 @@ class SearchService:
 
         self.settings = settings
         # the model named by --model, else the library's own; loaded once, before the first request
-        probe = Library.open(settings.library, model=settings.model, read_only=True, device=settings.device)
+        probe = Library.open(
+            settings.library, model=settings.model, read_only=True, device=settings.device, fast=settings.fast
+        )
         try:
-            base = probe.encoder if settings.model is None else shared_encoder(settings.model, settings.device)
+            gated = settings.model is None or settings.fast is not None
+            base = probe.encoder if gated else shared_encoder(settings.model or "", settings.device)
+            for note in probe.notes:
+                logger.warning("%s", note)
         finally:
             probe.close()
         # texts on the fast text tower where it was prepared for this model and passed its check

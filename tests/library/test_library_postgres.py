@@ -65,7 +65,9 @@ def test_a_postgres_library_gives_what_the_sqlite_one_gives(postgres_url: str, p
         assert reader.status()["counts"]["images"] == 6
 
 
-def test_doctor_checks_a_postgres_catalog_by_reaching_its_tables(postgres_url: str, photos: Path, tmp_path: Path) -> None:
+def test_doctor_checks_a_postgres_catalog_by_reaching_its_tables(
+    postgres_url: str, photos: Path, tmp_path: Path
+) -> None:
     """`fgsearch doctor` on a PostgreSQL library: no SQLite file to page-check; it reaches every
     catalog table instead, says ok on a healthy library, and names the table it cannot read."""
     import sqlalchemy as sa

@@ -46,8 +46,9 @@ def test_index_mixed_shapes_then_query_in_english_and_chinese(tiny2: Path, tmp_p
 
     photos = _photos(tmp_path / "photos")
     lib_dir = tmp_path / "lib"
+    # fp32: the vectors are compared with an fp32 encoder's below (--precision auto takes bf16 on a bf16 CPU)
     r = run("index", str(tmp_path / "photos"), "--library", str(lib_dir), "--model", str(tiny2), "--device", "cpu",
-            "--batch-size", "4", "--quiet")  # fmt: skip
+            "--batch-size", "4", "--quiet", "--precision", "fp32")  # fmt: skip
     assert r.exit_code == 0, r.output
     for text in ("a red mug", "一只黑色的猫坐在窗台上"):
         r = run("query", text, "--library", str(lib_dir), "--json", "--device", "cpu", "-k", "3")  # fmt: skip
