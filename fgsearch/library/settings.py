@@ -46,7 +46,7 @@ def fast_text_encoder(model: str) -> Encoder | None:
     from fgsearch.errors import ModelNotFoundError
     from fgsearch.model import load_encoder
 
-    key = (str(model), "cpu", "onnx-text")
+    key = (str(model), "cpu", "fp32", "onnx-text")
     with _ENCODERS_LOCK:
         if key in _ENCODERS:
             return _ENCODERS[key]
