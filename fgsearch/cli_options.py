@@ -144,9 +144,12 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 def prepare_fast_text(lib: Any) -> dict[str, Any]:
     """``--fast-text``: the library's model's text tower exported and checked (once per model)."""
+    from fgsearch.library.settings import shared_encoder
     from fgsearch.model.fast_text import prepare_fast_text as prepare
 
-    return prepare(lib.encoder)
+    # exported from, and checked against, fp32 PyTorch on the CPU whatever precision indexed
+    # (a bf16 or OpenVINO encoder has no fp32 torch graph to export)
+    return prepare(shared_encoder(lib.model, "cpu", precision="fp32", runtime="torch"))
 
 
 VIA_SERVER = typer.Option(

@@ -120,8 +120,10 @@ class Library:
         if shared_writer and (read_only or reindex):
             raise LibraryError("a shared writer neither reads only nor rebuilds (--reindex): run those alone")
         lib_dir, ref = _catalog_of(path, catalog, catalog_password_env)
-        # checked before anything is created or locked (bf16 asked on a CPU without it is an error)
-        gated = encoder is None and fast is not None and bool(fast.candidates(device))
+        # a writer's fast path is checked before anything is created or locked (bf16 asked on a CPU
+        # without it is an error); a reader's when it first encodes (a text query on the fast text
+        # tower never asks, so it never imports torch)
+        gated = not read_only and encoder is None and fast is not None and bool(fast.candidates(device))
         exists = check_library_dir(lib_dir, read_only=read_only, create=create, reindex=reindex, catalog=ref)
         bk = BackendSettings(kind=backend) if isinstance(backend, str) else backend
         req = OpenRequest(model, bk, regions, read_only, reindex, rebuild_damaged, ref)
