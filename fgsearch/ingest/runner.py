@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fgsearch.ingest.commit import Committer, prune
 from fgsearch.ingest.embed import embed_batch
@@ -28,6 +28,25 @@ if TYPE_CHECKING:
     from fgsearch.regions import ImageBoxes, Proposer
 
 
+class Mapper(Protocol):
+    """Runs the prepare and embed stages of a run's planned files somewhere (threads in this
+    process: :func:`prepare_and_embed`; Ray workers: :class:`fgsearch.ingest.ray_runner.RayMapper`)
+    and hands every result, in plan order, to this process's one writer (``committer``).
+    ``reserved``: the content hashes the library holds (the mapper adds what it queues). Returns
+    what the proposer said of each new image (for its end-of-run warnings)."""
+
+    def __call__(
+        self,
+        store: LibraryStore,
+        encoder: Encoder,
+        committer: Committer,
+        todo: list[tuple[str, Any]],
+        reserved: set[str],
+        opts: IndexOptions,
+        progress: ProgressFn | None,
+    ) -> Sequence[ImageBoxes]: ...
+
+
 def run_index(
     store: LibraryStore,
     encoder: Encoder,
@@ -35,29 +54,31 @@ def run_index(
     opts: IndexOptions,
     progress: ProgressFn | None = None,
     report: IndexReport | None = None,
+    mapper: Mapper | None = None,
 ) -> IndexReport:
-    """Index ``roots`` into an open, writable store with ``encoder`` (see
-    :mod:`fgsearch.ingest.commit` for what survives a crash). ``report``: one to fill in, e.g.
-    holding the warnings of what the caller did first (the library's heal step)."""
+    """Index ``roots`` (folders, files or object-store URLs) into an open, writable store with
+    ``encoder`` (see :mod:`fgsearch.ingest.commit` for what survives a crash). ``report``: one to
+    fill in, e.g. holding the warnings of what the caller did first (the library's heal step).
+    ``mapper``: where the prepare and embed stages run (default: threads of this process)."""
+    from fgsearch.ingest.sources import is_url, walk_urls
     from fgsearch.scan import readable_extensions
 
     t0 = time.perf_counter()
     exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
-    batch_size = opts.resolved_batch_size(encoder.on_accelerator)
-    proposer = _proposer_for(store)
     report = report if report is not None else IndexReport()
     cat = store.catalog
+    abs_roots = [r if is_url(r) else os.path.abspath(os.path.expanduser(r)) for r in roots]
+    urls = [r for r in abs_roots if is_url(r)]
+    url_entries = walk_urls(urls, opts, exts, report) if urls else []  # a bad URL fails before the run begins
     run_id = cat.begin_run()
-    abs_roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
-    entries = walk_roots(abs_roots, opts, exts, report)
+    entries = walk_roots([r for r in abs_roots if not is_url(r)], opts, exts, report) + url_entries
     report.scanned = len(entries)
     todo = select_changed(cat, entries, opts, run_id, report)
-    batcher = _Batcher(
-        encoder, proposer, Committer(store, run_id, report, proposer.name), batch_size, cat.content_hashes()
-    )
-    _prepare_and_embed(batcher, opts, todo, progress, report)
+    proposer = _proposer_for(store)
+    committer = Committer(store, run_id, report, proposer.name)
+    seen = (mapper or prepare_and_embed)(store, encoder, committer, todo, cat.content_hashes(), opts, progress)
     cat.commit()
-    report.warnings.extend(proposer.run_warnings(batcher.seen))
+    report.warnings.extend(proposer.run_warnings(seen))
     if opts.prune:
         report.pruned = prune(store, run_id, abs_roots, opts.prune_unselected)
     store.global_index.save()
@@ -67,12 +88,23 @@ def run_index(
     return report
 
 
-def _prepare_and_embed(
-    batcher: _Batcher, opts: IndexOptions, todo: list, progress: ProgressFn | None, report: IndexReport
-) -> None:
-    """Prepare the planned files in worker threads (in walk order) and feed them to the batcher."""
+def prepare_and_embed(
+    store: LibraryStore,
+    encoder: Encoder,
+    committer: Committer,
+    todo: list[tuple[str, Any]],
+    reserved: set[str],
+    opts: IndexOptions,
+    progress: ProgressFn | None,
+) -> Sequence[ImageBoxes]:
+    """The thread mapper: prepare the planned files in worker threads (in walk order), embed and
+    commit in this thread."""
     from fgsearch.decode import PixelBudget, routed_warnings
 
+    report = committer.report
+    batcher = _Batcher(
+        encoder, _proposer_for(store), committer, opts.resolved_batch_size(encoder.on_accelerator), reserved
+    )
     budget = PixelBudget(int(opts.max_megapixels * 1e6))
     preparer = Preparer(batcher.encoder.transform, opts, batcher.reserved, budget, batcher.proposer)
     done = 0
@@ -90,6 +122,7 @@ def _prepare_and_embed(
         batcher.flush()
     if progress:
         progress("index", done, len(todo), report.indexed)
+    return batcher.seen
 
 
 @dataclass
@@ -109,7 +142,7 @@ class _Batcher:
     reserved: set[str]
     batch: list[Prepared] = field(default_factory=list)
     copies: list[Prepared] = field(default_factory=list)
-    seen: _SeenBoxes = field(default_factory=lambda: _SeenBoxes())  # what the proposer said of each new image
+    seen: SeenBoxes = field(default_factory=lambda: SeenBoxes())  # what the proposer said of each new image
 
     def add(self, prep: Prepared) -> None:
         if prep.kind == "failed":
@@ -132,7 +165,7 @@ class _Batcher:
         self.batch, self.copies = [], []
 
 
-class _SeenBoxes(Sequence["ImageBoxes"]):
+class SeenBoxes(Sequence["ImageBoxes"]):
     """What the proposer said of each new image of a run, for its end-of-run warnings, without
     the boxes themselves (a run may have millions of images): entries that name no source and
     skipped nothing are only counted."""

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from fgsearch.catalog import Catalog
     from fgsearch.indexes import VectorIndex
     from fgsearch.ingest import IndexOptions, IndexReport, ProgressFn
+    from fgsearch.ingest.runner import Mapper
     from fgsearch.model import Encoder
     from fgsearch.search import QueryInfo, SearchHit, SearchQuery
 
@@ -161,9 +162,12 @@ class Library:
         paths: str | os.PathLike[str] | list[str | os.PathLike[str]],
         options: IndexOptions | None = None,
         progress: ProgressFn | None = None,
+        mapper: Mapper | None = None,
         **kw: Any,
     ) -> IndexReport:
-        """Index image folders (or files) incrementally; keyword arguments override IndexOptions fields."""
+        """Index image folders, files or object-store URLs incrementally; keyword arguments override
+        IndexOptions fields. ``mapper``: where the prepare and embed stages run (default: threads
+        here; ``fgsearch.ingest.ray_runner.RayMapper(RayOptions(...))``: a Ray cluster)."""
         from fgsearch.ingest import IndexOptions, IndexReport, run_index
 
         if self.read_only:
@@ -175,7 +179,7 @@ class Library:
             encoder = self.encoder
             warning = doctor_mod.heal(self.store)  # catalog and indexes agree before a run adds to them
             report = IndexReport(warnings=[warning] if warning else [])
-            return run_index(self.store, encoder, roots, opts, progress, report)
+            return run_index(self.store, encoder, roots, opts, progress, report, mapper)
 
     def search(
         self,
