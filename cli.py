@@ -113,7 +113,7 @@ def convert_clip(
 @app.command()
 @_errors
 def index(
-    paths: list[Path] = opt.PATHS_ARG,
+    paths: list[str] = opt.PATHS_ARG,
     library: Path | None = opt.LIBRARY,
     model: str | None = opt.INDEX_MODEL,
     backend: str | None = opt.BACKEND,
@@ -137,11 +137,13 @@ def index(
     batch_size: int = opt.INDEX_BATCH,
     workers: int = opt.WORKERS,
     fast_decode: bool = opt.FAST_DECODE,
+    ray: str | None = opt.RAY,
+    gpus_per_worker: float = opt.GPUS_PER_WORKER,
     device: str = opt.DEVICE,
     quiet: bool = opt.QUIET,
     json_out: bool = opt.json_flag("Print the summary as JSON."),
 ) -> None:
-    """Index image folders: global and region vectors, incremental and resumable."""
+    """Index image folders or object-store URLs: global and region vectors, incremental and resumable."""
     import json
 
     from fgsearch.ingest import IndexOptions
@@ -153,6 +155,7 @@ def index(
     opt.check_max_regions(regions, max_regions, sidecar)
     bk = opt.backend_settings(backend, qdrant_url, qdrant_path, backend_opt)
     rs = opt.region_settings(regions, max_regions, sidecar)
+    mapper = opt.ray_mapper(ray, workers, gpus_per_worker, batch_size)
     opts = IndexOptions(
         include=tuple(include), exclude=tuple(exclude), extensions=tuple(ext), hidden=hidden, prune=prune,
         prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed,
@@ -165,7 +168,7 @@ def index(
         Library.open(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib,
         index_progress(out, show=not (quiet or json_out)) as progress,
     ):
-        report = lib.index(folders, opts, progress=progress)
+        report = lib.index(folders, opts, progress=progress, mapper=mapper)
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -38,7 +38,7 @@ DEVICE = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu),
 DEVICE_SHORT = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps.")
 
 # ---- index -----------------------------------------------------------------------------------------
-PATHS_ARG = typer.Argument(..., help="Folders (or files) to index.")
+PATHS_ARG = typer.Argument(..., help="Folders (or files) to index, or object-store URLs (s3://BUCKET/PREFIX...).")
 INDEX_MODEL = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Default: the library's, else fg-clip-base.")
 BACKEND = typer.Option(
     None, "--backend", help="Vector store for a NEW library: faiss (default), exact, qdrant, or an installed plugin."
@@ -84,7 +84,19 @@ MIN_SIDE = typer.Option(16, "--min-side", help="Skip images smaller than this ma
 INDEX_BATCH = typer.Option(
     0, "--batch-size", help="Images per forward pass and per commit (0: 32 on a CPU, 256 on a GPU)."
 )
-WORKERS = typer.Option(0, "--workers", help="Decode threads (0: automatic).")
+WORKERS = typer.Option(
+    0, "--workers", help="Decode threads (0: automatic); with --ray: Ray workers (0: one per CPU, or per GPU share)."
+)
+RAY = typer.Option(
+    None,
+    "--ray",
+    metavar="ADDRESS",
+    help="Index on a Ray cluster: auto ($RAY_ADDRESS, else a local cluster), HOST:PORT or ray://HOST:PORT. "
+    'Needs pip install "fgsearch[ray]".',
+)
+GPUS_PER_WORKER = typer.Option(
+    0.0, "--gpus-per-worker", help="With --ray: GPUs per Ray worker (0: embed on CPUs; 0.5: two workers per GPU)."
+)
 FAST_DECODE = typer.Option(
     False,
     "--fast-decode",
@@ -183,11 +195,25 @@ def check_range(flag: str, value: float, low: float, high: float | None = None) 
         raise InputError(f"{flag} must be {what}, got {value:g}")
 
 
-def check_paths_exist(paths: list[Path]) -> None:
-    """``fgsearch index``: every folder (or file) given exists."""
+def check_paths_exist(paths: Sequence[str | Path]) -> None:
+    """``fgsearch index``: every folder (or file) given exists (URLs are listed by the run)."""
+    from fgsearch.ingest.sources import is_url
+
     for p in paths:
-        if not p.exists():
+        if not is_url(str(p)) and not Path(p).exists():
             raise InputError(f"{p} does not exist; give a folder of images")
+
+
+def ray_mapper(address: str | None, workers: int, gpus_per_worker: float, batch_size: int) -> Any:
+    """``fgsearch index --ray``: the Ray mapper, or None for a local run (``--gpus-per-worker``
+    needs ``--ray``; without Ray installed, ``--ray`` is a one-line error naming the extra)."""
+    if address is None:
+        if gpus_per_worker:
+            raise InputError("--gpus-per-worker applies to Ray workers; add --ray auto (or a cluster address)")
+        return None
+    from fgsearch.ingest.ray_runner import RayMapper, RayOptions
+
+    return RayMapper(RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker, chunk=batch_size))
 
 
 def picture_targets(show: Path | None, html_out: Path | None) -> tuple[Path | None, Path | None]:

@@ -87,11 +87,12 @@ class WorkerSpec:
 class ChunkResult:
     """A chunk after the prepare and embed stages: ``preps`` in plan order (pixels dropped),
     ``rows[i]`` the row of ``preps[i]`` in ``emb`` (-1: not embedded: failed, known content, or a
-    repeat of bytes earlier in the chunk)."""
+    repeat of bytes earlier in the chunk). ``node``: the Ray node that ran it."""
 
     preps: list[Prepared]
     rows: list[int]
     emb: Embedded | None
+    node: str = ""
 
 
 def import_ray() -> Any:
@@ -111,6 +112,7 @@ class RayMapper:
         self.options = options
         self.ray = import_ray()
         self.workers = 0  # resolved when the run starts
+        self.chunk_nodes: list[str] = []  # the Ray node of each chunk committed, in plan order
 
     def __call__(
         self,
@@ -139,6 +141,7 @@ class RayMapper:
             done = 0
             for result in self._results(task, spec, chunks, known):
                 commit_chunk(committer, result, reserved, seen)
+                self.chunk_nodes.append(result.node)
                 done += len(result.preps)
                 if progress:
                     progress("index", done, len(todo), committer.report.indexed)
@@ -172,7 +175,7 @@ class RayMapper:
     def _get(self, ref: Any) -> ChunkResult:
         ray = self.ray
         try:
-            return ray.get(ref)  # type: ignore[no-any-return]
+            return ray.get(ref)
         except ray.exceptions.RayTaskError as e:
             cause = e.cause if getattr(e, "cause", None) is not None else e
             if isinstance(cause, FgsearchError):
@@ -286,7 +289,9 @@ def prepare_embed_chunk(spec: WorkerSpec, chunk: list[tuple[str, Any]], known: l
     emb = embed_batch(encoder, proposer, new) if new else None
     for p in preps:
         p.pixels = None  # the pixels stay on the worker
-    return ChunkResult(preps, rows, emb)
+    import ray
+
+    return ChunkResult(preps, rows, emb, ray.get_runtime_context().get_node_id())
 
 
 def _known_hashes(ref: Any) -> frozenset[str]:

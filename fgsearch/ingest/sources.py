@@ -36,7 +36,7 @@ def open_source(path: str) -> BinaryIO:
     :func:`fgsearch.decode.open_regular` (regular files only, never a FIFO)."""
     if is_url(path):
         fs, key = _filesystem(path)
-        return fs.open(key, "rb")  # type: ignore[no-any-return]
+        return fs.open(key, "rb")
     from fgsearch.decode import open_regular
 
     return open_regular(path)
@@ -84,7 +84,7 @@ def _filesystem(url: str) -> tuple[Any, str]:
     except ImportError as e:  # pragma: no cover - fsspec comes with torch and ray
         raise InputError(f"{url}: reading URLs needs fsspec; pip install fsspec") from e
     try:
-        return fsspec.core.url_to_fs(url)  # type: ignore[no-any-return]
+        return fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:
         scheme = url.split("://", 1)[0]
         raise InputError(
