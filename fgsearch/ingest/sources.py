@@ -13,6 +13,7 @@ fsspec is imported only when a URL is given; a protocol whose package is missing
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -40,6 +41,17 @@ def open_source(path: str) -> BinaryIO:
     from fgsearch.decode import open_regular
 
     return open_regular(path)
+
+
+def source_exists(path: str) -> bool:
+    """A planned file still there: a regular local file, or an object at a URL (one request)."""
+    if not is_url(path):
+        return os.path.isfile(path)
+    fs, key = _filesystem(path)
+    try:
+        return bool(fs.isfile(key))
+    except OSError:
+        return True  # the store did not answer: keep the file rather than drop what may be there
 
 
 def walk_urls(roots: list[str], opts: IndexOptions, exts: frozenset[str], report: IndexReport) -> list[tuple[str, Any]]:
