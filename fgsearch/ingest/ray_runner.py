@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,7 @@ class RayMapper:
         self.ray = import_ray()
         self.workers = 0  # resolved when the run starts
         self.chunk_nodes: list[str] = []  # the Ray node of each chunk committed, in plan order
+        self.commit_seconds = 0.0  # the driver's time in the commit stage (the one writer's load)
 
     def __call__(
         self,
@@ -140,7 +142,9 @@ class RayMapper:
                 progress("index", 0, len(todo), 0)
             done = 0
             for result in self._results(task, spec, chunks, known):
+                t0 = time.perf_counter()
                 commit_chunk(committer, result, reserved, seen)
+                self.commit_seconds += time.perf_counter() - t0
                 self.chunk_nodes.append(result.node)
                 done += len(result.preps)
                 if progress:

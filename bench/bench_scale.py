@@ -1,0 +1,168 @@
+"""Indexing in one process vs on Ray (``fgsearch index --ray``): throughput, Ray's overhead and
+scaling, and the per-stage costs that docs/scale.md's sizing table is computed from.
+
+    nice -n 19 python bench/bench_scale.py [--n 128] [--rounds 3] [--batch 16] [--smoke]
+
+Generates N 1024x768 JPEGs (as bench_index.py: decoding costs what a photo costs) and indexes
+them with the demo model (CPU-bound, ``--regions auto``), each run into a fresh library, with:
+
+* ``local-1``: the local runner, torch on 1 thread (the same compute as one Ray worker),
+* ``local``: the local runner as a user runs it (torch on every core),
+* ``ray-1`` / ``ray-2``: ``--ray`` on a local Ray cluster of 2 CPUs with 1 and 2 workers.
+
+The configurations alternate (reversed every other round) and every ratio is the median of the
+per-round ratios, so a shared machine's drift hits both sides of a ratio alike. Targets: Ray's
+overhead at 1 worker <= 10 % (ray-1 vs local-1), 2 workers >= 1.6x 1 worker (ray-2 vs ray-1).
+Also printed: Ray's start-up and first-run cost (worker processes load torch and the model), the
+driver's share of time in the commit stage, and per-stage costs on one core: prepare (read,
+hash, decode, preprocess), embed (demo model), commit (catalog + FAISS, per image and per region).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_index import make_photos
+
+
+def _run(photos: Path, lib_dir: Path, batch: int, mapper: Any = None, threads: int | None = None) -> dict[str, float]:
+    import torch
+
+    from fgsearch.library import Library
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with Library.open(lib_dir, model="demo", device="cpu") as lib:
+            t0 = time.perf_counter()
+            report = lib.index(str(photos), batch_size=batch, workers=2, mapper=mapper)
+            dt = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
+        shutil.rmtree(lib_dir, ignore_errors=True)
+    out = {"images_s": report.indexed / dt, "seconds": dt, "indexed": report.indexed, "regions": report.regions}
+    if mapper is not None:
+        out["commit_share"] = mapper.commit_seconds / dt
+    return out
+
+
+def stage_costs(photos: Path, batch: int) -> dict[str, float]:
+    """Milliseconds per image of each stage, on this process (torch on 1 thread, one decode thread)."""
+    import torch
+
+    from fgsearch.decode import PixelBudget
+    from fgsearch.ingest import IndexOptions, IndexReport
+    from fgsearch.ingest.commit import Committer
+    from fgsearch.ingest.embed import embed_batch
+    from fgsearch.ingest.prepare import Preparer
+    from fgsearch.library import Library
+    from fgsearch.regions import make_proposer
+    from fgsearch.scan import FileEntry
+
+    files = sorted(photos.iterdir())[: 2 * batch]
+    torch.set_num_threads(1)
+    lib_dir = photos.parent / "stages-lib"
+    try:
+        with Library.open(lib_dir, model="demo", device="cpu") as lib:
+            enc, store = lib.encoder, lib.store
+            proposer = make_proposer(store.build.regions)
+            prep = Preparer(enc.transform, IndexOptions(), set(), PixelBudget(10**8), proposer)
+            entries = [(str(photos), FileEntry(str(f), f.stat().st_size, f.stat().st_mtime_ns)) for f in files]
+            prep(entries[0])  # warm-up
+            t0 = time.perf_counter()
+            prepared = [prep(e) for e in entries]
+            t_prep = (time.perf_counter() - t0) / len(entries)
+            embed_batch(enc, proposer, prepared[:2])  # warm-up
+            t0 = time.perf_counter()
+            embedded = [embed_batch(enc, proposer, prepared[i : i + batch]) for i in range(0, len(prepared), batch)]
+            t_embed = (time.perf_counter() - t0) / len(prepared)
+            run_id = store.catalog.begin_run()
+            committer = Committer(store, run_id, IndexReport(), proposer.name)
+            t0 = time.perf_counter()
+            for i, emb in zip(range(0, len(prepared), batch), embedded, strict=True):
+                committer.store_batch(prepared[i : i + batch], emb)
+            t_commit = (time.perf_counter() - t0) / len(prepared)
+            regions = committer.report.regions / len(prepared)
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+        shutil.rmtree(lib_dir, ignore_errors=True)
+    return {"prepare_ms": 1e3 * t_prep, "embed_ms": 1e3 * t_embed, "commit_ms": 1e3 * t_commit, "regions": regions}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=128, help="photos per run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=16, help="images per batch (and per Ray task)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, to check the script runs")
+    args = ap.parse_args()
+    if args.smoke:
+        args.n, args.rounds, args.batch = 8, 1, 4
+
+    import ray
+
+    from fgsearch.ingest.ray_runner import RayMapper, RayOptions
+
+    with tempfile.TemporaryDirectory(prefix="fgs-scale-") as tmp:
+        work = Path(tmp)
+        photos = work / "photos"
+        photos.mkdir()
+        make_photos(photos, args.n)
+        print(f"{args.n} photos 1024x768, demo model, --regions auto, batch {args.batch}, {os.cpu_count()} CPUs")
+
+        st = stage_costs(photos, args.batch)
+        print(
+            f"per image on one core: prepare {st['prepare_ms']:.1f} ms, embed {st['embed_ms']:.1f} ms (demo), "
+            f"commit {st['commit_ms']:.2f} ms ({st['regions']:.1f} regions/image)"
+        )
+
+        t0 = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(work / "ray"))
+        print(f"ray.init (local cluster, 2 CPUs): {time.perf_counter() - t0:.1f} s")
+        warm = _run(photos, work / "warm", args.batch, RayMapper(RayOptions(workers=2, chunk=args.batch)))
+        print(f"first Ray run (worker processes start, load torch and the model): {warm['seconds']:.1f} s")
+
+        configs: dict[str, Any] = {
+            "local-1": lambda: _run(photos, work / "lib", args.batch, threads=1),
+            "ray-1": lambda: _run(photos, work / "lib", args.batch, RayMapper(RayOptions(workers=1, chunk=args.batch))),
+            "ray-2": lambda: _run(photos, work / "lib", args.batch, RayMapper(RayOptions(workers=2, chunk=args.batch))),
+            "local": lambda: _run(photos, work / "lib", args.batch),
+        }
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in configs}
+        for r in range(args.rounds):
+            order = list(configs) if r % 2 == 0 else list(reversed(configs))
+            for name in order:
+                runs[name].append(configs[name]())
+                print(f"  round {r + 1} {name:8s} {runs[name][-1]['images_s']:6.2f} images/s", flush=True)
+        ray.shutdown()
+
+        print("\n| run | images/s (each round) | median | driver's commit share |")
+        print("|---|---|---|---|")
+        for name, rs in runs.items():
+            rates = ", ".join(f"{x['images_s']:.2f}" for x in rs)
+            share = statistics.median(x["commit_share"] for x in rs) if "commit_share" in rs[0] else None
+            med = statistics.median(x["images_s"] for x in rs)
+            print(f"| {name} | {rates} | {med:.2f} | {'' if share is None else f'{100 * share:.1f} %'} |")
+
+        def ratio(a: str, b: str) -> float:
+            return statistics.median(x["images_s"] / y["images_s"] for x, y in zip(runs[a], runs[b], strict=True))
+
+        overhead = 1 - ratio("ray-1", "local-1")
+        print(f"\nRay's overhead at 1 worker (1 - ray-1/local-1, median of rounds): {100 * overhead:.1f} %", end="")
+        print(" (target <= 10 %)")
+        print(f"2 workers vs 1 (ray-2/ray-1): {ratio('ray-2', 'ray-1'):.2f}x (target >= 1.6x)")
+        print(f"ray-2 vs the local runner on every core (ray-2/local): {ratio('ray-2', 'local'):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
