@@ -159,6 +159,7 @@ def main() -> None:
         photos.mkdir()
         make_photos(photos, args.n)
         print(f"{args.n} photos 1024x768, demo model, --regions auto, batch {args.batch}, {os.cpu_count()} CPUs")
+        print(f"load average at the start: {os.getloadavg()[0]:.1f} (other processes share these CPUs)")
 
         st = stage_costs(photos, args.batch)
         print(
@@ -186,6 +187,7 @@ def main() -> None:
                 runs[name].append(configs[name]())
                 print(f"  round {r + 1} {name:8s} {runs[name][-1]['images_s']:6.2f} images/s", flush=True)
         ray.shutdown()
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
         print("\n| run | images/s (each round) | median | driver's commit share |")
         print("|---|---|---|---|")

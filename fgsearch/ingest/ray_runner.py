@@ -155,20 +155,28 @@ class RayMapper:
                 ray.shutdown()
 
     def _results(self, task: Any, spec: WorkerSpec, chunks: list[list[Any]], known: list[Any]) -> Any:
-        """Chunk results in plan order, ``workers`` tasks in flight, a bounded reorder buffer."""
+        """Chunk results in plan order, ``workers`` tasks in flight, a bounded reorder buffer. A
+        finished task is replaced before its result is committed, so workers never wait on the
+        driver's commit."""
         ray = self.ray
         pending: dict[Any, int] = {}
         ready_results: dict[int, ChunkResult] = {}
         submitted = committed = 0
+
+        def fill() -> None:
+            nonlocal submitted
+            while submitted < len(chunks) and len(pending) < self.workers and len(ready_results) < 4 * self.workers:
+                pending[task.remote(spec, chunks[submitted], known)] = submitted
+                submitted += 1
+
         try:
             while committed < len(chunks):
-                while submitted < len(chunks) and len(pending) < self.workers and len(ready_results) < 4 * self.workers:
-                    pending[task.remote(spec, chunks[submitted], known)] = submitted
-                    submitted += 1
+                fill()
                 if committed not in ready_results:
                     ready, _ = ray.wait(list(pending), num_returns=1)
                     for ref in ready:
                         ready_results[pending.pop(ref)] = self._get(ref)
+                    fill()
                 while committed in ready_results:
                     yield ready_results.pop(committed)
                     committed += 1

@@ -164,7 +164,7 @@ def test_driver_killed_then_next_run_completes_and_second_driver_is_refused(clus
     with Library.open(lib_dir, model="demo"):
         pass
     cmd = [sys.executable, "-m", "fgsearch", "index", str(photos), "--library", str(lib_dir)]
-    cmd += ["--ray", cluster.address, "--workers", "2", "--batch-size", "2", "--quiet"]
+    cmd += ["--ray", cluster.address, "--workers", "1", "--batch-size", "2", "--quiet"]  # 1 new worker process
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
