@@ -139,6 +139,7 @@ def index(
     fast_decode: bool = opt.FAST_DECODE,
     ray: str | None = opt.RAY,
     gpus_per_worker: float = opt.GPUS_PER_WORKER,
+    cpus_per_worker: float = opt.CPUS_PER_WORKER,
     device: str = opt.DEVICE,
     quiet: bool = opt.QUIET,
     json_out: bool = opt.json_flag("Print the summary as JSON."),
@@ -155,7 +156,7 @@ def index(
     opt.check_max_regions(regions, max_regions, sidecar)
     bk = opt.backend_settings(backend, qdrant_url, qdrant_path, backend_opt)
     rs = opt.region_settings(regions, max_regions, sidecar)
-    mapper = opt.ray_mapper(ray, workers, gpus_per_worker, batch_size)
+    mapper = opt.ray_mapper(ray, workers, gpus_per_worker, cpus_per_worker, batch_size)
     opts = IndexOptions(
         include=tuple(include), exclude=tuple(exclude), extensions=tuple(ext), hidden=hidden, prune=prune,
         prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed,

@@ -6,13 +6,16 @@ scaling, and the per-stage costs that docs/scale.md's sizing table is computed f
 Generates N 1024x768 JPEGs (as bench_index.py: decoding costs what a photo costs) and indexes
 them with the demo model (CPU-bound, ``--regions auto``), each run into a fresh library, with:
 
-* ``local-1``: the local runner, torch on 1 thread (the same compute as one Ray worker),
+* ``local-1``: the local runner on one CPU (torch on 1 thread, the process pinned to one core:
+  the compute of one 1-CPU Ray worker),
 * ``local``: the local runner as a user runs it (torch on every core),
 * ``ray-1`` / ``ray-2``: ``--ray`` on a local Ray cluster of 2 CPUs with 1 and 2 workers.
 
 The configurations alternate (reversed every other round) and every ratio is the median of the
 per-round ratios, so a shared machine's drift hits both sides of a ratio alike. Targets: Ray's
 overhead at 1 worker <= 10 % (ray-1 vs local-1), 2 workers >= 1.6x 1 worker (ray-2 vs ray-1).
+"Cores busy" is the CPU time of this process and its descendants (the Ray cluster) over the run's
+wall time: on a machine shared with other work, a run can only scale as far as it gets cores.
 Also printed: Ray's start-up and first-run cost (worker processes load torch and the model), the
 driver's share of time in the commit stage, and per-stage costs on one core: prepare (read,
 hash, decode, preprocess), embed (demo model), commit (catalog + FAISS, per image and per region).
@@ -34,23 +37,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import make_photos
 
 
-def _run(photos: Path, lib_dir: Path, batch: int, mapper: Any = None, threads: int | None = None) -> dict[str, float]:
+def _cpu_seconds() -> float:
+    """CPU time of this process and all its descendants (the local Ray cluster's workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def _run(photos: Path, lib_dir: Path, batch: int, mapper: Any = None, one_cpu: bool = False) -> dict[str, float]:
+    """One index run into a fresh library. ``one_cpu``: torch on 1 thread and this process (its
+    decode threads too) pinned to one CPU: the compute of one Ray worker."""
     import torch
 
     from fgsearch.library import Library
 
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    before, cpus = torch.get_num_threads(), os.sched_getaffinity(0)
+    if one_cpu:
+        torch.set_num_threads(1)
+        os.sched_setaffinity(0, {min(cpus)})
     try:
         with Library.open(lib_dir, model="demo", device="cpu") as lib:
-            t0 = time.perf_counter()
-            report = lib.index(str(photos), batch_size=batch, workers=2, mapper=mapper)
-            dt = time.perf_counter() - t0
+            c0, t0 = _cpu_seconds(), time.perf_counter()
+            report = lib.index(str(photos), batch_size=batch, workers=1 if one_cpu else 0, mapper=mapper)
+            dt, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     finally:
         torch.set_num_threads(before)
+        os.sched_setaffinity(0, cpus)
         shutil.rmtree(lib_dir, ignore_errors=True)
-    out = {"images_s": report.indexed / dt, "seconds": dt, "indexed": report.indexed, "regions": report.regions}
+    out = {"images_s": report.indexed / dt, "seconds": dt, "cores": cpu / dt, "cpu_ms": 1e3 * cpu / report.indexed}
     if mapper is not None:
         out["commit_share"] = mapper.commit_seconds / dt
     return out
@@ -175,7 +197,7 @@ def main() -> None:
         print(f"first Ray run (worker processes start, load torch and the model): {warm['seconds']:.1f} s")
 
         configs: dict[str, Any] = {
-            "local-1": lambda: _run(photos, work / "lib", args.batch, threads=1),
+            "local-1": lambda: _run(photos, work / "lib", args.batch, one_cpu=True),
             "ray-1": lambda: _run(photos, work / "lib", args.batch, RayMapper(RayOptions(workers=1, chunk=args.batch))),
             "ray-2": lambda: _run(photos, work / "lib", args.batch, RayMapper(RayOptions(workers=2, chunk=args.batch))),
             "local": lambda: _run(photos, work / "lib", args.batch),
@@ -185,17 +207,21 @@ def main() -> None:
             order = list(configs) if r % 2 == 0 else list(reversed(configs))
             for name in order:
                 runs[name].append(configs[name]())
-                print(f"  round {r + 1} {name:8s} {runs[name][-1]['images_s']:6.2f} images/s", flush=True)
+                x = runs[name][-1]
+                busy = f"{x['cores']:.2f} cores busy"
+                print(f"  round {r + 1} {name:8s} {x['images_s']:6.2f} images/s, {busy}", flush=True)
         ray.shutdown()
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
-        print("\n| run | images/s (each round) | median | driver's commit share |")
-        print("|---|---|---|---|")
+        print("\n| run | images/s (each round) | median | cores busy (median) | CPU ms/image | driver's commit share |")
+        print("|---|---|---|---|---|---|")
         for name, rs in runs.items():
             rates = ", ".join(f"{x['images_s']:.2f}" for x in rs)
             share = statistics.median(x["commit_share"] for x in rs) if "commit_share" in rs[0] else None
             med = statistics.median(x["images_s"] for x in rs)
-            print(f"| {name} | {rates} | {med:.2f} | {'' if share is None else f'{100 * share:.1f} %'} |")
+            cores, cpu_ms = statistics.median(x["cores"] for x in rs), statistics.median(x["cpu_ms"] for x in rs)
+            share_s = "" if share is None else f"{100 * share:.1f} %"
+            print(f"| {name} | {rates} | {med:.2f} | {cores:.2f} | {cpu_ms:.1f} | {share_s} |")
 
         def ratio(a: str, b: str) -> float:
             return statistics.median(x["images_s"] / y["images_s"] for x, y in zip(runs[a], runs[b], strict=True))

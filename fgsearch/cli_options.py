@@ -97,6 +97,9 @@ RAY = typer.Option(
 GPUS_PER_WORKER = typer.Option(
     0.0, "--gpus-per-worker", help="With --ray: GPUs per Ray worker (0: embed on CPUs; 0.5: two workers per GPU)."
 )
+CPUS_PER_WORKER = typer.Option(
+    1.0, "--cpus-per-worker", help="With --ray: CPUs per Ray worker, its decode threads (a GPU worker wants ~10)."
+)
 FAST_DECODE = typer.Option(
     False,
     "--fast-decode",
@@ -204,16 +207,19 @@ def check_paths_exist(paths: Sequence[str | Path]) -> None:
             raise InputError(f"{p} does not exist; give a folder of images")
 
 
-def ray_mapper(address: str | None, workers: int, gpus_per_worker: float, batch_size: int) -> Any:
-    """``fgsearch index --ray``: the Ray mapper, or None for a local run (``--gpus-per-worker``
-    needs ``--ray``; without Ray installed, ``--ray`` is a one-line error naming the extra)."""
+def ray_mapper(address: str | None, workers: int, gpus: float, cpus: float, batch_size: int) -> Any:
+    """``fgsearch index --ray``: the Ray mapper, or None for a local run (``--gpus-per-worker`` and
+    ``--cpus-per-worker`` need ``--ray``; without Ray installed, ``--ray`` is a one-line error
+    naming the extra)."""
     if address is None:
-        if gpus_per_worker:
-            raise InputError("--gpus-per-worker applies to Ray workers; add --ray auto (or a cluster address)")
+        for flag, value, default in (("--gpus-per-worker", gpus, 0.0), ("--cpus-per-worker", cpus, 1.0)):
+            if value != default:
+                raise InputError(f"{flag} applies to Ray workers; add --ray auto (or a cluster address)")
         return None
     from fgsearch.ingest.ray_runner import RayMapper, RayOptions
 
-    return RayMapper(RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker, chunk=batch_size))
+    o = RayOptions(address=address, workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus, chunk=batch_size)
+    return RayMapper(o)
 
 
 def picture_targets(show: Path | None, html_out: Path | None) -> tuple[Path | None, Path | None]:

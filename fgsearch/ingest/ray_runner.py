@@ -54,12 +54,15 @@ class RayOptions:
 
     ``address``: ``auto`` joins the cluster named by ``RAY_ADDRESS`` or starts a local one; else a
     cluster address (``HOST:6379`` or ``ray://HOST:10001``). ``workers``: chunks in flight at once
-    (0: one per CPU of the cluster, or one per ``gpus_per_worker`` GPUs). ``chunk``: files per task
-    (0: the batch size). ``max_retries``: how often Ray retries a task whose worker or node died."""
+    (0: one per ``cpus_per_worker`` CPUs of the cluster, or one per ``gpus_per_worker`` GPUs).
+    ``cpus_per_worker``: CPUs a task asks Ray for, and its decode threads (a GPU worker wants
+    several: ~10 per GPU for fg-clip-base, docs/scale.md). ``chunk``: files per task (0: the batch
+    size). ``max_retries``: how often Ray retries a task whose worker or node died."""
 
     address: str = "auto"
     workers: int = 0
     gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
     chunk: int = 0
     max_retries: int = 5
 
@@ -68,6 +71,8 @@ class RayOptions:
             raise InputError(f"--workers must be >= 0 (0: one per CPU of the cluster), got {self.workers}")
         if self.gpus_per_worker < 0:
             raise InputError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if not self.cpus_per_worker > 0:
+            raise InputError(f"--cpus-per-worker must be > 0, got {self.cpus_per_worker}")
         if not self.address.strip():
             raise InputError(
                 "--ray needs an address: auto (local cluster or $RAY_ADDRESS), HOST:PORT or ray://HOST:PORT"
@@ -82,6 +87,7 @@ class WorkerSpec:
     device: str
     regions: RegionSettings
     opts: IndexOptions
+    decode_threads: int = 1
 
 
 @dataclass
@@ -132,10 +138,13 @@ class RayMapper:
         started = self._connect()
         try:
             self.workers = self._resolve_workers()
-            spec = WorkerSpec(store.build.model, "cuda" if o.gpus_per_worker > 0 else "cpu", store.build.regions, opts)
+            device = "cuda" if o.gpus_per_worker > 0 else "cpu"
+            spec = WorkerSpec(store.build.model, device, store.build.regions, opts, max(1, int(o.cpus_per_worker)))
             size = o.chunk or opts.resolved_batch_size(o.gpus_per_worker > 0)
             chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
-            task = ray.remote(num_cpus=1, num_gpus=o.gpus_per_worker, max_retries=o.max_retries)(prepare_embed_chunk)
+            task = ray.remote(num_cpus=o.cpus_per_worker, num_gpus=o.gpus_per_worker, max_retries=o.max_retries)(
+                prepare_embed_chunk
+            )
             known = [ray.put(frozenset(reserved))]  # in a list: the worker fetches it once per process
             seen = SeenBoxes()
             if progress:
@@ -229,7 +238,7 @@ class RayMapper:
                     "give --gpus-per-worker 0 to embed on CPUs"
                 )
             return n
-        return max(1, int(res.get("CPU", 1)))
+        return max(1, int(res.get("CPU", 1) // o.cpus_per_worker))
 
 
 def commit_chunk(committer: Committer, result: ChunkResult, reserved: set[str], seen: Any) -> None:
@@ -286,8 +295,12 @@ def prepare_embed_chunk(spec: WorkerSpec, chunk: list[tuple[str, Any]], known: l
     proposer = make_proposer(spec.regions)
     budget = PixelBudget(int(spec.opts.max_megapixels * 1e6))
     preparer = Preparer(encoder.transform, spec.opts, _known_hashes(known[0]), budget, proposer)
-    with routed_warnings(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="fgsearch-decode") as pool:
-        preps = list(ordered(pool, preparer, chunk, ahead=8))
+    with routed_warnings():
+        if spec.decode_threads == 1:  # a 1-CPU worker decodes on its own thread: it uses the CPU Ray gave it
+            preps = [preparer(item) for item in chunk]
+        else:
+            with ThreadPoolExecutor(max_workers=spec.decode_threads, thread_name_prefix="fgsearch-decode") as pool:
+                preps = list(ordered(pool, preparer, chunk, ahead=2 * spec.decode_threads))
     rows: list[int] = []
     firsts: set[str] = set()
     new: list[Prepared] = []
