@@ -142,9 +142,12 @@ class RayMapper:
             spec = WorkerSpec(store.build.model, device, store.build.regions, opts, max(1, int(o.cpus_per_worker)))
             size = o.chunk or opts.resolved_batch_size(o.gpus_per_worker > 0)
             chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
-            task = ray.remote(num_cpus=o.cpus_per_worker, num_gpus=o.gpus_per_worker, max_retries=o.max_retries)(
-                prepare_embed_chunk
-            )
+            task = ray.remote(
+                num_cpus=o.cpus_per_worker,
+                num_gpus=o.gpus_per_worker,
+                max_retries=o.max_retries,
+                scheduling_strategy="SPREAD",  # across nodes: a lost node takes as little work as possible
+            )(prepare_embed_chunk)
             known = [ray.put(frozenset(reserved))]  # in a list: the worker fetches it once per process
             seen = SeenBoxes()
             if progress:

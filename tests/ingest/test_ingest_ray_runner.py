@@ -34,15 +34,15 @@ def cluster() -> Iterator[Any]:
     yield from cluster_fixture(workers=2, gpus=1)  # one logical GPU (no CUDA): where GPU workers go
 
 
-def _photos(root: Path, n: int, big: tuple[int, ...] = ()) -> list[Path]:
+def _photos(root: Path, n: int, big: tuple[int, ...] = (), side: int = 3000) -> list[Path]:
     """``n`` generated photos (names sort in plan order), a copy of photo 3, a broken file;
-    photos whose index is in ``big`` are 3000x2250 (slower to decode)."""
+    photos whose index is in ``big`` are ``side`` x 3/4 ``side`` (slower to decode)."""
     root.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(n):
         p = root / f"p{i:03d}.jpg"
         img = scene(i)
-        (img.resize((3000, 2250)) if i in big else img).save(p, quality=90)
+        (img.resize((side, side * 3 // 4)) if i in big else img).save(p, quality=90)
         out.append(p)
     (root / "z_copy.jpg").write_bytes(out[3].read_bytes())
     (root / "z_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -159,7 +159,7 @@ def test_gpu_workers_are_scheduled_on_gpu_nodes(cluster: Any, tmp_path: Path) ->
 
 def test_driver_killed_then_next_run_completes_and_second_driver_is_refused(cluster: Any, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
-    _photos(photos, 20, big=tuple(range(1, 20, 2)))  # big ones: the run lasts long enough to be caught midway
+    _photos(photos, 20, big=(1, 5, 9, 13, 17))  # big ones: the run lasts long enough to be caught midway
     lib_dir = tmp_path / "lib"
     with Library.open(lib_dir, model="demo"):
         pass
@@ -187,12 +187,14 @@ def test_driver_killed_then_next_run_completes_and_second_driver_is_refused(clus
 
 
 def test_node_removed_mid_run_every_image_once(cluster: Any, tmp_path: Path) -> None:
-    """The node running the second chunk is removed while it works: Ray runs that chunk again on
-    the other node, and the library ends with every image once (runs last: it leaves one node)."""
+    """The node running the second chunk is removed while it works (tasks are spread over the
+    nodes; chunk 1 is four 27 MP photos, still decoding when chunk 0 is committed): Ray runs that
+    chunk again on the other node, and the library ends with every image once (runs last: it
+    leaves one node)."""
     from fgsearch.ingest.ray_runner import RayMapper, RayOptions
 
     photos = tmp_path / "photos"
-    _photos(photos, 16, big=tuple(range(4, 8)))  # chunk 1 decodes four 7 MP photos: still busy after chunk 0
+    _photos(photos, 16, big=tuple(range(4, 8)), side=6000)  # chunk 1: four 27 MP photos
     mapper = RayMapper(RayOptions(address=cluster.address, workers=2, chunk=4))
     removed: list[str] = []
 
