@@ -46,10 +46,12 @@ def _errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from fgsearch.errors import FgsearchError
+        from fgsearch.errors import FgsearchError, InputError
 
         try:
             return fn(*args, **kwargs)
+        except InputError as e:
+            _fail(e.worded(opt.flag_of))  # the library's parameters named by their flags
         except FgsearchError as e:
             _fail(str(e))
         except KeyboardInterrupt:
@@ -144,7 +146,11 @@ def index(
     quiet: bool = opt.QUIET,
     json_out: bool = opt.json_flag("Print the summary as JSON."),
 ) -> None:
-    """Index image folders or object-store URLs: global and region vectors, incremental and resumable."""
+    """Index image folders or object-store URLs: global and region vectors, incremental and resumable.
+
+    Exit status: 0 every file indexed or unchanged; 3 some files failed in this run (listed, and
+    by `fgsearch status --failed`); 4 files failed and none is indexed; 1 an error stopped the run.
+    """
     import json
 
     from fgsearch.ingest import IndexOptions
@@ -174,6 +180,8 @@ def index(
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
         print_index_report(out, report)
+    if opt.INDEX_EXIT[report.outcome]:  # scripts tell "some files failed" from "nothing indexed"
+        raise typer.Exit(opt.INDEX_EXIT[report.outcome])
 
 
 # ---- query ------------------------------------------------------------------------------------------
@@ -210,10 +218,10 @@ def query(
     """Search the library: ranked images and the matching region."""
     from fgsearch.boxes import Box
     from fgsearch.library import Library
-    from fgsearch.search import FusionWeights, QueryInfo, SearchQuery
+    from fgsearch.search import FusionWeights, QueryInfo, SearchQuery, check_query
     from fgsearch.terminal import console, hits_json, plain, print_hits, write_pictures
 
-    opt.check_query(box, image, text_path, top, paths_out, null)
+    opt.check_query(top, paths_out, null)
     show, html_out = opt.picture_targets(show, html_out)
     taken, modified = (captured_after, captured_before), (modified_after, modified_before)
     filters = opt.filters(path_glob, path_prefix, taken, modified, min_score)
@@ -222,6 +230,7 @@ def query(
         negative=negative, k=top, by=by, filters=filters, text_path=text_path,
         weights=FusionWeights(global_=w_global, region=w_region, negative=w_negative),
     )  # fmt: skip
+    check_query(q)  # before the library and the model are loaded
     info = QueryInfo()
     with Library.open(library, read_only=True, device=device) as lib:
         hits = lib.search(query=q, info=info)
@@ -401,15 +410,13 @@ def demo(
 ) -> None:
     """Offline demo: generate FineShapes photos, index them with the shipped demo model, run queries."""
     from fgsearch.library import Library
-    from fgsearch.model import REGISTRY
     from fgsearch.render import RenderItem, contact_sheet, html_page
     from fgsearch.terminal import console, hits_table
     from fgsearch.trainer.fineshapes import EXAMPLE_QUERIES, make_fineshapes
 
-    model_dir = REGISTRY["demo"].local_dir
     data = make_fineshapes(folder / "photos", n=n, seed=1234, heldout=0, overwrite=True)  # its own photos
     out = console()
-    with Library.open(folder / "library", model=str(model_dir), device="cpu") as lib:
+    with Library.open(folder / "library", model="demo", device="cpu") as lib:
         rep = lib.index(str(data / "images"))
         out.print(f"indexed {rep.indexed} photos ({rep.regions} regions) in {rep.seconds:.1f}s", highlight=False)
         for i, q in enumerate(EXAMPLE_QUERIES):

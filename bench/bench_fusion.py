@@ -181,7 +181,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300, help="FineShapes photos in the library")
     ap.add_argument("--seed", type=int, default=4242, help="FineShapes seed (the demo model was trained on seed 0)")
     ap.add_argument("--overhead-images", type=int, default=0, help="also time the fusion on a library this big")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
+    if args.smoke:
+        args.n, args.overhead_images = 12, 0
     if args.overhead_images:
         overhead(args.overhead_images)
     with tempfile.TemporaryDirectory() as tmp:

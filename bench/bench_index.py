@@ -24,9 +24,11 @@ photo costs), builds the fg-clip-base architecture with random weights, and prin
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -218,7 +220,11 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="reuse/keep generated photos and model here")
     ap.add_argument("--huge", type=int, default=0, help="measure peak memory of N huge PNGs instead")
     ap.add_argument("--side", type=int, default=10000, help="with --huge: the PNGs' width and height")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
+    if args.smoke:  # a tiny model, 4 photos, one run of each kind
+        args.n, args.batch, args.repeats, args.device, args.keep = 4, 4, 1, "cpu", Path(tempfile.mkdtemp())
+        atexit.register(shutil.rmtree, args.keep, ignore_errors=True)
     if args.huge:
         work = args.keep or Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
         huge_memory(args.huge, args.side, args.workers or 3, work)
@@ -235,7 +241,7 @@ def main() -> None:
         print(f"generated {args.n} JPEGs 1024x768 in {time.perf_counter() - t0:.1f}s")
     if not (model_dir / "model.safetensors").exists():
         torch.manual_seed(0)
-        save_model(FGCLIP(FGCLIPConfig.base()), model_dir)
+        save_model(FGCLIP(FGCLIPConfig.tiny() if args.smoke else FGCLIPConfig.base()), model_dir)
     net, spec = load_model(model_dir)
     enc = TorchEncoder(net, spec, device=args.device)
     print(f"device={enc.device} threads={torch.get_num_threads()} batch={args.batch} n={args.n}")

@@ -414,7 +414,10 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
+    if args.smoke:
+        args.n, args.dim, args.queries, args.clusters, args.backends = [2000], 32, 20, 20, "exact,faiss"
 
     if args.worker:
         run_worker_args(args.worker)

@@ -55,7 +55,10 @@ def main() -> None:
     ap.add_argument("--family", choices=("fgclip", "fgclip2", "both"), default="both")
     ap.add_argument("--index-images", type=int, default=32, help="FG-CLIP 2 index e2e: images (0: skip)")
     ap.add_argument("--index-only", action="store_true", help="FG-CLIP 2: only the index e2e measurement")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
+    if args.smoke:  # the architectures are base-sized: one family, batch 1, one repeat
+        args.repeats, args.batch, args.index_images, args.family = 1, 1, 0, "fgclip"
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.family in ("fgclip", "both"):
@@ -96,7 +99,7 @@ def bench_fgclip(args: argparse.Namespace) -> None:
     rows = []
     print(f"device={dev} threads={torch.get_num_threads()} torch={torch.__version__} open_clip={open_clip.__version__}")
     with torch.inference_mode():
-        for bs in (1, args.batch):
+        for bs in sorted({1, args.batch}):
             pv = torch.randn(bs, 3, 224, 224, device=dev)
             bx = boxes[:bs]
             with ctx():

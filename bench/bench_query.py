@@ -19,7 +19,9 @@ whole `fgsearch query` process.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -135,10 +137,10 @@ def warm_figures(lib_dir: Path, args: argparse.Namespace, rng: np.random.Generat
             )
 
 
-def cold_start(lib_dir: Path) -> None:
-    """A whole `fgsearch query` process, three times."""
+def cold_start(lib_dir: Path, runs: int = 3) -> None:
+    """A whole `fgsearch query` process, ``runs`` times."""
     cold = []
-    for _ in range(3):
+    for _ in range(runs):
         t0 = time.perf_counter()
         subprocess.run(
             [
@@ -156,7 +158,7 @@ def cold_start(lib_dir: Path) -> None:
             env={**os.environ},
         )
         cold.append(time.perf_counter() - t0)
-    print(f"cold `fgsearch query` process: median {statistics.median(cold):.2f}s over 3 runs")
+    print(f"cold `fgsearch query` process: median {statistics.median(cold):.2f}s over {runs} runs")
 
 
 def main() -> None:
@@ -166,7 +168,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--data", choices=("clip", "isotropic"), default="clip", help="synthetic vector generator")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fgsearch-bench-query")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
+    if args.smoke:
+        args.images, args.regions_per_image, args.queries = 300, 2, 3
+        args.work = Path(tempfile.mkdtemp(prefix="fgsearch-bench-query-"))
+        atexit.register(shutil.rmtree, args.work, ignore_errors=True)
 
     import torch
 
@@ -176,8 +183,9 @@ def main() -> None:
     model_dir = args.work / "model"
     if not (model_dir / "model.safetensors").exists():
         torch.manual_seed(0)
-        save_model(FGCLIP(FGCLIPConfig.base()), model_dir)
-    lib_dir = build(args.work, args.images, args.regions_per_image, 512, model_dir, args.data)
+        save_model(FGCLIP(FGCLIPConfig.tiny() if args.smoke else FGCLIPConfig.base()), model_dir)
+    dim = FGCLIPConfig.tiny().projection_dim if args.smoke else 512  # the model's
+    lib_dir = build(args.work, args.images, args.regions_per_image, dim, model_dir, args.data)
     rng = np.random.default_rng(1)
     words = (
         "red ceramic mug left of an open silver laptop next to a potted cactus on a wooden desk under "
@@ -185,7 +193,7 @@ def main() -> None:
     ).split()
     print(f"torch threads={torch.get_num_threads()}")
     warm_figures(lib_dir, args, rng, words)
-    cold_start(lib_dir)
+    cold_start(lib_dir, 1 if args.smoke else 3)
     print("targets: search+fusion+lookup <= 15 ms p50; warm end-to-end <= 150 ms p50 (20-word query)")
 
 

@@ -22,9 +22,11 @@ The clients share the CPU with the server: on a 2-core machine that costs the se
 from __future__ import annotations
 
 import argparse
+import atexit
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -181,6 +183,14 @@ def run(lib_dir: Path, port: int, max_batch: int, levels: list[int], duration: f
         proc.wait(timeout=60)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=100_000)
@@ -191,7 +201,12 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=7861)
     ap.add_argument("--unbatched", action="store_true", help="also run against a server without text batching")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fgsearch-bench-serve")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
+    if args.smoke:
+        args.images, args.regions_per_image, args.clients, args.duration, args.words = 300, 2, "1,2", 2.0, 5
+        args.work, args.port = Path(tempfile.mkdtemp(prefix="fgsearch-bench-serve-")), free_port()
+        atexit.register(shutil.rmtree, args.work, ignore_errors=True)
 
     import torch
 
@@ -204,9 +219,10 @@ def main() -> None:
     model_dir = args.work / "model"
     if not (model_dir / "model.safetensors").exists():
         torch.manual_seed(0)
-        save_model(FGCLIP(FGCLIPConfig.base()), model_dir)
+        save_model(FGCLIP(FGCLIPConfig.tiny() if args.smoke else FGCLIPConfig.base()), model_dir)
+    dim = FGCLIPConfig.tiny().projection_dim if args.smoke else 512  # the model's
     lib_dir = build(
-        args.work / f"{args.images}x{args.regions_per_image}", args.images, args.regions_per_image, 512, model_dir
+        args.work / f"{args.images}x{args.regions_per_image}", args.images, args.regions_per_image, dim, model_dir
     )
     levels = [int(x) for x in args.clients.split(",")]
     print(

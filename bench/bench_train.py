@@ -14,7 +14,10 @@ On a GPU it also reports steps/s and images/s for the fg-clip-base architecture 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,7 +68,11 @@ def main() -> None:
     ap.add_argument("--hardneg-weight", type=float, default=0.5, help="paper: 0.5")
     ap.add_argument("--work", type=Path, default=Path("bench-train"))
     ap.add_argument("--only", choices=("all", "global"), default=None)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
+    if args.smoke:
+        args.steps, args.n, args.batch, args.work = 2, 24, 4, Path(tempfile.mkdtemp(prefix="fgsearch-bench-train-"))
+        atexit.register(shutil.rmtree, args.work, ignore_errors=True)
 
     from fgsearch.trainer import make_fineshapes
 

@@ -19,13 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from fgsearch.errors import InputError
+from fgsearch.errors import InputError, parameter_name
 
 if TYPE_CHECKING:
     from fgsearch.library import BackendSettings
     from fgsearch.regions import RegionSettings
     from fgsearch.search import Filters
 
+# `fgsearch index`'s exit status (docs/indexing.md#exit-status): 0 every file indexed (or unchanged),
+# 1 an error stopped the run, 2 a usage error, and when files were skipped as bad (never fatal):
+INDEX_EXIT = {"complete": 0, "partial": 3, "none": 4}
 TOP_LIMIT = 10_000  # results per query: more is not a search, and -k 10**9 would allocate for every one
 REGIONS_LIMIT = 1_024
 WORKERS_LIMIT = 256
@@ -189,6 +192,29 @@ def json_flag(help_text: str) -> Any:
     return typer.Option(False, "--json", help=help_text)
 
 
+# ---- the flag of each library parameter --------------------------------------------------------------
+# An InputError names the parameters at fault by the library's names; the CLI words it with these
+# flags (any other parameter ``some_name`` is the flag ``--some-name``).
+FLAGS = {
+    "text": "TEXT",
+    "negative": "--not",
+    "k": "-k/--top",
+    "filters.path_glob": "--path",
+    "filters.path_prefix": "--under",
+    "filters.captured_after": "--taken-after",
+    "filters.captured_before": "--taken-before",
+    "weights.global_": "--w-global",
+    "weights.region": "--w-region",
+    "weights.negative": "--w-not",
+    "proposer": "--regions",
+}
+
+
+def flag_of(field: str) -> str:
+    """The command line's name for a library parameter (see :data:`FLAGS`)."""
+    return FLAGS.get(field) or "--" + parameter_name(field).strip("_").replace("_", "-")
+
+
 # ---- checks and conversions -------------------------------------------------------------------------
 def check_range(flag: str, value: float, low: float, high: float | None = None) -> None:
     """InputError unless ``low <= value <= high`` (finite)."""
@@ -312,14 +338,9 @@ def filters(
     )
 
 
-def check_query(
-    box: str | None, image: Path | None, text_path: str | None, top: int, paths_out: bool, null: bool
-) -> None:
-    """``fgsearch query``: options that contradict each other or are out of range."""
-    if box is not None and image is None:
-        raise InputError("--box needs --image (the box is a region of the query image)")
-    if text_path not in (None, "short", "long", "box"):
-        raise InputError("--text-path must be short, long or box (box: FG-CLIP 2 only)")
+def check_query(top: int, paths_out: bool, null: bool) -> None:
+    """``fgsearch query``: the CLI's own limits and output options (the query itself is checked by
+    :func:`fgsearch.search.check_query`)."""
     check_range("-k/--top", top, 1, TOP_LIMIT)
     if null and not paths_out:
         raise InputError("--null goes with --paths (NUL-terminated paths for xargs -0)")

@@ -44,7 +44,7 @@ def readable_extensions(extra: Iterable[str] = ()) -> frozenset[str]:
     for e in extra:
         e = e.strip().lower()
         if not e or e in (".", "*"):
-            raise InputError(f"--ext {e!r} is not a file extension; give one like .heic")
+            raise InputError("{ext} {got!r} is not a file extension; give one like .heic", field="ext", got=e)
         added.add(e if e.startswith(".") else "." + e)
     return IMAGE_EXTENSIONS | readable | added
 

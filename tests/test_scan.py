@@ -242,7 +242,7 @@ def test_other_formats_pillow_reads_are_walked_and_more_can_be_asked_for(tmp_pat
     assert exts >= IMAGE_EXTENSIONS and {".ppm", ".jfif", ".ico", ".tga"} <= exts
     assert not {".mpg", ".mpeg", ".eps", ".h5", ".txt"} & exts  # stubs, external programs, not images
     assert readable_extensions(["heic", ".JXL"]) - exts == {".heic", ".jxl"}
-    with pytest.raises(InputError, match="--ext"):
+    with pytest.raises(InputError, match=r"^ext "):
         readable_extensions(["."])
     root = tmp_path / "photos"
     for rel in ("a.jpg", "b.ppm", "c.jfif", "clip.mpg", "d.heic", "notes.txt"):

@@ -54,13 +54,23 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.freeze not in FREEZE_CHOICES:
-            raise InputError(f"--freeze must be one of {', '.join(FREEZE_CHOICES)}, got {self.freeze!r}")
+            raise InputError(
+                "{freeze} must be one of {choices}, got {got!r}",
+                field="freeze",
+                choices=", ".join(FREEZE_CHOICES),
+                got=self.freeze,
+            )
         bad = [x for x in self.losses if x not in LOSS_CHOICES]
         if bad or not self.losses:
-            raise InputError(f"--losses takes a comma list of {', '.join(LOSS_CHOICES)}, got {','.join(self.losses)}")
+            raise InputError(
+                "{losses} takes a comma list of {choices}, got {got}",
+                field="losses",
+                choices=", ".join(LOSS_CHOICES),
+                got=",".join(self.losses),
+            )
         for name in ("steps", "batch_size", "grad_accum", "save_every", "eval_every", "log_every"):
             if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+                raise InputError("{field} must be at least 1", field=name)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

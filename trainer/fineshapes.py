@@ -192,9 +192,9 @@ def make_fineshapes(
     ``out_dir`` must be new or empty; with ``overwrite``, an earlier FineShapes output there is removed
     first (only files this function writes: a folder holding anything else is refused)."""
     if n < 1:
-        raise InputError(f"--n must be at least 1, got {n}")
+        raise InputError("{n} must be at least 1, got {got}", field="n", got=n)
     if not 0 <= heldout < 1:
-        raise InputError(f"--heldout is a fraction in [0, 1), got {heldout}")
+        raise InputError("{heldout} is a fraction in [0, 1), got {got}", field="heldout", got=heldout)
     out = Path(out_dir)
     _clear_output(out, overwrite)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -244,12 +244,19 @@ def _clear_output(out: Path, overwrite: bool) -> None:
     if not entries:
         return
     if not overwrite:
-        raise InputError(f"{out} is not empty; give a new or empty folder, or --overwrite to replace a dataset there")
+        raise InputError(
+            "{out} is not empty; give a new or empty folder, or {overwrite} to replace a dataset there",
+            field="overwrite",
+            out=out,
+        )
     foreign = [p for p in entries if not _OWN_FILE.fullmatch(p.relative_to(out).as_posix())]
     if foreign:
         raise InputError(
-            f"{out} holds files make-data did not write ({foreign[0].relative_to(out)}); "
-            "give a new or empty folder (--overwrite only replaces a FineShapes dataset)"
+            "{out} holds files make-data did not write ({first}); "
+            "give a new or empty folder ({overwrite} only replaces a FineShapes dataset)",
+            field="overwrite",
+            out=out,
+            first=foreign[0].relative_to(out),
         )
     for p in reversed(entries):  # files before the folders that hold them
         p.rmdir() if p.is_dir() else p.unlink()

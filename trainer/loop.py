@@ -63,7 +63,12 @@ def init_model(cfg: TrainConfig, out: Path, source: Any = None) -> tuple[Any, An
     from fgsearch.model.loading import convert_openai_clip
 
     if cfg.init in ("tiny", "tiny-fgclip2") and cfg.tiny_image_size % cfg.tiny_patch:
-        raise InputError(f"--tiny-image-size {cfg.tiny_image_size} must be a multiple of --tiny-patch {cfg.tiny_patch}")
+        raise InputError(
+            "{tiny_image_size} {size} must be a multiple of {tiny_patch} {patch}",
+            field="tiny_image_size",
+            size=cfg.tiny_image_size,
+            patch=cfg.tiny_patch,
+        )
     if cfg.init == "tiny-fgclip2":
         model, spec = load_model(_tiny_fgclip2(cfg, out, source))
         model.requires_grad_(True)
@@ -116,7 +121,7 @@ def _tiny_fgclip2(cfg: TrainConfig, out: Path, source: Any) -> Path:
         cfg.resume and (init / "model.safetensors").is_file() and (init / "tokenizer.json").is_file()
     ):
         if source is None:
-            raise InputError("--init tiny-fgclip2 trains its tokenizer on the training data: give --data")
+            raise InputError("{init} tiny-fgclip2 trains its tokenizer on the training data: give {data}", field="data")
         texts: list[str] = []
         for i, s in enumerate(source.iter_samples(ReadStats(), check_images=False)):
             if i >= TINY_FGCLIP2_CAPTIONS:

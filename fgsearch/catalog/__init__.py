@@ -21,18 +21,25 @@ Core ``select``; 2-core machine, December 2026). Writes got faster too (reservin
 folder name), the table definitions a new catalog is created from, and its exception family:
 a failed statement raises ``sqlalchemy.exc.DBAPIError`` with the sqlite error as ``.orig``.
 
+The catalog may also be a PostgreSQL database (:mod:`.postgres`: same tables and statements,
+psycopg 3, ``COPY`` for bulk inserts); its writer lock is an advisory lock
+(:class:`~fgsearch.catalog.lock.AdvisoryLock`), and many writers share one library's work through
+:class:`~fgsearch.catalog.claims.WorkQueue` (claims under a lease, ``FOR UPDATE SKIP LOCKED``).
+
 Modules: :mod:`.schema` (tables, version, migrations), :mod:`.connect` (URIs, engine, how
-statements run), :mod:`.regions`, :mod:`.contents`, :mod:`.files` (the parts of
-:class:`Catalog`), :mod:`.store` (:class:`Catalog` itself), :mod:`.lock` (the writer lock) and
+statements run), :mod:`.postgres` (the PostgreSQL dialect: URLs, secrets, the adapter),
+:mod:`.regions`, :mod:`.contents`, :mod:`.files` (the parts of :class:`Catalog`), :mod:`.store`
+(:class:`Catalog` itself), :mod:`.lock` (the writer locks), :mod:`.claims` (shared work) and
 :mod:`.peek` (cheap reads of a catalog file without opening a :class:`Catalog`).
 """
 
 from __future__ import annotations
 
+from fgsearch.catalog.claims import Claim, ClaimLostError, Reservation, WorkItem, WorkQueue
 from fgsearch.catalog.connect import cannot_write_here, read_only_uri
 from fgsearch.catalog.contents import ContentRow
 from fgsearch.catalog.files import FileState
-from fgsearch.catalog.lock import WriteLock
+from fgsearch.catalog.lock import AdvisoryLock, WriteLock
 from fgsearch.catalog.peek import peek_library_id, peek_meta, peek_unfinished
 from fgsearch.catalog.schema import (
     MIGRATIONS,
@@ -49,10 +56,16 @@ from fgsearch.catalog.store import Catalog, ModelInfo
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "AdvisoryLock",
     "Catalog",
+    "Claim",
+    "ClaimLostError",
     "ContentRow",
     "FileState",
     "ModelInfo",
+    "Reservation",
+    "WorkItem",
+    "WorkQueue",
     "WriteLock",
     "cannot_write_here",
     "contents_t",

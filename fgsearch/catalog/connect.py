@@ -1,11 +1,14 @@
-"""Opening a catalog file and running SQL on it: URIs, the engine, and the one way statements run.
+"""Opening a catalog and running SQL on it: URIs, the engine, and the one way statements run.
 
 Every statement of the package goes through :class:`SqlStore`: plain SQL text on the pooled
-``sqlite3`` connection of a SQLAlchemy engine (see the package docstring for why). The engine
-keeps what SQLAlchemy is good at here: one pooled connection per thread, the pragmas of every new
-connection, a URL that opens any folder name. A ``sqlite3.Error`` raised by a statement leaves as
-the matching ``sqlalchemy.exc.DBAPIError`` subclass (``.orig`` is the sqlite error), so a caller
-sees one family of database errors whichever statement failed.
+driver connection of a SQLAlchemy engine (see the package docstring for why). The engine keeps
+what SQLAlchemy is good at here: a connection pool, the settings of every new connection, a URL
+that opens any folder name. Two dialects: an SQLite file (the default, ``sqlite3`` connections)
+and a PostgreSQL database (:mod:`fgsearch.catalog.postgres`: psycopg 3 connections behind
+:class:`~fgsearch.catalog.postgres.PgConnection`, which takes the same ``?`` placeholders). A
+driver error raised by a statement leaves as the matching ``sqlalchemy.exc.DBAPIError`` subclass
+(``.orig`` is the driver's error), so a caller sees one family of database errors whichever
+statement failed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
-CHUNK = 30_000  # SQLite bound-parameter limit is 32,766
+CHUNK = 30_000  # SQLite bound-parameter limit is 32,766 (PostgreSQL's is 65,535)
 
 
 def read_only_uri(path: Path, *, immutable: bool = False) -> str:
@@ -90,9 +93,14 @@ def to_sql_datetime(value: datetime | None) -> str | None:
     )
 
 
-def from_sql_datetime(value: str | None) -> datetime | None:
-    """A stored ``DateTime`` column as a datetime."""
-    return None if value is None else datetime.fromisoformat(value)
+def from_sql_datetime(value: str | datetime | None) -> datetime | None:
+    """A stored ``DateTime`` column as a datetime (UTC, without a time zone): SQLite gives its text,
+    PostgreSQL a ``timestamptz`` (an aware datetime)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo is None else value.astimezone(timezone.utc).replace(tzinfo=None)
+    return datetime.fromisoformat(value)
 
 
 def raw(path: str) -> bytes:
@@ -106,43 +114,62 @@ def from_raw(raw_path: bytes) -> str:
     return os.fsdecode(raw_path)
 
 
+def driver_errors(pg: bool) -> tuple[type[Exception], ...]:
+    """The driver's own error classes (re-raised as ``DBAPIError`` by :class:`SqlStore`)."""
+    if not pg:
+        return (sqlite3.Error,)
+    import psycopg
+
+    return (sqlite3.Error, psycopg.Error)
+
+
 @contextlib.contextmanager
-def _as_dbapi_errors() -> Iterator[None]:
-    """Re-raise a ``sqlite3.Error`` as SQLAlchemy's matching ``DBAPIError`` subclass."""
+def _as_dbapi_errors(pg: bool) -> Iterator[None]:
+    """Re-raise a driver error (``sqlite3.Error``, ``psycopg.Error``) as SQLAlchemy's matching
+    ``DBAPIError`` subclass."""
+    errors = driver_errors(pg)
     try:
         yield
-    except sqlite3.Error as e:
-        raise sa.exc.DBAPIError.instance(None, None, e, sqlite3.Error) from e
+    except errors as e:
+        base = errors[-1] if pg and not isinstance(e, sqlite3.Error) else sqlite3.Error
+        raise sa.exc.DBAPIError.instance(None, None, e, base) from e
 
 
-def _driver(pooled: Any) -> sqlite3.Connection:
-    """The ``sqlite3`` connection inside a pooled one."""
+def _driver(pooled: Any, pg: bool) -> sqlite3.Connection:
+    """The driver connection inside a pooled one: ``sqlite3``, or psycopg's behind the adapter that
+    speaks the same ``?`` SQL (typed as ``sqlite3.Connection``: the methods the catalog calls)."""
+    if pg:
+        from fgsearch.catalog.postgres import PgConnection
+
+        return cast(sqlite3.Connection, PgConnection(pooled.driver_connection))
     return cast(sqlite3.Connection, pooled.driver_connection)  # the engine's driver is pysqlite
 
 
 class SqlStore:
-    """The engine of one catalog file and the three ways its statements run."""
+    """The engine of one catalog and the three ways its statements run."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        #: the catalog is a PostgreSQL database (else an SQLite file): the few statements that differ ask
+        self.pg = engine.dialect.name == "postgresql"
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         """A pooled connection for reads (rows come back as plain tuples)."""
-        with _as_dbapi_errors():
+        with _as_dbapi_errors(self.pg):
             pooled = self.engine.raw_connection()
             try:
-                yield _driver(pooled)
+                yield _driver(pooled, self.pg)
             finally:
                 pooled.close()  # back to the pool, rolled back
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[sqlite3.Connection]:
         """A pooled connection whose statements commit together when the block ends, or not at all."""
-        with _as_dbapi_errors():
+        with _as_dbapi_errors(self.pg):
             pooled = self.engine.raw_connection()
             try:
-                con = _driver(pooled)
+                con = _driver(pooled, self.pg)
                 try:
                     yield con
                     con.commit()
@@ -154,9 +181,15 @@ class SqlStore:
 
     def select_in(self, sql: str, ids: Iterable[int], params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` (whose ``{marks}`` is the ``IN`` list, bound before ``params``) for ``ids``,
-        in chunks within SQLite's parameter limit; an ``ORDER BY`` holds within each chunk."""
+        in chunks within SQLite's parameter limit; an ``ORDER BY`` holds within each chunk.
+        PostgreSQL takes the whole list as one array parameter (``IN (SELECT unnest(?))``)."""
         out: list[tuple[Any, ...]] = []
         with self.reading() as con:
+            if self.pg:
+                ints = [int(i) for i in ids]
+                if ints:
+                    out.extend(con.execute(sql.format(marks="SELECT unnest(?::bigint[])"), (ints, *params)).fetchall())
+                return out
             for chunk in chunks([int(i) for i in ids]):
                 out.extend(con.execute(sql.format(marks=marks(len(chunk))), (*chunk, *params)).fetchall())
         return out

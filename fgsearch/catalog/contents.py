@@ -42,6 +42,32 @@ def _insert_contents(con: sqlite3.Connection, items: Sequence[dict[str, Any]]) -
     return ids
 
 
+def _insert_pg(con: Any, items: Sequence[dict[str, Any]]) -> tuple[list[int], list[list[int]]]:
+    """PostgreSQL: ids from the identity sequences, then the rows in one ``COPY`` per table."""
+    stamp = to_sql_datetime(now())
+    cids = con.next_ids("contents", len(items))
+    con.copy_rows(
+        "contents",
+        ("id", "sha256", "width", "height", "captured_at", "state", "created_at"),
+        [
+            (cid, it["sha256"], it["width"], it["height"], to_sql_datetime(it.get("captured_at")), "pending", stamp)
+            for cid, it in zip(cids, items, strict=True)
+        ],
+    )
+    rids = con.next_ids("regions", sum(len(it["boxes"]) for it in items))
+    out: list[list[int]] = []
+    rows = []
+    for cid, it in zip(cids, items, strict=True):
+        scores = it.get("scores") or [None] * len(it["boxes"])
+        mine = rids[: len(it["boxes"])]
+        rids = rids[len(it["boxes"]) :]
+        for rank, (rid, b, sc) in enumerate(zip(mine, it["boxes"], scores, strict=True)):
+            rows.append((rid, cid, float(b[0]), float(b[1]), float(b[2]), float(b[3]), it["proposer"], rank, sc))
+        out.append(mine)
+    con.copy_rows("regions", ("id", "content_id", "x1", "y1", "x2", "y2", "proposer", "rank", "score"), rows)
+    return cids, out
+
+
 def _insert_regions(
     con: sqlite3.Connection, content_ids: Sequence[int], items: Sequence[dict[str, Any]]
 ) -> list[list[int]]:
@@ -76,6 +102,8 @@ class ContentRows(RegionRows):
         if not items:
             return [], []
         with self.writing() as con:
+            if self.pg:
+                return _insert_pg(con, items)
             content_ids = _insert_contents(con, items)
             region_ids = _insert_regions(con, content_ids, items)
         return content_ids, region_ids

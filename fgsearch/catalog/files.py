@@ -49,16 +49,29 @@ def _mtime_ns(when: datetime) -> int:
 
 
 def file_conditions(
-    path_glob: str | None, path_prefix: str | None, modified_after: datetime | None, modified_before: datetime | None
+    path_glob: str | None,
+    path_prefix: str | None,
+    modified_after: datetime | None,
+    modified_before: datetime | None,
+    *,
+    pg: bool = False,
 ) -> tuple[str, list[Any]]:
     """SQL conditions on one file row, and their parameters: ok, and matching every given path and
     modification-time filter. The glob matches the path as shown (``display_path``: a byte that is
-    not UTF-8 as its escape), the prefix the exact bytes."""
+    not UTF-8 as its escape), the prefix the exact bytes. PostgreSQL has no ``GLOB``: the pattern
+    goes as the equivalent regular expression."""
     conds: list[str] = ["files.status = 'ok'"]
     params: list[Any] = []
     if path_glob:
-        conds.append("files.path GLOB ?")
-        params.append(display_path(path_glob))  # a glob typed with a byte that is not UTF-8 matches its escape
+        glob = display_path(path_glob)  # a glob typed with a byte that is not UTF-8 matches its escape
+        if pg:
+            from fgsearch.catalog.postgres import glob_regex
+
+            conds.append("files.path ~ ?")
+            params.append(glob_regex(glob))
+        else:
+            conds.append("files.path GLOB ?")
+            params.append(glob)
     if path_prefix:
         prefix = raw(path_prefix.rstrip(os.sep) + os.sep)
         conds.append("substr(files.raw_path, 1, ?) = ?")
@@ -96,8 +109,8 @@ class FileRows(ContentRows):
     # ---- runs ------------------------------------------------------------------------------
     def begin_run(self) -> int:
         with self.writing() as con:
-            cur = con.execute("INSERT INTO runs (started_at) VALUES (?)", (to_sql_datetime(now()),))
-            return int(cur.lastrowid or 0)
+            cur = con.execute("INSERT INTO runs (started_at) VALUES (?) RETURNING id", (to_sql_datetime(now()),))
+            return int(cur.fetchone()[0])
 
     def end_run(self, run_id: int, summary: dict[str, Any]) -> None:
         with self.writing() as con:
@@ -207,7 +220,7 @@ class FileRows(ContentRows):
         modified_before: datetime | None = None,
     ) -> list[int]:
         """Content ids with at least one ok file matching every given condition."""
-        cond, params = file_conditions(path_glob, path_prefix, modified_after, modified_before)
+        cond, params = file_conditions(path_glob, path_prefix, modified_after, modified_before, pg=self.pg)
         if captured_after:
             cond += " AND contents.captured_at >= ?"
             params.append(to_sql_datetime(captured_after))
@@ -231,7 +244,7 @@ class FileRows(ContentRows):
         modified_before: datetime | None = None,
     ) -> dict[int, list[str]]:
         """Per content id, its ok paths (sorted) that pass the file conditions of :meth:`filter_contents`."""
-        cond, params = file_conditions(path_glob, path_prefix, modified_after, modified_before)
+        cond, params = file_conditions(path_glob, path_prefix, modified_after, modified_before, pg=self.pg)
         sql = f"SELECT content_id, raw_path FROM files WHERE content_id IN ({{marks}}) AND {cond} ORDER BY raw_path"
         out: dict[int, list[str]] = {}
         for cid, path in self.select_in(sql, content_ids, params):

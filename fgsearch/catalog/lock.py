@@ -1,8 +1,15 @@
-"""The library's writer lock: one writer at a time per library folder, released if it dies.
+"""The library's writer lock: one writer at a time per library, released if it dies.
 
-``flock`` on ``<library>/lock``: the kernel drops the lock with its holder's last descriptor, so a
-killed writer never leaves a library locked. The lock file holds the holder's PID for the message
-another writer gets.
+``flock`` on ``<library>/lock`` (an SQLite catalog): the kernel drops the lock with its holder's
+last descriptor, so a killed writer never leaves a library locked. The lock file holds the
+holder's PID for the message another writer gets.
+
+:class:`AdvisoryLock` (a PostgreSQL catalog): a session advisory lock held on a connection of the
+writer's own; PostgreSQL drops it when that session ends, so a writer killed on any machine never
+leaves the library locked. Exclusive for a library whose vector store lives in one folder (one
+writer); shared by the writers of a library whose store every machine reaches (pgvector, a Qdrant
+server), which then split the work with :class:`fgsearch.catalog.claims.WorkQueue`. The two modes
+exclude each other, so a one-writer run never overlaps a shared one.
 """
 
 from __future__ import annotations
@@ -12,9 +19,12 @@ import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fgsearch.errors import LibraryError, LibraryLockedError
+
+#: the advisory lock's key pair (two int4): "fgsc" and the writer lock's number
+ADVISORY_KEY = (0x66677363, 1)
 
 
 class WriteLock:
@@ -68,3 +78,93 @@ class WriteLock:
             finally:
                 os.close(self._fd)
                 self._fd = None
+
+
+class AdvisoryLock:
+    """The writer lock of a library with a PostgreSQL catalog (see the module docstring).
+
+    ``url`` is the catalog's URL (with the password this process connects with), ``shown`` the
+    library as messages name it; ``shared`` takes the lock with the other writers of a library
+    whose vector store they all reach."""
+
+    def __init__(self, url: Any, shown: str, *, shared: bool = False) -> None:
+        self.url = url
+        self.shown = shown
+        self.shared = shared
+        self._engine: Any = None
+        self._con: Any = None
+
+    def acquire(self) -> None:
+        import sqlalchemy as sa
+
+        from fgsearch.catalog.postgres import connection_error, create_pg_engine, public_url
+
+        engine = create_pg_engine(self.url, read_only=False, pool=False)
+        try:
+            pooled = engine.raw_connection()
+        except sa.exc.DBAPIError as e:
+            engine.dispose()
+            raise connection_error(e, public_url(self.url)) from None
+        con: Any = pooled.driver_connection
+        con.autocommit = True
+        fn = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
+        if not con.execute(f"SELECT {fn}(%s, %s)", ADVISORY_KEY).fetchone()[0]:
+            holders = self._holders(con)
+            pooled.close()
+            engine.dispose()
+            self._refuse(holders)
+        self._engine, self._con = engine, pooled
+
+    @staticmethod
+    def _holders(con: Any) -> list[tuple[str, bool]]:
+        """The sessions holding the lock: (how each shows, whether it holds it shared)."""
+        rows = con.execute(
+            "SELECT coalesce(nullif(a.application_name, ''), 'PID ' || l.pid), l.mode FROM pg_locks AS l "
+            "LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.classid = %s::oid AND l.objid = %s::oid AND l.objsubid = 2",
+            ADVISORY_KEY,
+        ).fetchall()
+        return [(str(name), mode == "ShareLock") for name, mode in rows]
+
+    def _refuse(self, holders: list[tuple[str, bool]]) -> NoReturn:
+        who = ", ".join(sorted({h for h, _ in holders})) or "another session"
+        if self.shared and holders and not any(s for _, s in holders):
+            raise LibraryLockedError(
+                f"library {self.shown} is locked by {who}, a writer that indexes alone (its vector store is "
+                "local); wait for it to finish or stop it"
+            )
+        if not self.shared and holders and all(s for _, s in holders):
+            raise LibraryLockedError(
+                f"library {self.shown} is being indexed by {len(holders)} writer(s) ({who}); wait for them "
+                "to finish or stop them"
+            )
+        raise LibraryLockedError(
+            f"library {self.shown} is locked by {who} (another fgsearch is indexing it); wait for it to finish "
+            "or stop it"
+        )
+
+    def alive(self) -> bool:
+        """Whether the lock's session still holds it (a PostgreSQL restart ends every session)."""
+        if self._con is None:
+            return False
+        try:
+            self._con.driver_connection.execute("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._con is None:
+            return
+        import contextlib
+
+        fn = "pg_advisory_unlock_shared" if self.shared else "pg_advisory_unlock"
+        try:
+            with contextlib.suppress(Exception):  # a lost session has released it already
+                self._con.driver_connection.execute(f"SELECT {fn}(%s, %s)", ADVISORY_KEY)
+            with contextlib.suppress(Exception):
+                self._con.close()
+        finally:
+            self._engine.dispose()
+            self._con = self._engine = None

@@ -5,6 +5,13 @@ them (``metadata.create_all``), and the statements elsewhere in the package name
 Each migration step takes the catalog from version ``v`` to ``v + 1``; all the steps a catalog
 needs run in one ``BEGIN IMMEDIATE`` transaction together with the version bump, so a crash
 leaves the old catalog as it was.
+
+The same tables on PostgreSQL (the column types below say what each dialect gets): ids are
+``BIGINT`` identity columns (never reused, as SQLite's ``AUTOINCREMENT``), times ``timestamptz``
+(UTC), JSON values ``JSONB``, exact file names ``BYTEA``, sizes and mtimes ``BIGINT``. A PostgreSQL
+catalog starts at schema v3, so the steps below (written for SQLite) never run on one; a later step
+must take the connection of either dialect (``MIGRATIONS`` steps get the catalog's connection and
+``pg``). SQLite's tables and their DDL are unchanged by this.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from fgsearch.errors import LibraryError
 
@@ -23,26 +31,38 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 
+# column types: SQLite's as they always were, PostgreSQL's where they must differ
+ID = sa.Integer().with_variant(sa.BigInteger(), "postgresql")  # 64-bit vector ids
+BIG = sa.Integer().with_variant(sa.BigInteger(), "postgresql")  # sizes, nanosecond mtimes
+TIME = sa.DateTime().with_variant(sa.DateTime(timezone=True), "postgresql")  # stored as UTC
+JSON_TEXT = sa.Text().with_variant(postgresql.JSONB(), "postgresql")  # JSON text (SQLite), JSONB
+
+
+def _id() -> sa.Column[int]:
+    """An id column: SQLite's ``INTEGER PRIMARY KEY AUTOINCREMENT``, PostgreSQL's identity."""
+    return sa.Column("id", ID, sa.Identity(), primary_key=True)
+
+
 metadata = sa.MetaData()
-meta_t = sa.Table("meta", metadata, sa.Column("key", sa.String, primary_key=True), sa.Column("value", sa.Text))
+meta_t = sa.Table("meta", metadata, sa.Column("key", sa.String, primary_key=True), sa.Column("value", JSON_TEXT))
 contents_t = sa.Table(
     "contents",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
+    _id(),
     sa.Column("sha256", sa.String(64), nullable=False, unique=True),
     sa.Column("width", sa.Integer, nullable=False),
     sa.Column("height", sa.Integer, nullable=False),
-    sa.Column("captured_at", sa.DateTime, nullable=True),
+    sa.Column("captured_at", TIME, nullable=True),
     sa.Column("state", sa.String(8), nullable=False),  # pending | ok
-    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("created_at", TIME, nullable=False),
     sa.Index("ix_contents_captured", "captured_at"),
     sqlite_autoincrement=True,
 )
 regions_t = sa.Table(
     "regions",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("content_id", sa.Integer, sa.ForeignKey("contents.id", ondelete="CASCADE"), nullable=False),
+    _id(),
+    sa.Column("content_id", ID, sa.ForeignKey("contents.id", ondelete="CASCADE"), nullable=False),
     sa.Column("x1", sa.Float, nullable=False),
     sa.Column("y1", sa.Float, nullable=False),
     sa.Column("x2", sa.Float, nullable=False),
@@ -56,18 +76,18 @@ regions_t = sa.Table(
 files_t = sa.Table(
     "files",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
+    _id(),
     # the name exactly as the file system has it (os.fsencode), the key; ``path`` is its text as
     # shown (bytes that are not UTF-8 as \xNN escapes), for people and --path globs (schema v3)
     sa.Column("raw_path", sa.LargeBinary, nullable=False, unique=True),
     sa.Column("path", sa.Text, nullable=False),
-    sa.Column("size", sa.Integer, nullable=False),
-    sa.Column("mtime_ns", sa.Integer, nullable=False),
-    sa.Column("content_id", sa.Integer, sa.ForeignKey("contents.id", ondelete="SET NULL"), nullable=True),
+    sa.Column("size", BIG, nullable=False),
+    sa.Column("mtime_ns", BIG, nullable=False),
+    sa.Column("content_id", ID, sa.ForeignKey("contents.id", ondelete="SET NULL"), nullable=True),
     sa.Column("status", sa.String(8), nullable=False),  # ok | failed
     sa.Column("reason", sa.Text, nullable=True),
-    sa.Column("seen_run", sa.Integer, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("seen_run", BIG, nullable=False),
+    sa.Column("updated_at", TIME, nullable=False),
     sa.Index("ix_files_content", "content_id"),
     sa.Index("ix_files_path", "path"),
     sqlite_autoincrement=True,
@@ -75,10 +95,10 @@ files_t = sa.Table(
 runs_t = sa.Table(
     "runs",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("started_at", sa.DateTime, nullable=False),
-    sa.Column("finished_at", sa.DateTime, nullable=True),
-    sa.Column("summary", sa.Text, nullable=True),
+    _id(),
+    sa.Column("started_at", TIME, nullable=False),
+    sa.Column("finished_at", TIME, nullable=True),
+    sa.Column("summary", JSON_TEXT, nullable=True),
     sqlite_autoincrement=True,
 )
 
@@ -123,27 +143,29 @@ def table_names(con: sqlite3.Connection) -> set[str]:
 
 
 def create_schema(engine: sa.Engine) -> None:
-    """The tables of a new catalog, at the current schema version."""
+    """The tables of a new catalog, at the current schema version (one transaction on PostgreSQL)."""
+    mark = "%s" if engine.dialect.name == "postgresql" else "?"
     with engine.begin() as conn:
         metadata.create_all(conn)
         conn.exec_driver_sql(
-            "INSERT INTO meta (key, value) VALUES (?, ?)", ("schema_version", json.dumps(SCHEMA_VERSION))
+            f"INSERT INTO meta (key, value) VALUES ({mark}, {mark})", ("schema_version", json.dumps(SCHEMA_VERSION))
         )
 
 
-def migrate(con: sqlite3.Connection, path: Path, version: int) -> None:
+def migrate(con: sqlite3.Connection, path: Path | str, version: int, *, pg: bool = False) -> None:
     """Every step from ``version`` to :data:`SCHEMA_VERSION` and the version bump, in one
     transaction (committed by the caller's :meth:`SqlStore.writing` block)."""
     # DDL would otherwise run outside any transaction: a crash between a step and the version
-    # bump would leave a half-migrated catalog
-    con.execute("BEGIN IMMEDIATE")
+    # bump would leave a half-migrated catalog (PostgreSQL's DDL is transactional already)
+    if not pg:
+        con.execute("BEGIN IMMEDIATE")
     for v in range(version, SCHEMA_VERSION):
         logger.info("migrating catalog %s: v%d -> v%d", path, v, v + 1)
         MIGRATIONS[v](con)
     con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(SCHEMA_VERSION),))
 
 
-def check_version(path: Path, version: int, *, read_only: bool) -> None:
+def check_version(path: Path | str, version: int, *, read_only: bool) -> None:
     """Refuse a catalog newer than this fgsearch, or one a reader would need to migrate."""
     if version > SCHEMA_VERSION:
         raise LibraryError(

@@ -19,7 +19,15 @@ import sqlalchemy as sa
 
 from fgsearch.catalog.connect import cannot_write_here, create_engine, now
 from fgsearch.catalog.files import FileRows
-from fgsearch.catalog.schema import SCHEMA_VERSION, check_tables, check_version, create_schema, migrate, table_names
+from fgsearch.catalog.schema import (
+    SCHEMA_VERSION,
+    check_tables,
+    check_version,
+    create_schema,
+    metadata,
+    migrate,
+    table_names,
+)
 from fgsearch.errors import LibraryError
 
 logger = logging.getLogger(__name__)
@@ -39,18 +47,35 @@ class ModelInfo:
 
 
 class Catalog(FileRows):
-    """Typed access to one library's SQLite catalog. Writers are single-threaded; readers may be many."""
+    """Typed access to one library's catalog (an SQLite file, or a PostgreSQL database). Writers
+    are single-threaded; readers may be many."""
 
-    def __init__(self, engine: sa.Engine, path: Path, read_only: bool) -> None:
+    def __init__(self, engine: sa.Engine, path: Path, read_only: bool, *, location: str | None = None) -> None:
         super().__init__(engine)
         self.path = path
         self.read_only = read_only
+        #: where the catalog is, as shown to people: the file, or the database URL without its password
+        self.location = location or str(path)
 
     # ---- lifecycle -------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike[str], create: bool = False, read_only: bool = False) -> Catalog:
-        """Open (or with ``create`` make) the catalog at ``path``. A reader in a folder it cannot
-        write (a read-only mount or directory) reads the file as immutable."""
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        create: bool = False,
+        read_only: bool = False,
+        *,
+        password_env: str | None = None,
+        home: Path | None = None,
+    ) -> Catalog:
+        """Open (or with ``create`` make) the catalog at ``path``: an SQLite file, or a PostgreSQL
+        database URL (``postgresql+psycopg://...``; ``password_env`` names the environment variable
+        holding its password, ``home`` the library folder the messages name). A reader in a folder
+        it cannot write (a read-only mount or directory) reads an SQLite file as immutable."""
+        from fgsearch.catalog.postgres import is_postgres_url
+
+        if is_postgres_url(path):
+            return cls._open_pg(str(path), create, read_only, password_env=password_env, home=home)
         p = Path(path)
         if not p.exists() and not create:
             raise LibraryError(f"no catalog at {p}; create the library with `fgsearch index PHOTOS`")
@@ -82,17 +107,64 @@ class Catalog(FileRows):
             raise
         return cat
 
+    @classmethod
+    def _open_pg(
+        cls, url: str, create: bool, read_only: bool, *, password_env: str | None, home: Path | None
+    ) -> Catalog:
+        from fgsearch.catalog import postgres as pgmod
+
+        shown = pgmod.public_url(url)
+        engine = pgmod.create_pg_engine(pgmod.connect_url(url, password_env), read_only=read_only)
+        cat = cls(engine, (home or Path.cwd()) / "catalog.postgres", read_only, location=shown)
+        try:
+            cat._prepare_schema(create)
+        except sa.exc.OperationalError as e:
+            engine.dispose()
+            raise pgmod.connection_error(e, shown) from None  # the driver's text may quote the URL
+        except sa.exc.DBAPIError as e:
+            engine.dispose()
+            raise LibraryError(f"cannot use the catalog {shown} ({pgmod.redact(str(e.orig), url)})") from None
+        except BaseException:
+            engine.dispose()
+            raise
+        return cat
+
     def _prepare_schema(self, create: bool) -> None:
-        with self.reading() as con:
-            tables = table_names(con)
-        if check_tables(self.path, tables, create=create and not self.read_only):
+        if self.pg:
+            from fgsearch.catalog.postgres import table_names as pg_table_names
+
+            with self.reading() as con:
+                tables = pg_table_names(con)
+        else:
+            with self.reading() as con:
+                tables = table_names(con)
+        if self._needs_tables(tables, create=create and not self.read_only):
             create_schema(self.engine)
             return
         version = int(self.get_meta().get("schema_version", 1))
-        check_version(self.path, version, read_only=self.read_only)
+        check_version(self.location, version, read_only=self.read_only)
         if version < SCHEMA_VERSION:
             with self.writing() as con:
-                migrate(con, self.path, version)
+                migrate(con, self.location, version, pg=self.pg)
+
+    def _needs_tables(self, tables: set[str], *, create: bool) -> bool:
+        """Whether the catalog needs its tables created; a database of something else is an error."""
+        if not self.pg:
+            return check_tables(self.path, tables, create=create)
+        if "meta" in tables:
+            return False
+        if not create:
+            raise LibraryError(
+                f"the catalog database {self.location} holds no fgsearch catalog; create the library with "
+                f"`fgsearch index PHOTOS --library FOLDER --catalog {self.location}`"
+            )
+        ours = {t.name for t in metadata.sorted_tables}
+        if tables & ours:  # e.g. a creation that failed half way, or another program's "files"
+            raise LibraryError(
+                f"the database {self.location} already has tables named like the catalog's "
+                f"({', '.join(sorted(tables & ours))}) but no catalog; give the library its own database"
+            )
+        return True
 
     def close(self) -> None:
         self.engine.dispose()
@@ -105,8 +177,9 @@ class Catalog(FileRows):
 
     # ---- settings --------------------------------------------------------------------------
     def get_meta(self) -> dict[str, Any]:
+        sql = "SELECT key, value::text FROM meta" if self.pg else "SELECT key, value FROM meta"
         with self.reading() as con:
-            return {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
+            return {k: json.loads(v) for k, v in con.execute(sql)}
 
     def set_meta(self, **values: Any) -> None:
         sql = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
@@ -154,5 +227,8 @@ class Catalog(FileRows):
         }
         with self.reading() as con:
             out = {k: int(con.execute(q).fetchone()[0] or 0) for k, q in queries.items()}
-        out["catalog_bytes"] = self.path.stat().st_size if self.path.exists() else 0
+            if self.pg:
+                out["catalog_bytes"] = int(con.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+        if not self.pg:
+            out["catalog_bytes"] = self.path.stat().st_size if self.path.exists() else 0
         return out

@@ -48,7 +48,9 @@ class IndexOptions:
         """An accelerator gets bigger batches: the per-batch commit (fsync of both indexes and the
         catalog) would otherwise cost as much as its forward pass."""
         if self.batch_size < 0:
-            raise InputError(f"--batch-size must be >= 1 (or 0 for automatic), got {self.batch_size}")
+            raise InputError(
+                "{batch_size} must be >= 1 (or 0 for automatic), got {got}", field="batch_size", got=self.batch_size
+            )
         if self.batch_size > 0:
             return self.batch_size
         return 256 if on_accelerator else 32
@@ -77,6 +79,17 @@ class IndexReport:
     failures_listed: int = 20  # how many failures are kept in ``failures`` (all are counted)
 
     @property
+    def outcome(self) -> str:
+        """``"none"``: files failed and none of the folders' files is indexed (e.g. the only file
+        is not an image); ``"partial"``: files failed in this run (new or changed files, or ones
+        tried again), others are indexed; ``"complete"``: no file failed in this run (files that
+        failed before and did not change are not counted again: a nightly run reports a bad file
+        once). The CLI's exit status follows it (docs/indexing.md#exit-status)."""
+        if self.failed and not (self.indexed + self.reused + self.unchanged):
+            return "none"
+        return "partial" if self.failed > self.failed_unchanged else "complete"
+
+    @property
     def images_per_second(self) -> float:
         return self.indexed / self.seconds if self.seconds > 0 else 0.0
 
@@ -95,6 +108,7 @@ class IndexReport:
             "reused": self.reused,
             "failed": self.failed,
             "failed_unchanged": self.failed_unchanged,
+            "outcome": self.outcome,
             "pruned": self.pruned,
             "regions": self.regions,
             "seconds": round(self.seconds, 3),

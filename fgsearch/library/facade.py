@@ -199,7 +199,7 @@ class Library:
         ``query`` gives every setting at once (the keywords override its fields); ``info``, when
         given, receives what the search did (text path, truncation, timings); ``search_lock`` is
         held for the search half only (a server encodes concurrent queries together)."""
-        from fgsearch.search import SearchQuery, run_search
+        from fgsearch.search import SearchQuery, run_search, validate_query
 
         q = query or SearchQuery()
         q = replace(
@@ -211,7 +211,12 @@ class Library:
             k=k if k is not None else (q.k if query is not None else 10),
             **kw,
         )
-        return self.consistent(lambda: run_search(self.store, self.encoder, q, info, search_lock=search_lock))
+
+        def run() -> list[SearchHit]:
+            validate_query(self.store, q)  # first: a query refused costs no model load
+            return run_search(self.store, self.encoder, q, info, search_lock=search_lock)
+
+        return self.consistent(run)
 
     def consistent(self, read: Callable[[], T]) -> T:
         """Run ``read`` against one state of the library (see :meth:`LibraryStore.consistent`)."""
@@ -229,10 +234,12 @@ class Library:
         return self.consistent(self._status)
 
     def _status(self) -> dict[str, Any]:
+        from fgsearch.model.loading import registry_name
+
         meta = self.catalog.get_meta()
         return {
             "library": str(self.path),
-            "model": meta.get("model_name"),
+            "model": registry_name(meta.get("model_name"), meta.get("model_ref")),  # old: "demo-model"
             "model_ref": meta.get("model_ref"),
             "dim": meta.get("dim"),
             "family": meta.get("model_family", "fgclip"),  # libraries from before families: FG-CLIP

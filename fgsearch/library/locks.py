@@ -25,6 +25,11 @@ class ReadWriteLock:
         self._writers_waiting = 0
         self._local = threading.local()
 
+    @property
+    def writers_waiting(self) -> int:
+        """Threads waiting for the write lock (a named probe: tests wait for it, not for a time)."""
+        return self._writers_waiting
+
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         me = threading.get_ident()

@@ -110,7 +110,7 @@ def parse_backend_options(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"--backend-opt takes KEY=VALUE, got {pair!r}")
+            raise InputError("{backend_opt} takes KEY=VALUE, got {got!r}", field="backend_opt", got=pair)
         out[key.strip()] = value
     return out
 
@@ -125,11 +125,13 @@ def model_info(model_ref: str, enc: Encoder) -> Any:
     """What the catalog records of a model (name, weights fingerprint, dimension, image size)."""
     from fgsearch.catalog import ModelInfo
     from fgsearch.model import checkpoint_fingerprint
+    from fgsearch.model.loading import registry_name
 
     ref = enc.spec.fingerprint or enc.spec.revision or ""
     if not ref and enc.spec.local_dir:
         ref = checkpoint_fingerprint(Path(enc.spec.local_dir))
-    return ModelInfo(name=enc.spec.name, ref=ref, dim=enc.dim, image_size=tuple(enc.spec.image_size or ()))
+    name = registry_name(enc.spec.name, ref) or enc.spec.name  # a copy of a registry model's folder too
+    return ModelInfo(name=name, ref=ref, dim=enc.dim, image_size=tuple(enc.spec.image_size or ()))
 
 
 def calibration_texts(load: Callable[[], Encoder]) -> Callable[[], dict[str, Any]]:

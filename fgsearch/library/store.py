@@ -70,6 +70,11 @@ class LibraryStore:
         """Hold the write lock: no search or lookup of this process runs meanwhile."""
         return self._rw.exclusive()
 
+    @property
+    def writers_waiting(self) -> int:
+        """Threads waiting to change the indexes (a reload, a write) while reads hold them."""
+        return self._rw.writers_waiting
+
     # ---- reader consistency ----------------------------------------------------------------
     def consistent(self, read: Callable[[], T]) -> T:
         """Run ``read`` (searches, counts) against one state of the library.

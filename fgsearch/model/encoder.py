@@ -50,7 +50,7 @@ def resolve_device(device: str | Any = "auto") -> torch.device:
     except RuntimeError as e:
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda was requested but no CUDA GPU is available; use --device cpu")
+        raise InputError("device cuda was requested but no CUDA GPU is available; use {device} cpu", field="device")
     return dev
 
 

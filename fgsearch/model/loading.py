@@ -8,6 +8,7 @@ on first use (with its progress bar) and read from the cache afterwards, also of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -45,6 +46,9 @@ def resolve_spec(model: str | os.PathLike[str]) -> ModelSpec:
         return ModelSpec(name=ref, hub_id=repo, revision=rev or None)
     path = Path(ref).expanduser()
     if path.is_dir():
+        for spec in REGISTRY.values():  # a registry model's own folder: the registry's name
+            if spec.local_dir and Path(spec.local_dir).resolve() == path.resolve():
+                return spec
         return ModelSpec(name=path.name, local_dir=str(path.resolve()))
     names = ", ".join(REGISTRY)
     raise ModelNotFoundError(
@@ -166,6 +170,28 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def read_config(path: Path) -> tuple[FGCLIPConfig, dict[str, Any]]:
     raw = read_json(path / "config.json")
     return FGCLIPConfig.from_hf_dict(raw), raw
+
+
+def registry_name(name: str | None, fingerprint: str | None = None) -> str | None:
+    """One name per model everywhere: the registry's name for a model recorded as ``name`` (a
+    checkpoint folder's name, a hub id) when it is a registry model (the same hub id, or a folder
+    whose weights have a registry folder's ``fingerprint``); any other name as it is. Libraries
+    made before the registry's name was recorded for a folder (``demo-model``) show it too."""
+    if name is None or name in REGISTRY:
+        return name
+    repo, _, rev = name.removeprefix("hf-hub:").partition("@")
+    for key, spec in REGISTRY.items():
+        if name.startswith("hf-hub:") and spec.hub_id == repo and rev in ("", spec.revision or ""):
+            return key
+        if fingerprint and spec.local_dir and _folder_fingerprint(spec.local_dir) == fingerprint:
+            return key
+    return name
+
+
+@functools.cache
+def _folder_fingerprint(folder: str) -> str | None:
+    path = Path(folder)
+    return checkpoint_fingerprint(path) if (path / "config.json").is_file() else None
 
 
 def checkpoint_fingerprint(path: Path) -> str:

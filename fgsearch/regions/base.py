@@ -21,6 +21,8 @@ import numpy as np
 from fgsearch.errors import InputError
 from fgsearch.plugins import Registry
 
+SIDECAR_NEEDED = "{proposer} sidecar needs {sidecar} PATH (a COCO JSON) or {sidecar} per-image"
+
 BUILTIN_PROPOSERS = {
     "auto": "fgsearch.regions.auto:AutoProposer",
     "grid": "fgsearch.regions.grid:GridProposer",
@@ -51,9 +53,9 @@ class RegionSettings:
             known = ", ".join(PROPOSER_REGISTRY.names())
             raise InputError(f"unknown region proposer {self.proposer!r}; choose one of {known}")
         if self.max_regions < 0:
-            raise InputError(f"--max-regions must be >= 0, got {self.max_regions}")
+            raise InputError("{max_regions} must be >= 0, got {got}", field="max_regions", got=self.max_regions)
         if self.proposer == "sidecar" and not self.sidecar:
-            raise InputError("--regions sidecar needs --sidecar PATH (COCO JSON) or --sidecar per-image")
+            raise InputError(SIDECAR_NEEDED, field="sidecar")
 
     @property
     def needs_dense(self) -> bool:

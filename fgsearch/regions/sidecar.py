@@ -18,7 +18,7 @@ from typing import Any
 
 from fgsearch.boxes import Box, boxes_array
 from fgsearch.errors import DataError, InputError
-from fgsearch.regions.base import ImageBoxes, RegionSettings, StaticProposer
+from fgsearch.regions.base import SIDECAR_NEEDED, ImageBoxes, RegionSettings, StaticProposer
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class SidecarProposer(StaticProposer):
     def __init__(self, settings: RegionSettings) -> None:
         super().__init__(settings)
         if not settings.sidecar:
-            raise InputError("--regions sidecar needs --sidecar PATH (COCO JSON) or --sidecar per-image")
+            raise InputError(SIDECAR_NEEDED, field="sidecar")
         self.spec = settings.sidecar
         self.sidecar = SidecarBoxes(settings.sidecar)  # a COCO file is read (and checked) here
 

@@ -54,10 +54,11 @@ from fgsearch.search.query import (
     QueryInfo,
     SearchHit,
     SearchQuery,
+    check_query,
     path_matches,
     query_kind,
 )
-from fgsearch.search.run import run_search, search_vector
+from fgsearch.search.run import run_search, search_vector, validate_query
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -70,6 +71,7 @@ __all__ = [
     "SearchHit",
     "SearchQuery",
     "best_regions",
+    "check_query",
     "encode_query",
     "fused_scores",
     "image_vector",
@@ -80,4 +82,5 @@ __all__ = [
     "sample_scores",
     "search_vector",
     "standardise",
+    "validate_query",
 ]

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fgsearch.boxes import Box
-from fgsearch.errors import ImageError, InputError
+from fgsearch.errors import ImageError
+from fgsearch.search.query import check_query
 
 if TYPE_CHECKING:
     from fgsearch.model import Encoder
@@ -35,8 +36,7 @@ def encode_query(enc: Encoder, q: SearchQuery, info: QueryInfo) -> QueryVectors:
     """Query vectors (and negative vector) from text and/or image."""
     from fgsearch.model import TextTruncatedWarning
 
-    if (q.text is None or not q.text.strip()) and q.image is None:
-        raise InputError("empty query: give a text, --image PATH, or both")
+    check_query(q)  # also checked before the model loads (Library.search); here for direct callers
     parts: list[np.ndarray] = []
     region_parts: list[np.ndarray] = []
     if q.text is not None and q.text.strip():

@@ -4,6 +4,7 @@ what it gives back (:class:`SearchHit`, :class:`QueryInfo`)."""
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fgsearch.boxes import Box
-from fgsearch.errors import InputError
+from fgsearch.errors import ImageError, InputError
 from fgsearch.scan import display_path
 
 
@@ -29,7 +30,9 @@ class Filters:
 
     def __post_init__(self) -> None:
         if self.min_score is not None and not np.isfinite(self.min_score):  # NaN kept nothing, silently
-            raise InputError(f"--min-score must be a finite number, got {self.min_score}")
+            raise InputError(
+                "{filters.min_score} must be a finite number, got {got}", field="filters.min_score", got=self.min_score
+            )
 
     @property
     def restricts_ids(self) -> bool:
@@ -67,11 +70,14 @@ class FusionWeights:
         dg, dr = DEFAULT_WEIGHTS[kind]
         wg = dg if self.global_ is None else self.global_
         wr = dr if self.region is None else self.region
-        for name, v in (("--w-global", wg), ("--w-region", wr), ("--w-not", self.negative)):
+        for name, v in (("weights.global_", wg), ("weights.region", wr), ("weights.negative", self.negative)):
             if not np.isfinite(v) or v < 0:
-                raise InputError(f"{name} must be a number >= 0, got {v}")
+                raise InputError("{field} must be a number >= 0, got {got}", field=name, got=v)
         if wg == 0 and wr == 0:
-            raise InputError("--w-global and --w-region are both 0: give one of them a positive weight")
+            raise InputError(
+                "{weights.global_} and {weights.region} are both 0: give one of them a positive weight",
+                field="weights.global_",
+            )
         return wg, wr
 
 
@@ -155,3 +161,29 @@ def path_matches(path: str, glob: str | None, prefix: str | None) -> bool:
     if glob is not None and not fnmatch.fnmatch(path, glob):
         return False
     return prefix is None or path.startswith(prefix)
+
+
+EMPTY_QUERY = "empty query: give {text}, {image}, or both"
+TEXT_PATHS = ("short", "long", "box")
+
+
+def check_query(q: SearchQuery, *, encoded: bool = False) -> None:
+    """Every check of a query that needs no model and no library: run before either is loaded, so
+    that a query that cannot be answered is refused at once (the CLI, the library and the server).
+    ``encoded``: the query vector is given (:func:`~fgsearch.search.search_vector`); its text and
+    image only say which kind of vector it is, and are not checked."""
+    if not encoded and (q.text is None or not q.text.strip()) and q.image is None:
+        raise InputError(EMPTY_QUERY, field="text")
+    if q.k < 1:
+        raise InputError("{k} must be at least 1, got {got}", field="k", got=q.k)
+    if q.by not in ("image", "region"):
+        raise InputError("{by} must be image or region, got {got!r}", field="by", got=q.by)
+    if q.text_path not in (None, *TEXT_PATHS):
+        raise InputError("{text_path} must be short, long or box (box: FG-CLIP 2 only), got {got!r}",
+                         field="text_path", got=q.text_path)  # fmt: skip
+    if q.box is not None and q.image is None:
+        raise InputError("{box} needs {image} (the box is a region of the query image)", field="box")
+    q.weights.resolve(query_kind(q))
+    if not encoded and isinstance(q.image, (str, os.PathLike)) and not os.path.isfile(q.image):
+        what = "not a regular file; give an image file" if os.path.exists(q.image) else "file does not exist"
+        raise ImageError(f"cannot read query image {os.fsdecode(q.image)}: {what}")

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fgsearch.boxes import Box
-from fgsearch.errors import InputError, LibraryError
+from fgsearch.errors import LibraryError
 from fgsearch.search.encode import encode_query
 from fgsearch.search.fusion import fused_scores, library_sample
-from fgsearch.search.query import Filters, QueryInfo, SearchHit, SearchQuery, query_kind
+from fgsearch.search.query import Filters, QueryInfo, SearchHit, SearchQuery, check_query, query_kind
 
 if TYPE_CHECKING:
     from fgsearch.catalog import ContentRow
@@ -37,7 +37,7 @@ def run_search(
     ``search_lock``: held for the search half only, after the query is encoded (a server encodes
     concurrent queries together, then searches them one at a time)."""
     info = info if info is not None else QueryInfo()
-    _validate(store, q)
+    validate_query(store, q)
     t0 = time.perf_counter()
     qv = encode_query(encoder, q, info)
     info.encode_ms = (time.perf_counter() - t0) * 1000
@@ -67,17 +67,14 @@ def search_vector(
     """Like :func:`run_search` for an already encoded, L2-normalised query vector (e.g. a stored one:
     "more like this"). ``q`` gives ``k``, ``by``, filters and weights; its text/image/box fields say
     which kind of vector it is (see :func:`query_kind`)."""
-    _validate(store, q)
+    validate_query(store, q, encoded=True)
     return _search_regions(store, q, vector) if q.by == "region" else _search_images(store, q, vector, negative)
 
 
-def _validate(store: LibraryStore, q: SearchQuery) -> None:
-    """Reject a bad query before any model runs."""
-    if q.k < 1:
-        raise InputError(f"-k/--top must be at least 1, got {q.k}")
-    if q.by not in ("image", "region"):
-        raise InputError(f"--by must be image or region, got {q.by!r}")
-    q.weights.resolve(query_kind(q))
+def validate_query(store: LibraryStore, q: SearchQuery, *, encoded: bool = False) -> None:
+    """Reject a bad query before any model runs: :func:`check_query`, and a library with nothing
+    to search."""
+    check_query(q, encoded=encoded)
     if store.global_index.count() == 0:
         raise LibraryError(f"library {store.path} is empty; index some images first (`fgsearch index PHOTOS`)")
 

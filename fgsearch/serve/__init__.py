@@ -38,11 +38,13 @@ def check_bind(host: str, token: str | None) -> None:
     """Only loopback may be served without a token: anything else exposes the library to a network."""
     if host not in LOOPBACK and not token:
         raise InputError(
-            f"--host {host} makes the library reachable from other machines; give --token TOKEN "
-            "(or set FGSEARCH_TOKEN) so that every request must carry it"
+            "{host} {got} makes the library reachable from other machines; give {token} TOKEN "
+            "(or set FGSEARCH_TOKEN) so that every request must carry it",
+            field="host",
+            got=host,
         )
     if token is not None and len(token) < 8:
-        raise InputError("--token must be at least 8 characters long")
+        raise InputError("{token} must be at least 8 characters long", field="token")
 
 
 def tokens_match(given: str, expected: str) -> bool:

@@ -12,7 +12,8 @@ Routes (every ``/api/`` route needs ``Authorization: Bearer TOKEN`` when the ser
 * ``GET /healthz`` (no auth), ``GET /`` the page, ``/static/*`` its files, ``/docs`` the OpenAPI
   page (Swagger UI served from the ``fastapi-offline`` package: no CDN, works offline).
 
-Errors are ``{"status": CODE, "error": "one line"}``: 400 bad input or image, 401 missing or wrong
+Errors are ``{"status": CODE, "error": "one line"}``, plus ``"field"`` (the request's field at
+fault, e.g. ``"filters.min_score"``) when one is: 400 bad input or image, 401 missing or wrong
 token, 404 unknown image or route, 409 the library cannot answer (empty, no regions), 413 a body
 over the limit, 422 a malformed request, 500 an unexpected fault (logged), 503 the vector store
 failed (a Qdrant server unreachable), or the server is busy decoding other images (its decoded-pixel
@@ -104,7 +105,9 @@ def _time(value: str | None, name: str) -> datetime | None:
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        raise InputError(f"{name} {value!r} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+        raise InputError(
+            "{field} {got!r} is not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM", field=name, got=value
+        ) from None
 
 
 def _to_query(req: SearchRequest, image: Any) -> Any:
@@ -112,8 +115,6 @@ def _to_query(req: SearchRequest, image: Any) -> Any:
     from fgsearch.search import Filters, FusionWeights, SearchQuery
 
     f = req.filters
-    if req.box is not None and image is None:
-        raise InputError("box needs an image: give image_id or upload an image (the box is a region of it)")
     return SearchQuery(
         text=req.text,
         image=image,
@@ -124,10 +125,10 @@ def _to_query(req: SearchRequest, image: Any) -> Any:
         filters=Filters(
             path_glob=f.path or None,
             path_prefix=os.path.abspath(os.path.expanduser(f.under)) if f.under else None,  # as ingest stores paths
-            captured_after=_time(f.taken_after, "taken_after"),
-            captured_before=_time(f.taken_before, "taken_before"),
-            modified_after=_time(f.modified_after, "modified_after"),
-            modified_before=_time(f.modified_before, "modified_before"),
+            captured_after=_time(f.taken_after, "filters.taken_after"),
+            captured_before=_time(f.taken_before, "filters.taken_before"),
+            modified_after=_time(f.modified_after, "filters.modified_after"),
+            modified_before=_time(f.modified_before, "filters.modified_before"),
             min_score=f.min_score,
         ),
         weights=FusionWeights(global_=req.weights.global_, region=req.weights.region, negative=req.weights.negative),
@@ -136,8 +137,27 @@ def _to_query(req: SearchRequest, image: Any) -> Any:
 
 
 # ---- errors ---------------------------------------------------------------------------------
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"status": status, "error": message}, status_code=status, headers=headers)
+def _error(status: int, message: str, headers: dict[str, str] | None = None, field: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"status": status, "error": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# An InputError names the parameters at fault by the library's names; the API words it with the
+# request's JSON fields (dotted inside ``filters`` and ``weights``; ``image`` is the multipart file).
+API_FIELDS = {
+    "filters.path_glob": "filters.path",
+    "filters.path_prefix": "filters.under",
+    "filters.captured_after": "filters.taken_after",
+    "filters.captured_before": "filters.taken_before",
+    "weights.global_": "weights.global",
+}
+
+
+def api_field(field: str) -> str:
+    """The HTTP API's name for a library parameter (see :data:`API_FIELDS`)."""
+    return API_FIELDS.get(field, field)
 
 
 def _status_of(e: FgsearchError) -> int:
@@ -270,6 +290,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FgsearchError)
     async def _fg_error(_: Request, e: FgsearchError) -> JSONResponse:
         retry = {"Retry-After": str(e.retry_after)} if isinstance(e, BusyError) else None
+        if isinstance(e, InputError) and e.field is not None:  # worded with the request's fields
+            return _error(_status_of(e), e.worded(api_field), retry, field=api_field(e.field))
         return _error(_status_of(e), str(e), retry)
 
     @app.exception_handler(RequestValidationError)
@@ -340,8 +362,12 @@ def _add_search_route(app: FastAPI, service: SearchService) -> None:
 def _search_by_image(service: SearchService, req: SearchRequest, upload: bytes | None) -> Any:
     """A search whose query image (an upload or a library image) holds its share of the server's
     decoded-pixel budget from before it is decoded until the search is done with it."""
+    service.check(_to_query(req, _NOT_DECODED), req.offset)  # a refused query decodes nothing
     with service.decoding() as reserve:
         return _decode_and_search(service, req, upload, reserve)
+
+
+_NOT_DECODED = object()  # the query image, in checks made before it is decoded
 
 
 def _decode_and_search(service: SearchService, req: SearchRequest, upload: bytes | None, reserve: Any) -> Any:

@@ -84,9 +84,15 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         if not self.decode_megapixels > 0:
-            raise InputError(f"--decode-megapixels must be positive, got {self.decode_megapixels:g}")
+            raise InputError(
+                "{decode_megapixels} must be positive, got {got:g}",
+                field="decode_megapixels",
+                got=self.decode_megapixels,
+            )
         if not self.decode_wait_s >= 0:
-            raise InputError(f"decode_wait_s must be 0 or more seconds, got {self.decode_wait_s:g}")
+            raise InputError(
+                "{decode_wait_s} must be 0 or more seconds, got {got:g}", field="decode_wait_s", got=self.decode_wait_s
+            )
 
     def model_thread_count(self) -> int:
         """``model_threads``, else every core this process may use but one: searches (one core,
@@ -95,7 +101,9 @@ class ServeSettings:
         p50 226 ms with 2 threads, 193 ms with 1; 1 client: 50 vs 52 ms)."""
         if self.model_threads is not None:
             if self.model_threads < 1:
-                raise InputError(f"model_threads must be at least 1, got {self.model_threads}")
+                raise InputError(
+                    "{model_threads} must be at least 1, got {got}", field="model_threads", got=self.model_threads
+                )
             return self.model_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return max(1, cores - 1)
@@ -134,18 +142,33 @@ class SearchService:
         self.started = time.time()
 
     # ---- search ----------------------------------------------------------------------------
+    def check(self, q: SearchQuery, offset: int = 0) -> None:
+        """The server's limits and the query's own checks (:func:`~fgsearch.search.check_query`):
+        before an upload is decoded or the model runs. An image query not decoded yet passes a
+        placeholder object as its image."""
+        from fgsearch.search import check_query
+
+        s = self.settings
+        if q.k < 1 or q.k > s.max_k:
+            raise InputError("{k} must be between 1 and {most}, got {got}", field="k", most=s.max_k, got=q.k)
+        if offset < 0 or offset + q.k > s.max_results:
+            raise InputError(
+                "{offset} + {k} must stay within the first {most} results, got {got}",
+                field="offset", most=s.max_results, got=offset + q.k,
+            )  # fmt: skip
+        for name, text in (("text", q.text), ("negative", q.negative)):
+            if text is not None and len(text) > s.max_text_chars:
+                raise InputError(
+                    "{field} is {n} characters; at most {most} are accepted",
+                    field=name, n=len(text), most=s.max_text_chars,
+                )  # fmt: skip
+        check_query(q)
+
     def search(self, q: SearchQuery, offset: int = 0) -> tuple[list[SearchHit], QueryInfo, bool]:
         """Results ``offset .. offset + k`` of the ranking, the query info, and whether more follow."""
         from fgsearch.search import QueryInfo
 
-        s = self.settings
-        if q.k < 1 or q.k > s.max_k:
-            raise InputError(f"k must be between 1 and {s.max_k}, got {q.k}")
-        if offset < 0 or offset + q.k > s.max_results:
-            raise InputError(f"offset + k must stay within the first {s.max_results} results, got {offset + q.k}")
-        for name, text in (("text", q.text), ("negative", q.negative)):
-            if text is not None and len(text) > s.max_text_chars:
-                raise InputError(f"{name} is {len(text)} characters; at most {s.max_text_chars} are accepted")
+        self.check(q, offset)
         info = QueryInfo()
         wide = replace(q, k=offset + q.k + 1)  # one more than asked: is there a next page?
         # Searches are mostly Python and hold the GIL: run side by side they share one core and

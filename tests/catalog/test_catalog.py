@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _library_data import V2_NOT_UTF8, catalog_as_v2, png_bomb_header, scene
@@ -23,8 +24,9 @@ from fgsearch.scan import walk
 MODEL = ModelInfo(name="m", ref="abc", dim=8, image_size=(64, 64))
 
 
-def _new(tmp_path: Path) -> Catalog:
-    cat = Catalog.open(tmp_path / "catalog.sqlite", create=True)
+def _new(target: Path | str) -> Catalog:
+    """A new catalog: in the folder ``target`` (SQLite), or the PostgreSQL database it names."""
+    cat = Catalog.open(target if isinstance(target, str) else target / "catalog.sqlite", create=True)
     cat.init_library(MODEL, regions={"proposer": "grid"}, backend={"kind": "exact"})
     return cat
 
@@ -40,8 +42,8 @@ def _item(sha: str, n_boxes: int = 2) -> dict:
     }
 
 
-def test_ids_are_never_reused_and_pending_is_recoverable(tmp_path: Path) -> None:
-    cat = _new(tmp_path)
+def test_ids_are_never_reused_and_pending_is_recoverable(catalog_dir: Any) -> None:
+    cat = _new(catalog_dir)
     run = cat.begin_run()
     cids, rids = cat.reserve_contents([_item("a"), _item("b", 3)])
     assert [len(r) for r in rids] == [2, 3]
@@ -55,8 +57,8 @@ def test_ids_are_never_reused_and_pending_is_recoverable(tmp_path: Path) -> None
     assert [r.path for r in cat.contents_by_ids(cids2)] == ["/p/a.jpg"]
 
 
-def test_links_sweep_and_filters(tmp_path: Path) -> None:
-    cat = _new(tmp_path)
+def test_links_sweep_and_filters(catalog_dir: Any) -> None:
+    cat = _new(catalog_dir)
     run = cat.begin_run()
     cids, _ = cat.reserve_contents([_item("a"), _item("b")])
     cat.confirm_contents(cids, [("/p/x/a.jpg", 1, 10), ("/p/b.jpg", 1, 20)], run)
@@ -114,11 +116,11 @@ def test_step_migration_from_v1(tmp_path: Path) -> None:
     assert cids
 
 
-def test_files_are_keyed_by_their_exact_name(tmp_path: Path) -> None:
+def test_files_are_keyed_by_their_exact_name(catalog_dir: Any) -> None:
     """Issue 23.3: a name that is not UTF-8 (``caf<e9>.png``) and a file literally called by its
     ``\\xNN`` escape (``caf\\xe9.png``) are two file rows with their own contents; the catalog
     gives each path back exactly (filters, lookups, failures)."""
-    cat = _new(tmp_path)
+    cat = _new(catalog_dir)
     run = cat.begin_run()
     latin1, escaped = os.fsdecode(b"/p/caf\xe9.png"), "/p/caf\\xe9.png"
     cids, _ = cat.reserve_contents([_item("a"), _item("b")])
@@ -281,12 +283,12 @@ def test_decode_failures_and_modes(tmp_path: Path) -> None:
     assert out.captured_at is not None and out.captured_at.year == 2021
 
 
-def test_search_lookups_read_rows_as_stored(tmp_path: Path) -> None:
+def test_search_lookups_read_rows_as_stored(catalog_dir: Any) -> None:
     """contents_by_ids / contents_of_regions (raw SQLite on the search path) return what the
     SQLAlchemy columns hold: datetimes with microseconds, every ok path in order, owners in order."""
     from datetime import datetime
 
-    cat = _new(tmp_path)
+    cat = _new(catalog_dir)
     run = cat.begin_run()
     when = datetime(2021, 5, 4, 10, 11, 12, 345678)
     items = [_item("a"), {**_item("b", 3), "captured_at": when}, _item("c")]

@@ -16,7 +16,7 @@ from fgsearch.errors import LibraryError, LibraryLockedError
 MODEL = ModelInfo(name="tiny", ref="sha-1", dim=8, image_size=(64, 64))
 
 
-def _new(db: Path) -> Catalog:
+def _new(db: Path | str) -> Catalog:
     cat = Catalog.open(db, create=True)
     cat.init_library(MODEL, regions={"proposer": "grid", "max_regions": 4}, backend={"kind": "faiss"})
     return cat
@@ -98,16 +98,16 @@ def test_sweep_only_touches_files_under_the_root(tmp_path: Path, root: str) -> N
     assert cat.counts()["images"] == 5 - len(expected)
 
 
-def test_filter_prefix_respects_folder_boundaries(tmp_path: Path) -> None:
-    cat = _new(tmp_path / "catalog.sqlite")
+def test_filter_prefix_respects_folder_boundaries(catalog_target: Any) -> None:
+    cat = _new(catalog_target)
     ids = _index(cat, {"/p/sub/b.jpg": "b", "/p/subway/c.jpg": "c", "/q/d.jpg": "d"}, cat.begin_run())
     assert cat.filter_contents(path_prefix="/p/sub") == [ids["b"]]
     assert sorted(cat.filter_contents(path_prefix="/")) == sorted(ids.values())
     assert cat.filter_contents(path_glob="/p/sub*/*.jpg") == sorted([ids["b"], ids["c"]])
 
 
-def test_duplicates_share_one_content_and_survive_until_the_last_copy_goes(tmp_path: Path) -> None:
-    cat = _new(tmp_path / "catalog.sqlite")
+def test_duplicates_share_one_content_and_survive_until_the_last_copy_goes(catalog_target: Any) -> None:
+    cat = _new(catalog_target)
     ids = _index(cat, {"/p/1.jpg": "a", "/p/x/2.jpg": "a", "/p/b.jpg": "b"}, cat.begin_run())
     assert cat.counts()["images"] == 2 and cat.counts()["files_ok"] == 3
     (row,) = cat.contents_by_ids([ids["a"]])
@@ -124,8 +124,8 @@ def test_duplicates_share_one_content_and_survive_until_the_last_copy_goes(tmp_p
     assert removed == [ids["a"]] and cat.contents_by_ids([ids["a"]]) == []
 
 
-def test_a_file_that_turns_bad_releases_its_content(tmp_path: Path) -> None:
-    cat = _new(tmp_path / "catalog.sqlite")
+def test_a_file_that_turns_bad_releases_its_content(catalog_target: Any) -> None:
+    cat = _new(catalog_target)
     ids = _index(cat, {"/p/a.jpg": "a"}, cat.begin_run())
     run2 = cat.begin_run()
     cat.record_failure("/p/a.jpg", 5, 9, "truncated image data", run2)
@@ -137,16 +137,16 @@ def test_a_file_that_turns_bad_releases_its_content(tmp_path: Path) -> None:
     assert cat.failures() == [("/p/a.jpg", "truncated image data")]  # the failure row itself stays
 
 
-def test_link_to_missing_content_is_a_failure_not_a_dangling_row(tmp_path: Path) -> None:
-    cat = _new(tmp_path / "catalog.sqlite")
+def test_link_to_missing_content_is_a_failure_not_a_dangling_row(catalog_target: Any) -> None:
+    cat = _new(catalog_target)
     run = cat.begin_run()
     cat.link_file("/p/ghost.jpg", 1, 1, "no-such-sha", run)
     cat.commit()
     assert cat.failures() == [("/p/ghost.jpg", "content vanished during indexing; run again")]
 
 
-def test_ids_stay_unique_across_reopen_after_dropping_the_newest(tmp_path: Path) -> None:
-    db = tmp_path / "catalog.sqlite"
+def test_ids_stay_unique_across_reopen_after_dropping_the_newest(catalog_target: Any) -> None:
+    db = catalog_target
     cat = _new(db)
     cids, rids = cat.reserve_contents([_item("a"), _item("b", 3)])
     assert cat.drop_contents([cids[1]]) == ([cids[1]], rids[1])
@@ -157,8 +157,8 @@ def test_ids_stay_unique_across_reopen_after_dropping_the_newest(tmp_path: Path)
     assert cat.pending_contents() == ([cids[0], new_c[0]], rids[0] + new_r[0])
 
 
-def test_region_lookups(tmp_path: Path) -> None:
-    cat = _new(tmp_path / "catalog.sqlite")
+def test_region_lookups(catalog_target: Any) -> None:
+    cat = _new(catalog_target)
     run = cat.begin_run()
     cids, rids = cat.reserve_contents([_item("a", 3, scores=[0.9, 0.5, 0.1]), _item("b", 1)])
     cat.confirm_contents(cids, [("/p/a.jpg", 1, 1), ("/p/b.jpg", 1, 1)], run)
@@ -172,8 +172,8 @@ def test_region_lookups(tmp_path: Path) -> None:
     assert cat.all_vector_ids() == (cids, rids[0] + rids[1])
 
 
-def test_drop_for_reindex_forces_files_to_be_embedded_again(tmp_path: Path) -> None:
-    cat = _new(tmp_path / "catalog.sqlite")
+def test_drop_for_reindex_forces_files_to_be_embedded_again(catalog_target: Any) -> None:
+    cat = _new(catalog_target)
     ids = _index(cat, {"/p/a.jpg": "a"}, cat.begin_run())
     cat.drop_contents([ids["a"]], keep_files_for_reindex=True)
     state = cat.file_states(["/p/a.jpg"])["/p/a.jpg"]
@@ -289,16 +289,16 @@ def test_a_failed_statement_is_a_dbapi_error_and_its_transaction_rolls_back(tmp_
     cat.close()
 
 
-def test_content_sha256(tmp_path: Path) -> None:
-    cat = _new(tmp_path / "catalog.sqlite")
+def test_content_sha256(catalog_target: Any) -> None:
+    cat = _new(catalog_target)
     ids = _index(cat, {"/p/a.jpg": "a" * 64}, cat.begin_run())
     assert cat.content_sha256(ids["a" * 64]) == "a" * 64 and cat.content_sha256(10**9) is None
 
 
-def test_capture_and_modification_filters_compare_stored_times(tmp_path: Path) -> None:
+def test_capture_and_modification_filters_compare_stored_times(catalog_target: Any) -> None:
     from datetime import datetime, timezone
 
-    cat = _new(tmp_path / "catalog.sqlite")
+    cat = _new(catalog_target)
     run = cat.begin_run()
     when = datetime(2021, 5, 4, 10, 11, 12)  # stored with six zero microseconds
     cids, _ = cat.reserve_contents([_item("a", captured_at=when), _item("b")])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fgsearch import cli_options as opt
+from fgsearch.boxes import Box
 from fgsearch.errors import InputError
 from fgsearch.library import BackendSettings
 
@@ -65,15 +66,29 @@ def test_filters_parse_dates_and_make_under_absolute(tmp_path: Path) -> None:
 
 
 def test_query_checks() -> None:
-    opt.check_query(None, None, None, 10, False, False)
-    with pytest.raises(InputError, match="--box needs --image"):
-        opt.check_query("0,0,1,1", None, None, 10, False, False)
-    with pytest.raises(InputError, match="--text-path must be short, long or box"):
-        opt.check_query(None, None, "medium", 10, False, False)
+    opt.check_query(10, False, False)
     with pytest.raises(InputError, match="-k/--top"):
-        opt.check_query(None, None, None, opt.TOP_LIMIT + 1, False, False)
+        opt.check_query(opt.TOP_LIMIT + 1, False, False)
     with pytest.raises(InputError, match="--null goes with --paths"):
-        opt.check_query(None, None, None, 10, False, True)
+        opt.check_query(10, False, True)
+
+
+def test_library_query_errors_are_worded_with_flags() -> None:
+    """The library's InputError names its parameters; the CLI words them as flags, from the field."""
+    from fgsearch.search import FusionWeights, SearchQuery, check_query
+
+    cases = [
+        (SearchQuery(text="x", box=Box(0, 0, 1, 1)), "--box needs --image (the box is a region of the query image)"),
+        (SearchQuery(text="x", text_path="medium"), "--text-path must be short, long or box"),
+        (SearchQuery(text=" "), "empty query: give TEXT, --image, or both"),
+        (SearchQuery(text="x", weights=FusionWeights(negative=-1)), "--w-not must be a number >= 0, got -1"),
+        (SearchQuery(text="x", k=0), "-k/--top must be at least 1, got 0"),
+    ]
+    for q, worded in cases:
+        with pytest.raises(InputError) as caught:
+            check_query(q)
+        assert caught.value.worded(opt.flag_of).startswith(worded), caught.value.worded(opt.flag_of)
+        assert "--" not in str(caught.value)  # the library's own wording names no flag
 
 
 def test_picture_targets_are_checked_before_any_work(tmp_path: Path) -> None:

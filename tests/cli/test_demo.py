@@ -73,3 +73,19 @@ def test_cli_demo_runs(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert (tmp_path / "d" / "query1.png").exists() and (tmp_path / "d" / "query1.html").exists()
     assert "query: a large red circle" in r.output
+
+
+def test_one_name_for_the_demo_model(demo_library) -> None:
+    """Issue 30.2: a library built from the demo model's folder said "demo-model", one built with
+    `--model demo` said "demo", for the same weights. The registry's name is shown for both, and
+    for a library that recorded "demo-model" before (found by its weights' fingerprint)."""
+    lib, _, _ = demo_library
+    assert lib.status()["model"] == "demo"  # built from str(DEMO.local_dir), as `fgsearch demo` did
+    fingerprint = lib.status()["model_ref"]
+    lib.catalog.set_meta(model_name="demo-model")  # as such a library recorded it
+    try:
+        assert lib.status()["model"] == "demo"
+        lib.catalog.set_meta(model_ref="0" * 16)  # other weights under that folder name: its own name
+        assert lib.status()["model"] == "demo-model"
+    finally:
+        lib.catalog.set_meta(model_name="demo", model_ref=fingerprint)

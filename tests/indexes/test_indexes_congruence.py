@@ -12,15 +12,17 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from _congruence import DIM, ROWS, N, Row, run_congruence
-from _indexes_data import ann_config, near_queries, recall, text_like_queries, unit_vectors
+from _congruence import DIM, ROWS, N, Row, compare, run_congruence
+from _indexes_data import HeldVectors, ann_config, near_queries, recall, same_topk, text_like_queries, unit_vectors
 
 from fgsearch.indexes import (
     FaissConfig,
     IndexInputError,
+    SearchResult,
     backend_names,
     create_index,
     open_index,
@@ -285,3 +287,65 @@ def test_an_hnsw_snapshot_is_searched_memory_mapped_with_the_same_answers(tmp_pa
     finally:
         mapped.close()
         plain.close()
+
+
+# ---- the checks themselves fail on a wrong backend (issue 30.7, 30.8) ---------------------------
+def test_same_topk_allows_only_true_ties_at_the_boundary() -> None:
+    ids = np.array([[4, 7, 9]])
+    scores = np.array([[0.9, 0.8, 0.7]], np.float32)
+    assert same_topk(ids, scores, ids.copy(), scores.copy(), scores.copy())
+    wrong_kth = np.array([[4, 7, 5]])  # claims the k-th score; its true score is 0.3
+    assert not same_topk(ids, scores, wrong_kth, scores, np.array([[0.9, 0.8, 0.3]], np.float32))
+    assert not same_topk(ids, scores, np.array([[4, 7, 7]]), scores)  # an id twice
+    assert not same_topk(ids, scores, np.array([[7, 4, 9]]), scores)  # ids swapped: scores not theirs
+    assert not same_topk(ids, scores, ids, np.array([[0.9, 0.8, 0.6]], np.float32))
+    tied = np.array([[0.9, 0.7, 0.7]], np.float32)
+    assert same_topk(ids, tied, np.array([[4, 9, 7]]), tied)  # a tie inside the list
+    assert same_topk(ids, tied, np.array([[4, 9, 5]]), tied, tied)  # a true tie at the k-th position: either id
+
+
+class _WrongKth:
+    """An exact index that returns another live id, with the k-th score, at the k-th position."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def search(self, queries: np.ndarray, k: int, **kw: Any) -> Any:
+        res = self.inner.search(queries, k, **kw)
+        ids = res.ids.copy()
+        live = self.inner.ids()
+        for row in ids:
+            row[-1] = next(int(i) for i in live[::-1] if i not in row)
+        return SearchResult(ids=ids, scores=res.scores)
+
+
+def test_a_backend_with_a_wrong_kth_id_fails_the_congruence_check(tmp_path: Path) -> None:
+    data = unit_vectors(300, DIM, seed=3)
+    queries = near_queries(data, 10)
+    held = HeldVectors(DIM)
+    held.add(np.arange(300), data)
+    with create_index("exact", tmp_path / "e", DIM) as idx:
+        idx.add(np.arange(300), data)
+        compare(held, idx, queries, exact=True)  # the real one passes
+        with pytest.raises(AssertionError):
+            compare(held, _WrongKth(idx), queries, exact=True)
+
+
+def test_a_persistence_that_drops_the_last_vector_fails(tmp_path: Path) -> None:
+    """Exact against exact, both reopened, would agree on a vector both lost; the vectors the test
+    holds do not."""
+    data = unit_vectors(300, DIM, seed=3)
+    queries = near_queries(data, 10)
+    held = HeldVectors(DIM)
+    held.add(np.arange(300), data)
+    with create_index("exact", tmp_path / "e", DIM) as idx:
+        idx.add(np.arange(300), data)
+        idx.save()
+    with open_index("exact", tmp_path / "e") as idx:
+        compare(held, idx, queries, exact=True)
+        idx.remove(np.array([299]))  # as a persistence that dropped the last vector would leave it
+        with pytest.raises(AssertionError):
+            compare(held, idx, queries, exact=True)

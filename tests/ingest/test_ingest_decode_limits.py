@@ -11,6 +11,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _library_data import scene
@@ -79,36 +80,49 @@ def test_the_progress_rate_counts_embedded_images(tmp_path: Path, tiny_model_dir
     assert [c[3] for c in calls] == sorted(c[3] for c in calls)
 
 
-def _peak_holders(budget: PixelBudget, sizes: list[int]) -> int:
-    """Run one thread per size that reserves it and holds it briefly; the most holding at once."""
-    lock = threading.Lock()
-    now = peak = 0
+def _peak_holders(budget: PixelBudget, sizes: list[int], holding: int) -> int:
+    """One thread per size reserves it and holds it until ``holding`` threads hold at once and the
+    others provably cannot fit in what is left; then all let go. The most holding at once.
+    Event-driven (no timing window: a slow machine neither fails it nor lets it pass unchecked)."""
+    cv = threading.Condition()
+    state: dict[str, Any] = {"now": 0, "peak": 0, "in": []}
+    release = threading.Event()
 
     def work(n: int) -> None:
-        nonlocal now, peak
         with budget.hold() as reserve:
             reserve(n)
-            with lock:
-                now += 1
-                peak = max(peak, now)
-            time.sleep(0.05)
-            with lock:
-                now -= 1
+            with cv:
+                state["now"] += 1
+                state["peak"] = max(state["peak"], state["now"])
+                state["in"].append(n)
+                cv.notify_all()
+            release.wait(30)
+            with cv:
+                state["now"] -= 1
 
     threads = [threading.Thread(target=work, args=(n,)) for n in sizes]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(10)
+    try:
+        with cv:
+            assert cv.wait_for(lambda: state["now"] >= holding, timeout=30), f"{holding} never held at once"
+            waiting = list(sizes)
+            for n in state["in"]:
+                waiting.remove(n)
+            assert all(min(n, budget.total) > budget.free for n in waiting), "a waiting thread would fit"
+    finally:
+        release.set()
+        for t in threads:
+            t.join(30)
     assert not any(t.is_alive() for t in threads), "the budget deadlocked"
-    return peak
+    return state["peak"]
 
 
 def test_the_pixel_budget_runs_huge_decodes_one_at_a_time() -> None:
     budget = PixelBudget(100)
-    assert _peak_holders(budget, [100, 100, 100]) == 1  # three images at the limit: one at a time
-    assert _peak_holders(budget, [30, 30, 30, 30]) == 3  # ordinary ones share it
-    assert _peak_holders(budget, [500, 10]) == 1  # bigger than the budget: waits for all of it
+    assert _peak_holders(budget, [100, 100, 100], 1) == 1  # three images at the limit: one at a time
+    assert _peak_holders(budget, [30, 30, 30, 30], 3) == 3  # ordinary ones share it
+    assert _peak_holders(budget, [500, 10], 1) == 1  # bigger than the budget: waits for all of it
     assert budget.free == budget.total
 
 

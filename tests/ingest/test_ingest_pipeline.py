@@ -152,24 +152,27 @@ def test_report_counts_partition_the_files_scanned(tmp_path: Path, tiny_model_di
 
     def run(*extra: str) -> dict:
         r = CliRunner().invoke(app, [*base, "--json", *extra])
-        assert r.exit_code == 0, r.output
         rep = json.loads(r.stdout)
+        assert r.exit_code == {"complete": 0, "partial": 3}[rep["outcome"]], r.output  # files failed in the run: 3
         assert rep["scanned"] == rep["indexed"] + rep["reused"] + rep["unchanged"] + rep["failed"], rep
         return rep
 
     first = run()
     assert (first["scanned"], first["indexed"], first["unchanged"], first["failed"]) == (5, 3, 0, 2)
+    assert first["outcome"] == "partial"
     assert first["failed_unchanged"] == 0
     second = run()
     assert (second["scanned"], second["indexed"], second["unchanged"], second["failed"]) == (5, 0, 3, 2)
     assert second["failed_unchanged"] == 2 and second["failures"] == []
+    assert second["outcome"] == "complete"  # failed before and unchanged: reported once, not every run
     summary = CliRunner().invoke(app, [*base, "--quiet"])
     assert summary.exit_code == 0, summary.output
     assert "unchanged 3, failed 2 (2 unchanged since they failed: --retry-failed tries them again)" in summary.output
     scene(7).save(photos / "bad0.png")  # fixed: read again, since its size and mtime changed
     third = run()
     assert (third["scanned"], third["indexed"], third["unchanged"], third["failed"]) == (5, 1, 3, 1)
-    assert third["failed_unchanged"] == 1
+    assert third["failed_unchanged"] == 1 and third["outcome"] == "complete"
     retried = run("--retry-failed")
     assert (retried["unchanged"], retried["failed"], retried["failed_unchanged"]) == (4, 1, 0)
     assert [f["path"] for f in retried["failures"]] == [str(photos / "bad1.jpg")]
+    assert retried["outcome"] == "partial"  # tried again and failed again

@@ -527,6 +527,7 @@ def test_a_reader_takes_the_write_lock_only_when_the_writer_has_committed(built,
     must not open a catalog connection each time to check the build; with something new it
     reloads under the write lock, after the search in flight."""
     import threading
+    import time
 
     lib_dir, root = built
     with Library.open(lib_dir, read_only=True) as reader:
@@ -556,8 +557,14 @@ def test_a_reader_takes_the_write_lock_only_when_the_writer_has_committed(built,
             assert reader.global_index.count() == before  # not picked up yet
             slow = threading.Thread(target=reader.refresh)
             slow.start()
-            slow.join(0.5)
-            assert slow.is_alive(), "a reload ran while a search was reading the indexes"
+            # event-driven: the reload is seen waiting for the write lock (a timing window passed
+            # unchecked on a slow machine, where the thread had not yet reached the lock)
+            deadline = time.monotonic() + 30
+            while reader.store.writers_waiting == 0:
+                assert slow.is_alive(), "a reload ran while a search was reading the indexes"
+                assert time.monotonic() < deadline, "the reload never asked for the write lock"
+                time.sleep(0.005)
+            assert slow.is_alive()  # it waits for the search in flight: nothing reloaded yet
         finally:
             release.set()
             holder.join(10)

@@ -67,7 +67,7 @@ def test_auto_on_uniform_map_gives_few_boxes() -> None:
 def test_settings_validation_and_roundtrip() -> None:
     with pytest.raises(InputError, match="unknown region proposer"):
         RegionSettings(proposer="magic")
-    with pytest.raises(InputError, match="--sidecar"):
+    with pytest.raises(InputError, match=r"^proposer sidecar needs sidecar PATH"):
         RegionSettings(proposer="sidecar")
     s = RegionSettings(proposer="grid", max_regions=7)
     assert RegionSettings.from_dict(json.loads(json.dumps(s.to_dict()))) == s

@@ -65,14 +65,15 @@ def test_weights_follow_the_query_kind_unless_given() -> None:
     assert FusionWeights().resolve("image") == DEFAULT_WEIGHTS["image"] == (1.0, 0.0)
     assert FusionWeights(region=0.5).resolve("image") == (1.0, 0.5)
     assert FusionWeights(global_=0.1, region=0.2).resolve("box") == (0.1, 0.2)
-    for bad, match in (
-        (FusionWeights(global_=-1), "--w-global must be a number >= 0"),
-        (FusionWeights(region=float("nan")), "--w-region must be a number >= 0"),
-        (FusionWeights(global_=0, region=0), "both 0"),
-        (FusionWeights(negative=float("inf")), "--w-not"),
+    for bad, match, field in (  # the library names its own parameters, never the CLI's flags
+        (FusionWeights(global_=-1), "^global_ must be a number >= 0", "weights.global_"),
+        (FusionWeights(region=float("nan")), "^region must be a number >= 0", "weights.region"),
+        (FusionWeights(global_=0, region=0), "^global_ and region are both 0", "weights.global_"),
+        (FusionWeights(negative=float("inf")), "^negative must be a number >= 0", "weights.negative"),
     ):
-        with pytest.raises(InputError, match=match):
+        with pytest.raises(InputError, match=match) as caught:
             bad.resolve("text")
+        assert caught.value.field == field
 
 
 def test_fusion_does_not_depend_on_a_channels_scale() -> None:

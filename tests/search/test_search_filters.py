@@ -15,8 +15,9 @@ from fgsearch.search import Filters
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_min_score_must_be_finite(value: float) -> None:
-    with pytest.raises(InputError, match="--min-score must be a finite number"):
+    with pytest.raises(InputError, match=r"^min_score must be a finite number") as caught:
         Filters(min_score=value)
+    assert caught.value.field == "filters.min_score"
     assert Filters(min_score=-3.5).min_score == -3.5
 
 

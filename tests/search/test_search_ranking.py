@@ -104,14 +104,17 @@ def test_query_by_an_image_box_returns_regions_overlapping_it(library, photos: P
     name, lib = library
     ids = sorted(lib.catalog.filter_contents())[::60]
     regions = lib.catalog.region_arrays(ids)
+    checked = 0
     for row in lib.catalog.contents_by_ids(ids):
         if row.id not in regions:
             continue
+        checked += 1
         box = Box(*map(float, regions[row.id][1][0]))
         for by in ("image", "region"):
             hits = lib.search(image=row.path, box=box, k=3, by=by)
             mine = [h for h in hits if h.image_id == row.id and h.box is not None and h.box.iou(box) > 0.5]
             assert mine, f"{name}: {row.path} box {box} not among the first {by} results: {hits}"
+    assert checked >= max(1, len(ids) // 2), f"{name}: only {checked} of {len(ids)} sampled images had regions"
 
 
 def test_a_pixel_identical_copy_ranks_the_query_file_first(tmp_path: Path) -> None:

@@ -82,8 +82,11 @@ def test_negative_text_weights_and_filters_reach_the_search(served) -> None:
 
 def test_region_ranking_has_null_global_score(served) -> None:
     client, _, _ = served
-    body = _search(client, text="a yellow square", by="region", k=3).json()
-    assert all(h["global_score"] is None and h["box"] is not None for h in body["results"])
+    resp = _search(client, text="a yellow square", by="region", k=3)
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert len(results) == 3  # the library has far more than 3 regions: every row below is checked
+    assert all(h["global_score"] is None and h["box"] is not None for h in results)
 
 
 def test_more_like_this_and_a_drawn_box_query_by_image_id(served) -> None:
@@ -110,22 +113,52 @@ def test_upload_query_goes_through_the_guarded_decoder(served) -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "needle"),
+    ("body", "needle", "field"),
     [
-        ({"k": 0, "text": "x"}, "k must be between 1 and 200"),
-        ({"k": 201, "text": "x"}, "k must be between 1 and 200"),
-        ({"k": 100, "offset": 950, "text": "x"}, "first 1000 results"),
-        ({}, "empty query"),
-        ({"text": "   "}, "empty query"),
-        ({"text": "x" * 4001}, "at most 4000"),
-        ({"text": "x", "box": [0.1, 0.1, 0.5, 0.5]}, "box needs an image"),
-        ({"image_id": 1, "box": [0.5, 0.5, 0.1, 0.1]}, "empty or inverted"),
-        ({"text": "x", "filters": {"taken_after": "last week"}}, "taken_after 'last week' is not a date"),
+        ({"k": 0, "text": "x"}, "k must be between 1 and 200", "k"),
+        ({"k": 201, "text": "x"}, "k must be between 1 and 200", "k"),
+        ({"k": 100, "offset": 950, "text": "x"}, "offset + k must stay within the first 1000 results", "offset"),
+        ({}, "empty query: give text, image, or both", "text"),
+        ({"text": "   "}, "empty query: give text, image, or both", "text"),
+        ({"text": "x" * 4001}, "text is 4001 characters; at most 4000", "text"),
+        ({"text": "x", "box": [0.1, 0.1, 0.5, 0.5]}, "box needs image (the box is a region", "box"),
+        ({"image_id": 1, "box": [0.5, 0.5, 0.1, 0.1]}, "empty or inverted", None),
+        (
+            {"text": "x", "filters": {"taken_after": "last week"}},
+            "filters.taken_after 'last week' is not a date",
+            "filters.taken_after",
+        ),
+        ({"text": "x", "weights": {"global": -1}}, "weights.global must be a number >= 0", "weights.global"),
+        (
+            {"text": "x", "weights": {"global": 0, "region": 0}},
+            "weights.global and weights.region are both 0",
+            "weights.global",
+        ),
     ],
 )
-def test_bad_searches_are_400_with_the_cli_message(served, body, needle) -> None:
+def test_bad_searches_are_400_naming_the_request_field(served, body, needle, field) -> None:
+    """Errors are worded with the request's JSON fields (never the CLI's flags) and name the field."""
     client, _, _ = served
-    assert needle in _error(_search(client, **body), 400)
+    resp = _search(client, **body)
+    assert needle in _error(resp, 400)
+    assert "--" not in resp.json()["error"] and resp.json().get("field") == field
+
+
+def test_a_bad_request_is_refused_before_its_upload_is_decoded(served) -> None:
+    """An upload that is not an image, with k=0: the k error, not the image's (nothing decoded)."""
+    client, _, _ = served
+    resp = client.post(
+        "/api/search", files={"image": ("q.png", b"not an image", "image/png")}, data={"query": json.dumps({"k": 0})}
+    )
+    assert resp.status_code == 400 and resp.json()["field"] == "k", resp.text
+
+
+def test_a_nan_min_score_names_its_field(served) -> None:
+    client, _, _ = served
+    raw = '{"text": "x", "filters": {"min_score": NaN}}'  # Python's JSON reads NaN
+    resp = client.post("/api/search", content=raw, headers={"content-type": "application/json"})
+    assert _error(resp, 400) == "filters.min_score must be a finite number, got nan"
+    assert resp.json()["field"] == "filters.min_score"
 
 
 @pytest.mark.parametrize(

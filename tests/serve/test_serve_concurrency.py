@@ -123,7 +123,9 @@ def test_concurrent_texts_share_batched_forwards_and_get_their_own_vectors(serve
     from fgsearch.serve.engine import BatchingEncoder
 
     base = shared_encoder(DEMO_DIR, "cpu")
-    enc = BatchingEncoder(base, window_ms=300, max_batch=32)
+    # the batch closes when all have arrived (max_batch), not when a timing window ends: one batch
+    # however slow the machine (the window is only a bound should a thread never come)
+    enc = BatchingEncoder(base, window_ms=60_000, max_batch=8)
     texts = [f"a {size} {colour} square" for size in ("small", "big") for colour in ("red", "green", "blue", "yellow")]
     barrier = threading.Barrier(len(texts))
     out: dict[int, np.ndarray] = {}
@@ -138,7 +140,7 @@ def test_concurrent_texts_share_batched_forwards_and_get_their_own_vectors(serve
     for t in threads:
         t.join()
     enc.close()
-    assert enc.batched_texts == len(texts) and enc.batches < len(texts) / 2
+    assert len(texts) == 8 and enc.batched_texts == len(texts) and enc.batches == 1
     alone = base.encode_texts(texts, path="short")
     for i in range(len(texts)):
         np.testing.assert_allclose(out[i], alone[i], atol=1e-5)

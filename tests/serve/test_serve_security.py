@@ -23,8 +23,12 @@ SECRET = "top secret: never served\n"
 def test_only_loopback_binds_without_a_token() -> None:
     for host in ("127.0.0.1", "localhost", "::1"):
         check_bind(host, None)
-    with pytest.raises(InputError, match=r"--host 0.0.0.0 makes the library reachable.*--token TOKEN"):
+    with pytest.raises(InputError, match=r"^host 0.0.0.0 makes the library reachable.*token TOKEN") as caught:
         check_bind("0.0.0.0", None)
+    from fgsearch.cli_options import flag_of
+
+    assert caught.value.worded(flag_of).startswith("--host 0.0.0.0 makes the library reachable")
+    assert "give --token TOKEN" in caught.value.worded(flag_of)
     with pytest.raises(InputError, match="at least 8 characters"):
         check_bind("0.0.0.0", "short")
     check_bind("0.0.0.0", TOKEN)
