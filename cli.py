@@ -165,9 +165,8 @@ def index(
     mapper = opt.ray_mapper(ray, workers, gpus_per_worker, cpus_per_worker, batch_size)
     opts = IndexOptions(
         include=tuple(include), exclude=tuple(exclude), extensions=tuple(ext), hidden=hidden, prune=prune,
-        prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed,
-        batch_size=batch_size, workers=workers, max_megapixels=max_megapixels, min_side=min_side,
-        fast_decode=fast_decode,
+        prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed, min_side=min_side,
+        batch_size=batch_size, workers=workers, max_megapixels=max_megapixels, fast_decode=fast_decode,
     )  # fmt: skip
     out = console(stderr=json_out)
     folders: list[str | os.PathLike[str]] = [str(p) for p in paths]

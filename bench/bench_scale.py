@@ -175,8 +175,6 @@ def main() -> None:
 
     import ray
 
-    from fgsearch.ingest.ray_runner import RayMapper, RayOptions
-
     with tempfile.TemporaryDirectory(prefix="fgs-scale-") as tmp:
         work = Path(tmp)
         photos = work / "photos"
@@ -192,47 +190,59 @@ def main() -> None:
             f"{st['wall_ms']:.1f} ms; FAISS add+flush at 512-d, 16 regions/image: {st['index_512_ms']:.2f} ms (wall)"
         )
 
-        t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(work / "ray"))
-        print(f"ray.init (local cluster, 2 CPUs): {time.perf_counter() - t0:.1f} s")
-        warm = _run(photos, work / "warm", args.batch, RayMapper(RayOptions(workers=2, chunk=args.batch)))
-        print(f"first Ray run (worker processes start, load torch and the model): {warm['seconds']:.1f} s")
+        # Ray's sockets live in its temp folder and a socket path has at most 107 bytes: a long
+        # $TMPDIR gets a short folder of its own in /tmp (removed with the rest at exit)
+        ray_tmp = work / "ray" if len(str(work)) < 40 else Path(tempfile.mkdtemp(prefix="fgsray-", dir="/tmp"))
+        try:
+            _measure(ray, photos, work, ray_tmp, args)
+        finally:
+            ray.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
 
-        configs: dict[str, Any] = {
-            "local-1": lambda: _run(photos, work / "lib", args.batch, one_cpu=True),
-            "ray-1": lambda: _run(photos, work / "lib", args.batch, RayMapper(RayOptions(workers=1, chunk=args.batch))),
-            "ray-2": lambda: _run(photos, work / "lib", args.batch, RayMapper(RayOptions(workers=2, chunk=args.batch))),
-            "local": lambda: _run(photos, work / "lib", args.batch),
-        }
-        runs: dict[str, list[dict[str, float]]] = {k: [] for k in configs}
-        for r in range(args.rounds):
-            order = list(configs) if r % 2 == 0 else list(reversed(configs))
-            for name in order:
-                runs[name].append(configs[name]())
-                x = runs[name][-1]
-                busy = f"{x['cores']:.2f} cores busy"
-                print(f"  round {r + 1} {name:8s} {x['images_s']:6.2f} images/s, {busy}", flush=True)
-        ray.shutdown()
-        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
-        print("\n| run | images/s (each round) | median | cores busy (median) | CPU ms/image | driver's commit share |")
-        print("|---|---|---|---|---|---|")
-        for name, rs in runs.items():
-            rates = ", ".join(f"{x['images_s']:.2f}" for x in rs)
-            share = statistics.median(x["commit_share"] for x in rs) if "commit_share" in rs[0] else None
-            med = statistics.median(x["images_s"] for x in rs)
-            cores, cpu_ms = statistics.median(x["cores"] for x in rs), statistics.median(x["cpu_ms"] for x in rs)
-            share_s = "" if share is None else f"{100 * share:.1f} %"
-            print(f"| {name} | {rates} | {med:.2f} | {cores:.2f} | {cpu_ms:.1f} | {share_s} |")
+def _measure(ray: Any, photos: Path, work: Path, ray_tmp: Path, args: argparse.Namespace) -> None:
+    from fgsearch.ingest.ray_runner import RayMapper, RayOptions
 
-        def ratio(a: str, b: str) -> float:
-            return statistics.median(x["images_s"] / y["images_s"] for x, y in zip(runs[a], runs[b], strict=True))
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(ray_tmp))
+    print(f"ray.init (local cluster, 2 CPUs): {time.perf_counter() - t0:.1f} s")
+    warm = _run(photos, work / "warm", args.batch, RayMapper(RayOptions(workers=2, chunk=args.batch)))
+    print(f"first Ray run (worker processes start, load torch and the model): {warm['seconds']:.1f} s")
 
-        overhead = 1 - ratio("ray-1", "local-1")
-        print(f"\nRay's overhead at 1 worker (1 - ray-1/local-1, median of rounds): {100 * overhead:.1f} %", end="")
-        print(" (target <= 10 %)")
-        print(f"2 workers vs 1 (ray-2/ray-1): {ratio('ray-2', 'ray-1'):.2f}x (target >= 1.6x)")
-        print(f"ray-2 vs the local runner on every core (ray-2/local): {ratio('ray-2', 'local'):.2f}x")
+    configs: dict[str, Any] = {
+        "local-1": lambda: _run(photos, work / "lib", args.batch, one_cpu=True),
+        "ray-1": lambda: _run(photos, work / "lib", args.batch, RayMapper(RayOptions(workers=1, chunk=args.batch))),
+        "ray-2": lambda: _run(photos, work / "lib", args.batch, RayMapper(RayOptions(workers=2, chunk=args.batch))),
+        "local": lambda: _run(photos, work / "lib", args.batch),
+    }
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in configs}
+    for r in range(args.rounds):
+        order = list(configs) if r % 2 == 0 else list(reversed(configs))
+        for name in order:
+            runs[name].append(configs[name]())
+            x = runs[name][-1]
+            busy = f"{x['cores']:.2f} cores busy"
+            print(f"  round {r + 1} {name:8s} {x['images_s']:6.2f} images/s, {busy}", flush=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+    print("\n| run | images/s (each round) | median | cores busy (median) | CPU ms/image | driver's commit share |")
+    print("|---|---|---|---|---|---|")
+    for name, rs in runs.items():
+        rates = ", ".join(f"{x['images_s']:.2f}" for x in rs)
+        share = statistics.median(x["commit_share"] for x in rs) if "commit_share" in rs[0] else None
+        med = statistics.median(x["images_s"] for x in rs)
+        cores, cpu_ms = statistics.median(x["cores"] for x in rs), statistics.median(x["cpu_ms"] for x in rs)
+        share_s = "" if share is None else f"{100 * share:.1f} %"
+        print(f"| {name} | {rates} | {med:.2f} | {cores:.2f} | {cpu_ms:.1f} | {share_s} |")
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x["images_s"] / y["images_s"] for x, y in zip(runs[a], runs[b], strict=True))
+
+    overhead = 1 - ratio("ray-1", "local-1")
+    print(f"\nRay's overhead at 1 worker (1 - ray-1/local-1, median of rounds): {100 * overhead:.1f} %", end="")
+    print(" (target <= 10 %)")
+    print(f"2 workers vs 1 (ray-2/ray-1): {ratio('ray-2', 'ray-1'):.2f}x (target >= 1.6x)")
+    print(f"ray-2 vs the local runner on every core (ray-2/local): {ratio('ray-2', 'local'):.2f}x")
 
 
 if __name__ == "__main__":
