@@ -187,30 +187,71 @@ def test_driver_killed_then_next_run_completes_and_second_driver_is_refused(clus
     _every_image_once(_state(lib_dir, photos), 20)
 
 
-def test_node_removed_mid_run_every_image_once(cluster: Any, tmp_path: Path) -> None:
-    """The node running the second chunk is removed while it works (tasks are spread over the
-    nodes; chunk 1 is four 27 MP photos, still decoding when chunk 0 is committed): Ray runs that
-    chunk again on the other node, and the library ends with every image once (runs last: it
-    leaves one node)."""
+def _store_kwargs(kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """How a library of each kind is created (``Library.open`` keywords)."""
+    if kind == "sqlite+faiss":
+        return {}
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["sqlite+faiss"])
+def test_node_removed_mid_run_then_query_and_serve_replicas_agree_with_a_local_exact_library(
+    cluster: Any, tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Issue 26's "done when", on the library kinds that exist: the 3-node cluster (a head and two
+    1-CPU workers) indexes with 2 workers; the node running the second chunk is removed while it
+    works (tasks are spread over the nodes; chunk 1 is four 27 MP photos, still decoding when
+    chunk 0 is committed) and Ray runs that chunk again on the other node: every image is in the
+    library once; then ``fgsearch query`` and two ``fgsearch serve`` replicas (each its own
+    service and store) return the top-10 of a local SQLite + exact library of the same photos.
+    Runs last in the module: it leaves one worker node."""
+    from _serve_data import make_client
+
+    from fgsearch.console.cli import app
     from fgsearch.ingest.ray_runner import RayMapper, RayOptions
 
+    if len(worker_nodes(cluster)) < 2:  # a parametrised run before this one removed a node
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
     photos = tmp_path / "photos"
     _photos(photos, 16, big=tuple(range(4, 8)), side=6000)  # chunk 1: four 27 MP photos
+    _index_cli([str(photos), "--library", str(tmp_path / "ref"), "--backend", "exact"])
     mapper = RayMapper(RayOptions(address=cluster.address, workers=2, chunk=4))
     removed: list[str] = []
 
     def progress(stage: str, done: int, total: int, indexed: int) -> None:
         if done and not removed:
-            first = mapper.chunk_nodes[0]
-            victim = next(n for n in worker_nodes(cluster) if n.unique_id != first)
+            victim = next(n for n in worker_nodes(cluster) if n.unique_id != mapper.chunk_nodes[0])
             removed.append(victim.unique_id)
             cluster.remove_node(victim, allow_graceful=False)
 
-    with Library.open(tmp_path / "lib", model="demo") as lib:
+    with Library.open(tmp_path / "lib", model="demo", **_store_kwargs(kind, request)) as lib:
         report = lib.index(str(photos), mapper=mapper, progress=progress)
     assert removed and removed[0] not in mapper.chunk_nodes[1:]  # chunk 1 was run again elsewhere
     assert (report.indexed, report.reused, report.failed) == (16, 1, 1)
-    _every_image_once(_state(tmp_path / "lib", photos), 16)
+    state, ref = _state(tmp_path / "lib", photos), _state(tmp_path / "ref", photos)
+    _every_image_once(state, 16)
+    assert state["files"] == ref["files"] and state["counts"] == ref["counts"]
+
+    def queried(library: Path, text: str) -> list[tuple[str, float]]:
+        res = CliRunner().invoke(app, ["query", text, "--library", str(library), "-k", "10", "--json"])
+        assert res.exit_code == 0, res.output
+        return [(os.path.basename(h["path"]), round(h["score"], 4)) for h in json.loads(res.stdout)["results"]]
+
+    def served(client: Any, text: str) -> list[tuple[str, float]]:
+        body = client.post("/api/search", json={"text": text, "k": 10}).json()
+        return [(os.path.basename(h["path"]), round(h["score"], 4)) for h in body["results"]]
+
+    (one, s1), (two, s2) = make_client(tmp_path / "lib"), make_client(tmp_path / "lib")
+    try:
+        for text in ("a red circle on the left", "a large blue square", "two green shapes"):
+            expected = queried(tmp_path / "ref", text)
+            assert len(expected) == 10
+            assert queried(tmp_path / "lib", text) == expected, text
+            assert served(one, text) == expected and served(two, text) == expected, text
+    finally:
+        s1.close()
+        s2.close()
 
 
 def test_ray_missing_is_one_line_naming_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
