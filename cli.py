@@ -122,6 +122,9 @@ def index(
     backend_opt: list[str] = opt.BACKEND_OPT,
     qdrant_url: str | None = opt.QDRANT_URL,
     qdrant_path: Path | None = opt.QDRANT_PATH,
+    catalog: str | None = opt.CATALOG,
+    catalog_password_env: str | None = opt.CATALOG_PASSWORD_ENV,
+    shared: bool = opt.SHARED,
     regions: str | None = opt.REGIONS,
     max_regions: int | None = opt.MAX_REGIONS,
     sidecar: str | None = opt.SIDECAR,
@@ -152,6 +155,7 @@ def index(
     by `fgsearch status --failed`); 4 files failed and none is indexed; 1 an error stopped the run.
     """
     import json
+    from functools import partial
 
     from fgsearch.ingest import IndexOptions
     from fgsearch.library import Library
@@ -162,7 +166,7 @@ def index(
     opt.check_max_regions(regions, max_regions, sidecar)
     bk = opt.backend_settings(backend, qdrant_url, qdrant_path, backend_opt)
     rs = opt.region_settings(regions, max_regions, sidecar)
-    mapper = opt.ray_mapper(ray, workers, gpus_per_worker, cpus_per_worker, batch_size)
+    mapper = opt.ray_mapper(ray, workers, gpus_per_worker, cpus_per_worker, batch_size, shared)
     opts = IndexOptions(
         include=tuple(include), exclude=tuple(exclude), extensions=tuple(ext), hidden=hidden, prune=prune,
         prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed, min_side=min_side,
@@ -170,11 +174,13 @@ def index(
     )  # fmt: skip
     out = console(stderr=json_out)
     folders: list[str | os.PathLike[str]] = [str(p) for p in paths]
+    open_at = partial(Library.open, catalog=catalog, catalog_password_env=catalog_password_env, shared_writer=shared)
     with (
-        Library.open(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib,
+        open_at(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib,
         index_progress(out, show=not (quiet or json_out)) as progress,
     ):
-        report = lib.index(folders, opts, progress=progress, mapper=mapper)
+        index_fn = lib.index_shared if shared else partial(lib.index, mapper=mapper)
+        report = index_fn(folders, opts, progress=progress)
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

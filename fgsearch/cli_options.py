@@ -52,6 +52,21 @@ BACKEND_OPT = typer.Option(
 QDRANT_URL = typer.Option(
     None, "--qdrant-url", help="Qdrant server URL (with --backend qdrant); API key from QDRANT_API_KEY."
 )
+CATALOG = typer.Option(
+    None,
+    "--catalog",
+    help="Keep a NEW library's catalog in PostgreSQL: postgresql+psycopg://USER@HOST:PORT/DB (recorded in "
+    "LIBRARY/library.json without the password; give it through PGPASSWORD or --catalog-password-env).",
+)
+SHARED = typer.Option(
+    False,
+    "--shared",
+    help="Index beside the library's other writers (PostgreSQL catalog, a vector store every machine reaches): "
+    "each takes batches of the common work (docs/postgres.md).",
+)
+CATALOG_PASSWORD_ENV = typer.Option(
+    None, "--catalog-password-env", metavar="VAR", help="Environment variable holding the catalog's password."
+)
 QDRANT_PATH = typer.Option(None, "--qdrant-path", help="Embedded Qdrant directory (with --backend qdrant).")
 REGIONS = typer.Option(
     None, "--regions", help="Region proposer for a new library: auto (default), grid, none, sidecar."
@@ -233,10 +248,12 @@ def check_paths_exist(paths: Sequence[str | Path]) -> None:
             raise InputError(f"{p} does not exist; give a folder of images")
 
 
-def ray_mapper(address: str | None, workers: int, gpus: float, cpus: float, batch_size: int) -> Any:
+def ray_mapper(address: str | None, workers: int, gpus: float, cpus: float, batch_size: int, shared: bool) -> Any:
     """``fgsearch index --ray``: the Ray mapper, or None for a local run (``--gpus-per-worker`` and
     ``--cpus-per-worker`` need ``--ray``; without Ray installed, ``--ray`` is a one-line error
-    naming the extra)."""
+    naming the extra; ``--shared`` writers claim their own work and run locally)."""
+    if address is not None and shared:
+        raise InputError("--ray runs one writer (the driver); --shared runs many: give one of the two")
     if address is None:
         for flag, value, default in (("--gpus-per-worker", gpus, 0.0), ("--cpus-per-worker", cpus, 1.0)):
             if value != default:

@@ -183,6 +183,8 @@ def disk_line(lib_dir: Path, st: dict[str, Any]) -> str:
     """Sizes on disk: the whole library folder, its catalog and each vector index."""
     total = sum(f.stat().st_size for f in lib_dir.rglob("*") if f.is_file() and not f.is_symlink())
     catalog = sum(f.stat().st_size for f in lib_dir.glob("catalog.sqlite*") if f.is_file())
+    if "://" in str(st.get("catalog", "")):  # a PostgreSQL catalog: its database's size
+        catalog = int(st.get("counts", {}).get("catalog_bytes", 0))
     parts = [f"catalog {human_size(catalog)}"]
     for name, label in (("global", "global"), ("regions", "region")):
         n = st.get("index", {}).get(name, {}).get("bytes_on_disk")
@@ -193,6 +195,8 @@ def disk_line(lib_dir: Path, st: dict[str, Any]) -> str:
 def print_status(out: Console, st: dict[str, Any]) -> None:
     """``fgsearch status``: library, model, backend, region settings, counts, vectors, disk use."""
     out.print(plain(f"library  {st['library']}"), highlight=False)
+    if "://" in str(st.get("catalog", "")):  # a PostgreSQL catalog (shown without its password)
+        out.print(plain(f"catalog  {st['catalog']}"), highlight=False)
     out.print(plain(f"model    {st['model']} (dim {st['dim']}, ref {st['model_ref']})"), highlight=False)
     out.print(
         f"backend  {st['backend']['kind']}   regions {st['regions']['proposer']} (max {st['regions']['max_regions']})",

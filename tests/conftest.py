@@ -41,5 +41,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# catalog_target, catalog_dir: a test on both catalog dialects (SQLite, PostgreSQL): tests/_catalog_targets.py
 # PostgreSQL fixtures (postgres_server, postgres_url): tests/_postgres.py
+from _catalog_targets import catalog_dir, catalog_target  # noqa: E402,F401
 from _postgres import postgres_server, postgres_url  # noqa: E402,F401

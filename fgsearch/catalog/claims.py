@@ -41,6 +41,7 @@ import sqlalchemy as sa
 
 from fgsearch.catalog.connect import from_raw, now, raw, to_sql_datetime
 from fgsearch.catalog.files import upsert_files
+from fgsearch.catalog.lock import ADVISORY_KEY
 from fgsearch.catalog.schema import BIG, ID, TIME
 from fgsearch.errors import LibraryError
 
@@ -53,6 +54,7 @@ work_t = sa.Table(
     work_metadata,
     sa.Column("id", ID, sa.Identity(), primary_key=True),
     sa.Column("raw_path", sa.LargeBinary, nullable=False, unique=True),
+    sa.Column("root", sa.LargeBinary, nullable=True),  # the folder it was found under (a sidecar's base)
     sa.Column("size", BIG, nullable=False),
     sa.Column("mtime_ns", BIG, nullable=False),
     sa.Column("state", sa.String(8), nullable=False),  # queued | claimed
@@ -71,13 +73,15 @@ class ClaimLostError(LibraryError):
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One claimed file: the queue row's id, the path and the (size, mtime) it was planned with."""
+    """One claimed file: the queue row's id, the path and the (size, mtime) it was planned with,
+    how many claims it has had, and the folder it was found under (``None``: not given)."""
 
     id: int
     path: str
     size: int
     mtime_ns: int
     attempts: int
+    root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,9 @@ class Claim:
 @dataclass(frozen=True)
 class Reservation:
     """Pending ids of the items :meth:`WorkQueue.reserve` got (``items[i]`` -> ``content_ids[i]``,
-    ``region_ids[i]``), and the ``copies``: items whose bytes are indexed or reserved already (by
-    this batch or another writer), to :meth:`WorkQueue.link` later."""
+    ``region_ids[i]``; in the order of their bytes' hashes, not as given), and the ``copies``:
+    items whose bytes are indexed or reserved already (by this batch or another writer), to
+    :meth:`WorkQueue.link` later."""
 
     items: list[WorkItem]
     content_ids: list[int]
@@ -120,23 +125,24 @@ class WorkQueue:
         if create:
             with catalog.engine.begin() as conn:
                 if catalog.pg:  # two drivers at once: one creates, the other then sees the table
-                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(1718056803, 2)")
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_KEY[0]}, 2)")
                 work_metadata.create_all(conn, checkfirst=True)
         elif not sa.inspect(catalog.engine).has_table("work"):
             raise LibraryError(f"the catalog {catalog.location} has no shared work queue; the driver creates it")
         return cls(catalog, owner)
 
     # ---- the driver ------------------------------------------------------------------------
-    def enqueue(self, files: Sequence[tuple[str, int, int]]) -> int:
-        """Queue ``(path, size, mtime_ns)`` files; a file queued already keeps its row (and claim).
-        Returns how many rows were added."""
+    def enqueue(self, files: Sequence[tuple[str, int, int]], root: str | None = None) -> int:
+        """Queue ``(path, size, mtime_ns)`` files found under ``root``; a file queued already keeps
+        its row (and claim). Returns how many rows were added."""
         sql = (
-            "INSERT INTO work (raw_path, size, mtime_ns, state, attempts) VALUES (?, ?, ?, 'queued', 0) "
+            "INSERT INTO work (raw_path, root, size, mtime_ns, state, attempts) VALUES (?, ?, ?, ?, 'queued', 0) "
             "ON CONFLICT (raw_path) DO NOTHING"
         )
+        base = None if root is None else raw(root)
         before = self.counts()["total"]
         with self.catalog.writing() as con:
-            con.executemany(sql, [(raw(p), int(s), int(m)) for p, s, m in files])
+            con.executemany(sql, [(raw(p), base, int(s), int(m)) for p, s, m in files])
         return self.counts()["total"] - before
 
     def counts(self) -> dict[str, int]:
@@ -175,10 +181,13 @@ class WorkQueue:
             lease = (float(lease_s),) if pg else (to_sql_datetime(now() + timedelta(seconds=lease_s)),)
             rows = con.execute(
                 f"UPDATE work SET state = 'claimed', owner = ?, lease_until = {until}, attempts = attempts + 1, "
-                f"content_id = NULL WHERE id IN ({_marks(ids)}) RETURNING id, raw_path, size, mtime_ns, attempts",
+                f"content_id = NULL WHERE id IN ({_marks(ids)}) RETURNING id, raw_path, size, mtime_ns, attempts, root",
                 (self.owner, *lease, *ids),
             ).fetchall()
-        items = [WorkItem(int(i), from_raw(bytes(p)), int(s), int(m), int(a)) for i, p, s, m, a in rows]
+        items = [
+            WorkItem(int(i), from_raw(bytes(p)), int(s), int(m), int(a), None if r is None else from_raw(bytes(r)))
+            for i, p, s, m, a, r in rows
+        ]
         items.sort(key=lambda w: w.id)
         return Claim(items, stale)
 
@@ -243,9 +252,12 @@ class WorkQueue:
         cids: list[int] = []
         copies: list[tuple[WorkItem, str]] = []
         stamp = to_sql_datetime(now())
+        kept: list[dict[str, Any]] = []
+        # in hash order: two writers inserting the same bytes wait on each other in one order (no deadlock)
+        pairs = sorted(zip(items, contents, strict=True), key=lambda pair: str(pair[1]["sha256"]))
         with self.catalog.writing() as con:
             self._hold(con, items)
-            for it, c in zip(items, contents, strict=True):
+            for it, c in pairs:
                 row = con.execute(
                     sql_c, (c["sha256"], c["width"], c["height"], to_sql_datetime(c.get("captured_at")), stamp)
                 ).fetchone()
@@ -254,7 +266,7 @@ class WorkQueue:
                 else:
                     got.append(it)
                     cids.append(int(row[0]))
-            kept = [c for c, (it) in zip(contents, items, strict=True) if it in got]
+                    kept.append(c)
             regions = []
             for cid, c in zip(cids, kept, strict=True):
                 scores = c.get("scores") or [None] * len(c["boxes"])

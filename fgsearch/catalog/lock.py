@@ -95,6 +95,7 @@ class AdvisoryLock:
         self._con: Any = None
 
     def acquire(self) -> None:
+        import psycopg
         import sqlalchemy as sa
 
         from fgsearch.catalog.postgres import connection_error, create_pg_engine, public_url
@@ -102,7 +103,7 @@ class AdvisoryLock:
         engine = create_pg_engine(self.url, read_only=False, pool=False)
         try:
             pooled = engine.raw_connection()
-        except sa.exc.DBAPIError as e:
+        except (sa.exc.DBAPIError, psycopg.Error) as e:
             engine.dispose()
             raise connection_error(e, public_url(self.url)) from None
         con: Any = pooled.driver_connection

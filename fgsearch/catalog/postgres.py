@@ -114,6 +114,12 @@ def create_pg_engine(u: sa.engine.URL, *, read_only: bool, pool: bool = True) ->
     A reader's pool checks a connection before it hands it out (a replica survives a PostgreSQL
     restart); a writer's does not: a lost connection fails the run (exit 1, every committed batch
     kept) instead of carrying on without the writer lock that died with the old connection."""
+    try:
+        import psycopg  # noqa: F401  (SQLAlchemy's postgresql+psycopg dialect imports it too)
+    except ImportError as e:
+        raise LibraryError(
+            "a PostgreSQL catalog needs psycopg 3; install it with pip install 'fgsearch[postgres]'"
+        ) from e
     options = "-c timezone=UTC" + (" -c default_transaction_read_only=on" if read_only else "")
     args = {"options": options, "application_name": application_name(), "connect_timeout": CONNECT_TIMEOUT_S}
     if not pool:

@@ -166,6 +166,28 @@ class Catalog(FileRows):
             )
         return True
 
+    def drop_tables(self) -> None:
+        """PostgreSQL: drop the catalog's tables (``--reindex`` starts the database over; the file of
+        an SQLite catalog is deleted instead)."""
+        if not self.pg:
+            raise LibraryError(f"drop_tables is for a PostgreSQL catalog; delete {self.path} instead")
+        with self.writing() as con:
+            con.execute("DROP TABLE IF EXISTS work, files, regions, contents, runs, meta CASCADE")
+
+    def library_id(self) -> str | None:
+        """The build id the catalog holds now (``""``: none, e.g. while a ``--reindex`` recreates it)."""
+        sql = (
+            "SELECT value::text FROM meta WHERE key = 'library_id'"
+            if self.pg
+            else ("SELECT value FROM meta WHERE key = 'library_id'")
+        )
+        try:
+            with self.reading() as con:
+                row = con.execute(sql).fetchone()
+        except sa.exc.ProgrammingError:  # no meta table: a --reindex between its drop and create
+            return ""
+        return json.loads(row[0]) if row else None
+
     def close(self) -> None:
         self.engine.dispose()
 

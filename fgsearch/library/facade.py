@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fgsearch.boxes import Box
 from fgsearch.errors import LibraryError
 from fgsearch.library import doctor as doctor_mod
+from fgsearch.library.description import CatalogRef, locate
 from fgsearch.library.lifecycle import OpenRequest, check_library_dir, open_store
 from fgsearch.library.settings import BackendSettings, model_info, shared_encoder
 from fgsearch.library.store import LibraryStore, storage_errors
@@ -59,6 +60,8 @@ class Library:
         self._encoder = encoder
         self._encoder_epoch = store.build.epoch
         self._given_encoder = encoder  # kept across a reopen after --reindex when it fits the new build
+        #: a writer beside others on a shared vector store (see :meth:`open`); it indexes through claims
+        self.shared_writer = False
 
     @classmethod
     def open(
@@ -74,27 +77,42 @@ class Library:
         device: str = "auto",
         encoder: Encoder | None = None,
         rebuild_damaged: bool = False,
+        catalog: str | None = None,
+        catalog_password_env: str | None = None,
+        shared_writer: bool = False,
     ) -> Library:
         """Open (or create) a library.
 
-        ``path``: a directory; default ``$FGSEARCH_HOME/default`` or the user data directory.
+        ``path``: a directory; default ``$FGSEARCH_HOME/default`` or the user data directory; or the
+        description file (``library.json``) of a library with a PostgreSQL catalog.
+        ``catalog``: for a NEW library, a PostgreSQL URL (``postgresql+psycopg://USER@HOST/DB``) to
+        keep the catalog in, recorded in ``<library>/library.json`` without its password (other
+        processes take it from ``PGPASSWORD`` or the variable ``catalog_password_env`` names).
+        ``shared_writer``: a writer of a library with a PostgreSQL catalog and a vector store every
+        machine reaches, that indexes beside other such writers (they split the work with
+        :class:`fgsearch.catalog.WorkQueue`); the default writer indexes alone.
         ``model``: registry name, ``hf-hub:`` id or checkpoint directory; ``None`` uses the library's
         own (``fg-clip-base`` for a new library). ``backend`` (a kind, or kind + options) and
         ``regions`` apply when the library is created (or rebuilt with ``reindex=True``); passing
         different ones later is an error. ``rebuild_damaged`` (for ``doctor --repair``) replaces a
         damaged vector index by an empty one.
         """
-        from fgsearch.library_paths import resolve_library_dir
-
-        lib_dir = resolve_library_dir(path)
-        exists = check_library_dir(lib_dir, read_only=read_only, create=create, reindex=reindex)
+        if shared_writer and (read_only or reindex):
+            raise LibraryError("a shared writer neither reads only nor rebuilds (--reindex): run those alone")
+        lib_dir, ref = _catalog_of(path, catalog, catalog_password_env)
+        exists = check_library_dir(lib_dir, read_only=read_only, create=create, reindex=reindex, catalog=ref)
         bk = BackendSettings(kind=backend) if isinstance(backend, str) else backend
-        req = OpenRequest(model, bk, regions, read_only, reindex, rebuild_damaged)
+        req = OpenRequest(model, bk, regions, read_only, reindex, rebuild_damaged, ref)
         made_dir = not lib_dir.exists()
-        lock = None if read_only else _lock_folder(lib_dir)
+        lock = None if read_only else _lock_writer(lib_dir, ref, shared=shared_writer)
         try:
             store, enc = open_store(lib_dir, exists, req, encoder, lambda m: shared_encoder(m, device), _reopen_reader)
-            if not read_only:
+            if shared_writer and store.build.backend.has("files"):
+                raise LibraryError(
+                    f"library {lib_dir} keeps its vectors in {store.build.backend.location(lib_dir)}, which only "
+                    "one machine writes; index it with one writer (leave out shared_writer)"
+                )
+            if not read_only and not shared_writer:  # shared writers undo a dead one's work by its claims
                 doctor_mod.recover(store)
         except BaseException:
             if lock is not None:
@@ -104,6 +122,7 @@ class Library:
             raise
         lib = cls(store, lock=lock, device=device, encoder=enc)
         lib._given_encoder = encoder
+        lib.shared_writer = shared_writer
         return lib
 
     # ---- the parts, for callers that need them ---------------------------------------------
@@ -172,6 +191,11 @@ class Library:
 
         if self.read_only:
             raise LibraryError(f"library {self.path} was opened read-only; open it without read_only to index")
+        if self.shared_writer:
+            raise LibraryError(
+                f"library {self.path} was opened as a shared writer, which takes its work from "
+                "fgsearch.catalog.WorkQueue; Library.index plans and indexes alone (open it without shared_writer)"
+            )
         opts = replace(options or IndexOptions(), **kw)
         roots = [str(p) for p in paths] if isinstance(paths, list) else [str(paths)]
         with storage_errors(self.path):
@@ -180,6 +204,34 @@ class Library:
             warning = doctor_mod.heal(self.store)  # catalog and indexes agree before a run adds to them
             report = IndexReport(warnings=[warning] if warning else [])
             return run_index(self.store, encoder, roots, opts, progress, report, mapper)
+
+    def index_shared(
+        self,
+        paths: str | os.PathLike[str] | list[str | os.PathLike[str]],
+        options: IndexOptions | None = None,
+        progress: ProgressFn | None = None,
+        *,
+        lease_s: float = 300.0,
+    ) -> IndexReport:
+        """Index beside the library's other shared writers (``shared_writer=True``, on any machine):
+        queue what changed under ``paths`` and take batches of the common work until none is left
+        (see :mod:`fgsearch.ingest.shared`; a batch held longer than ``lease_s`` seconds by a writer
+        that died is taken over). Deletions are swept by a lone ``index`` run, not here."""
+        from fgsearch.catalog import WorkQueue
+        from fgsearch.ingest import IndexOptions
+        from fgsearch.ingest.shared import run_shared
+
+        if not self.shared_writer:
+            raise LibraryError(
+                f"library {self.path} was opened as its lone writer; index_shared is for shared writers "
+                "(open it with shared_writer=True), index for a lone one"
+            )
+        opts = options or IndexOptions()
+        roots = [str(p) for p in paths] if isinstance(paths, list) else [str(paths)]
+        with storage_errors(self.path):
+            opts.check()
+            queue = WorkQueue.open(self.catalog, create=True)
+            return run_shared(self.store, self.encoder, roots, opts, queue, lease_s=lease_s, progress=progress)
 
     def search(
         self,
@@ -239,6 +291,7 @@ class Library:
         meta = self.catalog.get_meta()
         return {
             "library": str(self.path),
+            "catalog": self.catalog.location,  # the file, or the database URL without its password
             "model": registry_name(meta.get("model_name"), meta.get("model_ref")),  # old: "demo-model"
             "model_ref": meta.get("model_ref"),
             "dim": meta.get("dim"),
@@ -246,6 +299,7 @@ class Library:
             "score_calibration": meta.get("score_calibration"),
             "regions": self.region_settings.to_dict(),
             "backend": self.backend.to_dict(),
+            "store": self.backend.location(self.path),  # where the vectors are, as people name it
             "counts": self.catalog.counts(),
             "vectors": {"global": self.global_index.count(), "regions": self.region_index.count()},
             "index": {"global": _stats_dict(self.global_index), "regions": _stats_dict(self.region_index)},
@@ -272,6 +326,51 @@ class Library:
         self.close()
 
 
+def _catalog_of(
+    path: str | os.PathLike[str] | None, catalog: str | None, password_env: str | None
+) -> tuple[Path, CatalogRef | None]:
+    """The library folder and its PostgreSQL catalog: the one its description names, or the one
+    ``catalog`` asks for (a new library; an existing one must name the same database)."""
+    from fgsearch.catalog.postgres import is_postgres_url, public_url
+
+    lib_dir, described = locate(path)
+    if catalog is None:
+        return lib_dir, described
+    if not is_postgres_url(catalog):
+        raise LibraryError(
+            f"--catalog takes a PostgreSQL URL (postgresql+psycopg://USER@HOST:PORT/DATABASE), got "
+            f"{catalog[:40]!r}; leave it out for the SQLite catalog in the library folder"
+        )
+    ref = CatalogRef(catalog, password_env or (described.password_env if described else None))
+    if described is not None and not described.same_database(ref):
+        raise LibraryError(
+            f"library {lib_dir} keeps its catalog in {described.public}; it cannot move to {public_url(catalog)} "
+            "(leave out --catalog, or give --library a new folder)"
+        )
+    return lib_dir, ref
+
+
+def _lock_writer(lib_dir: Path, ref: CatalogRef | None, *, shared: bool) -> Any:
+    """The writer lock: the folder's (SQLite catalog), or an advisory lock in the PostgreSQL catalog."""
+    if ref is None:
+        if shared:
+            raise LibraryError(
+                f"library {lib_dir} has an SQLite catalog, which one writer uses; shared writers need a "
+                "PostgreSQL catalog (create the library with --catalog postgresql+psycopg://...)"
+            )
+        return _lock_folder(lib_dir)
+    lock = ref.lock(lib_dir, shared=shared)
+    lock.acquire()  # first: a database that cannot be reached leaves no folder behind
+    try:
+        lib_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        lock.release()
+        raise LibraryError(
+            f"cannot create the library folder {lib_dir}: {e.strerror or e}; give --library a folder you can write"
+        ) from e
+    return lock
+
+
 def _lock_folder(lib_dir: Path) -> Any:
     """Create the library folder if needed and take its writer lock."""
     from fgsearch.catalog import WriteLock
@@ -289,8 +388,10 @@ def _lock_folder(lib_dir: Path) -> Any:
 
 def _reopen_reader(lib_dir: Path) -> LibraryStore:
     """A fresh read-only store of a library that was rebuilt (its model is checked on next use)."""
+    lib_dir, ref = locate(lib_dir)
     exists = check_library_dir(lib_dir, read_only=True, create=False, reindex=False)
-    store, _ = open_store(lib_dir, exists, OpenRequest(read_only=True), None, _no_encoder, _reopen_reader)
+    req = OpenRequest(read_only=True, catalog=ref)
+    store, _ = open_store(lib_dir, exists, req, None, _no_encoder, _reopen_reader)
     return store
 
 

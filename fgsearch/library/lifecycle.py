@@ -7,6 +7,11 @@ A library folder holds what the library created and nothing else::
     <library>/index/regions/     one vector per region box    (id = region id)
     <library>/lock               the writer lock (flock; holds the writer's PID)
 
+or, with a PostgreSQL catalog (``--catalog postgresql+psycopg://...``), ``<library>/library.json``
+(:mod:`fgsearch.library.description`) naming the database in place of ``catalog.sqlite``; the
+writer lock is then an advisory lock in that database, and the vector-index folders (of a file
+backend) stay in the library folder.
+
 :func:`open_store` is the one place that decides, in order: the folder may be used; a creation
 that never finished is started over; a model that fails to load costs nothing (it is loaded before
 anything is written); the settings asked for agree with those recorded; the indexes open (a
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from fgsearch.errors import LibraryError
 from fgsearch.indexes import INDEX_NAMES
+from fgsearch.library.description import DESCRIPTION_FILE, CatalogRef, write_description
 from fgsearch.library.settings import (
     DEFAULT_MODEL,
     BackendSettings,
@@ -45,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 CATALOG_FILES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm")
 #: What a library folder may hold before it becomes one (a failed creation leaves its lock file).
-NEW_LIBRARY_LEFTOVERS = {"lock", "catalog.sqlite-wal", "catalog.sqlite-shm"}
+NEW_LIBRARY_LEFTOVERS = {"lock", "catalog.sqlite-wal", "catalog.sqlite-shm", "library.json.tmp"}
 
 EncoderFor = Callable[[str], "Encoder"]  # model reference -> the (shared) encoder
 
@@ -60,13 +66,23 @@ class OpenRequest:
     read_only: bool = False
     reindex: bool = False
     rebuild_damaged: bool = False
+    #: the PostgreSQL catalog (None: ``catalog.sqlite`` in the library folder)
+    catalog: CatalogRef | None = None
 
 
-def check_library_dir(lib_dir: Path, *, read_only: bool, create: bool, reindex: bool) -> bool:
+def check_library_dir(
+    lib_dir: Path, *, read_only: bool, create: bool, reindex: bool, catalog: CatalogRef | None = None
+) -> bool:
     """Whether a library exists at ``lib_dir``; raises when the request cannot be served there."""
     if lib_dir.exists() and not lib_dir.is_dir():
         raise LibraryError(f"{lib_dir} is a file, not a library folder; give --library a folder (new or existing)")
-    exists = (lib_dir / "catalog.sqlite").exists()
+    sqlite_here = (lib_dir / "catalog.sqlite").exists()
+    if sqlite_here and catalog is not None:
+        raise LibraryError(
+            f"library {lib_dir} keeps its catalog in {lib_dir / 'catalog.sqlite'}; it cannot move to "
+            f"{catalog.public} (leave out --catalog, or give --library a new folder)"
+        )
+    exists = sqlite_here or (lib_dir / DESCRIPTION_FILE).exists()
     if read_only and reindex:
         raise LibraryError("reindex needs a writable library")
     if not exists and (read_only or not create):
@@ -83,21 +99,21 @@ def open_store(
     for a writer, locked. Returns the store and the encoder loaded on the way (``None`` for an
     existing library given no model: the library's own loads on first use, so that a reader, or a
     writer that only repairs, never loads it)."""
-    from fgsearch.catalog import Catalog, peek_unfinished
-
-    if exists and not req.read_only and peek_unfinished(lib_dir / "catalog.sqlite"):
+    if exists and not req.read_only and _unfinished(lib_dir, req.catalog):
         # created by a run that failed before recording its model (nothing was indexed): start over
-        wipe(lib_dir)
+        wipe(lib_dir, catalog=req.catalog)
         exists = False
     req, encoder, rebuilt = _prepare_build(lib_dir, exists, req, encoder, encoder_for)
     exists = exists and not rebuilt
-    catalog = Catalog.open(lib_dir / "catalog.sqlite", create=not exists, read_only=req.read_only)
+    catalog = _open_catalog(lib_dir, req.catalog, create=not exists, read_only=req.read_only)
     try:
         if exists:
             build, encoder = _check_existing(lib_dir, catalog, req, encoder, encoder_for)
         else:
             encoder = encoder or encoder_for(req.model or DEFAULT_MODEL)
             build = _init_catalog(catalog, req, encoder)
+            if req.catalog is not None:  # the name every other machine opens the library by
+                write_description(lib_dir, req.catalog, build.backend.to_dict(), model_source(build.model))
         dim = encoder.dim if encoder is not None else int(catalog.get_meta()["dim"])
         gidx, ridx = open_indexes(lib_dir, build.backend, dim, read_only=req.read_only, rebuild=req.rebuild_damaged)
         if not exists:
@@ -109,6 +125,25 @@ def open_store(
         raise
     store = LibraryStore(lib_dir, catalog, gidx, ridx, build, read_only=req.read_only, reopen=reopen)
     return store, encoder
+
+
+def _open_catalog(lib_dir: Path, ref: CatalogRef | None, *, create: bool, read_only: bool) -> Catalog:
+    """The library's catalog: ``catalog.sqlite`` in its folder, or the PostgreSQL database ``ref``."""
+    from fgsearch.catalog import Catalog
+
+    if ref is not None:
+        return ref.open(lib_dir, create=create, read_only=read_only)
+    return Catalog.open(lib_dir / "catalog.sqlite", create=create, read_only=read_only)
+
+
+def _unfinished(lib_dir: Path, ref: CatalogRef | None) -> bool:
+    """Whether the catalog is a creation that did not finish (see ``peek_unfinished``)."""
+    from fgsearch.catalog import peek_unfinished
+
+    if ref is None:
+        return peek_unfinished(lib_dir / "catalog.sqlite")
+    with ref.open(lib_dir, create=False, read_only=False) as cat:
+        return "dim" not in cat.get_meta() and cat.counts()["images"] == 0
 
 
 def _loader(encoder: Encoder | None, encoder_for: EncoderFor, model: str) -> Callable[[], Encoder]:
@@ -143,7 +178,7 @@ def _prepare_build(
         encoder = encoder_for(req.model or DEFAULT_MODEL)  # a model that fails to load leaves no library behind
     if not (req.reindex and exists):
         return req, encoder, False
-    stored = stored_settings(lib_dir)
+    stored = stored_settings(lib_dir, req.catalog)
     req = replace(
         req,
         model=req.model or stored.get("model") or DEFAULT_MODEL,
@@ -151,7 +186,7 @@ def _prepare_build(
         regions=req.regions or stored.get("regions"),
     )
     encoder = encoder or encoder_for(req.model or DEFAULT_MODEL)  # must not cost the old library if it fails
-    wipe(lib_dir, stored.get("backend"))
+    wipe(lib_dir, stored.get("backend"), catalog=req.catalog)
     return req, encoder, True
 
 
@@ -266,10 +301,14 @@ def _start_empty(lib_dir: Path, indexes: tuple[VectorIndex, VectorIndex], *, reb
         idx.flush()
 
 
-def wipe(lib_dir: Path, backend: BackendSettings | None = None) -> None:
-    """Remove what the library created (for --reindex): its catalog and the vector-index folders
-    of its recorded backend (of every backend when none is recorded). Anything else in the folder
-    is left alone; the lock file stays."""
+def wipe(lib_dir: Path, backend: BackendSettings | None = None, *, catalog: CatalogRef | None = None) -> None:
+    """Remove what the library created (for --reindex): its catalog (the file, or the tables of a
+    PostgreSQL catalog: the description stays) and the vector-index folders of its recorded
+    backend (of every backend when none is recorded). Anything else in the folder is left alone;
+    the lock file stays."""
+    if catalog is not None:
+        with catalog.open(lib_dir, create=True, read_only=False) as cat:
+            cat.drop_tables()
     for name in CATALOG_FILES:
         (lib_dir / name).unlink(missing_ok=True)
     for folder in _owned_index_dirs(lib_dir, backend):
@@ -287,12 +326,16 @@ def _owned_index_dirs(lib_dir: Path, backend: BackendSettings | None) -> list[Pa
     return [p for kind in backend_names() for p in BackendSettings(kind).owned_paths(lib_dir).values()]
 
 
-def stored_settings(lib_dir: Path) -> dict[str, Any]:
+def stored_settings(lib_dir: Path, catalog: CatalogRef | None = None) -> dict[str, Any]:
     """The model source, backend and region settings recorded in an existing library's catalog
     (keys missing when unreadable)."""
     from fgsearch.catalog import peek_meta
 
-    meta = peek_meta(lib_dir / "catalog.sqlite", ("model_source", "model_name", "backend", "regions"))
+    if catalog is not None:
+        with catalog.open(lib_dir, create=False, read_only=True) as cat:
+            meta = cat.get_meta()
+    else:
+        meta = peek_meta(lib_dir / "catalog.sqlite", ("model_source", "model_name", "backend", "regions"))
     out: dict[str, Any] = {}
     if meta.get("model_source") or meta.get("model_name"):
         out["model"] = meta.get("model_source") or meta.get("model_name")

@@ -59,7 +59,9 @@ class LibraryStore:
         self._rw = ReadWriteLock()
         self.global_index = cast("VectorIndex", GuardedIndex(global_index, self._rw))
         self.region_index = cast("VectorIndex", GuardedIndex(region_index, self._rw))
-        self.build_probe = BuildProbe(path / "catalog.sqlite")
+        self.build_probe: BuildProbe | CatalogBuildProbe = (
+            CatalogBuildProbe(lambda: self.catalog) if catalog.pg else BuildProbe(path / "catalog.sqlite")
+        )
         self._reopen_fn = reopen
 
     @property
@@ -229,6 +231,19 @@ class BuildProbe:
         return same
 
 
+class CatalogBuildProbe:
+    """Whether a PostgreSQL catalog still holds the build a reader opened: one small query (a
+    replica on any machine sees a ``--reindex`` made on any other; no state of its own)."""
+
+    def __init__(self, catalog: Callable[[], Catalog]) -> None:
+        self._catalog = catalog
+        self.catalog_reads = 0
+
+    def is_build(self, epoch: str | None) -> bool:
+        self.catalog_reads += 1
+        return self._catalog().library_id() == epoch
+
+
 def damaged_index(lib_dir: Path, e: BaseException, name: str | None = None) -> LibraryError:
     """The one-line error for an index file that cannot be opened: the library, the file (the
     backend's message names it) and the repair."""
@@ -257,6 +272,12 @@ def storage_errors(lib_dir: Path) -> Iterator[None]:
     except (OSError, sqlite3.Error, sqlalchemy.exc.DBAPIError) as e:
         msg = str(getattr(e, "orig", None) or e)
         low = msg.lower()
+        if isinstance(e, sqlalchemy.exc.OperationalError) and type(e.orig).__module__.startswith("psycopg"):
+            reason = next((ln.strip() for ln in msg.splitlines() if ln.strip()), type(e.orig).__name__)
+            raise LibraryError(
+                f"lost the connection to the PostgreSQL catalog of library {lib_dir} ({reason}); run the same "
+                "command again when the database is back (what was committed so far is kept)"
+            ) from e
         code = getattr(e, "errno", None)
         if code in (errno.ENOSPC, errno.EDQUOT) or "database or disk is full" in low:
             raise LibraryError(

@@ -29,13 +29,22 @@ def photos(tmp_path: Path) -> dict[str, list[Path]]:
     return make_folder(tmp_path / "photos")
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog(request: pytest.FixtureRequest) -> str | None:
+    """The catalog of a test's library: the SQLite file in its folder, or a fresh PostgreSQL database."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
 def _open(tmp_path: Path, model: Path, **kw: object) -> Library:
     return Library.open(tmp_path / "lib", model=str(model), **kw)  # type: ignore[arg-type]
 
 
-def test_index_reports_every_file_and_reruns_do_nothing(tmp_path: Path, tiny_model_dir: Path, photos) -> None:
+def test_index_reports_every_file_and_reruns_do_nothing(
+    tmp_path: Path, tiny_model_dir: Path, photos, catalog: str | None
+) -> None:
     n_good, n_bad = len(photos["good"]), len(photos["bad"])
-    with _open(tmp_path, tiny_model_dir, regions=RegionSettings(proposer="grid", max_regions=5)) as lib:
+    grid = RegionSettings(proposer="grid", max_regions=5)
+    with _open(tmp_path, tiny_model_dir, regions=grid, catalog=catalog) as lib:
         rep = lib.index(tmp_path / "photos", batch_size=4)
         assert rep.indexed == n_good and rep.failed == n_bad and rep.reused == 0
         assert rep.regions == 5 * n_good
@@ -55,9 +64,10 @@ def test_index_reports_every_file_and_reruns_do_nothing(tmp_path: Path, tiny_mod
         assert lib.doctor()["consistent"]
 
 
-def test_rename_duplicate_and_delete(tmp_path: Path, tiny_model_dir: Path, photos) -> None:
+def test_rename_duplicate_and_delete(tmp_path: Path, tiny_model_dir: Path, photos, catalog: str | None) -> None:
     root = tmp_path / "photos"
-    with _open(tmp_path, tiny_model_dir, regions=RegionSettings(proposer="grid", max_regions=3)) as lib:
+    grid = RegionSettings(proposer="grid", max_regions=3)
+    with _open(tmp_path, tiny_model_dir, regions=grid, catalog=catalog) as lib:
         lib.index(root)
         n = lib.global_index.count()
         first, second = photos["good"][0], photos["good"][1]

@@ -1,4 +1,5 @@
-"""Catalog tests run on both dialects: ``catalog_target`` is an SQLite file or a PostgreSQL URL."""
+"""Fixtures for tests that run on both catalog dialects: ``catalog_target`` (an SQLite file or a
+PostgreSQL URL) and ``catalog_dir`` (a folder or a URL). Registered in tests/conftest.py."""
 
 from __future__ import annotations
 
