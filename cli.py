@@ -142,6 +142,8 @@ def index(
     batch_size: int = opt.INDEX_BATCH,
     workers: int = opt.WORKERS,
     fast_decode: bool = opt.FAST_DECODE,
+    pipeline: str = opt.PIPELINE,
+    fast_text: bool = opt.FAST_TEXT,
     ray: str | None = opt.RAY,
     gpus_per_worker: float = opt.GPUS_PER_WORKER,
     cpus_per_worker: float = opt.CPUS_PER_WORKER,
@@ -169,8 +171,9 @@ def index(
     mapper = opt.ray_mapper(ray, workers, gpus_per_worker, cpus_per_worker, batch_size, shared)
     opts = IndexOptions(
         include=tuple(include), exclude=tuple(exclude), extensions=tuple(ext), hidden=hidden, prune=prune,
-        prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed, min_side=min_side,
-        batch_size=batch_size, workers=workers, max_megapixels=max_megapixels, fast_decode=fast_decode,
+        prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed,
+        batch_size=batch_size, workers=workers, max_megapixels=max_megapixels, min_side=min_side,
+        fast_decode=fast_decode, pipeline=pipeline,
     )  # fmt: skip
     out = console(stderr=json_out)
     folders: list[str | os.PathLike[str]] = [str(p) for p in paths]
@@ -179,12 +182,14 @@ def index(
         open_at(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device) as lib,
         index_progress(out, show=not (quiet or json_out)) as progress,
     ):
-        index_fn = lib.index_shared if shared else partial(lib.index, mapper=mapper)
-        report = index_fn(folders, opts, progress=progress)
+        report = (lib.index_shared if shared else partial(lib.index, mapper=mapper))(folders, opts, progress=progress)
+        fast = opt.prepare_fast_text(lib) if fast_text else None
     if json_out:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json.dumps({**report.to_dict(), **({"fast_text": fast} if fast else {})}, indent=2))
     else:
         print_index_report(out, report)
+        if fast:
+            out.print(opt.fast_text_line(fast), markup=False, highlight=False)
     if opt.INDEX_EXIT[report.outcome]:  # scripts tell "some files failed" from "nothing indexed"
         raise typer.Exit(opt.INDEX_EXIT[report.outcome])
 
@@ -219,6 +224,7 @@ def query(
     show: Path | None = opt.SHOW,
     html_out: Path | None = opt.HTML,
     device: str = opt.DEVICE_SHORT,
+    via_server: bool = opt.VIA_SERVER,
 ) -> None:
     """Search the library: ranked images and the matching region."""
     from fgsearch.boxes import Box
@@ -237,8 +243,10 @@ def query(
     )  # fmt: skip
     check_query(q)  # before the library and the model are loaded
     info = QueryInfo()
-    with Library.open(library, read_only=True, device=device) as lib:
-        hits = lib.search(query=q, info=info)
+    hits = opt.via_server(library, q, info) if via_server else None
+    if hits is None:
+        with Library.open(library, read_only=True, device=device, text_only=image is None) as lib:
+            hits = lib.search(query=q, info=info)
     out = console(stderr=json_out or paths_out)  # stdout holds only the JSON or the paths
     for notice in info.notices:
         out.print(plain(f"notice: {notice}"))
@@ -303,22 +311,28 @@ def status(
 @_errors
 def doctor(
     library: Path | None = opt.LIBRARY,
-    repair: bool = typer.Option(False, "--repair", help="Fix disagreements (remove orphan vectors, re-queue images)."),
+    repair: bool = typer.Option(
+        False, "--repair", help="Salvage a damaged catalog, fix disagreements, re-embed what was lost."
+    ),
+    full: bool = typer.Option(False, "--full", help="SQLite's full integrity_check (slower) instead of quick_check."),
 ) -> None:
-    """Check that the catalog and the vector indexes agree and that index files match their checksums."""
-    from fgsearch.library import Library
+    """Check the catalog file, that it and the vector indexes agree, and the index files' checksums."""
+    from fgsearch.library.repair import examine
     from fgsearch.terminal import doctor_lines
 
-    with Library.open(library, read_only=not repair, create=False, rebuild_damaged=repair) as lib:
-        rep = lib.doctor(repair=repair)
+    rep = examine(library, repair=repair, full=full)
     for line in doctor_lines(rep):
-        typer.echo(line)
-    if rep["consistent"]:
+        typer.echo(safe(line))
+    if not rep["catalog_check"]["ok"] and not rep["repaired"] and rep["salvage"] is None:
+        typer.echo(f"the catalog is damaged: run `{rep['advice']}` to salvage it")
+        raise typer.Exit(1)
+    if rep["consistent"] and rep["salvage"] is None:
         typer.echo("ok: catalog and indexes agree")
-    elif rep["repaired"]:
-        typer.echo("repaired: run `fgsearch index` again to re-embed images whose vectors were missing")
+    elif rep["repaired"] or rep["salvage"] is not None:
+        more = f": run `{rep['advice']}` to re-embed the images whose vectors were lost" if rep["advice"] else ""
+        typer.echo(safe(f"repaired{more}"))
     else:
-        typer.echo("catalog and indexes disagree: run `fgsearch doctor --repair`")
+        typer.echo(f"catalog and indexes disagree: run `fgsearch doctor --repair --library {rep['library']}`")
         raise typer.Exit(1)
 
 

@@ -249,6 +249,12 @@ def main() -> None:
     fwd = forward_rates(enc, args.batch, size)
     wall, cpu, rep = index_runs(work, photos, model_dir, enc, args)
     print_summary(rep.indexed, wall, cpu, fwd)
+    if enc.device.type == "cuda":  # the GPU pipeline: images/s and the split decode/forward/proposals/storage
+        from bench_gpu import agreement, run_pipelines
+
+        gpu_batch = args.batch if args.batch != 32 else 256
+        runs = run_pipelines(photos, str(model_dir), work, ["serial", "device"], gpu_batch, args.workers, 2, "cuda")
+        agreement(runs["serial"], runs["device"], "device vs serial (Pillow) decode")
 
 
 if __name__ == "__main__":

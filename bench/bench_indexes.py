@@ -21,6 +21,14 @@ Every backend gets the same data and the same query sets in the same run:
   ef_construct 100, int8 scalar quantisation in RAM, 10x oversampling re-scored from the stored
   vectors (100 candidates for k=10, as ours), one optimised segment, at hnsw_ef 64/128/256/512.
 * ``qdrant``: qdrant-client's local mode (brute force in Python), only up to ``--qdrant-max``.
+* ``usearch-DTYPE-CONN`` (e.g. ``usearch-i8-16``, ``usearch-f16-32``): usearch's HNSW (PyPI
+  ``usearch``), inner product over ``i8`` or ``f16`` vectors with ``CONN`` links per node,
+  expansion_add 128 (its default), built with every core, searched memory-mapped
+  (``Index.restore(view=True)``) at expansion_search 32/64/128/256/512, each without a re-rank
+  (setting ``E``) and with an exact re-rank of 30 candidates from the memory-mapped float32 vectors
+  (setting ``E+rr``).
+* ``hnswlib-M`` (e.g. ``hnswlib-16``): hnswlib (float32, inner product, M links, ef_construction
+  100), ef 32/64/128/256/512; float32 distances are exact, so no re-rank.
 
 Synthetic data (fixed seed, generated in chunks of 50k rows so 1M x 512 never sits in RAM twice),
 two generators (``--data clip,isotropic``; each reported separately):
@@ -94,6 +102,22 @@ from bench_data import (
 
 PEER_EF = {"hnsw-sq8": (128, 256, 512), "qdrant-edge": (64, 128, 256, 512)}
 PEER_RERANK = 100
+LIB_EF = (32, 64, 128, 256, 512)  # usearch expansion_search / hnswlib ef
+LIB_RERANK = 30  # usearch "+rr" settings: candidates re-scored exactly from float32
+
+
+def _peer_family(kind: str) -> str:
+    """``usearch`` / ``hnswlib`` for their parametrised kinds, else the kind itself."""
+    return kind.split("-")[0] if kind.startswith(("usearch-", "hnswlib-")) else kind
+
+
+def _peer_settings(kind: str) -> list[object]:
+    fam = _peer_family(kind)
+    if fam == "usearch":
+        return [s for e in LIB_EF for s in (e, f"{e}+rr")]
+    if fam == "hnswlib":
+        return list(LIB_EF)
+    return list(PEER_EF[kind])
 
 
 # --------------------------------------------------------------------------- workers
@@ -137,9 +161,40 @@ def _edge_config(dim: int, threads: int | None = None) -> object:
 
 
 def worker_build(kind: str, data_path: Path, index_dir: Path) -> dict[str, float]:
+    """Build one index; its time, and the build process's peak RSS (``VmHWM``, data memory-mapped)."""
+    import resource
+
+    res = _build(kind, data_path, index_dir)
+    res["build_peak_B"] = _rss()["VmHWM"]
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    res["build_cpu_s"] = use.ru_utime + use.ru_stime  # CPU seconds, all threads: steadier than wall time under load
+    return res
+
+
+def _build(kind: str, data_path: Path, index_dir: Path) -> dict[str, float]:
     data = np.load(data_path, mmap_mode="r")
     n, dim = data.shape
     t0 = time.perf_counter()
+    if _peer_family(kind) == "usearch":
+        from usearch.index import Index
+
+        _, dtype, conn = kind.split("-")
+        index_dir.mkdir(parents=True)
+        ux = Index(ndim=dim, metric="ip", dtype=dtype, connectivity=int(conn), expansion_add=128)
+        for s in range(0, n, CHUNK):
+            ux.add(np.arange(s, min(s + CHUNK, n)), np.ascontiguousarray(data[s : s + CHUNK]), threads=0)
+        ux.save(str(index_dir / "usearch.index"))
+        return {"build_s": time.perf_counter() - t0, "add_s": 0.0}
+    if _peer_family(kind) == "hnswlib":
+        import hnswlib
+
+        index_dir.mkdir(parents=True)
+        hx = hnswlib.Index(space="ip", dim=dim)
+        hx.init_index(max_elements=n, M=int(kind.split("-")[1]), ef_construction=100, random_seed=0)
+        for s in range(0, n, CHUNK):
+            hx.add_items(np.ascontiguousarray(data[s : s + CHUNK]), np.arange(s, min(s + CHUNK, n)), num_threads=-1)
+        hx.save_index(str(index_dir / "hnswlib.index"))
+        return {"build_s": time.perf_counter() - t0, "add_s": 0.0}
     if kind == "hnsw-sq8":
         import faiss
 
@@ -182,7 +237,23 @@ class _Searcher:
     def __init__(self, kind: str, index_dir: Path, data_path: Path) -> None:
         self.kind = kind
         self.settings: list[object] = [None]
-        if kind == "hnsw-sq8":
+        if _peer_family(kind) == "usearch":
+            from usearch.index import Index
+
+            self.index = Index.restore(str(index_dir / "usearch.index"), view=True)
+            self.data = np.load(data_path, mmap_mode="r")
+            self.settings = _peer_settings(kind)
+            self.n = len(self.index)
+        elif _peer_family(kind) == "hnswlib":
+            import hnswlib
+
+            dim = int(np.load(data_path, mmap_mode="r").shape[1])
+            self.index = hnswlib.Index(space="ip", dim=dim)
+            self.index.load_index(str(index_dir / "hnswlib.index"))
+            self.index.set_num_threads(1)
+            self.settings = _peer_settings(kind)
+            self.n = int(self.index.get_current_count())
+        elif kind == "hnsw-sq8":
             import faiss
 
             self.index = faiss.read_index(str(index_dir / "hnsw.index"))
@@ -204,17 +275,24 @@ class _Searcher:
         self.setting: object = self.settings[0]
 
     def search(self, q: np.ndarray, k: int) -> np.ndarray:
+        fam = _peer_family(self.kind)
+        if fam == "usearch":
+            ef, rerank = (int(str(self.setting).split("+")[0]), "+rr" in str(self.setting))
+            self.index.expansion_search = ef
+            m = self.index.search(q, LIB_RERANK if rerank else k, threads=1)
+            cand = np.asarray(m.keys, dtype=np.int64).reshape(q.shape[0], -1)
+            return self._reranked(cand, q, k) if rerank else cand[:, :k]
+        if fam == "hnswlib":
+            self.index.set_ef(max(int(self.setting), k))  # type: ignore[call-overload]
+            labels, _ = self.index.knn_query(q, k=k, num_threads=1)
+            return np.asarray(labels, dtype=np.int64)
         if self.kind == "hnsw-sq8":
             import faiss
 
             p = faiss.SearchParametersHNSW()
             p.efSearch = int(self.setting)  # type: ignore[call-overload]
             _, cand = self.index.search(q, PEER_RERANK, params=p)
-            out = np.empty((q.shape[0], k), dtype=np.int64)
-            for r in range(q.shape[0]):  # exact re-rank from the memory-mapped float32 vectors
-                c = cand[r][cand[r] >= 0]
-                out[r] = c[np.argsort(-(np.asarray(self.data[c]) @ q[r]))[:k]]
-            return out
+            return self._reranked(cand, q, k)
         if self.kind == "qdrant-edge":
             qe = self.qe
             params = qe.SearchParams(
@@ -226,8 +304,17 @@ class _Searcher:
             return np.asarray([[int(p.id) for p in r] + [-1] * (k - len(r)) for r in res], dtype=np.int64)
         return np.asarray(self.index.search(q, k).ids)
 
+    def _reranked(self, cand: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+        """Top ``k`` of each row's candidates by exact inner product (memory-mapped float32)."""
+        out = np.full((q.shape[0], k), -1, dtype=np.int64)
+        for r in range(q.shape[0]):
+            c = np.sort(cand[r][(cand[r] >= 0) & (cand[r] < self.data.shape[0])])
+            top = c[np.argsort(-(np.asarray(self.data[c]) @ q[r]))[:k]]
+            out[r, : top.size] = top
+        return out
+
     def params(self) -> dict:
-        if self.kind in PEER_EF:
+        if self.kind in PEER_EF or _peer_family(self.kind) in ("usearch", "hnswlib"):
             return {"ef": self.setting}
         return {k: v for k, v in self.index.stats().params.items() if k != "config"}
 
@@ -278,6 +365,13 @@ def worker_query(kind: str, index_dir: Path, data_path: Path, qsets: dict[str, t
     searcher = _Searcher(kind, index_dir, data_path)
     open_s = time.perf_counter() - t0
     after_open = _rss()
+    check_ms = None
+    if kind.startswith("faiss") and getattr(searcher.index, "tier", "") == "hnsw":
+        from fgsearch.indexes.hnsw.check import check_graph
+
+        t = time.perf_counter()  # what every open of a snapshot pays for fgsearch's graph check
+        check_graph(searcher.index._ann)
+        check_ms = 1000 * (time.perf_counter() - t)
     if kind != "exact":
         # warm every backend the same way before anything is timed: the timed queries of each set,
         # one at a time, at the widest setting (a 1M index is ~1-3 GB of mapped pages; ten queries
@@ -307,6 +401,7 @@ def worker_query(kind: str, index_dir: Path, data_path: Path, qsets: dict[str, t
         "bytes_per_vector": (d_anon + d_file) / max(n, 1),
         "anon_bytes_per_vector": d_anon / max(n, 1),
         "disk_B": searcher.disk_bytes(index_dir),
+        "graph_check_ms": check_ms,
         "params": searcher.params(),
     }
 
@@ -335,6 +430,7 @@ def _cosines(data_path: Path, q: np.ndarray) -> str:
 # --------------------------------------------------------------------------- main
 def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path], backends: list[str], args) -> list:
     rows = []
+    builds: dict[str, dict] = {}
     n = int(np.load(data_path, mmap_mode="r").shape[0])
     for name, qp in qpaths.items():
         print(f"# {label}: {name} queries: {_cosines(data_path, np.load(qp))}", flush=True)
@@ -367,22 +463,48 @@ def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path]
                     flush=True,
                 )
             print(f"#   params {r['params']}", flush=True)
+        check = results[0][1]["graph_check_ms"]
+        print(
+            f"# {kind} {label}: build {b['build_s']:.1f}s ({b.get('build_cpu_s', float('nan')):.1f} CPU s), "
+            f"build peak RSS {b['build_peak_B'] / 2**30:.2f} GiB"
+            + (f", graph check on open {check:.1f} ms" if check is not None else ""),
+            flush=True,
+        )
+        builds[kind] = b
         shutil.rmtree(idx_dir, ignore_errors=True)
+    _print_build_ratios(label, builds)
     return rows
+
+
+def _print_build_ratios(label: str, builds: dict[str, dict]) -> None:
+    """Our build's time and peak memory over the fastest peer's, measured in this run."""
+    peers = {k: b for k, b in builds.items() if not k.startswith("faiss") and k not in ("exact", "qdrant")}
+    if "faiss" not in builds or not peers:
+        return
+    fastest = min(peers, key=lambda k: peers[k]["build_s"])
+    ours, best = builds["faiss"], peers[fastest]
+    print(
+        f"# {label}: build faiss / fastest peer ({fastest}): time {ours['build_s']:.1f}s / {best['build_s']:.1f}s = "
+        f"{ours['build_s'] / best['build_s']:.2f}x, peak RSS {ours['build_peak_B'] / 2**30:.2f} / "
+        f"{best['build_peak_B'] / 2**30:.2f} GiB = {ours['build_peak_B'] / best['build_peak_B']:.2f}x, CPU time "
+        f"{ours.get('build_cpu_s', float('nan')) / best.get('build_cpu_s', float('nan')):.2f}x",
+        flush=True,
+    )
 
 
 def print_table(rows: list) -> None:
     head = (
-        f"{'backend':<12} {'setting':>7} {'data':>14} {'set':>5} {'recall@10':>9} {'p50 ms':>7} {'p95 ms':>7} "
-        f"{'batch q/s':>9} {'build s':>8} {'B/vec':>6} {'anon':>6} {'file':>6} {'disk MB':>8}"
+        f"{'backend':<15} {'setting':>7} {'data':>14} {'set':>5} {'recall@10':>9} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'batch q/s':>9} {'build s':>8} {'peak GB':>7} {'B/vec':>6} {'anon':>6} {'file':>6} {'disk MB':>8}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         setting = "-" if r["setting"] is None else str(r["setting"])
         print(
-            f"{r['backend']:<12} {setting:>7} {r['data']:>14} {r['set']:>5} {r['recall10']:>9.4f} {r['p50_ms']:>7.2f} "
-            f"{r['p95_ms']:>7.2f} {r['batch_qps']:>9.0f} {r['build_s']:>8.1f} {r['bytes_per_vector']:>6.0f} "
+            f"{r['backend']:<15} {setting:>7} {r['data']:>14} {r['set']:>5} {r['recall10']:>9.4f} {r['p50_ms']:>7.2f} "
+            f"{r['p95_ms']:>7.2f} {r['batch_qps']:>9.0f} {r['build_s']:>8.1f} {r['build_peak_B'] / 2**30:>7.2f} "
+            f"{r['bytes_per_vector']:>6.0f} "
             f"{r['anon_bytes_per_vector']:>6.0f} {r['rss_file_B'] / max(r['n'], 1):>6.0f} "
             f"{(r['disk_B'] or 0) / 1e6:>8.0f}"
         )
@@ -405,7 +527,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, action="append", help="synthetic collection size (repeatable)")
     ap.add_argument("--demo", type=int, default=0, help="also run the demo-model set over this many photos")
     ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--backends", default="exact,faiss,hnsw-sq8,qdrant-edge,faiss-ivfpq")
+    ap.add_argument(
+        "--backends",
+        default="exact,faiss,hnsw-sq8,qdrant-edge,usearch-i8-16,usearch-i8-24,usearch-i8-32,"
+        "usearch-f16-16,usearch-f16-24,usearch-f16-32,hnswlib-16,faiss-ivfpq",
+    )
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--clusters", type=int, default=1000, help="clusters (isotropic) or topics (clip)")
     ap.add_argument("--data", default="clip", help="synthetic generators, comma-separated: clip, isotropic")
@@ -413,11 +539,13 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="where data and indexes go (default: temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, every peer, in seconds (a temp dir)")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
-    if args.smoke:
-        args.n, args.dim, args.queries, args.clusters, args.backends = [2000], 32, 20, 20, "exact,faiss"
+    if args.smoke and not args.worker:
+        args.n, args.dim, args.queries, args.clusters, args.workdir = [3000], 64, 40, 30, None
+        args.backends = "exact,faiss,usearch-i8-16,hnswlib-16"
 
     if args.worker:
         run_worker_args(args.worker)

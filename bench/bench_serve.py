@@ -54,12 +54,14 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return out["RssAnon:"], out["RssFile:"]
 
 
-def start(lib_dir: Path, port: int, max_batch: int) -> subprocess.Popen[bytes]:
+def start(lib_dir: Path, port: int, max_batch: int, home: Path | None = None) -> subprocess.Popen[bytes]:
+    """A server process; ``home``: its FGSEARCH_HOME (where a prepared fast text tower is found)."""
+    env = {**os.environ, **({"FGSEARCH_HOME": str(home)} if home is not None else {})}
     code = (
         "from fgsearch.serve import run_server; from fgsearch.serve.engine import ServeSettings; "
         f"run_server(ServeSettings(library={str(lib_dir)!r}, device='cpu', port={port}, max_batch={max_batch}))"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -159,8 +161,10 @@ def direct(lib_dir: Path, words: int, n: int = 30) -> float:
     return float(np.percentile(times, 50))
 
 
-def run(lib_dir: Path, port: int, max_batch: int, levels: list[int], duration: float, words: int) -> list[dict]:
-    proc = start(lib_dir, port, max_batch)
+def run(
+    lib_dir: Path, port: int, max_batch: int, levels: list[int], duration: float, words: int, home: Path | None = None
+) -> list[dict]:
+    proc = start(lib_dir, port, max_batch, home)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         for _ in range(5):  # warm up: first forwards, page cache of the indexes
@@ -169,8 +173,10 @@ def run(lib_dir: Path, port: int, max_batch: int, levels: list[int], duration: f
         for n in levels:
             r = level(port, proc.pid, n, duration, words)
             r["batching"] = "on" if max_batch > 1 else "off"
+            r["text"] = server_stats(port).get("text_runtime", "torch")
             print(
-                f"batching {r['batching']:>3} | {n:>2} clients: {r['rps']:6.2f} req/s, p50 {r['p50']:7.1f} ms, "
+                f"batching {r['batching']:>3}, text {r['text']:>9} | {n:>2} clients: {r['rps']:6.2f} req/s, "
+                f"p50 {r['p50']:7.1f} ms, "
                 f"p95 {r['p95']:7.1f} ms, errors {r['errors']}, timeouts {r['timeouts']}, "
                 f"anon RSS {r['anon_start']:.0f} -> {r['anon_mid']:.0f} (half-time) -> {r['anon_end']:.0f} MB "
                 f"(max {r['anon_max']:.0f}), mapped {r['file_end']:.0f} MB, {r['texts_per_forward']:.2f} texts/forward",
@@ -191,6 +197,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def fast_vs_torch(lib_dir: Path, model_dir: Path, args: argparse.Namespace, levels: list[int]) -> None:
+    """The same levels against a server whose texts run on torch and one on the fast text tower
+    (each with its own FGSEARCH_HOME), alternated twice; p50 side by side."""
+    from fgsearch.model import load_encoder
+    from fgsearch.model.fast_text import prepare_fast_text
+
+    homes = {"torch": args.work / "home-torch", "fast": args.work / "home-fast"}
+    for h in homes.values():
+        h.mkdir(exist_ok=True)
+    os.environ["FGSEARCH_HOME"] = str(homes["fast"])
+    meta = prepare_fast_text(load_encoder(str(model_dir), device="cpu"))
+    print(f"fast text tower: cosine to torch >= {meta['cosine_min']}, top-10 overlap {meta['top10']}")
+    p50: dict[str, list[list[float]]] = {"torch": [], "fast": []}
+    for rnd in range(2):
+        for name, home in homes.items():
+            port = args.port + 2 * rnd + (name == "fast")
+            p50[name].append([r["p50"] for r in run(lib_dir, port, 32, levels, args.duration, args.words, home)])
+    for i, n in enumerate(levels):
+        t, f = float(np.median([r[i] for r in p50["torch"]])), float(np.median([r[i] for r in p50["fast"]]))
+        print(f"{n:>2} clients: p50 torch text {t:.0f} ms, fast text {f:.0f} ms: {t / f:.2f}x lower")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=100_000)
@@ -202,6 +230,9 @@ def main() -> None:
     ap.add_argument("--unbatched", action="store_true", help="also run against a server without text batching")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fgsearch-bench-serve")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
+    ap.add_argument(
+        "--fast-text", action="store_true", help="torch text tower vs the fast (ONNX) one, servers alternated"
+    )
     args = ap.parse_args()
     if args.smoke:
         args.images, args.regions_per_image, args.clients, args.duration, args.words = 300, 2, "1,2", 2.0, 5
@@ -233,6 +264,9 @@ def main() -> None:
         "peer: the same queries through Library.search in-process, one at a time: "
         f"p50 {direct(lib_dir, args.words):.1f} ms"
     )
+    if args.fast_text:
+        fast_vs_torch(lib_dir, model_dir, args, levels)
+        return
     results = run(lib_dir, args.port, 32, levels, args.duration, args.words)
     if args.unbatched:
         plain = run(lib_dir, args.port + 1, 1, levels, args.duration, args.words)

@@ -124,7 +124,53 @@ FAST_DECODE = typer.Option(
     help="Decode big JPEGs at a reduced scale (at least twice the model's input): much faster for "
     "multi-megapixel photos; vectors differ slightly from a full-size decode.",
 )
+PIPELINE = typer.Option(
+    "auto",
+    "--pipeline",
+    help="serial: decode in threads, embed and commit in turn; overlap: decode, forward pass and commit "
+    "in their own threads; device: overlap, with JPEGs decoded on the GPU (nvjpeg); auto: device on "
+    "CUDA, serial elsewhere (see docs/gpu.md).",
+)
+FAST_TEXT = typer.Option(
+    False,
+    "--fast-text",
+    help="Also prepare the model's text tower for cold queries without torch (ONNX Runtime; once per "
+    "model, checked against torch; FG-CLIP only; needs the fast-start extra). See docs/fast-start.md.",
+)
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
+def prepare_fast_text(lib: Any) -> dict[str, Any]:
+    """``--fast-text``: the library's model's text tower exported and checked (once per model)."""
+    from fgsearch.model.fast_text import prepare_fast_text as prepare
+
+    return prepare(lib.encoder)
+
+
+VIA_SERVER = typer.Option(
+    False,
+    "--via-server",
+    help="Ask a running `fgsearch serve` of this library (found by its library id; a dead or stale "
+    "one is ignored within a second) instead of loading the model here. Text queries only.",
+)
+
+
+def via_server(library: Path | None, query: Any, info: Any) -> list[Any] | None:
+    """``--via-server``: the hits from a running server of the library, or None to search here."""
+    from fgsearch.library_paths import resolve_library_dir
+    from fgsearch.serve.discovery import search_via_server
+
+    return search_via_server(resolve_library_dir(library), query, info)
+
+
+def fast_text_line(meta: dict[str, Any]) -> str:
+    """What ``--fast-text`` prepared, for the index summary."""
+    verdict = "queries use it" if meta.get("passed") else "refused: queries keep torch"
+    return (
+        f"fast text path: cosine to torch >= {meta.get('cosine_min')}, top-10 overlap {meta.get('top10')} "
+        f"on {meta.get('texts')} texts; {verdict}"
+    )
+
 
 # ---- query -----------------------------------------------------------------------------------------
 TEXT_ARG = typer.Argument(None, help="What to find; any length (up to 248 tokens are read).")

@@ -204,13 +204,27 @@ def print_status(out: Console, st: dict[str, Any]) -> None:
     )
     for k, v in st["counts"].items():
         out.print(f"{k:<16} {v}", highlight=False)
+    note = pending_note(st.get("pending"))
+    if note:
+        out.print(plain(note), highlight=False)
     out.print(f"vectors  global {st['vectors']['global']}, regions {st['vectors']['regions']}", highlight=False)
     out.print(plain(disk_line(Path(st["library"]), st)), highlight=False)
+    for line in st.get("below_goal", []):
+        out.print(plain(f"warning  {line}"), highlight=False)
 
 
 def doctor_lines(rep: dict[str, Any]) -> list[str]:
     """``fgsearch doctor``'s findings before its verdict: per index, then each damaged file."""
     lines = []
+    chk = rep.get("catalog_check")
+    if chk is not None:
+        verdict = "ok" if chk["ok"] else "DAMAGED: " + "; ".join(chk["problems"][:3])
+        when = " (before the repair)" if rep.get("salvage") else ""
+        lines.append(f"catalog{when}: {chk['method']} {verdict} ({chk['seconds']:.2f} s)")
+    if rep.get("salvage"):
+        lines += salvage_lines(rep["salvage"])
+    if "global" not in rep:
+        return lines
     for name in ("global", "regions"):
         r = rep[name]
         lines.append(
@@ -218,7 +232,43 @@ def doctor_lines(rep: dict[str, Any]) -> list[str]:
             f"missing vectors {r['missing_vectors']}, damaged vectors {r['damaged_vectors']}"
         )
     lines += [f"damaged file (checksum mismatch): {f}" for f in rep["damaged_files"]]
+    note = pending_note(rep.get("pending"))
+    if note:
+        lines.append(note)
+    lines += [f"below goal: {line}" for line in rep.get("below_goal", [])]
     return lines
+
+
+def salvage_lines(s: dict[str, Any]) -> list[str]:
+    """What ``doctor --repair`` salvaged from a damaged catalog."""
+    rec = ", ".join(f"{k} {v}" for k, v in s["recovered"].items())
+    before = ", ".join(f"{k} {v}" for k, v in s["before"].items())
+    lines = [
+        f"salvaged the catalog: rows recovered {rec}"
+        + (f" (rows before, by intact indexes: {before})" if before else "")
+    ]
+    lines.append(f"damaged catalog kept as {s['kept_aside']}")
+    lines.append(
+        f"images: recovered {s.get('images_recovered', 0)} with their vectors, lost {s.get('images_lost', 0)}, "
+        f"re-embedded {s.get('images_reembedded', 0)}; files re-linked by content hash {s.get('files_relinked', 0)}"
+    )
+    if s.get("meta_keys_lost"):
+        lines.append(f"settings restored from rebuild.json: {', '.join(s['meta_keys_lost'])}")
+    return lines
+
+
+def pending_note(p: dict[str, Any] | None) -> str | None:
+    """Why the catalog's and the indexes' counts differ while images are pending."""
+    if not p or not p.get("images"):
+        return None
+    n, r = p["images"], p["regions"]
+    what = f"{n} images ({r} regions) are pending"
+    if p.get("writer"):
+        return f"{what}: the batch of the run in progress (PID {p['writer']}); counted once it confirms them"
+    return (
+        f"{what}: an interrupted run reserved them and their vectors may be partly written (not counted "
+        "above); the next `fgsearch index` (or `fgsearch doctor --repair`) undoes them and embeds those images again"
+    )
 
 
 # ---- train / eval ---------------------------------------------------------------------------------

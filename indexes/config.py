@@ -80,6 +80,10 @@ class FaissConfig:
       requires one.
     * ``mmap``: search a snapshot's FAISS file memory-mapped (IVF lists, or the HNSW graph and
       codes) instead of reading it into memory; snapshots are immutable.
+    * ``served_queries``: keep the vectors of at most this many recent queries (vectors only; see
+      :mod:`.faiss.served`; ``0``: keep none, delete the record); once ``served_min`` are held,
+      each snapshot measures recall@10 on them and calibrates again with them as a set when they
+      miss the goal or clear it with room to narrow (they then replace the synthetic text sets).
     """
 
     journal: JournalConfig = field(default_factory=JournalConfig)
@@ -108,6 +112,8 @@ class FaissConfig:
     train_sample: int | None = None
     use_gpu: bool | None = None
     mmap: bool = True
+    served_queries: int = 2000
+    served_min: int = 100
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -129,6 +135,8 @@ class FaissConfig:
             raise IndexInputError(f"hnsw_codes must be 'SQ4' or 'SQ8', got {self.hnsw_codes!r}")
         if self.hnsw_fill_links < 0:
             raise IndexInputError(f"hnsw_fill_links must be >= 0, got {self.hnsw_fill_links}")
+        if self.served_queries < 0 or self.served_min < 1:
+            raise IndexInputError("served_queries must be >= 0 (0: off) and served_min >= 1")
         if self.hnsw_m < 2 or self.hnsw_ef_construction < 1 or self.max_ef_search < 1:
             raise IndexInputError("hnsw_m must be >= 2, hnsw_ef_construction and max_ef_search >= 1")
         for name in ("nlist", "pq_m", "nprobe", "ef_search"):

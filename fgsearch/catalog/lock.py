@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fgsearch.catalog.health import full_disk_message, is_full_disk
 from fgsearch.errors import LibraryError, LibraryLockedError
 
 #: the advisory lock's key pair (two int4): "fgsc" and the writer lock's number
@@ -31,17 +32,27 @@ class WriteLock:
     """Exclusive writer lock on ``<library>/lock``.
 
     ``flock`` is the locking call (``fcntl.flock``); it is a parameter so that a filesystem
-    without locks (``ENOLCK``, some network mounts) can be played in a test."""
+    without locks (``ENOLCK``, some network mounts) can be played in a test. ``pwrite`` writes the
+    holder's PID (``os.pwrite``); a parameter so that a full disk at that write can be played too."""
 
-    def __init__(self, lib_dir: Path, *, flock: Callable[[int, int], None] = fcntl.flock) -> None:
+    def __init__(
+        self,
+        lib_dir: Path,
+        *,
+        flock: Callable[[int, int], None] = fcntl.flock,
+        pwrite: Callable[[int, bytes, int], int] = os.pwrite,
+    ) -> None:
         self.path = Path(lib_dir) / "lock"
         self._flock = flock
+        self._pwrite = pwrite
         self._fd: int | None = None
 
     def acquire(self) -> None:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
+            if is_full_disk(e):
+                raise LibraryError(full_disk_message(self.path.parent, e)) from e
             raise LibraryError(
                 f"cannot open the lock file {self.path}: {e.strerror or e}; check the --library folder"
             ) from e
@@ -49,9 +60,39 @@ class WriteLock:
             self._flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             self._refuse(fd, e)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            self._write_pid(fd, os.getpid())
+        except OSError as e:
+            os.close(fd)  # drops the lock: this run cannot write anything anyway
+            if is_full_disk(e):
+                raise LibraryError(full_disk_message(self.path.parent, e)) from e
+            raise LibraryError(
+                f"cannot write the lock file {self.path}: {e.strerror or e}; check the --library folder"
+            ) from e
         self._fd = fd
+
+    def _write_pid(self, fd: int, pid: int) -> None:
+        os.ftruncate(fd, 0)
+        self._pwrite(fd, str(pid).encode(), 0)
+
+    def holder(self) -> str | None:
+        """The PID (as recorded) of the process holding the lock now, or None when it is free.
+        Takes and drops the lock at once if free (never blocks); a folder that cannot be read says None."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                self._flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    return os.pread(fd, 32, 0).decode(errors="ignore").strip() or "?"
+                return None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     def _refuse(self, fd: int, e: OSError) -> NoReturn:
         """Close ``fd`` and say why the lock was not taken: held by another process, or not

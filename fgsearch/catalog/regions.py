@@ -40,6 +40,15 @@ class RegionRows(SqlStore):
                 seen.setdefault(owner[rid], None)
         return list(seen)
 
+    def region_owners(self) -> tuple[Any, Any, Any]:
+        """Every region id (ascending), the content id owning each and its rank, as int64 arrays."""
+        import numpy as np
+
+        with self.reading() as con:
+            rows = con.execute("SELECT id, content_id, rank FROM regions ORDER BY id").fetchall()
+        arr = np.asarray(rows, np.int64).reshape(-1, 3)
+        return arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
+
     def region_ids_by_content(self, content_ids: Sequence[int]) -> dict[int, Any]:
         """Region ids per content (int64 ``[K]``, rank order): a search scores every region of its
         candidate images and needs the boxes (:meth:`region_boxes`) only of the ones it returns."""

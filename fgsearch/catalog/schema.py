@@ -189,8 +189,9 @@ def check_tables(path: Path, tables: set[str], *, create: bool) -> bool:
             f"{', '.join(sorted(tables)[:5])}); choose another --library folder"
         )
     if not create:
+        from fgsearch.library_record import rebuild_command
+
         raise LibraryError(
-            f"catalog {path} is empty (its records are lost); rebuild the library with "
-            f"`fgsearch index PHOTOS --library {path.parent} --reindex --model MODEL`"
+            f"catalog {path} is empty (its records are lost); rebuild the library with `{rebuild_command(path.parent)}`"
         )
     return True

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from fgsearch.catalog.connect import cannot_write_here, create_engine, now
 from fgsearch.catalog.files import FileRows
+from fgsearch.catalog.health import open_error_message
 from fgsearch.catalog.schema import (
     SCHEMA_VERSION,
     check_tables,
@@ -98,10 +99,7 @@ class Catalog(FileRows):
             cat._prepare_schema(create)
         except sa.exc.DatabaseError as e:
             engine.dispose()
-            raise LibraryError(
-                f"catalog {p} is not a readable SQLite database ({e.orig}); restore it from a backup or rebuild "
-                f"the library with `fgsearch index PHOTOS --library {p.parent} --reindex`"
-            ) from e
+            raise LibraryError(open_error_message(p, e)) from e
         except BaseException:
             engine.dispose()
             raise
@@ -239,16 +237,23 @@ class Catalog(FileRows):
 
     # ---- reading ---------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        """Files (ok, failed), images, regions, bytes indexed and the catalog file's size."""
+        """Files (ok, failed), images and regions (confirmed: their vectors are in the indexes), images
+        and regions pending (reserved by a run that has not confirmed them: one in flight, or one
+        that was interrupted), bytes indexed and the catalog file's size."""
+        pending = "SELECT id FROM contents WHERE state = 'pending'"
         queries = {
             "files_ok": "SELECT count(*) FROM files WHERE status = 'ok'",
             "files_failed": "SELECT count(*) FROM files WHERE status = 'failed'",
             "images": "SELECT count(*) FROM contents WHERE state = 'ok'",
             "regions": "SELECT count(*) FROM regions",
+            "images_pending": "SELECT count(*) FROM contents WHERE state = 'pending'",
+            "regions_pending": f"SELECT count(*) FROM regions WHERE content_id IN ({pending})",  # by its index
             "bytes_indexed": "SELECT sum(size) FROM files WHERE status = 'ok'",
         }
-        with self.reading() as con:
+        with self.reading() as con:  # one read transaction: the counts agree with each other
+            con.execute("BEGIN")
             out = {k: int(con.execute(q).fetchone()[0] or 0) for k, q in queries.items()}
+            out["regions"] -= out["regions_pending"]
             if self.pg:
                 out["catalog_bytes"] = int(con.execute("SELECT pg_database_size(current_database())").fetchone()[0])
         if not self.pg:

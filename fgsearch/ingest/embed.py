@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,7 +33,12 @@ def embed_batch(encoder: Encoder, proposer: Proposer, batch: Sequence[Prepared])
     """The forward pass for a batch of prepared images (of any mix of shapes: the family's
     transform pads and masks them). The proposer's boxes come from the dense maps (``auto``: all
     images of one dense-map shape at once) or were found in the prepare stage (grid, sidecar)."""
-    pixels = encoder.transform.collate([p.pixels for p in batch])
+    return embed_pixels(encoder, proposer, encoder.transform.collate([p.pixels for p in batch]), batch)
+
+
+def embed_pixels(encoder: Encoder, proposer: Proposer, pixels: Any, batch: Sequence[Prepared]) -> Embedded:
+    """:func:`embed_batch` for a batch already collated (or staged on the device:
+    :mod:`fgsearch.ingest.device`); ``pixels`` holds the images of ``batch`` in order."""
     if proposer.uses_dense:
         out, boxes = encoder.encode_proposed(pixels, proposer.after)
     elif proposer.wants_regions:

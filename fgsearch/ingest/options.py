@@ -33,13 +33,19 @@ class IndexOptions:
     fast_decode: bool = False  # JPEG draft decoding: faster, not bit-exact with the reference resize
     follow_links: bool = False  # follow symbolic links that lead outside the indexed folders
     prune_unselected: bool = False  # also drop files still on disk that include/exclude/hidden left out
+    # serial | overlap (stage/embed/commit threads) | device (overlap + JPEGs decoded on the model's
+    # device) | auto (device on CUDA, serial elsewhere): see fgsearch.ingest.pipeline
+    pipeline: str = "auto"
 
     def check(self) -> None:
         """Reject bad options before a run records anything (``--ext``, ``--batch-size``)."""
+        from fgsearch.ingest.pipeline import PIPELINES
         from fgsearch.scan import readable_extensions
 
         readable_extensions(self.extensions)
         self.resolved_batch_size(False)
+        if self.pipeline not in PIPELINES:
+            raise InputError(f"--pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
 
     def resolved_workers(self) -> int:
         return self.workers if self.workers > 0 else min(8, os.cpu_count() or 2)
@@ -77,6 +83,7 @@ class IndexReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # things a user should hear about (not failures)
     failures_listed: int = 20  # how many failures are kept in ``failures`` (all are counted)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # pipelined runs: busy seconds per stage
 
     @property
     def outcome(self) -> str:
@@ -115,4 +122,5 @@ class IndexReport:
             "images_per_second": round(self.images_per_second, 2),
             "failures": [{"path": display_path(p), "reason": r} for p, r in self.failures],
             "warnings": list(self.warnings),
+            **({"stage_seconds": dict(self.stage_seconds)} if self.stage_seconds else {}),
         }

@@ -135,6 +135,8 @@ class RayMapper:
         from fgsearch.ingest.runner import SeenBoxes
 
         ray, o = self.ray, self.options
+        if opts.pipeline not in ("auto", "serial"):  # the local pipelines' threads do not apply to Ray workers
+            raise InputError(f"--pipeline {opts.pipeline} is for a local run; leave it out with --ray")
         started = self._connect()
         try:
             self.workers = self._resolve_workers()

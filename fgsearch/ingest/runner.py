@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fgsearch.ingest.commit import Committer, prune
+from fgsearch.ingest.device import DevicePreparer
 from fgsearch.ingest.embed import embed_batch
 from fgsearch.ingest.options import IndexOptions, IndexReport, ProgressFn
 from fgsearch.ingest.plan import select_changed, walk_roots
@@ -64,7 +65,10 @@ def run_index(
     from fgsearch.scan import readable_extensions
 
     t0 = time.perf_counter()
+    from fgsearch.ingest.pipeline import resolve_pipeline
+
     exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
+    resolve_pipeline(opts, encoder)  # so does a --pipeline this model or device cannot run
     report = report if report is not None else IndexReport()
     cat = store.catalog
     abs_roots = [r if is_url(r) else os.path.abspath(os.path.expanduser(r)) for r in roots]
@@ -98,15 +102,31 @@ def prepare_and_embed(
     progress: ProgressFn | None,
 ) -> Sequence[ImageBoxes]:
     """The thread mapper: prepare the planned files in worker threads (in walk order), embed and
-    commit in this thread."""
+    commit in this thread (or, with ``--pipeline``, in the pipeline's threads:
+    :mod:`fgsearch.ingest.pipeline`)."""
+    batch_size = opts.resolved_batch_size(encoder.on_accelerator)
+    batcher = _batcher(encoder, _proposer_for(store), committer, batch_size, reserved, opts)
+    try:
+        _prepare_and_embed(batcher, opts, todo, progress, committer.report)
+    finally:
+        batcher.close()  # what was handed off is committed, even on Ctrl-C
+    times = getattr(batcher, "times", None)
+    if times is not None:
+        committer.report.stage_seconds = {k: round(v, 3) for k, v in times.seconds.items()}
+    return batcher.seen
+
+
+def _prepare_and_embed(
+    batcher: _Batcher, opts: IndexOptions, todo: list, progress: ProgressFn | None, report: IndexReport
+) -> None:
+    """Prepare the planned files in worker threads (in walk order) and feed them to the batcher."""
     from fgsearch.decode import PixelBudget, routed_warnings
 
-    report = committer.report
-    batcher = _Batcher(
-        encoder, _proposer_for(store), committer, opts.resolved_batch_size(encoder.on_accelerator), reserved
-    )
     budget = PixelBudget(int(opts.max_megapixels * 1e6))
-    preparer = Preparer(batcher.encoder.transform, opts, batcher.reserved, budget, batcher.proposer)
+    kind = DevicePreparer if getattr(batcher, "stager", None) is not None else Preparer
+    preparer = kind(batcher.encoder.transform, opts, batcher.reserved, budget, batcher.proposer)
+    times = getattr(batcher, "times", None)
+    prepare = preparer if times is None else _timed(preparer, times)
     done = 0
     if progress:
         progress("index", 0, len(todo), 0)
@@ -114,7 +134,7 @@ def prepare_and_embed(
         routed_warnings(),
         ThreadPoolExecutor(max_workers=opts.resolved_workers(), thread_name_prefix="fgsearch-decode") as pool,
     ):
-        for prep in ordered(pool, preparer, todo, ahead=max(2 * batcher.batch_size, 8)):
+        for prep in ordered(pool, prepare, todo, ahead=max(2 * batcher.batch_size, 8)):
             done += 1
             batcher.add(prep)
             if progress:
@@ -122,7 +142,6 @@ def prepare_and_embed(
         batcher.flush()
     if progress:
         progress("index", done, len(todo), report.indexed)
-    return batcher.seen
 
 
 @dataclass
@@ -146,7 +165,7 @@ class _Batcher:
 
     def add(self, prep: Prepared) -> None:
         if prep.kind == "failed":
-            self.committer.failure(prep)
+            self.failed(prep)
         elif prep.sha256 in self.reserved:  # a worker's "reuse", or a copy it decoded before its original was queued
             self.copies.append(prep)
         else:
@@ -158,11 +177,23 @@ class _Batcher:
             self.flush()
 
     def flush(self) -> None:
-        """Embed and commit the batch, then link the copies (their content is committed by now)."""
-        if self.batch:
-            self.committer.store_batch(self.batch, embed_batch(self.encoder, self.proposer, self.batch))
-        self.committer.link_copies(self.copies)
+        """Hand the batch and its copies on (see :meth:`hand_off`), and start a new batch."""
+        batch, copies = self.batch, self.copies
         self.batch, self.copies = [], []
+        self.hand_off(batch, copies)
+
+    def hand_off(self, batch: list[Prepared], copies: list[Prepared]) -> None:
+        """Embed and commit the batch, then link the copies (their content is committed by now).
+        :class:`fgsearch.ingest.pipeline.PipelinedBatcher` does this in other threads."""
+        if batch:
+            self.committer.store_batch(batch, embed_batch(self.encoder, self.proposer, batch))
+        self.committer.link_copies(copies)
+
+    def failed(self, prep: Prepared) -> None:
+        self.committer.failure(prep)
+
+    def close(self) -> None:
+        """Wait for everything handed off to be committed (nothing to wait for here)."""
 
 
 class SeenBoxes(Sequence["ImageBoxes"]):
@@ -199,6 +230,33 @@ class SeenBoxes(Sequence["ImageBoxes"]):
             return self._notable[i]
         assert self._plain is not None
         return self._plain
+
+
+def _batcher(
+    encoder: Encoder, proposer: Proposer, committer: Committer, size: int, known: set[str], opts: IndexOptions
+) -> _Batcher:
+    """The serial batcher, or the pipelined one (:mod:`fgsearch.ingest.pipeline`) as ``opts.pipeline`` says."""
+    from fgsearch.ingest.pipeline import PipelinedBatcher, resolve_pipeline
+
+    pipeline = resolve_pipeline(opts, encoder)
+    if pipeline == "serial":
+        return _Batcher(encoder, proposer, committer, size, known)
+    stager = None
+    if pipeline == "device":
+        from fgsearch.ingest.device import DeviceStager
+
+        stager = DeviceStager(encoder.transform, encoder.device_name, max_megapixels=opts.max_megapixels)
+    return PipelinedBatcher(encoder, proposer, committer, size, known, stager=stager)
+
+
+def _timed(preparer: Preparer, times: Any) -> Any:
+    """The preparer, its seconds (summed over the worker threads) added to ``prepare``."""
+
+    def run(item: Any) -> Prepared:
+        with times.timed("prepare"):
+            return preparer(item)
+
+    return run
 
 
 def _proposer_for(store: LibraryStore) -> Proposer:

@@ -25,19 +25,33 @@ logger = logging.getLogger(__name__)
 SETTLE_S = 2.0  # how long a read-only check waits for a writer's batch in flight to land
 
 
-def doctor(store: LibraryStore, repair: bool = False) -> dict[str, Any]:
-    """Check that catalog and indexes agree; with ``repair``, make them agree.
+def doctor(
+    store: LibraryStore, repair: bool = False, *, full: bool = False, after_salvage: bool = False
+) -> dict[str, Any]:
+    """Check the catalog file (SQLite's ``quick_check``; ``full``: ``integrity_check``) and that
+    catalog and indexes agree; with ``repair``, make them agree.
 
     Vectors the catalog does not know are removed; catalog rows whose vectors are missing are
     dropped and their files marked for re-indexing (the next ``index`` run embeds them again).
+    ``after_salvage``: the catalog was just salvaged, so a region vector it no longer knows may
+    belong to an image whose other regions were recovered: that image is re-queued too.
     A read-only check while another process indexes reports only disagreements that persist:
-    a batch in flight (vectors written, catalog not yet confirmed) is not one.
+    a batch in flight (vectors written, catalog not yet confirmed) is not one. A damaged catalog
+    is reported here; its salvage (``fgsearch doctor --repair``) is :func:`fgsearch.library.repair.examine`.
     """
+    from fgsearch.catalog.health import check_catalog, damaged_message
+
+    check = check_catalog(store.catalog.path, full=full)
+    if not check.ok:
+        if repair:
+            raise LibraryError(damaged_message(store.catalog.path, check.problems[0]))
+        return {"catalog_check": check.to_dict(), "consistent": False, "repaired": False}
     found, counts = store.consistent(lambda: disagreements(store))
     if store.read_only and any(v.size for v in found.values()):
         found = _persisting(store, found)
     damaged = store.consistent(lambda: _damaged(store))
-    report: dict[str, Any] = {"damaged_files": damaged["files"]}
+    report: dict[str, Any] = {"catalog_check": check.to_dict(), "damaged_files": damaged["files"]}
+    report["pending"] = pending(store)
     for name in INDEX_NAMES:
         cat_n, idx_n = counts[name]
         report[name] = {
@@ -47,26 +61,70 @@ def doctor(store: LibraryStore, repair: bool = False) -> dict[str, Any]:
             "missing_vectors": int(found[name + "_missing"].size),
             "damaged_vectors": int(damaged[name].size),
         }
+    report["below_goal"] = store.consistent(
+        lambda: recall_below_goal({n: i.stats().params for n, i in zip(INDEX_NAMES, store.indexes, strict=True)})
+    )
     ok = not any(v.size for v in found.values()) and not damaged["files"]
+    report["requeued_images"] = 0
     if repair and not ok:
         if store.read_only:
             raise LibraryError("doctor --repair needs a writable library")
         with storage_errors(store.path):
-            _repair(store, found, damaged)
+            report["requeued_images"] = _repair(store, found, damaged, after_salvage)
     report["consistent"] = ok
     report["repaired"] = bool(repair and not ok)
     return report
 
 
-def _repair(store: LibraryStore, found: dict[str, Any], damaged: dict[str, Any]) -> None:
+def pending(store: LibraryStore, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """Images a run reserved and has not confirmed: ``writer`` is the PID of the run in flight
+    (they are its batch), or None when no writer holds the lock (an interrupted run left them:
+    the next ``index`` or ``doctor --repair`` undoes them and embeds those images again)."""
+    from fgsearch.catalog import WriteLock
+
+    counts = counts if counts is not None else store.catalog.counts()
+    n = counts["images_pending"]
+    writer = None
+    if n and store.read_only:
+        writer = WriteLock(store.path).holder()
+    return {"images": n, "regions": counts["regions_pending"], "writer": writer}
+
+
+def recall_below_goal(params: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per index whose measured recall@10 is below its goal: on the queries it served
+    (``params["served"]``), or on its calibration sets when no breadth reached the goal."""
+    lines = []
+    for name, p in params.items():
+        served = p.get("served") or {}
+        cal = p.get("calibration") or {}
+        if served.get("below_goal"):
+            lines.append(
+                f"{name} index: recall@10 {served['recall10']:.3f} on {served['queries']} served queries "
+                f"(measured {served['measured_at']}) is below the goal {served['goal_recall10']:.3f}; "
+                "searches may miss matches (a fixed ef_search/nprobe setting is kept as set; otherwise "
+                "no breadth up to max_ef_search reached it)"
+            )
+        elif cal and cal.get("reached") is False:
+            worst = min((v["recall10"] for v in cal.get("sets", {}).values()), default=0.0)
+            lines.append(
+                f"{name} index: recall@10 {worst:.3f} on its calibration queries is below the goal "
+                f"{cal['goal_recall10']:.3f} at the widest breadth tried; searches may miss matches"
+            )
+    return lines
+
+
+def _repair(store: LibraryStore, found: dict[str, Any], damaged: dict[str, Any], after_salvage: bool) -> int:
     """Remove orphan vectors; drop images with missing or damaged vectors (their files are
-    re-queued, so the next ``index`` run embeds them again); write clean snapshots."""
+    re-queued, so the next ``index`` run embeds them again); write clean snapshots. Returns how
+    many images were re-queued."""
     gidx, ridx = store.indexes
     gidx.remove(found["global_orphan"], missing="ignore")
     ridx.remove(found["regions_orphan"], missing="ignore")
     broken = set(map(int, found["global_missing"])) | set(map(int, damaged["global"]))
     regions_lost = list(map(int, np.union1d(found["regions_missing"], damaged["regions"])))
     broken |= set(store.catalog.contents_of_regions(regions_lost))
+    if after_salvage:
+        broken |= incomplete_after_salvage(store, found["regions_orphan"], found["global_orphan"])
     if broken:
         _, region_ids = store.catalog.drop_contents(sorted(broken), keep_files_for_reindex=True)
         gidx.remove(np.asarray(sorted(broken), np.int64), missing="ignore")
@@ -75,6 +133,35 @@ def _repair(store: LibraryStore, found: dict[str, Any], damaged: dict[str, Any])
         idx.flush()
     for idx in (gidx, ridx):
         idx.save()
+    return len(broken)
+
+
+def incomplete_after_salvage(store: LibraryStore, region_orphans: Any, global_orphans: Any) -> set[int]:
+    """Recovered images that may have lost some of their region rows in a salvage.
+
+    A run inserts an image's regions right after it, so region ids follow image ids. A region
+    vector the salvaged catalog does not know lies between two recovered regions (of images
+    ``a <= b``; before the first or after the last, ``a`` or ``b`` is open); it belongs to one of
+    the images ``a..b``. If an image whose row was lost (an orphan global vector) lies strictly
+    between ``a`` and ``b``, the region was that image's and is gone with it; otherwise every
+    recovered image in ``a..b`` is re-queued, except ``b`` when its first region after the gap has
+    rank 0 (it lost nothing before it). ``a`` may be one image more than was lost, and an image
+    that has no regions at all inside a gap is re-queued too: the price of not knowing."""
+    if not len(region_orphans):
+        return set()
+    rids, owners, ranks = store.catalog.region_owners()  # by region id
+    images = np.asarray(sorted(store.catalog.all_vector_ids()[0]), np.int64)  # every recovered image
+    lost_images = np.unique(np.asarray(global_orphans, np.int64))
+    out: set[int] = set()
+    for i in np.unique(np.searchsorted(rids, np.asarray(region_orphans, np.int64))).tolist():  # one per gap
+        lo = int(owners[i - 1]) if i > 0 else -1  # before the first recovered region: any image up to hi
+        hi = int(owners[i]) if i < rids.size else int(np.iinfo(np.int64).max)
+        if np.any((lost_images > lo) & (lost_images < hi)):
+            continue
+        # hi's first region after the gap has rank 0: hi lost none before it (a region list starts at 0)
+        top = hi - 1 if i < rids.size and ranks[i] == 0 and lo != hi else hi
+        out |= set(images[(images >= lo) & (images <= top)].tolist())
+    return out
 
 
 def disagreements(store: LibraryStore) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:

@@ -23,8 +23,9 @@ from fgsearch.errors import LibraryError
 from fgsearch.library import doctor as doctor_mod
 from fgsearch.library.description import CatalogRef, locate
 from fgsearch.library.lifecycle import OpenRequest, check_library_dir, open_store
-from fgsearch.library.settings import BackendSettings, model_info, shared_encoder
+from fgsearch.library.settings import BackendSettings, fast_text_encoder, model_info, model_source, shared_encoder
 from fgsearch.library.store import LibraryStore, storage_errors
+from fgsearch.library_record import record_run
 from fgsearch.regions import RegionSettings
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class Library:
         self._given_encoder = encoder  # kept across a reopen after --reindex when it fits the new build
         #: a writer beside others on a shared vector store (see :meth:`open`); it indexes through claims
         self.shared_writer = False
+        self._text_only = False
 
     @classmethod
     def open(
@@ -80,6 +82,7 @@ class Library:
         catalog: str | None = None,
         catalog_password_env: str | None = None,
         shared_writer: bool = False,
+        text_only: bool = False,
     ) -> Library:
         """Open (or create) a library.
 
@@ -95,7 +98,9 @@ class Library:
         own (``fg-clip-base`` for a new library). ``backend`` (a kind, or kind + options) and
         ``regions`` apply when the library is created (or rebuilt with ``reindex=True``); passing
         different ones later is an error. ``rebuild_damaged`` (for ``doctor --repair``) replaces a
-        damaged vector index by an empty one.
+        damaged vector index by an empty one. ``text_only``: the caller encodes texts only (a text
+        query): the model's fast text tower is used where it was prepared and passed its check
+        (``fgsearch index --fast-text``; :mod:`fgsearch.model.fast_text`), without loading torch.
         """
         if shared_writer and (read_only or reindex):
             raise LibraryError("a shared writer neither reads only nor rebuilds (--reindex): run those alone")
@@ -123,6 +128,7 @@ class Library:
         lib = cls(store, lock=lock, device=device, encoder=enc)
         lib._given_encoder = encoder
         lib.shared_writer = shared_writer
+        lib._text_only = text_only
         return lib
 
     # ---- the parts, for callers that need them ---------------------------------------------
@@ -169,6 +175,8 @@ class Library:
             with contextlib.suppress(LibraryError):
                 self.store.catalog.check_model(model_info(build.model, self._given_encoder))
                 enc = self._given_encoder
+        if enc is None and self._text_only and self.device in ("auto", "cpu"):
+            enc = fast_text_encoder(build.model)
         if enc is None:
             enc = shared_encoder(build.model, self.device)
             self.store.catalog.check_model(model_info(build.model, enc))
@@ -200,6 +208,8 @@ class Library:
         roots = [str(p) for p in paths] if isinstance(paths, list) else [str(paths)]
         with storage_errors(self.path):
             opts.check()  # bad options fail before the heal step writes anything
+            build = self.store.build  # recorded outside the catalog, for advice that must outlive it
+            record_run(self.path, roots, model_source(build.model), build.backend.to_dict(), build.regions.to_dict())
             encoder = self.encoder
             warning = doctor_mod.heal(self.store)  # catalog and indexes agree before a run adds to them
             report = IndexReport(warnings=[warning] if warning else [])
@@ -289,6 +299,7 @@ class Library:
         from fgsearch.model.loading import registry_name
 
         meta = self.catalog.get_meta()
+        counts = self.catalog.counts()
         return {
             "library": str(self.path),
             "catalog": self.catalog.location,  # the file, or the database URL without its password
@@ -300,18 +311,21 @@ class Library:
             "regions": self.region_settings.to_dict(),
             "backend": self.backend.to_dict(),
             "store": self.backend.location(self.path),  # where the vectors are, as people name it
-            "counts": self.catalog.counts(),
+            "counts": counts,
+            "pending": doctor_mod.pending(self.store, counts),
             "vectors": {"global": self.global_index.count(), "regions": self.region_index.count()},
-            "index": {"global": _stats_dict(self.global_index), "regions": _stats_dict(self.region_index)},
+            "index": (index := {"global": _stats_dict(self.global_index), "regions": _stats_dict(self.region_index)}),
+            "below_goal": doctor_mod.recall_below_goal({k: v.get("params") or {} for k, v in index.items()}),
         }
 
     def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
         return list(self.catalog.failures(limit))
 
-    def doctor(self, repair: bool = False) -> dict[str, Any]:
-        """Check that catalog and indexes agree; with ``repair``, make them agree
-        (see :func:`fgsearch.library.doctor.doctor`)."""
-        return doctor_mod.doctor(self.store, repair)
+    def doctor(self, repair: bool = False, *, full: bool = False, after_salvage: bool = False) -> dict[str, Any]:
+        """Check the catalog file and that catalog and indexes agree; with ``repair``, make them agree
+        (see :func:`fgsearch.library.doctor.doctor`; a damaged catalog is salvaged on the folder,
+        before a library opens it: :func:`fgsearch.library.repair.examine`)."""
+        return doctor_mod.doctor(self.store, repair, full=full, after_salvage=after_salvage)
 
     def close(self) -> None:
         self.store.close()

@@ -6,6 +6,8 @@ A library folder holds what the library created and nothing else::
     <library>/index/global/      one vector per distinct image (id = content id)   [file backends]
     <library>/index/regions/     one vector per region box    (id = region id)
     <library>/lock               the writer lock (flock; holds the writer's PID)
+    <library>/rebuild.json       model, backend, regions and folders, for advice that outlives
+                                 a damaged catalog (fgsearch.library_record)
 
 or, with a PostgreSQL catalog (``--catalog postgresql+psycopg://...``), ``<library>/library.json``
 (:mod:`fgsearch.library.description`) naming the database in place of ``catalog.sqlite``; the
@@ -40,6 +42,7 @@ from fgsearch.library.settings import (
     model_source,
 )
 from fgsearch.library.store import Build, LibraryStore, damaged_index
+from fgsearch.library_record import new_record, read_record
 from fgsearch.regions import RegionSettings
 
 if TYPE_CHECKING:
@@ -51,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 CATALOG_FILES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm")
 #: What a library folder may hold before it becomes one (a failed creation leaves its lock file).
-NEW_LIBRARY_LEFTOVERS = {"lock", "catalog.sqlite-wal", "catalog.sqlite-shm", "library.json.tmp"}
+NEW_LIBRARY_LEFTOVERS = {"lock", "catalog.sqlite-wal", "catalog.sqlite-shm", "library.json.tmp", "rebuild.json"}
 
 EncoderFor = Callable[[str], "Encoder"]  # model reference -> the (shared) encoder
 
@@ -235,6 +238,7 @@ def _init_catalog(catalog: Catalog, req: OpenRequest, encoder: Encoder) -> Build
     catalog.init_library(model_info(model_ref, encoder), regions=regions.to_dict(), backend=backend.to_dict())
     cal = encoder.calibration
     epoch = new_library_id()
+    new_record(catalog.path.parent, model_source(model_ref), backend.to_dict(), regions.to_dict())
     catalog.set_meta(
         model_source=model_source(model_ref),
         library_id=epoch,
@@ -327,8 +331,8 @@ def _owned_index_dirs(lib_dir: Path, backend: BackendSettings | None) -> list[Pa
 
 
 def stored_settings(lib_dir: Path, catalog: CatalogRef | None = None) -> dict[str, Any]:
-    """The model source, backend and region settings recorded in an existing library's catalog
-    (keys missing when unreadable)."""
+    """The model source, backend and region settings recorded in an existing library's catalog, or
+    in its record (``rebuild.json``) when the catalog cannot be read (keys missing when neither can)."""
     from fgsearch.catalog import peek_meta
 
     if catalog is not None:
@@ -336,6 +340,9 @@ def stored_settings(lib_dir: Path, catalog: CatalogRef | None = None) -> dict[st
             meta = cat.get_meta()
     else:
         meta = peek_meta(lib_dir / "catalog.sqlite", ("model_source", "model_name", "backend", "regions"))
+    if not meta:  # a damaged or lost catalog: the library's record outside it
+        rec = read_record(lib_dir)
+        meta = {"model_source": rec.get("model"), "backend": rec.get("backend"), "regions": rec.get("regions")}
     out: dict[str, Any] = {}
     if meta.get("model_source") or meta.get("model_name"):
         out["model"] = meta.get("model_source") or meta.get("model_name")

@@ -9,6 +9,7 @@ new backend needs no field here. Libraries written before options existed stored
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,25 @@ def shared_encoder(model: str, device: str = "auto", precision: str = "auto") ->
         if key not in _ENCODERS:
             _ENCODERS[key] = load_encoder(model, device=device, precision=precision)
         return _ENCODERS[key]
+
+
+def fast_text_encoder(model: str) -> Encoder | None:
+    """The model's fast text tower (``onnx-text`` runtime), or None where it was not prepared,
+    failed its check against torch, or onnxruntime is missing: the caller then loads torch."""
+    from fgsearch.errors import ModelNotFoundError
+    from fgsearch.model import load_encoder
+
+    key = (str(model), "cpu", "onnx-text")
+    with _ENCODERS_LOCK:
+        if key in _ENCODERS:
+            return _ENCODERS[key]
+        try:
+            enc = load_encoder(model, device="cpu", runtime="onnx-text")
+        except (ModelNotFoundError, ImportError) as e:
+            logging.getLogger(__name__).info("fast text path not used: %s", e)
+            return None
+        _ENCODERS[key] = enc
+        return enc
 
 
 def clear_shared_encoders() -> None:

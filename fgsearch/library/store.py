@@ -247,11 +247,13 @@ class CatalogBuildProbe:
 def damaged_index(lib_dir: Path, e: BaseException, name: str | None = None) -> LibraryError:
     """The one-line error for an index file that cannot be opened: the library, the file (the
     backend's message names it) and the repair."""
+    from fgsearch.library_record import index_command, repair_command
+
     what = f"the {name} vector index" if name else "a vector index"
     reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return LibraryError(
-        f"library {lib_dir}: {what} is damaged ({reason}); run "
-        f"`fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index` on its folders"
+        f"library {lib_dir}: {what} is damaged ({reason}); run `{repair_command(lib_dir)}`, then "
+        f"`{index_command(lib_dir)}`"
     )
 
 
@@ -270,6 +272,8 @@ def storage_errors(lib_dir: Path) -> Iterator[None]:
     except IndexCorruptError as e:  # e.g. a reader reloading a new snapshot whose file is damaged
         raise damaged_index(lib_dir, e) from e
     except (OSError, sqlite3.Error, sqlalchemy.exc.DBAPIError) as e:
+        from fgsearch.catalog.health import damaged_message, full_disk_message, is_full_disk
+
         msg = str(getattr(e, "orig", None) or e)
         low = msg.lower()
         if isinstance(e, sqlalchemy.exc.OperationalError) and type(e.orig).__module__.startswith("psycopg"):
@@ -279,16 +283,10 @@ def storage_errors(lib_dir: Path) -> Iterator[None]:
                 "command again when the database is back (what was committed so far is kept)"
             ) from e
         code = getattr(e, "errno", None)
-        if code in (errno.ENOSPC, errno.EDQUOT) or "database or disk is full" in low:
-            raise LibraryError(
-                f"the disk of library {lib_dir} is full ({msg}); free some space and run the same command again "
-                "(what was committed so far is kept)"
-            ) from e
+        if is_full_disk(e, lib_dir):
+            raise LibraryError(full_disk_message(lib_dir, e)) from e
         if "malformed" in low or "not a database" in low:
-            raise LibraryError(
-                f"the catalog of library {lib_dir} is damaged ({msg}); restore it from a backup, or rebuild the "
-                f"library with `fgsearch index PHOTOS --library {lib_dir} --reindex`"
-            ) from e
+            raise LibraryError(damaged_message(lib_dir / "catalog.sqlite", msg)) from e
         if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly database" in low:
             raise LibraryError(
                 f"cannot write to library {lib_dir} ({msg}); it is read-only here: query it, or copy it to a "

@@ -238,7 +238,9 @@ def load_model(
     path = checkpoint_dir(spec, download=download)
     family, cfg, _ = read_family_config(path, spec)
     state = {k: v for k, v in read_state_dict(path).items() if not k.endswith(IGNORED_KEY_SUFFIXES)}
-    with torch.device("meta"):  # no random init: every parameter comes from the checkpoint
+    from fgsearch.model.noinit import skip_init
+
+    with skip_init():  # no random init: every parameter comes from the checkpoint
         net = family.build(cfg)
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -20,7 +20,10 @@ class EncoderLoader(Protocol):
     def __call__(self, model: str, *, device: str, precision: str) -> Encoder: ...
 
 
-BUILTIN_RUNTIMES = {"torch": "fgsearch.model.encoder:load_torch_encoder"}
+BUILTIN_RUNTIMES = {
+    "torch": "fgsearch.model.encoder:load_torch_encoder",
+    "onnx-text": "fgsearch.model.fast_text:load_fast_text",  # texts only, no torch (cold queries)
+}
 RUNTIME_REGISTRY: Registry[EncoderLoader] = Registry(
     "fgsearch.runtimes",
     BUILTIN_RUNTIMES,

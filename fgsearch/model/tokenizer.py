@@ -164,6 +164,10 @@ class Tokenizer:
         """Texts -> ``LongTensor [B, length]`` for ``path``; warns when text is truncated."""
         import torch
 
+        return torch.tensor(self.rows(texts, path, warn=warn), dtype=torch.long)
+
+    def rows(self, texts: str | Sequence[str], path: TextPath | str, *, warn: bool = True) -> list[list[int]]:
+        """:meth:`__call__` without torch: padded id rows; warns when text is truncated."""
         if isinstance(texts, str):
             texts = [texts]
         tok = self.tokenize_rows(texts, path)
@@ -174,6 +178,6 @@ class Tokenizer:
                         f"text truncated to {self.length(path)} tokens ({tok.path.value} path): dropped {n} "
                         f"tokens from {text[:40]!r}...",
                         TextTruncatedWarning,
-                        stacklevel=2,
+                        stacklevel=3,
                     )
-        return torch.tensor(tok.ids, dtype=torch.long)
+        return tok.ids

@@ -76,8 +76,11 @@ def run_server(settings: ServeSettings) -> None:
     # uvicorn drains the requests in flight on SIGINT/SIGTERM, then raises the signal again: handled
     # here, so a server stopped on purpose exits with status 0 (not "killed by SIGTERM")
     previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    from fgsearch.serve.discovery import announce  # `fgsearch query --via-server` finds this server
+
     try:
-        uvicorn.Server(config).run()
+        with announce(service.library_id, settings.host, settings.port, token=bool(settings.token)):
+            uvicorn.Server(config).run()
     except _Stopped:
         pass
     finally:

@@ -38,8 +38,11 @@ class BatchingEncoder:
     worker's text batches, images, lone texts) holds ``model_lock``.
     """
 
-    def __init__(self, encoder: Encoder, *, window_ms: float = 4.0, max_batch: int = 32) -> None:
+    def __init__(
+        self, encoder: Encoder, *, window_ms: float = 4.0, max_batch: int = 32, text: Encoder | None = None
+    ) -> None:
         self._enc = encoder
+        self._text = text or encoder  # texts may run elsewhere: the fast text tower (fgsearch.model.fast_text)
         self._window = window_ms / 1000
         self._max_batch = max_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue()
@@ -121,7 +124,7 @@ class BatchingEncoder:
         if len(texts) != 1 or rule[0] is not TextPath.SHORT or forced not in (None, TextPath.SHORT):
             # long (may truncate: the notice must reach this caller's warnings) or unusual: run alone
             with self.model_lock:
-                return self._enc.encode_texts(texts, path=path, batch_size=batch_size)
+                return self._text.encode_texts(texts, path=path, batch_size=batch_size)
         job = _Job(texts[0], TextPath.SHORT.value)
         self._queue.put(job)
         job.done.wait()
@@ -149,7 +152,7 @@ class BatchingEncoder:
                 jobs.append(nxt)
             try:
                 with self.model_lock:
-                    vecs = self._enc.encode_texts([j.text for j in jobs], path=jobs[0].path)
+                    vecs = self._text.encode_texts([j.text for j in jobs], path=jobs[0].path)
                 self.batches += 1
                 self.batched_texts += len(jobs)
                 for j, v in zip(jobs, vecs, strict=True):

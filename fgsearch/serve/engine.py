@@ -127,7 +127,11 @@ class SearchService:
             base = probe.encoder if settings.model is None else shared_encoder(settings.model, settings.device)
         finally:
             probe.close()
-        self.encoder = BatchingEncoder(base, window_ms=settings.batch_window_ms, max_batch=settings.max_batch)
+        # texts on the fast text tower where it was prepared for this model and passed its check
+        self.text_runtime = _fast_text_for(base)
+        self.encoder = BatchingEncoder(
+            base, window_ms=settings.batch_window_ms, max_batch=settings.max_batch, text=self.text_runtime
+        )
         self.lib: Library = Library.open(
             settings.library,
             model=settings.model,
@@ -322,12 +326,30 @@ class SearchService:
             "model_threads": _torch_threads(),
             "text_batches": self.encoder.batches,
             "batched_texts": self.encoder.batched_texts,
+            "text_runtime": "onnx-text" if self.text_runtime is not None else "torch",
+            "library_id": self.library_id,  # `fgsearch query --via-server` checks it (fgsearch.serve.discovery)
         }
         return st
+
+    @property
+    def library_id(self) -> str:
+        return str(self.lib.store.build.epoch)
 
     def close(self) -> None:
         self.encoder.close()
         self.lib.close()
+
+
+def _fast_text_for(base: Any) -> Any:
+    """The fast text tower of ``base``'s checkpoint (a CPU server only), or None."""
+    from fgsearch.library.settings import fast_text_encoder
+
+    if base.device_name != "cpu" or not base.spec.local_dir:
+        return None
+    fast = fast_text_encoder(base.spec.local_dir)
+    if fast is None or fast.spec.fingerprint != base.spec.fingerprint:
+        return None
+    return fast
 
 
 def _pixel_budget(s: ServeSettings) -> PixelBudget:

@@ -19,7 +19,7 @@ from ..base import Calibratable, CalibrationSource, as_queries
 from ..config import FaissConfig
 from ..errors import IndexInputError
 from ..exact import exact_topk
-from .calibration_queries import cross_modal_queries, in_distribution_queries, recall_at_k
+from .calibration_queries import cross_modal_sets, in_distribution_queries, recall_at_k
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ Candidates = Callable[[np.ndarray, int, int], np.ndarray]
 QuerySets = dict[str, tuple[np.ndarray, str]]
 _Trial = tuple[int, int, dict[str, float]]  # breadth, rerank factor, recall per set
 
-__all__ = ["Calibratable", "CalibrationSource", "calibrate", "calibration_sets", "ef_ladder"]
+__all__ = ["Calibratable", "CalibrationSource", "calibrate", "calibration_sets", "ef_ladder", "measure_sets"]
 
 
 def ef_ladder(depth: int) -> list[int]:
@@ -39,8 +39,12 @@ def ef_ladder(depth: int) -> list[int]:
     return [b for b in steps if b >= depth]
 
 
-def calibration_sets(vecs: np.ndarray, cfg: FaissConfig, source: CalibrationSource | None, dim: int) -> QuerySets:
-    """Named query sets (queries, where they came from) the calibration must satisfy."""
+def calibration_sets(
+    vecs: np.ndarray, cfg: FaissConfig, source: CalibrationSource | None, dim: int, served: np.ndarray | None = None
+) -> QuerySets:
+    """Named query sets (queries, where they came from) the calibration must satisfy: image-like
+    queries, the caller's sets, the queries the index served (``served``, once ``served_min`` are
+    held) and, with neither of the last two, the synthetic cross-modal sets."""
     sets: QuerySets = {
         "image": (
             in_distribution_queries(vecs, cfg.calibration_queries, cfg.seed + 1),
@@ -59,11 +63,15 @@ def calibration_sets(vecs: np.ndarray, cfg: FaissConfig, source: CalibrationSour
             continue
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         sets[str(name)] = (np.ascontiguousarray(q[: cfg.calibration_queries], dtype=np.float32), "given by caller")
-    if len(sets) == 1:
-        sets["text"] = (
-            cross_modal_queries(vecs, cfg.calibration_queries, cfg.seed + 2),
-            "synthetic cross-modal (no text queries given)",
+    if served is not None and served.shape[0] >= cfg.served_min:
+        sets["served"] = (
+            np.ascontiguousarray(served[: cfg.calibration_queries], dtype=np.float32),
+            "served: the most recent queries this index answered",
         )
+    if len(sets) == 1:
+        per_set = max(1, cfg.calibration_queries // 2)
+        for name, q in cross_modal_sets(vecs, per_set, cfg.seed + 2).items():
+            sets[name] = (q, f"synthetic cross-modal, {name} (no text queries given or served yet)")
     return sets
 
 
@@ -107,6 +115,20 @@ def calibrate(
     record = _record(sets, cfg, (breadth, factor, recalls), name, goal, reached=reached, fixed=fixed is not None)
     worst = min(recalls.values())
     return {name: breadth, "rerank_factor": factor, "calibrated_recall": worst, "calibration": record}
+
+
+def measure_sets(
+    sets: QuerySets,
+    vecs: np.ndarray,
+    ids: np.ndarray,
+    cfg: FaissConfig,
+    candidates: Candidates,
+    breadth: int,
+    factor: int,
+) -> dict[str, float]:
+    """Recall@10 against exact search of each set at one breadth and re-rank factor."""
+    truths = _exact_truths(sets, vecs, ids, cfg.block_rows)
+    return {name: recall_at_k(candidates(q, breadth, factor), truths[name]) for name, (q, _) in sets.items()}
 
 
 def _exact_truths(sets: QuerySets, vecs: np.ndarray, ids: np.ndarray, block: int) -> dict[str, np.ndarray]:

@@ -72,8 +72,11 @@ def cross_modal_queries(
     *,
     target_cos: float = TARGET_COS,
     related: int = 8,
+    gap: float = 0.6,
+    common: float = 0.05,
 ) -> np.ndarray:
-    """Text-like queries for the stored ``vectors`` (see the module docstring for the recipe)."""
+    """Text-like queries for the stored ``vectors`` (see the module docstring for the recipe;
+    ``gap`` is the weight ``a`` of the queries' own direction, ``common`` the weight ``c``)."""
     rng = np.random.default_rng(seed)
     total, dim = vectors.shape
     rows = np.sort(rng.choice(total, size=min(_SAMPLE_ROWS, total), replace=False))
@@ -92,7 +95,7 @@ def cross_modal_queries(
     noise = _normalize(rng.standard_normal((n, dim)).astype(np.float32))
 
     def build(b: float) -> np.ndarray:
-        return _normalize(0.6 * t + b * u + 0.05 * m + 0.5 * noise)
+        return _normalize(gap * t + b * u + common * m + 0.5 * noise)
 
     lo, hi = 0.0, 4.0
     for _ in range(20):  # median best-match cosine grows with b
@@ -103,3 +106,30 @@ def cross_modal_queries(
         else:
             hi = b
     return build(0.5 * (lo + hi))
+
+
+#: The synthetic text-like sets a library with no real or served text queries calibrates on: one
+#: generator would make the breadth depend on how hard that one draw is, so three kinds of text
+#: query stand in, varying how far the best match is (cone strength), how many images a query
+#: describes (spread) and how strong the modality gap is. Each must reach the goal.
+CROSS_MODAL_VARIANTS: dict[str, dict[str, float]] = {
+    "text": {"target_cos": TARGET_COS, "related": 8, "gap": 0.6, "common": 0.05},
+    "text-far": {"target_cos": 0.24, "related": 24, "gap": 0.9, "common": 0.0},
+    "text-near": {"target_cos": 0.38, "related": 2, "gap": 0.4, "common": 0.2},
+}
+
+
+def cross_modal_sets(vectors: np.ndarray, n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` queries of each of :data:`CROSS_MODAL_VARIANTS` (each with its own seed)."""
+    return {
+        name: cross_modal_queries(
+            vectors,
+            n,
+            seed + 101 * i,
+            target_cos=v["target_cos"],
+            related=int(v["related"]),
+            gap=v["gap"],
+            common=v["common"],
+        )
+        for i, (name, v) in enumerate(CROSS_MODAL_VARIANTS.items())
+    }

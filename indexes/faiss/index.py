@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -57,13 +58,20 @@ from ..errors import IndexCorruptError
 from ..exact import StoreBackedIndex, chunked_queries, exact_topk
 from ..faults import faults
 from ..hnsw import HnswKernel, kernel_missing_reason
+from ..hnsw.check import check_graph
+from ..hnsw.kernel import faiss_version_reason
 from ..store.files import fsync_file
+from ..store.journaled import KEPT_FILES
 from . import tiers
 from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
-from .calibration import CalibrationSource, calibrate, calibration_sets
+from .calibration import CalibrationSource, calibrate, calibration_sets, measure_sets
 from .gpu import clone_to_gpu, gpu_wanted
+from .served import FILE as SERVED_FILE
+from .served import ServedQueries, served_capacity
 
 log = logging.getLogger(__name__)
+
+KEPT_FILES.add(SERVED_FILE)  # the served-query record outlives snapshots
 
 #: Candidate rows re-scored at once (a batch of queries is re-ranked in slices of this many rows).
 _RERANK_ROWS = 1024
@@ -77,11 +85,12 @@ def _kernel_for(ann: Any) -> HnswKernel | None:
     kernel = HnswKernel.for_index(ann)
     if kernel is None and not _warned_no_kernel and (missing := kernel_missing_reason()):
         _warned_no_kernel = True
-        log.warning(
-            "%s: HNSW searches use FAISS's own search (~1.5x slower); reinstall fgsearch with a C compiler "
-            "(pip install -e . / pip install fgsearch --no-binary fgsearch) to build it",
-            missing,
+        fix = (
+            "pip install 'faiss-cpu>=1.14.2,<2'"
+            if faiss_version_reason()
+            else "reinstall fgsearch with a C compiler (pip install -e . / pip install fgsearch --no-binary fgsearch)"
         )
+        log.warning("%s: HNSW searches use FAISS's own search (~1.5x slower); %s", missing, fix)
     return kernel
 
 
@@ -105,6 +114,8 @@ class FaissIndex(StoreBackedIndex):
         self._positions_are_rows = False  # graph position i holds the snapshot's row i
         self._extra = extra
         self._tombstones = np.zeros(0, dtype=np.int64)
+        if getattr(self, "_served", None) is None:  # kept across snapshots: it knows if it cannot write
+            self._served = ServedQueries(self._store.path, self.dim, served_capacity(self._config.served_queries))
         tier = extra.get("tier")
         if tier in ("ivf", "hnsw"):
             fpath = self._store.path / extra["faiss_file"]
@@ -121,9 +132,25 @@ class FaissIndex(StoreBackedIndex):
             if tier == "ivf":
                 self._maybe_gpu()
             else:
+                self._check_graph(fpath)
                 self._kernel = _kernel_for(self._ann)
                 if self._kernel is not None:  # then candidates need no id -> row lookup
                     self._positions_are_rows = bool(np.array_equal(self._kernel.ids, self._store.base_ids))
+
+    def _check_graph(self, fpath: Any) -> None:
+        """Refuse a graph the kernel must not read (see :func:`..hnsw.check.check_graph`). (Ids
+        that are not the snapshot's are safe to read: a search that meets one is an error.)"""
+        try:
+            check_graph(self._ann)
+        except IndexCorruptError as e:
+            raise IndexCorruptError(
+                f"cannot read the backend files of generation {self._store.generation}: {fpath} is damaged ({e})"
+            ) from e
+
+    def close(self) -> None:
+        if not self.closed and getattr(self, "_served", None) is not None:
+            self._served.flush()  # the queries this process answered since its last write
+        super().close()
 
     def set_calibration_queries(self, source: CalibrationSource | None) -> None:
         """Queries of the kinds this index will serve, used the next time it builds its structure.
@@ -190,6 +217,8 @@ class FaissIndex(StoreBackedIndex):
     def _build_extra(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
         """Build the FAISS file of a new snapshot (called before the snapshot is committed)."""
         n = int(ids.size)
+        if self._served.capacity == 0:
+            self._served.remove()  # turned off: what was recorded goes
         old = self._ann is not None and self._same_structure()
         threshold = self._ivf_threshold()
         if n < threshold and not (old and n >= threshold / 2):
@@ -204,7 +233,56 @@ class FaissIndex(StoreBackedIndex):
             extra = self._fold_delta(ann, vecs, ids, tombstones)
         if ann.ntotal != n + tombstones.size:
             raise RuntimeError(f"faiss index holds {ann.ntotal} vectors, snapshot {n}")  # internal bug
+        extra["served"] = self._check_served(ann, vecs, ids, tombstones, extra)
         return self._write_snapshot_files(generation, ann, tombstones, extra, n)
+
+    def _check_served(
+        self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tombstones: np.ndarray, extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Recall@10 of the search as calibrated, on the queries this index served (see
+        :mod:`.served`); calibrates again, with them as a set, when they miss the goal or clear it
+        with room to narrow. Updates ``extra`` and returns the ``served`` record for the manifest."""
+        cfg = self._config
+        if self._served.capacity == 0:
+            return {"recording": False}
+        self._served.flush()
+        served = self._served.recent(cfg.calibration_queries)
+        total = self._served.total()
+        record: dict[str, Any] = {
+            "recording": True,
+            "held": min(total, self._served.capacity),
+            "needed": cfg.served_min,
+            "total_at_check": total,
+        }
+        tier = str(extra.get("tier_built", self.tier))
+        fresh = extra.get("calibration") is not self._extra.get("calibration")  # calibrated in this build
+        cal = extra.get("calibration") or {} if fresh else {}
+        if min(total, self._served.capacity) < cfg.served_min:
+            return record
+        goal = min(1.0, cfg.recall_target + cfg.calibration_margin)
+        if "served" not in cal.get("sets", {}):  # not calibrated on them in this build: measure
+            breadth_name = "nprobe" if tier == "ivf" else "ef_search"
+            breadth = int(self._configured_breadth(tier) or extra.get(breadth_name, 128))
+            factor = int(extra.get("rerank_factor", cfg.rerank_factor))
+            candidates = self._candidates_fn(ann, vecs, ids, tier, tombstones)
+            sets = {"served": (served, "served")}
+            recall = measure_sets(sets, vecs, ids, cfg, candidates, breadth, factor)["served"]
+            fixed = self._configured_breadth(tier) is not None
+            if not fixed and (recall < goal or recall >= goal + 0.01):  # widen, or try narrower
+                extra.update(self._calibrate(ann, vecs, ids, tier, exclude=tombstones, served=served))
+                cal = extra["calibration"]
+            else:
+                cal = {"breadth": breadth, "sets": {"served": {"recall10": round(recall, 4)}}}
+        recall = float(cal["sets"]["served"]["recall10"])
+        record.update(
+            recall10=recall,
+            goal_recall10=goal,
+            below_goal=recall < goal,
+            queries=int(served.shape[0]),
+            measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            breadth=int(cal.get("breadth", extra.get("ef_search", extra.get("nprobe", 0)))),
+        )
+        return record
 
     def _reopen_for_update(self, n: int) -> tuple[Any, np.ndarray]:
         """The current structure, read again, with the snapshot's removals applied; ``(None, _)``
@@ -293,9 +371,27 @@ class FaissIndex(StoreBackedIndex):
         return ann, extra
 
     def _calibrate(
-        self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str, *, exclude: np.ndarray | None = None
+        self,
+        ann: Any,
+        vecs: np.ndarray,
+        ids: np.ndarray,
+        tier: str,
+        *,
+        exclude: np.ndarray | None = None,
+        served: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Calibrate the search of ``ann`` as this index will run it (see :func:`.calibration.calibrate`)."""
+        if served is None and self._served.capacity:
+            self._served.flush()
+            served = self._served.recent(self._config.calibration_queries)
+        candidates = self._candidates_fn(ann, vecs, ids, tier, exclude)
+        sets = calibration_sets(vecs, self._config, self._calibration_source, self.dim, served)
+        return calibrate(ann, tier, vecs, ids, self._config, sets, candidates, fixed=self._configured_breadth(tier))
+
+    def _candidates_fn(
+        self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str, exclude: np.ndarray | None
+    ) -> Callable[[np.ndarray, int, int], np.ndarray]:
+        """``(queries, breadth, rerank factor) -> top-10 ids`` as a search of ``ann`` runs."""
         # measured with the search the index will run: fgsearch's kernel on an 8-bit graph
         kernel = _kernel_for(ann) if tier == "hnsw" else None
         dead = exclude if exclude is not None and exclude.size else None
@@ -310,8 +406,7 @@ class FaissIndex(StoreBackedIndex):
                 ann, tier, q, 10, breadth, sel, gather, rerank_factor=factor, kernel=kernel, excluded=mask
             )[0]
 
-        sets = calibration_sets(vecs, self._config, self._calibration_source, self.dim)
-        return calibrate(ann, tier, vecs, ids, self._config, sets, candidates, fixed=self._configured_breadth(tier))
+        return candidates
 
     # ------------------------------------------------------------------ search
     def _ann_candidates(
@@ -399,6 +494,7 @@ class FaissIndex(StoreBackedIndex):
 
     def search(self, queries: Any, k: int = 10, *, allowed_ids: Any = None) -> SearchResult:
         q, kk, allowed = self._prepare_search(queries, k, allowed_ids)
+        self._served.record(q)
         if q.shape[0] == 0 or self._store.n_live == 0:
             return empty_result(q.shape[0], kk)
         out_i = np.empty((q.shape[0], kk), dtype=np.int64)
@@ -451,7 +547,7 @@ class FaissIndex(StoreBackedIndex):
 
     # ------------------------------------------------------------------ stats
     def _params(self) -> dict[str, Any]:
-        p: dict[str, Any] = {**super()._params(), "tier": self.tier}
+        p: dict[str, Any] = {**super()._params(), "tier": self.tier, "served": self._served_status()}
         if self._ann is None:
             return p
         e = self._extra
@@ -472,6 +568,16 @@ class FaissIndex(StoreBackedIndex):
             calibration=e.get("calibration"),
         )
         return p
+
+    def _served_status(self) -> dict[str, Any]:
+        """What ``status`` shows of the served-query record and the recall measured on it."""
+        s = dict(self._extra.get("served") or {})
+        why = self._served.writable() if self._served.capacity else None
+        s["recording"] = self._served.enabled and why is None
+        if why:
+            s["unavailable"] = why
+        s["recorded_since_check"] = max(0, self._served.total() - int(s.get("total_at_check", 0)))
+        return s
 
     def _bytes_in_memory(self) -> int:
         """Store memory plus the FAISS structure: codes, ids, graph links or IVF centroids."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import FaissConfig
 from ..hnsw import reinforce_links
+from ..hnsw.kernel import faiss_version_reason
 from ._lib import ADD_CHUNK, load_faiss
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ def reinforce(
 ) -> None:
     """More level-0 links for graph positions ``start ..`` (see :func:`..hnsw.links.reinforce_links`)."""
     if config.hnsw_fill_links <= 0 or vectors.shape[0] == 0:
+        return
+    if (reason := faiss_version_reason()) is not None:  # it writes FAISS's link arrays in place
+        log.warning("%s: HNSW links are not reinforced", reason)
         return
     t = time.perf_counter()
     added = reinforce_links(ann, vectors, start, config.hnsw_fill_links, vectors_at)

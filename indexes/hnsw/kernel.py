@@ -31,6 +31,11 @@ from ..native import load_library, missing_reason
 
 ENV = "FGSEARCH_HNSW_KERNEL"
 ISAS = ("generic", "avx2", "avx512vnni")
+#: FAISS versions whose internals the kernel and link reinforcement read (the SQ8 trained vector
+#: ``[vmin, vdiff]``, the ``neighbors``/``offsets``/``cum_nneighbor_per_level`` arrays) and that
+#: validate a graph's neighbour ids and offsets when they read it (from 1.14.2); the same bounds as
+#: the ``faiss-cpu`` requirement in pyproject.toml (tests/indexes/test_hnsw_layout.py checks both)
+FAISS_RANGE = ((1, 14, 2), (2, 0, 0))
 #: the kernel's level-0 neighbour buffer: graphs with more links per vector search with FAISS
 MAX_LEVEL0_LINKS = 1024
 
@@ -39,10 +44,26 @@ _pool: ThreadPoolExecutor | None = None
 _pool_workers = 0
 
 
+def faiss_version_reason(version: str | None = None) -> str | None:
+    """Why the installed FAISS (or ``version``) must not be read by the kernel; None when it may."""
+    if version is None:
+        import faiss
+
+        version = str(faiss.__version__)
+    parts = tuple(int(p) for p in [*version.split("+")[0].split("."), "0", "0"][:3] if p.isdigit())
+    lo, hi = FAISS_RANGE
+    if len(parts) == 3 and lo <= parts < hi:
+        return None
+    return (
+        f"FAISS {version} is outside {'.'.join(map(str, lo))} to <{hi[0]}, the versions that check a graph "
+        "when they read it and whose layout fgsearch's kernel reads"
+    )
+
+
 def kernel_isa() -> str | None:
     """The variant unfiltered HNSW searches use (``generic``/``avx2``/``avx512vnni``), or None for FAISS's search."""
     lib = load_library()
-    if lib is None:
+    if lib is None or faiss_version_reason() is not None:
         return None
     best = int(lib.fg_hnsw_isa())
     want = os.environ.get(ENV, "").strip().lower()
@@ -58,8 +79,8 @@ def kernel_isa() -> str | None:
 
 
 def kernel_missing_reason() -> str | None:
-    """Why the kernel is unavailable (None when it is built)."""
-    return missing_reason()
+    """Why the kernel is unavailable (None when it is built and FAISS is in :data:`FAISS_RANGE`)."""
+    return missing_reason() or faiss_version_reason()
 
 
 def _view(vec: Any, ctype: Any, count: int) -> np.ndarray:

@@ -76,6 +76,12 @@ _OPEN_RETRIES = 20
 ExtraBuilder = Callable[[int, np.ndarray, np.ndarray], tuple[dict[str, Any], list[str]]]
 
 
+#: Names of files a backend keeps in its index directory across snapshots (no snapshot lists them;
+#: garbage collection leaves them), registered by the backend's module, e.g. the FAISS backend's
+#: record of served queries.
+KEPT_FILES: set[str] = set()
+
+
 class JournaledStore(StoredRows):
     """Snapshot (memory-mapped, sorted by id) + in-memory delta + journal. See module docstring."""
 
@@ -388,7 +394,7 @@ class JournaledStore(StoredRows):
             if m.get(key):
                 names.add(m[key])
         names.update(m.get("extra", {}).get("files", []))
-        return names
+        return names | KEPT_FILES
 
     def _collect_garbage(self) -> None:
         """Delete files of older generations and temp files left by an interrupted save."""

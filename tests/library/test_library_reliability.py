@@ -321,7 +321,10 @@ def test_an_index_that_cannot_be_opened_names_the_repair_and_the_repair_works(bu
     for args in (["status"], ["doctor"], ["index", str(root), "--model", str(tiny_model_dir)]):
         code, out = _cli(*args, "--library", str(lib_dir))
         assert code == 1 and "global vector index is damaged" in out, out
-        assert f"run `fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index`" in out
+        assert (
+            f"run `fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index {root} --library {lib_dir}`"
+            in out
+        )
         assert len(out.strip().splitlines()) == 1
     code, out = _cli("doctor", "--repair", "--library", str(lib_dir))
     assert code == 0 and "repaired" in out, out
@@ -338,7 +341,8 @@ def test_an_empty_catalog_names_the_rebuild(built, tiny_model_dir) -> None:
     for f in ("catalog.sqlite-wal", "catalog.sqlite-shm"):
         (lib_dir / f).unlink(missing_ok=True)
     code, out = _cli("status", "--library", str(lib_dir))
-    assert code == 1 and "is empty (its records are lost)" in out and "--reindex --model MODEL" in out
+    assert code == 1 and "is empty (its records are lost)" in out
+    assert f"`fgsearch index {root} --library {lib_dir} --model {tiny_model_dir} --reindex`" in out
     code, out = _cli("index", str(root), "--library", str(lib_dir), "--reindex", "--model", str(tiny_model_dir), "-q")
     assert code == 0, out
     with Library.open(lib_dir, read_only=True) as lib:
@@ -398,7 +402,7 @@ def test_a_read_only_library_can_be_queried(tmp_path: Path) -> None:
         r = run("index", str(base / "photos"))
         assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert "reindex" not in r.stderr, r.stderr
-        assert sorted(p.name for p in lib_dir.iterdir()) == ["catalog.sqlite", "index", "lock"]
+        assert sorted(p.name for p in lib_dir.iterdir()) == ["catalog.sqlite", "index", "lock", "rebuild.json"]
     finally:
         for p in [base, *base.rglob("*")]:
             if p.is_dir():
@@ -470,9 +474,12 @@ def test_damaged_catalog_pages_are_one_line(built) -> None:
     for off in range(2 * page, len(data), page):  # keep the header page, garble every other
         data[off : off + 200] = b"\xa5" * 200
     cat.write_bytes(bytes(data))
-    for args in (["status"], ["query", "a red circle"], ["doctor"]):
+    for args in (["status"], ["query", "a red circle"]):
         code, out = _cli(*args, "--library", str(lib_dir))
-        assert code == 1 and "--reindex" in out and len(out.strip().splitlines()) == 1, out
+        assert code == 1 and f"`fgsearch doctor --repair --library {lib_dir}`" in out, out
+        assert len(out.strip().splitlines()) == 1, out
+    code, out = _cli("doctor", "--library", str(lib_dir))  # what SQLite's check found, and the salvage
+    assert code == 1 and "quick_check DAMAGED" in out and f"`fgsearch doctor --repair --library {lib_dir}`" in out
 
 
 def test_reindex_of_a_qdrant_library_stays_qdrant_and_starts_from_an_empty_store(
@@ -580,7 +587,7 @@ def test_a_damaged_faiss_hnsw_file_is_one_line_naming_library_file_and_repair(tm
     want = (
         f"library {lib_dir}: the regions vector index is damaged "
         f"(cannot read the backend files of generation 2: FAISS cannot read {faiss_file}); "
-        f"run `fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index` on its folders"
+        f"run `fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index {root} --library {lib_dir}`"
     )
     with pytest.raises(LibraryError) as err:  # the library API
         Library.open(lib_dir, read_only=True)

@@ -418,7 +418,7 @@ def test_a_faiss_file_damaged_under_a_running_server_is_409_in_one_line_naming_t
         assert msg == (
             f"library {lib_dir}: a vector index is damaged (cannot read the backend files of generation "
             f"{manifest['generation']}: FAISS cannot read {faiss_file}); "
-            f"run `fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index` on its folders"
+            f"run `fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index {photos} --library {lib_dir}`"
         )
     finally:
         service.close()

@@ -1,0 +1,186 @@
+"""The health of a SQLite catalog file: SQLite's own checks, and what an error while using the
+file means for the user (a full disk, a disk that fails to read, a damaged file).
+
+``check_catalog`` runs ``PRAGMA quick_check`` (by default: every page of every table is read
+and its structure checked; O(N), no index cross-check) or ``PRAGMA integrity_check`` (``full``:
+also that every index holds exactly its table's rows) on a plain read-only connection, so a
+catalog that :class:`~fgsearch.catalog.Catalog` cannot even open is still examined. Timings at
+1M images are in docs/reliability.md (``bench/bench_doctor.py``).
+
+A full disk is never damage: :func:`full_disk_message` names the disk (its mount point and the
+space left) and the fix (free space, run the same command again); :func:`open_error_message`
+tells a full disk, a failing disk and a damaged file apart, and only the last gets the repair.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fgsearch.catalog.connect import cannot_write_here, read_only_uri
+from fgsearch.library_record import rebuild_command, repair_command
+
+#: free space under which a "disk I/O error" is taken for a full disk: SQLite needs 32 KiB for a
+#: reader's ``-shm`` file and a page or more per write
+FULL_BELOW_BYTES = 1 << 20
+MAX_PROBLEMS = 20  # SQLite's own cap is 100; the first few say what is wrong
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system holding ``path`` (its nearest existing folder)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def free_bytes(path: Path) -> int | None:
+    """Space left to this user on the file system of ``path`` (None when it cannot be asked)."""
+    try:
+        return shutil.disk_usage(mount_point(path)).free
+    except OSError:
+        return None
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def is_full_disk(err: BaseException, folder: Path | None = None) -> bool:
+    """Whether ``err`` (an ``OSError``, a sqlite error or SQLAlchemy's wrapper of one) comes from a
+    full disk or quota; an SQLite "disk I/O error" counts when the disk of ``folder`` has (almost)
+    no space left (SQLite reports a ``-shm`` file it cannot grow that way)."""
+    orig = getattr(err, "orig", None) or err
+    code = getattr(orig, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    low = str(orig).lower()
+    if "database or disk is full" in low or "no space left" in low:
+        return True
+    if folder is not None and "disk i/o error" in low:
+        free = free_bytes(folder)
+        return free is not None and free < FULL_BELOW_BYTES
+    return False
+
+
+def full_disk_message(folder: Path, err: BaseException | str, what: str = "library") -> str:
+    """One line naming the full disk (mount point, space left) and the fix; nothing is damaged."""
+    msg = str(getattr(err, "orig", None) or err)
+    mp = mount_point(folder)
+    free = free_bytes(folder)
+    left = f", {_size(free)} free" if free is not None else ""
+    return (
+        f"the disk holding {what} {folder} (mounted at {mp}{left}) is full ({msg}); free some space and run "
+        "the same command again (nothing is damaged: what was committed so far is kept)"
+    )
+
+
+def open_error_message(catalog_file: Path, err: BaseException) -> str:
+    """What an error opening or reading ``catalog_file`` means, and what to do: a full disk, a
+    disk that cannot be read, or a damaged file (salvaged by ``doctor --repair``)."""
+    lib_dir = catalog_file.parent
+    msg = str(getattr(err, "orig", None) or err)
+    if is_full_disk(err, lib_dir):
+        return full_disk_message(lib_dir, err)
+    low = msg.lower()
+    if "disk i/o error" in low or "unable to open" in low:
+        return (
+            f"cannot read the catalog {catalog_file} ({msg}); the file may be intact: check that its disk "
+            f"({mount_point(lib_dir)}) is mounted, readable and has space, then run the same command again"
+        )
+    return damaged_message(catalog_file, msg)
+
+
+def damaged_message(catalog_file: Path, msg: str) -> str:
+    """A damaged catalog: the salvage, then the rebuild as a last resort (both as pasteable commands).
+    A file whose header is gone ("not a database") has nothing a salvage can read: the rebuild."""
+    lib_dir = catalog_file.parent
+    if "not a database" in msg.lower():
+        return (
+            f"catalog {catalog_file} is not a readable SQLite database ({msg}); restore it from a backup or "
+            f"rebuild the library with `{rebuild_command(lib_dir)}`"
+        )
+    return (
+        f"the catalog {catalog_file} is damaged ({msg}); run `{repair_command(lib_dir)}` to salvage what is "
+        f"readable (or restore it from a backup; last resort: `{rebuild_command(lib_dir)}`)"
+    )
+
+
+@dataclass
+class CatalogCheck:
+    """What SQLite's check of a catalog file found (``problems`` empty: healthy)."""
+
+    path: Path
+    method: str  # "quick_check" | "integrity_check"
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    unreadable: bool = False  # the file could not be opened as a database at all
+    full_disk: bool = False  # the check could not run because the disk is full (nothing is damaged)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "method": self.method,
+            "ok": self.ok,
+            "problems": list(self.problems),
+            "seconds": round(self.seconds, 3),
+            "unreadable": self.unreadable,
+            "full_disk": self.full_disk,
+        }
+
+
+def _connect(catalog_file: Path) -> sqlite3.Connection:
+    try:
+        con = sqlite3.connect(read_only_uri(catalog_file), uri=True)
+        con.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        return con
+    except sqlite3.Error as e:
+        if not cannot_write_here(e) or not catalog_file.is_file():
+            raise
+    con = sqlite3.connect(read_only_uri(catalog_file, immutable=True), uri=True)
+    con.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+    return con
+
+
+def check_catalog(catalog_file: Path, full: bool = False) -> CatalogCheck:
+    """Run SQLite's ``quick_check`` (``full``: ``integrity_check``) on ``catalog_file``."""
+    method = "integrity_check" if full else "quick_check"
+    out = CatalogCheck(Path(catalog_file), method)
+    t0 = time.perf_counter()
+    try:
+        con = _connect(out.path)
+    except sqlite3.Error as e:
+        out.full_disk = is_full_disk(e, out.path.parent)
+        out.unreadable = not out.full_disk
+        out.problems = [str(e)]
+        out.seconds = time.perf_counter() - t0
+        return out
+    try:
+        rows = con.execute(f"PRAGMA {method}({MAX_PROBLEMS})").fetchall()
+        out.problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
+    except sqlite3.Error as e:  # damage bad enough that the check itself stops
+        out.full_disk = is_full_disk(e, out.path.parent)
+        out.problems = [str(e)]
+    finally:
+        con.close()
+    if not out.problems and out.path.stat().st_size == 0:
+        out.problems = ["the file is empty (its records are lost)"]
+        out.unreadable = True
+    out.seconds = time.perf_counter() - t0
+    return out

@@ -1,0 +1,179 @@
+"""A bounded record of the query vectors an index has served, for calibrating its search on them.
+
+The breadth of an approximate search is calibrated on sample queries (:mod:`.calibration`); the
+synthetic ones stand in for what users will ask, and real queries can be harder (measured: a
+breadth calibrated to 0.985 on synthetic text queries gave 0.962 on CLIP-like text queries from
+another generator). So every search appends its query vectors here, and each snapshot measures
+recall@10 of the current breadth on a sample of them against exact search, and calibrates again,
+with them as one of the sets, when they miss the goal (widen) or clear it with room (narrow).
+
+What is kept, and where: ``served_queries.f16`` in the index directory, a ring of at most
+``FaissConfig.served_queries`` vectors (float16; 2,000 x 512-d = 2 MB), the most recent first
+to be kept. Vectors only: no text, no time of each query, no result; readable by the owner only
+(mode 0600). ``served_queries=0`` (an index's setting, given when it is created) or the
+environment variable ``FGSEARCH_SERVED_QUERIES=0`` (any process, any existing library) turns it
+off: nothing is recorded, and the next snapshot deletes the file.
+Several processes (a server, ``fgsearch query``) append under an exclusive ``flock``; a process
+that cannot write the file records nothing and says so once in its log (at INFO where the library
+is simply not writable by this user or disk, else a warning), and the index's status says so
+(``served.recording: false`` with the reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FILE = "served_queries.f16"
+_MAGIC = b"FGSQ"
+_HEADER = struct.Struct("<4sIIQ")  # magic, dim, capacity, total ever recorded
+_HEADER_BYTES = 64
+FLUSH_ROWS = 32
+
+
+ENV = "FGSEARCH_SERVED_QUERIES"
+
+
+def served_capacity(configured: int) -> int:
+    """The ring's capacity: the index's setting, or 0 when ``FGSEARCH_SERVED_QUERIES=0``."""
+    return 0 if os.environ.get(ENV, "").strip() == "0" else int(configured)
+
+
+class ServedQueries:
+    """The ring of served query vectors of one index directory (see the module docstring)."""
+
+    def __init__(self, folder: Path, dim: int, capacity: int) -> None:
+        self.path = Path(folder) / FILE
+        self.dim = int(dim)
+        self.capacity = max(0, int(capacity))
+        self.unavailable: str | None = None  # why this process records nothing
+        self._pending: list[np.ndarray] = []  # rows not written yet (written 32 at a time)
+        self._pending_rows = 0
+        self._lock = threading.Lock()  # a server searches from several threads
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity > 0 and self.unavailable is None
+
+    def record(self, q: np.ndarray) -> None:
+        """Add the rows of ``q`` (``[n, dim]`` float32) to the ring (written once 32 rows are
+        waiting, so a search pays for a file write once per 32 queries); never raises."""
+        if not self.enabled or q.shape[0] == 0:
+            return
+        rows = np.asarray(q[-self.capacity :], dtype=np.float16)
+        with self._lock:
+            self._pending.append(rows)
+            self._pending_rows += rows.shape[0]
+            full = self._pending_rows >= FLUSH_ROWS
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows still waiting (at close, and before a snapshot reads the record)."""
+        with self._lock:
+            pending, self._pending, self._pending_rows = self._pending, [], 0
+        if not pending:
+            return
+        rows = np.ascontiguousarray(np.concatenate(pending)[-self.capacity :])
+        if not self.enabled:
+            return
+        try:
+            self._append(rows)
+        except OSError as e:
+            self.unavailable = f"cannot write {self.path} ({e.strerror or e})"
+            # a library shared read-only is expected: said once at INFO, and in its status
+            level = logging.INFO if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else logging.WARNING
+            log.log(level, "%s: served queries are not recorded by this process", self.unavailable)
+
+    def writable(self) -> str | None:
+        """Why this process could not record (None when it can, as far as permissions tell)."""
+        if self.unavailable is not None:
+            return self.unavailable
+        target = self.path if self.path.exists() else self.path.parent
+        if self.path.is_dir() or not os.access(target, os.W_OK):
+            return f"cannot write {self.path} (not writable by this user)"
+        return None
+
+    def _append(self, rows: np.ndarray) -> None:
+        import fcntl
+
+        row_bytes = self.dim * 2
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            dim, cap, total = self._header(fd)
+            if (dim, cap) != (self.dim, self.capacity):  # new settings (or a new file): start over
+                total = 0
+                os.ftruncate(fd, _HEADER_BYTES + self.capacity * row_bytes)
+            for i, row in enumerate(rows):
+                slot = (total + i) % self.capacity
+                os.pwrite(fd, row.tobytes(), _HEADER_BYTES + slot * row_bytes)
+            header = _HEADER.pack(_MAGIC, self.dim, self.capacity, total + rows.shape[0])
+            os.pwrite(fd, header.ljust(_HEADER_BYTES, b"\0"), 0)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _header(self, fd: int) -> tuple[int, int, int]:
+        """(dim, capacity, total) of the open record; zeros for a file that is not one."""
+        try:
+            raw = os.pread(fd, _HEADER.size, 0)
+        except OSError:  # e.g. a folder in its place
+            return 0, 0, 0
+        if len(raw) < _HEADER.size:
+            return 0, 0, 0
+        magic, dim, cap, total = _HEADER.unpack(raw)
+        size = os.fstat(fd).st_size
+        if magic != _MAGIC or size != _HEADER_BYTES + cap * dim * 2:
+            return 0, 0, 0
+        return int(dim), int(cap), int(total)
+
+    def total(self) -> int:
+        """How many queries were ever recorded in the file (0 when there is none)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return 0
+        try:
+            dim, cap, total = self._header(fd)
+            return total if (dim, cap) == (self.dim, self.capacity) else 0
+        finally:
+            os.close(fd)
+
+    def recent(self, limit: int) -> np.ndarray:
+        """Up to ``limit`` of the most recent recorded queries (``[n, dim]`` float32, unit length)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        try:
+            dim, cap, total = self._header(fd)
+            if (dim, cap) != (self.dim, self.capacity) or total == 0:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            raw = os.pread(fd, cap * dim * 2, _HEADER_BYTES)
+        except OSError:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        finally:
+            os.close(fd)
+        if len(raw) != cap * dim * 2:  # shortened under us: nothing to trust
+            return np.zeros((0, self.dim), dtype=np.float32)
+        ring = np.frombuffer(raw, dtype=np.float16).reshape(cap, dim)
+        held = min(total, cap)
+        order = (total - 1 - np.arange(min(held, limit))) % cap  # newest first
+        q = ring[order].astype(np.float32)
+        norms = np.linalg.norm(q, axis=1, keepdims=True)
+        keep = np.isfinite(q).all(axis=1) & (norms[:, 0] > 0)
+        return np.ascontiguousarray(q[keep] / norms[keep])
+
+    def remove(self) -> None:
+        """Delete the record (``served_queries=0``)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()

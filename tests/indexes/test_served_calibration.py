@@ -1,0 +1,176 @@
+"""Calibration on the queries an index serves (fgsearch.indexes.faiss.served and the FAISS backend).
+
+The data and queries here come from a generator written for this test, unlike the benchmark's
+(bench/bench_data.py), the test data's (_indexes_data.py) and the calibration's own synthetic
+sets: heavy-tailed topics in a low-rank subspace, and queries pushed away from the collection's
+common direction (best match cosine ~0.15, an extreme modality gap). On them the breadth the
+synthetic sets choose misses the goal; once the index has served enough of them, the next snapshot
+measures that, widens the search, and a fresh draw of the same kind reaches the goal.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fgsearch.indexes import FaissConfig, create_index, open_index
+from fgsearch.indexes.faiss.calibration_queries import recall_at_k
+from fgsearch.indexes.faiss.served import FILE, ServedQueries
+
+DIM = 64
+
+
+def unseen_images(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, 77])
+    mu = rng.standard_normal(DIM)
+    basis = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0]
+    scales = np.r_[np.ones(16), np.full(DIM - 16, 0.12)]
+    topics = rng.standard_t(3, size=(60, DIM)) * scales
+    t = rng.integers(0, 60, n)
+    x = 0.9 * mu / np.linalg.norm(mu) + (0.5 * topics[t] + 0.45 * rng.standard_t(4, size=(n, DIM)) * scales) @ basis.T
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def far_queries(x: np.ndarray, nq: int, seed: int, away: float = 2.0) -> np.ndarray:
+    """Random directions orthogonal to the collection's mean, pushed ``away`` from it."""
+    rng = np.random.default_rng([seed, 99])
+    m = x.mean(axis=0)
+    m /= np.linalg.norm(m)
+    z = rng.standard_normal((nq, DIM)).astype(np.float32)
+    z -= (z @ m)[:, None] * m
+    q = z / np.linalg.norm(z, axis=1, keepdims=True) - away * m
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def near_queries(x: np.ndarray, nq: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q = x[rng.choice(x.shape[0], nq, replace=False)] + 0.3 * rng.standard_normal((nq, DIM)) / np.sqrt(DIM)
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _recall(idx, x: np.ndarray, q: np.ndarray) -> float:
+    return recall_at_k(idx.search(q, 10).ids, np.argsort(-(q @ x.T), axis=1)[:, :10])
+
+
+CFG = FaissConfig(
+    flat_threshold=1000, hnsw_m=8, hnsw_ef_construction=32, hnsw_fill_links=0, calibration_queries=100, served_min=100
+)
+
+
+@pytest.fixture(scope="module")
+def data() -> np.ndarray:
+    return unseen_images(4000, seed=1)
+
+
+def test_a_breadth_that_misses_the_goal_on_served_queries_widens_and_holds_on_new_ones(tmp_path: Path, data) -> None:
+    x = data
+    ids = np.arange(x.shape[0], dtype=np.int64)
+    with create_index("faiss", tmp_path / "f", DIM, config=CFG) as idx:
+        idx.add(ids, x)
+        idx.save()
+        p = idx.stats().params
+        synthetic_ef = p["ef_search"]
+        assert p["served"]["held"] == 0 and "recall10" not in p["served"]
+        assert {"text", "text-far", "text-near"} <= set(p["calibration"]["sets"])  # no served queries yet
+    with open_index("faiss", tmp_path / "f", read_only=True, config=CFG) as reader:  # e.g. fgsearch serve
+        before = _recall(reader, x, far_queries(x, 150, seed=2))  # served: recorded by the reader
+    assert before < 0.97  # the synthetic sets' breadth misses the goal on these queries
+    with open_index("faiss", tmp_path / "f", config=CFG) as idx:
+        idx.save()  # the next snapshot measures recall on them and widens the search
+        s = idx.stats().params["served"]
+        assert (s["held"], s["queries"]) == (150, 100) and s["recall10"] >= 0.98 and not s["below_goal"], s
+        assert s["measured_at"] and s["breadth"] > synthetic_ef and s["recorded_since_check"] == 0
+        assert idx.stats().params["ef_search"] == s["breadth"]
+        assert _recall(idx, x, far_queries(x, 150, seed=3)) >= 0.97  # a fresh draw, not calibrated on
+
+
+def test_easy_served_queries_narrow_a_search_the_synthetic_sets_made_wide(tmp_path: Path, data) -> None:
+    x = data
+    ids = np.arange(x.shape[0], dtype=np.int64)
+    with create_index("faiss", tmp_path / "f", DIM, config=CFG) as idx:
+        idx.add(ids, x)
+        idx.save()
+        wide = idx.stats().params["ef_search"]
+        idx.search(near_queries(x, 120, seed=4), 10)
+        idx.save()
+        p = idx.stats().params
+        assert p["ef_search"] < wide and p["served"]["recall10"] >= 0.98, (wide, p["served"])
+        assert "text-far" not in p["calibration"]["sets"] and "served" in p["calibration"]["sets"]
+
+
+def test_below_goal_when_no_breadth_reaches_it_is_in_the_status(tmp_path: Path, data) -> None:
+    x = data
+    cfg = FaissConfig(**{**CFG.__dict__, "ef_search": 32, "rerank_factor": 3})  # a breadth fixed by the user
+    with create_index("faiss", tmp_path / "f", DIM, config=cfg) as idx:
+        idx.add(np.arange(x.shape[0], dtype=np.int64), x)
+        idx.save()
+        idx.search(far_queries(x, 120, seed=5, away=4.0), 10)
+        idx.save()
+        params = idx.stats().params
+    s = params["served"]
+    assert s["below_goal"] and s["recall10"] < s["goal_recall10"] == pytest.approx(0.98), s
+    from fgsearch.library.doctor import recall_below_goal  # what `fgsearch status` and `doctor` print
+    from fgsearch.terminal import doctor_lines
+
+    (line,) = recall_below_goal({"regions": params, "global": {}})
+    assert line.startswith(
+        f"regions index: recall@10 {s['recall10']:.3f} on 100 served queries (measured {s['measured_at']}) "
+        "is below the goal 0.980; searches may miss matches"
+    )
+    part = {"catalog": 1, "index": 1, "orphan_vectors": 0, "missing_vectors": 0, "damaged_vectors": 0}
+    rep = {"global": part, "regions": part, "damaged_files": [], "below_goal": [line]}
+    assert doctor_lines(rep)[-1] == f"below goal: {line}"
+
+
+def test_the_record_is_vectors_only_capped_private_and_off_with_one_setting(
+    tmp_path: Path, data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = data[:1500]
+    cfg = FaissConfig(served_queries=50)  # exact search (no graph): recorded all the same
+    with create_index("faiss", tmp_path / "f", DIM, config=cfg) as idx:
+        idx.add(np.arange(x.shape[0], dtype=np.int64), x)
+        q = near_queries(x, 80, seed=6)
+        for i in range(0, 80, 20):
+            idx.search(q[i : i + 20], 10)
+        path = tmp_path / "f" / FILE
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert path.stat().st_size == 64 + 50 * DIM * 2  # header + 50 float16 vectors, nothing else
+        rec = ServedQueries(tmp_path / "f", DIM, 50)
+        assert rec.total() == 80
+        kept = rec.recent(1000)
+        np.testing.assert_allclose(kept, q[::-1][:50], atol=2e-3)  # the 50 newest, newest first
+        idx.save()  # a snapshot keeps the record (it is not a snapshot file)
+        assert path.exists()
+    with open_index("faiss", tmp_path / "f", read_only=True, config=cfg) as ro:  # e.g. one `fgsearch query`
+        ro.search(q[:1], 10)
+    assert rec.total() == 81  # written when the process closes the index
+    monkeypatch.setenv("FGSEARCH_SERVED_QUERIES", "0")  # off for an existing index, in every process
+    with open_index("faiss", tmp_path / "f", read_only=True, config=cfg) as ro:
+        ro.search(q[:40], 10)
+    assert rec.total() == 81
+    with open_index("faiss", tmp_path / "f", config=cfg) as idx:
+        idx.save()
+        assert not path.exists() and idx.stats().params["served"]["recording"] is False
+    monkeypatch.delenv("FGSEARCH_SERVED_QUERIES")
+    off = FaissConfig(served_queries=0)  # off as the index's own setting
+    with open_index("faiss", tmp_path / "f", config=off) as idx:
+        idx.search(q[:40], 10)
+        idx.save()
+        assert not path.exists() and idx.stats().params["served"]["recording"] is False
+
+
+def test_a_reader_that_cannot_write_the_record_searches_and_says_so(tmp_path: Path, data, caplog) -> None:
+    x = data[:1500]
+    with create_index("faiss", tmp_path / "f", DIM) as idx:
+        idx.add(np.arange(x.shape[0], dtype=np.int64), x)
+        idx.save()
+    (tmp_path / "f" / FILE).mkdir()  # what cannot be written as a file, even by root
+    with open_index("faiss", tmp_path / "f", read_only=True) as ro:
+        for _ in range(3):  # written 32 rows at a time: these 120 make the process try
+            assert ro.search(near_queries(x, 40, seed=7), 10).ids.shape == (40, 10)
+        s = ro.stats().params["served"]
+        assert s["recording"] is False and "cannot write" in s["unavailable"], s
+    assert sum("served queries are not recorded" in r.getMessage() for r in caplog.records) == 1
