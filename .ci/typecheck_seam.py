@@ -12,6 +12,7 @@ from fgsearch.console import cli
 from fgsearch.indexes import Backend, VectorIndex, get_backend, open_index
 from fgsearch.indexes.exact import ExactBackend, ExactIndex
 from fgsearch.indexes.faiss import FaissBackend, FaissIndex
+from fgsearch.indexes.pgvector import PgvectorBackend, PgvectorIndex
 from fgsearch.indexes.qdrant import QdrantBackend, QdrantIndex
 from fgsearch.trainer import TrainConfig
 
@@ -21,5 +22,7 @@ assert_type(FaissBackend().index_class(), type[FaissIndex])
 assert_type(ExactBackend().index_class(), type[ExactIndex])
 assert_type(QdrantBackend().create_index(None, 8, None), VectorIndex)
 assert_type(QdrantIndex.open(None), QdrantIndex)  # type: ignore[arg-type]
+assert_type(PgvectorBackend().create_index(None, 8, None), VectorIndex)
+assert_type(PgvectorIndex.open(None), PgvectorIndex)  # type: ignore[arg-type]
 assert_type(cli.main(), None)
 assert_type(TrainConfig(data="d", out="o").out, str)

@@ -44,7 +44,9 @@ DEVICE_SHORT = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, m
 PATHS_ARG = typer.Argument(..., help="Folders (or files) to index, or object-store URLs (s3://BUCKET/PREFIX...).")
 INDEX_MODEL = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Default: the library's, else fg-clip-base.")
 BACKEND = typer.Option(
-    None, "--backend", help="Vector store for a NEW library: faiss (default), exact, qdrant, or an installed plugin."
+    None,
+    "--backend",
+    help="Vector store for a NEW library: faiss (default), exact, qdrant, pgvector, or an installed plugin.",
 )
 BACKEND_OPT = typer.Option(
     [], "--backend-opt", metavar="KEY=VALUE", help="An option of the backend for a NEW library (repeatable)."

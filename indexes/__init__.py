@@ -23,6 +23,7 @@ Layout, by concern::
     hnsw/            the HNSW search kernel: C source, ctypes wrapper, level-0 link reinforcement
     faiss/           FaissIndex, its tiers (HNSW, IVF-PQ), calibration of the search, GPU
     qdrant/          QdrantIndex (embedded or server) + its descriptor
+    pgvector/        PgvectorIndex (a PostgreSQL table), its HNSW build + calibration, its descriptor
 
 How to add a backend (a third party does exactly what the built-ins do):
 
@@ -66,6 +67,7 @@ from .errors import (
     UnknownIdError,
 )
 from .faults import FaultPoints, faults
+from .pgvector.config import PgvectorConfig
 from .registry import (
     CAPABILITIES,
     INDEX_NAMES,
@@ -115,6 +117,7 @@ __all__ = [
     "IndexStats",
     "InvalidVectorError",
     "JournalConfig",
+    "PgvectorConfig",
     "QdrantConfig",
     "SearchResult",
     "UnknownIdError",

@@ -151,10 +151,14 @@ class QdrantConfig:
 
     Give exactly one of ``path`` (embedded, local files; brute force, for small libraries and tests)
     and ``url`` (a Qdrant server or cluster). Collection settings apply when the collection is
-    created: ``on_disk`` vectors, HNSW ``hnsw_m``/``hnsw_ef_construct``, ``quantization``
-    (``"none"``, ``"scalar"`` int8 or ``"binary"``, kept in RAM with re-scoring), ``shard_number``
-    and ``replication_factor`` for a cluster. Upserts go in batches of ``batch_size`` with up to
-    ``max_retries`` retries and exponential backoff.
+    created: ``on_disk`` vectors, ``on_disk_payload``, HNSW ``hnsw_m``/``hnsw_ef_construct``,
+    ``quantization`` (``"none"``, ``"scalar"`` int8 or ``"binary"``, kept in RAM unless
+    ``quantization_always_ram=False``, searched with re-scoring), and for a cluster
+    ``shard_number``, ``replication_factor`` and ``write_consistency_factor`` (replicas that must
+    confirm a write). Requests: ``write_ordering`` (``"weak"``, ``"medium"``, ``"strong"``: how a
+    cluster orders concurrent updates of one point from several workers) and ``read_consistency``
+    (``"all"``, ``"majority"``, ``"quorum"`` or a number of replicas a read must agree on). Upserts
+    go in batches of ``batch_size`` with up to ``max_retries`` retries and exponential backoff.
     """
 
     path: str | None = None
@@ -170,6 +174,10 @@ class QdrantConfig:
     shard_number: int | None = None
     replication_factor: int | None = None
     write_consistency_factor: int | None = None
+    on_disk_payload: bool = True
+    quantization_always_ram: bool = True
+    write_ordering: Literal["weak", "medium", "strong"] | None = None
+    read_consistency: str | None = None
     batch_size: int = 256
     max_retries: int = 3
     retry_backoff_s: float = 0.5
@@ -189,6 +197,19 @@ class QdrantConfig:
             raise IndexInputError(f"QdrantConfig: distance must be dot or cosine, got {self.distance!r}")
         if self.batch_size < 1 or self.max_retries < 0:
             raise IndexInputError("QdrantConfig: batch_size must be >= 1 and max_retries >= 0")
+        if self.write_ordering not in (None, "weak", "medium", "strong"):
+            raise IndexInputError(
+                f"QdrantConfig: write_ordering must be weak, medium or strong, got {self.write_ordering!r}"
+            )
+        rc = self.read_consistency
+        if rc is not None and rc not in ("all", "majority", "quorum") and not (rc.isdigit() and int(rc) >= 1):
+            raise IndexInputError(
+                f"QdrantConfig: read_consistency must be all, majority, quorum or a number of replicas, got {rc!r}"
+            )
+        for name in ("shard_number", "replication_factor", "write_consistency_factor"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise IndexInputError(f"QdrantConfig: {name} must be >= 1, got {value}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -17,6 +17,8 @@ Points (``subject`` is what the handler receives):
   rename (``subject``: the temp path).
 * ``"qdrant.upsert"``: one batch of points is about to be sent to Qdrant, inside the retry loop
   (``subject``: the collection name); a handler that raises simulates a failed request.
+* ``"pgvector.before_commit"``: a pgvector writer is about to commit its transaction (a flush,
+  a save, or before joining a caller's transaction; ``subject``: the table name).
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ from collections.abc import Callable, Iterator
 Handler = Callable[[object], None]
 
 POINTS: frozenset[str] = frozenset(
-    {"store.snapshot_chunk", "store.before_rename", "store.collect_garbage", "faiss.before_fsync", "qdrant.upsert"}
+    {
+        "store.snapshot_chunk",
+        "store.before_rename",
+        "store.collect_garbage",
+        "faiss.before_fsync",
+        "qdrant.upsert",
+        "pgvector.before_commit",
+    }
 )
 
 

@@ -31,7 +31,7 @@ ENTRY_POINT_GROUP = "fgsearch.backends"
 #: The indexes a library keeps, by name: image vectors and region vectors.
 INDEX_NAMES: tuple[str, ...] = ("global", "regions")
 #: Capabilities a backend may declare (see :class:`Backend`).
-CAPABILITIES: frozenset[str] = frozenset({"files", "tunable_breadth", "calibration"})
+CAPABILITIES: frozenset[str] = frozenset({"files", "tunable_breadth", "calibration", "catalog_database"})
 
 PathLike = str | Path
 
@@ -41,7 +41,9 @@ class Backend(abc.ABC):
 
     ``capabilities``: ``"files"`` (its indexes live in the library folder as files, so a damaged one
     can be replaced), ``"tunable_breadth"`` (a search breadth such as efSearch), ``"calibration"``
-    (its indexes take ``set_calibration_queries``, see :class:`~.faiss.calibration.Calibratable`).
+    (its indexes take ``set_calibration_queries``, see :class:`~.faiss.calibration.Calibratable`),
+    ``"catalog_database"`` (its indexes can live in the library's PostgreSQL catalog database: its
+    ``url`` option defaults to the catalog's, and its ``add`` takes the catalog's ``connection=``).
     """
 
     name: str
@@ -148,6 +150,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "exact": "fgsearch.indexes.exact:ExactBackend",
     "faiss": "fgsearch.indexes.faiss:FaissBackend",
     "qdrant": "fgsearch.indexes.qdrant:QdrantBackend",
+    "pgvector": "fgsearch.indexes.pgvector:PgvectorBackend",
 }
 
 

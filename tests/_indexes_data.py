@@ -11,13 +11,14 @@ from fgsearch.indexes import (
     ExactConfig,
     FaissConfig,
     JournalConfig,
+    PgvectorConfig,
     QdrantConfig,
     VectorIndex,
     create_index,
     open_index,
 )
 
-BACKENDS = ("exact", "faiss", "qdrant")
+BACKENDS = ("exact", "faiss", "qdrant", "pgvector")  # pgvector: make(..., url=postgres_url)
 
 
 def unit_vectors(n: int, dim: int, seed: int = 0, clusters: int = 20) -> np.ndarray:
@@ -80,7 +81,10 @@ def ann_config(**overrides: Any) -> FaissConfig:
     return FaissConfig(**base)
 
 
-def make(kind: str, path: Path, dim: int, **overrides: Any) -> VectorIndex:
+def make(kind: str, path: Path, dim: int, *, url: str | None = None, **overrides: Any) -> VectorIndex:
+    """A new index of ``kind`` at ``path`` (pgvector: in the database ``url``, table named after ``path``)."""
+    if kind == "pgvector":
+        return create_index(kind, None, dim, config=PgvectorConfig(url=url, table=path.name, **overrides))
     return create_index(kind, path, dim, config=config_for(kind, path, **overrides))
 
 

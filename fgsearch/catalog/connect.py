@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -152,10 +153,41 @@ class SqlStore:
         self.engine = engine
         #: the catalog is a PostgreSQL database (else an SQLite file): the few statements that differ ask
         self.pg = engine.dialect.name == "postgresql"
+        self._joint = threading.local()  # this thread's open transaction() (its connection), if any
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """One transaction around several catalog writes, and whatever else the caller writes on
+        its connection: every ``writing()`` (and ``reading()``) block of this thread inside it runs
+        on that connection, and everything commits when the block ends, or nothing does. Yields
+        the driver's connection (psycopg's for PostgreSQL), e.g. for a vector store in the same
+        database (``index.add(..., connection=conn)``)."""
+        current = getattr(self._joint, "con", None)
+        if current is not None:  # nested: the outer block commits
+            yield current[1]
+            return
+        with _as_dbapi_errors(self.pg):
+            pooled = self.engine.raw_connection()
+            try:
+                con = _driver(pooled, self.pg)
+                self._joint.con = (con, pooled.driver_connection)
+                try:
+                    yield pooled.driver_connection
+                    con.commit()
+                except BaseException:
+                    con.rollback()
+                    raise
+            finally:
+                self._joint.con = None
+                pooled.close()
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         """A pooled connection for reads (rows come back as plain tuples)."""
+        joint = getattr(self._joint, "con", None)
+        if joint is not None:  # inside transaction(): read what it wrote
+            yield joint[0]
+            return
         with _as_dbapi_errors(self.pg):
             pooled = self.engine.raw_connection()
             try:
@@ -165,7 +197,12 @@ class SqlStore:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[sqlite3.Connection]:
-        """A pooled connection whose statements commit together when the block ends, or not at all."""
+        """A pooled connection whose statements commit together when the block ends, or not at all
+        (inside :meth:`transaction`: its connection, committed with it)."""
+        joint = getattr(self._joint, "con", None)
+        if joint is not None:
+            yield joint[0]
+            return
         with _as_dbapi_errors(self.pg):
             pooled = self.engine.raw_connection()
             try:

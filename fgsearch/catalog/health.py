@@ -184,3 +184,23 @@ def check_catalog(catalog_file: Path, full: bool = False) -> CatalogCheck:
         out.unreadable = True
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def check_postgres_catalog(catalog: Any) -> CatalogCheck:
+    """A PostgreSQL catalog's check: the server answers and every catalog table can be read.
+
+    PostgreSQL keeps its own pages consistent (WAL, checksums when the cluster has them); page
+    damage there is the database administrator's to repair (``amcheck``, a restore), not fgsearch's,
+    so this is a reachability and schema check, not SQLite's page walk."""
+    from fgsearch.catalog.schema import metadata
+
+    out = CatalogCheck(Path(catalog.location), "postgres")
+    t0 = time.perf_counter()
+    for table in sorted(metadata.tables):
+        try:
+            with catalog.reading() as con:
+                con.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
+        except Exception as e:  # noqa: BLE001 - every failure is a finding, named with its table
+            out.problems.append(f"table {table}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    out.seconds = time.perf_counter() - t0
+    return out

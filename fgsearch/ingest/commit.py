@@ -10,12 +10,17 @@ A crash between 1 and 3 leaves ``pending`` rows; the next writer removes their i
 indexes and drops them before doing anything else (:func:`fgsearch.library.doctor.recover`). Ids
 are never reused, so an orphan vector can never be mistaken for a new image. A copy (bytes that
 hash to known content) is linked to that content's vectors once the content is committed.
+
+When the catalog and both vector indexes live in one PostgreSQL database (the pgvector backend),
+the three steps are ONE transaction: the reserved rows, the vectors and the confirmation commit
+together or not at all, so a crash leaves neither ``pending`` rows nor orphan vectors. The indexes
+then flush only to build or calibrate their search (the batch is committed already).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +39,18 @@ class Committer:
         self.run_id = run_id
         self.report = report
         self.proposer_name = proposer_name
+        self._joint: bool | None = None  # catalog and vectors in one database (asked once)
+
+    def one_transaction(self) -> bool:
+        """Whether a batch's catalog rows and vectors can commit in one transaction: the catalog is
+        PostgreSQL and both indexes write on its connection to the same database (``joins``)."""
+        if self._joint is None:
+            cat, idxs = self.store.catalog, (self.store.global_index, self.store.region_index)
+            self._joint = False
+            if cat.pg and all(callable(getattr(i, "joins", None)) for i in idxs):
+                with cat.transaction() as conn:
+                    self._joint = all(i.joins(conn) for i in idxs)  # type: ignore[attr-defined]
+        return self._joint
 
     def failure(self, prep: Prepared) -> None:
         self.store.catalog.record_failure(prep.path, prep.size, prep.mtime_ns, prep.reason, self.run_id)
@@ -53,22 +70,40 @@ class Committer:
             }
             for i, p in enumerate(batch)
         ]
-        content_ids, region_ids = cat.reserve_contents(items)
-        gidx.add(np.asarray(content_ids, np.int64), emb.images)
+        files = [(p.path, p.size, p.mtime_ns) for p in batch]
+        if self.one_transaction():
+            with cat.transaction() as conn:
+                content_ids, region_ids = cat.reserve_contents(items)
+                n_regions = self._add_vectors(content_ids, region_ids, emb, {"connection": conn})
+                cat.confirm_contents(content_ids, files, self.run_id)
+            gidx.flush()
+            ridx.flush()
+        else:
+            content_ids, region_ids = cat.reserve_contents(items)
+            n_regions = self._add_vectors(content_ids, region_ids, emb, {})
+            gidx.flush()
+            ridx.flush()
+            cat.confirm_contents(content_ids, files, self.run_id)
+        self.report.indexed += len(batch)
+        self.report.regions += n_regions
+
+    def _add_vectors(
+        self, content_ids: list[int], region_ids: list[list[int]], emb: Embedded, joint: dict[str, Any]
+    ) -> int:
+        """Add a batch's global and region vectors (``joint``: the catalog's connection); returns
+        the number of regions."""
+        self.store.global_index.add(np.asarray(content_ids, np.int64), emb.images, **joint)
         flat_regions = [rid for rids in region_ids for rid in rids]
         if flat_regions:
             owners = [cid for cid, rids in zip(content_ids, region_ids, strict=True) for _ in rids]
             ranks = [k for rids in region_ids for k in range(len(rids))]
-            ridx.add(
+            self.store.region_index.add(
                 np.asarray(flat_regions, np.int64),
                 np.concatenate(emb.regions),
                 payload={"image_id": owners, "region": ranks},
+                **joint,
             )
-        gidx.flush()
-        ridx.flush()
-        cat.confirm_contents(content_ids, [(p.path, p.size, p.mtime_ns) for p in batch], self.run_id)
-        self.report.indexed += len(batch)
-        self.report.regions += len(flat_regions)
+        return len(flat_regions)
 
     def link_copies(self, copies: Sequence[Prepared]) -> None:
         """Files whose content is committed: their rows point at that content's vectors."""

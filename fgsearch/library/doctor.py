@@ -39,9 +39,12 @@ def doctor(
     a batch in flight (vectors written, catalog not yet confirmed) is not one. A damaged catalog
     is reported here; its salvage (``fgsearch doctor --repair``) is :func:`fgsearch.library.repair.examine`.
     """
-    from fgsearch.catalog.health import check_catalog, damaged_message
+    from fgsearch.catalog.health import check_catalog, check_postgres_catalog, damaged_message
 
-    check = check_catalog(store.catalog.path, full=full)
+    if store.catalog.pg:  # reachability and schema: PostgreSQL keeps its own pages
+        check = check_postgres_catalog(store.catalog)
+    else:
+        check = check_catalog(store.catalog.path, full=full)
     if not check.ok:
         if repair:
             raise LibraryError(damaged_message(store.catalog.path, check.problems[0]))

@@ -118,7 +118,9 @@ def open_store(
             if req.catalog is not None:  # the name every other machine opens the library by
                 write_description(lib_dir, req.catalog, build.backend.to_dict(), model_source(build.model))
         dim = encoder.dim if encoder is not None else int(catalog.get_meta()["dim"])
-        gidx, ridx = open_indexes(lib_dir, build.backend, dim, read_only=req.read_only, rebuild=req.rebuild_damaged)
+        gidx, ridx = open_indexes(
+            lib_dir, build.backend, dim, read_only=req.read_only, rebuild=req.rebuild_damaged, database=_database(req)
+        )
         if not exists:
             _start_empty(lib_dir, (gidx, ridx), rebuilt=req.reindex)
         if not req.read_only:
@@ -253,19 +255,30 @@ def new_library_id() -> str:
     return uuid.uuid4().hex
 
 
+def _database(req: OpenRequest) -> str | None:
+    """The PostgreSQL catalog's URL as this process connects (with its password, if it has one):
+    where a pgvector library without a url of its own keeps its tables (used, never recorded)."""
+    if req.catalog is None:
+        return None
+    from fgsearch.catalog.postgres import connect_url
+
+    return str(connect_url(req.catalog.url, req.catalog.password_env).render_as_string(hide_password=False))
+
+
 def open_indexes(
-    lib_dir: Path, bk: BackendSettings, dim: int, *, read_only: bool, rebuild: bool
+    lib_dir: Path, bk: BackendSettings, dim: int, *, read_only: bool, rebuild: bool, database: str | None = None
 ) -> tuple[VectorIndex, VectorIndex]:
     """The global and region indexes. A damaged index in the library folder is an error naming the
     repair; with ``rebuild`` (doctor --repair) it is replaced by an empty one, and the catalog's
-    images without vectors are then re-queued by the doctor for the next ``index`` run."""
+    images without vectors are then re-queued by the doctor for the next ``index`` run.
+    ``database``: the library's PostgreSQL catalog (see :meth:`BackendSettings.open`)."""
     from fgsearch.indexes import IndexCorruptError, IndexNotFoundError
 
     opened: list[VectorIndex] = []
     try:
         for name in INDEX_NAMES:
             try:
-                opened.append(bk.open(lib_dir, name, dim, read_only=read_only, create=not read_only))
+                opened.append(bk.open(lib_dir, name, dim, read_only=read_only, create=not read_only, database=database))
             except IndexNotFoundError as e:
                 raise LibraryError(
                     f"library {lib_dir} has lost its {name} vector index; run `fgsearch index` on its "

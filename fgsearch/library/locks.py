@@ -117,13 +117,14 @@ class GuardedIndex:
         with self._rw.shared():
             return self.inner.verify()
 
-    def add(self, ids: Any, vectors: Any, *, upsert: bool = False, payload: Any = None) -> None:
+    def add(self, ids: Any, vectors: Any, *, upsert: bool = False, payload: Any = None, **extra: Any) -> None:
+        """``extra``: a backend's own keywords (pgvector's ``connection=``), passed through."""
         with self._rw.exclusive():
-            self.inner.add(ids, vectors, upsert=upsert, payload=payload)
+            self.inner.add(ids, vectors, upsert=upsert, payload=payload, **extra)
 
-    def remove(self, ids: Any, *, missing: Any = "error") -> int:
+    def remove(self, ids: Any, *, missing: Any = "error", **extra: Any) -> int:
         with self._rw.exclusive():
-            return self.inner.remove(ids, missing=missing)
+            return self.inner.remove(ids, missing=missing, **extra)
 
     def flush(self) -> None:
         with self._rw.exclusive():

@@ -49,6 +49,10 @@ def examine(
     from fgsearch.library.lifecycle import check_library_dir
     from fgsearch.library_paths import resolve_library_dir
 
+    from fgsearch.library.description import locate
+
+    if locate(path)[1] is not None:  # a PostgreSQL catalog: no file to check or salvage here
+        return _doctor(locate(path)[0], repair=repair, full=full, salvage=None, reembed=reembed, device=device)
     lib_dir = resolve_library_dir(path)
     check_library_dir(lib_dir, read_only=not repair, create=False, reindex=False)
     check = check_catalog(lib_dir / "catalog.sqlite", full=full)

@@ -97,9 +97,16 @@ class BackendSettings:
                     opts.setdefault(new, d[old])
         return cls(kind=kind, options=opts)
 
-    def open(self, home: Path, name: str, dim: int, *, read_only: bool, create: bool) -> VectorIndex:
-        """The library's ``name`` index ("global" or "regions") in this backend."""
-        return _backend(self.kind).open(home, name, dim, self.options, read_only=read_only, create=create)
+    def open(
+        self, home: Path, name: str, dim: int, *, read_only: bool, create: bool, database: str | None = None
+    ) -> VectorIndex:
+        """The library's ``name`` index ("global" or "regions") in this backend. ``database``: the
+        library's PostgreSQL catalog URL, where a backend that can live there (``catalog_database``,
+        pgvector) puts its tables when its options name no ``url`` (used, never recorded)."""
+        options = dict(self.options)
+        if database and self.has("catalog_database") and not options.get("url"):
+            options["url"] = database
+        return _backend(self.kind).open(home, name, dim, options, read_only=read_only, create=create)
 
     def owned_paths(self, home: Path) -> dict[str, Path]:
         """Index name -> the folder this backend created inside the library folder."""

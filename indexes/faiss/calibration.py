@@ -85,6 +85,7 @@ def calibrate(
     candidates: Candidates,
     *,
     fixed: int | None,
+    truths: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Pick the search breadth and re-rank depth reaching the recall goal on every query set.
 
@@ -95,8 +96,11 @@ def calibrate(
     costs), then the shallowest depth: a deeper re-rank is only tried with breadths narrower than
     the best so far. A configured breadth (``fixed``) is kept and only measured. Returns the
     manifest extras (``nprobe``/``ef_search``, ``rerank_factor`` and a ``calibration`` record).
+    ``truths`` (each set's exact top-10 ids), when the caller computed them (a store that streams
+    its vectors, such as pgvector), replaces the exact search over ``vecs``.
     """
-    truths = _exact_truths(sets, vecs, ids, cfg.block_rows)
+    if truths is None:
+        truths = _exact_truths(sets, vecs, ids, cfg.block_rows)
 
     def measure(breadth: int, factor: int) -> dict[str, float]:
         return {name: recall_at_k(candidates(q, breadth, factor), truths[name]) for name, (q, _) in sets.items()}

@@ -163,10 +163,14 @@ class QdrantIndex(VectorIndex):
             quant: Any = None
             if config.quantization == "scalar":
                 quant = models.ScalarQuantization(
-                    scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
+                    scalar=models.ScalarQuantizationConfig(
+                        type=models.ScalarType.INT8, always_ram=config.quantization_always_ram
+                    )
                 )
             elif config.quantization == "binary":
-                quant = models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
+                quant = models.BinaryQuantization(
+                    binary=models.BinaryQuantizationConfig(always_ram=config.quantization_always_ram)
+                )
             client.create_collection(
                 collection_name=name,
                 vectors_config=models.VectorParams(size=dim, distance=cls._distance(config), on_disk=config.on_disk),
@@ -175,7 +179,7 @@ class QdrantIndex(VectorIndex):
                 shard_number=config.shard_number,
                 replication_factor=config.replication_factor,
                 write_consistency_factor=config.write_consistency_factor,
-                on_disk_payload=True,
+                on_disk_payload=config.on_disk_payload,
             )
             return cls(client, config, dim, read_only=False)
         except BaseException:
@@ -213,17 +217,37 @@ class QdrantIndex(VectorIndex):
         if dim is not None and params.size != dim:
             raise CollectionMismatchError(
                 f"collection {config.collection!r} holds {params.size}-d vectors, expected {dim}-d; "
-                "use another collection name or rebuild the index"
+                "use another collection (--backend-opt collection=NAME) or rebuild the library with --reindex"
             )
         expected = cls._distance(config)
         if params.distance != expected:
             raise CollectionMismatchError(
                 f"collection {config.collection!r} uses distance {params.distance.value}, expected "
-                f"{expected.value}; use another collection name or set QdrantConfig(distance=...)"
+                f"{expected.value}; use another collection (--backend-opt collection=NAME) or set distance="
             )
         return int(params.size)
 
     # ------------------------------------------------------------------ helpers
+    def _consistency(self) -> Any:
+        """The read consistency asked for (None: the server's default, one replica)."""
+        rc = self._config.read_consistency
+        if rc is None:  # (local mode takes the parameter and has one copy to read)
+            return None
+        return int(rc) if rc.isdigit() else self._models.ReadConsistencyType(rc)
+
+    def _ordering(self) -> Any:
+        """The write ordering asked for (None: the server's default, weak)."""
+        wo = self._config.write_ordering
+        return None if wo is None else self._models.WriteOrdering(wo)
+
+    def _read_kw(self) -> dict[str, Any]:
+        rc = self._consistency()
+        return {} if rc is None else {"consistency": rc}
+
+    def _write_kw(self) -> dict[str, Any]:
+        wo = self._ordering()
+        return {} if wo is None else {"ordering": wo}
+
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
         cfg = self._config
         for attempt in range(cfg.max_retries + 1):
@@ -246,7 +270,15 @@ class QdrantIndex(VectorIndex):
         for s in range(0, ids.size, _RETRIEVE_BATCH):
             chunk = ids[s : s + _RETRIEVE_BATCH].tolist()
             recs = self._retry(
-                "retrieve", partial(self._client.retrieve, name, chunk, with_payload=False, with_vectors=False)
+                "retrieve",
+                partial(
+                    self._client.retrieve,
+                    name,
+                    chunk,
+                    with_payload=False,
+                    with_vectors=False,
+                    **self._read_kw(),
+                ),
             )
             found.update(int(r.id) for r in recs)
         return np.fromiter((int(i) in found for i in ids.tolist()), dtype=bool, count=ids.size)
@@ -271,6 +303,7 @@ class QdrantIndex(VectorIndex):
                 offset=offset,
                 with_payload=False,
                 with_vectors=False,
+                **self._read_kw(),
             )
             out.extend(int(p.id) for p in points)
             if offset is None:
@@ -284,7 +317,7 @@ class QdrantIndex(VectorIndex):
         name = self._config.collection
         for s in range(0, arr.size, _RETRIEVE_BATCH):
             chunk = np.unique(arr[s : s + _RETRIEVE_BATCH]).tolist()
-            recs = self._client.retrieve(name, chunk, with_payload=False, with_vectors=True)
+            recs = self._client.retrieve(name, chunk, with_payload=False, with_vectors=True, **self._read_kw())
             vecs.update((int(r.id), r.vector) for r in recs)
         missing = np.array([int(i) not in vecs for i in arr.tolist()], dtype=bool)
         if missing.any():
@@ -321,7 +354,8 @@ class QdrantIndex(VectorIndex):
                 for row in q[s : s + _QUERY_BATCH]
             ]
             resps = self._retry(
-                "query", partial(self._client.query_batch_points, self._config.collection, requests=reqs)
+                "query",
+                partial(self._client.query_batch_points, self._config.collection, requests=reqs, **self._read_kw()),
             )
             for j, resp in enumerate(resps):
                 pts = resp.points
@@ -347,10 +381,14 @@ class QdrantIndex(VectorIndex):
             return
         existing = self._existing(arr)
         if existing.any() and not upsert:
-            raise DuplicateIdError(
-                f"ids already in collection {self._config.collection!r}: {_fmt_ids(arr[existing])}; "
-                "pass upsert=True to replace them"
-            )
+            # a batch sent again (a worker's retry) holds the same vectors: accepted, not a conflict
+            stored = self.get(arr[existing])
+            differs = ~np.all(np.abs(stored - vecs[existing]) <= 1e-6, axis=1)
+            if differs.any():
+                raise DuplicateIdError(
+                    f"ids already in collection {self._config.collection!r} with other vectors: "
+                    f"{_fmt_ids(arr[existing][differs])}; pass upsert=True to replace them"
+                )
         models = self._models
         bs = self._config.batch_size
         written = 0
@@ -368,7 +406,7 @@ class QdrantIndex(VectorIndex):
 
     def _upsert(self, batch: Any) -> None:
         faults.reach("qdrant.upsert", self._config.collection)
-        self._client.upsert(self._config.collection, points=batch, wait=True)
+        self._client.upsert(self._config.collection, points=batch, wait=True, **self._write_kw())
 
     def _undo_partial_add(self, ids: np.ndarray, existing: np.ndarray, written: int, exc: Exception) -> str:
         """Delete the new points a failed add wrote; return a message saying what is left."""
@@ -383,6 +421,7 @@ class QdrantIndex(VectorIndex):
                     self._config.collection,
                     points_selector=self._models.PointIdsList(points=new.tolist()),
                     wait=True,
+                    **self._write_kw(),
                 )
         except Exception as e2:
             return (
@@ -417,6 +456,7 @@ class QdrantIndex(VectorIndex):
                     self._config.collection,
                     points_selector=self._models.PointIdsList(points=chunk),
                     wait=True,
+                    **self._write_kw(),
                 ),
             )
         return int(arr.size)

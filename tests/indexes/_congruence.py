@@ -19,11 +19,20 @@ from typing import Any
 import numpy as np
 from _indexes_data import HeldVectors, ann_config, near_queries, recall, same_topk, small_journal, unit_vectors
 
-from fgsearch.indexes import ExactConfig, FaissConfig, QdrantConfig, VectorIndex, create_index, open_index
+from fgsearch.indexes import (
+    ExactConfig,
+    FaissConfig,
+    PgvectorConfig,
+    QdrantConfig,
+    VectorIndex,
+    create_index,
+    open_index,
+)
 
 DIM = 32
 N = 3000  # qdrant embedded writes ~1 ms per point: its test uses N_QDRANT
 N_QDRANT = 1000
+N_PG = 1500
 
 
 def apply_ops(indexes: list[Any], data: np.ndarray, *, save_midway: bool) -> None:
@@ -76,17 +85,19 @@ def run_congruence(
     data = unit_vectors(n, DIM, seed=3)
     queries = near_queries(data, 60)
     held = HeldVectors(DIM)  # the reference: vectors this test holds, searched by brute force
-    other = create_index(kind, tmp_path / kind, DIM, config=config)
+    where = None if kind == "pgvector" else tmp_path / kind  # pgvector: a table named by its config
+    reopen = config if where is None else None  # (the others read their stored config)
+    other = create_index(kind, where, DIM, config=config)
     apply_ops([held, other], data, save_midway=save_midway)  # type: ignore[list-item]
     compare(held, other, queries, exact=exact)
     # reopen: snapshot + journal replay must give the same answers
     other.close()
-    other = open_index(kind, tmp_path / kind)
+    other = open_index(kind, where, config=reopen)
     compare(held, other, queries, exact=exact)
     other.save()  # fold the journal into a new snapshot
     compare(held, other, queries, exact=exact)
     other.close()
-    other = open_index(kind, tmp_path / kind, read_only=kind != "qdrant")
+    other = open_index(kind, where, config=reopen, read_only=kind != "qdrant")
     compare(held, other, queries, exact=exact)
     return other
 
@@ -106,6 +117,15 @@ class Row:
 
 def _flat(params: dict[str, Any]) -> None:
     assert params["tier"] == "flat"
+
+
+def _pg_tier(tier: str) -> Callable[[dict[str, Any]], None]:
+    def check(params: dict[str, Any]) -> None:
+        assert params["tier"] == tier
+        if tier == "hnsw":  # built at flat_threshold, calibrated on image-like and synthetic text queries
+            assert set(params["calibration"]["sets"]) == {"image", "text"} and params["calibration"]["reached"]
+
+    return check
 
 
 def _calibrated(tier: str) -> Callable[[dict[str, Any]], None]:
@@ -150,5 +170,16 @@ ROWS: list[Row] = [
         lambda tmp: QdrantConfig(path=str(tmp / "qdrant"), batch_size=300),
         exact=True,
         n=N_QDRANT,
+    ),
+    # pgvector: a PostgreSQL table (the test fills in the url of a fresh database); exact below
+    # flat_threshold, and with its HNSW index built and calibrated at 1,000 vectors
+    Row("pgvector-exact", "pgvector", lambda tmp: PgvectorConfig(), exact=True, n=N_PG, check=_pg_tier("exact")),
+    Row(
+        "pgvector-hnsw",
+        "pgvector",
+        lambda tmp: PgvectorConfig(flat_threshold=1000, calibration_queries=100),
+        exact=False,
+        n=N_PG,
+        check=_pg_tier("hnsw"),
     ),
 ]

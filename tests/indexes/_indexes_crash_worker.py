@@ -3,6 +3,10 @@
 ``stream KIND PATH``: create an index and run batches of add/remove/upsert + ``flush()`` forever,
 printing ``flushed I`` after each flush returns.
 
+pgvector: PATH is ignored; the database is ``$FGSEARCH_TEST_PG_URL`` (table ``crash``), and the
+save stage ``build`` blocks when the save commits its HNSW index build (the second commit of a save:
+the first commits the pending batch).
+
 ``save KIND PATH STAGE``: open the index the test prepared, add a batch without flushing, then call
 ``save()`` with a hook that prints ``at STAGE`` and blocks at that point of the snapshot write
 (``vectors``: half the vectors file written; ``faiss``: IVF file written, not renamed;
@@ -12,6 +16,7 @@ old files not yet deleted; ``none``: no hook, print ``saving`` and save).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 from _indexes_data import ann_config, small_journal, unit_vectors
 
-from fgsearch.indexes import MANIFEST, ExactConfig, VectorIndex, create_index, faults, open_index
+from fgsearch.indexes import MANIFEST, ExactConfig, PgvectorConfig, VectorIndex, create_index, faults, open_index
 
 DIM = 16
 BATCH = 150
@@ -29,6 +34,8 @@ BATCH = 150
 def config(kind: str) -> Any:
     if kind == "exact":
         return ExactConfig(journal=small_journal())
+    if kind == "pgvector":
+        return PgvectorConfig(url=os.environ["FGSEARCH_TEST_PG_URL"], table="crash", flat_threshold=1000)
     return ann_config(flat_threshold=1000, journal=small_journal(), calibration_queries=50)
 
 
@@ -95,12 +102,16 @@ def install_hook(stage: str) -> None:
         faults.install("store.before_rename", in_manifest)
     elif stage == "after":  # committed, the old generation's files not yet deleted
         faults.install("store.collect_garbage", lambda path: _block(stage))
+    elif stage == "build":  # pgvector: the HNSW index is built in the transaction about to commit
+        commits = iter(range(2))
+        faults.install("pgvector.before_commit", lambda table: None if next(commits, 1) == 0 else _block(stage))
 
 
 def main() -> None:
     mode, kind, path = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    where = None if kind == "pgvector" else path
     if mode == "stream":
-        index = create_index(kind, path, DIM, config=config(kind))
+        index = create_index(kind, where, DIM, config=config(kind))
         i = 0
         while True:
             apply_batch(index, i)
@@ -110,7 +121,7 @@ def main() -> None:
     elif mode == "save":
         stage = sys.argv[4]
         n_done = int(sys.argv[5])
-        index = open_index(kind, path)
+        index = open_index(kind, where, config=config(kind) if where is None else None)
         apply_batch(index, n_done)  # not flushed: only a completed save makes it durable
         install_hook(stage)
         if stage == "none":

@@ -41,8 +41,14 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def index(kind: str, tmp_path: Path):
-    idx = make(kind, tmp_path / "idx", DIM)
+def url(kind: str, request: pytest.FixtureRequest) -> str | None:
+    """pgvector: a fresh database on the tests' PostgreSQL (the other backends need none)."""
+    return str(request.getfixturevalue("postgres_url")) if kind == "pgvector" else None
+
+
+@pytest.fixture
+def index(kind: str, url: str | None, tmp_path: Path):
+    idx = make(kind, tmp_path / "idx", DIM, url=url)
     yield idx
     idx.close()
 
@@ -140,8 +146,8 @@ def test_bad_input_errors_are_clear(index) -> None:
         assert issubclass(err, IndexBackendError) and issubclass(err, ValueError)
 
 
-def test_closed_and_context_manager(kind: str, tmp_path: Path) -> None:
-    with make(kind, tmp_path / "i", DIM) as idx:
+def test_closed_and_context_manager(kind: str, url: str | None, tmp_path: Path) -> None:
+    with make(kind, tmp_path / "i", DIM, url=url) as idx:
         idx.add([1], unit_vectors(1, DIM))
     assert idx.closed
     with pytest.raises(IndexClosedError):
@@ -149,8 +155,8 @@ def test_closed_and_context_manager(kind: str, tmp_path: Path) -> None:
     idx.close()  # idempotent
 
 
-def test_stats(kind: str, tmp_path: Path) -> None:
-    with make(kind, tmp_path / "i", DIM) as idx:
+def test_stats(kind: str, url: str | None, tmp_path: Path) -> None:
+    with make(kind, tmp_path / "i", DIM, url=url) as idx:
         idx.add(np.arange(10), unit_vectors(10, DIM))
         idx.flush()
         st = idx.stats()
@@ -180,7 +186,9 @@ def test_read_only_and_lock(kind: str, tmp_path: Path) -> None:
 
 
 def test_factory_rejects_conflicts(tmp_path: Path) -> None:
-    with pytest.raises(IndexInputError, match=r"^unknown backend 'annoy'; choose one of exact, faiss, qdrant$"):
+    with pytest.raises(
+        IndexInputError, match=r"^unknown backend 'annoy'; choose one of exact, faiss, pgvector, qdrant$"
+    ):
         create_index("annoy", tmp_path / "x", 8)
     with pytest.raises(IndexInputError, match="FaissConfig"):
         create_index("faiss", tmp_path / "x", 8, config=ExactConfig())

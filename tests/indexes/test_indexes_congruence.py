@@ -8,6 +8,7 @@ after adds, after removals and upserts, after reopening, and after a new snapsho
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -33,11 +34,12 @@ STRUCTURES = [("hnsw", "hnsw"), ("ivfpq", "ivf")]
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-def test_backend_agrees_with_exact(tmp_path: Path, row: Row) -> None:
+def test_backend_agrees_with_exact(tmp_path: Path, row: Row, request: pytest.FixtureRequest) -> None:
     """The congruence suite: one row per backend (and per tier of one), all against exact."""
-    other = run_congruence(
-        tmp_path, row.kind, row.config(tmp_path), exact=row.exact, save_midway=row.save_midway, n=row.n
-    )
+    config = row.config(tmp_path)
+    if row.kind == "pgvector":  # a fresh database on the tests' PostgreSQL
+        config = dataclasses.replace(config, url=request.getfixturevalue("postgres_url"))
+    other = run_congruence(tmp_path, row.kind, config, exact=row.exact, save_midway=row.save_midway, n=row.n)
     if row.check is not None:
         row.check(other.stats().params)
     other.close()

@@ -8,14 +8,17 @@ state of the last completed flush (or of a flush/save that completed just before
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 from _indexes_crash_worker import DIM, apply_batch, config, expected_state
 from _indexes_data import small_journal, unit_vectors
@@ -33,14 +36,15 @@ WORKER = Path(__file__).with_name("_indexes_crash_worker.py")
 FILE_BACKENDS = ("exact", "faiss")
 
 
-def _spawn(*args: str) -> subprocess.Popen[str]:
+def _spawn(*args: str, pg_url: str | None = None) -> subprocess.Popen[str]:
+    extra = {"FGSEARCH_TEST_PG_URL": pg_url} if pg_url else {}
     return subprocess.Popen(
         [sys.executable, str(WORKER), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=WORKER.parent,
-        env={**os.environ, "PYTHONPATH": str(WORKER.parent.parent)},  # the shared test data modules
+        env={**os.environ, **extra, "PYTHONPATH": str(WORKER.parent.parent)},  # the shared test data modules
     )
 
 
@@ -76,11 +80,11 @@ def _assert_state(index: VectorIndex, state: dict[int, np.ndarray]) -> None:
     assert res.ids[:, 0].tolist() == want[-3:].tolist()
 
 
-def _matches_any(path: Path, kind: str, candidates: list[dict[int, np.ndarray]]) -> int:
+def _matches_any(path: Path | None, kind: str, candidates: list[dict[int, np.ndarray]], cfg: Any = None) -> int:
     """Open the index (read-only, then as writer) and return which candidate state it holds."""
     found = -1
     for read_only in (True, False):
-        with open_index(kind, path, read_only=read_only) as index:
+        with open_index(kind, path, read_only=read_only, config=cfg) as index:
             ids = index.ids()
             for n, state in enumerate(candidates):
                 if np.array_equal(ids, np.array(sorted(state), dtype=np.int64)):
@@ -107,6 +111,47 @@ def test_kill_during_add_flush_stream(tmp_path: Path, kind: str, stop_after: int
     # the last acknowledged flush is durable; the one in progress may or may not have landed
     got = _matches_any(path, kind, [expected_state(last + 1), expected_state(last + 2)])
     assert got in (0, 1)
+
+
+def test_pgvector_kill_during_add_flush_stream(tmp_path: Path, postgres_url: str) -> None:
+    """A writer killed between (or inside) flushes: the table holds the last committed flush."""
+    proc = _spawn("stream", "pgvector", str(tmp_path / "unused"), pg_url=postgres_url)
+    try:
+        _wait_for(proc, "flushed 4")
+    finally:
+        rest = _kill(proc)  # a later batch: adding, committing, or building + calibrating the graph
+    last = max([4] + [int(line.split()[1]) for line in rest.splitlines() if line.startswith("flushed")])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FGSEARCH_TEST_PG_URL", postgres_url)
+        cfg = config("pgvector")
+    assert _matches_any(None, "pgvector", [expected_state(last + 1), expected_state(last + 2)], cfg) in (0, 1)
+
+
+def test_pgvector_kill_while_the_index_build_commits(tmp_path: Path, postgres_url: str) -> None:
+    """Killed with the HNSW build in its uncommitted transaction: the rows stay, the index is gone
+    (rolled back), searches are exact, and the next save builds it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FGSEARCH_TEST_PG_URL", postgres_url)
+        cfg = dataclasses.replace(config("pgvector"), flat_threshold=5000)
+        with create_index("pgvector", None, DIM, config=cfg) as index:
+            for i in range(7):  # 1,050 vectors: below this flat_threshold, no graph yet
+                apply_batch(index, i)
+                index.flush()
+        cfg = config("pgvector")  # the worker's: flat_threshold 1,000, so its save builds
+    proc = _spawn("save", "pgvector", str(tmp_path / "unused"), "build", "7", pg_url=postgres_url)
+    try:
+        _wait_for(proc, "at build")
+    finally:
+        _kill(proc)
+    assert _matches_any(None, "pgvector", [expected_state(8)], dataclasses.replace(cfg, flat_threshold=5000)) == 0
+    with open_index("pgvector", None, config=cfg, read_only=True) as reader:
+        assert reader.stats().params["tier"] == "exact"
+    with psycopg.connect(postgres_url.replace("+psycopg", ""), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'crash_hnsw'").fetchone() == (0,)
+    with open_index("pgvector", None, config=cfg) as index:
+        index.save()
+        assert index.stats().params["tier"] == "hnsw"
+    assert _matches_any(None, "pgvector", [expected_state(8)], cfg) == 0
 
 
 def _prepare(path: Path, kind: str, n_batches: int) -> None:

@@ -162,10 +162,11 @@ def test_registering_a_name_twice_needs_replace(toy: Backend) -> None:
 
 # ------------------------------------------------------------------------------ errors
 def test_kinds_come_from_the_registry() -> None:
-    assert KINDS == backend_names() == ("exact", "faiss", "qdrant")
+    assert KINDS == backend_names() == ("exact", "faiss", "pgvector", "qdrant")
     assert get_backend("faiss").config_type is FaissConfig
     assert get_backend("faiss").capabilities == {"files", "tunable_breadth", "calibration"}
     assert get_backend("exact").capabilities == {"files"} and not get_backend("qdrant").capabilities
+    assert get_backend("pgvector").capabilities == {"tunable_breadth", "calibration", "catalog_database"}
 
 
 def test_unknown_kind_is_a_one_line_error(tmp_path: Path) -> None:
@@ -174,7 +175,9 @@ def test_unknown_kind_is_a_one_line_error(tmp_path: Path) -> None:
         lambda: create_index("annoy", tmp_path / "a", 8),
         lambda: open_index("annoy", tmp_path / "a"),
     ):
-        with pytest.raises(IndexInputError, match=r"^unknown backend 'annoy'; choose one of exact, faiss, qdrant$"):
+        with pytest.raises(
+            IndexInputError, match=r"^unknown backend 'annoy'; choose one of exact, faiss, pgvector, qdrant$"
+        ):
             call()
 
 

@@ -24,7 +24,7 @@ from _ray import cluster_fixture, worker_nodes
 from typer.testing import CliRunner
 
 from fgsearch.errors import InputError, LibraryLockedError
-from fgsearch.library import Library
+from fgsearch.library import BackendSettings, Library
 
 pytestmark = pytest.mark.slow
 
@@ -192,12 +192,12 @@ def _store_kwargs(kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
     if kind == "sqlite+faiss":
         return {}
     url = request.getfixturevalue("postgres_url")  # a real PostgreSQL 18, a fresh database
-    if kind == "postgres+exact":
-        return {"catalog": url, "backend": "exact"}
+    if kind == "postgres+pgvector":  # catalog rows and vectors in one PostgreSQL database
+        return {"catalog": url, "backend": BackendSettings("pgvector", {"url": url, "table": "photos"})}
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["sqlite+faiss", "postgres+exact"])
+@pytest.mark.parametrize("kind", ["sqlite+faiss", "postgres+pgvector"])
 def test_node_removed_mid_run_then_query_and_serve_replicas_agree_with_a_local_exact_library(
     cluster: Any, tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ) -> None:

@@ -65,6 +65,26 @@ def test_a_postgres_library_gives_what_the_sqlite_one_gives(postgres_url: str, p
         assert reader.status()["counts"]["images"] == 6
 
 
+def test_doctor_checks_a_postgres_catalog_by_reaching_its_tables(postgres_url: str, photos: Path, tmp_path: Path) -> None:
+    """`fgsearch doctor` on a PostgreSQL library: no SQLite file to page-check; it reaches every
+    catalog table instead, says ok on a healthy library, and names the table it cannot read."""
+    import sqlalchemy as sa
+
+    lib_dir = tmp_path / "pg"
+    with Library.open(lib_dir, catalog=postgres_url, model="demo", regions=GRID, device="cpu", backend="exact") as lib:
+        lib.index(str(photos))
+        rep = lib.doctor()
+        assert rep["consistent"] and rep["catalog_check"]["method"] == "postgres", rep
+    res = run("doctor", "--library", str(lib_dir))
+    assert res.exit_code == 0, res.output
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as con:
+        con.execute(sa.text("DROP TABLE regions CASCADE"))
+    engine.dispose()
+    res = run("doctor", "--library", str(lib_dir))
+    assert res.exit_code != 0 and "regions" in res.output, res.output
+
+
 def _password_user(server: Any, name: str, password: str) -> str:
     """A role that must give its password (scram), and a database it owns; returns its URL without
     the password."""
