@@ -115,7 +115,7 @@ def convert_clip(
 @app.command()
 @_errors
 def index(
-    paths: list[Path] = opt.PATHS_ARG,
+    paths: list[str] = opt.PATHS_ARG,
     library: Path | None = opt.LIBRARY,
     model: str | None = opt.INDEX_MODEL,
     backend: str | None = opt.BACKEND,
@@ -144,13 +144,16 @@ def index(
     fast_decode: bool = opt.FAST_DECODE,
     pipeline: str = opt.PIPELINE,
     fast_text: bool = opt.FAST_TEXT,
+    ray: str | None = opt.RAY,
+    gpus_per_worker: float = opt.GPUS_PER_WORKER,
+    cpus_per_worker: float = opt.CPUS_PER_WORKER,
     device: str = opt.DEVICE,
     precision: str = opt.PRECISION,
     runtime: str = opt.RUNTIME,
     quiet: bool = opt.QUIET,
     json_out: bool = opt.json_flag("Print the summary as JSON."),
 ) -> None:
-    """Index image folders: global and region vectors, incremental and resumable.
+    """Index image folders or object-store URLs: global and region vectors, incremental and resumable.
 
     Exit status: 0 every file indexed or unchanged; 3 some files failed in this run (listed, and
     by `fgsearch status --failed`); 4 files failed and none is indexed; 1 an error stopped the run.
@@ -168,6 +171,7 @@ def index(
     bk = opt.backend_settings(backend, qdrant_url, qdrant_path, backend_opt)
     rs = opt.region_settings(regions, max_regions, sidecar)
     fast = opt.fast_path(runtime, precision)
+    mapper = opt.ray_mapper(ray, workers, gpus_per_worker, cpus_per_worker, batch_size, shared)
     opts = IndexOptions(
         include=tuple(include), exclude=tuple(exclude), extensions=tuple(ext), hidden=hidden, prune=prune,
         prune_unselected=prune_unselected, follow_links=follow_links, retry_failed=retry_failed,
@@ -181,7 +185,7 @@ def index(
         open_at(library, model=model, backend=bk, regions=rs, reindex=reindex, device=device, fast=fast) as lib,
         index_progress(out, show=not (quiet or json_out)) as progress,
     ):
-        report = (lib.index_shared if shared else lib.index)(folders, opts, progress=progress)
+        report = (lib.index_shared if shared else partial(lib.index, mapper=mapper))(folders, opts, progress=progress)
         text_tower = opt.prepare_fast_text(lib) if fast_text else None
     if json_out:
         typer.echo(json.dumps({**report.to_dict(), **({"fast_text": text_tower} if text_tower else {})}, indent=2))

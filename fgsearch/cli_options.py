@@ -56,7 +56,7 @@ def fast_path(runtime: str, precision: str) -> Any:
 
 
 # ---- index -----------------------------------------------------------------------------------------
-PATHS_ARG = typer.Argument(..., help="Folders (or files) to index.")
+PATHS_ARG = typer.Argument(..., help="Folders (or files) to index, or object-store URLs (s3://BUCKET/PREFIX...).")
 INDEX_MODEL = typer.Option(None, "--model", "-m", help=MODEL_HELP + " Default: the library's, else fg-clip-base.")
 BACKEND = typer.Option(
     None,
@@ -119,7 +119,22 @@ MIN_SIDE = typer.Option(16, "--min-side", help="Skip images smaller than this ma
 INDEX_BATCH = typer.Option(
     0, "--batch-size", help="Images per forward pass and per commit (0: 32 on a CPU, 256 on a GPU)."
 )
-WORKERS = typer.Option(0, "--workers", help="Decode threads (0: automatic).")
+WORKERS = typer.Option(
+    0, "--workers", help="Decode threads (0: automatic); with --ray: Ray workers (0: one per CPU, or per GPU share)."
+)
+RAY = typer.Option(
+    None,
+    "--ray",
+    metavar="ADDRESS",
+    help="Index on a Ray cluster: auto ($RAY_ADDRESS, else a local cluster), HOST:PORT or ray://HOST:PORT. "
+    'Needs pip install "fgsearch[ray]".',
+)
+GPUS_PER_WORKER = typer.Option(
+    0.0, "--gpus-per-worker", help="With --ray: GPUs per Ray worker (0: embed on CPUs; 0.5: two workers per GPU)."
+)
+CPUS_PER_WORKER = typer.Option(
+    1.0, "--cpus-per-worker", help="With --ray: CPUs per Ray worker, its decode threads (a GPU worker wants ~10)."
+)
 FAST_DECODE = typer.Option(
     False,
     "--fast-decode",
@@ -290,11 +305,30 @@ def check_range(flag: str, value: float, low: float, high: float | None = None) 
         raise InputError(f"{flag} must be {what}, got {value:g}")
 
 
-def check_paths_exist(paths: list[Path]) -> None:
-    """``fgsearch index``: every folder (or file) given exists."""
+def check_paths_exist(paths: Sequence[str | Path]) -> None:
+    """``fgsearch index``: every folder (or file) given exists (URLs are listed by the run)."""
+    from fgsearch.ingest.sources import is_url
+
     for p in paths:
-        if not p.exists():
+        if not is_url(str(p)) and not Path(p).exists():
             raise InputError(f"{p} does not exist; give a folder of images")
+
+
+def ray_mapper(address: str | None, workers: int, gpus: float, cpus: float, batch_size: int, shared: bool) -> Any:
+    """``fgsearch index --ray``: the Ray mapper, or None for a local run (``--gpus-per-worker`` and
+    ``--cpus-per-worker`` need ``--ray``; without Ray installed, ``--ray`` is a one-line error
+    naming the extra; ``--shared`` writers claim their own work and run locally)."""
+    if address is not None and shared:
+        raise InputError("--ray runs one writer (the driver); --shared runs many: give one of the two")
+    if address is None:
+        for flag, value, default in (("--gpus-per-worker", gpus, 0.0), ("--cpus-per-worker", cpus, 1.0)):
+            if value != default:
+                raise InputError(f"{flag} applies to Ray workers; add --ray auto (or a cluster address)")
+        return None
+    from fgsearch.ingest.ray_runner import RayMapper, RayOptions
+
+    o = RayOptions(address=address, workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus, chunk=batch_size)
+    return RayMapper(o)
 
 
 def picture_targets(show: Path | None, html_out: Path | None) -> tuple[Path | None, Path | None]:

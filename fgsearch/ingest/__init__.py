@@ -8,6 +8,6 @@ duplicates); a crash at any point loses at most the batch in flight (:mod:`fgsea
 """
 
 from fgsearch.ingest.options import IndexOptions, IndexReport, ProgressFn
-from fgsearch.ingest.runner import run_index
+from fgsearch.ingest.runner import Mapper, run_index
 
-__all__ = ["IndexOptions", "IndexReport", "ProgressFn", "run_index"]
+__all__ = ["IndexOptions", "IndexReport", "Mapper", "ProgressFn", "run_index"]

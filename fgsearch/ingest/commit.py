@@ -19,7 +19,6 @@ then flush only to build or calibrate their search (the batch is committed alrea
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -120,9 +119,11 @@ def prune(store: LibraryStore, run_id: int, roots: list[str], unselected: bool) 
     """Sweep: drop the files under ``roots`` that are gone from disk, and contents no file uses any
     more. Files still on disk that this run did not select (``--include``, ``--exclude``, hidden)
     are kept unless ``unselected`` says to drop them too. Returns the number of files dropped."""
+    from fgsearch.ingest.sources import source_exists
+
     cat = store.catalog
     if not unselected:
-        cat.mark_seen([p for p in cat.unseen_paths(run_id, roots) if os.path.isfile(p)], run_id)
+        cat.mark_seen([p for p in cat.unseen_paths(run_id, roots) if source_exists(p)], run_id)
         cat.commit()
     removed_contents, removed_regions = cat.sweep(run_id, roots)
     if len(removed_contents) or len(removed_regions):

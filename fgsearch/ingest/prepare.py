@@ -51,22 +51,26 @@ class Preparer:
     means the decode can be skipped. A miss decides nothing: the runner decides new vs copy,
     because an earlier copy may be queued after this worker looked. ``budget`` bounds the pixels
     decoded at once by all workers together (peak memory). ``transform`` is the model's image
-    preprocessing; ``proposer`` gives boxes known before the forward pass (grid, sidecar)."""
+    preprocessing; ``proposer`` gives boxes known before the forward pass (grid, sidecar).
+    ``opener`` opens a planned path (default :func:`fgsearch.ingest.sources.open_source`: local
+    regular files, or object-store URLs through fsspec)."""
 
     transform: Any
     opts: IndexOptions
-    known: set[str]
+    known: set[str] | frozenset[str]
     budget: PixelBudget
     proposer: Proposer
+    opener: Callable[[str], Any] | None = None
 
     def __call__(self, item: tuple[str, Any]) -> Prepared:
         """One file; never raises for a bad file (the reason is in the result)."""
-        from fgsearch.decode import UnsafeFileError, open_regular
+        from fgsearch.decode import UnsafeFileError
+        from fgsearch.ingest.sources import open_source
 
         root, entry = item
         base = Prepared("failed", entry.path, entry.size, entry.mtime_ns)
         try:
-            with open_regular(entry.path) as f:
+            with (self.opener or open_source)(entry.path) as f:
                 source = read_and_hash(f, base)
                 if base.sha256 in self.known:
                     base.kind = "reuse"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fgsearch.ingest.commit import Committer, prune
 from fgsearch.ingest.device import DevicePreparer
@@ -29,6 +29,25 @@ if TYPE_CHECKING:
     from fgsearch.regions import ImageBoxes, Proposer
 
 
+class Mapper(Protocol):
+    """Runs the prepare and embed stages of a run's planned files somewhere (threads in this
+    process: :func:`prepare_and_embed`; Ray workers: :class:`fgsearch.ingest.ray_runner.RayMapper`)
+    and hands every result, in plan order, to this process's one writer (``committer``).
+    ``reserved``: the content hashes the library holds (the mapper adds what it queues). Returns
+    what the proposer said of each new image (for its end-of-run warnings)."""
+
+    def __call__(
+        self,
+        store: LibraryStore,
+        encoder: Encoder,
+        committer: Committer,
+        todo: list[tuple[str, Any]],
+        reserved: set[str],
+        opts: IndexOptions,
+        progress: ProgressFn | None,
+    ) -> Sequence[ImageBoxes]: ...
+
+
 def run_index(
     store: LibraryStore,
     encoder: Encoder,
@@ -36,10 +55,13 @@ def run_index(
     opts: IndexOptions,
     progress: ProgressFn | None = None,
     report: IndexReport | None = None,
+    mapper: Mapper | None = None,
 ) -> IndexReport:
-    """Index ``roots`` into an open, writable store with ``encoder`` (see
-    :mod:`fgsearch.ingest.commit` for what survives a crash). ``report``: one to fill in, e.g.
-    holding the warnings of what the caller did first (the library's heal step)."""
+    """Index ``roots`` (folders, files or object-store URLs) into an open, writable store with
+    ``encoder`` (see :mod:`fgsearch.ingest.commit` for what survives a crash). ``report``: one to
+    fill in, e.g. holding the warnings of what the caller did first (the library's heal step).
+    ``mapper``: where the prepare and embed stages run (default: threads of this process)."""
+    from fgsearch.ingest.sources import is_url, walk_urls
     from fgsearch.scan import readable_extensions
 
     t0 = time.perf_counter()
@@ -47,27 +69,20 @@ def run_index(
 
     exts = readable_extensions(opts.extensions)  # a bad --ext fails before anything is recorded
     resolve_pipeline(opts, encoder)  # so does a --pipeline this model or device cannot run
-    batch_size = opts.resolved_batch_size(encoder.on_accelerator)
-    proposer = _proposer_for(store)
     report = report if report is not None else IndexReport()
     cat = store.catalog
+    abs_roots = [r if is_url(r) else os.path.abspath(os.path.expanduser(r)) for r in roots]
+    urls = [r for r in abs_roots if is_url(r)]
+    url_entries = walk_urls(urls, opts, exts, report) if urls else []  # a bad URL fails before the run begins
     run_id = cat.begin_run()
-    abs_roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
-    entries = walk_roots(abs_roots, opts, exts, report)
+    entries = walk_roots([r for r in abs_roots if not is_url(r)], opts, exts, report) + url_entries
     report.scanned = len(entries)
     todo = select_changed(cat, entries, opts, run_id, report)
-    batcher = _batcher(
-        encoder, proposer, Committer(store, run_id, report, proposer.name), batch_size, cat.content_hashes(), opts
-    )
-    try:
-        _prepare_and_embed(batcher, opts, todo, progress, report)
-    finally:
-        batcher.close()  # what was handed off is committed, even on Ctrl-C
-    times = getattr(batcher, "times", None)
-    if times is not None:
-        report.stage_seconds = {k: round(v, 3) for k, v in times.seconds.items()}
+    proposer = _proposer_for(store)
+    committer = Committer(store, run_id, report, proposer.name)
+    seen = (mapper or prepare_and_embed)(store, encoder, committer, todo, cat.content_hashes(), opts, progress)
     cat.commit()
-    report.warnings.extend(proposer.run_warnings(batcher.seen))
+    report.warnings.extend(proposer.run_warnings(seen))
     if opts.prune:
         report.pruned = prune(store, run_id, abs_roots, opts.prune_unselected)
     store.global_index.save()
@@ -75,6 +90,30 @@ def run_index(
     cat.end_run(run_id, report.to_dict())
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def prepare_and_embed(
+    store: LibraryStore,
+    encoder: Encoder,
+    committer: Committer,
+    todo: list[tuple[str, Any]],
+    reserved: set[str],
+    opts: IndexOptions,
+    progress: ProgressFn | None,
+) -> Sequence[ImageBoxes]:
+    """The thread mapper: prepare the planned files in worker threads (in walk order), embed and
+    commit in this thread (or, with ``--pipeline``, in the pipeline's threads:
+    :mod:`fgsearch.ingest.pipeline`)."""
+    batch_size = opts.resolved_batch_size(encoder.on_accelerator)
+    batcher = _batcher(encoder, _proposer_for(store), committer, batch_size, reserved, opts)
+    try:
+        _prepare_and_embed(batcher, opts, todo, progress, committer.report)
+    finally:
+        batcher.close()  # what was handed off is committed, even on Ctrl-C
+    times = getattr(batcher, "times", None)
+    if times is not None:
+        committer.report.stage_seconds = {k: round(v, 3) for k, v in times.seconds.items()}
+    return batcher.seen
 
 
 def _prepare_and_embed(
@@ -122,7 +161,7 @@ class _Batcher:
     reserved: set[str]
     batch: list[Prepared] = field(default_factory=list)
     copies: list[Prepared] = field(default_factory=list)
-    seen: _SeenBoxes = field(default_factory=lambda: _SeenBoxes())  # what the proposer said of each new image
+    seen: SeenBoxes = field(default_factory=lambda: SeenBoxes())  # what the proposer said of each new image
 
     def add(self, prep: Prepared) -> None:
         if prep.kind == "failed":
@@ -157,7 +196,7 @@ class _Batcher:
         """Wait for everything handed off to be committed (nothing to wait for here)."""
 
 
-class _SeenBoxes(Sequence["ImageBoxes"]):
+class SeenBoxes(Sequence["ImageBoxes"]):
     """What the proposer said of each new image of a run, for its end-of-run warnings, without
     the boxes themselves (a run may have millions of images): entries that name no source and
     skipped nothing are only counted."""

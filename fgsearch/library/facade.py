@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from fgsearch.catalog import Catalog
     from fgsearch.indexes import VectorIndex
     from fgsearch.ingest import IndexOptions, IndexReport, ProgressFn
+    from fgsearch.ingest.runner import Mapper
     from fgsearch.model import Encoder
     from fgsearch.search import QueryInfo, SearchHit, SearchQuery
 
@@ -242,9 +243,12 @@ class Library:
         paths: str | os.PathLike[str] | list[str | os.PathLike[str]],
         options: IndexOptions | None = None,
         progress: ProgressFn | None = None,
+        mapper: Mapper | None = None,
         **kw: Any,
     ) -> IndexReport:
-        """Index image folders (or files) incrementally; keyword arguments override IndexOptions fields."""
+        """Index image folders, files or object-store URLs incrementally; keyword arguments override
+        IndexOptions fields. ``mapper``: where the prepare and embed stages run (default: threads
+        here; ``fgsearch.ingest.ray_runner.RayMapper(RayOptions(...))``: a Ray cluster)."""
         from fgsearch.ingest import IndexOptions, IndexReport, run_index
 
         if self.read_only:
@@ -268,7 +272,7 @@ class Library:
             warning = doctor_mod.heal(self.store)  # catalog and indexes agree before a run adds to them
             report = IndexReport(warnings=[warning] if warning else [])
             report.warnings += self.notes
-            report = run_index(self.store, encoder, roots, opts, progress, report)
+            report = run_index(self.store, encoder, roots, opts, progress, report, mapper)
             made = list(self.catalog.get_meta().get("precisions") or [])
             if report.indexed and self.encoder_path not in made:
                 self.catalog.set_meta(precisions=[*made, self.encoder_path])

@@ -158,7 +158,9 @@ def read_sample(paths: list[str], n: int, roots: list[str]) -> list[Image.Image]
         if paths:  # the library's own images
             yield from paths
             return
-        for entry in walk(list(roots)):
+        from fgsearch.ingest.sources import is_url
+
+        for entry in walk([r for r in roots if not is_url(r)]):  # object-store URLs: not sampled here
             yield entry.path
 
     out: list[Image.Image] = []
