@@ -541,7 +541,6 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, every peer, in seconds (a temp dir)")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
     if args.smoke and not args.worker:
         args.n, args.dim, args.queries, args.clusters, args.workdir = [3000], 64, 40, 30, None

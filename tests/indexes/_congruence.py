@@ -123,7 +123,9 @@ def _pg_tier(tier: str) -> Callable[[dict[str, Any]], None]:
     def check(params: dict[str, Any]) -> None:
         assert params["tier"] == tier
         if tier == "hnsw":  # built at flat_threshold, calibrated on image-like and synthetic text queries
-            assert set(params["calibration"]["sets"]) == {"image", "text"} and params["calibration"]["reached"]
+            cal = params["calibration"]
+            assert set(cal["sets"]) == {"image", "text", "text-far", "text-near"}, cal["sets"]
+            assert cal["reached"], cal
 
     return check
 

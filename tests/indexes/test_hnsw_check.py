@@ -143,7 +143,11 @@ def test_the_library_api_cli_and_server_name_the_repair(tmp_path: Path, tiny_mod
     lib_dir, _, fpath = build_hnsw_library(tmp_path, tiny_model_dir)
     _rewrite(fpath, _low_entry)
     want = re.escape(f"library {lib_dir}: the regions vector index is damaged (cannot read the backend files ")
-    tail = re.escape(f"run `fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index` on its folders")
+    tail = (
+        re.escape(f"run `fgsearch doctor --repair --library {lib_dir}`, then `fgsearch index ")
+        + r"\S+"
+        + re.escape(f" --library {lib_dir}`")
+    )  # the library's own folders (its rebuild record)
     with pytest.raises(LibraryError) as err:  # the API
         Library.open(lib_dir, read_only=True)
     assert re.fullmatch(want + r".*entry point.*\); " + tail, str(err.value)), err.value
