@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fgsearch.library.reuse import global_record, region_record
+
 if TYPE_CHECKING:
     from fgsearch.ingest.embed import Embedded
     from fgsearch.ingest.options import IndexReport
@@ -55,16 +57,19 @@ class Committer:
             for i, p in enumerate(batch)
         ]
         content_ids, region_ids = cat.reserve_contents(items)
-        gidx.add(np.asarray(content_ids, np.int64), emb.images)
+        records = getattr(gidx, "keeps_records", False)  # file backends: what a rebuild without the catalog needs
+        gpay = {"record": [global_record(p.sha256, len(emb.boxes[i])) for i, p in enumerate(batch)]} if records else None
+        gidx.add(np.asarray(content_ids, np.int64), emb.images, payload=gpay)
         flat_regions = [rid for rids in region_ids for rid in rids]
         if flat_regions:
             owners = [cid for cid, rids in zip(content_ids, region_ids, strict=True) for _ in rids]
             ranks = [k for rids in region_ids for k in range(len(rids))]
-            ridx.add(
-                np.asarray(flat_regions, np.int64),
-                np.concatenate(emb.regions),
-                payload={"image_id": owners, "region": ranks},
-            )
+            payload: dict[str, list] = {"image_id": owners, "region": ranks}
+            if records:
+                payload["record"] = [
+                    region_record(p.sha256, box, k) for p, bx in zip(batch, emb.boxes, strict=True) for k, box in enumerate(bx)
+                ]
+            ridx.add(np.asarray(flat_regions, np.int64), np.concatenate(emb.regions), payload=payload)
         gidx.flush()
         ridx.flush()
         cat.confirm_contents(content_ids, [(p.path, p.size, p.mtime_ns) for p in batch], self.run_id)

@@ -127,7 +127,14 @@ class _Batcher:
     def flush(self) -> None:
         """Embed and commit the batch, then link the copies (their content is committed by now)."""
         if self.batch:
-            self.committer.store_batch(self.batch, embed_batch(self.encoder, self.proposer, self.batch))
+            reuse = self.committer.store.reuse
+            if reuse is not None:  # a rebuild without the catalog: recorded vectors where the hash matches
+                before = len(reuse.used)
+                emb = reuse.embed(self.batch, lambda rest: embed_batch(self.encoder, self.proposer, rest))
+                self.committer.report.vectors_reused += len(reuse.used) - before
+            else:
+                emb = embed_batch(self.encoder, self.proposer, self.batch)
+            self.committer.store_batch(self.batch, emb)
         self.committer.link_copies(self.copies)
         self.batch, self.copies = [], []
 
