@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fgsearch.errors import LibraryError
 from fgsearch.indexes import INDEX_NAMES
@@ -103,9 +103,7 @@ def catalog_lost(lib_dir: Path) -> bool:
     folder remain: ``--reindex`` rebuilds it where it is."""
     from fgsearch.library_record import record_path
 
-    return (
-        not (lib_dir / "catalog.sqlite").exists() and record_path(lib_dir).is_file() and (lib_dir / "index").is_dir()
-    )
+    return not (lib_dir / "catalog.sqlite").exists() and record_path(lib_dir).is_file() and (lib_dir / "index").is_dir()
 
 
 def open_store(
@@ -153,7 +151,7 @@ def _describe_records(catalog: Catalog, indexes: tuple[VectorIndex, VectorIndex]
     meta = record_meta(catalog.get_meta())
     for idx in indexes:
         if getattr(idx, "keeps_records", False):
-            idx.set_record_meta(meta)
+            cast(Any, idx).set_record_meta(meta)
 
 
 def _open_catalog(lib_dir: Path, ref: CatalogRef | None, *, create: bool, read_only: bool) -> Catalog:

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -138,7 +138,7 @@ def harvest(
         counts = grecs[:, 32:36].copy().view("<u4").ravel()
         images = {s: gvecs[i] for i, s in enumerate(shas)}
         n_regions = {s: int(c) for s, c in zip(shas, counts, strict=True)}
-        rids, rrecs, _ = ridx.records()
+        rids, rrecs, _ = cast(Any, ridx).records()
         by_sha: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if rrecs.shape[1] == REGION_RECORD:
             has = rrecs.any(axis=1)
@@ -165,10 +165,15 @@ def harvest(
 
 def _check_model(lib_dir: Path, meta: dict[str, Any], model: Any) -> None:
     """The model of this rebuild is the one the recorded vectors were made with."""
-    same = meta.get("model_ref") == model.ref if meta.get("model_ref") and model.ref else meta.get("model") == model.name
+    if meta.get("model_ref") and model.ref:
+        same = meta.get("model_ref") == model.ref
+    else:
+        same = meta.get("model") == model.name
     if not same:
+        made = f"{meta.get('model')} (ref {meta.get('model_ref') or '-'})"
+        now = f"{model.name} (ref {model.ref or '-'})"
         raise LibraryError(
-            f"the vector files of {lib_dir} were made with model {meta.get('model')} (ref {meta.get('model_ref') or '-'}) "
-            f"but this rebuild uses {model.name} (ref {model.ref or '-'}); pass --model {meta.get('model')} to reuse "
-            "them, or delete the library's index folder to embed every image again"
+            f"the vector files of {lib_dir} were made with model {made} but this rebuild uses {now}; "
+            f"pass --model {meta.get('model')} to reuse them, or delete the library's index folder to "
+            "embed every image again"
         )

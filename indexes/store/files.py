@@ -114,8 +114,9 @@ def block_crcs(vecs: np.ndarray, rows: int = CHECK_BLOCK_ROWS) -> list[int]:
 def check_snapshot(path: Path, m: dict[str, Any], ids: np.ndarray, vecs: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The snapshot files of manifest ``m`` in ``path`` whose SHA-256 does not match, and the ids
     (``ids``/``vecs``: the snapshot's rows) whose vector rows are damaged: all snapshot ids when the
-    ids file or a backend file is (a damaged records file damages no vector). Journals are covered by their per-record CRCs; generations
-    written before checksums were recorded have nothing to compare and pass."""
+    ids file or a backend file is (a damaged records file damages no vector). Journals are
+    covered by their per-record CRCs; generations written before checksums were recorded have
+    nothing to compare and pass."""
     bad = [
         name
         for name, digest in (m.get("checksums") or {}).items()

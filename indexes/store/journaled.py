@@ -425,9 +425,7 @@ class JournaledStore(StoredRows):
                     for s in range(0, n_new, _COPY_ROWS):
                         sel = order[s : s + _COPY_ROWS]
                         from_base = sel < nb_alive
-                        recs = self._records_of_rows(
-                            alive_rows[sel[from_base]], d_rows[sel[~from_base] - nb_alive]
-                        )
+                        recs = self._records_of_rows(alive_rows[sel[from_base]], d_rows[sel[~from_base] - nb_alive])
                         out = np.empty((sel.size, width), dtype=np.uint8)
                         n_b = int(from_base.sum())
                         out[from_base], out[~from_base] = recs[:n_b], recs[n_b:]

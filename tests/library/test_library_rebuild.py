@@ -103,9 +103,7 @@ def test_a_changed_file_is_embedded_again_and_the_cli_reports_the_counts(
         assert Path(hit.path) == changed and hit.global_score == pytest.approx(1.0, abs=1e-4)
 
 
-def test_a_rebuild_with_another_model_than_the_vector_files_is_refused(
-    tmp_path: Path, tiny_model_dir: Path
-) -> None:
+def test_a_rebuild_with_another_model_than_the_vector_files_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
     from fgsearch.model import REGISTRY
 
     root = tmp_path / "photos"
@@ -129,7 +127,9 @@ def test_a_format_1_snapshot_without_records_still_opens_and_is_rebuilt_by_embed
     root = tmp_path / "photos"
     make_folder(root, n_good=3, bad=False)
     lib_dir = tmp_path / "lib"
-    with Library.open(lib_dir, model=str(tiny_model_dir), regions=RegionSettings(proposer="grid", max_regions=2)) as lib:
+    with Library.open(
+        lib_dir, model=str(tiny_model_dir), regions=RegionSettings(proposer="grid", max_regions=2)
+    ) as lib:
         lib.index(root)
         before = _snapshot(lib, QUERIES[:1])
     for name in ("global", "regions"):  # what the previous release wrote: format 1, no records
@@ -159,13 +159,15 @@ def test_the_snapshot_records_each_vectors_content_hash_and_box(tmp_path: Path, 
     root = tmp_path / "photos"
     make_folder(root, n_good=2, bad=False)
     lib_dir = tmp_path / "lib"
-    with Library.open(lib_dir, model=str(tiny_model_dir), regions=RegionSettings(proposer="grid", max_regions=2)) as lib:
+    with Library.open(
+        lib_dir, model=str(tiny_model_dir), regions=RegionSettings(proposer="grid", max_regions=2)
+    ) as lib:
         lib.index(root)
         shas = set(lib.catalog.content_hashes())
     with open_index("faiss", lib_dir / "index" / "global", read_only=True) as g:
-        ids, recs, meta = g.records()
+        _, recs, meta = g.records()
         assert recs.shape == (2, 36) and meta["model_ref"]
         assert {bytes(r[:32]).hex() for r in recs} == shas and len(shas) == 2
     with open_index("faiss", lib_dir / "index" / "regions", read_only=True) as r:
-        ids, recs, _ = r.records()
+        _, recs, _ = r.records()
         assert recs.shape[1] == 52 and np.all(recs.any(axis=1))
