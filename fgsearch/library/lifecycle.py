@@ -42,7 +42,7 @@ from fgsearch.library.settings import (
     model_source,
 )
 from fgsearch.library.store import Build, LibraryStore, damaged_index
-from fgsearch.library_record import new_record, read_record
+from fgsearch.library_record import new_record, read_record, rebuild_command
 from fgsearch.regions import RegionSettings
 
 if TYPE_CHECKING:
@@ -87,8 +87,13 @@ def check_library_dir(
             f"{catalog.public} (leave out --catalog, or give --library a new folder)"
         )
     exists = sqlite_here or (lib_dir / DESCRIPTION_FILE).exists()
-    if not exists and reindex and catalog is None:
-        exists = catalog_lost(lib_dir)  # rebuilt in place, reusing its recorded vectors
+    if not exists and catalog is None and catalog_lost(lib_dir):
+        if not reindex:
+            raise LibraryError(
+                f"library {lib_dir} has lost its catalog (catalog.sqlite) but keeps its vector files; "
+                f"rebuild it, reusing them, with `{rebuild_command(lib_dir)}`"
+            )
+        exists = True  # rebuilt in place, reusing its recorded vectors
     if read_only and reindex:
         raise LibraryError("reindex needs a writable library")
     if not exists and (read_only or not create):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +93,12 @@ def test_a_changed_file_is_embedded_again_and_the_cli_reports_the_counts(
     (lib_dir / "catalog.sqlite").unlink()
     changed = good[0]
     scene(4242).save(changed, format=changed.suffix.lstrip(".").upper().replace("JPG", "JPEG"))
+    doctor = CliRunner().invoke(app, ["doctor", "--library", str(lib_dir)])
+    assert doctor.exit_code != 0 and "has lost its catalog (catalog.sqlite) but keeps its vector files" in doctor.output
+    advice = doctor.output.split("`")[1]  # the printed command works when pasted
+    assert advice == f"fgsearch index {root} --library {lib_dir} --model {tiny_model_dir} --reindex"
     counted.clear()
-    r = CliRunner().invoke(app, ["index", str(root), "--library", str(lib_dir), "--reindex"])
+    r = CliRunner().invoke(app, shlex.split(advice)[1:])
     assert r.exit_code == 0, r.output
     assert "5 images reused their recorded vectors, 1 embedded" in r.output
     assert _pixels_count(counted) == 1  # only the changed file went through the model
