@@ -53,9 +53,9 @@ def _pixels_count(seen: list[int]) -> int:
     return sum(seen)
 
 
-@pytest.mark.parametrize("backend", ["exact", "faiss"])
+@pytest.mark.parametrize(("backend", "loss"), [("exact", "deleted"), ("faiss", "deleted"), ("faiss", "header")])
 def test_a_lost_catalog_is_rebuilt_from_the_vector_files_without_a_forward_pass(
-    tmp_path: Path, tiny_model_dir: Path, counted: list[int], backend: str
+    tmp_path: Path, tiny_model_dir: Path, counted: list[int], backend: str, loss: str
 ) -> None:
     root = tmp_path / "photos"
     make_folder(root, n_good=6, bad=False)
@@ -65,7 +65,12 @@ def test_a_lost_catalog_is_rebuilt_from_the_vector_files_without_a_forward_pass(
         lib.index(root)
         before = _snapshot(lib, QUERIES)
     assert _pixels_count(counted) == 6
-    (lib_dir / "catalog.sqlite").unlink()
+    catalog = lib_dir / "catalog.sqlite"
+    if loss == "deleted":
+        catalog.unlink()
+    else:  # unreadable beyond salvage: its header destroyed
+        with open(catalog, "r+b") as f:
+            f.write(b"\xff" * 100)
     counted.clear()
     with Library.open(lib_dir, reindex=True) as lib:  # model, backend, regions from rebuild.json
         report = lib.index(root)
