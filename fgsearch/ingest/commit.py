@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fgsearch.library.reuse import global_record, region_record
+from fgsearch.library.reuse import records_for
 
 if TYPE_CHECKING:
     from fgsearch.ingest.embed import Embedded
@@ -57,17 +57,15 @@ class Committer:
             for i, p in enumerate(batch)
         ]
         content_ids, region_ids = cat.reserve_contents(items)
-        records = getattr(gidx, "keeps_records", False)  # file backends: what a rebuild without the catalog needs
-        gpay = {"record": [global_record(p.sha256, len(b)) for p, b in zip(batch, emb.boxes, strict=True)]}
-        gidx.add(np.asarray(content_ids, np.int64), emb.images, payload=gpay if records else None)
+        records = records_for(gidx, [p.sha256 for p in batch], emb.boxes)  # what a rebuild without the catalog needs
+        gidx.add(np.asarray(content_ids, np.int64), emb.images, payload={"record": records[0]} if records else None)
         flat_regions = [rid for rids in region_ids for rid in rids]
         if flat_regions:
             owners = [cid for cid, rids in zip(content_ids, region_ids, strict=True) for _ in rids]
             ranks = [k for rids in region_ids for k in range(len(rids))]
             payload: dict[str, list] = {"image_id": owners, "region": ranks}
             if records:
-                pairs = zip(batch, emb.boxes, strict=True)
-                payload["record"] = [region_record(p.sha256, box, k) for p, bx in pairs for k, box in enumerate(bx)]
+                payload["record"] = records[1]
             ridx.add(np.asarray(flat_regions, np.int64), np.concatenate(emb.regions), payload=payload)
         gidx.flush()
         ridx.flush()

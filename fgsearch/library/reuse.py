@@ -47,6 +47,16 @@ def region_record(sha256_hex: str, box: Sequence[float], rank: int) -> bytes:
     return _REGION.pack(bytes.fromhex(sha256_hex), *map(float, box), rank)
 
 
+def records_for(index: Any, shas: Sequence[str], boxes: Sequence[np.ndarray]) -> tuple[list[bytes], list[bytes]] | None:
+    """The records of a batch's global vectors and (flattened, in rank order) region vectors, for
+    an index that keeps them (file backends); None for one that does not."""
+    if not getattr(index, "keeps_records", False):
+        return None
+    images = [global_record(s, len(b)) for s, b in zip(shas, boxes, strict=True)]
+    regions = [region_record(s, box, k) for s, b in zip(shas, boxes, strict=True) for k, box in enumerate(b)]
+    return images, regions
+
+
 def record_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """What a snapshot's records say made its vectors, from the catalog's meta."""
     return {"model": meta.get("model_name"), "model_ref": meta.get("model_ref"), "regions": meta.get("regions")}
