@@ -141,8 +141,7 @@ def harvest(
             return None
         if regions is not None and meta.get("regions") != regions.to_dict():
             return None  # other region settings: the recorded boxes do not apply
-        has = grecs.any(axis=1)
-        gids, grecs = gids[has], grecs[has]
+        gids, grecs = _intact(gidx, gids, grecs)
         gvecs = np.asarray(gidx.get(gids)) if gids.size else np.zeros((0, dim), np.float32)
         shas = [bytes(r[:32]).hex() for r in grecs]
         counts = grecs[:, 32:36].copy().view("<u4").ravel()
@@ -151,8 +150,7 @@ def harvest(
         rids, rrecs, _ = cast(Any, ridx).records()
         by_sha: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if rrecs.shape[1] == REGION_RECORD:
-            has = rrecs.any(axis=1)
-            rids, rrecs = rids[has], rrecs[has]
+            rids, rrecs = _intact(ridx, rids, rrecs)
             rvecs = np.asarray(ridx.get(rids)) if rids.size else np.zeros((0, dim), np.float32)
             rshas = np.array([bytes(r[:32]).hex() for r in rrecs], dtype=object)
             boxes = rrecs[:, 32:48].copy().view("<f4")
@@ -171,6 +169,16 @@ def harvest(
     finally:
         gidx.close()
         ridx.close()
+
+
+def _intact(idx: Any, ids: np.ndarray, recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ids (and records) of vectors with a record whose rows match their checksums: a vector
+    damaged on disk is embedded again, and a damaged records file is not used at all."""
+    bad, damaged = idx.verify()
+    if any(name.startswith("records.") for name in bad):
+        return ids[:0], recs[:0]
+    keep = recs.any(axis=1) & ~np.isin(ids, damaged)
+    return ids[keep], recs[keep]
 
 
 def _check_model(lib_dir: Path, meta: dict[str, Any], model: Any) -> None:

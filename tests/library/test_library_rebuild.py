@@ -181,3 +181,25 @@ def test_the_snapshot_records_each_vectors_content_hash_and_box(tmp_path: Path, 
     with open_index("faiss", lib_dir / "index" / "regions", read_only=True) as r:
         _, recs, _ = r.records()
         assert recs.shape[1] == 52 and np.all(recs.any(axis=1))
+
+
+@pytest.mark.parametrize("damaged", ["vectors", "records"])
+def test_damaged_vector_files_are_not_reused(
+    tmp_path: Path, tiny_model_dir: Path, counted: list[int], damaged: str
+) -> None:
+    root = tmp_path / "photos"
+    make_folder(root, n_good=3, bad=False)
+    lib_dir = tmp_path / "lib"
+    with Library.open(lib_dir, model=str(tiny_model_dir), regions=RegionSettings(proposer="none")) as lib:
+        lib.index(root)
+    folder = lib_dir / "index" / "global"
+    name = json.loads((folder / "manifest.json").read_text())[damaged]
+    data = bytearray((folder / name).read_bytes())
+    data[-8:] = bytes(b ^ 0x5A for b in data[-8:])  # the last row's bytes
+    (folder / name).write_bytes(bytes(data))
+    (lib_dir / "catalog.sqlite").unlink()
+    counted.clear()
+    with Library.open(lib_dir, reindex=True) as lib:
+        report = lib.index(root)
+    assert (report.indexed, report.vectors_reused) == (3, 0)  # one block of rows, or the records: none trusted
+    assert _pixels_count(counted) == 3
