@@ -56,6 +56,7 @@ def run_index(
         encoder, proposer, Committer(store, run_id, report, proposer.name), batch_size, cat.content_hashes()
     )
     _prepare_and_embed(batcher, opts, todo, progress, report)
+    store.reuse = None  # a rebuild's recorded vectors: used by its first run only (frees them)
     cat.commit()
     report.warnings.extend(proposer.run_warnings(batcher.seen))
     if opts.prune:
