@@ -118,7 +118,7 @@ def print_index_report(out: Console, report: IndexReport) -> None:
         f"in {report.seconds:.1f}s ({report.images_per_second:.1f} images/s)",
         highlight=False,
     )
-    if report.vectors_reused:
+    if getattr(report, "vectors_reused", 0):  # a rebuild that reused recorded vectors
         out.print(
             f"rebuilt from the vector files: {report.vectors_reused} images reused their recorded vectors, "
             f"{report.indexed - report.vectors_reused} embedded",
