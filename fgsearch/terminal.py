@@ -118,6 +118,12 @@ def print_index_report(out: Console, report: IndexReport) -> None:
         f"in {report.seconds:.1f}s ({report.images_per_second:.1f} images/s)",
         highlight=False,
     )
+    if getattr(report, "vectors_reused", 0):  # a rebuild that reused recorded vectors
+        out.print(
+            f"rebuilt from the vector files: {report.vectors_reused} images reused their recorded vectors, "
+            f"{report.indexed - report.vectors_reused} embedded",
+            highlight=False,
+        )
     for path, reason in report.failures[:FAILURES_SHOWN]:
         out.print(plain(f"  skipping {path}: {reason}"), highlight=False)
     for warning in report.warnings:

@@ -31,7 +31,7 @@ from .base import (
     topk_rows,
 )
 from .config import ExactConfig, config_from_dict, config_to_dict
-from .errors import DimensionMismatchError, DuplicateIdError, IndexCorruptError, UnknownIdError
+from .errors import DimensionMismatchError, DuplicateIdError, IndexCorruptError, IndexInputError, UnknownIdError
 from .file_backend import FileBackend
 from .store import JournaledStore
 
@@ -86,6 +86,8 @@ class StoreBackedIndex(VectorIndex):
 
     kind = "abstract-store"
     config_type: type = ExactConfig
+    #: the payload column ``"record"`` (bytes of one length per id) is kept in the snapshot
+    keeps_records = True
 
     def __init__(self, store: JournaledStore, config: Any, *, read_only: bool) -> None:
         super().__init__(store.dim, read_only=read_only)
@@ -182,7 +184,8 @@ class StoreBackedIndex(VectorIndex):
         self._check_writable()
         arr = as_ids(ids)
         vecs = as_vectors(vectors, self.dim, arr.size, norm_tolerance=self._config.norm_tolerance, ids=arr)
-        check_payload(payload, arr.size)
+        cols = check_payload(payload, arr.size)
+        records = _records_column(cols, arr.size)
         if arr.size == 0:
             return
         existing = self._store.lookup(arr) >= 0
@@ -191,7 +194,7 @@ class StoreBackedIndex(VectorIndex):
                 f"ids already in the index: {_fmt_ids(arr[existing])}; pass upsert=True to replace them"
             )
         self._before_change(arr, vecs, existing)
-        self._store.add(arr, vecs)
+        self._store.add(arr, vecs, records)
 
     def remove(self, ids: Any, *, missing: MissingPolicy = "error") -> int:
         self._check_writable()
@@ -209,6 +212,18 @@ class StoreBackedIndex(VectorIndex):
             self._before_change(arr, None, np.ones(arr.size, dtype=bool))
             self._store.remove(arr)
         return int(arr.size)
+
+    def records(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Ids of the stored vectors, the record kept with each (uint8 ``[n, width]``, all zero
+        where none was), and what the records were made with (see :meth:`set_record_meta`)."""
+        self._check_open()
+        ids, recs = self._store.live_records()
+        return ids, recs, dict(self._store.record_meta)
+
+    def set_record_meta(self, meta: dict[str, Any]) -> None:
+        """Describe the records (e.g. the model that made the vectors); saved with the next snapshot."""
+        self._check_writable()
+        self._store.set_record_meta(meta)
 
     def _before_change(self, ids: np.ndarray, vecs: np.ndarray | None, existing: np.ndarray) -> None:
         """Hook called before an add (vecs given) or remove (vecs None) reaches the store."""
@@ -302,6 +317,17 @@ class StoreBackedIndex(VectorIndex):
         kk = as_k(k)
         allowed = None if allowed_ids is None else np.unique(as_ids(allowed_ids, name="allowed_ids", unique=False))
         return q, kk, allowed
+
+
+def _records_column(cols: dict[str, list[Any]] | None, n: int) -> np.ndarray | None:
+    """The payload column ``"record"`` as uint8 ``[n, width]`` (None when absent)."""
+    if not cols or "record" not in cols:
+        return None
+    values = cols["record"]
+    if not all(isinstance(v, bytes | bytearray) for v in values) or len({len(v) for v in values}) > 1:
+        raise IndexInputError("payload column 'record' must hold bytes of one length per id")
+    width = len(values[0]) if values else 0
+    return np.frombuffer(b"".join(values), dtype=np.uint8).reshape(n, width)
 
 
 class ExactIndex(StoreBackedIndex):

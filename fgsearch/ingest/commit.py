@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fgsearch.library.reuse import records_for
+
 if TYPE_CHECKING:
     from fgsearch.ingest.embed import Embedded
     from fgsearch.ingest.options import IndexReport
@@ -74,13 +76,13 @@ class Committer:
         if self.one_transaction():
             with cat.transaction() as conn:
                 content_ids, region_ids = cat.reserve_contents(items)
-                n_regions = self._add_vectors(content_ids, region_ids, emb, {"connection": conn})
+                n_regions = self._add_vectors(content_ids, region_ids, batch, emb, {"connection": conn})
                 cat.confirm_contents(content_ids, files, self.run_id)
             gidx.flush()
             ridx.flush()
         else:
             content_ids, region_ids = cat.reserve_contents(items)
-            n_regions = self._add_vectors(content_ids, region_ids, emb, {})
+            n_regions = self._add_vectors(content_ids, region_ids, batch, emb, {})
             gidx.flush()
             ridx.flush()
             cat.confirm_contents(content_ids, files, self.run_id)
@@ -88,20 +90,30 @@ class Committer:
         self.report.regions += n_regions
 
     def _add_vectors(
-        self, content_ids: list[int], region_ids: list[list[int]], emb: Embedded, joint: dict[str, Any]
+        self,
+        content_ids: list[int],
+        region_ids: list[list[int]],
+        batch: Sequence[Prepared],
+        emb: Embedded,
+        joint: dict[str, Any],
     ) -> int:
-        """Add a batch's global and region vectors (``joint``: the catalog's connection); returns
-        the number of regions."""
-        self.store.global_index.add(np.asarray(content_ids, np.int64), emb.images, **joint)
+        """Add a batch's global and region vectors (``joint``: the catalog's connection), each with
+        its record where the backend keeps records (what a rebuild without the catalog needs);
+        returns the number of regions."""
+        gidx = self.store.global_index
+        records = records_for(gidx, [p.sha256 for p in batch], emb.boxes)
+        gidx.add(
+            np.asarray(content_ids, np.int64), emb.images, payload={"record": records[0]} if records else None, **joint
+        )
         flat_regions = [rid for rids in region_ids for rid in rids]
         if flat_regions:
             owners = [cid for cid, rids in zip(content_ids, region_ids, strict=True) for _ in rids]
             ranks = [k for rids in region_ids for k in range(len(rids))]
+            payload: dict[str, list] = {"image_id": owners, "region": ranks}
+            if records:
+                payload["record"] = records[1]
             self.store.region_index.add(
-                np.asarray(flat_regions, np.int64),
-                np.concatenate(emb.regions),
-                payload={"image_id": owners, "region": ranks},
-                **joint,
+                np.asarray(flat_regions, np.int64), np.concatenate(emb.regions), payload=payload, **joint
             )
         return len(flat_regions)
 

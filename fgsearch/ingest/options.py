@@ -79,6 +79,8 @@ class IndexReport:
     failed_unchanged: int = 0
     pruned: int = 0
     regions: int = 0
+    #: of ``indexed``: images whose vectors a rebuild took from the old vector files (no forward pass)
+    vectors_reused: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # things a user should hear about (not failures)
@@ -118,6 +120,7 @@ class IndexReport:
             "outcome": self.outcome,
             "pruned": self.pruned,
             "regions": self.regions,
+            "vectors_reused": self.vectors_reused,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "failures": [{"path": display_path(p), "reason": r} for p, r in self.failures],

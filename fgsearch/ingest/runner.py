@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fgsearch.ingest.commit import Committer, prune
@@ -80,7 +80,10 @@ def run_index(
     todo = select_changed(cat, entries, opts, run_id, report)
     proposer = _proposer_for(store)
     committer = Committer(store, run_id, report, proposer.name)
+    if store.reuse is not None:  # a rebuild from the vector files: the serial batcher takes their vectors
+        mapper, opts = None, replace(opts, pipeline="serial")
     seen = (mapper or prepare_and_embed)(store, encoder, committer, todo, cat.content_hashes(), opts, progress)
+    store.reuse = None  # a rebuild's recorded vectors: used by its first run only (frees them)
     cat.commit()
     report.warnings.extend(proposer.run_warnings(seen))
     if opts.prune:
@@ -186,7 +189,14 @@ class _Batcher:
         """Embed and commit the batch, then link the copies (their content is committed by now).
         :class:`fgsearch.ingest.pipeline.PipelinedBatcher` does this in other threads."""
         if batch:
-            self.committer.store_batch(batch, embed_batch(self.encoder, self.proposer, batch))
+            reuse = self.committer.store.reuse
+            if reuse is not None:  # a rebuild without the catalog: recorded vectors where the hash matches
+                before = len(reuse.used)
+                emb = reuse.embed(batch, lambda rest: embed_batch(self.encoder, self.proposer, rest))
+                self.committer.report.vectors_reused += len(reuse.used) - before
+            else:
+                emb = embed_batch(self.encoder, self.proposer, batch)
+            self.committer.store_batch(batch, emb)
         self.committer.link_copies(copies)
 
     def failed(self, prep: Prepared) -> None:

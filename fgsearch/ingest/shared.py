@@ -149,15 +149,20 @@ def _index_claimed(
     row = {it.id: i for i, (it, _) in enumerate(new)}
     rows = [row[it.id] for it in res.items]
     if rows:
-        store.global_index.add(np.asarray(res.content_ids, np.int64), emb.images[rows], upsert=True)
+        from fgsearch.library.reuse import records_for
+
+        records = records_for(store.global_index, [new[r][1].sha256 for r in rows], [emb.boxes[r] for r in rows])
+        gpay = {"record": records[0]} if records else None
+        store.global_index.add(np.asarray(res.content_ids, np.int64), emb.images[rows], upsert=True, payload=gpay)
         flat = [rid for rids in res.region_ids for rid in rids]
         if flat:
             owners = [cid for cid, rids in zip(res.content_ids, res.region_ids, strict=True) for _ in rids]
             ranks = [k for rids in res.region_ids for k in range(len(rids))]
             vectors = np.concatenate([emb.regions[r] for r in rows])
-            store.region_index.add(
-                np.asarray(flat, np.int64), vectors, upsert=True, payload={"image_id": owners, "region": ranks}
-            )
+            payload: dict[str, list] = {"image_id": owners, "region": ranks}
+            if records:
+                payload["record"] = records[1]
+            store.region_index.add(np.asarray(flat, np.int64), vectors, upsert=True, payload=payload)
         store.global_index.flush()
         store.region_index.flush()
         queue.complete(res, run_id)

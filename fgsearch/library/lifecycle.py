@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fgsearch.errors import LibraryError
 from fgsearch.indexes import INDEX_NAMES
@@ -42,12 +42,13 @@ from fgsearch.library.settings import (
     model_source,
 )
 from fgsearch.library.store import Build, LibraryStore, damaged_index
-from fgsearch.library_record import new_record, read_record
+from fgsearch.library_record import new_record, read_record, rebuild_command
 from fgsearch.regions import RegionSettings
 
 if TYPE_CHECKING:
     from fgsearch.catalog import Catalog
     from fgsearch.indexes import VectorIndex
+    from fgsearch.library.reuse import Reuse
     from fgsearch.model import Encoder
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,13 @@ def check_library_dir(
             f"{catalog.public} (leave out --catalog, or give --library a new folder)"
         )
     exists = sqlite_here or (lib_dir / DESCRIPTION_FILE).exists()
+    if not exists and catalog is None and catalog_lost(lib_dir):
+        if not reindex:
+            raise LibraryError(
+                f"library {lib_dir} has lost its catalog (catalog.sqlite) but keeps its vector files; "
+                f"rebuild it, reusing them, with `{rebuild_command(lib_dir)}`"
+            )
+        exists = True  # rebuilt in place, reusing its recorded vectors
     if read_only and reindex:
         raise LibraryError("reindex needs a writable library")
     if not exists and (read_only or not create):
@@ -93,6 +101,14 @@ def check_library_dir(
     if not exists:
         _check_new_library_dir(lib_dir)
     return exists
+
+
+def catalog_lost(lib_dir: Path) -> bool:
+    """A library whose catalog file is gone but whose record (``rebuild.json``) and vector-index
+    folder remain: ``--reindex`` rebuilds it where it is."""
+    from fgsearch.library_record import record_path
+
+    return not (lib_dir / "catalog.sqlite").exists() and record_path(lib_dir).is_file() and (lib_dir / "index").is_dir()
 
 
 def open_store(
@@ -106,7 +122,7 @@ def open_store(
         # created by a run that failed before recording its model (nothing was indexed): start over
         wipe(lib_dir, catalog=req.catalog)
         exists = False
-    req, encoder, rebuilt = _prepare_build(lib_dir, exists, req, encoder, encoder_for)
+    req, encoder, rebuilt, reuse = _prepare_build(lib_dir, exists, req, encoder, encoder_for)
     exists = exists and not rebuilt
     catalog = _open_catalog(lib_dir, req.catalog, create=not exists, read_only=req.read_only)
     try:
@@ -124,12 +140,25 @@ def open_store(
         if not exists:
             _start_empty(lib_dir, (gidx, ridx), rebuilt=req.reindex)
         if not req.read_only:
+            _describe_records(catalog, (gidx, ridx))
             _calibrate(_loader(encoder, encoder_for, build.model), (gidx, ridx))
     except BaseException:
         catalog.close()
         raise
     store = LibraryStore(lib_dir, catalog, gidx, ridx, build, read_only=req.read_only, reopen=reopen)
+    store.reuse = reuse
     return store, encoder
+
+
+def _describe_records(catalog: Catalog, indexes: tuple[VectorIndex, VectorIndex]) -> None:
+    """File-backed indexes record what made their vectors (model, regions) with each snapshot, so
+    that a rebuild without the catalog can tell whether they may be reused."""
+    from fgsearch.library.reuse import record_meta
+
+    meta = record_meta(catalog.get_meta())
+    for idx in indexes:
+        if getattr(idx, "keeps_records", False):
+            cast(Any, idx).set_record_meta(meta)
 
 
 def _open_catalog(lib_dir: Path, ref: CatalogRef | None, *, create: bool, read_only: bool) -> Catalog:
@@ -171,10 +200,11 @@ def _calibrate(load: Callable[[], Encoder], indexes: tuple[VectorIndex, VectorIn
 
 def _prepare_build(
     lib_dir: Path, exists: bool, req: OpenRequest, encoder: Encoder | None, encoder_for: EncoderFor
-) -> tuple[OpenRequest, Encoder | None, bool]:
+) -> tuple[OpenRequest, Encoder | None, bool, Reuse | None]:
     """Before anything is written: the sidecar and the model of a new build must load. A
     ``--reindex`` keeps the model, backend and regions it is not given, then wipes the old build.
-    Returns the request with those filled in, the encoder, and whether the library was wiped."""
+    Returns the request with those filled in, the encoder, whether the library was wiped, and (a
+    library whose catalog is lost) the vectors its indexes recorded, read before the wipe."""
     from dataclasses import replace
 
     if (not exists or req.reindex) and req.regions is not None:
@@ -182,8 +212,11 @@ def _prepare_build(
     if not exists and encoder is None:
         encoder = encoder_for(req.model or DEFAULT_MODEL)  # a model that fails to load leaves no library behind
     if not (req.reindex and exists):
-        return req, encoder, False
+        return req, encoder, False, None
+    from fgsearch.catalog import peek_meta
+
     stored = stored_settings(lib_dir, req.catalog)
+    lost = req.catalog is None and not peek_meta(lib_dir / "catalog.sqlite", ("model_name",))
     req = replace(
         req,
         model=req.model or stored.get("model") or DEFAULT_MODEL,
@@ -191,8 +224,14 @@ def _prepare_build(
         regions=req.regions or stored.get("regions"),
     )
     encoder = encoder or encoder_for(req.model or DEFAULT_MODEL)  # must not cost the old library if it fails
+    reuse = None
+    if lost:  # the catalog is gone: reuse the vectors the indexes recorded (read before the wipe)
+        from fgsearch.library.reuse import harvest
+
+        backend = req.backend or stored.get("backend") or BackendSettings()
+        reuse = harvest(lib_dir, backend, model_info(req.model or DEFAULT_MODEL, encoder), req.regions, encoder.dim)
     wipe(lib_dir, stored.get("backend"), catalog=req.catalog)
-    return req, encoder, True
+    return req, encoder, True, reuse
 
 
 def _check_regions(regions: RegionSettings) -> None:

@@ -25,6 +25,7 @@ from fgsearch.regions import RegionSettings
 if TYPE_CHECKING:
     from fgsearch.catalog import Catalog
     from fgsearch.indexes import VectorIndex
+    from fgsearch.library.reuse import Reuse
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class LibraryStore:
             CatalogBuildProbe(lambda: self.catalog) if catalog.pg else BuildProbe(path / "catalog.sqlite")
         )
         self._reopen_fn = reopen
+        #: a rebuild of a library whose catalog was lost: the vectors its indexes recorded
+        self.reuse: Reuse | None = None
 
     @property
     def indexes(self) -> tuple[VectorIndex, VectorIndex]:

@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import IndexCorruptError, IndexNotFoundError
 from ..faults import faults
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: snapshots may carry a records file (per-row bytes a library rebuilds from)
+READABLE_FORMATS = (1, 2)  # format 1: the same layout without records
 MANIFEST = "manifest.json"
 LOCK = "LOCK"
 CHECK_BLOCK_ROWS = 4096  # vector rows per CRC-32 in the manifest
@@ -64,7 +65,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
         manifest = json.loads(raw)
     except ValueError as e:
         raise IndexCorruptError(f"{mpath} is not valid JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
         raise IndexCorruptError(f"{mpath}: unsupported index format {manifest.get('format')!r}")
     return manifest
 
@@ -113,14 +114,15 @@ def block_crcs(vecs: np.ndarray, rows: int = CHECK_BLOCK_ROWS) -> list[int]:
 def check_snapshot(path: Path, m: dict[str, Any], ids: np.ndarray, vecs: np.ndarray) -> tuple[list[str], np.ndarray]:
     """The snapshot files of manifest ``m`` in ``path`` whose SHA-256 does not match, and the ids
     (``ids``/``vecs``: the snapshot's rows) whose vector rows are damaged: all snapshot ids when the
-    ids file or a backend file is. Journals are covered by their per-record CRCs; generations
-    written before checksums were recorded have nothing to compare and pass."""
+    ids file or a backend file is (a damaged records file damages no vector). Journals are
+    covered by their per-record CRCs; generations written before checksums were recorded have
+    nothing to compare and pass."""
     bad = [
         name
         for name, digest in (m.get("checksums") or {}).items()
         if not (path / name).is_file() or file_digest(path / name) != digest
     ]
-    if set(bad) - {m.get("vectors")}:  # the ids or a backend file (derived from all rows)
+    if set(bad) - {m.get("vectors"), m.get("records")}:  # the ids or a backend file (derived from all rows)
         return bad, ids.copy()
     damaged = np.zeros(0, dtype=np.int64)
     crcs = m.get("vector_crc32")

@@ -5,6 +5,9 @@ Layout of an index directory::
     manifest.json          the commit point: generation g, dim, count, file names, backend extras
     vectors.<g>.npy        float32 [count, dim], rows sorted by id (memory-mapped on open)
     ids.<g>.npy            int64 [count], ascending
+    records.<g>.npy        uint8 [count, width], optional (format 2): per row, bytes the owner gave
+                           with the row (a library's content hash and box), for rebuilding without
+                           its catalog; all zero where none was given
     journal.<g>.log        changes since snapshot g (append-only, checksummed records)
     <backend files>.<g>    e.g. faiss.<g>.index
     LOCK                   flock()-ed by the one writer
@@ -99,6 +102,10 @@ class JournaledStore(StoredRows):
         self._journal_size = 0  # bytes of intact records + header on disk
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self.record_width = 0  # bytes per row of the records file (0: no records)
+        self.record_meta: dict[str, Any] = {}  # what the records were made with (e.g. the model)
+        self.base_records: np.ndarray | None = None  # [n_base, width], aligned with base_ids
+        self.delta_records = np.zeros((0, 0), dtype=np.uint8)  # [>= delta rows given records, width]
         self._reset_memory()
 
     # ------------------------------------------------------------------ lifecycle
@@ -201,6 +208,12 @@ class JournaledStore(StoredRows):
             self._base_offset = int(getattr(self.base_vecs, "offset", 0))
         elif count:
             raise IndexCorruptError(f"{self.path / MANIFEST}: count {count} but no vectors file")
+        self.record_width = int(manifest.get("record_width") or 0)
+        self.record_meta = dict(manifest.get("record_meta") or {})
+        self.base_records = None
+        if manifest.get("records"):
+            self.base_records = load_npy(self.path / manifest["records"], "|u1", (count, self.record_width))
+        self.delta_records = np.zeros((0, self.record_width), dtype=np.uint8)
         self.base_alive = np.ones(count, dtype=bool)
         self.n_live = count
         self.manifest = manifest
@@ -287,10 +300,52 @@ class JournaledStore(StoredRows):
         self._reset_memory()
 
     # ------------------------------------------------------------------ changes
-    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        """Insert or replace (validated by the caller). Queues a journal record."""
+    def add(self, ids: np.ndarray, vecs: np.ndarray, records: np.ndarray | None = None) -> None:
+        """Insert or replace (validated by the caller). Queues a journal record. ``records``
+        (uint8 ``[n, width]``) is kept with the rows and written with the next snapshot (the
+        journal does not carry it: rows not yet in a snapshot have no record after a reopen)."""
+        if records is not None and self.record_width and records.shape[1] != self.record_width:
+            raise IndexInputError(
+                f"records of {records.shape[1]} bytes per row, but {self.path} keeps {self.record_width}"
+            )
+        start = self.delta.n
         self._apply_add(ids, vecs)
+        if records is not None:
+            self._put_records(start, records)
         self._queue(encode_record(OP_ADD, ids, vecs))
+
+    def _put_records(self, start: int, records: np.ndarray) -> None:
+        width = self.record_width = records.shape[1]
+        need = start + records.shape[0]
+        if self.delta_records.shape[0] < need or self.delta_records.shape[1] != width:
+            grown = np.zeros((max(need, int(self.delta.ids.size)), width), dtype=np.uint8)
+            if self.delta_records.shape[1] == width:
+                grown[: self.delta_records.shape[0]] = self.delta_records
+            self.delta_records = grown
+        self.delta_records[start:need] = records
+
+    def set_record_meta(self, meta: dict[str, Any]) -> None:
+        """What the records are made with (e.g. the model), written with the next snapshot."""
+        self.record_meta = dict(meta)
+
+    def _records_of_rows(self, base_rows: np.ndarray, delta_rows: np.ndarray) -> np.ndarray:
+        """Records of some base rows then some delta rows (zeros where none was kept)."""
+        out = np.zeros((base_rows.size + delta_rows.size, self.record_width), dtype=np.uint8)
+        if self.base_records is not None and base_rows.size:
+            out[: base_rows.size] = self.base_records[base_rows]
+        kept = delta_rows < self.delta_records.shape[0]
+        if kept.any():
+            part = np.zeros((delta_rows.size, self.record_width), dtype=np.uint8)
+            part[kept] = self.delta_records[delta_rows[kept]]
+            out[base_rows.size :] = part
+        return out
+
+    def live_records(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of the live rows and their records (``[n, width]``, all zero where none was kept)."""
+        alive_rows = np.flatnonzero(self.base_alive)
+        d_rows = np.flatnonzero(self.delta.ids[: self.delta.n] >= 0)
+        ids = np.concatenate([np.asarray(self.base_ids[alive_rows]), self.delta.ids[d_rows]])
+        return ids, self._records_of_rows(alive_rows, d_rows)
 
     def remove(self, ids: np.ndarray) -> None:
         """Remove ids that are stored (checked by the caller). Queues a journal record."""
@@ -343,7 +398,7 @@ class JournaledStore(StoredRows):
         order = np.argsort(all_ids, kind="stable")
         n_new = int(all_ids.size)
         nb_alive = alive_rows.size
-        vec_name = ids_name = None
+        vec_name = ids_name = rec_name = None
         new_vecs = np.zeros((0, self.dim), dtype=np.float32)
         new_ids = np.zeros(0, dtype=np.int64)
         if n_new:
@@ -362,6 +417,21 @@ class JournaledStore(StoredRows):
 
             write_npy(self.path / vec_name, (n_new, self.dim), "<f4", vec_chunks())
             write_npy(self.path / ids_name, (n_new,), "<i8", iter([all_ids[order]]))
+            if self.record_width:
+                rec_name = f"records.{g1}.npy"
+                width = self.record_width
+
+                def rec_chunks() -> Iterator[np.ndarray]:
+                    for s in range(0, n_new, _COPY_ROWS):
+                        sel = order[s : s + _COPY_ROWS]
+                        from_base = sel < nb_alive
+                        recs = self._records_of_rows(alive_rows[sel[from_base]], d_rows[sel[~from_base] - nb_alive])
+                        out = np.empty((sel.size, width), dtype=np.uint8)
+                        n_b = int(from_base.sum())
+                        out[from_base], out[~from_base] = recs[:n_b], recs[n_b:]
+                        yield out
+
+                write_npy(self.path / rec_name, (n_new, width), "|u1", rec_chunks())
             new_vecs = load_npy(self.path / vec_name, "<f4", (n_new, self.dim))
             new_ids = load_npy(self.path / ids_name, "<i8", (n_new,))
         extras: dict[str, Any] = dict(extra or {})
@@ -375,7 +445,9 @@ class JournaledStore(StoredRows):
         fsync_dir(self.path)
         manifest = dict(self.manifest)
         manifest.update(generation=g1, count=n_new, vectors=vec_name, ids=ids_name, journal=journal, extra=extras)
-        snapshot_files = [n for n in (vec_name, ids_name, *extras.get("files", [])) if n]
+        manifest.update(format=FORMAT_VERSION, records=rec_name, record_width=self.record_width if rec_name else 0)
+        manifest.update(record_meta=self.record_meta)
+        snapshot_files = [n for n in (vec_name, ids_name, rec_name, *extras.get("files", [])) if n]
         manifest.update(checksums={name: file_digest(self.path / name) for name in snapshot_files}, vector_crc32=crcs)
         atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=1).encode())
         # committed: switch memory to the new generation
@@ -390,7 +462,7 @@ class JournaledStore(StoredRows):
     def referenced_files(self) -> set[str]:
         m = self.manifest
         names = {MANIFEST, LOCK, m["journal"]}
-        for key in ("vectors", "ids"):
+        for key in ("vectors", "ids", "records"):
             if m.get(key):
                 names.add(m[key])
         names.update(m.get("extra", {}).get("files", []))
