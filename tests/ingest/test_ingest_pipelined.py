@@ -44,6 +44,7 @@ class _Committer:
         self.log: list[tuple[str, Any]] = []
         self.delay, self.fail_on = delay, fail_on
         self.threads: set[str] = set()
+        self.store = SimpleNamespace(reuse=None)  # not a rebuild from recorded vectors
 
     def failure(self, prep: Prepared) -> None:
         self.log.append(("failed", prep.path))

@@ -84,9 +84,13 @@ def test_a_lost_catalog_is_rebuilt_from_the_vector_files_without_a_forward_pass(
 
 
 def test_a_changed_file_is_embedded_again_and_the_cli_reports_the_counts(
-    tmp_path: Path, tiny_model_dir: Path, counted: list[int]
+    tmp_path: Path, tiny_model_dir: Path, counted: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fgsearch.console.cli import app
+
+    # fp32 everywhere: on a bf16 CPU, --precision auto would first run the quality gate's forward
+    # passes (docs/runtimes.md), which this test would count as embeddings
+    monkeypatch.setenv("FGSEARCH_CPU_FLAGS", "")
 
     root = tmp_path / "photos"
     good = make_folder(root, n_good=6, bad=False)["good"]
