@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gpu import _top, _vectors  # the same vectors-by-hash and top-10 as the GPU bench
 
 QUERIES = ("a red circle", "a blue square", "two shapes on a gradient", "a green ellipse", "an orange rectangle")
 
@@ -97,18 +98,6 @@ def index_runs(photos: Path, model: str, work: Path, repeats: int) -> dict[str, 
                 runs.setdefault(name, []).append((rep.images_per_second, share))
                 runs[name + "-lib"] = _vectors(lib), {q: _top(lib, q) for q in QUERIES}
     return runs
-
-
-def _vectors(lib: Any) -> dict[str, np.ndarray]:
-    idx, cat = lib.store.global_index, lib.store.catalog
-    ids = np.asarray(sorted(int(i) for i in idx.ids()), np.int64)
-    return {str(cat.content_sha256(int(i))): v for i, v in zip(ids, idx.get(ids), strict=True)}
-
-
-def _top(lib: Any, text: str) -> list[str]:
-    from fgsearch.search import SearchQuery
-
-    return [h.path for h in lib.search(query=SearchQuery(text=text, k=10, by="image"))]
 
 
 def agreement(full: Any, fast: Any) -> None:

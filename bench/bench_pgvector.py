@@ -112,6 +112,26 @@ def load(index, data: np.ndarray, chunk: int) -> float:
     return time.perf_counter() - t
 
 
+def measure(backend: str, search, qsets: dict, build_s: float, bpv: float, setting: str) -> list[dict]:
+    """One row per query set: recall@K against the exact truth, p50/p95, beside the build figures."""
+    rows = []
+    for name, (q, truth) in qsets.items():
+        found, p50, p95 = timed(search, q)
+        rows.append(
+            dict(
+                backend=backend,
+                set=name,
+                recall=recall(found, truth),
+                p50=p50,
+                p95=p95,
+                build=build_s,
+                bpv=bpv,
+                setting=setting,
+            )
+        )
+    return rows
+
+
 def run_pgvector(url: str, data: np.ndarray, qsets: dict, args) -> list[dict]:
     from fgsearch.indexes import PgvectorConfig, create_index
 
@@ -128,40 +148,28 @@ def run_pgvector(url: str, data: np.ndarray, qsets: dict, args) -> list[dict]:
     st = index.stats()
     p = st.params
     print(f"# pgvector n={n}: built in {build_s:.1f}s, params {p}", flush=True)
-    rows = []
-    for name, (q, truth) in qsets.items():
-        found, p50, p95 = timed(lambda v: index.search(v, K).ids[0], q)
-        rows.append(
-            dict(
-                backend="pgvector",
-                set=name,
-                recall=recall(found, truth),
-                p50=p50,
-                p95=p95,
-                build=build_s,
-                bpv=st.bytes_on_disk / n,
-                setting=f"ef_search {p.get('ef_search')}, re-rank {p.get('calibration', {}).get('rerank_depth_k10')}",
-            )
-        )
+    rerank = p.get("calibration", {}).get("rerank_depth_k10")
+    rows = measure(
+        "pgvector",
+        lambda v: index.search(v, K).ids[0],
+        qsets,
+        build_s,
+        st.bytes_on_disk / n,
+        f"ef_search {p.get('ef_search')}, re-rank {rerank}",
+    )
     conn = index._conn  # the same graph, searched as pgvector's documentation does
     conn.execute("SELECT set_config('hnsw.ef_search', '40', false)")
     sql = f"SELECT id FROM {cfg.table} ORDER BY embedding::halfvec({dim}) <#> %s::halfvec({dim}) LIMIT {K}"
     from fgsearch.indexes.pgvector.sql import vector_literal
 
-    for name, (q, truth) in qsets.items():
-        found, p50, p95 = timed(lambda v: np.array([r[0] for r in conn.execute(sql, (vector_literal(v),))]), q)
-        rows.append(
-            dict(
-                backend="pgvector-defaults",
-                set=name,
-                recall=recall(found, truth),
-                p50=p50,
-                p95=p95,
-                build=build_s,
-                bpv=st.bytes_on_disk / n,
-                setting="ef_search 40, no re-rank",
-            )
-        )
+    rows += measure(
+        "pgvector-defaults",
+        lambda v: np.array([r[0] for r in conn.execute(sql, (vector_literal(v),))]),
+        qsets,
+        build_s,
+        st.bytes_on_disk / n,
+        "ef_search 40, no re-rank",
+    )
     index._gucs.clear()
     index.close()
     return rows
@@ -178,24 +186,14 @@ def run_faiss(work: Path, data: np.ndarray, qsets: dict, args) -> list[dict]:
     st = index.stats()
     p = st.params
     print(f"# faiss n={n}: built in {build_s:.1f}s, tier {p.get('tier')} ef_search {p.get('ef_search')}", flush=True)
-    rows = []
-    for name, (q, truth) in qsets.items():
-        found, p50, p95 = timed(lambda v: index.search(v, K).ids[0], q)
-        rows.append(
-            dict(
-                backend="faiss",
-                set=name,
-                recall=recall(found, truth),
-                p50=p50,
-                p95=p95,
-                build=build_s,
-                bpv=(st.bytes_on_disk or 0) / n,
-                setting=f"ef_search {p.get('ef_search')}",
-            )
-        )
-    index.close()
-    shutil.rmtree(path, ignore_errors=True)
-    return rows
+    return measure(
+        "faiss",
+        lambda v: index.search(v, K).ids[0],
+        qsets,
+        build_s,
+        (st.bytes_on_disk or 0) / n,
+        f"ef_search {p.get('ef_search')}",
+    )
 
 
 def print_rows(n: int, rows: list[dict]) -> None:
