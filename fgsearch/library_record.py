@@ -54,7 +54,7 @@ def write_record(lib_dir: Path, rec: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        from fgsearch.catalog.health import full_disk_message, is_full_disk
+        from fgsearch.diskfull import full_disk_message, is_full_disk
         from fgsearch.errors import LibraryError
 
         if is_full_disk(e):

@@ -305,6 +305,12 @@ def check_payload(payload: Payload | None, n: int) -> dict[str, list[Any]] | Non
     return out
 
 
+def fmt_ids(ids: np.ndarray, limit: int = 5) -> str:
+    """The first ``limit`` ids of ``ids`` for an error message, with the count when there are more."""
+    shown = ", ".join(str(int(i)) for i in ids[:limit])
+    return shown + (f", ... ({ids.size} in all)" if ids.size > limit else "")
+
+
 def empty_result(nq: int, k: int) -> SearchResult:
     return SearchResult(ids=np.full((nq, k), -1, dtype=np.int64), scores=np.full((nq, k), -np.inf, dtype=np.float32))
 

@@ -28,6 +28,7 @@ from .base import (
     check_missing_policy,
     check_payload,
     empty_result,
+    fmt_ids,
     topk_rows,
 )
 from .config import ExactConfig, config_from_dict, config_to_dict
@@ -38,11 +39,6 @@ from .store import JournaledStore
 log = logging.getLogger(__name__)
 
 _QUERY_CHUNK = 256
-
-
-def _fmt_ids(ids: np.ndarray, limit: int = 5) -> str:
-    shown = ", ".join(str(int(i)) for i in ids[:limit])
-    return shown + (f", ... ({ids.size} in all)" if ids.size > limit else "")
 
 
 def exact_topk(
@@ -169,7 +165,7 @@ class StoreBackedIndex(VectorIndex):
         rows = self._store.lookup(arr)
         missing = rows < 0
         if missing.any():
-            raise UnknownIdError(f"ids not in the index: {_fmt_ids(arr[missing])}")
+            raise UnknownIdError(f"ids not in the index: {fmt_ids(arr[missing])}")
         return self._store.gather(rows)
 
     # ------------------------------------------------------------------ writes
@@ -191,7 +187,7 @@ class StoreBackedIndex(VectorIndex):
         existing = self._store.lookup(arr) >= 0
         if existing.any() and not upsert:
             raise DuplicateIdError(
-                f"ids already in the index: {_fmt_ids(arr[existing])}; pass upsert=True to replace them"
+                f"ids already in the index: {fmt_ids(arr[existing])}; pass upsert=True to replace them"
             )
         self._before_change(arr, vecs, existing)
         self._store.add(arr, vecs, records)
@@ -205,7 +201,7 @@ class StoreBackedIndex(VectorIndex):
         present = self._store.lookup(arr) >= 0
         if not present.all() and missing == "error":
             raise UnknownIdError(
-                f"cannot remove ids not in the index: {_fmt_ids(arr[~present])}; pass missing='ignore' to skip them"
+                f"cannot remove ids not in the index: {fmt_ids(arr[~present])}; pass missing='ignore' to skip them"
             )
         arr = arr[present]
         if arr.size:

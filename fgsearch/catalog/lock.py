@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fgsearch.catalog.health import full_disk_message, is_full_disk
+from fgsearch.diskfull import full_disk_message, is_full_disk
 from fgsearch.errors import LibraryError, LibraryLockedError
 
 #: the advisory lock's key pair (two int4): "fgsc" and the writer lock's number

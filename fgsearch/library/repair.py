@@ -45,7 +45,8 @@ def examine(
     (what SQLite's check found before any repair), ``salvage`` (None, or what the salvage
     recovered and the counts ``images_recovered``, ``images_lost``, ``images_reembedded``) and
     ``advice`` (the command to run next, or None)."""
-    from fgsearch.catalog.health import check_catalog, full_disk_message
+    from fgsearch.catalog.health import check_catalog
+    from fgsearch.diskfull import full_disk_message
     from fgsearch.library.description import locate
     from fgsearch.library.lifecycle import check_library_dir
     from fgsearch.library_paths import resolve_library_dir

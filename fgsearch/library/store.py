@@ -275,7 +275,8 @@ def storage_errors(lib_dir: Path) -> Iterator[None]:
     except IndexCorruptError as e:  # e.g. a reader reloading a new snapshot whose file is damaged
         raise damaged_index(lib_dir, e) from e
     except (OSError, sqlite3.Error, sqlalchemy.exc.DBAPIError) as e:
-        from fgsearch.catalog.health import damaged_message, full_disk_message, is_full_disk
+        from fgsearch.catalog.health import damaged_message
+        from fgsearch.diskfull import full_disk_message, is_full_disk
 
         msg = str(getattr(e, "orig", None) or e)
         low = msg.lower()

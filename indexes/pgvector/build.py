@@ -1,4 +1,4 @@
-"""Building the pgvector HNSW index and calibrating its search (called by :meth:`PgvectorIndex.save`).
+"""Building the pgvector HNSW index and calibrating its search (called by :meth:`.index.PgvectorIndex.save`).
 
 The calibration is the FAISS default's (:func:`..faiss.calibration.calibrate`: the narrowest
 ``hnsw.ef_search``, then the shallowest exact re-rank depth, reaching recall@10 0.98 against exact
@@ -12,20 +12,40 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
 
+from ..base import CalibrationSource
 from ..config import FaissConfig
 from ..exact import exact_topk
 from ..faiss.calibration import calibrate, calibration_sets
 from .config import PgvectorConfig
 from .sql import decode_rows
 
-if TYPE_CHECKING:
-    from .index import PgvectorIndex
-
 log = logging.getLogger(__name__)
+
+
+class Calibrated(Protocol):
+    """What the calibration reads of a pgvector index (:class:`.index.PgvectorIndex`)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def config(self) -> PgvectorConfig: ...
+
+    @property
+    def calibration_source(self) -> CalibrationSource | None: ...
+
+    def calibration_candidates(self, q: np.ndarray, breadth: int, factor: int) -> np.ndarray: ...
+
+    def iter_blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+    def read_rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]: ...
+
+    def count(self) -> int: ...
 
 
 def build_memory_mb(cfg: PgvectorConfig, dim: int, n: int) -> int:
@@ -77,7 +97,7 @@ def drop_index(conn: Any, table: str) -> None:
     conn.execute(f"DROP INDEX IF EXISTS {index_name(table)}")
 
 
-def calibrate_search(index: PgvectorIndex, n: int) -> dict[str, Any]:
+def calibrate_search(index: Calibrated, n: int) -> dict[str, Any]:
     """Calibrate ``hnsw.ef_search`` and the re-rank depth of ``index`` (see the module docstring)."""
     fcfg = faiss_style_config(index.config)
     sample = draw_sample(index, 20_000)
@@ -106,7 +126,7 @@ def calibrate_search(index: PgvectorIndex, n: int) -> dict[str, Any]:
     return extra
 
 
-def exact_truths(index: PgvectorIndex, sets: dict[str, tuple[np.ndarray, str]]) -> dict[str, np.ndarray]:
+def exact_truths(index: Calibrated, sets: dict[str, tuple[np.ndarray, str]]) -> dict[str, np.ndarray]:
     """Each query set's exact top-10 over every stored vector (one streamed pass)."""
     names = list(sets)
     allq = np.concatenate([sets[n][0] for n in names])
@@ -119,7 +139,7 @@ def exact_truths(index: PgvectorIndex, sets: dict[str, tuple[np.ndarray, str]]) 
     return out
 
 
-def draw_sample(index: PgvectorIndex, n: int) -> np.ndarray:
+def draw_sample(index: Calibrated, n: int) -> np.ndarray:
     """About ``n`` stored vectors drawn at random (repeatably), for calibration queries."""
     pct = min(100.0, 100.0 * 1.3 * n / max(index.count(), 1))
     rows = index.read_rows(

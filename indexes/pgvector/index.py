@@ -39,43 +39,39 @@ from ..base import (
     check_missing_policy,
     check_payload,
     empty_result,
+    fmt_ids,
     topk_rows,
 )
 from ..errors import (
     BackendUnavailableError,
-    DimensionMismatchError,
     DuplicateIdError,
-    IndexBackendError,
     IndexExistsError,
     IndexInputError,
     IndexNotFoundError,
     UnknownIdError,
 )
-from ..faults import faults
 from .config import PgvectorConfig
 from .sql import (
+    candidate_sql,
+    check_dim,
     check_table_name,
     connect,
     copy_rows,
+    create_tables,
     decode_rows,
-    driver_connection,
     ensure_extension,
     psycopg_module,
     redact,
     table_dim,
     vector_literal,
 )
+from .tx import caller_connection, commit_pending, in_savepoint, joins_database
 
 log = logging.getLogger(__name__)
 
 META = "fgsearch_pgvector_meta"
 _BLOCK = 20_000
 _SAMPLE = 20_000
-
-
-def _fmt_ids(ids: np.ndarray, limit: int = 5) -> str:
-    shown = ", ".join(str(int(i)) for i in ids[:limit])
-    return shown + (f", ... ({ids.size} in all)" if ids.size > limit else "")
 
 
 class PgvectorIndex(VectorIndex):
@@ -120,22 +116,9 @@ class PgvectorIndex(VectorIndex):
             if found is not None and not exist_ok:
                 raise IndexExistsError(f"table {table} already exists in {where}; open it instead")
             if found is None:
-                with conn.transaction():
-                    conn.execute(
-                        f"CREATE TABLE IF NOT EXISTS {META} (table_name text PRIMARY KEY, dim integer NOT NULL, "
-                        "generation bigint NOT NULL DEFAULT 0, params jsonb NOT NULL DEFAULT '{}')"
-                    )
-                    conn.execute(
-                        f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY, embedding vector({dim}) NOT NULL)"
-                    )
-                    if 4 * dim + 8 < 6000:  # keep rows in line: a re-rank reads dozens per query
-                        conn.execute(f"ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE PLAIN")
-                    conn.execute(
-                        f"INSERT INTO {META} (table_name, dim) VALUES (%s, %s) ON CONFLICT (table_name) DO NOTHING",
-                        (table, dim),
-                    )
+                create_tables(conn, META, table, dim)
             else:
-                cls._check_dim(table, where, found, dim)
+                check_dim(table, where, found, dim)
             conn.autocommit = False
             return cls(conn, config, dim, read_only=False)
         except BaseException:
@@ -151,21 +134,13 @@ class PgvectorIndex(VectorIndex):
             found = table_dim(conn, config.table)
             if found is None:
                 raise IndexNotFoundError(f"no table {config.table} in {where}; create it with create_index()")
-            cls._check_dim(config.table, where, found, dim)
+            check_dim(config.table, where, found, dim)
             if not read_only:
                 conn.autocommit = False
             return cls(conn, config, found, read_only=read_only)
         except BaseException:
             conn.close()
             raise
-
-    @staticmethod
-    def _check_dim(table: str, where: str, found: int, dim: int | None) -> None:
-        if dim is not None and found != dim:
-            raise DimensionMismatchError(
-                f"table {table} in {where} holds {found}-d vectors, expected {dim}-d; use another table "
-                "(--backend-opt table=NAME) or rebuild the library with --reindex"
-            )
 
     # ------------------------------------------------------------------ metadata
     def _load_meta(self) -> None:
@@ -199,79 +174,28 @@ class PgvectorIndex(VectorIndex):
     def joins(self, connection: Any) -> bool:
         """Whether writes can go on ``connection`` (``add(..., connection=...)``): a psycopg
         connection (or a SQLAlchemy one on psycopg) to this table's database."""
-        psycopg = psycopg_module()
-        raw = driver_connection(connection)
-        if not isinstance(raw, psycopg.Connection) or self._read_only:
-            return False
-        mine, theirs = self._conn.info, raw.info
-        return bool((mine.dbname, mine.host, mine.port) == (theirs.dbname, theirs.host, theirs.port))
+        return not self._read_only and joins_database(self._conn, connection)
 
     def _session(self, connection: Any) -> Any:
         """The psycopg connection a write goes to: ours, or the caller's (inside its transaction)."""
         if connection is None:
             return self._conn
-        psycopg = psycopg_module()
-        raw = driver_connection(connection)
-        if not isinstance(raw, psycopg.Connection):
-            raise IndexInputError(
-                "connection= takes a SQLAlchemy Connection on the psycopg driver (postgresql+psycopg://) "
-                f"or a psycopg Connection, got {type(connection).__name__}"
-            )
-        if raw.autocommit:
-            raise IndexInputError(
-                "connection= must be in a transaction (not autocommit): its commit writes the vectors"
-            )
-        mine, theirs = self._conn.info, raw.info
-        if (mine.dbname, mine.host, mine.port) != (theirs.dbname, theirs.host, theirs.port):
-            raise IndexInputError(
-                f"connection= reaches database {theirs.dbname} at {theirs.host}:{theirs.port}; the vectors "
-                f"live in {mine.dbname} at {mine.host}:{mine.port}"
-            )
+        raw = caller_connection(self._conn, connection)
         # our own pending changes first, so the caller's transaction never waits on our row locks
         self._commit()
         return raw
 
     def _commit(self) -> None:
-        if self._read_only:
-            return
-        psycopg = psycopg_module()
-        if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            faults.reach("pgvector.before_commit", self._table)
-            try:
-                self._conn.commit()
-            except psycopg.OperationalError as e:
-                raise BackendUnavailableError(
-                    f"committing table {self._table} at {self._where} failed: lost the connection "
-                    f"({' '.join(str(e).split())}); changes since the last flush are lost, run the job again"
-                ) from e
+        if not self._read_only:
+            commit_pending(self._conn, self._table, self._where)
 
     def _in_savepoint(self, conn: Any, what: str, fn: Callable[[], None]) -> None:
         """Run ``fn`` on ``conn`` so that a failure undoes it alone (the transaction stays usable)."""
-        psycopg = psycopg_module()
-        started = False
         try:
-            conn.execute("SAVEPOINT fgsearch_pgvector")
-            started = True
-            fn()
-        except BaseException as e:
-            try:
-                if started:
-                    conn.execute("ROLLBACK TO SAVEPOINT fgsearch_pgvector")
-                    conn.execute("RELEASE SAVEPOINT fgsearch_pgvector")
-            except psycopg.Error:
-                pass  # the connection itself is gone: the error below says so
+            in_savepoint(conn, f"{what} in table {self._table} at {self._where}", fn)
+        except BaseException:
             self._gucs.clear()
-            if isinstance(e, psycopg.OperationalError):
-                raise BackendUnavailableError(
-                    f"{what} in table {self._table} at {self._where} failed: lost the connection "
-                    f"({' '.join(str(e).split())}); changes since the last flush are lost, run the job again"
-                ) from e
-            if isinstance(e, psycopg.Error):
-                raise IndexBackendError(
-                    f"{what} in table {self._table} at {self._where} failed: {' '.join(str(e).split())}"
-                ) from e
             raise
-        conn.execute("RELEASE SAVEPOINT fgsearch_pgvector")
 
     def _existing(self, conn: Any, ids: np.ndarray) -> np.ndarray:
         found = conn.execute(f"SELECT id FROM {self._table} WHERE id = ANY(%s)", (ids.tolist(),)).fetchall()
@@ -302,7 +226,7 @@ class PgvectorIndex(VectorIndex):
                 if existing.any():
                     if not upsert:
                         raise DuplicateIdError(
-                            f"ids already in table {self._table}: {_fmt_ids(arr[existing])}; "
+                            f"ids already in table {self._table}: {fmt_ids(arr[existing])}; "
                             "pass upsert=True to replace them"
                         )
                     conn.execute(f"DELETE FROM {self._table} WHERE id = ANY(%s)", (arr[existing].tolist(),))
@@ -330,7 +254,7 @@ class PgvectorIndex(VectorIndex):
                 present = self._existing(conn, arr)
                 if not present.all() and missing == "error":
                     raise UnknownIdError(
-                        f"cannot remove ids not in table {self._table}: {_fmt_ids(arr[~present])}; "
+                        f"cannot remove ids not in table {self._table}: {fmt_ids(arr[~present])}; "
                         "pass missing='ignore' to skip them"
                     )
                 if present.any():
@@ -372,7 +296,7 @@ class PgvectorIndex(VectorIndex):
         pos = np.searchsorted(found, arr)
         ok = (pos < found.size) & (found[np.minimum(pos, max(found.size - 1, 0))] == arr) if found.size else arr < 0
         if not ok.all():
-            raise UnknownIdError(f"ids not in table {self._table}: {_fmt_ids(arr[~ok])}")
+            raise UnknownIdError(f"ids not in table {self._table}: {fmt_ids(arr[~ok])}")
         return vecs[pos]
 
     def read_rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -397,15 +321,8 @@ class PgvectorIndex(VectorIndex):
             self._gucs[name] = value
 
     def search_sql(self, *, exact: bool, filtered: bool) -> str:
-        """The candidate query: parameters (allowed ids when ``filtered``), the query vector, LIMIT."""
-        where = "WHERE id = ANY(%s)" if filtered else ""
-        if exact:  # "+ 0": an expression no index matches, so the planner scans and sorts exactly
-            return f"SELECT id, embedding FROM {self._table} {where} ORDER BY (embedding <#> %s::vector) + 0 LIMIT %s"
-        if self._meta.get("storage") == "halfvec":
-            order = f"embedding::halfvec({self.dim}) <#> %s::halfvec({self.dim})"
-        else:
-            order = f"embedding <#> %s::vector({self.dim})"
-        return f"SELECT id, embedding FROM {self._table} {where} ORDER BY {order} LIMIT %s"
+        """The candidate query (see :func:`.sql.candidate_sql`)."""
+        return candidate_sql(self._table, self.dim, self._meta.get("storage"), exact=exact, filtered=filtered)
 
     def _candidates(
         self, q: np.ndarray, k: int, allowed: np.ndarray | None, breadth: int | None = None, factor: int | None = None

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, CollectionMismatchError, IndexInputError
+from ..errors import BackendUnavailableError, CollectionMismatchError, DimensionMismatchError, IndexInputError
 
 #: The oldest pgvector with ``halfvec`` and iterative index scans' predecessor features we use.
 MIN_PGVECTOR = (0, 7, 0)
@@ -188,3 +188,42 @@ def driver_connection(connection: Any) -> Any:
     elif hasattr(raw, "driver_connection"):
         raw = raw.driver_connection
     return raw
+
+
+def create_tables(conn: Any, meta: str, table: str, dim: int) -> None:
+    """Create the metadata table (if missing) and ``table`` with its metadata row, in one transaction."""
+    with conn.transaction():
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {meta} (table_name text PRIMARY KEY, dim integer NOT NULL, "
+            "generation bigint NOT NULL DEFAULT 0, params jsonb NOT NULL DEFAULT '{}')"
+        )
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY, embedding vector({dim}) NOT NULL)")
+        if 4 * dim + 8 < 6000:  # keep rows in line: a re-rank reads dozens per query
+            conn.execute(f"ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE PLAIN")
+        conn.execute(
+            f"INSERT INTO {meta} (table_name, dim) VALUES (%s, %s) ON CONFLICT (table_name) DO NOTHING",
+            (table, dim),
+        )
+
+
+def candidate_sql(table: str, dim: int, storage: str | None, *, exact: bool, filtered: bool) -> str:
+    """The candidate query of a search: parameters (allowed ids when ``filtered``), the query
+    vector, LIMIT; ``exact`` scans and sorts, else it is ordered the way the HNSW index over
+    ``storage`` (``"halfvec"`` or ``"vector"``) can serve it."""
+    where = "WHERE id = ANY(%s)" if filtered else ""
+    if exact:  # "+ 0": an expression no index matches, so the planner scans and sorts exactly
+        return f"SELECT id, embedding FROM {table} {where} ORDER BY (embedding <#> %s::vector) + 0 LIMIT %s"
+    if storage == "halfvec":
+        order = f"embedding::halfvec({dim}) <#> %s::halfvec({dim})"
+    else:
+        order = f"embedding <#> %s::vector({dim})"
+    return f"SELECT id, embedding FROM {table} {where} ORDER BY {order} LIMIT %s"
+
+
+def check_dim(table: str, where: str, found: int, dim: int | None) -> None:
+    """Refuse a table whose vectors are not ``dim``-d (None: any)."""
+    if dim is not None and found != dim:
+        raise DimensionMismatchError(
+            f"table {table} in {where} holds {found}-d vectors, expected {dim}-d; use another table "
+            "(--backend-opt table=NAME) or rebuild the library with --reindex"
+        )

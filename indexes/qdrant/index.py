@@ -40,6 +40,7 @@ from ..base import (
     check_missing_policy,
     check_payload,
     empty_result,
+    fmt_ids,
     topk_rows,
 )
 from ..config import QdrantConfig, config_to_dict
@@ -87,11 +88,6 @@ def _is_transient(exc: BaseException) -> bool:
 def _one_line(exc: BaseException) -> str:
     """An exception's text on one line (qdrant-client's messages span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _fmt_ids(ids: np.ndarray, limit: int = 5) -> str:
-    shown = ", ".join(str(int(i)) for i in ids[:limit])
-    return shown + (f", ... ({ids.size} in all)" if ids.size > limit else "")
 
 
 def _dir_bytes(path: Path) -> int:
@@ -321,7 +317,7 @@ class QdrantIndex(VectorIndex):
             vecs.update((int(r.id), r.vector) for r in recs)
         missing = np.array([int(i) not in vecs for i in arr.tolist()], dtype=bool)
         if missing.any():
-            raise UnknownIdError(f"ids not in collection {name!r}: {_fmt_ids(arr[missing])}")
+            raise UnknownIdError(f"ids not in collection {name!r}: {fmt_ids(arr[missing])}")
         out = np.empty((arr.size, self.dim), dtype=np.float32)
         for j, i in enumerate(arr.tolist()):
             out[j] = vecs[int(i)]
@@ -387,7 +383,7 @@ class QdrantIndex(VectorIndex):
             if differs.any():
                 raise DuplicateIdError(
                     f"ids already in collection {self._config.collection!r} with other vectors: "
-                    f"{_fmt_ids(arr[existing][differs])}; pass upsert=True to replace them"
+                    f"{fmt_ids(arr[existing][differs])}; pass upsert=True to replace them"
                 )
         models = self._models
         bs = self._config.batch_size
@@ -444,7 +440,7 @@ class QdrantIndex(VectorIndex):
         if not present.all() and missing == "error":
             raise UnknownIdError(
                 f"cannot remove ids not in collection {self._config.collection!r}: "
-                f"{_fmt_ids(arr[~present])}; pass missing='ignore' to skip them"
+                f"{fmt_ids(arr[~present])}; pass missing='ignore' to skip them"
             )
         arr = arr[present]
         for s in range(0, arr.size, self._config.batch_size):

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from fgsearch.catalog import Catalog, ModelInfo, WriteLock
-from fgsearch.catalog.health import check_catalog, full_disk_message, is_full_disk, open_error_message
+from fgsearch.catalog.health import check_catalog, open_error_message
 from fgsearch.catalog.salvage import salvage_catalog
+from fgsearch.diskfull import full_disk_message, is_full_disk
 from fgsearch.errors import LibraryError
 
 MODEL = ModelInfo(name="m", ref="abc", dim=8, image_size=(64, 64))
