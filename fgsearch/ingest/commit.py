@@ -19,6 +19,7 @@ then flush only to build or calibrate their search (the batch is committed alrea
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -73,19 +74,17 @@ class Committer:
             for i, p in enumerate(batch)
         ]
         files = [(p.path, p.size, p.mtime_ns) for p in batch]
-        if self.one_transaction():
-            with cat.transaction() as conn:
-                content_ids, region_ids = cat.reserve_contents(items)
-                n_regions = self._add_vectors(content_ids, region_ids, batch, emb, {"connection": conn})
-                cat.confirm_contents(content_ids, files, self.run_id)
-            gidx.flush()
-            ridx.flush()
-        else:
+        joint = self.one_transaction()  # steps 1-3 in one transaction: flush after its commit
+        with cat.transaction() if joint else contextlib.nullcontext() as conn:
             content_ids, region_ids = cat.reserve_contents(items)
-            n_regions = self._add_vectors(content_ids, region_ids, batch, emb, {})
+            n_regions = self._add_vectors(content_ids, region_ids, batch, emb, {"connection": conn} if joint else {})
+            if not joint:  # the vectors are durable before the contents are marked ok
+                gidx.flush()
+                ridx.flush()
+            cat.confirm_contents(content_ids, files, self.run_id)
+        if joint:
             gidx.flush()
             ridx.flush()
-            cat.confirm_contents(content_ids, files, self.run_id)
         self.report.indexed += len(batch)
         self.report.regions += n_regions
 
