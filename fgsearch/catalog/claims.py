@@ -236,6 +236,26 @@ class WorkQueue:
             ids = [it.id for it in items]
             con.execute(f"UPDATE work SET lease_until = {until} WHERE id IN ({_marks(ids)})", (lease, *ids))
 
+    def renew(self, items: Sequence[WorkItem], lease_s: float) -> int:
+        """Renew the lease of those of ``items`` this writer still holds (a heartbeat: items done,
+        given back or taken by another writer meanwhile are left alone); returns how many were
+        renewed. A lease that ran out while no other writer took the items is renewed too: they are
+        still this writer's (the owner column says so), and nothing of theirs was undone."""
+        if not items:
+            return 0
+        pg = self.catalog.pg
+        until = "now() + make_interval(secs => ?)" if pg else "?"
+        lease = float(lease_s) if pg else to_sql_datetime(now() + timedelta(seconds=lease_s))
+        ids = [it.id for it in items]
+        params = (lease, *ids, self.owner)
+        with self.catalog.writing() as con:
+            cur = con.execute(
+                f"UPDATE work SET lease_until = {until} WHERE id IN ({_marks(ids)}) AND owner = ? "
+                "AND state = 'claimed'",
+                params,
+            )
+            return int(cur.rowcount or 0)
+
     def reserve(self, items: Sequence[WorkItem], contents: Sequence[dict[str, Any]]) -> Reservation:
         """Reserve pending content and region ids for held items (``contents[i]`` as
         :meth:`Catalog.reserve_contents` takes it, with ``sha256`` and ``boxes``), in one

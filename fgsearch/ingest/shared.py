@@ -4,8 +4,10 @@ Every writer of a library whose catalog is PostgreSQL and whose vector store eve
 runs :func:`run_shared` on the same folders (on any machine). Each one plans (walk, skip what the
 catalog has) and queues what changed (a file queued already keeps its row), then claims batches
 until the queue is empty: prepare (threads) -> embed -> reserve -> upsert vectors -> complete, the
-protocol of :class:`fgsearch.catalog.WorkQueue`. A writer that dies leaves its claim to expire;
-another takes it over and removes what the dead one wrote (``Claim.undo``).
+protocol of :class:`fgsearch.catalog.WorkQueue`. While a writer works on a batch it renews the
+claim's lease every third of it (:func:`renewing`), so a batch may take longer than the lease; a
+writer that dies stops renewing, its claim expires, and another takes it over and removes what the
+dead one wrote (``Claim.undo``).
 
 Deletions are not swept here: a sweep needs one run that saw every file; run ``fgsearch index``
 alone (the exclusive writer) to drop files gone from the folders.
@@ -13,10 +15,13 @@ alone (the exclusive writer) to drop files gone from the folders.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +36,8 @@ if TYPE_CHECKING:
     from fgsearch.library.store import LibraryStore
     from fgsearch.model import Encoder
     from fgsearch.regions import Proposer
+
+log = logging.getLogger(__name__)
 
 #: how long an idle writer waits before it asks the queue again (others hold the last claims)
 POLL_S = 0.2
@@ -77,8 +84,9 @@ def run_shared(
                 time.sleep(POLL_S)  # the last batches are held by other writers (or a dead one's lease runs)
                 continue
             entries_of = [(it.root, _Entry(it.path, it.size, it.mtime_ns)) for it in claim.items]
-            preps = list(pool.map(preparer, entries_of))
-            _index_claimed(store, encoder, proposer, queue, claim.items, preps, run_id, report)
+            with renewing(queue, claim.items, lease_s):
+                preps = list(pool.map(preparer, entries_of))
+                _index_claimed(store, encoder, proposer, queue, claim.items, preps, run_id, report)
             known.update(p.sha256 for p in preps if p.kind == "new")
             if progress:
                 progress("index", report.indexed + report.reused + report.failed, len(todo), report.indexed)
@@ -96,6 +104,32 @@ class _Entry:
 
     def __init__(self, path: str, size: int, mtime_ns: int) -> None:
         self.path, self.size, self.mtime_ns = path, size, mtime_ns
+
+
+@contextmanager
+def renewing(queue: WorkQueue, items: Sequence[WorkItem], lease_s: float) -> Iterator[None]:
+    """Renew the lease of ``items`` every ``lease_s / 3`` seconds while the block runs (a thread).
+
+    The lease then measures how long a writer may be silent before others take its work, not how
+    long a batch may take: a slow batch (a big model on a CPU, a loaded machine) keeps its claim. A
+    renewal that fails (the catalog unreachable for a moment) is logged and tried again at the next
+    beat; a claim that is lost anyway is found at ``reserve``/``complete`` (:class:`ClaimLostError`)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(lease_s / 3):
+            try:
+                queue.renew(items, lease_s)
+            except Exception as e:  # the next beat tries again; a lost claim is caught at commit
+                log.warning("renewing the claim on %d files failed: %s", len(items), e)
+
+    thread = threading.Thread(target=beat, name="fgsearch-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _undo(store: LibraryStore, claim: Claim) -> None:

@@ -193,6 +193,25 @@ def test_a_claim_outlived_by_its_writer_is_undone_and_taken_over(postgres_url: s
     cat.close()
 
 
+def test_renew_keeps_only_what_this_writer_still_holds(catalog_target: Any) -> None:
+    """The heartbeat's renewal: held items (even past their lease, while no one took them) are
+    renewed; items another writer took, or that are done, are left alone."""
+    cat = _new(catalog_target)
+    run = cat.begin_run()
+    mine, other = WorkQueue.open(cat, create=True, owner="mine"), WorkQueue.open(cat, owner="other")
+    mine.enqueue([("/p/a.jpg", 1, 10), ("/p/b.jpg", 2, 20)])
+    a, b = mine.claim(2, lease_s=0.3).items
+    time.sleep(0.5)  # both leases ran out; no one took them yet
+    assert mine.renew([a], lease_s=60) == 1  # a: still mine
+    taken = other.claim(2, lease_s=60).items  # b's lease is over: the other writer takes it
+    assert [it.path for it in taken] == ["/p/b.jpg"]
+    assert mine.renew([a, b], lease_s=60) == 1  # b is the other's now
+    mine.complete(mine.reserve([a], [_content("A")]), run)
+    assert mine.renew([a], lease_s=60) == 0  # done: off the queue
+    assert other.counts() == {"queued": 0, "claimed": 1, "expired": 0, "total": 1}
+    cat.close()
+
+
 _WORKER = """
 import sys, time
 from fgsearch.catalog import Catalog

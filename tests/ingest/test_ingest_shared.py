@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -177,3 +178,36 @@ def test_two_shared_writers_index_each_file_once(postgres_url: str, tmp_path: Pa
             w.close()
     with Library.open(desc, read_only=True, device="cpu") as reader:
         assert len(reader.search("a red circle", k=20)) == 9
+
+
+class _SlowEncoder:
+    """An encoder whose forward pass takes longer than a writer's lease (a big model, a busy CPU)."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self._inner, self._seconds = inner, seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def encode_pixels(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self._seconds)
+        return self._inner.encode_pixels(*args, **kwargs)
+
+
+def test_a_batch_slower_than_the_lease_keeps_its_claim(postgres_url: str, tmp_path: Path, shared_backend: None) -> None:
+    """The writer renews its claim while it works: the lease bounds silence, not a batch's time
+    (before: every batch slower than the lease ended in ClaimLostError, with no other writer)."""
+    from fgsearch.library import BackendSettings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        scene(300 + i).save(photos / f"s{i}.png")
+    bk = BackendSettings("toy-shared", {"space": uuid.uuid4().hex})
+    kw: dict[str, Any] = {"model": "demo", "regions": RegionSettings("grid", max_regions=2), "device": "cpu"}
+    Library.open(tmp_path / "lib", catalog=postgres_url, backend=bk, **kw).close()
+    slow = _SlowEncoder(load_encoder("demo", device="cpu"), seconds=3.0)
+    with Library.open(tmp_path / "lib" / "library.json", shared_writer=True, encoder=slow) as writer:
+        report = writer.index_shared(str(photos), IndexOptions(batch_size=3, workers=1), lease_s=1.0)
+        assert report.indexed == 3 and report.failed == 0
+        assert writer.status()["counts"]["images"] == 3
