@@ -8,7 +8,10 @@ rest), boxed at sub-cell precision, deduplicated by IoU, and the best ``max_regi
 
 It runs on numpy (any encoder runtime hands it numpy maps): the maps of one shape are proposed
 for together with whole-batch array operations (:func:`auto_boxes_batch`);
-``tests/reference_regions.py`` holds the same algorithm as plain loops over one image.
+``tests/reference_regions.py`` holds the same algorithm as plain loops over one image. Where the
+model runs on a device (the GPU pipeline), :meth:`AutoProposer.after_tensors` runs the same
+algorithm in torch operations on the maps where they are (:mod:`fgsearch.regions.auto_torch`):
+the same boxes, without copying the maps to the host.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ class AutoProposer:
 
     def after(self, dense: list[np.ndarray]) -> list[np.ndarray]:
         return [boxes for boxes, _ in auto_boxes_batch(dense, self.settings)]
+
+    def after_tensors(self, dense: list[Any]) -> list[Any]:
+        """:meth:`after` on torch tensors, on their device; the boxes stay there."""
+        from fgsearch.regions.auto_torch import auto_boxes_torch
+
+        return [boxes for boxes, _ in auto_boxes_torch(dense, self.settings)]
 
     def run_warnings(self, seen: Sequence[ImageBoxes]) -> list[str]:
         return []

@@ -28,7 +28,6 @@ from fgsearch.regions.auto import _upsample_matrix
 from fgsearch.regions.base import RegionSettings
 
 if TYPE_CHECKING:
-    import torch
     from torch import Tensor
 
 LABEL_STEPS = 4  # labelling steps between two convergence tests (each test is a host sync)
@@ -276,9 +275,7 @@ def _scaled(ext: Tensor, w: int, h: int) -> Tensor:
     return torch.stack([ext[..., 0] / w, ext[..., 1] / h, (ext[..., 2] + 1) / w, (ext[..., 3] + 1) / h], dim=-1)
 
 
-def _suppress(
-    boxes: Tensor, scores: Tensor, valid: Tensor, iou: float, limit: int
-) -> tuple[Tensor, Tensor]:
+def _suppress(boxes: Tensor, scores: Tensor, valid: Tensor, iou: float, limit: int) -> tuple[Tensor, Tensor]:
     """Greedy non-maximum suppression for ``[B, S, 4]`` (see the numpy form): per image, the
     indices of the kept boxes first (best score first, ties in order) and how many are kept.
     The loop runs over every candidate position without reading anything back."""
