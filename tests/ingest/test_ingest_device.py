@@ -176,3 +176,43 @@ def _query(text: str) -> object:
     from fgsearch.search import SearchQuery
 
     return SearchQuery(text=text, k=20)
+
+
+def test_device_pipeline_proposes_on_the_device_and_stores_the_serial_regions(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--regions auto`` with ``--pipeline device``: the proposals run on the model's device
+    (torch; the numpy ``after`` is never called) and the stored boxes and region vectors equal
+    the serial run's (PNGs: both runs decode the same pixels on the CPU)."""
+    from fgsearch.library import Library
+    from fgsearch.regions import AutoProposer, RegionSettings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        scene(i, (200, 150)).save(photos / f"p{i}.png")
+    stored = {}
+    for pipeline in ("serial", "device"):
+        if pipeline == "device":
+
+            def no_host(self: object, dense: object) -> object:
+                raise AssertionError("the device pipeline copied the dense maps to numpy")
+
+            monkeypatch.setattr(AutoProposer, "after", no_host)
+        regions = RegionSettings(proposer="auto", min_cells=1)
+        with Library.open(tmp_path / pipeline, model=str(tiny_model_dir), regions=regions, device="cpu") as lib:
+            rep = lib.index(photos, batch_size=4, pipeline=pipeline)
+            assert rep.indexed == 4 and rep.regions > 4, rep.to_dict()
+            cat, idx = lib.store.catalog, lib.store.region_index
+            ids = sorted(int(i) for i in lib.store.global_index.ids())
+            rows = {}
+            for cid, (rids, boxes) in cat.region_arrays(ids).items():
+                rows[cat.content_sha256(cid)] = (boxes, idx.get(rids))
+            assert len(rows) == 4
+            stored[pipeline] = rows
+        if pipeline == "device":
+            assert rep.stage_seconds.get("proposals", 0) > 0
+    assert stored["serial"].keys() == stored["device"].keys()
+    for sha, (boxes, vectors) in stored["serial"].items():
+        np.testing.assert_array_equal(stored["device"][sha][0], boxes)
+        np.testing.assert_allclose(stored["device"][sha][1], vectors, atol=1e-5)
