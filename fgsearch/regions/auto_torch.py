@@ -277,8 +277,8 @@ def _scaled(ext: Tensor, w: int, h: int) -> Tensor:
 
 def _suppress(boxes: Tensor, scores: Tensor, valid: Tensor, iou: float, limit: int) -> tuple[Tensor, Tensor]:
     """Greedy non-maximum suppression for ``[B, S, 4]`` (see the numpy form): per image, the
-    indices of the kept boxes first (best score first, ties in order) and how many are kept.
-    The loop runs over every candidate position without reading anything back."""
+    indices of the kept boxes first (best score first, ties in order) and how many are kept,
+    without reading anything back."""
     import torch
 
     b, smax, _ = boxes.shape
@@ -293,12 +293,19 @@ def _suppress(boxes: Tensor, scores: Tensor, valid: Tensor, iou: float, limit: i
     union = area[:, :, None] + area[:, None, :] - inter
     ious = torch.where(union > 0, inter / torch.clamp_min(union, 1e-12), torch.zeros_like(union))
     over = ious > iou
+    # Greedy NMS keeps, in order, the first candidate not yet suppressed, so ``limit`` rounds of
+    # "take the first alive candidate, kill it and what it overlaps" give exactly the numpy loop's
+    # choice in ``limit`` rounds (not one per candidate: fewer kernels on a GPU, no read-back).
     kept = torch.zeros((b, smax), dtype=torch.bool, device=boxes.device)
-    count = torch.zeros(b, dtype=torch.int64, device=boxes.device)
-    for i in range(smax):
-        take = ok[:, i] & (count < limit) & ~(over[:, i] & kept).any(dim=-1)
-        kept[:, i] = take
-        count += take
+    alive = ok.clone()
+    rows = torch.arange(b, device=boxes.device)
+    for _ in range(min(limit, smax)):
+        has = alive.any(dim=1)
+        first = alive.to(torch.uint8).argmax(dim=1)  # the first alive candidate (0 when none is)
+        sel = torch.nn.functional.one_hot(first, smax).to(torch.bool) & has[:, None]
+        kept |= sel
+        alive &= ~sel & ~(over[rows, first] & has[:, None])
+    count = kept.sum(dim=1)
     # kept positions first, in score order (a stable sort of "not kept")
     first = torch.argsort((~kept).to(torch.uint8), dim=1, stable=True)
     return torch.gather(order, 1, first), count
