@@ -137,6 +137,27 @@ def proposal_times(photos: Path, model: str, batch: int, device: str, repeats: i
         + ", ".join(f"{k} {1000 * float(np.median(v)):.1f} ms" for k, v in times.items())
         + f"; same boxes: {same}"
     )
+    ops = count_ops(lambda: auto_boxes_torch(maps, settings))
+    print(
+        f"torch proposals per batch: {ops} dispatched tensor operations (views included; a GPU launches fewer kernels)"
+    )
+
+
+def count_ops(fn: Any) -> int:
+    """How many tensor operations ``fn`` dispatches (views included): an upper bound on the
+    kernels it launches on a GPU, where each launch costs a few microseconds of host time."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
 
 
 def _vectors(lib: Any) -> dict[str, np.ndarray]:
