@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 LABEL_STEPS = 4  # labelling steps between two convergence tests (each test is a host sync)
+REFINE_VALUES = 1 << 26  # sub-cell map values refined at once (512 MiB of float64)
 
 
 def auto_boxes_torch(
@@ -83,7 +84,11 @@ def _propose_same_shape(dense: Tensor, s: RegionSettings) -> list[tuple[Tensor, 
     n = fm.sum(dim=-1)
     a = (fm @ sim.to(torch.float64)).to(torch.float32)  # [B, S, T], rounded as in the numpy form
     scores = _contrast(a, fm, n, total)
-    boxes = _refine_boxes(a, member, n, h, w).to(torch.float32)
+    # the sub-cell maps are [B, S, 4h, 4w] float64: refined a few images at a time (same boxes)
+    step = max(1, REFINE_VALUES // max(1, member.shape[1] * total * 16))
+    boxes = torch.cat(
+        [_refine_boxes(a[i : i + step], member[i : i + step], n[i : i + step], h, w) for i in range(0, b, step)]
+    ).to(torch.float32)
     keep, count = _suppress(boxes.to(torch.float64), scores, valid, s.iou_threshold, s.max_regions)
     counts = count.tolist()  # the result leaves the device: how many boxes each image keeps
     kb = torch.gather(boxes, 1, keep[..., None].expand(-1, -1, 4))

@@ -70,11 +70,16 @@ def test_torch_proposer_gives_the_numpy_boxes(shape: tuple[int, int]) -> None:
         _same([make(rng, *shape) for _ in range(3)], settings)
 
 
-def test_torch_proposer_on_degenerate_maps_and_mixed_shapes() -> None:
+def test_torch_proposer_on_degenerate_maps_and_mixed_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Zero, constant, one-cell, striped, checkered and mirrored maps, in one call with maps of
-    other shapes (grouped by shape, results back in order); no regions wanted; no maps."""
+    other shapes (grouped by shape, results back in order); refined one image at a time (the
+    memory bound); no regions wanted; no maps."""
+    import fgsearch.regions.auto_torch
+
     rng = np.random.default_rng(5)
     maps = [*DEGENERATE, _busy(rng, 6, 6), _blocky(rng, 5, 5), _busy(rng, 6, 6)]
+    _same(maps, RegionSettings())
+    monkeypatch.setattr(fgsearch.regions.auto_torch, "REFINE_VALUES", 1)
     _same(maps, RegionSettings())
     _same(maps, RegionSettings(max_regions=3, thresholds=(0.5,)))
     _same(maps, RegionSettings(thresholds=()))
