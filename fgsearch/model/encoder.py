@@ -236,8 +236,8 @@ class TorchEncoder:
         """Box lists as float32 ``[K_i, 4]`` tensors on the device: tensors already there stay;
         numpy lists go over in one (pinned, asynchronous) copy, not one per image."""
         torch = self._torch
-        if all(isinstance(b, torch.Tensor) and b.device == self.device for b in boxes):
-            return [b.to(torch.float32).reshape(-1, 4) for b in boxes]
+        if all(isinstance(b, torch.Tensor) and b.device.type == self.device.type for b in boxes):
+            return [b.to(self.device, torch.float32).reshape(-1, 4) for b in boxes]  # "cuda" is "cuda:0": no copy
         host = [np.asarray(b.cpu() if isinstance(b, torch.Tensor) else b, np.float32).reshape(-1, 4) for b in boxes]
         flat = torch.from_numpy(np.concatenate(host) if host else np.zeros((0, 4), np.float32))
         if self.device.type == "cuda":

@@ -304,10 +304,11 @@ def _suppress(boxes: Tensor, scores: Tensor, valid: Tensor, iou: float, limit: i
     kept = torch.zeros((b, smax), dtype=torch.bool, device=boxes.device)
     alive = ok.clone()
     rows = torch.arange(b, device=boxes.device)
+    pos = torch.arange(smax, device=boxes.device)
     for _ in range(min(limit, smax)):
         has = alive.any(dim=1)
         first = alive.to(torch.uint8).argmax(dim=1)  # the first alive candidate (0 when none is)
-        sel = torch.nn.functional.one_hot(first, smax).to(torch.bool) & has[:, None]
+        sel = (pos[None, :] == first[:, None]) & has[:, None]
         kept |= sel
         alive &= ~sel & ~(over[rows, first] & has[:, None])
     count = kept.sum(dim=1)
