@@ -104,7 +104,8 @@ def _propose_same_shape(dense: np.ndarray, s: RegionSettings) -> list[tuple[np.n
 
 def _similarity(f: np.ndarray) -> np.ndarray:
     """``[B, T, T]`` float32 cosine similarities of the cells: computed in float64 and rounded,
-    so that every implementation (BLAS, torch, a GPU with TF32) gets the same float32 values."""
+    so that another BLAS or the torch form on a GPU gets the same float32 values (unless a value
+    lies within float64 rounding of a float32 boundary)."""
     f64 = f.astype(WIDE)
     f64 = f64 / np.maximum(np.linalg.norm(f64, axis=-1, keepdims=True), 1e-12)
     return (f64 @ f64.transpose(0, 2, 1)).astype(np.float32)

@@ -6,14 +6,18 @@ included). The GPU pipeline uses it so the dense maps never leave the device: th
 as device tensors, RoIAlign runs on them there (:func:`fgsearch.model.roi.roi_pool`), and only the
 vectors and boxes are copied to the host.
 
-Where the numpy code works in float64 this does too; the matrix products (similarities, segment
-sums) run in float64 and are rounded to float32 in both forms, so TF32 or a different BLAS cannot
-change a decision. Shapes must be known on the host, so three kinds of values leave the device
-during a call (each a host sync): the convergence test of the component labelling (every
-:data:`LABEL_STEPS` steps, two labellings per shape), the largest number of valid segments (the
-padded width of the per-segment tensors), and the number of boxes each image keeps (that is the
-result leaving the device). Everything else, the greedy suppression included, is queued without
-waiting.
+Where the numpy code works in float64 this does too; the matrix products and sums that decide
+(similarities, saliencies, segment sums, scores) run in float64 in both forms and are rounded to
+float32, so another BLAS, summation order or a GPU (float64 products never use TF32) changes a
+decision only if a float64 result lies within rounding of a float32 boundary; exact ties stay
+ties and are broken by position, as numpy's stable sorts do.
+
+Shapes must be known on the host, so three kinds of values leave the device during a call (each
+a host sync): the convergence test of the component labelling (every :data:`LABEL_STEPS` steps,
+two labellings per map shape), the largest number of valid segments (the padded width of the
+per-segment tensors), and the number of boxes each image keeps (that is the result leaving the
+device). Everything else, the greedy suppression included, is queued without waiting; the
+upsampling matrices are copied to the device once per map shape.
 """
 
 from __future__ import annotations
