@@ -105,7 +105,12 @@ def test_component_labels_match_the_numpy_labels() -> None:
     right, down = np.ones((h, w - 1), bool), np.zeros((h - 1, w), bool)
     for y in range(h - 1):  # a one-cell-wide snake: the slowest case for label spreading
         down[y, w - 1 if y % 2 == 0 else 0] = True
-    masks = [(right, down)] + [(rng.random((h, w - 1)) < p, rng.random((h - 1, w)) < p) for p in (0.2, 0.5, 0.8, 1)]
+    r2, d2 = np.zeros((h, w - 1), bool), np.ones((h - 1, w), bool)
+    for x in range(w - 1):  # the same along the columns
+        r2[h - 1 if x % 2 == 0 else 0, x] = True
+    masks = [(right, down), (r2, d2)]
+    for p in (0.2, 0.5, 0.6, 0.8, 1):
+        masks += [(rng.random((h, w - 1)) < p, rng.random((h - 1, w)) < p) for _ in range(4)]
     r, d = np.stack([m[0] for m in masks]), np.stack([m[1] for m in masks])
     np.testing.assert_array_equal(_label(torch.from_numpy(r), torch.from_numpy(d)).numpy(), np_label(r, d))
 
