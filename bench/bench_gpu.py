@@ -10,11 +10,16 @@ demo model), and indexes them once per pipeline (``serial``, ``overlap``, ``devi
 busy seconds as a share of the wall time (stages run in parallel threads, so shares add up to more
 than 100 %): ``prepare`` (read, hash, header or CPU decode; summed over the worker threads),
 ``device_decode``/``collate`` (the stage thread), ``forward`` (the model), ``proposals`` (auto
-boxes from the dense maps, on the CPU), ``storage`` (the committer thread) and ``commit_wait``
-(the forward pass waiting for the committer: the device stalled by commits). Then the agreement
-of the ``device`` run's vectors with the ``serial`` (Pillow) run's: cosine of the global vectors
-and top-10 overlap of text queries. On a CPU, ``device`` decodes with torchvision's libjpeg
-path: that measures the code, not a GPU.
+boxes from the dense maps: torch on the model's device in the ``device`` pipeline and wherever
+the model runs on a GPU, numpy on the host otherwise; each run says which), ``storage`` (the
+committer thread) and ``commit_wait`` (the embed thread, which drives the device, waiting for
+room in the commit queue: the device stalled by commits). A summary gives each pipeline's median
+share of proposals and of commit waits. Then the agreement of the ``device`` run's vectors with
+the ``serial`` (Pillow) run's: cosine of the global vectors and top-10 overlap of text queries.
+Last, the proposals alone on one batch of the model's own dense maps: numpy on the host (the
+maps copied there first) vs torch on the model's device, milliseconds per batch, and whether
+their boxes are the same. On a CPU, ``device`` decodes with torchvision's libjpeg path and the
+torch proposals run on the CPU: that measures the code, not a GPU.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ def run_pipelines(
     print(f"device={enc.device_name} precision={enc.precision} batch={batch} model={model}")
     out: dict[str, Any] = {}
     rates: dict[str, list[float]] = {p: [] for p in pipelines}
+    shares: dict[str, dict[str, list[float]]] = {p: {"proposals": [], "commit_wait": []} for p in pipelines}
     with Library.open(work / "lib-warm-up", model=model, reindex=True, encoder=enc) as lib:
         lib.index(str(photos), batch_size=batch, workers=workers, pipeline=pipelines[0])  # first-use costs
     for r in range(repeats):
@@ -57,6 +63,8 @@ def run_pipelines(
                 vec = _vectors(lib)
                 top = {q: _top(lib, q) for q in QUERIES}
             rates[pipeline].append(rep.images_per_second)
+            for k in shares[pipeline]:
+                shares[pipeline][k].append(100 * rep.stage_seconds.get(k, 0.0) / rep.seconds)
             split = "  ".join(
                 f"{k} {100 * rep.stage_seconds[k] / rep.seconds:.0f}%" for k in STAGES if k in rep.stage_seconds
             )
@@ -66,7 +74,90 @@ def run_pipelines(
             )
             out[pipeline] = (vec, top)
     print("median images/s: " + ", ".join(f"{p} {float(np.median(v)):.1f}" for p, v in rates.items()))
+    for p in pipelines:
+        if p == "serial":
+            continue
+        where = f"torch on {enc.device_name}" if p == "device" or enc.on_accelerator else "numpy on the host"
+        print(
+            f"{p}: proposals ({where}) {float(np.median(shares[p]['proposals'])):.1f}% of wall time; "
+            f"device loop waiting on the commit queue {float(np.median(shares[p]['commit_wait'])):.1f}% of wall time"
+        )
     return out
+
+
+def proposal_times(photos: Path, model: str, batch: int, device: str, repeats: int = 3) -> None:
+    """The ``auto`` proposals alone on one batch of the model's dense maps: numpy on the host
+    (maps copied there first, as the host path does) vs torch where the maps are."""
+    import torch
+
+    from fgsearch.decode import load_image
+    from fgsearch.model import load_encoder
+    from fgsearch.regions import RegionSettings, auto_boxes_batch
+    from fgsearch.regions.auto_torch import auto_boxes_torch
+
+    enc = load_encoder(model, device=device)
+    batch = batch or (256 if enc.on_accelerator else 32)
+    files = sorted(photos.glob("*.jpg"))
+    images = [load_image(files[i % len(files)].read_bytes()).image for i in range(batch)]
+    maps: list[Any] = []
+
+    def capture(dense: list[Any]) -> list[Any]:  # keep the maps (on the device), propose nothing
+        maps.extend(dense)
+        return [m.new_zeros((0, 4)) for m in dense]
+
+    enc.encode_proposed_on_device(enc.preprocess(images), capture)
+    settings = RegionSettings()
+
+    def sync() -> None:
+        if enc.on_accelerator:
+            torch.cuda.synchronize()
+
+    def on_host() -> list[np.ndarray]:
+        return [b for b, _ in auto_boxes_batch([m.cpu().numpy() for m in maps], settings)]
+
+    def on_device() -> list[np.ndarray]:
+        got = [b for b, _ in auto_boxes_torch(maps, settings)]
+        sync()
+        return [b.cpu().numpy() for b in got]
+
+    times: dict[str, list[float]] = {"numpy on the host": [], f"torch on {enc.device_name}": []}
+    results = {}
+    for fn in (on_host, on_device):
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in zip(times, (on_host, on_device), strict=True):
+            sync()
+            t0 = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    h, w, d = maps[0].shape
+    same = all(np.array_equal(a, b) for a, b in zip(*results.values(), strict=True))
+    print(
+        f"proposals alone, {batch} dense maps {h}x{w}x{d}: "
+        + ", ".join(f"{k} {1000 * float(np.median(v)):.1f} ms" for k, v in times.items())
+        + f"; same boxes: {same}"
+    )
+    ops = count_ops(lambda: auto_boxes_torch(maps, settings))
+    print(
+        f"torch proposals per batch: {ops} dispatched tensor operations (views included; a GPU launches fewer kernels)"
+    )
+
+
+def count_ops(fn: Any) -> int:
+    """How many tensor operations ``fn`` dispatches (views included): an upper bound on the
+    kernels it launches on a GPU, where each launch costs a few microseconds of host time."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
 
 
 def _vectors(lib: Any) -> dict[str, np.ndarray]:
@@ -124,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if "serial" in runs and "device" in runs:
             agreement(runs["serial"], runs["device"], "device vs serial (Pillow) decode")
+        proposal_times(photos, model, args.batch, args.device)
 
 
 def random_base(folder: Path) -> Path:

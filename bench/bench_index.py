@@ -62,7 +62,8 @@ def make_photos(folder: Path, n: int, seed: int = 0) -> None:
 def forward_rates(enc: object, batch: int, size: int, repeats: int = 3) -> dict[str, float]:
     """Model-only images/s at ``batch``, the variants alternated ``repeats`` times (medians):
     global only (what --regions none runs), global+dense+16 fixed regions, and global+dense+auto
-    proposals+regions (what --regions auto runs, no decoding or storage)."""
+    proposals+regions (what --regions auto runs, no decoding or storage; on a GPU the proposals
+    run there, in torch)."""
     from fgsearch.regions import RegionSettings, auto_boxes_batch
 
     settings = RegionSettings()
@@ -75,6 +76,12 @@ def forward_rates(enc: object, batch: int, size: int, repeats: int = 3) -> dict[
             pv, lambda d: [b for b, _ in auto_boxes_batch(d, settings)]
         ),
     }
+    if getattr(enc, "on_accelerator", False):  # on a GPU the proposals run there (as the device pipeline's)
+        from fgsearch.regions.auto_torch import auto_boxes_torch
+
+        variants["auto"] = lambda: enc.encode_proposed_on_device(  # type: ignore[attr-defined]
+            pv, lambda d: [b for b, _ in auto_boxes_torch(d, settings)]
+        )
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():
         fn()  # warm-up

@@ -36,10 +36,19 @@ def embed_batch(encoder: Encoder, proposer: Proposer, batch: Sequence[Prepared])
     return embed_pixels(encoder, proposer, encoder.transform.collate([p.pixels for p in batch]), batch)
 
 
-def embed_pixels(encoder: Encoder, proposer: Proposer, pixels: Any, batch: Sequence[Prepared]) -> Embedded:
+def embed_pixels(
+    encoder: Encoder, proposer: Proposer, pixels: Any, batch: Sequence[Prepared], on_device: bool | None = None
+) -> Embedded:
     """:func:`embed_batch` for a batch already collated (or staged on the device:
-    :mod:`fgsearch.ingest.device`); ``pixels`` holds the images of ``batch`` in order."""
-    if proposer.uses_dense:
+    :mod:`fgsearch.ingest.device`); ``pixels`` holds the images of ``batch`` in order.
+
+    ``on_device`` (default: the encoder runs on an accelerator): proposals from the dense maps
+    where the model ran, for a proposer and an encoder that can (``auto``, the torch runtime)."""
+    # hasattr, not isinstance(DeviceProposer): a wrapper (the pipeline's timing) forwards the method
+    can = proposer.uses_dense and hasattr(proposer, "after_tensors") and hasattr(encoder, "encode_proposed_on_device")
+    if can and (encoder.on_accelerator if on_device is None else on_device):
+        out, boxes = encoder.encode_proposed_on_device(pixels, proposer.after_tensors)  # type: ignore[attr-defined]
+    elif proposer.uses_dense:
         out, boxes = encoder.encode_proposed(pixels, proposer.after)
     elif proposer.wants_regions:
         boxes = [np.asarray(p.boxes.boxes if p.boxes is not None else (), np.float32).reshape(-1, 4) for p in batch]

@@ -193,7 +193,8 @@ class PipelinedBatcher(_Batcher):
             if self.stager is not None:
                 self.stager.wait(event, pixels.pixels)
             t0 = time.perf_counter()
-            emb = embed_pixels(self.encoder, _TimedProposer(self.proposer, self.times), pixels, batch)
+            on_device = True if self.stager is not None else None  # the device pipeline proposes there
+            emb = embed_pixels(self.encoder, _TimedProposer(self.proposer, self.times), pixels, batch, on_device)
             self.times.add("forward", time.perf_counter() - t0)
         return ("batch", batch, copies, emb, failed)
 
@@ -220,20 +221,36 @@ class PipelinedBatcher(_Batcher):
 
 
 class _TimedProposer:
-    """A proposer whose ``after`` (proposals from dense maps) adds to the ``proposals`` stage;
-    the embed thread subtracts it from ``forward``."""
+    """A proposer whose proposals from dense maps (``after``, or ``after_tensors`` on the device)
+    add to the ``proposals`` stage; the embed thread subtracts them from ``forward``. On CUDA the
+    clock starts when the forward pass has finished (one wait), so that its queued work is not
+    counted as proposals; the proposer itself reads its result back, which ends the interval."""
 
     def __init__(self, inner: Any, times: StageTimes) -> None:
         self._inner, self._times = inner, times
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        got = getattr(self._inner, name)  # AttributeError for a method the proposer lacks
+        if name not in ("after", "after_tensors"):
+            return got
 
-    def after(self, maps: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return self._inner.after(maps)
-        finally:
-            dt = time.perf_counter() - t0
-            self._times.add("proposals", dt)
-            self._times.add("forward", -dt)
+        def timed(maps: Any) -> Any:
+            _wait_for_device(maps)
+            t0 = time.perf_counter()
+            try:
+                return got(maps)
+            finally:
+                dt = time.perf_counter() - t0
+                self._times.add("proposals", dt)
+                self._times.add("forward", -dt)
+
+        return timed
+
+
+def _wait_for_device(maps: Any) -> None:
+    """Wait for the CUDA work that made ``maps`` (tensors; numpy maps were already copied)."""
+    device = getattr(maps[0], "device", None) if len(maps) else None  # numpy 2 arrays have device "cpu"
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.current_stream(device).synchronize()

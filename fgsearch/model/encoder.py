@@ -26,7 +26,7 @@ import numpy as np
 from fgsearch.errors import InputError
 from fgsearch.model.batch import ImageBatch
 from fgsearch.model.families import get_family
-from fgsearch.model.protocol import DenseProposer, EncodedImages, ScoreCalibration, TextPath
+from fgsearch.model.protocol import DenseProposer, DeviceDenseProposer, EncodedImages, ScoreCalibration, TextPath
 
 if TYPE_CHECKING:
     import torch
@@ -174,7 +174,7 @@ class TorchEncoder:
         if boxes is None:
             with self._ctx():
                 image = self.family.encode_image(self.model, batch).float()
-            return self._result(image, [], [0] * len(batch), normalize)
+            return self._result(self._to_host(image)[0], None, [0] * len(batch), normalize)
         image, maps = self._image_and_maps(batch)
         return self._with_regions(image, maps, list(boxes), normalize)[0]
 
@@ -196,6 +196,23 @@ class TorchEncoder:
             raise InputError(f"the proposer returned box lists for {len(got)} images, not {len(maps)}")
         return self._with_regions(image, maps, list(got), normalize)
 
+    def encode_proposed_on_device(
+        self,
+        pixel_values: ImageBatch | np.ndarray | torch.Tensor,
+        propose: DeviceDenseProposer,
+        normalize: bool = True,
+    ) -> tuple[EncodedImages, list[np.ndarray]]:
+        """:meth:`encode_proposed` with the proposals where the model runs: ``propose(maps)`` gets
+        the dense maps as float32 ``[h_i, w_i, P]`` tensors on the model's device and returns the
+        boxes as tensors there (:func:`fgsearch.regions.auto_torch.auto_boxes_torch`). The maps
+        never leave the device; RoIAlign runs there, and only the vectors and boxes are copied to
+        the host, together, at the end."""
+        image, maps = self._image_and_maps(self._batch(pixel_values))
+        got = propose(maps)
+        if len(got) != len(maps):
+            raise InputError(f"the proposer returned box lists for {len(got)} images, not {len(maps)}")
+        return self._with_regions(image, maps, list(got), normalize)
+
     def _image_and_maps(self, batch: ImageBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Global vectors and float32 dense maps ``[h_i, w_i, P]`` from one pass."""
         with self._ctx():
@@ -207,14 +224,38 @@ class TorchEncoder:
     ) -> tuple[EncodedImages, list[np.ndarray]]:
         torch = self._torch
         with torch.inference_mode():
-            tb = [torch.as_tensor(b, dtype=torch.float32).to(self.device).reshape(-1, 4) for b in boxes]
+            tb = self._boxes_on_device(boxes)
             regions = self.family.encode_regions(self.model, maps, tb)
-        out = [b.cpu().numpy() for b in tb]
-        return self._result(image, regions, [len(b) for b in out], normalize), out
+        counts = [len(b) for b in tb]
+        flat = torch.cat(tb) if tb else torch.zeros((0, 4), device=self.device)
+        img, reg, host_boxes = self._to_host(image, regions, flat)
+        out = list(np.split(host_boxes, np.cumsum(counts)[:-1])) if counts else []
+        return self._result(img, reg, counts, normalize), out
 
-    def _result(self, image: torch.Tensor, regions: Any, counts: list[int], normalize: bool) -> EncodedImages:
-        img = image.cpu().numpy()
-        reg = regions.cpu().numpy() if sum(counts) else np.zeros((0, img.shape[-1]), np.float32)
+    def _boxes_on_device(self, boxes: list[Any]) -> list[torch.Tensor]:
+        """Box lists as float32 ``[K_i, 4]`` tensors on the device: tensors already there stay;
+        numpy lists go over in one (pinned, asynchronous) copy, not one per image."""
+        torch = self._torch
+        if all(isinstance(b, torch.Tensor) and b.device.type == self.device.type for b in boxes):
+            return [b.to(self.device, torch.float32).reshape(-1, 4) for b in boxes]  # "cuda" is "cuda:0": no copy
+        host = [np.asarray(b.cpu() if isinstance(b, torch.Tensor) else b, np.float32).reshape(-1, 4) for b in boxes]
+        flat = torch.from_numpy(np.concatenate(host) if host else np.zeros((0, 4), np.float32))
+        if self.device.type == "cuda":
+            flat = flat.pin_memory()
+        return list(flat.to(self.device, non_blocking=True).split([len(b) for b in host]))
+
+    def _to_host(self, *tensors: torch.Tensor) -> list[np.ndarray]:
+        """Device results -> numpy: on CUDA, asynchronous copies into pinned memory and one wait."""
+        torch = self._torch
+        if self.device.type != "cuda":
+            return [t.detach().cpu().numpy() for t in tensors]
+        copies = [t.detach().to("cpu", non_blocking=True) for t in tensors]
+        torch.cuda.current_stream(self.device).synchronize()
+        return [c.numpy() for c in copies]
+
+    def _result(self, img: np.ndarray, reg: np.ndarray | None, counts: list[int], normalize: bool) -> EncodedImages:
+        if reg is None or not sum(counts):
+            reg = np.zeros((0, img.shape[-1]), np.float32)
         if normalize:
             img, reg = _normalize(img), _normalize(reg)
         return EncodedImages(image=img, regions=list(np.split(reg, np.cumsum(counts)[:-1])) if counts else [])

@@ -83,6 +83,8 @@ class ImagePreprocessor(Protocol):
 
 
 DenseProposer = Callable[[list[np.ndarray]], list[np.ndarray]]
+# the same on the device: dense-map tensors where the model ran -> box tensors there
+DeviceDenseProposer = Callable[[list[Any]], list[Any]]
 
 
 @runtime_checkable

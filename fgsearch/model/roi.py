@@ -4,6 +4,10 @@ Boxes are NORMALISED ``x1, y1, x2, y2`` in ``[0, 1]`` of the image. A box become
 by multiplying with the map's (w, h, w, h); RoIAlign runs with a 1x1 output, adaptive sampling
 (``sampling_ratio=-1``) and ``aligned=True`` (half-pixel shift), as both FG-CLIP references do.
 For FG-CLIP 2 this equals the reference's ``(x1 / W) * w`` mapping of boxes in original pixels.
+
+On a GPU the boxes usually are already on the maps' device (the ``auto`` proposer ran there:
+:mod:`fgsearch.regions.auto_torch`); nothing here copies from the host or waits for the device
+(the scale is applied with host numbers, the per-image counts are shapes).
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ def roi_pool(maps: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
     fm_boxes = []
     for m, bx in zip(maps, boxes, strict=True):
         h, w = int(m.shape[0]), int(m.shape[1])
-        scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=ref.device)
-        fm_boxes.append(torch.as_tensor(bx, dtype=torch.float32, device=ref.device).reshape(-1, 4) * scale)
+        b = torch.as_tensor(bx, dtype=torch.float32, device=ref.device).reshape(-1, 4)
+        fm_boxes.append(torch.stack([b[:, 0] * w, b[:, 1] * h, b[:, 2] * w, b[:, 3] * h], dim=1))
     counts = [len(b) for b in fm_boxes]
     if sum(counts) == 0:
         return ref.new_zeros((0, p), dtype=torch.float32)

@@ -8,7 +8,10 @@ rest), boxed at sub-cell precision, deduplicated by IoU, and the best ``max_regi
 
 It runs on numpy (any encoder runtime hands it numpy maps): the maps of one shape are proposed
 for together with whole-batch array operations (:func:`auto_boxes_batch`);
-``tests/reference_regions.py`` holds the same algorithm as plain loops over one image.
+``tests/reference_regions.py`` holds the same algorithm as plain loops over one image. Where the
+model runs on a device (the GPU pipeline), :meth:`AutoProposer.after_tensors` runs the same
+algorithm in torch operations on the maps where they are (:mod:`fgsearch.regions.auto_torch`):
+the same boxes, without copying the maps to the host.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ class AutoProposer:
 
     def after(self, dense: list[np.ndarray]) -> list[np.ndarray]:
         return [boxes for boxes, _ in auto_boxes_batch(dense, self.settings)]
+
+    def after_tensors(self, dense: list[Any]) -> list[Any]:
+        """:meth:`after` on torch tensors, on their device; the boxes stay there."""
+        from fgsearch.regions.auto_torch import auto_boxes_torch
+
+        return [boxes for boxes, _ in auto_boxes_torch(dense, self.settings)]
 
     def run_warnings(self, seen: Sequence[ImageBoxes]) -> list[str]:
         return []
@@ -74,9 +83,7 @@ def _propose_same_shape(dense: np.ndarray, s: RegionSettings) -> list[tuple[np.n
     empty = [(no_boxes(), np.zeros(0, np.float32)) for _ in range(b)]
     if total < 2 or b == 0 or s.max_regions == 0:
         return empty
-    f = dense.reshape(b, total, -1)
-    f = f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), np.float32(1e-12))
-    sim = f @ f.transpose(0, 2, 1)  # [B, T, T]
+    sim = _similarity(dense.reshape(b, total, -1))
     member = np.concatenate([_seed_segments(sim, s, h, w), *_graph_segments(sim, s, h, w)], axis=1)
     n = member.sum(axis=-1)
     valid = (n >= max(s.min_cells, 1)) & (n <= 0.9 * total)
@@ -84,20 +91,31 @@ def _propose_same_shape(dense: np.ndarray, s: RegionSettings) -> list[tuple[np.n
     if member.shape[1] == 0:
         return empty
     member, valid = _keep_rows(member, valid & ~_repeated(member, valid))
-    fm = member.astype(np.float32)
+    fm = member.astype(WIDE)
     n = fm.sum(axis=-1)
-    a = fm @ sim  # [B, S, T]: per segment, each cell's summed similarity to the segment's cells
+    # [B, S, T]: per segment, each cell's summed similarity to the segment's cells; summed in
+    # float64 and rounded, so that another BLAS (the torch form, a GPU) rounds to the same float32
+    a = (fm @ sim.astype(WIDE)).astype(np.float32)
     scores = _contrast(a, fm, n, total)
     boxes = _refine_boxes(a, member, n, h, w).astype(np.float32)  # float32 from here on, as stored
     keep = _suppress(boxes.astype(WIDE), scores, valid, s.iou_threshold, s.max_regions)
     return [(boxes[i, k], scores[i, k].astype(np.float32)) for i, k in enumerate(keep)]
 
 
+def _similarity(f: np.ndarray) -> np.ndarray:
+    """``[B, T, T]`` float32 cosine similarities of the cells: computed in float64 and rounded,
+    so that another BLAS or the torch form on a GPU gets the same float32 values (unless a value
+    lies within float64 rounding of a float32 boundary)."""
+    f64 = f.astype(WIDE)
+    f64 = f64 / np.maximum(np.linalg.norm(f64, axis=-1, keepdims=True), 1e-12)
+    return (f64 @ f64.transpose(0, 2, 1)).astype(np.float32)
+
+
 def _seed_segments(sim: np.ndarray, s: RegionSettings, h: int, w: int) -> np.ndarray:
     """``[B, k, T]``: cells grown from the ``k`` most salient seeds (the seed's connected component
     among cells closer to it than to the image's median similarity)."""
     b, total, _ = sim.shape
-    saliency = 1.0 - (sim.sum(axis=-1) - 1.0) / (total - 1)
+    saliency = 1.0 - (sim.sum(axis=-1, dtype=WIDE) - 1.0) / (total - 1)
     k = min(max(2 * s.max_regions, 8), total)
     seeds = np.argsort(-saliency, axis=1, kind="stable")[:, :k]  # [B, k]
     rows = np.take_along_axis(sim, seeds[:, :, None], axis=1).astype(WIDE)  # [B, k, T]
@@ -174,13 +192,15 @@ def _repeated(member: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def _contrast(a: np.ndarray, fm: np.ndarray, n: np.ndarray, total: int) -> np.ndarray:
-    """Mean similarity inside each segment minus its mean similarity to the rest."""
+    """Mean similarity inside each segment minus its mean similarity to the rest (in float64 from
+    the float32 sums ``a``, rounded to float32: ties stay ties whatever order a sum takes)."""
+    a = a.astype(WIDE)
     inside_sum = (a * fm).sum(axis=-1)
-    pairs = np.maximum(n * (n - 1), np.float32(1.0))
+    pairs = np.maximum(n * (n - 1), 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         inside_mean = np.where(n > 1, (inside_sum - n) / pairs, np.ones_like(n))
-    across = (a * (1.0 - fm)).sum(axis=-1) / np.maximum(n * (total - n), np.float32(1.0))
-    return inside_mean - across
+    across = (a * (1.0 - fm)).sum(axis=-1) / np.maximum(n * (total - n), 1.0)
+    return (inside_mean - across).astype(np.float32)
 
 
 def _upsample_matrix(n: int, factor: int) -> np.ndarray:

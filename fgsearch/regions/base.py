@@ -3,7 +3,9 @@
 A proposer decides which boxes of an image get their own vector. It works in two places of the
 ingest pipeline: :meth:`Proposer.before` runs in the prepare stage (worker threads, one image, its
 displayed size known) and :meth:`Proposer.after` runs after the forward pass on the images' dense
-maps (numpy ``[h, w, D]``), for proposers that look at features (``uses_dense``). All boxes use
+maps (numpy ``[h, w, D]``), for proposers that look at features (``uses_dense``); one that is
+also a :class:`DeviceProposer` gets the maps as tensors on the model's device when the model runs
+on one (``--pipeline device``, a GPU). All boxes use
 :mod:`fgsearch.boxes`' convention: normalised x1, y1, x2, y2.
 
 Proposers are registered by name (:func:`register_proposer`, entry-point group
@@ -116,6 +118,16 @@ class Proposer(Protocol):
 
     def run_warnings(self, seen: Sequence[ImageBoxes]) -> list[str]:
         """Warnings at the end of a run over the new images' ``before`` results (names no image)."""
+        ...
+
+
+@runtime_checkable
+class DeviceProposer(Protocol):
+    """A proposer that can also propose from dense maps where the model ran (torch tensors on
+    its device), so that the maps need not be copied to the host (``auto``)."""
+
+    def after_tensors(self, dense: list[Any]) -> list[Any]:
+        """:meth:`Proposer.after` on ``[h, w, D]`` float32 tensors: box tensors on their device."""
         ...
 
 

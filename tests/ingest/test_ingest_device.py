@@ -176,3 +176,80 @@ def _query(text: str) -> object:
     from fgsearch.search import SearchQuery
 
     return SearchQuery(text=text, k=20)
+
+
+def test_device_pipeline_proposes_on_the_device_and_stores_the_serial_regions(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--regions auto`` with ``--pipeline device``: the proposals run on the model's device
+    (torch; the numpy ``after`` is never called) and the stored boxes and region vectors equal
+    the serial run's (PNGs: both runs decode the same pixels on the CPU)."""
+    from fgsearch.library import Library
+    from fgsearch.regions import AutoProposer, RegionSettings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        scene(i, (200, 150)).save(photos / f"p{i}.png")
+    stored = {}
+    for pipeline in ("serial", "device"):
+        if pipeline == "device":
+
+            def no_host(self: object, dense: object) -> object:
+                raise AssertionError("the device pipeline copied the dense maps to numpy")
+
+            monkeypatch.setattr(AutoProposer, "after", no_host)
+        regions = RegionSettings(proposer="auto", min_cells=1)
+        with Library.open(tmp_path / pipeline, model=str(tiny_model_dir), regions=regions, device="cpu") as lib:
+            rep = lib.index(photos, batch_size=4, pipeline=pipeline)
+            assert rep.indexed == 4 and rep.regions > 4, rep.to_dict()
+            cat, idx = lib.store.catalog, lib.store.region_index
+            ids = sorted(int(i) for i in lib.store.global_index.ids())
+            rows = {}
+            for cid, (rids, boxes) in cat.region_arrays(ids).items():
+                rows[cat.content_sha256(cid)] = (boxes, idx.get(rids))
+            assert len(rows) == 4
+            stored[pipeline] = rows
+        if pipeline == "device":
+            assert rep.stage_seconds.get("proposals", 0) > 0
+    assert stored["serial"].keys() == stored["device"].keys()
+    for sha, (boxes, vectors) in stored["serial"].items():
+        np.testing.assert_array_equal(stored["device"][sha][0], boxes)
+        np.testing.assert_allclose(stored["device"][sha][1], vectors, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_device_pipeline_on_cuda_proposes_there_and_agrees_with_the_cpu(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CUDA GPU: nvjpeg decoding, proposals in torch on the GPU (the numpy ``after`` is never
+    called), RoIAlign there; the global vectors agree with the CPU serial run's (bf16 autocast and
+    torch's resize: close, not equal) and every image gets region vectors."""
+    from fgsearch.library import Library
+    from fgsearch.regions import AutoProposer, RegionSettings
+
+    if not torch.cuda.is_available():
+        pytest.fail("selected with -m gpu, but torch sees no CUDA GPU")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(6):
+        scene(i, (320, 240)).save(photos / f"p{i}.jpg", quality=92)
+    vectors = {}
+    for pipeline, device in (("serial", "cpu"), ("device", "cuda")):
+        if device == "cuda":
+
+            def no_host(self: object, dense: object) -> object:
+                raise AssertionError("the device pipeline copied the dense maps to numpy")
+
+            monkeypatch.setattr(AutoProposer, "after", no_host)
+        regions = RegionSettings(proposer="auto", min_cells=1)
+        with Library.open(tmp_path / pipeline, model=str(tiny_model_dir), regions=regions, device=device) as lib:
+            rep = lib.index(photos, batch_size=4, pipeline=pipeline)
+            assert rep.indexed == 6 and rep.regions >= 6, rep.to_dict()
+            idx, cat = lib.store.global_index, lib.store.catalog
+            ids = np.asarray(sorted(int(i) for i in idx.ids()), np.int64)
+            vectors[pipeline] = {cat.content_sha256(int(i)): v for i, v in zip(ids, idx.get(ids), strict=True)}
+        if device == "cuda":
+            assert {"device_decode", "forward", "proposals", "storage"} <= set(rep.stage_seconds)
+    for sha, v in vectors["serial"].items():
+        assert float(np.dot(v, vectors["device"][sha])) > 0.98, sha
