@@ -11,11 +11,11 @@ for each client count, that many threads in this process post --words-word queri
 over keep-alive connections for --duration seconds. Printed per level: requests/s, p50/p95
 latency, errors, the server's anonymous RSS at the start, half-time and end of the level and its
 maximum (memory flat over a run: no growth from half-time to the end, after the level's warm-up), its
-file-backed RSS (memory-mapped vectors) at the end, how many
-texts the server encoded per forward pass, and the CPU time per request of the server process and
-of the client threads (this process): load from other programs changes latency far more than it. As a yardstick measured in the same run, the same
-queries first go through ``Library.search`` in this process (no HTTP, one at a time). --unbatched
-also runs every level against a server whose text batching is off (max_batch=1): the ratio shows
+file-backed RSS (memory-mapped vectors) at the end, how many texts the server encoded per forward
+pass, and the CPU time per request of the server process and of the client threads (this
+process): load from other programs changes latency far more than it. As a yardstick measured in
+the same run, the same queries first go through ``Library.search`` in this process (no HTTP, one
+at a time). --unbatched also runs every level against a server whose text batching is off (max_batch=1): the ratio shows
 what batching buys on this machine.
 The clients share the CPU with the server: on a 2-core machine that costs the server some time.
 """
@@ -192,7 +192,8 @@ def run(
                 f"p50 {r['p50']:7.1f} ms, "
                 f"p95 {r['p95']:7.1f} ms, errors {r['errors']}, timeouts {r['timeouts']}, "
                 f"anon RSS {r['anon_start']:.0f} -> {r['anon_mid']:.0f} (half-time) -> {r['anon_end']:.0f} MB "
-                f"(max {r['anon_max']:.0f}), mapped {r['file_end']:.0f} MB, {r['texts_per_forward']:.2f} texts/forward, "
+                f"(max {r['anon_max']:.0f}), mapped {r['file_end']:.0f} MB, "
+                f"{r['texts_per_forward']:.2f} texts/forward, "
                 f"CPU per request: server {r['server_cpu_ms']:.1f} ms, clients {r['client_cpu_ms']:.1f} ms",
                 flush=True,
             )
