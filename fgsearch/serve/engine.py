@@ -135,7 +135,7 @@ class SearchService:
         finally:
             probe.close()
         # texts on the fast text tower where it was prepared for this model and passed its check
-        self.text_runtime = _fast_text_for(base)
+        self.text_runtime = _fast_text_for(base, settings.model_thread_count())
         self.encoder = BatchingEncoder(
             base, window_ms=settings.batch_window_ms, max_batch=settings.max_batch, text=self.text_runtime
         )
@@ -347,14 +347,24 @@ class SearchService:
         self.lib.close()
 
 
-def _fast_text_for(base: Any) -> Any:
-    """The fast text tower of ``base``'s checkpoint (a CPU server only), or None."""
-    from fgsearch.library.settings import fast_text_encoder
+def _fast_text_for(base: Any, threads: int) -> Any:
+    """The fast text tower of ``base``'s checkpoint (a CPU server only), or None where it was not
+    prepared, failed its check, or onnxruntime is missing (texts then run on torch).
+
+    The server's own instance, not the process-wide one of cold queries: ``threads`` (the model
+    thread count) threads that sleep between forwards. ONNX Runtime's defaults (a thread per
+    core, spinning when idle) took the core the searches run on (bench_serve, 8 clients)."""
+    from fgsearch.errors import ModelNotFoundError
+    from fgsearch.model.fast_text import load_fast_text
 
     if base.device_name != "cpu" or not base.spec.local_dir:
         return None
-    fast = fast_text_encoder(base.spec.local_dir)
-    if fast is None or fast.spec.fingerprint != base.spec.fingerprint:
+    try:
+        fast = load_fast_text(base.spec.local_dir, threads=threads)
+    except (ModelNotFoundError, ImportError) as e:
+        logger.info("fast text path not used: %s", e)
+        return None
+    if fast.spec.fingerprint != base.spec.fingerprint:
         return None
     return fast
 
