@@ -88,12 +88,17 @@ def prepare_fast_text(encoder: Any, *, force: bool = False) -> dict[str, Any]:
     fingerprint = _fingerprint(encoder.spec)
     folder = cache_dir(fingerprint)
     meta_file = folder / META
+    checkpoint = Path(encoder.spec.local_dir or ".")
     if meta_file.exists() and not force:
+        # checked again against torch (a second or two): a damaged cache is exported again
         try:
             cached = dict(json.loads(meta_file.read_text()))
             check_files(folder, cached)
-            return cached
-        except (ValueError, FastTextUnusable) as e:  # damaged: exported again below
+            again = agreement(encoder, _open(folder, cached, checkpoint))
+            if again["passed"] == cached.get("passed"):
+                return {**cached, **again}
+            logger.warning("the cached fast text tower in %s no longer agrees with torch; exporting it again", folder)
+        except (ValueError, KeyError, FastTextUnusable) as e:
             logger.warning("%s; exporting it again", e)
     for module, extra in (("onnx", "onnx"), ("onnxruntime", "onnxruntime")):
         import importlib.util
@@ -121,7 +126,7 @@ def prepare_fast_text(encoder: Any, *, force: bool = False) -> dict[str, Any]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     base = {**_meta_for(encoder, fingerprint), "files": {n: (folder / n).stat().st_size for n in names}}
-    fast = _open(folder, base, Path(encoder.spec.local_dir or "."))
+    fast = _open(folder, base, checkpoint)
     meta = {**base, **agreement(encoder, fast)}
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     tmp_meta = folder / f".{META}.{os.getpid()}"

@@ -1,0 +1,156 @@
+"""FG-CLIP 2's fast text tower (fgsearch.model.fast_text2): parity with torch and with the original
+FG-CLIP 2 code (oracle2 fixture), a cold text query without torch, and a damaged or refused
+cache said in one line (torch answers) and exported again by ``index --fast-text``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _library_data import scene
+from typer.testing import CliRunner
+
+from fgsearch.console.cli import app
+from fgsearch.model import load_encoder
+from fgsearch.model.fast_text import (
+    CHECK_TEXTS,
+    GRAPH,
+    META,
+    FastTextUnusable,
+    cache_dir,
+    load_fast_text,
+    prepare_fast_text,
+)
+from fgsearch.model.protocol import TextPath
+from fgsearch.model.tiny import write_fgclip2
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+ORACLE2 = Path(__file__).resolve().parents[1] / "fixtures" / "oracle2" / "visible"
+TEXTS = [*CHECK_TEXTS[:3], CHECK_TEXTS[-1], "红色的杯子在笔记本电脑的左边", "word " * 300]  # short, long, CJK, cut
+
+
+@pytest.fixture(scope="module")
+def tiny2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fgclip2(tmp_path_factory.mktemp("fast-text2") / "tiny2")
+
+
+def _agrees(torch_enc: object, fast: object) -> None:
+    for walk in (None, "short", "box", "long"):
+        with pytest.warns(UserWarning, match="truncated"):  # the last text is cut on every walk
+            a = torch_enc.encode_texts(TEXTS, walk)  # type: ignore[attr-defined]
+        with pytest.warns(UserWarning, match="truncated"):
+            b = fast.encode_texts(TEXTS, walk)  # type: ignore[attr-defined]
+        assert np.min(np.sum(a * b, axis=1)) > 0.99999, walk
+        assert np.abs(a - b).max() < 1e-5, walk
+    for t in TEXTS:
+        assert fast.text_path(t) == torch_enc.text_path(t)  # type: ignore[attr-defined]
+        assert fast.region_walk(t) == torch_enc.region_walk(t)  # type: ignore[attr-defined]
+
+
+def test_oracle2_checkpoint_matches_torch_and_the_reference() -> None:
+    """On the checkpoint the original FG-CLIP 2 code saved: the fast tower gives torch's vectors
+    on every walk, and the reference's own text features for the reference's token ids."""
+    checkpoint = ORACLE2 / "checkpoint"
+    torch_enc = load_encoder(str(checkpoint), device="cpu")
+    meta = prepare_fast_text(torch_enc)
+    assert meta["family"] == "fgclip2" and meta["passed"] and meta["cosine_min"] >= 0.9999
+    assert meta["texts"] > len(CHECK_TEXTS)  # the box walk was checked too
+    fast = load_fast_text(str(checkpoint))
+    _agrees(torch_enc, fast)
+    expected = np.load(ORACLE2 / "expected.npz")
+    for walk, head in (("short", 0), ("box", 1), ("long", 2)):
+        ids = expected[f"ids_{walk}"]
+        hidden = np.asarray(fast.table[ids], np.float32) + fast.rows[TextPath(walk)][None, : ids.shape[1]]
+        got = fast.session.run(None, {"hidden": hidden, "head": np.asarray(head, np.int64)})[0]
+        assert np.abs(got - expected[f"text_{walk}_features"]).max() < 1e-4, walk
+
+
+def _query_child(lib: Path, text: str, *extra: str) -> str:
+    return (
+        "import sys, json\n"
+        "from fgsearch.console.cli import app\n"
+        f"sys.argv = ['fgsearch', 'query', {text!r}, '--library', {str(lib)!r}, '--json', *{list(extra)!r}]\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+    )
+
+
+def test_cold_query_without_torch_and_a_damaged_or_refused_tower(tmp_path: Path, tiny2: Path) -> None:
+    """A cold text query on an FG-CLIP 2 library imports no torch and finds what torch finds; a
+    cache that is damaged or refused is said in one line, torch answers, and ``index --fast-text``
+    exports it again (one test: the library and the export are made once)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        scene(i).save(photos / f"p{i}.png")
+    lib = tmp_path / "lib"
+    runner = CliRunner()
+    index = ["index", str(photos), "--library", str(lib), "--model", str(tiny2), "-q"]
+    assert runner.invoke(app, index).exit_code == 0
+    text = "the red mug left of a laptop"
+
+    def cold(*extra: str) -> tuple[list[tuple[str, float]], str]:
+        child = _query_child(lib, text, *extra)
+        p = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, check=True)
+        hits = [(h["path"], h["score"]) for h in json.loads(p.stdout)["results"]]
+        return hits, p.stderr.strip().splitlines()[-1]
+
+    # fp32: the torch path's default on a CPU with native bf16 is bf16 (scores then differ by ~1e-3)
+    good, imported = cold("--precision", "fp32")
+    assert imported == "TORCH" and len(good) == 4  # nothing prepared: the torch path
+    out = runner.invoke(app, [*index, "--fast-text"])
+    assert out.exit_code == 0 and "fast text path: cosine to torch" in out.output, out.output
+    assert "queries use it" in out.output
+    fast_hits, imported = cold()
+    assert imported == "NO-TORCH"
+
+    def same(hits: list[tuple[str, float]]) -> bool:  # the torch fp32 hits, scores within 1e-4
+        return [p for p, _ in hits] == [p for p, _ in good] and np.allclose(
+            [s for _, s in hits], [s for _, s in good], atol=1e-4
+        )
+
+    assert same(fast_hits)
+    _agrees(load_encoder(str(tiny2), device="cpu"), load_fast_text(str(tiny2)))
+
+    from fgsearch.library.settings import clear_shared_encoders
+
+    folder = cache_dir(load_fast_text(str(tiny2)).meta["fingerprint"])
+    meta = json.loads((folder / META).read_text())
+    query = ["query", text, "--library", str(lib), "--json", "--precision", "fp32"]
+
+    def in_process(expect: str | None) -> None:
+        clear_shared_encoders()
+        out = runner.invoke(app, query)
+        assert out.exit_code == 0, out.output
+        notices = [line for line in out.stderr.splitlines() if "fast text tower" in line]
+        assert (notices == []) if expect is None else (len(notices) == 1 and expect in notices[0]), out.stderr
+        assert same([(h["path"], h["score"]) for h in json.loads(out.stdout)["results"]])  # torch answered
+
+    backup = {n: (folder / n).read_bytes() for n in ("embeddings.npy", GRAPH, GRAPH + ".data")}
+    damages = {
+        "embeddings.npy": lambda f: f.write_bytes(f.read_bytes()[:-100]),  # cut short
+        GRAPH + ".data": lambda f: f.unlink(),
+        GRAPH: lambda f: f.write_bytes(b"\0" * f.stat().st_size),  # the same size, not a graph
+    }
+    for name, damage in damages.items():
+        damage(folder / name)
+        with pytest.raises(FastTextUnusable, match="damaged"):
+            load_fast_text(str(tiny2))
+        in_process("damaged")
+        if name != GRAPH:
+            (folder / name).write_bytes(backup[name])
+    out = runner.invoke(app, [*index, "--fast-text"])  # a graph of the right size but unreadable: exported again
+    assert out.exit_code == 0 and "queries use it" in out.output, out.output
+    assert same(fast_hits) and load_fast_text(str(tiny2)).encode_texts([text]).shape == (1, meta["dim"])
+
+    (folder / META).write_text(json.dumps({**meta, "passed": False, "cosine_min": 0.5}))
+    in_process("failed its check against torch")
+    shutil.rmtree(folder)
+    in_process(None)  # never prepared: torch, and nothing to say
