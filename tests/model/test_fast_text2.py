@@ -154,3 +154,29 @@ def test_cold_query_without_torch_and_a_damaged_or_refused_tower(tmp_path: Path,
     in_process("failed its check against torch")
     shutil.rmtree(folder)
     in_process(None)  # never prepared: torch, and nothing to say
+
+
+def test_one_tokenizer_pads_and_truncates_as_the_tokenizers_library_does(tiny2: Path) -> None:
+    """HFTokenizer parses tokenizer.json once (no copy per walk length: seconds for a Gemma-sized
+    vocabulary on every cold query) and cuts and pads by hand: the same rows as the ``tokenizers``
+    library's own truncation and padding, special tokens kept, on texts of every length."""
+    import random
+
+    import tokenizers
+
+    from fgsearch.model.hf_tokenizer import HFTokenizer
+
+    rng = random.Random(0)
+    words = "a red Mug cat 红色的杯子 LAPTOP éclair 🙂 the of, . -- x".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 120))) for _ in range(60)] + ["", "A" * 500]
+    for folder in (ORACLE2 / "checkpoint", tiny2):
+        tok = HFTokenizer(folder, 64, 196)
+        for length, walk in ((64, "short"), (196, "long")):
+            ref = tokenizers.Tokenizer.from_str(tok._tok.to_str())
+            ref.enable_truncation(max_length=length)
+            ref.enable_padding(length=length, pad_id=tok.pad_id, pad_token=tok._tok.id_to_token(tok.pad_id))
+            rows, dropped = tok.rows(texts, walk)
+            lowered = [t.lower() for t in texts]
+            assert rows == [e.ids for e in ref.encode_batch(lowered)]
+            assert dropped == [max(0, len(e.ids) - length) for e in tok._tok.encode_batch(lowered)]
+            assert any(dropped) and not all(dropped)
