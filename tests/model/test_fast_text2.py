@@ -180,3 +180,17 @@ def test_one_tokenizer_pads_and_truncates_as_the_tokenizers_library_does(tiny2: 
             assert rows == [e.ids for e in ref.encode_batch(lowered)]
             assert dropped == [max(0, len(e.ids) - length) for e in tok._tok.encode_batch(lowered)]
             assert any(dropped) and not all(dropped)
+
+
+def test_fgclip_tower_with_an_unreadable_graph_is_said_not_raised(tiny_model_dir: Path) -> None:
+    """FG-CLIP's tower too: a graph ONNX Runtime cannot parse was an uncaught onnxruntime error
+    in every text query; now it is a one-line note and the caller loads torch."""
+    from fgsearch.library.settings import clear_shared_encoders, fast_text_encoder
+
+    meta = prepare_fast_text(load_encoder(str(tiny_model_dir), device="cpu"))
+    graph = cache_dir(meta["fingerprint"]) / GRAPH
+    graph.write_bytes(b"\0" * graph.stat().st_size)
+    clear_shared_encoders()
+    notes: list[str] = []
+    assert fast_text_encoder(str(tiny_model_dir), notes) is None
+    assert len(notes) == 1 and "damaged" in notes[0] and "fgsearch index ... --fast-text" in notes[0]
