@@ -185,18 +185,18 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.smoke:
         args.runs, args.model, args.photos = 1, "fg-clip2-base-random", 2
-    results = {}
+    print(f"cold `fgsearch query`, {args.runs} fresh processes per way", flush=True)
     with tempfile.TemporaryDirectory(prefix="fgsearch-bench-cold-") as tmp:
         for i, model in enumerate(args.model.split(",")):
-            results[model] = run_model(model, args, Path(tmp) / f"m{i}")
-    print(f"cold `fgsearch query`, {args.runs} fresh processes per way")
-    print(f"load average during the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
-    for model, times in results.items():
-        base = float(np.median(times["torch"]))
-        print(f"{model}{' (tiny)' if args.smoke and model == 'fg-clip2-base-random' else ''}:")
-        for name, t in times.items():
-            med = float(np.median(t))
-            print(f"  {name:11s} median {med:6.2f} s  min {min(t):6.2f} s  ({base / med:.1f}x faster than torch)")
+            times = run_model(model, args, Path(tmp) / f"m{i}")
+            load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+            tiny = " (tiny)" if args.smoke and model == "fg-clip2-base-random" else ""
+            print(f"{model}{tiny}: load average after its runs {load} ({os.cpu_count()} CPUs)")
+            base = float(np.median(times["torch"]))
+            for name, t in times.items():
+                med = float(np.median(t))
+                print(f"  {name:11s} median {med:6.2f} s  min {min(t):6.2f} s  ({base / med:.1f}x faster than torch)")
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":

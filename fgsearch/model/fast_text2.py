@@ -15,15 +15,20 @@ Split for a fast cold start:
   memory-mapped: a query touches its 64 or 196 rows, never the whole table;
 * ``positions.npz``: the short and the long walk's position rows (``[64, D]``, ``[196, D]``);
 * ``text.onnx`` (+ ``.data``): the transformer and the three heads, one graph: input ``hidden``
-  ``[B, L, D]`` (token + position rows, added in numpy in float32 as torch adds them) and ``head``
-  (0 short, 1 box, 2 long), output ``[B, D]``.
+  ``[B, L, D]`` (token + position rows, added in numpy in float32 as torch adds them), output
+  ``[B, 3, D]``: the pooled state through ``text_model.head``, ``boxtext_head`` and
+  ``longtext_head``. A short query is matched against images by the short walk and against regions
+  by the box walk: the same tokens and positions, so one pass gives both (the encoder keeps the
+  last texts' three outputs, keyed by token ids and position table).
 
 The cache layout, check and refusal are :mod:`fgsearch.model.fast_text`'s.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,7 @@ from fgsearch.model.protocol import TextPath
 
 EMBEDDINGS, POSITIONS = "embeddings.npy", "positions.npz"
 HEADS = {TextPath.SHORT: 0, TextPath.BOX: 1, TextPath.LONG: 2}
+MEMO = 256  # texts whose three head outputs the encoder keeps (a query asks short, then box)
 
 
 # ---- export (torch) ------------------------------------------------------------------------------
@@ -59,9 +65,9 @@ def export(encoder: Any, folder: Path) -> None:
         warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(
             wrapper,
-            (hidden, torch.tensor(0, dtype=torch.int64)),
+            (hidden,),
             str(folder / "raw.onnx"),
-            input_names=["hidden", "head"],
+            input_names=["hidden"],
             output_names=["features"],
             dynamic_axes={"hidden": {0: "batch", 1: "tokens"}, "features": {0: "batch"}},
             dynamo=False,
@@ -73,18 +79,17 @@ def _graph_class() -> Any:
     import torch
 
     class Text2Graph(torch.nn.Module):
-        """The transformer after the embedding lookup and the walk's head (``head``: 0 short,
-        1 box, 2 long); the three heads are small (D x D each), so the graph holds them all."""
+        """The transformer after the embedding lookup and the three heads ``[B, 3, D]`` in
+        :data:`HEADS` order (D x D each: small beside the transformer)."""
 
         def __init__(self, model: Any) -> None:
             super().__init__()
             self.m = model
 
-        def forward(self, hidden: Any, head: Any) -> Any:
+        def forward(self, hidden: Any) -> Any:
             m = self.m
             pooled = m.text_model.pool_embedded(hidden)
-            box_or_long = torch.where(head == 1, m.boxtext_head(pooled), m.longtext_head(pooled))
-            return torch.where(head == 0, m.text_model.head(pooled), box_or_long)
+            return torch.stack([m.text_model.head(pooled), m.boxtext_head(pooled), m.longtext_head(pooled)], dim=1)
 
     return Text2Graph
 
@@ -152,6 +157,8 @@ class OnnxText2Encoder:
         )
         self.calibration = ScoreCalibration.from_dict(meta.get("calibration"))
         self.dim = d
+        self._memo: OrderedDict[tuple[bytes, bool], np.ndarray] = OrderedDict()
+        self._memo_lock = threading.Lock()
         self.family_name = str(meta["family"])
         self.walks = tuple(meta["walks"])
 
@@ -165,7 +172,8 @@ class OnnxText2Encoder:
     def region_walk(self, text: str) -> TextPath:
         return self.tokenizer.region_walk(text)  # the box walk for texts that fit the short length
 
-    def _hidden(self, texts: Sequence[str], walk: TextPath) -> np.ndarray:
+    def _ids(self, texts: Sequence[str], walk: TextPath) -> np.ndarray:
+        """Padded token ids ``[N, L]`` of the walk (truncation warned as the torch encoder does)."""
         from fgsearch.model.tokenizer import TextTruncatedWarning
 
         rows, dropped = self.tokenizer.rows(texts, walk)
@@ -180,8 +188,25 @@ class OnnxText2Encoder:
         ids = np.asarray(rows, np.int64).reshape(len(texts), self.tokenizer.length(walk))
         if ids.size and int(ids.max()) >= self.table.shape[0]:
             raise InputError(f"token id {int(ids.max())} is outside the model's {self.table.shape[0]} embeddings")
-        # float32 + float32, elementwise: the same sums as torch's token_embedding(ids) + positions
-        return np.asarray(self.table[ids], np.float32) + self.rows[walk][None, : ids.shape[1]]
+        return ids
+
+    def _heads(self, ids: np.ndarray, long: bool) -> np.ndarray:
+        """The three head outputs ``[N, 3, D]`` of token rows (one pass for the rows not kept)."""
+        keys = [(row.tobytes(), long) for row in ids]
+        with self._memo_lock:
+            known = {k: self._memo[k] for k in keys if k in self._memo}
+        todo = sorted({i for i, k in enumerate(keys) if k not in known})
+        if todo:
+            rows = self.rows[TextPath.LONG if long else TextPath.SHORT]
+            # float32 + float32, elementwise: the same sums as torch's token_embedding(ids) + positions
+            hidden = np.asarray(self.table[ids[todo]], np.float32) + rows[None, : ids.shape[1]]
+            got = self.session.run(None, {"hidden": hidden})[0]
+            with self._memo_lock:
+                for i, feats in zip(todo, got, strict=True):
+                    known[keys[i]] = self._memo[keys[i]] = feats
+                while len(self._memo) > MEMO:
+                    self._memo.popitem(last=False)
+        return np.stack([known[k] for k in keys])
 
     def encode_texts(
         self, texts: Sequence[str], path: TextPath | str | None = None, batch_size: int = 64, normalize: bool = True
@@ -196,8 +221,8 @@ class OnnxText2Encoder:
             idx = [i for i, q in enumerate(paths) if q is p]
             for s in range(0, len(idx), batch_size):
                 chunk = idx[s : s + batch_size]
-                feed = {"hidden": self._hidden([texts[i] for i in chunk], p), "head": np.asarray(HEADS[p], np.int64)}
-                out[chunk] = self.session.run(None, feed)[0]
+                ids = self._ids([texts[i] for i in chunk], p)
+                out[chunk] = self._heads(ids, p is TextPath.LONG)[:, HEADS[p]]
         if normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
