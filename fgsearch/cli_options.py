@@ -152,7 +152,7 @@ FAST_TEXT = typer.Option(
     False,
     "--fast-text",
     help="Also prepare the model's text tower for cold queries without torch (ONNX Runtime; once per "
-    "model, checked against torch; FG-CLIP only; needs the fast-start extra). See docs/fast-start.md.",
+    "model, checked against torch; FG-CLIP and FG-CLIP 2; needs the fast-start extra). See docs/fast-start.md.",
 )
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 

@@ -197,11 +197,13 @@ class Library:
             with contextlib.suppress(LibraryError):
                 self.store.catalog.check_model(model_info(build.model, self._given_encoder))
                 enc = self._given_encoder
+        refused: list[str] = []  # a fast text tower prepared but refused or damaged: said, then torch
         if enc is None and self._text_only and self.device in ("auto", "cpu"):
-            enc = fast_text_encoder(build.model)
+            enc = fast_text_encoder(build.model, refused)
         if enc is None:
             enc = self._choose(build.model)
             self.store.catalog.check_model(model_info(build.model, enc))
+            self.notes = [*self.notes, *refused]
         self._encoder, self._encoder_epoch = enc, build.epoch
         return enc
 

@@ -40,11 +40,13 @@ def shared_encoder(model: str, device: str = "auto", precision: str = "auto", ru
         return _ENCODERS[key]
 
 
-def fast_text_encoder(model: str) -> Encoder | None:
+def fast_text_encoder(model: str, notes: list[str] | None = None) -> Encoder | None:
     """The model's fast text tower (``onnx-text`` runtime), or None where it was not prepared,
-    failed its check against torch, or onnxruntime is missing: the caller then loads torch."""
+    failed its check against torch, is damaged, or onnxruntime is missing: the caller then loads
+    torch. A tower that was prepared but is refused or damaged is said in one line in ``notes``."""
     from fgsearch.errors import ModelNotFoundError
     from fgsearch.model import load_encoder
+    from fgsearch.model.fast_text import FastTextUnusable
 
     key = (str(model), "cpu", "fp32", "onnx-text")
     with _ENCODERS_LOCK:
@@ -54,6 +56,8 @@ def fast_text_encoder(model: str) -> Encoder | None:
             enc = load_encoder(model, device="cpu", runtime="onnx-text")
         except (ModelNotFoundError, ImportError) as e:
             logging.getLogger(__name__).info("fast text path not used: %s", e)
+            if notes is not None and isinstance(e, FastTextUnusable):
+                notes.append(str(e))
             return None
         _ENCODERS[key] = enc
         return enc

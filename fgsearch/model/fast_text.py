@@ -9,8 +9,13 @@ the position rows and the projection), checks it against the torch encoder on
 (:func:`load_fast_text`) then serves text-only callers (``fgsearch query "..."`` without an
 image) when the check passed: cosine to torch >= :data:`MIN_COSINE` on every text and top-10
 overlap >= :data:`MIN_TOP10` (each text ranking the others); otherwise, or when nothing is
-cached, the caller loads torch as before. Only the FG-CLIP family is exported (FG-CLIP 2's text
-tower is not, yet). The cache holds the text tower's weights in float32 (~250 MB for fg-clip-base).
+cached, the caller loads torch as before. A tower that is cached but cannot be used (refused by
+its check, or damaged: a file missing or of another size than recorded) raises
+:class:`FastTextUnusable`, which callers say in one line before they load torch.
+
+Both families are exported: FG-CLIP here (the token table inside the graph, ~250 MB float32 for
+fg-clip-base), FG-CLIP 2 by :mod:`fgsearch.model.fast_text2` (its 256,000-row token table outside
+the graph, memory-mapped; its three walks short, box and long in one graph).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +44,12 @@ CACHE_VERSION = 1
 MIN_COSINE = 0.9999  # fp32 export: the same arithmetic in another order (measured >= 0.99999)
 MIN_TOP10 = 0.99  # mean top-10 overlap of each check text ranking the others
 GRAPH, META = "text.onnx", "meta.json"
+FAMILIES = ("fgclip", "fgclip2")
+
+
+class FastTextUnusable(ModelNotFoundError):
+    """A fast text tower is cached but cannot be used (refused by its check, or damaged)."""
+
 
 _SHORT_TEXTS = (
     "a red car parked beside a yellow house|two children playing football on a beach|a cup of coffee on a "
@@ -71,14 +83,24 @@ def prepare_fast_text(encoder: Any, *, force: bool = False) -> dict[str, Any]:
     """Export ``encoder``'s text tower (a torch encoder) once and check it; returns the cache's
     meta (``passed``, ``cosine_min``, ``top10``, ``seconds``). Raises :class:`InputError` for a
     family that has no export, or when ``onnx``/``onnxruntime`` are missing."""
-    if encoder.family_name != "fgclip":
-        family = encoder.family_name
-        raise InputError(f"--fast-text: the {family} family's text tower is not exported yet (FG-CLIP only)")
+    family = encoder.family_name
+    if family not in FAMILIES:
+        raise InputError(f"--fast-text: the {family} family's text tower is not exported ({', '.join(FAMILIES)} are)")
     fingerprint = _fingerprint(encoder.spec)
     folder = cache_dir(fingerprint)
     meta_file = folder / META
+    checkpoint = Path(encoder.spec.local_dir or ".")
     if meta_file.exists() and not force:
-        return dict(json.loads(meta_file.read_text()))
+        # checked again against torch (a second or two): a damaged cache is exported again
+        try:
+            cached = dict(json.loads(meta_file.read_text()))
+            check_files(folder, cached)
+            again = agreement(encoder, _open(folder, cached, checkpoint))
+            if again["passed"] == cached.get("passed"):
+                return {**cached, **again}
+            logger.warning("the cached fast text tower in %s no longer agrees with torch; exporting it again", folder)
+        except (ValueError, KeyError, FastTextUnusable) as e:
+            logger.warning("%s; exporting it again", e)
     for module, extra in (("onnx", "onnx"), ("onnxruntime", "onnxruntime")):
         import importlib.util
 
@@ -89,16 +111,24 @@ def prepare_fast_text(encoder: Any, *, force: bool = False) -> dict[str, Any]:
     staging = folder / f".staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    names = [GRAPH + ".data", GRAPH]
     try:
-        _export(encoder, staging / "raw.onnx")
+        if family == "fgclip2":
+            from fgsearch.model import fast_text2
+
+            fast_text2.export(encoder, staging)
+            names += [fast_text2.EMBEDDINGS, fast_text2.POSITIONS]
+        else:
+            _export(encoder, staging / "raw.onnx")
         _optimise(staging / "raw.onnx", staging / GRAPH)  # the graph names its weights file: GRAPH.data
         (folder / META).unlink(missing_ok=True)
-        for name in (GRAPH + ".data", GRAPH):
+        for name in names:
             os.replace(staging / name, folder / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    fast = OnnxTextEncoder(folder, _meta_for(encoder, fingerprint))
-    meta = {**_meta_for(encoder, fingerprint), **agreement(encoder, fast)}
+    base = {**_meta_for(encoder, fingerprint), "files": {n: (folder / n).stat().st_size for n in names}}
+    fast = _open(folder, base, checkpoint)
+    meta = {**base, **agreement(encoder, fast)}
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     tmp_meta = folder / f".{META}.{os.getpid()}"
     tmp_meta.write_text(json.dumps(meta, indent=1))
@@ -119,7 +149,13 @@ def _fingerprint(spec: ModelSpec) -> str:
 def _meta_for(encoder: Any, fingerprint: str) -> dict[str, Any]:
     s = encoder.spec
     cal = encoder.calibration
+    extra: dict[str, Any] = {}
+    if encoder.family_name == "fgclip2":
+        from fgsearch.model.fast_text2 import meta_extra
+
+        extra = meta_extra(encoder)
     return {
+        **extra,
         "fingerprint": fingerprint,
         "name": s.name,
         "family": encoder.family_name,
@@ -129,7 +165,7 @@ def _meta_for(encoder: Any, fingerprint: str) -> dict[str, Any]:
         "long_length": s.long_length,
         "walks": list(encoder.walks),
         "calibration": cal.to_dict() if cal is not None else None,
-        "eos_id": int(encoder.tokenizer.eos_id),
+        "eos_id": int(encoder.tokenizer.eos_id) if hasattr(encoder.tokenizer, "eos_id") else None,
     }
 
 
@@ -210,38 +246,49 @@ def _TextGraph(model: Any) -> Any:  # a class built on first use: torch is impor
 
 def agreement(reference: Any, fast: Any, texts: Sequence[str] = CHECK_TEXTS) -> dict[str, Any]:
     """``fast`` vs ``reference`` on ``texts``: cosine per text, and top-10 overlap of each text
-    ranking the others; ``passed`` against :data:`MIN_COSINE` and :data:`MIN_TOP10`."""
-    a, b = reference.encode_texts(list(texts)), fast.encode_texts(list(texts))
-    cos = np.sum(a * b, axis=1)
-    k = min(10, len(texts) - 1)
-    overlaps = []
-    for i in range(len(texts)):
-        ra, rb = a @ a[i], b @ b[i]
-        ra[i] = rb[i] = -np.inf
-        overlaps.append(len(set(np.argsort(-ra)[:k]) & set(np.argsort(-rb)[:k])) / k)
-    cmin, top = float(cos.min()), float(np.mean(overlaps))
+    ranking the others; ``passed`` against :data:`MIN_COSINE` and :data:`MIN_TOP10`. Each walk
+    a query takes is checked: the text rule (short / long), and FG-CLIP 2's box walk (region
+    matching) on the texts that fit the short length; the figures are the worst of them."""
+    from fgsearch.model.tokenizer import TextTruncatedWarning
+
+    texts = list(texts)
+    with warnings.catch_warnings():  # a check text longer than the long walk is cut alike on both sides
+        warnings.simplefilter("ignore", TextTruncatedWarning)
+        runs: list[tuple[np.ndarray, np.ndarray]] = [(reference.encode_texts(texts), fast.encode_texts(texts))]
+        if "box" in getattr(reference, "walks", ()):
+            short = [t for t in texts if reference.text_path(t) is TextPath.SHORT]
+            runs.append((reference.encode_texts(short, "box"), fast.encode_texts(short, "box")))
+    cmin, top = 1.0, 1.0
+    for a, b in runs:
+        cmin = min(cmin, float(np.sum(a * b, axis=1).min()))
+        k = min(10, len(a) - 1)
+        overlaps = []
+        for i in range(len(a)):
+            ra, rb = a @ a[i], b @ b[i]
+            ra[i] = rb[i] = -np.inf
+            overlaps.append(len(set(np.argsort(-ra)[:k]) & set(np.argsort(-rb)[:k])) / k)
+        top = min(top, float(np.mean(overlaps)))
     return {
         "cosine_min": round(cmin, 7),
         "top10": round(top, 4),
-        "texts": len(texts),
+        "texts": sum(len(a) for a, _ in runs),
         "passed": bool(cmin >= MIN_COSINE and top >= MIN_TOP10),
     }
 
 
 # ---- the runtime (no torch) ----------------------------------------------------------------------
-def load_fast_text(
-    model: str, *, device: str = "auto", precision: str = "auto", threads: int | None = None
-) -> OnnxTextEncoder:
+def load_fast_text(model: str, *, device: str = "auto", precision: str = "auto", threads: int | None = None) -> Any:
     """The ``onnx-text`` runtime: the cached text tower of ``model`` if it passed its check
-    (:class:`ModelNotFoundError` otherwise, naming the command that prepares it). ``threads``:
-    see :class:`OnnxTextEncoder`."""
+    (:class:`ModelNotFoundError` when none was prepared, naming the command that prepares it;
+    :class:`FastTextUnusable` when it was refused or is damaged). ``threads``: see
+    :func:`session_options`."""
     from fgsearch.model.loading import checkpoint_dir, checkpoint_fingerprint, resolve_spec
 
     if device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
         raise InputError("the onnx-text runtime runs on the CPU in fp32 only")
     spec = resolve_spec(model)
-    fingerprint = checkpoint_fingerprint(checkpoint_dir(spec, download=False))
-    folder = cache_dir(fingerprint)
+    checkpoint = checkpoint_dir(spec, download=False)
+    folder = cache_dir(checkpoint_fingerprint(checkpoint))
     try:
         meta = json.loads((folder / META).read_text())
     except (OSError, ValueError) as e:
@@ -249,11 +296,67 @@ def load_fast_text(
             f"no fast text tower for {model}; prepare it with `fgsearch index ... --fast-text`"
         ) from e
     if not meta.get("passed"):
-        raise ModelNotFoundError(
+        raise FastTextUnusable(
             f"the fast text tower of {model} failed its check against torch (cosine {meta.get('cosine_min')}, "
             f"top-10 overlap {meta.get('top10')}); queries use torch"
         )
-    return OnnxTextEncoder(folder, meta, threads=threads)
+    check_files(folder, meta)
+    return _open(folder, meta, checkpoint, threads)
+
+
+def check_files(folder: Path, meta: dict[str, Any]) -> None:
+    """:class:`FastTextUnusable` when a file the export wrote is missing or of another size
+    (a cache written before sizes were recorded is checked for its graph only)."""
+    files = meta.get("files") or {GRAPH: None}
+    for name, size in files.items():
+        try:
+            got = (folder / name).stat().st_size
+        except OSError:
+            got = None
+        if got is None or (size is not None and got != size):
+            what = "missing" if got is None else f"{got} bytes, not the {size} exported"
+            raise FastTextUnusable(
+                f"the fast text tower in {folder} is damaged ({name} {what}); queries use torch until "
+                "`fgsearch index ... --fast-text` exports it again"
+            )
+
+
+def _open(folder: Path, meta: dict[str, Any], checkpoint: Path, threads: int | None = None) -> Any:
+    """The family's encoder over a cache folder; a graph ONNX Runtime cannot read is damaged."""
+    try:
+        if meta["family"] == "fgclip2":
+            from fgsearch.model.fast_text2 import OnnxText2Encoder
+
+            return OnnxText2Encoder(folder, meta, checkpoint, threads=threads)
+        return OnnxTextEncoder(folder, meta, threads=threads)
+    except (ModelNotFoundError, InputError, ImportError):
+        raise
+    except Exception as e:  # onnxruntime raises its own exception types for an unreadable graph
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FastTextUnusable(
+            f"the fast text tower in {folder} is damaged ({first[:200]}); queries use torch until "
+            "`fgsearch index ... --fast-text` exports it again"
+        ) from e
+
+
+def session_options(threads: int | None) -> Any:
+    """ONNX Runtime's options for a text tower: quiet, graph optimised when prepared. ``threads``:
+    its threads for one forward pass, which then sleep between passes. None: its defaults (every
+    physical core; idle threads spin a while, burning CPU), right for a lone query. A process that
+    shares its cores, such as ``fgsearch serve`` (searches beside the text forwards), passes its
+    model thread count: spinning threads take the CPU its searches need."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimised when prepared
+    if threads is not None:
+        if threads < 1:
+            raise InputError(f"the onnx-text runtime needs at least 1 thread, got {threads}")
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
 
 
 class OnnxTextEncoder:
@@ -280,16 +383,8 @@ class OnnxTextEncoder:
         self.meta = meta
         self.tokenizer = Tokenizer(short_length=meta["short_length"], long_length=meta["long_length"])
         if int(self.tokenizer.eos_id) != int(meta["eos_id"]):
-            raise ModelNotFoundError("the fast text tower was exported with another vocabulary; prepare it again")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimised when prepared
-        if threads is not None:
-            if threads < 1:
-                raise InputError(f"the onnx-text runtime needs at least 1 thread, got {threads}")
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            raise FastTextUnusable("the fast text tower was exported with another vocabulary; prepare it again")
+        opts = session_options(threads)
         self.session = ort.InferenceSession(str(folder / GRAPH), opts, providers=["CPUExecutionProvider"])
         size = meta.get("image_size") or None
         self.spec = ModelSpec(

@@ -339,6 +339,11 @@ class TextTransformer2(nn.Module):
         """Token ids ``[B, L]`` -> the final-LN state at the LAST position ``[B, D]`` (no head)."""
         n = input_ids.shape[1]
         x = self.embeddings.token_embedding(input_ids) + self.embeddings.positions(n, walk)
+        return self.pool_embedded(x, attention_mask)
+
+    def pool_embedded(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Embedded tokens ``[B, L, D]`` (token + position rows) -> the pooled state ``[B, D]``: the
+        transformer after the embedding lookup (the fast text tower exports this part alone)."""
         m = key_mask(attention_mask)
         *first, last_layer = self.encoder.layers
         last: Any = last_layer

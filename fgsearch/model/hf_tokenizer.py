@@ -69,14 +69,12 @@ class HFTokenizer:
             )
         tok.no_truncation()
         tok.no_padding()
+        # ONE tokenizer, never reconfigured (no shared mutable state): truncation and padding are
+        # done per call as the library does them (content cut to L minus the special tokens, then
+        # the template, then padding). A copy per length cost a re-parse of tokenizer.json each:
+        # seconds for a 256,000-token vocabulary, on every cold query (docs/fast-start.md)
         self._tok = tok
-        self._padded: dict[int, Any] = {}
-        pad = tok.id_to_token(self.pad_id)
-        for length in {short_length, long_length}:  # one configured copy per length: no shared mutable state
-            t = tk.Tokenizer.from_str(tok.to_str())
-            t.enable_truncation(max_length=length)
-            t.enable_padding(length=length, pad_id=self.pad_id, pad_token=pad, direction="right")
-            self._padded[length] = t
+        self._added = int(tok.num_special_tokens_to_add(False))
 
     @staticmethod
     def _special_id(tok: Any, token: Any, what: str) -> int:
@@ -108,9 +106,14 @@ class HFTokenizer:
     def rows(self, texts: Sequence[str], walk: TextPath | str) -> tuple[list[list[int]], list[int]]:
         """Padded rows of exactly the walk's length, and how many tokens each text lost."""
         length = self.length(walk)
-        lowered = [t.lower() for t in texts]
-        dropped = [max(0, len(e.ids) - length) for e in self._tok.encode_batch(lowered)]
-        return [list(e.ids) for e in self._padded[length].encode_batch(lowered)], dropped
+        keep = max(0, length - self._added)
+        rows, dropped = [], []
+        for e in self._tok.encode_batch([t.lower() for t in texts], add_special_tokens=False):
+            dropped.append(max(0, len(e.ids) - keep))
+            e.truncate(keep)
+            ids = list(self._tok.post_process(e).ids)[:length]
+            rows.append(ids + [self.pad_id] * (length - len(ids)))
+        return rows, dropped
 
     def __call__(self, texts: str | Sequence[str], walk: TextPath | str, *, warn: bool = True) -> Any:
         """Texts -> ``LongTensor [B, length]`` for ``walk``; warns when text is truncated."""
