@@ -172,15 +172,14 @@ class OnnxText2Encoder:
 
     def _ids(self, texts: Sequence[str], walk: TextPath) -> np.ndarray:
         """Padded token ids ``[N, L]`` of the walk (truncation warned as the torch encoder does)."""
-        from fgsearch.model.tokenizer import TextTruncatedWarning
+        from fgsearch.model.tokenizer import warn_truncated
 
         rows, dropped = self.tokenizer.rows(texts, walk)
         for text, n in zip(texts, dropped, strict=True):
             if n:
-                warnings.warn(
+                warn_truncated(
                     f"text truncated to {self.tokenizer.length(walk)} tokens ({walk.value} walk): dropped {n} "
                     f"tokens from {text[:40]!r}...",
-                    TextTruncatedWarning,
                     stacklevel=3,
                 )
         ids = np.asarray(rows, np.int64).reshape(len(texts), self.tokenizer.length(walk))

@@ -15,7 +15,6 @@ matching uses the BOX walk for texts that fit the short length (:meth:`HFTokeniz
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from fgsearch.errors import CheckpointError, ModelNotFoundError
 from fgsearch.model.files import read_json
 from fgsearch.model.protocol import TextPath
-from fgsearch.model.tokenizer import TextTruncatedWarning
+from fgsearch.model.tokenizer import warn_truncated
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -125,10 +124,9 @@ class HFTokenizer:
         if warn:
             for text, n in zip(texts, dropped, strict=True):
                 if n:
-                    warnings.warn(
+                    warn_truncated(
                         f"text truncated to {self.length(walk)} tokens ({TextPath(walk).value} walk): dropped {n} "
                         f"tokens from {text[:40]!r}...",
-                        TextTruncatedWarning,
                         stacklevel=2,
                     )
         return torch.tensor(rows, dtype=torch.long).reshape(len(texts), self.length(walk))

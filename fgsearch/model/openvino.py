@@ -415,9 +415,8 @@ class OpenVINOEncoder:
     def token_ids(self, texts: Sequence[str], walk: TextPath) -> np.ndarray:
         """Padded id rows for the walk's graph, without torch (a query needs none), warning on
         truncation as the torch runtime does."""
-        import warnings
 
-        from fgsearch.model.tokenizer import TextTruncatedWarning
+        from fgsearch.model.tokenizer import warn_truncated
 
         tok, texts = self.tokenizer, list(texts)
         if hasattr(tok, "tokenize_rows"):  # FG-CLIP's BPE
@@ -427,10 +426,9 @@ class OpenVINOEncoder:
             rows, dropped = tok.rows(texts, walk)
         for text, n in zip(texts, dropped, strict=True):
             if n:
-                warnings.warn(
+                warn_truncated(
                     f"text truncated to {tok.length(walk)} tokens ({walk.value} walk): dropped {n} tokens "
                     f"from {text[:40]!r}...",
-                    TextTruncatedWarning,
                     stacklevel=3,
                 )
         return np.asarray(rows, np.int64).reshape(len(texts), tok.length(walk))

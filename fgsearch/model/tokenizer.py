@@ -19,7 +19,9 @@ import importlib.util
 import os
 import unicodedata
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,35 @@ _WS = regex.compile(r"\s+")
 
 class TextTruncatedWarning(UserWarning):
     """A text was longer than its path allows and lost tokens."""
+
+
+#: the notices of this thread's :func:`collecting_truncations` block (None: none is open)
+_collected: ContextVar[list[str] | None] = ContextVar("fgsearch_truncation_notices", default=None)
+
+
+def warn_truncated(message: str, stacklevel: int = 2) -> None:
+    """Report a truncated text: into the caller's :func:`collecting_truncations` block when this
+    thread has one open, else as a :class:`TextTruncatedWarning`."""
+    sink = _collected.get()
+    if sink is not None:
+        if message not in sink:
+            sink.append(message)
+        return
+    warnings.warn(message, TextTruncatedWarning, stacklevel=stacklevel + 1)
+
+
+@contextmanager
+def collecting_truncations() -> Iterator[list[str]]:
+    """Collect the truncation notices of the texts this thread encodes inside the block.
+
+    ``warnings.catch_warnings`` swaps process-wide state, so two threads (a server's requests)
+    inside it at once lose or swap each other's warnings; a context variable is per thread."""
+    notices: list[str] = []
+    token = _collected.set(notices)
+    try:
+        yield notices
+    finally:
+        _collected.reset(token)
 
 
 def default_vocab_path() -> Path:
@@ -174,10 +205,9 @@ class Tokenizer:
         if warn:
             for text, n in zip(texts, tok.dropped, strict=True):
                 if n:
-                    warnings.warn(
+                    warn_truncated(
                         f"text truncated to {self.length(path)} tokens ({tok.path.value} path): dropped {n} "
                         f"tokens from {text[:40]!r}...",
-                        TextTruncatedWarning,
                         stacklevel=3,
                     )
         return tok.ids

@@ -3,7 +3,6 @@ and the negative text."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,7 @@ class QueryVectors:
 
 def encode_query(enc: Encoder, q: SearchQuery, info: QueryInfo) -> QueryVectors:
     """Query vectors (and negative vector) from text and/or image."""
-    from fgsearch.model import TextTruncatedWarning
+    from fgsearch.model.tokenizer import collecting_truncations
 
     check_query(q)  # also checked before the model loads (Library.search); here for direct callers
     parts: list[np.ndarray] = []
@@ -43,13 +42,10 @@ def encode_query(enc: Encoder, q: SearchQuery, info: QueryInfo) -> QueryVectors:
         path = q.text_path or enc.text_path(q.text).value
         walk = q.text_path or enc.region_walk(q.text).value
         info.text_path, info.region_walk = path, walk
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", TextTruncatedWarning)
+        with collecting_truncations() as notices:  # this thread's only (a server runs many queries)
             parts.append(enc.encode_texts([q.text], path=path)[0])
             region_parts.append(parts[-1] if walk == path else enc.encode_texts([q.text], path=walk)[0])
-        for w in caught:
-            if issubclass(w.category, TextTruncatedWarning) and str(w.message) not in info.notices:
-                info.notices.append(str(w.message))
+        info.notices.extend(n for n in notices if n not in info.notices)
     if q.image is not None:
         parts.append(image_vector(enc, q.image, q.box))
         region_parts.append(parts[-1])

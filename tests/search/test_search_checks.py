@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _library_data import demo_cli_library
@@ -108,3 +109,48 @@ def test_cli_words_every_query_check_with_its_flags(tmp_path: Path) -> None:
     for args, message in CLI_CASES:
         r = CliRunner().invoke(app, ["query", *args, "--library", str(tmp_path / "nowhere")])
         assert r.exit_code == 1 and r.output.startswith(f"error: {message}"), (args, r.output)
+
+
+def test_truncation_notices_reach_only_their_own_query_when_threads_encode_at_once() -> None:
+    """A server encodes many queries at once: each query's notices are its own (before, the
+    process-wide ``warnings.catch_warnings`` let one thread's notice land in another's, or vanish)."""
+    import threading
+    import time
+
+    from fgsearch.model import load_encoder
+    from fgsearch.search.encode import encode_query
+    from fgsearch.search.query import QueryInfo, SearchQuery
+
+    class Slow:  # widens the window in which two threads are inside their encodes together
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def encode_texts(self, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.01)
+            out = self._inner.encode_texts(*args, **kwargs)
+            time.sleep(0.01)
+            return out
+
+    enc = Slow(load_encoder("demo", device="cpu"))
+    long_text = " ".join(["a red circle on a grey floor beside a blue square"] * 60)
+    got: dict[str, list[list[str]]] = {"long": [], "short": []}
+
+    def run(kind: str, text: str) -> None:
+        for _ in range(15):
+            info = QueryInfo()
+            encode_query(enc, SearchQuery(text=text), info)
+            got[kind].append(list(info.notices))
+
+    threads = [
+        threading.Thread(target=run, args=("long", long_text)),
+        threading.Thread(target=run, args=("short", "a red circle")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(n == [] for n in got["short"]), got["short"]
+    assert all(len(n) >= 1 and all("truncated" in m for m in n) for n in got["long"]), got["long"]
