@@ -54,13 +54,18 @@ def exact_max(breadth: int, n_graph: int, cost_ratio: float = GRAPH_TO_EXACT_COS
     return int(math.sqrt(cost_ratio * max(breadth, 1) * max(n_graph, 0)))
 
 
-def plan(n_allowed: int, n_graph: int, breadth: int, *, fixed_max: int | None = None) -> FilterPlan:
+def plan(
+    n_allowed: int, n_graph: int, breadth: int, *, in_graph: int | None = None, fixed_max: int | None = None
+) -> FilterPlan:
     """Exact over the allowed rows, or the graph at a breadth widened by the selectivity.
 
-    ``n_allowed``: allowed ids the graph holds; ``n_graph``: nodes in the graph; ``breadth``: the
-    unfiltered search's (calibrated) breadth; ``fixed_max``: a configured exact-path limit that
-    replaces :func:`exact_max`."""
-    s = min(1.0, n_allowed / n_graph) if n_graph else 0.0
+    ``n_allowed``: allowed ids the store holds; ``n_graph``: nodes in the graph (deleted ones
+    included: the search walks them); ``in_graph``: how many of the allowed ids are nodes of the
+    graph (default all; the others are searched exactly beside it); ``breadth``: the unfiltered
+    search's (calibrated) breadth; ``fixed_max``: a configured exact-path limit that replaces
+    :func:`exact_max`."""
+    nodes = n_allowed if in_graph is None else in_graph
+    s = min(1.0, nodes / n_graph) if n_graph else 0.0
     limit = exact_max(breadth, n_graph) if fixed_max is None else fixed_max
     if n_allowed <= limit or s == 0.0:
         return FilterPlan(exact=True, breadth=breadth, selectivity=s)

@@ -503,10 +503,11 @@ class FaissIndex(StoreBackedIndex):
         rows, ids = allowed_rows(self._store, allowed)
         if self._ann is None:
             return (rows, ids), None, None, breadth
-        how = plan(ids.size, int(self._ann.ntotal), breadth, fixed_max=self._config.filter_exact_max)
+        in_base = rows < self._store.n_base
+        n_graph = int(self._ann.ntotal)
+        how = plan(ids.size, n_graph, breadth, in_graph=int(in_base.sum()), fixed_max=self._config.filter_exact_max)
         if how.exact:
             return (rows, ids), None, None, breadth
-        in_base = rows < self._store.n_base
         widened = how.breadth if self.tier == "hnsw" else breadth  # IVF: the lists probed are the cost
         return None, allowed_selector(ids[in_base]), ids[~in_base], widened
 
