@@ -58,14 +58,20 @@ def taken_at(i: int, n: int) -> datetime:
     return TAKEN_FROM + timedelta(days=TAKEN_DAYS * ((i * 7919) % n) / n)
 
 
-def build(work: Path, n_images: int, per: int, dim: int, model_dir: Path, data: str = "clip") -> Path:
+def build(
+    work: Path, n_images: int, per: int, dim: int, model_dir: Path, data: str = "clip", *, once: bool = False
+) -> Path:
+    """The bench library (kept in ``work``). Its indexes are built as an ingest builds them: a flush
+    per 2,000 images, so the graph is rebuilt as the collection grows; ``once``: every vector is
+    added first and one snapshot builds each graph (less than half the work: the 1M figures of the
+    filtered queries on a machine shared with other runs)."""
     from fgsearch.library import Library
     from fgsearch.regions import RegionSettings
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_data import GENERATORS
 
-    lib_dir = work / f"lib-{data}-v2"  # v2: nested folders and capture dates (filtered queries)
+    lib_dir = work / f"lib-{data}-v2{'-once' if once else ''}"  # v2: nested folders and capture dates
     if (lib_dir / "catalog.sqlite").exists():
         return lib_dir
     work.mkdir(parents=True, exist_ok=True)  # bench_serve builds in a subfolder of its --work
@@ -81,6 +87,7 @@ def build(work: Path, n_images: int, per: int, dim: int, model_dir: Path, data: 
         lib.global_index.set_calibration_queries(None)
         lib.region_index.set_calibration_queries(None)
         chunk = 2000
+        pending: list[tuple[list[int], list[tuple[str, int, int]]]] = []
         for s in range(0, n_images, chunk):
             m = min(chunk, n_images - s)
             items = []
@@ -102,10 +109,18 @@ def build(work: Path, n_images: int, per: int, dim: int, model_dir: Path, data: 
             lib.global_index.add(np.asarray(cids, np.int64), np.asarray(global_vecs[s : s + m]))
             flat = np.asarray([r for rr in rids for r in rr], np.int64)
             lib.region_index.add(flat, np.asarray(region_vecs[s * per : s * per + len(flat)]))
-            lib.global_index.flush()
-            lib.region_index.flush()
             files = [(image_path(i, n_images), 100_000, 1_700_000_000_000_000_000) for i in range(s, s + m)]
-            lib.catalog.confirm_contents(cids, files, 1)
+            pending.append((cids, files))
+            if not once or s + m == n_images:
+                if once:
+                    print("\n  building the graphs in one snapshot", flush=True)
+                    lib.global_index.save()
+                    lib.region_index.save()
+                lib.global_index.flush()
+                lib.region_index.flush()
+                for done, paths in pending:  # confirmed once their vectors are durable
+                    lib.catalog.confirm_contents(done, paths, 1)
+                pending.clear()
             print(f"\r  built {s + m}/{n_images} images", end="", flush=True)
         lib.global_index.save()
         lib.region_index.save()
