@@ -14,6 +14,18 @@ captions) instead of that model's caption embeddings. Prints the index parameter
 of search + fusion + catalog lookup for synthetic text-like query vectors; of text encoding and
 of search + fusion + lookup for a 20-word and a 150-word text query; and the cold time of a
 whole `fgsearch query` process.
+
+Filtered queries (issue 24.5): the images live in nested folders holding 0.1 %, 1 %, 10 % and 50 %
+of the library (:data:`FOLDERS`) and carry capture dates (:data:`DATE_RANGE` keeps ~5 %). For
+``--under`` each folder, a date range, ``--not`` and ``--by region`` (alone and with a folder),
+the bench prints the filter's size, the cost of building its allowed set in the catalog, p50/p95
+of search + fusion + lookup, and recall@10 against the same search with exact indexes (results,
+and the region index's own top 10), beside the unfiltered figures. The sweep then times the
+region index's two ways of answering a filter (exact over the allowed rows; the graph at
+``efSearch / selectivity``) on random filters of ``--sweep`` shares, with the graph's recall
+widened and not: the figures behind :mod:`fgsearch.indexes.filtered`'s threshold.
+``--build-once``: every vector is added before one snapshot builds each graph (less than half
+the work of the ingest pattern; a separate library in ``--work``).
 """
 
 from __future__ import annotations
@@ -371,6 +383,7 @@ def main() -> None:
         default=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3),
         help="shares of the region index kept by the random filters of the exact/graph sweep",
     )
+    ap.add_argument("--build-once", action="store_true", help="build each graph in one snapshot (see build())")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
     if args.smoke:
@@ -388,7 +401,7 @@ def main() -> None:
         torch.manual_seed(0)
         save_model(FGCLIP(FGCLIPConfig.tiny() if args.smoke else FGCLIPConfig.base()), model_dir)
     dim = FGCLIPConfig.tiny().projection_dim if args.smoke else 512  # the model's
-    lib_dir = build(args.work, args.images, args.regions_per_image, dim, model_dir, args.data)
+    lib_dir = build(args.work, args.images, args.regions_per_image, dim, model_dir, args.data, once=args.build_once)
     rng = np.random.default_rng(1)
     words = (
         "red ceramic mug left of an open silver laptop next to a potted cactus on a wooden desk under "
