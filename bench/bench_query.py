@@ -324,7 +324,7 @@ def filter_sweep(lib: object, queries: np.ndarray, shares: tuple[float, ...]) ->
             t_graph, got = timed(allowed, 0)
             ef = plan(allowed.size, n, breadth, fixed_max=0).breadth
             real_plan = faiss_index.plan
-            faiss_index.plan = lambda m, g, b, fixed_max=None: FilterPlan(False, b, m / g)  # type: ignore[assignment]
+            faiss_index.plan = lambda m, g, b, in_graph=None, fixed_max=None: FilterPlan(False, b, m / g)  # type: ignore[assignment]
             try:
                 t_plain, plain = timed(allowed, 0)
             finally:
