@@ -71,7 +71,15 @@ def taken_at(i: int, n: int) -> datetime:
 
 
 def build(
-    work: Path, n_images: int, per: int, dim: int, model_dir: Path, data: str = "clip", *, once: bool = False
+    work: Path,
+    n_images: int,
+    per: int,
+    dim: int,
+    model_dir: Path,
+    data: str = "clip",
+    *,
+    once: bool = False,
+    flat_threshold: int | None = None,
 ) -> Path:
     """The bench library (kept in ``work``). Its indexes are built as an ingest builds them: a flush
     per 2,000 images, so the graph is rebuilt as the collection grows; ``once``: every vector is
@@ -91,7 +99,13 @@ def build(
     global_vecs = generate(work / f"global-{data}.npy", n_images, dim, 1000, seed=1)
     region_vecs = generate(work / f"regions-{data}.npy", n_images * per, dim, 1000, seed=2)
     t0 = time.perf_counter()
-    with Library.open(lib_dir, model=str(model_dir), regions=RegionSettings(proposer="grid", max_regions=per)) as lib:
+    from fgsearch.library import BackendSettings
+
+    # --smoke: graphs from a few hundred vectors (FAISS's least: 1,000), so the filtered paths run
+    options = {} if flat_threshold is None else {"flat_threshold": flat_threshold, "calibration_queries": 20}
+    backend = BackendSettings("faiss", options)
+    regions = RegionSettings(proposer="grid", max_regions=per)
+    with Library.open(lib_dir, model=str(model_dir), regions=regions, backend=backend) as lib:
         # A library calibrates its FAISS tiers on its model's embeddings of 150 captions. This
         # model has random weights: its captions bear no relation to the synthetic vectors (best
         # match cosine ~0, where a trained model's is ~0.3), a degenerate query set no real
@@ -387,7 +401,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, in a temporary folder (tests)")
     args = ap.parse_args()
     if args.smoke:
-        args.images, args.regions_per_image, args.queries, args.filter_queries = 300, 2, 3, 2
+        args.images, args.regions_per_image, args.queries, args.filter_queries = 300, 4, 3, 2
         args.work = Path(tempfile.mkdtemp(prefix="fgsearch-bench-query-"))
         atexit.register(shutil.rmtree, args.work, ignore_errors=True)
 
@@ -401,7 +415,16 @@ def main() -> None:
         torch.manual_seed(0)
         save_model(FGCLIP(FGCLIPConfig.tiny() if args.smoke else FGCLIPConfig.base()), model_dir)
     dim = FGCLIPConfig.tiny().projection_dim if args.smoke else 512  # the model's
-    lib_dir = build(args.work, args.images, args.regions_per_image, dim, model_dir, args.data, once=args.build_once)
+    lib_dir = build(
+        args.work,
+        args.images,
+        args.regions_per_image,
+        dim,
+        model_dir,
+        args.data,
+        once=args.build_once,
+        flat_threshold=100 if args.smoke else None,
+    )
     rng = np.random.default_rng(1)
     words = (
         "red ceramic mug left of an open silver laptop next to a potted cactus on a wooden desk under "
