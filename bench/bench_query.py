@@ -314,11 +314,12 @@ def filter_sweep(lib: object, queries: np.ndarray, shares: tuple[float, ...]) ->
     ids = idx.ids()
     n = int(idx._ann.ntotal)
     breadth = idx._breadth()
+    depth = max(10 * idx._rerank_factor(), idx._config.min_rerank)  # candidates re-ranked at k=10
     rng = np.random.default_rng(5)
     cfg = idx._config
     print(
         f"filter sweep on the region index ({n} vectors, efSearch {breadth}; derived exact limit "
-        f"{exact_max(breadth, n)} rows):\n  {'share':>7}{'rows':>9}{'exact p50':>11}{'graph p50':>11}{'ef':>7}"
+        f"{exact_max(breadth, n, depth)} rows):\n  {'share':>7}{'rows':>9}{'exact p50':>11}{'graph p50':>11}{'ef':>7}"
         f"{'graph r@10':>11}{'unwidened p50':>15}{'unwidened r@10':>16}"
     )
 
@@ -336,9 +337,9 @@ def filter_sweep(lib: object, queries: np.ndarray, shares: tuple[float, ...]) ->
             allowed = np.sort(rng.choice(ids, max(int(share * ids.size), 10), replace=False))
             t_exact, truth = timed(allowed, ids.size)
             t_graph, got = timed(allowed, 0)
-            ef = plan(allowed.size, n, breadth, fixed_max=0).breadth
+            ef = plan(allowed.size, n, breadth, depth, fixed_max=0).breadth
             real_plan = faiss_index.plan
-            faiss_index.plan = lambda m, g, b, in_graph=None, fixed_max=None: FilterPlan(False, b, m / g)  # type: ignore[assignment]
+            faiss_index.plan = lambda m, g, b, d, in_graph=None, fixed_max=None: FilterPlan(False, b, m / g)  # type: ignore[assignment]
             try:
                 t_plain, plain = timed(allowed, 0)
             finally:

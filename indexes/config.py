@@ -76,8 +76,8 @@ class FaissConfig:
     * ``recalibrate_growth``: calibrate the search again at a snapshot that finds the collection
       this many times larger than at the last calibration (adds go into the built structure).
     * ``filter_exact_max``: allowed-id filters with at most this many stored ids are answered
-      exactly; ``None`` derives it from the graph's size and breadth (``sqrt(8 * efSearch * n)``:
-      where exact search over the allowed rows costs as much as the widened graph search, see
+      exactly; ``None`` derives it from the graph's size, breadth and re-rank depth (where exact
+      search over the allowed rows costs as much as the widened graph search, see
       :mod:`.filtered`).
     * ``use_gpu`` (ivfpq only): ``None`` uses a GPU when FAISS sees one; ``False`` never; ``True``
       requires one.

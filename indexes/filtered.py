@@ -1,18 +1,21 @@
 """Allowed-id filters on a store of float32 rows, shared by the exact and FAISS backends.
 
 A filter that keeps few rows is answered exactly: its rows are read from the snapshot in blocks and
-scored with one BLAS product per block (recall 1.0, cost linear in the rows kept). A filter that
-keeps many rows goes to the backend's graph search with a selector, at a breadth widened by the
-selectivity: FAISS's HNSW walks allowed and other nodes alike but returns only allowed ones, so to
-meet as many allowed nodes as an unfiltered search at breadth ``B`` it must expand about ``B / s``
-nodes (``s``: the share of the graph the filter keeps). The graph's cost grows as ``1 / s``, the
-exact path's as ``s``; they are equal where::
+scored with one BLAS product per block (recall 1.0, cost ``a`` per row kept). A filter that keeps
+more goes to the backend's graph search with a selector: FAISS's HNSW walks kept and other nodes
+alike and returns only kept ones, so the walk must meet about as many kept nodes as the search
+re-ranks (``r`` candidates; twice that for margin): its breadth is widened to
+``max(B, 2 r / s)`` (``B``: the unfiltered breadth, ``s``: the share of the graph the filter
+keeps), at a cost of ``b`` per unit of breadth. The exact path is taken while it is the cheaper::
 
-    a * s * n = b * B / s      i.e.   m* = s * n = sqrt((b / a) * B * n)   allowed rows
+    a * m <= b * max(B, 2 r n / m)   i.e.   m <= max(sqrt((b/a) * 2 r * n), (b/a) * B)
 
-(``a``: seconds per row scored exactly, ``b``: seconds per node the graph expands). :func:`plan`
-takes the exact path up to ``m*``, with ``b / a`` = :data:`GRAPH_TO_EXACT_COST` as measured by
-``bench/bench_query.py --filter-sweep`` (figures in docs/search.md, "Filters at scale").
+(``m``: rows kept, ``n``: nodes in the graph). ``b / a`` = :data:`GRAPH_TO_EXACT_COST`, measured
+by ``bench/bench_query.py``'s sweep at 1M region vectors (bench/README.md, "Filtered and region
+queries at 1M"). Widening by ``B / s`` instead (every allowed node found at the unfiltered rate)
+cost 5-45x more there for no recall: at efSearch 1,536 the unwidened walk already returned the
+exact top 10 of filters keeping 3-30 %; at small breadths (96 on 1,200 vectors) it returned half
+of them for a 1 % filter, which the widening to ``2 r / s`` restores.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from typing import Protocol
 
 import numpy as np
 
-#: ``b / a`` of the module docstring: one node the graph search expands (SQ8 codes of its ~48
-#: neighbours, the heaps) costs as much as this many rows scored exactly (read + one BLAS row).
-#: Measured at 1M region vectors (bench_query.py --filter-sweep).
-GRAPH_TO_EXACT_COST = 8.0
+#: ``b / a`` of the module docstring: one unit of graph breadth costs as much as this many rows
+#: scored exactly (at 1M region vectors, efSearch 1,536: 65 and 58 us per unit of breadth against
+#: 25 and 22 us per row, on a loaded 2-core machine where the snapshot was read from disk).
+GRAPH_TO_EXACT_COST = 2.5
+#: The widened walk must meet this many times the re-ranked candidates among the kept nodes.
+MEET_FACTOR = 2
 
 
 class Rows(Protocol):
@@ -49,27 +54,35 @@ class FilterPlan:
     selectivity: float
 
 
-def exact_max(breadth: int, n_graph: int, cost_ratio: float = GRAPH_TO_EXACT_COST) -> int:
-    """The most allowed rows the exact path takes (``m*`` of the module docstring)."""
-    return int(math.sqrt(cost_ratio * max(breadth, 1) * max(n_graph, 0)))
+def exact_max(breadth: int, n_graph: int, depth: int, cost_ratio: float = GRAPH_TO_EXACT_COST) -> int:
+    """The most kept rows the exact path takes (``m*`` of the module docstring); ``depth``: the
+    candidates the graph search re-ranks."""
+    return int(max(math.sqrt(cost_ratio * MEET_FACTOR * depth * max(n_graph, 0)), cost_ratio * breadth))
 
 
 def plan(
-    n_allowed: int, n_graph: int, breadth: int, *, in_graph: int | None = None, fixed_max: int | None = None
+    n_allowed: int,
+    n_graph: int,
+    breadth: int,
+    depth: int,
+    *,
+    in_graph: int | None = None,
+    fixed_max: int | None = None,
 ) -> FilterPlan:
     """Exact over the allowed rows, or the graph at a breadth widened by the selectivity.
 
     ``n_allowed``: allowed ids the store holds; ``n_graph``: nodes in the graph (deleted ones
-    included: the search walks them); ``in_graph``: how many of the allowed ids are nodes of the
-    graph (default all; the others are searched exactly beside it); ``breadth``: the unfiltered
-    search's (calibrated) breadth; ``fixed_max``: a configured exact-path limit that replaces
-    :func:`exact_max`."""
+    included: the search walks them); ``breadth``: the unfiltered search's (calibrated) breadth;
+    ``depth``: the candidates it re-ranks; ``in_graph``: how many of the allowed ids are nodes of
+    the graph (default all; the others are searched exactly beside it); ``fixed_max``: a
+    configured exact-path limit that replaces :func:`exact_max`."""
     nodes = n_allowed if in_graph is None else in_graph
     s = min(1.0, nodes / n_graph) if n_graph else 0.0
-    limit = exact_max(breadth, n_graph) if fixed_max is None else fixed_max
+    limit = exact_max(breadth, n_graph, depth) if fixed_max is None else fixed_max
     if n_allowed <= limit or s == 0.0:
         return FilterPlan(exact=True, breadth=breadth, selectivity=s)
-    return FilterPlan(exact=False, breadth=min(max(breadth, math.ceil(breadth / s)), max(n_graph, 1)), selectivity=s)
+    wide = max(breadth, math.ceil(MEET_FACTOR * depth / s))
+    return FilterPlan(exact=False, breadth=min(wide, max(n_graph, breadth)), selectivity=s)
 
 
 def allowed_rows(store: Rows, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -32,9 +32,10 @@ How search works (see :class:`~.config.FaissConfig` for every knob):
   larger than at the last calibration, and the structure is rebuilt from scratch when the
   collection has grown ``retrain_growth`` (4×) since it
   was built, and dropped back to flat below ``flat_threshold / 2``.
-* Allowed-id filters (:mod:`..filtered`): a filter that keeps few rows (up to ``sqrt(8 * efSearch
-  * n)``, or ``filter_exact_max``) is answered exactly from their vectors; a larger one runs the
-  graph search with a selector at ``efSearch / selectivity``.
+* Allowed-id filters (:mod:`..filtered`): a filter that keeps few rows (up to ``max(sqrt(5 * r *
+  n), 2.5 * efSearch)``, ``r`` the re-ranked candidates, or ``filter_exact_max``) is answered
+  exactly from their vectors; a larger one runs the graph search with a bitmap selector at
+  ``max(efSearch, 2 * r / selectivity)``.
 * With ``mmap=True`` (the default) the FAISS file of a snapshot is searched memory-mapped, not
   read into memory: the IVF lists (``IO_FLAG_MMAP``), or the HNSW graph and its codes
   (``IO_FLAG_MMAP_IFC``). Snapshots are immutable and a build reads its own copy, so the mapped
@@ -495,7 +496,7 @@ class FaissIndex(StoreBackedIndex):
         return mask
 
     def _filter(
-        self, allowed: np.ndarray, breadth: int
+        self, allowed: np.ndarray, breadth: int, k: int
     ) -> tuple[tuple[np.ndarray, np.ndarray] | None, Any, np.ndarray | None, int]:
         """How an allowed-id filter is searched (:func:`..filtered.plan`): ``(rows, ids)`` for the
         exact path, or the graph's selector over the snapshot's allowed ids, the allowed ids
@@ -505,7 +506,9 @@ class FaissIndex(StoreBackedIndex):
             return (rows, ids), None, None, breadth
         in_base = rows < self._store.n_base
         n_graph = int(self._ann.ntotal)
-        how = plan(ids.size, n_graph, breadth, in_graph=int(in_base.sum()), fixed_max=self._config.filter_exact_max)
+        depth = min(max(k * self._rerank_factor(), self._config.min_rerank), max(n_graph, 1))  # as _ann_candidates
+        fixed = self._config.filter_exact_max
+        how = plan(ids.size, n_graph, breadth, depth, in_graph=int(in_base.sum()), fixed_max=fixed)
         if how.exact:
             return (rows, ids), None, None, breadth
         widened = how.breadth if self.tier == "hnsw" else breadth  # IVF: the lists probed are the cost
@@ -525,7 +528,7 @@ class FaissIndex(StoreBackedIndex):
         breadth = self._breadth() if self._ann is not None else 0
         exact_rows: tuple[np.ndarray, np.ndarray] | None = None
         if allowed is not None:  # see .filtered: exact over few rows, else the graph, widened
-            exact_rows, sel, delta_allowed, breadth = self._filter(allowed, breadth)
+            exact_rows, sel, delta_allowed, breadth = self._filter(allowed, breadth, kk)
         elif self._ann is not None:
             if kernel is not None:
                 mask = self._unfiltered_mask()

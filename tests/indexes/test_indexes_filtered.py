@@ -58,7 +58,8 @@ def test_small_filters_are_answered_exactly(indexes: tuple[Path, Path], share: f
     q = _queries()
     allowed = _allowed(share, seed=int(share * 1000))
     with open_index("faiss", fpath, read_only=True) as idx, open_index("exact", epath, read_only=True) as ref:
-        assert allowed.size <= exact_max(idx.stats().params["ef_search"], N)  # the exact path
+        p = idx.stats().params
+        assert allowed.size <= exact_max(p["ef_search"], N, p["rerank_depth_k10"])  # the exact path
         got, want = idx.search(q, 10, allowed_ids=allowed), ref.search(q, 10, allowed_ids=allowed)
     np.testing.assert_array_equal(got.ids, want.ids)
     np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-6)
@@ -85,10 +86,10 @@ def test_large_filters_search_the_graph_widened(
         open_index("faiss", fpath, read_only=True, config=ann_config(filter_exact_max=0)) as idx,
         open_index("exact", epath, read_only=True) as ref,
     ):
-        ef = idx.stats().params["ef_search"]
+        ef, depth = idx.stats().params["ef_search"], idx.stats().params["rerank_depth_k10"]
         got, want = idx.search(q, 10, allowed_ids=allowed), ref.search(q, 10, allowed_ids=allowed)
     in_graph = np.isin(allowed, np.setdiff1d(np.arange(N), REMOVED)).sum()
-    assert set(breadths) == {max(ef, math.ceil(ef / (in_graph / N)))}  # ef / selectivity
+    assert set(breadths) == {min(N, max(ef, math.ceil(2 * depth / (in_graph / N))))}  # 2 r / selectivity
     returned = got.ids[got.ids >= 0]
     assert np.isin(returned, allowed).all() and not np.isin(returned, REMOVED).any()
     assert recall(got.ids, want.ids) >= 0.97
@@ -115,15 +116,16 @@ def test_threshold_boundary(indexes: tuple[Path, Path], monkeypatch: pytest.Monk
 
 
 def test_plan_rule() -> None:
-    n, ef = 1_000_000, 128
-    m = exact_max(ef, n)
-    assert m == int(math.sqrt(8.0 * ef * n))
-    assert plan(m, n, ef).exact and not plan(m + 1, n, ef).exact
-    wide = plan(m + 1, n, ef)
-    assert wide.breadth == math.ceil(ef / ((m + 1) / n)) and wide.selectivity == (m + 1) / n
-    assert plan(n, n, ef).breadth == ef  # everything allowed: the unfiltered breadth
-    assert plan(0, n, ef).exact  # nothing of the graph allowed: nothing to walk
-    assert plan(50, 100, 128, fixed_max=0).breadth == 100  # never wider than the graph
+    n, ef, r = 1_000_000, 128, 30
+    m = exact_max(ef, n, r)
+    assert m == int(math.sqrt(2.5 * 2 * r * n))  # the re-rank depth decides at this breadth
+    assert exact_max(8192, n, r) == int(2.5 * 8192)  # a wide walk costs its breadth
+    assert plan(m, n, ef, r).exact and not plan(m + 1, n, ef, r).exact
+    wide = plan(m + 1, n, ef, r)
+    assert wide.breadth == math.ceil(2 * r / ((m + 1) / n)) and wide.selectivity == (m + 1) / n
+    assert plan(n, n, ef, r, fixed_max=0).breadth == max(ef, 2 * r)  # everything allowed
+    assert plan(0, n, ef, r).exact  # nothing of the graph allowed: nothing to walk
+    assert plan(50, 100, 64, r, fixed_max=0).breadth == 100  # never wider than the graph
 
 
 @pytest.mark.parametrize("bitmap_max", [_lib.BITMAP_MAX_ID, 64])
