@@ -102,8 +102,9 @@ def build(
     from fgsearch.library import BackendSettings
 
     # --smoke: graphs from a few hundred vectors (FAISS's least: 1,000), so the filtered paths run
-    options = {} if flat_threshold is None else {"flat_threshold": flat_threshold, "calibration_queries": 20}
-    backend = BackendSettings("faiss", options)
+    backend = None
+    if flat_threshold is not None:
+        backend = BackendSettings("faiss", {"flat_threshold": flat_threshold, "calibration_queries": 20})
     regions = RegionSettings(proposer="grid", max_regions=per)
     with Library.open(lib_dir, model=str(model_dir), regions=regions, backend=backend) as lib:
         # A library calibrates its FAISS tiers on its model's embeddings of 150 captions. This
