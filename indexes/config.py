@@ -75,7 +75,10 @@ class FaissConfig:
     * ``retrain_growth``: rebuild when the collection has grown this many times since the build.
     * ``recalibrate_growth``: calibrate the search again at a snapshot that finds the collection
       this many times larger than at the last calibration (adds go into the built structure).
-    * ``filter_exact_max``: allowed-id filters with at most this many ids are answered exactly.
+    * ``filter_exact_max``: allowed-id filters with at most this many stored ids are answered
+      exactly; ``None`` derives it from the graph's size, breadth and re-rank depth (where exact
+      search over the allowed rows costs as much as the widened graph search, see
+      :mod:`.filtered`).
     * ``use_gpu`` (ivfpq only): ``None`` uses a GPU when FAISS sees one; ``False`` never; ``True``
       requires one.
     * ``mmap``: search a snapshot's FAISS file memory-mapped (IVF lists, or the HNSW graph and
@@ -108,7 +111,7 @@ class FaissConfig:
     retrain_growth: float = 4.0
     recalibrate_growth: float = 1.25
     max_tombstones: float = 0.1
-    filter_exact_max: int = 20_000
+    filter_exact_max: int | None = None
     train_sample: int | None = None
     use_gpu: bool | None = None
     mmap: bool = True

@@ -34,6 +34,7 @@ from .base import (
 from .config import ExactConfig, config_from_dict, config_to_dict
 from .errors import DimensionMismatchError, DuplicateIdError, IndexCorruptError, IndexInputError, UnknownIdError
 from .file_backend import FileBackend
+from .filtered import allowed_rows, exact_over_rows
 from .store import JournaledStore
 
 log = logging.getLogger(__name__)
@@ -296,16 +297,9 @@ class StoreBackedIndex(VectorIndex):
 
     # ------------------------------------------------------------------ search helpers
     def _exact_over_allowed(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = self._store.lookup(allowed)
-        keep = rows >= 0
-        rows, ids = rows[keep], allowed[keep]
-        block = self._config.block_rows
-
-        def blocks() -> Iterable[tuple[np.ndarray, np.ndarray]]:
-            for s in range(0, rows.size, block):
-                yield self._store.gather(rows[s : s + block]), ids[s : s + block]
-
-        return exact_topk(queries, blocks(), k)
+        """Exact top-``k`` over the stored rows of ``allowed`` (see :mod:`.filtered`)."""
+        rows, ids = allowed_rows(self._store, allowed)
+        return exact_over_rows(self._store, queries, k, rows, ids, self._config.block_rows)
 
     def _prepare_search(self, queries: Any, k: Any, allowed_ids: Any) -> tuple[np.ndarray, int, Any]:
         self._check_open()

@@ -74,8 +74,11 @@ def file_conditions(
             params.append(glob)
     if path_prefix:
         prefix = raw(path_prefix.rstrip(os.sep) + os.sep)
-        conds.append("substr(files.raw_path, 1, ?) = ?")
-        params += [len(prefix), prefix]
+        # first a range of the raw_path index (the names under the folder sort from the prefix up
+        # to the prefix with its last byte, the separator, one higher): 63 of 62,500 files were a
+        # scan of every row (~200 ms, bench_query.py), then the exact test
+        conds.append("files.raw_path >= ? AND files.raw_path < ? AND substr(files.raw_path, 1, ?) = ?")
+        params += [prefix, prefix[:-1] + bytes([prefix[-1] + 1]), len(prefix), prefix]
     if modified_after:
         conds.append("files.mtime_ns >= ?")
         params.append(_mtime_ns(modified_after))

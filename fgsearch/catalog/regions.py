@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fgsearch.boxes import Box
-from fgsearch.catalog.connect import SqlStore
+from fgsearch.catalog.connect import SqlStore, chunks, marks
 
 
 def _groups(keys: Any) -> list[tuple[int, int, int]]:
@@ -30,6 +30,23 @@ class RegionRows(SqlStore):
 
     def region_ids_of(self, content_ids: Sequence[int]) -> list[int]:
         return [r[0] for r in self.select_in("SELECT id FROM regions WHERE content_id IN ({marks})", content_ids)]
+
+    def region_id_array(self, content_ids: Sequence[int]) -> Any:
+        """The region ids of ``content_ids`` as int64 (in no order): a filter's allowed set, up to
+        hundreds of thousands of ids. SQLite gives each chunk's ids as one text (``group_concat``)
+        instead of a row per id: 500,000 ids in ~70 ms where rows took ~1.1 s (bench_query.py)."""
+        import numpy as np
+
+        if self.pg:
+            return np.asarray(self.region_ids_of(content_ids), np.int64)
+        parts = [np.zeros(0, np.int64)]
+        with self.reading() as con:
+            for chunk in chunks([int(i) for i in content_ids]):
+                sql = f"SELECT group_concat(id) FROM regions WHERE content_id IN ({marks(len(chunk))})"
+                text = con.execute(sql, chunk).fetchone()[0]
+                if text:
+                    parts.append(np.fromstring(text, dtype=np.int64, sep=","))
+        return np.concatenate(parts)
 
     def contents_of_regions(self, region_ids: Sequence[int]) -> list[int]:
         """Content ids owning the given regions, unique, in the order of first appearance."""

@@ -90,8 +90,7 @@ def _allowed(store: LibraryStore, f: Filters) -> tuple[np.ndarray | None, np.nda
         modified_after=f.modified_after,
         modified_before=f.modified_before,
     )
-    region_ids = store.catalog.region_ids_of(content_ids)
-    return np.asarray(content_ids, np.int64), np.asarray(region_ids, np.int64)
+    return np.asarray(content_ids, np.int64), store.catalog.region_id_array(content_ids)
 
 
 def _search_images(

@@ -57,6 +57,26 @@ def prefetch(path: Any) -> None:
     threading.Thread(target=run, name="fgsearch-prefetch", daemon=True).start()
 
 
+#: Allowed ids up to this bound are passed to FAISS as a bitmap (at most 4 MiB): one bit test per
+#: node the search meets, where ``IDSelectorBatch`` hashes (and building its hash set of 500k ids
+#: took longer than the search it filters; bench_query.py).
+BITMAP_MAX_ID = 1 << 25
+
+
+def allowed_selector(ids: np.ndarray) -> Any:
+    """A FAISS selector that lets only ``ids`` (non-negative int64) through."""
+    faiss = load_faiss()
+    top = int(ids.max()) if ids.size else 0
+    if top >= BITMAP_MAX_ID:
+        return faiss.IDSelectorBatch(ids)
+    bits = np.zeros(top + 1, dtype=bool)
+    bits[ids] = True
+    bitmap = np.packbits(bits, bitorder="little")  # FAISS reads bit (i % 8) of byte i // 8
+    sel = faiss.IDSelectorBitmap(bitmap.size, faiss.swig_ptr(bitmap))
+    sel._keep = bitmap  # FAISS keeps a pointer: the bytes live as long as the selector
+    return sel
+
+
 def excluding(ids: np.ndarray) -> Any:
     """A FAISS selector that lets every id through except ``ids``."""
     faiss = load_faiss()

@@ -32,8 +32,10 @@ How search works (see :class:`~.config.FaissConfig` for every knob):
   larger than at the last calibration, and the structure is rebuilt from scratch when the
   collection has grown ``retrain_growth`` (4×) since it
   was built, and dropped back to flat below ``flat_threshold / 2``.
-* Allowed-id filters: up to ``filter_exact_max`` ids are answered exactly from their vectors;
-  larger filters run the approximate search with an ``IDSelectorBatch``.
+* Allowed-id filters (:mod:`..filtered`): a filter that keeps few rows (up to ``max(sqrt(5 * r *
+  n), 2.5 * efSearch)``, ``r`` the re-ranked candidates, or ``filter_exact_max``) is answered
+  exactly from their vectors; a larger one runs the graph search with a bitmap selector at
+  ``max(efSearch, 2 * r / selectivity)``.
 * With ``mmap=True`` (the default) the FAISS file of a snapshot is searched memory-mapped, not
   read into memory: the IVF lists (``IO_FLAG_MMAP``), or the HNSW graph and its codes
   (``IO_FLAG_MMAP_IFC``). Snapshots are immutable and a build reads its own copy, so the mapped
@@ -57,13 +59,14 @@ from ..config import FaissConfig
 from ..errors import IndexCorruptError
 from ..exact import StoreBackedIndex, chunked_queries, exact_topk
 from ..faults import faults
+from ..filtered import allowed_rows, exact_over_rows, plan
 from ..hnsw import HnswKernel, kernel_missing_reason
 from ..hnsw.check import check_graph
 from ..hnsw.kernel import faiss_version_reason
 from ..store.files import fsync_file
 from ..store.journaled import KEPT_FILES
 from . import tiers
-from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
+from ._lib import ADD_CHUNK, allowed_selector, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
 from .calibration import CalibrationSource, calibrate, calibration_sets, measure_sets
 from .gpu import clone_to_gpu, gpu_wanted
 from .served import FILE as SERVED_FILE
@@ -492,6 +495,25 @@ class FaissIndex(StoreBackedIndex):
         self._mask_cache = (version, mask)
         return mask
 
+    def _filter(
+        self, allowed: np.ndarray, breadth: int, k: int
+    ) -> tuple[tuple[np.ndarray, np.ndarray] | None, Any, np.ndarray | None, int]:
+        """How an allowed-id filter is searched (:func:`..filtered.plan`): ``(rows, ids)`` for the
+        exact path, or the graph's selector over the snapshot's allowed ids, the allowed ids
+        added since (searched exactly and merged) and the widened breadth."""
+        rows, ids = allowed_rows(self._store, allowed)
+        if self._ann is None:
+            return (rows, ids), None, None, breadth
+        in_base = rows < self._store.n_base
+        n_graph = int(self._ann.ntotal)
+        depth = min(max(k * self._rerank_factor(), self._config.min_rerank), max(n_graph, 1))  # as _ann_candidates
+        fixed = self._config.filter_exact_max
+        how = plan(ids.size, n_graph, breadth, depth, in_graph=int(in_base.sum()), fixed_max=fixed)
+        if how.exact:
+            return (rows, ids), None, None, breadth
+        widened = how.breadth if self.tier == "hnsw" else breadth  # IVF: the lists probed are the cost
+        return None, allowed_selector(ids[in_base]), ids[~in_base], widened
+
     def search(self, queries: Any, k: int = 10, *, allowed_ids: Any = None) -> SearchResult:
         q, kk, allowed = self._prepare_search(queries, k, allowed_ids)
         self._served.record(q)
@@ -499,25 +521,22 @@ class FaissIndex(StoreBackedIndex):
             return empty_result(q.shape[0], kk)
         out_i = np.empty((q.shape[0], kk), dtype=np.int64)
         out_s = np.empty((q.shape[0], kk), dtype=np.float32)
-        exact_filter = allowed is not None and (self._ann is None or allowed.size <= self._config.filter_exact_max)
         sel: Any = None
         mask: np.ndarray | None = None
         kernel = self._kernel if allowed is None else None
         delta_allowed: np.ndarray | None = None
-        if self._ann is not None and not exact_filter:
+        breadth = self._breadth() if self._ann is not None else 0
+        exact_rows: tuple[np.ndarray, np.ndarray] | None = None
+        if allowed is not None:  # see .filtered: exact over few rows, else the graph, widened
+            exact_rows, sel, delta_allowed, breadth = self._filter(allowed, breadth, kk)
+        elif self._ann is not None:
             if kernel is not None:
                 mask = self._unfiltered_mask()
-            elif allowed is None:
-                sel = self._unfiltered_selector()
             else:
-                faiss = load_faiss()
-                rows = self._store.lookup(allowed)
-                nb = self._store.n_base
-                sel = faiss.IDSelectorBatch(allowed[(rows >= 0) & (rows < nb)])
-                delta_allowed = allowed[rows >= nb]
+                sel = self._unfiltered_selector()
         for s, chunk in chunked_queries(q):
-            if exact_filter:
-                i, sc = self._exact_over_allowed(chunk, kk, allowed)
+            if exact_rows is not None:
+                i, sc = exact_over_rows(self._store, chunk, kk, *exact_rows, self._config.block_rows)
             elif self._ann is None:
                 i, sc = exact_topk(chunk, self._store.iter_blocks(self._config.block_rows), kk)
             else:
@@ -526,7 +545,7 @@ class FaissIndex(StoreBackedIndex):
                     self.tier,
                     chunk,
                     kk,
-                    self._breadth(),
+                    breadth,
                     sel,
                     self._store_gather,
                     rerank_factor=self._rerank_factor(),
