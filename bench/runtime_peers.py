@@ -37,6 +37,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--calibration", type=int, default=160, help="int8: calibration photos (generated)")
     g.add_argument("--runtime-repeats", type=int, default=5, help="alternated rounds; medians")
     g.add_argument("--runtime-images", type=int, default=48, help="bench_index: photos indexed per run")
+    g.add_argument("--gate-images", type=int, default=32, help="photos the quality gate compares (the library: 32)")
     g.add_argument("--runtime-work", type=Path, default=None, help="keep models, exports and photos here")
     g.add_argument("--torch-only", action="store_true", help="only PyTorch fp32 vs bf16 (no export, no calibration)")
 
@@ -184,7 +185,7 @@ def towers(args: argparse.Namespace) -> None:
     n_cal = 4 if smoke else args.calibration
     repeats = 1 if smoke else args.runtime_repeats
     families = ["fgclip", "fgclip2"] if args.runtime_family == "both" else [args.runtime_family]
-    photos = scenes(max(n_cal, 8), (160, 120) if smoke else (640, 480))
+    photos = scenes(max(n_cal, 16, 4 if smoke else args.gate_images), (160, 120) if smoke else (640, 480))
     rng = np.random.default_rng(0)
     words = "red mug left of an open silver laptop next to a potted cactus on a wooden desk".split()
     texts = [" ".join(rng.choice(words, 12)) for _ in range(8)]
@@ -192,7 +193,7 @@ def towers(args: argparse.Namespace) -> None:
         model = str(model_dir(work, family, smoke))
         print(f"\n== {family} ({'tiny' if smoke else 'base'} architecture, random weights) ==")
         encs = peers(model, photos[:n_cal], args.torch_only)
-        passed = gates(encs, photos[: 4 if smoke else 32])
+        passed = gates(encs, photos[: 4 if smoke else args.gate_images])
         corners = np.sort(rng.uniform(0.05, 0.95, (16, 2, 2)).astype(np.float32), axis=1)  # [(x1, y1), (x2, y2)]
         box = corners.reshape(16, 4)
         for batch in (1, 8):
@@ -258,12 +259,12 @@ def index(args: argparse.Namespace) -> None:
         photos.mkdir(parents=True)
         for i, img in enumerate(scenes(n, (256, 192) if smoke else (1024, 768), seed=5)):
             img.save(photos / f"photo_{i:05d}.jpg", quality=90)
-    calibration = scenes(4 if smoke else args.calibration, (160, 120) if smoke else (640, 480))
+    calibration = scenes(4 if smoke else max(args.calibration, args.gate_images), (160, 120) if smoke else (640, 480))
     for family in families:
         model = str(model_dir(work, family, smoke))
         print(f"\n== index end to end: {family} ({'tiny' if smoke else 'base'}, random weights), {n} JPEGs ==")
-        encs = peers(model, calibration, args.torch_only)
-        passed = gates(encs, calibration[: 4 if smoke else 32])
+        encs = peers(model, calibration[: 4 if smoke else args.calibration], args.torch_only)
+        passed = gates(encs, calibration[: 4 if smoke else args.gate_images])
         wall: dict[str, list[float]] = {k: [] for k in encs}
         for r in range(repeats):
             for k, enc in encs.items():
