@@ -219,8 +219,6 @@ def naflex_shapes(enc: Any, imgs: list[Image.Image], repeats: int) -> None:
     a smaller bucket), with each static graph's compile time (what a bucket costs once)."""
     import openvino as ov
 
-    from fgsearch.model.naflex import dynamic_budget
-
     dynamic = enc._graph("image")
     patch = enc.transform.patch_size
     small = [im.resize((max(patch, im.width // 4), max(patch, im.height // 4))) for im in imgs]
@@ -235,7 +233,7 @@ def naflex_shapes(enc: Any, imgs: list[Image.Image], repeats: int) -> None:
         secs = alternate(fns, repeats)
         b, m = inputs[0].shape[:2]
         w, h = group[0].size
-        bucket = dynamic_budget(h, w, patch)
+        bucket = enc.transform.budget(group[0])  # the model's patch budget for this size
         print(f"  FG-CLIP 2 NaFlex in OpenVINO fp32, {label} {w}x{h} (bucket {bucket}), batch {b}, {m} patches:")
         print(f"    one dynamic-shape graph   {b / secs['dynamic']:8.2f} images/s")
         gain = secs["dynamic"] / secs["static"]
