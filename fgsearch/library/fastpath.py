@@ -9,8 +9,8 @@ catalog (``gate``), keyed by path, model weights and CPU, so the gate runs once 
 path and machine; readers use the writer's verdict (or measure for themselves when none is there).
 
 ``auto`` means: PyTorch bf16 on a CPU with native bf16 (``fgsearch.model.cpu``), fp32 elsewhere;
-with ``--runtime openvino``, int8 then OpenVINO fp32. On a GPU the torch runtime's own bf16
-autocast runs, not gated here.
+with ``--runtime openvino``, int8, then OpenVINO bf16 (native bf16 only), then OpenVINO fp32. On
+a GPU the torch runtime's own bf16 autocast runs, not gated here.
 
 Mixed libraries: vectors of one library may come from different paths (an fp32 run, then a bf16
 run), since every path used passed the gate against fp32 on this library's images, i.e. its
@@ -70,8 +70,9 @@ class FastPath:
                     "be emulated and slower than fp32; use --precision fp32 or auto"
                 )
             return [("torch", "bf16")] if native_bf16() else []
-        if self.precision == "auto":
-            return [(self.runtime, "int8"), (self.runtime, "fp32")]
+        if self.precision == "auto":  # fastest first; bf16 only where the CPU runs it natively
+            bf16 = [(self.runtime, "bf16")] if native_bf16() else []
+            return [(self.runtime, "int8"), *bf16, (self.runtime, "fp32")]
         if self.precision == "bf16" and not native_bf16():
             raise InputError("--precision bf16: this CPU has no native bf16 instructions; use fp32 or int8")
         return [(self.runtime, self.precision)]

@@ -96,6 +96,14 @@ def test_cli_precision_and_runtime_checks(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(InputError):
         FastPath("torch", "bf16").candidates("cpu")
     assert FastPath("torch", "auto").candidates("cpu") == []  # auto on a CPU without bf16: plain fp32
+    assert FastPath("openvino", "auto").candidates("cpu") == [("openvino", "int8"), ("openvino", "fp32")]
+    monkeypatch.setenv("FGSEARCH_CPU_FLAGS", "avx512_bf16")  # OpenVINO bf16 (2-3x fp32 here) before its fp32
+    assert FastPath("openvino", "auto").candidates("cpu") == [
+        ("openvino", "int8"),
+        ("openvino", "bf16"),
+        ("openvino", "fp32"),
+    ]
+    monkeypatch.setenv("FGSEARCH_CPU_FLAGS", "avx2")
     r = CliRunner().invoke(app, [*base, "--json"])  # auto there: fp32, no gate
     assert r.exit_code == 0 and json.loads(r.output)["indexed"] == 2
 
