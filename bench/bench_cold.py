@@ -129,8 +129,8 @@ def random_fgclip2_base(folder: Path, *, tiny: bool = False) -> Path:
 
 def run_model(model_arg: str, args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
     """The three ways for one model, alternated ``args.runs`` times: seconds per way."""
+    from bench_data import make_photos
     from bench_gpu import random_base
-    from bench_index import make_photos
 
     photos, lib = work / "photos", work / "lib"
     home_fast, home_torch = work / "home-fast", work / "home-torch"

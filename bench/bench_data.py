@@ -136,3 +136,23 @@ def demo_dataset(work: Path, n_images: int, nq: int) -> tuple[Path, dict[str, Pa
     image_path = work / f"demo-{n_images}-image.npy"
     np.save(image_path, make_queries(data, nq))
     return data_path, {"image": image_path, "text": text_path}
+
+
+def make_photos(folder: Path, n: int, seed: int = 0) -> None:
+    """``n`` 1024x768 JPEG photos (gradients, noise, a few shapes) in ``folder``."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:768, 0:1024].astype(np.float32)
+    for i in range(n):
+        c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        t = (xx / 1024 * rng.uniform(0.2, 1) + yy / 768 * rng.uniform(0.2, 1))[..., None] / 2
+        arr = c0 * (1 - t) + c1 * t + rng.normal(0, 8, (768, 1024, 3))
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        d = ImageDraw.Draw(img)
+        for _ in range(6):
+            x, y = rng.integers(0, 900), rng.integers(0, 650)
+            w, h = rng.integers(60, 300, 2)
+            fill = tuple(int(v) for v in rng.integers(0, 255, 3))
+            (d.ellipse if rng.random() < 0.5 else d.rectangle)([x, y, x + w, y + h], fill=fill)
+        img.save(folder / f"photo_{i:05d}.jpg", quality=90)

@@ -184,7 +184,7 @@ def agreement(a: tuple[dict[str, np.ndarray], dict[str, list[str]]], b: tuple[An
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench_index import make_photos
+    from bench_data import make_photos
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_index import make_photos
+from bench_data import make_photos
 
 
 def _cpu_seconds() -> float:

@@ -8,7 +8,7 @@ vectors); ids are non-negative int64 catalog ids. Results are padded with id ``-
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -358,3 +358,34 @@ def topk_rows(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, 
         scores = np.concatenate([scores, np.full((nq, pad), -np.inf, dtype=np.float32)], axis=1)
     ids = np.where(np.isneginf(scores), -1, ids)
     return ids.astype(np.int64, copy=False), scores.astype(np.float32, copy=False)
+
+
+def exact_topk(
+    queries: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` by inner product over ``(vectors, ids)`` blocks (ids -1 = skip)."""
+    nq = queries.shape[0]
+    best_i = np.full((nq, 0), -1, dtype=np.int64)
+    best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
+    for vecs, ids in blocks:
+        if ids.size == 0:
+            continue
+        scores = queries @ np.asarray(vecs).T
+        dead = ids < 0
+        if dead.any():
+            scores[:, dead] = -np.inf
+        if ids.size > k:
+            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            cand_s = np.take_along_axis(scores, part, axis=1)
+            cand_i = ids[part]
+        else:
+            cand_s = scores
+            cand_i = np.broadcast_to(ids, scores.shape)
+        all_i = np.concatenate([best_i, cand_i], axis=1)
+        all_s = np.concatenate([best_s, cand_s], axis=1)
+        if all_s.shape[1] > k:
+            part = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
+            all_i = np.take_along_axis(all_i, part, axis=1)
+            all_s = np.take_along_axis(all_s, part, axis=1)
+        best_i, best_s = all_i, all_s
+    return topk_rows(best_i, best_s, k)

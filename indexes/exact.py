@@ -28,8 +28,8 @@ from .base import (
     check_missing_policy,
     check_payload,
     empty_result,
+    exact_topk,
     fmt_ids,
-    topk_rows,
 )
 from .config import ExactConfig, config_from_dict, config_to_dict
 from .errors import DimensionMismatchError, DuplicateIdError, IndexCorruptError, IndexInputError, UnknownIdError
@@ -40,37 +40,6 @@ from .store import JournaledStore
 log = logging.getLogger(__name__)
 
 _QUERY_CHUNK = 256
-
-
-def exact_topk(
-    queries: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]], k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` by inner product over ``(vectors, ids)`` blocks (ids -1 = skip)."""
-    nq = queries.shape[0]
-    best_i = np.full((nq, 0), -1, dtype=np.int64)
-    best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
-    for vecs, ids in blocks:
-        if ids.size == 0:
-            continue
-        scores = queries @ np.asarray(vecs).T
-        dead = ids < 0
-        if dead.any():
-            scores[:, dead] = -np.inf
-        if ids.size > k:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            cand_s = np.take_along_axis(scores, part, axis=1)
-            cand_i = ids[part]
-        else:
-            cand_s = scores
-            cand_i = np.broadcast_to(ids, scores.shape)
-        all_i = np.concatenate([best_i, cand_i], axis=1)
-        all_s = np.concatenate([best_s, cand_s], axis=1)
-        if all_s.shape[1] > k:
-            part = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
-            all_i = np.take_along_axis(all_i, part, axis=1)
-            all_s = np.take_along_axis(all_s, part, axis=1)
-        best_i, best_s = all_i, all_s
-    return topk_rows(best_i, best_s, k)
 
 
 def chunked_queries(queries: np.ndarray, chunk: int = _QUERY_CHUNK) -> Iterable[tuple[int, np.ndarray]]:

@@ -27,6 +27,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .base import exact_topk
+
 #: ``b / a`` of the module docstring: one unit of graph breadth costs as much as this many rows
 #: scored exactly (at 1M region vectors, efSearch 1,536: 65 and 58 us per unit of breadth against
 #: 25 and 22 us per row, on a loaded 2-core machine where the snapshot was read from disk).
@@ -101,8 +103,6 @@ def exact_over_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` over the given rows of ``store``, read ``block_rows`` at a time with
     ``pread`` (the rows come from the page cache without becoming resident pages of the process)."""
-
-    from .exact import exact_topk  # here: exact.py imports this module
 
     def blocks() -> Iterable[tuple[np.ndarray, np.ndarray]]:
         for s in range(0, rows.size, block_rows):

@@ -15,6 +15,9 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int, int], None]  # (stage, files done, files to do, images embedded)
 
+#: how the stages of a run are arranged (:mod:`fgsearch.ingest.pipeline`)
+PIPELINES = ("auto", "serial", "overlap", "device")
+
 
 @dataclass(frozen=True)
 class IndexOptions:
@@ -39,7 +42,6 @@ class IndexOptions:
 
     def check(self) -> None:
         """Reject bad options before a run records anything (``--ext``, ``--batch-size``)."""
-        from fgsearch.ingest.pipeline import PIPELINES
         from fgsearch.scan import readable_extensions
 
         readable_extensions(self.extensions)

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fgsearch.errors import InputError
-from fgsearch.ingest.runner import _Batcher
+from fgsearch.ingest.batcher import Batcher
+from fgsearch.ingest.options import PIPELINES
 
 if TYPE_CHECKING:
     from fgsearch.ingest.device import DeviceStager
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PIPELINES = ("auto", "serial", "overlap", "device")
 _END = None
 
 
@@ -87,7 +87,7 @@ class StageTimes:
 
 
 @dataclass
-class PipelinedBatcher(_Batcher):
+class PipelinedBatcher(Batcher):
     """The runner's batcher with stage, embed and commit in threads (see the module docstring)."""
 
     stager: DeviceStager | None = None

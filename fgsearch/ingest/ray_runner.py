@@ -134,7 +134,7 @@ class RayMapper:
         opts: IndexOptions,
         progress: ProgressFn | None,
     ) -> Sequence[ImageBoxes]:
-        from fgsearch.ingest.runner import SeenBoxes
+        from fgsearch.ingest.batcher import SeenBoxes
 
         ray, o = self.ray, self.options
         if opts.pipeline not in ("auto", "serial"):  # the local pipelines' threads do not apply to Ray workers

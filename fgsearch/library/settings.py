@@ -46,7 +46,7 @@ def fast_text_encoder(model: str, notes: list[str] | None = None) -> Encoder | N
     torch. A tower that was prepared but is refused or damaged is said in one line in ``notes``."""
     from fgsearch.errors import ModelNotFoundError
     from fgsearch.model import load_encoder
-    from fgsearch.model.fast_text import FastTextUnusable
+    from fgsearch.model.fast_text_files import FastTextUnusable
 
     key = (str(model), "cpu", "fp32", "onnx-text")
     with _ENCODERS_LOCK:

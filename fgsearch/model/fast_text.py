@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fgsearch.errors import InputError, ModelNotFoundError
+from fgsearch.model.fast_text_files import GRAPH, FastTextUnusable, session_options
 from fgsearch.model.protocol import TextPath
 
 if TYPE_CHECKING:
@@ -43,12 +44,8 @@ logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
 MIN_COSINE = 0.9999  # fp32 export: the same arithmetic in another order (measured >= 0.99999)
 MIN_TOP10 = 0.99  # mean top-10 overlap of each check text ranking the others
-GRAPH, META = "text.onnx", "meta.json"
+META = "meta.json"
 FAMILIES = ("fgclip", "fgclip2")
-
-
-class FastTextUnusable(ModelNotFoundError):
-    """A fast text tower is cached but cannot be used (refused by its check, or damaged)."""
 
 
 _SHORT_TEXTS = (
@@ -337,26 +334,6 @@ def _open(folder: Path, meta: dict[str, Any], checkpoint: Path, threads: int | N
             f"the fast text tower in {folder} is damaged ({first[:200]}); queries use torch until "
             "`fgsearch index ... --fast-text` exports it again"
         ) from e
-
-
-def session_options(threads: int | None) -> Any:
-    """ONNX Runtime's options for a text tower: quiet, graph optimised when prepared. ``threads``:
-    its threads for one forward pass, which then sleep between passes. None: its defaults (every
-    physical core; idle threads spin a while, burning CPU), right for a lone query. A process that
-    shares its cores, such as ``fgsearch serve`` (searches beside the text forwards), passes its
-    model thread count: spinning threads take the CPU its searches need."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimised when prepared
-    if threads is not None:
-        if threads < 1:
-            raise InputError(f"the onnx-text runtime needs at least 1 thread, got {threads}")
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
 
 
 class OnnxTextEncoder:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from fgsearch.errors import InputError
-from fgsearch.model.fast_text import GRAPH, FastTextUnusable, session_options
+from fgsearch.model.fast_text_files import GRAPH, FastTextUnusable, session_options
 from fgsearch.model.protocol import TextPath
 
 EMBEDDINGS, POSITIONS = "embeddings.npy", "positions.npz"

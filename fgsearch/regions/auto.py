@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fgsearch.regions.base import ImageBoxes, RegionSettings, no_boxes
+from fgsearch.regions.upsample import upsample_matrix
 
 WIDE = np.float64  # thresholds and boxes are computed in float64, as the reference does
 
@@ -203,19 +204,6 @@ def _contrast(a: np.ndarray, fm: np.ndarray, n: np.ndarray, total: int) -> np.nd
     return (inside_mean - across).astype(np.float32)
 
 
-def _upsample_matrix(n: int, factor: int) -> np.ndarray:
-    """``[n * factor, n]`` bilinear weights from cell centres to sub-cell centres (edges clamp)."""
-    pos = np.clip((np.arange(n * factor) + 0.5) / factor - 0.5, 0, n - 1)
-    i0 = np.minimum(np.floor(pos).astype(np.int64), max(n - 2, 0))
-    frac = pos - i0
-    m = np.zeros((n * factor, n), np.float64)
-    rows = np.arange(n * factor)
-    m[rows, i0] += 1.0 - frac
-    if n > 1:
-        m[rows, i0 + 1] += frac
-    return m
-
-
 def _extent(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For ``[..., n, m]`` boolean masks: ``[..., 4]`` first column, first row, last column, last
     row that hold a true value, and whether any does."""
@@ -248,7 +236,7 @@ def _refine_boxes(
     lo = (sim * (1.0 - fm)).sum(axis=-1) / np.maximum(out_n, 1.0)
     ok = (out_n > 0) & (hi - lo >= 1e-6)
     t = (sim - lo[..., None]) / np.where(ok, hi - lo, np.ones_like(hi))[..., None]
-    up = _upsample_matrix(h, factor) @ t.reshape(b, smax, h, w) @ _upsample_matrix(w, factor).T
+    up = upsample_matrix(h, factor) @ t.reshape(b, smax, h, w) @ upsample_matrix(w, factor).T
     ys = np.arange(h * factor) // factor
     xs = np.arange(w * factor) // factor
     win_y = (ys >= ext[..., 1:2] - 1) & (ys <= ext[..., 3:4] + 1)  # [B, S, h*f]

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fgsearch.regions.auto import _upsample_matrix
 from fgsearch.regions.base import RegionSettings
+from fgsearch.regions.upsample import upsample_matrix
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -239,10 +239,10 @@ def _contrast(a: Tensor, fm: Tensor, n: Tensor, total: int) -> Tensor:
 
 @lru_cache(maxsize=64)
 def _upsample_on(n: int, factor: int, device: str) -> Tensor:
-    """:func:`_upsample_matrix` as a float64 tensor on ``device`` (copied there once per shape)."""
+    """:func:`upsample_matrix` as a float64 tensor on ``device`` (copied there once per shape)."""
     import torch
 
-    return torch.from_numpy(_upsample_matrix(n, factor)).to(device)
+    return torch.from_numpy(upsample_matrix(n, factor)).to(device)
 
 
 def _extent(mask: Tensor) -> tuple[Tensor, Tensor]:

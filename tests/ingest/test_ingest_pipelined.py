@@ -79,13 +79,13 @@ def _run(committer: _Committer, encoder: _Encoder, items: list[Prepared], depth:
 
 
 def test_order_copies_and_failures_as_the_serial_batcher() -> None:
-    from fgsearch.ingest.runner import _Batcher
+    from fgsearch.ingest.batcher import Batcher
 
     def items() -> list[Prepared]:
         return [_item(0), _item(1), _item(2, sha="s0"), _item(3), _item(4, kind="failed"), _item(5), _item(6, "s3")]
 
     serial = _Committer()
-    b0 = _Batcher(_Encoder(), _PROPOSER, serial, 2, set())  # type: ignore[arg-type]
+    b0 = Batcher(_Encoder(), _PROPOSER, serial, 2, set())  # type: ignore[arg-type]
     for it in items():
         b0.add(it)
     b0.flush()
