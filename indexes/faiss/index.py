@@ -46,9 +46,11 @@ How search works (see :class:`~.config.FaissConfig` for every knob):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -94,6 +96,9 @@ class FaissIndex(StoreBackedIndex):
         self._sel_cache: tuple[int, Any] | None = None
         self._extra = extra
         self._tombstones = np.zeros(0, dtype=np.int64)
+        if getattr(self, "build_seconds", None) is None:
+            #: seconds this process spent in each part of building snapshots (for bench_indexes.py)
+            self.build_seconds: dict[str, float] = {}
         if getattr(self, "_served", None) is None:  # kept across snapshots: it knows if it cannot write
             self._served = ServedQueries(self._store.path, self.dim, served_capacity(self._config.served_queries))
         tier = extra.get("tier")
@@ -191,6 +196,17 @@ class FaissIndex(StoreBackedIndex):
     def _compact(self) -> None:
         self._store.compact(build_extra=self._build_extra)
 
+    @contextlib.contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        """Add the seconds the block takes to :attr:`build_seconds` ``[part]``."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t
+            self.build_seconds[part] = self.build_seconds.get(part, 0.0) + dt
+            log.debug("snapshot build: %s %.2fs", part, dt)
+
     def _build_extra(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
         """Build the FAISS file of a new snapshot (called before the snapshot is committed)."""
         n = int(ids.size)
@@ -206,9 +222,11 @@ class FaissIndex(StoreBackedIndex):
         # its codes' value ranges, see _fold_delta)
         grown = self._structure() == "ivf" and n >= self._config.retrain_growth * max(trained_n, 1)
         retrain = (not old) or grown
-        ann, tombstones = (None, np.zeros(0, dtype=np.int64)) if retrain else self._reopen_for_update(n)
-        if ann is not None and self.tier == "hnsw" and not self._adds_fit_codes(ann):
-            ann, tombstones = None, tombstones[:0]
+        with self._timed("read"):
+            ann, tombstones = (None, np.zeros(0, dtype=np.int64)) if retrain else self._reopen_for_update(n)
+        with self._timed("range check"):
+            if ann is not None and self.tier == "hnsw" and not self._adds_fit_codes(ann):
+                ann, tombstones = None, tombstones[:0]
         if ann is None:
             ann, extra = self._train(vecs, ids)
             tombstones = tombstones[:0]
@@ -216,8 +234,10 @@ class FaissIndex(StoreBackedIndex):
             extra = self._fold_delta(ann, vecs, ids, tombstones)
         if ann.ntotal != n + tombstones.size:
             raise RuntimeError(f"faiss index holds {ann.ntotal} vectors, snapshot {n}")  # internal bug
-        extra["served"] = self._check_served(ann, vecs, ids, tombstones, extra)
-        return self._write_snapshot_files(generation, ann, tombstones, extra, n)
+        with self._timed("served check"):
+            extra["served"] = self._check_served(ann, vecs, ids, tombstones, extra)
+        with self._timed("write"):
+            return self._write_snapshot_files(generation, ann, tombstones, extra, n)
 
     def _check_served(
         self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tombstones: np.ndarray, extra: dict[str, Any]
@@ -304,10 +324,11 @@ class FaissIndex(StoreBackedIndex):
     def _fold_delta(self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tombstones: np.ndarray) -> dict[str, Any]:
         """Add the rows since the snapshot to ``ann``, recalibrating when the collection has grown
         enough since the last calibration; returns the manifest extras."""
-        for dvecs, dids in self._store.iter_blocks(ADD_CHUNK, base=False):
-            live = dids >= 0
-            if live.any():
-                ann.add_with_ids(np.ascontiguousarray(dvecs[live]), dids[live])
+        with self._timed("graph"):
+            for dvecs, dids in self._store.iter_blocks(ADD_CHUNK, base=False):
+                live = dids >= 0
+                if live.any():
+                    ann.add_with_ids(np.ascontiguousarray(dvecs[live]), dids[live])
         extra = {k: v for k, v in self._extra.items() if k not in ("files", "tombstones_file")}
         n = int(ids.size)
         calibrated_n = int(self._extra.get("calibrated_n", self._extra.get("trained_n", 0)))
@@ -345,10 +366,11 @@ class FaissIndex(StoreBackedIndex):
 
     def _train(self, vecs: np.ndarray, ids: np.ndarray) -> tuple[Any, dict[str, Any]]:
         """Build the configured structure over every vector and calibrate its search."""
-        if self._structure() == "hnsw":
-            ann, extra = tiers.build_hnsw(self._config, vecs, ids)
-        else:
-            ann, extra = tiers.build_ivf(self._config, vecs, ids, for_gpu=gpu_wanted(self._config))
+        with self._timed("graph"):
+            if self._structure() == "hnsw":
+                ann, extra = tiers.build_hnsw(self._config, vecs, ids)
+            else:
+                ann, extra = tiers.build_ivf(self._config, vecs, ids, for_gpu=gpu_wanted(self._config))
         extra["trained_n"] = extra["calibrated_n"] = int(ids.size)
         extra.update(self._calibrate(ann, vecs, ids, extra["tier_built"]))
         c = extra["calibration"]
@@ -377,8 +399,9 @@ class FaissIndex(StoreBackedIndex):
             self._served.flush()
             served = self._served.recent(self._config.calibration_queries)
         candidates = self._candidates_fn(ann, vecs, ids, tier, exclude)
-        sets = calibration_sets(vecs, self._config, self._calibration_source, self.dim, served)
-        return calibrate(ann, tier, vecs, ids, self._config, sets, candidates, fixed=self._configured_breadth(tier))
+        with self._timed("calibration"):
+            sets = calibration_sets(vecs, self._config, self._calibration_source, self.dim, served)
+            return calibrate(ann, tier, vecs, ids, self._config, sets, candidates, fixed=self._configured_breadth(tier))
 
     def _candidates_fn(
         self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str, exclude: np.ndarray | None
