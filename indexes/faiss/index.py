@@ -62,7 +62,7 @@ from ..errors import IndexCorruptError
 from ..exact import StoreBackedIndex, chunked_queries, exact_topk
 from ..faults import faults
 from ..hnsw.check import check_graph
-from ..store.files import fsync_file
+from ..store.files import fsync_file, release_pages
 from ..store.journaled import KEPT_FILES
 from . import tiers
 from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
@@ -411,7 +411,9 @@ class FaissIndex(StoreBackedIndex):
         sel = excluding(dead) if dead is not None else None
 
         def gather(cand: np.ndarray) -> np.ndarray:
-            return np.asarray(vecs[np.searchsorted(ids, cand)])
+            rows = np.array(vecs[np.searchsorted(ids, cand)])
+            release_pages(vecs)  # a calibration's re-ranks touch rows all over the snapshot
+            return rows
 
         def candidates(q: np.ndarray, breadth: int, factor: int) -> np.ndarray:
             return self._ann_candidates(ann, tier, q, 10, breadth, sel, gather, rerank_factor=factor)[0]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..config import FaissConfig
+from ..store.files import release_pages
 from ._lib import ADD_CHUNK, load_faiss
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ def build_hnsw(config: FaissConfig, vecs: np.ndarray, ids: np.ndarray) -> tuple[
         cfg.hnsw_ef_construction,
         n,
     )
+    release_pages(vecs)
     for s in range(0, n, ADD_CHUNK):
         ann.add_with_ids(np.ascontiguousarray(vecs[s : s + ADD_CHUNK]), np.asarray(ids[s : s + ADD_CHUNK]))
+        release_pages(vecs)
     built = {"tier_built": "hnsw", "hnsw_m": cfg.hnsw_m, "hnsw_ef_construction": cfg.hnsw_ef_construction}
     return ann, {**built, "hnsw_codes": cfg.hnsw_codes}
 
