@@ -113,6 +113,7 @@ def _query_sets(gen: str, data: np.ndarray, nq: int, clusters: int) -> dict[str,
         return {"image": image_queries(data, nq, clusters), "text": text_queries(data, nq, clusters)}
     return {"image": make_queries(data, nq), "text": make_text_queries(data, nq)}
 
+
 PEER_EF = {"hnsw-sq8": (128, 256, 512), "qdrant-edge": (64, 128, 256, 512)}
 PEER_RERANK = 100
 LIB_EF = (32, 64, 128, 256, 512)  # usearch expansion_search / hnswlib ef

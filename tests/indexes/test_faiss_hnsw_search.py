@@ -148,3 +148,22 @@ def test_a_short_read_of_the_vectors_file_is_a_one_line_corrupt_error(tmp_path: 
                 store.read_rows(np.array([3, 199]))
         finally:
             store._base_offset = saved
+
+
+def test_calibration_narrows_efsearch_between_the_ladder_steps() -> None:
+    """The ladder's steps are 1.33-1.5x apart: the breadth is then bisected between the step that
+    missed the goal and the one that reached it (before issue 24 it stopped at the ladder step)."""
+    from fgsearch.indexes.faiss.calibration import _search_ladder
+
+    tried: list[int] = []
+
+    def measure(breadth: int, factor: int) -> dict[str, float]:
+        tried.append(breadth)
+        return {"text": 0.99 if breadth >= 300 else 0.95, "image": 1.0}
+
+    (breadth, factor, recalls), reached = _search_ladder(measure, "hnsw", 0, FaissConfig(), None, 0.98)
+    assert reached and factor == 3 and recalls["text"] == 0.99
+    assert 256 in tried and 384 in tried  # the ladder: 256 missed, 384 reached
+    assert 300 <= breadth <= 304, tried  # then bisected in steps of 16
+    (fixed, _, _), _ = _search_ladder(measure, "hnsw", 0, FaissConfig(), 200, 0.98)
+    assert fixed == 200  # a configured breadth is only measured
