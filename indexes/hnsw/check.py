@@ -68,7 +68,7 @@ def check_graph(ann: Any) -> None:
     inner: Any = faiss.downcast_index(ann.index)
     if not isinstance(inner, faiss.IndexHNSWSQ):
         raise IndexCorruptError(f"the HNSW file holds a {type(inner).__name__}, not an HNSW-SQ graph")
-    h = inner.hnsw
+    h: Any = inner.hnsw
     storage: Any = faiss.downcast_index(inner.storage)
     n, d = int(inner.ntotal), int(inner.d)
     _check_sizes(ann, h, storage, n, d, faiss)

@@ -167,3 +167,20 @@ def test_calibration_narrows_efsearch_between_the_ladder_steps() -> None:
     assert 300 <= breadth <= 304, tried  # then bisected in steps of 16
     (fixed, _, _), _ = _search_ladder(measure, "hnsw", 0, FaissConfig(), 200, 0.98)
     assert fixed == 200  # a configured breadth is only measured
+
+
+def test_with_a_faiss_that_does_not_check_ids_on_read_the_graph_check_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fgsearch.indexes.hnsw.check import check_graph
+
+    x = unit_vectors(1500, DIM, seed=14)
+    h = faiss.IndexHNSWSQ(DIM, faiss.ScalarQuantizer.QT_8bit, 8, faiss.METRIC_INNER_PRODUCT)
+    h.train(x)
+    ann = faiss.IndexIDMap(h)
+    ann.add_with_ids(x, np.arange(1500, dtype=np.int64))
+    nb = faiss.vector_to_array(h.hnsw.neighbors)
+    nb[int(np.flatnonzero(nb >= 0)[7])] = 1500  # one past the last node
+    faiss.copy_array_to_vector(nb, h.hnsw.neighbors)
+    check_graph(ann)  # FAISS 1.14.2+ refuses such a file when it reads it: not checked twice
+    monkeypatch.setattr(faiss, "__version__", "1.13.2")  # e.g. an older faiss-gpu-cu12
+    with pytest.raises(IndexCorruptError, match=r"^HNSW graph: a neighbour id out of range \[0, 1500\)$"):
+        check_graph(ann)
