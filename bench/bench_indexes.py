@@ -567,7 +567,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke and not args.worker:
         args.n, args.dim, args.queries, args.clusters, args.workdir = [3000], 64, 40, 30, None
-        args.backends, args.data = "exact,faiss,usearch-i8-16,hnswlib-16", "clip,unseen"
+        args.backends, args.data = "exact,faiss,usearch-i8-16,hnswlib-16", "unseen"
 
     if args.worker:
         run_worker_args(args.worker)
