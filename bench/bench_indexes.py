@@ -452,7 +452,8 @@ def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path]
     builds: dict[str, dict] = {}
     n = int(np.load(data_path, mmap_mode="r").shape[0])
     for name, qp in qpaths.items():
-        print(f"# {label}: {name} queries: {_cosines(data_path, np.load(qp))}", flush=True)
+        if not args.reuse:  # (a reusing run's first run printed them)
+            print(f"# {label}: {name} queries: {_cosines(data_path, np.load(qp))}", flush=True)
     for kind in backends:
         if kind == "qdrant" and n > args.qdrant_max:
             print(f"# {label}: qdrant (client local mode) skipped (> --qdrant-max {args.qdrant_max})", flush=True)
@@ -561,6 +562,12 @@ def main() -> None:
     ap.add_argument("--qdrant-max", type=int, default=100_000, help="skip qdrant-client's local mode above this")
     ap.add_argument("--workdir", type=Path, default=None, help="where data and indexes go (default: temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --workdir: use the data, queries and exact answers a run left there (--keep) instead "
+        "of generating them (e.g. a second process measuring more backends on the same files)",
+    )
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, every peer, in seconds (a temp dir)")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -577,6 +584,8 @@ def main() -> None:
     if "exact" in backends:
         backends.remove("exact")
     backends.insert(0, "exact")  # ground truth first
+    if args.reuse and not args.workdir:
+        ap.error("--reuse needs --workdir (the folder a --keep run left)")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -589,8 +598,13 @@ def main() -> None:
                 label = f"{gen}{n}"
                 data_path = work / f"data-{label}-{args.dim}.npy"
                 t = time.perf_counter()
-                data = ALL_GENERATORS[gen](data_path, n, args.dim, args.clusters)
                 qpaths = {"image": work / f"queries-{label}-image.npy", "text": work / f"queries-{label}-text.npy"}
+                truths = [q.with_name(q.stem + "-truth.npy") for q in qpaths.values()]
+                if args.reuse and all(p.is_file() for p in [data_path, *qpaths.values(), *truths]):
+                    print(f"# {label}: data, queries and exact answers reused from {work}", flush=True)
+                    rows += run_dataset(label, work, data_path, qpaths, [b for b in backends if b != "exact"], args)
+                    continue
+                data = ALL_GENERATORS[gen](data_path, n, args.dim, args.clusters)
                 for name, q in _query_sets(gen, data, args.queries, args.clusters).items():
                     np.save(qpaths[name], q)
                 del data

@@ -219,7 +219,7 @@ class FaissIndex(StoreBackedIndex):
         trained_n = int(self._extra.get("trained_n", 0))
         # IVF cells are trained on the collection as it was: re-train them as it grows. An HNSW
         # graph takes adds as it took its first vectors (rebuilt only when the adds no longer fit
-        # its codes' value ranges, see _fold_delta)
+        # its codes' value ranges, see _adds_fit_codes)
         grown = self._structure() == "ivf" and n >= self._config.retrain_growth * max(trained_n, 1)
         retrain = (not old) or grown
         with self._timed("read"):
