@@ -136,6 +136,10 @@ def measure_sets(
     return {name: recall_at_k(candidates(q, breadth, factor), truths[name]) for name, (q, _) in sets.items()}
 
 
+#: bytes of scores and positions an exact pass of the calibration holds per block (see _exact_truths)
+_TRUTH_ROWS_BYTES = 64 * 2**20
+
+
 def _exact_truths(sets: QuerySets, vecs: np.ndarray, ids: np.ndarray, block: int) -> dict[str, np.ndarray]:
     """Each set's exact top-10 ids over the snapshot (the yardstick of recall): one pass over the
     vectors for all sets together (a pass per set before issue 24), releasing the mapped pages as it
@@ -144,6 +148,9 @@ def _exact_truths(sets: QuerySets, vecs: np.ndarray, ids: np.ndarray, block: int
     if not names:
         return {}
     q = np.concatenate([sets[name][0] for name in names])
+    # the scores of every query against a block, and argpartition's int64 positions, are the
+    # transient memory of a build: 1,000 queries x 32,768 rows held ~0.5 GB; 4,096 rows ~60 MB
+    block = max(1, min(block, _TRUTH_ROWS_BYTES // max(1, 12 * q.shape[0])))
 
     def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for s in range(0, ids.size, block):
