@@ -184,3 +184,25 @@ def test_with_a_faiss_that_does_not_check_ids_on_read_the_graph_check_does(monke
     monkeypatch.setattr(faiss, "__version__", "1.13.2")  # e.g. an older faiss-gpu-cu12
     with pytest.raises(IndexCorruptError, match=r"^HNSW graph: a neighbour id out of range \[0, 1500\)$"):
         check_graph(ann)
+
+
+def test_a_pass_over_a_mapped_snapshot_leaves_its_pages_released(tmp_path: Path) -> None:
+    """A build's passes over the snapshot (CRCs, calibration truths) hold one block resident, not
+    the file (issue 24: every pass made the whole snapshot resident, and the build's peak with it)."""
+    from fgsearch.indexes.store.files import block_crcs, release_pages
+
+    def rss_file() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssFile:"))
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs Linux's /proc")
+    np.save(tmp_path / "v.npy", np.ones((40_000, 256), dtype=np.float32))  # 41 MB
+    v = np.load(tmp_path / "v.npy", mmap_mode="r")
+    before = rss_file()
+    assert float(np.asarray(v).sum()) == 40_000 * 256  # a plain pass maps all of it
+    assert rss_file() - before > 30 * 2**20
+    release_pages(v)
+    assert rss_file() - before < 8 * 2**20
+    assert len(block_crcs(v)) == 10 and rss_file() - before < 8 * 2**20
+    release_pages(np.zeros(3))  # not mapped: nothing to do
