@@ -190,6 +190,15 @@ def _search_ladder(
         breadths = _breadths(tier, nlist, cfg, max(10 * factor, cfg.min_rerank), fixed)
         if chosen is not None:  # a deeper re-rank only wins with a narrower (cheaper) search
             breadths = [b for b in breadths if b < chosen[0]]
+            if not breadths:
+                continue
+            # recall grows with the breadth: when the widest of them misses at this depth, so do
+            # the narrower ones (an HNSW calibration at 150k tried ~40 breadths, most of them here)
+            widest = measure(breadths[-1], factor)
+            if min(widest.values()) > min(best[2].values()):
+                best = (breadths[-1], factor, widest)
+            if min(widest.values()) < goal:
+                continue
         failed = 0  # the widest breadth that missed the goal at this depth
         for breadth in breadths:
             recalls = measure(breadth, factor)

@@ -206,3 +206,26 @@ def test_a_pass_over_a_mapped_snapshot_leaves_its_pages_released(tmp_path: Path)
     assert rss_file() - before < 8 * 2**20
     assert len(block_crcs(v)) == 10 and rss_file() - before < 8 * 2**20
     release_pages(np.zeros(3))  # not mapped: nothing to do
+
+
+def test_a_deeper_rerank_is_tried_only_where_it_can_win() -> None:
+    """Recall grows with the breadth: a deeper re-rank that misses the goal at the widest breadth
+    narrower than the chosen one is not tried at the narrower ones (one trial per depth, not ~10)."""
+    from fgsearch.indexes.faiss.calibration import _search_ladder
+
+    tried: list[tuple[int, int]] = []
+
+    def measure(breadth: int, factor: int) -> dict[str, float]:
+        tried.append((breadth, factor))
+        return {"text": 0.99 if breadth >= 300 else 0.95}  # depth does not help
+
+    (breadth, factor, _), reached = _search_ladder(measure, "hnsw", 0, FaissConfig(), None, 0.98)
+    assert reached and factor == 3 and 300 <= breadth <= 304
+    deeper = [t for t in tried if t[1] > 3]
+    assert deeper == [(256, 6), (256, 12), (256, 24)], deeper  # one each (depth 480 starts past 304)
+
+    def helps(breadth: int, factor: int) -> dict[str, float]:  # depth 60 reaches it from ef 96
+        return {"text": 0.99 if breadth >= 300 or (factor >= 6 and breadth >= 96) else 0.95}
+
+    (breadth, factor, _), reached = _search_ladder(helps, "hnsw", 0, FaissConfig(), None, 0.98)
+    assert reached and (breadth, factor) == (96, 6)
