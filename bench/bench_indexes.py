@@ -8,12 +8,11 @@ Usage::
 Every backend gets the same data and the same query sets in the same run:
 
 * ``exact``: our exact backend (brute force; its answers are the ground truth).
-* ``faiss``: our default (HNSW M=24 over 8-bit scalar-quantised codes, efConstruction 100, with
-  exact re-rank; efSearch/re-rank depth calibrated on image-like and synthetic text-like queries,
-  see ``fgsearch.indexes.faiss.calibration_queries``).
-  Its unfiltered searches run fgsearch's HNSW kernel (``fgsearch.indexes.hnsw``); the same index
-  is then searched again with FAISS's own HNSW search (``FGSEARCH_HNSW_KERNEL=faiss``) and
-  reported as ``faiss/fs``, the kernel's share of the figures from the same run.
+* ``faiss``: our default (FAISS HNSW M=24 over 8-bit scalar-quantised codes, efConstruction 100,
+  searched with FAISS's own HNSW search, with exact re-rank; efSearch/re-rank depth calibrated on
+  image-like and synthetic text-like queries, see ``fgsearch.indexes.faiss.calibration_queries``).
+  Its build prints where the time went (graph, calibration, snapshot files, the rest: the store)
+  and the build process's peak RSS after each 50k flush.
 * ``faiss-ivfpq``: our backend with ``structure="ivfpq"`` (the previous default, IVF-PQ).
 * ``hnsw-sq8``: plain FAISS ``IndexHNSWSQ`` (8-bit, M=32, FAISS's default efConstruction 40) with an
   exact re-rank of 100 candidates from the memory-mapped float32 data, at efSearch 128/256/512.
@@ -31,7 +30,7 @@ Every backend gets the same data and the same query sets in the same run:
   100), ef 32/64/128/256/512; float32 distances are exact, so no re-rank.
 
 Synthetic data (fixed seed, generated in chunks of 50k rows so 1M x 512 never sits in RAM twice),
-two generators (``--data clip,isotropic``; each reported separately):
+three generators (``--data clip,isotropic,unseen``; each reported separately):
 
 * ``clip`` (default): CLIP-like image embeddings. Three properties of real CLIP image vectors are
   matched, because they decide how hard nearest-neighbour search is:
@@ -53,6 +52,10 @@ two generators (``--data clip,isotropic``; each reported separately):
   directions around its centre (an image's 10th and 100th neighbours have nearly the same cosine,
   0.47 / 0.45 at 1M), a full-dimensional worst case for every graph and IVF index, unlike real
   embeddings.
+* ``unseen`` (``bench/unseen_data.py``): written apart from the two above and from the index's own
+  calibration sets, with its OWN image and text queries (out-of-sample photos; captions with a
+  wider modality gap, a text-side structure and concept meanings): another cone strength, local
+  subspaces per domain, heavy tails. The FAISS default was never tuned on it.
 
 Query sets (each reported separately):
 
@@ -99,6 +102,17 @@ from bench_data import (
     make_queries,
     make_text_queries,
 )
+from unseen_data import generate_unseen, image_queries, text_queries
+
+ALL_GENERATORS = {**GENERATORS, "unseen": generate_unseen}
+
+
+def _query_sets(gen: str, data: np.ndarray, nq: int, clusters: int) -> dict[str, np.ndarray]:
+    """The image-like and text-like queries of a generator (``unseen`` has its own)."""
+    if gen == "unseen":
+        return {"image": image_queries(data, nq, clusters), "text": text_queries(data, nq, clusters)}
+    return {"image": make_queries(data, nq), "text": make_text_queries(data, nq)}
+
 
 PEER_EF = {"hnsw-sq8": (128, 256, 512), "qdrant-edge": (64, 128, 256, 512)}
 PEER_RERANK = 100
@@ -221,14 +235,19 @@ def _build(kind: str, data_path: Path, index_dir: Path) -> dict[str, float]:
     from fgsearch.indexes import create_index
 
     index = create_index(_ours(kind), index_dir, dim, config=_config(kind, index_dir))
+    peaks = []  # (vectors, peak RSS so far) after each flush: does the peak grow faster than the data?
     for s in range(0, n, CHUNK):
         e = min(s + CHUNK, n)
         index.add(np.arange(s, e), np.asarray(data[s:e]))
         index.flush()
+        peaks.append((e, _rss()["VmHWM"]))
     t_add = time.perf_counter() - t0
     index.save()
+    parts = dict(getattr(index, "build_seconds", {}))
     index.close()
-    return {"build_s": time.perf_counter() - t0, "add_s": t_add}
+    total = time.perf_counter() - t0
+    parts["store and the rest"] = total - sum(v for k, v in parts.items() if k != "served check")
+    return {"build_s": total, "add_s": t_add, "build_parts_s": parts, "build_peaks": peaks}
 
 
 class _Searcher:
@@ -433,7 +452,8 @@ def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path]
     builds: dict[str, dict] = {}
     n = int(np.load(data_path, mmap_mode="r").shape[0])
     for name, qp in qpaths.items():
-        print(f"# {label}: {name} queries: {_cosines(data_path, np.load(qp))}", flush=True)
+        if not args.reuse:  # (a reusing run's first run printed them)
+            print(f"# {label}: {name} queries: {_cosines(data_path, np.load(qp))}", flush=True)
     for kind in backends:
         if kind == "qdrant" and n > args.qdrant_max:
             print(f"# {label}: qdrant (client local mode) skipped (> --qdrant-max {args.qdrant_max})", flush=True)
@@ -447,9 +467,6 @@ def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path]
         }
         query = ["--worker", "query", kind, str(idx_dir), str(data_path), json.dumps(qsets)]
         results = [(kind, _run_worker(query, args.timeout))]
-        if results[0][1]["params"].get("search_kernel", "faiss") != "faiss":
-            # the same graph searched by FAISS's own HNSW search, for the kernel's share of the figures
-            results.append((f"{kind}/fs", _run_worker(query, args.timeout, {"FGSEARCH_HNSW_KERNEL": "faiss"})))
         for shown, r in results:
             if kind == "exact":
                 for run in r["runs"]:
@@ -470,6 +487,13 @@ def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path]
             + (f", graph check on open {check:.1f} ms" if check is not None else ""),
             flush=True,
         )
+        if kind.startswith("faiss") and b.get("build_parts_s"):
+            parts = ", ".join(f"{k} {v:.1f}s" for k, v in b["build_parts_s"].items())
+            print(f"# {kind} {label}: build time by part (served check includes its calibration): {parts}")
+            peaks = b["build_peaks"]
+            marks = sorted({peaks[min(len(peaks) - 1, round(f * len(peaks)) - 1)][0] for f in (0.25, 0.5, 1.0)})
+            shown = ", ".join(f"{v:,} vectors {p / 2**30:.2f} GiB" for v, p in peaks if v in marks)
+            print(f"# {kind} {label}: build peak RSS so far at {shown}", flush=True)
         builds[kind] = b
         shutil.rmtree(idx_dir, ignore_errors=True)
     _print_build_ratios(label, builds)
@@ -534,17 +558,23 @@ def main() -> None:
     )
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--clusters", type=int, default=1000, help="clusters (isotropic) or topics (clip)")
-    ap.add_argument("--data", default="clip", help="synthetic generators, comma-separated: clip, isotropic")
+    ap.add_argument("--data", default="clip", help="synthetic generators, comma-separated: clip, isotropic, unseen")
     ap.add_argument("--qdrant-max", type=int, default=100_000, help="skip qdrant-client's local mode above this")
     ap.add_argument("--workdir", type=Path, default=None, help="where data and indexes go (default: temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --workdir: use the data, queries and exact answers a run left there (--keep) instead "
+        "of generating them (e.g. a second process measuring more backends on the same files)",
+    )
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, every peer, in seconds (a temp dir)")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.smoke and not args.worker:
         args.n, args.dim, args.queries, args.clusters, args.workdir = [3000], 64, 40, 30, None
-        args.backends = "exact,faiss,usearch-i8-16,hnswlib-16"
+        args.backends, args.data = "exact,faiss,usearch-i8-16,hnswlib-16", "unseen"
 
     if args.worker:
         run_worker_args(args.worker)
@@ -554,22 +584,29 @@ def main() -> None:
     if "exact" in backends:
         backends.remove("exact")
     backends.insert(0, "exact")  # ground truth first
+    if args.reuse and not args.workdir:
+        ap.error("--reuse needs --workdir (the folder a --keep run left)")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     try:
         gens = [g.strip() for g in args.data.split(",") if g.strip()]
-        if unknown := sorted(set(gens) - set(GENERATORS)):
-            ap.error(f"--data: unknown generator {', '.join(unknown)}; choose from {', '.join(GENERATORS)}")
+        if unknown := sorted(set(gens) - set(ALL_GENERATORS)):
+            ap.error(f"--data: unknown generator {', '.join(unknown)}; choose from {', '.join(ALL_GENERATORS)}")
         for gen in gens:
             for n in args.n or ([] if args.demo else [100_000]):
                 label = f"{gen}{n}"
                 data_path = work / f"data-{label}-{args.dim}.npy"
                 t = time.perf_counter()
-                data = GENERATORS[gen](data_path, n, args.dim, args.clusters)
                 qpaths = {"image": work / f"queries-{label}-image.npy", "text": work / f"queries-{label}-text.npy"}
-                np.save(qpaths["image"], make_queries(data, args.queries))
-                np.save(qpaths["text"], make_text_queries(data, args.queries))
+                truths = [q.with_name(q.stem + "-truth.npy") for q in qpaths.values()]
+                if args.reuse and all(p.is_file() for p in [data_path, *qpaths.values(), *truths]):
+                    print(f"# {label}: data, queries and exact answers reused from {work}", flush=True)
+                    rows += run_dataset(label, work, data_path, qpaths, [b for b in backends if b != "exact"], args)
+                    continue
+                data = ALL_GENERATORS[gen](data_path, n, args.dim, args.clusters)
+                for name, q in _query_sets(gen, data, args.queries, args.clusters).items():
+                    np.save(qpaths[name], q)
                 del data
                 print(f"# {label}: data and queries generated in {time.perf_counter() - t:.1f}s", flush=True)
                 rows += run_dataset(label, work, data_path, qpaths, backends, args)

@@ -17,10 +17,9 @@ Layout, by concern::
     api.py           create_index / open_index / open_spec: look the kind up, call its descriptor
     file_backend.py  the descriptor shared by directory-backed backends (exact, faiss)
     faults.py        named fault-injection points (the test seam for crashes and failed requests)
-    native.py        loader of the compiled helper library (batched pread, HNSW search kernel)
     store/           the journaled snapshot store: files, journal, rows in memory, JournaledStore
     exact.py         StoreBackedIndex (the store behind VectorIndex) + ExactIndex + its descriptor
-    hnsw/            the HNSW search kernel: C source, ctypes wrapper, level-0 link reinforcement
+    hnsw/            the check of a FAISS HNSW graph before FAISS searches it (check.py)
     faiss/           FaissIndex, its tiers (HNSW, IVF-PQ), calibration of the search, GPU
     qdrant/          QdrantIndex (embedded or server) + its descriptor
     pgvector/        PgvectorIndex (a PostgreSQL table), its HNSW build + calibration, its descriptor

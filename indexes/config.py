@@ -53,10 +53,7 @@ class FaissConfig:
     * ``structure``: ``"hnsw"`` (default): FAISS ``IndexHNSWSQ``, a graph of ``hnsw_m`` links per
       vector over scalar-quantised codes (``hnsw_codes``: ``"SQ8"``, 8 bits per dimension, the
       default, or ``"SQ4"``: half the memory, lower recall on text queries at 1M), built with
-      ``hnsw_ef_construction``, then each vector's level-0 list is topped up to ``hnsw_fill_links``
-      links with its nearest neighbours and reverse links are added (FAISS's neighbour selection
-      uses ~16 of the ``2 * hnsw_m`` slots on CLIP-like data; ``0`` keeps FAISS's graph as built);
-      ``"ivfpq"``:
+      ``hnsw_ef_construction`` and searched with FAISS's own HNSW search; ``"ivfpq"``:
       ``IndexIVFPQ`` (``nlist`` cells, ``pq_m`` bytes per vector), kept for GPUs and comparison.
     * ``nlist`` (IVF cells): ``None`` derives a power of two near ``2 * sqrt(n)``, clamped to
       [64, 65536]; ``pq_m`` (bytes per vector): ``None`` derives ``dim // 4`` (``dim // 8`` when a
@@ -72,7 +69,9 @@ class FaissConfig:
     * ``rerank_factor``/``min_rerank``: the approximate search returns ``max(k * rerank_factor,
       min_rerank)`` candidates (factor as calibrated), re-scored with exact inner products from the
       stored float32 vectors.
-    * ``retrain_growth``: rebuild when the collection has grown this many times since the build.
+    * ``retrain_growth`` (ivfpq): re-train the IVF cells when the collection has grown this many
+      times since they were trained. An HNSW graph takes every add; it is rebuilt only when new
+      vectors fall outside its codes' trained value ranges.
     * ``recalibrate_growth``: calibrate the search again at a snapshot that finds the collection
       this many times larger than at the last calibration (adds go into the built structure).
     * ``filter_exact_max``: allowed-id filters with at most this many stored ids are answered
@@ -100,7 +99,9 @@ class FaissConfig:
     hnsw_m: int = 24
     hnsw_ef_construction: int = 100
     hnsw_codes: Literal["SQ4", "SQ8"] = "SQ8"
-    hnsw_fill_links: int = 24
+    #: ignored: fgsearch no longer adds level-0 links to FAISS's graph (issue 24); kept so that
+    #: libraries and manifests that name it still open
+    hnsw_fill_links: int = 0
     ef_search: int | None = None
     max_ef_search: int = 2048
     nlist: int | None = None

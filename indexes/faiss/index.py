@@ -8,9 +8,9 @@ How search works (see :class:`~.config.FaissConfig` for every knob):
   past ``flat_threshold``, the next snapshot builds ``IndexHNSWSQ`` (8-bit scalar-quantised codes
   by default, ``hnsw_codes="SQ4"`` for 4-bit; ``hnsw_m`` = 24 links per vector, 48 on the base
   layer: 512 B of codes + ~220 B of graph and ids per 512-d vector) under the
-  catalog ids, tops every vector's base-layer list up to ``hnsw_fill_links`` links with its nearest
-  neighbours and adds reverse links (:func:`..hnsw.links.reinforce_links`; vectors folded in later get
-  the same), and calibrates the search: the smallest ``efSearch`` (32, 48, 64, 96, ...) and re-rank depth
+  catalog ids, searched with FAISS's own HNSW search (``SearchParametersHNSW``: ``efSearch`` and an
+  id selector for removed ids), and calibrates the search: the smallest ``efSearch`` (32, 48, 64,
+  96, ...) and re-rank depth
   (``3·k`` doubling up to ``48·k``, at least 30) whose recall@10 against exact search reaches
   ``recall_target`` + 0.01 on every calibration set: image-like queries (stored vectors plus
   noise) AND text-like queries (the caller's real text embeddings, or synthetic cross-modal ones,
@@ -29,9 +29,11 @@ How search works (see :class:`~.config.FaissConfig` for every knob):
   HNSW graph keeps them as tombstones (excluded from every search) until they pass
   ``max_tombstones`` of the collection or an id comes back, then the graph is rebuilt. The
   search is calibrated again when a snapshot finds the collection ``recalibrate_growth`` (1.25×)
-  larger than at the last calibration, and the structure is rebuilt from scratch when the
-  collection has grown ``retrain_growth`` (4×) since it
-  was built, and dropped back to flat below ``flat_threshold / 2``.
+  larger than at the last calibration. An HNSW graph takes every later add (FAISS inserts a vector
+  the same way whether the graph is being built or grown): it is rebuilt only when the new vectors
+  no longer fit the 8-bit codes' trained value ranges (see :func:`.tiers.out_of_range`), never for
+  growth alone; IVF is re-trained when the collection has grown ``retrain_growth`` (4×) since it
+  was trained. Either is dropped back to flat below ``flat_threshold / 2``.
 * Allowed-id filters (:mod:`..filtered`): a filter that keeps few rows (up to ``max(sqrt(5 * r *
   n), 2.5 * efSearch)``, ``r`` the re-ranked candidates, or ``filter_exact_max``) is answered
   exactly from their vectors; a larger one runs the graph search with a bitmap selector at
@@ -46,9 +48,11 @@ How search works (see :class:`~.config.FaissConfig` for every knob):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -60,10 +64,8 @@ from ..errors import IndexCorruptError
 from ..exact import StoreBackedIndex, chunked_queries, exact_topk
 from ..faults import faults
 from ..filtered import allowed_rows, exact_over_rows, plan
-from ..hnsw import HnswKernel, kernel_missing_reason
 from ..hnsw.check import check_graph
-from ..hnsw.kernel import faiss_version_reason
-from ..store.files import fsync_file
+from ..store.files import fsync_file, release_pages
 from ..store.journaled import KEPT_FILES
 from . import tiers
 from ._lib import ADD_CHUNK, allowed_selector, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
@@ -78,23 +80,6 @@ KEPT_FILES.add(SERVED_FILE)  # the served-query record outlives snapshots
 
 #: Candidate rows re-scored at once (a batch of queries is re-ranked in slices of this many rows).
 _RERANK_ROWS = 1024
-
-_warned_no_kernel = False
-
-
-def _kernel_for(ann: Any) -> HnswKernel | None:
-    """fgsearch's search kernel for an HNSW graph (see :mod:`..hnsw`); None: FAISS's search (warned once)."""
-    global _warned_no_kernel
-    kernel = HnswKernel.for_index(ann)
-    if kernel is None and not _warned_no_kernel and (missing := kernel_missing_reason()):
-        _warned_no_kernel = True
-        fix = (
-            "pip install 'faiss-cpu>=1.14.2,<2'"
-            if faiss_version_reason()
-            else "reinstall fgsearch with a C compiler (pip install -e . / pip install fgsearch --no-binary fgsearch)"
-        )
-        log.warning("%s: HNSW searches use FAISS's own search (~1.5x slower); %s", missing, fix)
-    return kernel
 
 
 class FaissIndex(StoreBackedIndex):
@@ -112,11 +97,11 @@ class FaissIndex(StoreBackedIndex):
         self._mapped = False  # the FAISS file is memory-mapped, not read into memory
         self._gpu_ivf: Any = None
         self._sel_cache: tuple[int, Any] | None = None
-        self._mask_cache: tuple[int, np.ndarray | None] | None = None
-        self._kernel: HnswKernel | None = None
-        self._positions_are_rows = False  # graph position i holds the snapshot's row i
         self._extra = extra
         self._tombstones = np.zeros(0, dtype=np.int64)
+        if getattr(self, "build_seconds", None) is None:
+            #: seconds this process spent in each part of building snapshots (for bench_indexes.py)
+            self.build_seconds: dict[str, float] = {}
         if getattr(self, "_served", None) is None:  # kept across snapshots: it knows if it cannot write
             self._served = ServedQueries(self._store.path, self.dim, served_capacity(self._config.served_queries))
         tier = extra.get("tier")
@@ -136,12 +121,9 @@ class FaissIndex(StoreBackedIndex):
                 self._maybe_gpu()
             else:
                 self._check_graph(fpath)
-                self._kernel = _kernel_for(self._ann)
-                if self._kernel is not None:  # then candidates need no id -> row lookup
-                    self._positions_are_rows = bool(np.array_equal(self._kernel.ids, self._store.base_ids))
 
     def _check_graph(self, fpath: Any) -> None:
-        """Refuse a graph the kernel must not read (see :func:`..hnsw.check.check_graph`). (Ids
+        """Refuse a graph FAISS's search must not walk (see :func:`..hnsw.check.check_graph`). (Ids
         that are not the snapshot's are safe to read: a search that meets one is an error.)"""
         try:
             check_graph(self._ann)
@@ -212,10 +194,21 @@ class FaissIndex(StoreBackedIndex):
             return n >= self._ivf_threshold()
         if n < self._ivf_threshold() / 2 or not self._same_structure():
             return True
-        return n >= cfg.retrain_growth * int(self._extra.get("trained_n", n))
+        return self.tier == "ivf" and n >= cfg.retrain_growth * int(self._extra.get("trained_n", n))
 
     def _compact(self) -> None:
         self._store.compact(build_extra=self._build_extra)
+
+    @contextlib.contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        """Add the seconds the block takes to :attr:`build_seconds` ``[part]``."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t
+            self.build_seconds[part] = self.build_seconds.get(part, 0.0) + dt
+            log.debug("snapshot build: %s %.2fs", part, dt)
 
     def _build_extra(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
         """Build the FAISS file of a new snapshot (called before the snapshot is committed)."""
@@ -227,8 +220,16 @@ class FaissIndex(StoreBackedIndex):
         if n < threshold and not (old and n >= threshold / 2):
             return {"tier": "flat"}, []
         trained_n = int(self._extra.get("trained_n", 0))
-        retrain = (not old) or n >= self._config.retrain_growth * max(trained_n, 1)
-        ann, tombstones = (None, np.zeros(0, dtype=np.int64)) if retrain else self._reopen_for_update(n)
+        # IVF cells are trained on the collection as it was: re-train them as it grows. An HNSW
+        # graph takes adds as it took its first vectors (rebuilt only when the adds no longer fit
+        # its codes' value ranges, see _adds_fit_codes)
+        grown = self._structure() == "ivf" and n >= self._config.retrain_growth * max(trained_n, 1)
+        retrain = (not old) or grown
+        with self._timed("read"):
+            ann, tombstones = (None, np.zeros(0, dtype=np.int64)) if retrain else self._reopen_for_update(n)
+        with self._timed("range check"):
+            if ann is not None and self.tier == "hnsw" and not self._adds_fit_codes(ann):
+                ann, tombstones = None, tombstones[:0]
         if ann is None:
             ann, extra = self._train(vecs, ids)
             tombstones = tombstones[:0]
@@ -236,8 +237,10 @@ class FaissIndex(StoreBackedIndex):
             extra = self._fold_delta(ann, vecs, ids, tombstones)
         if ann.ntotal != n + tombstones.size:
             raise RuntimeError(f"faiss index holds {ann.ntotal} vectors, snapshot {n}")  # internal bug
-        extra["served"] = self._check_served(ann, vecs, ids, tombstones, extra)
-        return self._write_snapshot_files(generation, ann, tombstones, extra, n)
+        with self._timed("served check"):
+            extra["served"] = self._check_served(ann, vecs, ids, tombstones, extra)
+        with self._timed("write"):
+            return self._write_snapshot_files(generation, ann, tombstones, extra, n)
 
     def _check_served(
         self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tombstones: np.ndarray, extra: dict[str, Any]
@@ -305,20 +308,30 @@ class FaissIndex(StoreBackedIndex):
             ann.remove_ids(faiss.IDSelectorBatch(dead))
         return ann, tombstones
 
-    def _fold_delta(self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tombstones: np.ndarray) -> dict[str, Any]:
-        """Add the rows since the snapshot to ``ann`` (reinforcing HNSW links), recalibrating when
-        the collection has grown enough since the last calibration; returns the manifest extras."""
-        start = int(ann.ntotal)
-        added: list[np.ndarray] = []
+    def _adds_fit_codes(self, ann: Any) -> bool:
+        """True when the rows since the snapshot fit the HNSW codes' trained value ranges (see
+        :func:`.tiers.out_of_range`); False: re-train the codes, i.e. rebuild the graph."""
+        outside = total = 0.0
         for dvecs, dids in self._store.iter_blocks(ADD_CHUNK, base=False):
             live = dids >= 0
             if live.any():
-                ann.add_with_ids(np.ascontiguousarray(dvecs[live]), dids[live])
-                if self.tier == "hnsw":
-                    added.append(np.asarray(dvecs[live], dtype=np.float32))
-        if added:
-            vectors_at = tiers.snapshot_vectors_at(ann, vecs, ids)
-            tiers.reinforce(self._config, ann, np.concatenate(added), start, vectors_at)
+                rows = int(live.sum())
+                outside += tiers.out_of_range(ann, dvecs[live]) * rows
+                total += rows
+        share = outside / total if total else 0.0
+        if share > tiers.OUT_OF_RANGE_MAX:
+            log.info("HNSW: %.4f of the new vectors' values fall outside the codes' ranges: rebuilding", share)
+            return False
+        return True
+
+    def _fold_delta(self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tombstones: np.ndarray) -> dict[str, Any]:
+        """Add the rows since the snapshot to ``ann``, recalibrating when the collection has grown
+        enough since the last calibration; returns the manifest extras."""
+        with self._timed("graph"):
+            for dvecs, dids in self._store.iter_blocks(ADD_CHUNK, base=False):
+                live = dids >= 0
+                if live.any():
+                    ann.add_with_ids(np.ascontiguousarray(dvecs[live]), dids[live])
         extra = {k: v for k, v in self._extra.items() if k not in ("files", "tombstones_file")}
         n = int(ids.size)
         calibrated_n = int(self._extra.get("calibrated_n", self._extra.get("trained_n", 0)))
@@ -356,10 +369,11 @@ class FaissIndex(StoreBackedIndex):
 
     def _train(self, vecs: np.ndarray, ids: np.ndarray) -> tuple[Any, dict[str, Any]]:
         """Build the configured structure over every vector and calibrate its search."""
-        if self._structure() == "hnsw":
-            ann, extra = tiers.build_hnsw(self._config, vecs, ids)
-        else:
-            ann, extra = tiers.build_ivf(self._config, vecs, ids, for_gpu=gpu_wanted(self._config))
+        with self._timed("graph"):
+            if self._structure() == "hnsw":
+                ann, extra = tiers.build_hnsw(self._config, vecs, ids)
+            else:
+                ann, extra = tiers.build_ivf(self._config, vecs, ids, for_gpu=gpu_wanted(self._config))
         extra["trained_n"] = extra["calibrated_n"] = int(ids.size)
         extra.update(self._calibrate(ann, vecs, ids, extra["tier_built"]))
         c = extra["calibration"]
@@ -388,26 +402,24 @@ class FaissIndex(StoreBackedIndex):
             self._served.flush()
             served = self._served.recent(self._config.calibration_queries)
         candidates = self._candidates_fn(ann, vecs, ids, tier, exclude)
-        sets = calibration_sets(vecs, self._config, self._calibration_source, self.dim, served)
-        return calibrate(ann, tier, vecs, ids, self._config, sets, candidates, fixed=self._configured_breadth(tier))
+        with self._timed("calibration"):
+            sets = calibration_sets(vecs, self._config, self._calibration_source, self.dim, served)
+            return calibrate(ann, tier, vecs, ids, self._config, sets, candidates, fixed=self._configured_breadth(tier))
 
     def _candidates_fn(
         self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str, exclude: np.ndarray | None
     ) -> Callable[[np.ndarray, int, int], np.ndarray]:
         """``(queries, breadth, rerank factor) -> top-10 ids`` as a search of ``ann`` runs."""
-        # measured with the search the index will run: fgsearch's kernel on an 8-bit graph
-        kernel = _kernel_for(ann) if tier == "hnsw" else None
         dead = exclude if exclude is not None and exclude.size else None
         sel = excluding(dead) if dead is not None else None
-        mask = kernel.excluded_mask(dead) if kernel is not None and dead is not None else None
 
         def gather(cand: np.ndarray) -> np.ndarray:
-            return np.asarray(vecs[np.searchsorted(ids, cand)])
+            rows = np.array(vecs[np.searchsorted(ids, cand)])
+            release_pages(vecs)  # a calibration's re-ranks touch rows all over the snapshot
+            return rows
 
         def candidates(q: np.ndarray, breadth: int, factor: int) -> np.ndarray:
-            return self._ann_candidates(
-                ann, tier, q, 10, breadth, sel, gather, rerank_factor=factor, kernel=kernel, excluded=mask
-            )[0]
+            return self._ann_candidates(ann, tier, q, 10, breadth, sel, gather, rerank_factor=factor)[0]
 
         return candidates
 
@@ -424,23 +436,12 @@ class FaissIndex(StoreBackedIndex):
         *,
         rerank_factor: int,
         use_gpu: bool = False,
-        kernel: HnswKernel | None = None,
-        excluded: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Approximate candidates re-ranked by exact inner products; ``gather(ids) -> vectors``.
-
-        With ``kernel`` (an HNSW graph, no allowed-id filter) fgsearch's kernel walks the graph,
-        skipping the nodes set in ``excluded``; otherwise FAISS searches with ``sel``.
-        """
+        FAISS searches its structure, skipping the ids ``sel`` refuses."""
         faiss = load_faiss()
         r = min(max(k * rerank_factor, self._config.min_rerank), max(int(ann.ntotal), 1))
-        src: np.ndarray | None = None  # what gather() reads: candidate ids, or snapshot rows
-        if kernel is not None:
-            pos = kernel.positions(q, r, max(int(breadth), r), excluded, threads=faiss.omp_get_max_threads())
-            cand = kernel.ids_of(pos)
-            if kernel is self._kernel and self._positions_are_rows:  # position i is row i: no id lookup
-                src, gather = pos, self._store.read_rows
-        elif use_gpu and sel is None and self._gpu_ivf is not None:
+        if use_gpu and sel is None and self._gpu_ivf is not None:
             _, cand = self._gpu_ivf.search(q, r)
         else:
             if tier == "ivf":
@@ -458,7 +459,7 @@ class FaissIndex(StoreBackedIndex):
             part = cand[s : s + step]
             qi, ci = np.nonzero(part >= 0)
             if qi.size:
-                v = gather((part if src is None else src[s : s + step])[qi, ci])
+                v = gather(part[qi, ci])
                 scores[s + qi, ci] = np.einsum("ij,ij->i", v, q[s + qi])
         return topk_rows(cand, scores, k)
 
@@ -484,16 +485,6 @@ class FaissIndex(StoreBackedIndex):
         sel = excluding(dead) if dead.size else None
         self._sel_cache = (version, sel)
         return sel
-
-    def _unfiltered_mask(self) -> np.ndarray | None:
-        """The kernel's mask of :meth:`_dead_ids` (cached per change)."""
-        version = self._store.version
-        if self._mask_cache is not None and self._mask_cache[0] == version:
-            return self._mask_cache[1]
-        assert self._kernel is not None
-        mask = self._kernel.excluded_mask(self._dead_ids())
-        self._mask_cache = (version, mask)
-        return mask
 
     def _filter(
         self, allowed: np.ndarray, breadth: int, k: int
@@ -522,18 +513,13 @@ class FaissIndex(StoreBackedIndex):
         out_i = np.empty((q.shape[0], kk), dtype=np.int64)
         out_s = np.empty((q.shape[0], kk), dtype=np.float32)
         sel: Any = None
-        mask: np.ndarray | None = None
-        kernel = self._kernel if allowed is None else None
         delta_allowed: np.ndarray | None = None
         breadth = self._breadth() if self._ann is not None else 0
         exact_rows: tuple[np.ndarray, np.ndarray] | None = None
         if allowed is not None:  # see .filtered: exact over few rows, else the graph, widened
             exact_rows, sel, delta_allowed, breadth = self._filter(allowed, breadth, kk)
         elif self._ann is not None:
-            if kernel is not None:
-                mask = self._unfiltered_mask()
-            else:
-                sel = self._unfiltered_selector()
+            sel = self._unfiltered_selector()
         for s, chunk in chunked_queries(q):
             if exact_rows is not None:
                 i, sc = exact_over_rows(self._store, chunk, kk, *exact_rows, self._config.block_rows)
@@ -550,8 +536,6 @@ class FaissIndex(StoreBackedIndex):
                     self._store_gather,
                     rerank_factor=self._rerank_factor(),
                     use_gpu=True,
-                    kernel=kernel,
-                    excluded=mask,
                 )
                 if delta_allowed is not None:
                     if delta_allowed.size:
@@ -576,8 +560,7 @@ class FaissIndex(StoreBackedIndex):
         else:
             p.update(hnsw_m=e.get("hnsw_m"), hnsw_ef_construction=e.get("hnsw_ef_construction"))
             p.update(codes=e.get("hnsw_codes", "SQ8"), ef_search=self._breadth(), tombstones=int(self._tombstones.size))
-            p.update(fill_links=int(e.get("hnsw_fill_links", 0)))
-            p.update(search_kernel=f"fgsearch-{self._kernel.isa}" if self._kernel is not None else "faiss")
+            p.update(search="faiss")  # FAISS's own HNSW search (issue 24 removed fgsearch's C kernel)
         p.update(
             mmap=self._mapped,
             calibrated_recall=e.get("calibrated_recall"),

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..config import FaissConfig
-from ..hnsw import reinforce_links
-from ..hnsw.kernel import faiss_version_reason
+from ..store.files import release_pages
 from ._lib import ADD_CHUNK, load_faiss
 
 log = logging.getLogger(__name__)
@@ -46,24 +43,8 @@ def derive_pq_m(dim: int) -> int:
     return m
 
 
-def snapshot_vectors_at(ann: Any, vecs: np.ndarray, ids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """``positions -> vectors`` of an ``IndexIDMap`` graph, read from a snapshot (``vecs`` by
-    ascending ``ids``); zeros for positions whose id the snapshot no longer holds (tombstones)."""
-    id_map = load_faiss().vector_to_array(ann.id_map)
-
-    def at(pos: np.ndarray) -> np.ndarray:
-        want = id_map[pos]
-        rows = np.minimum(np.searchsorted(ids, want), max(ids.size - 1, 0))
-        found = ids[rows] == want
-        out = np.zeros((pos.size, vecs.shape[1]), dtype=np.float32)
-        out[found] = vecs[rows[found]]
-        return out
-
-    return at
-
-
 def build_hnsw(config: FaissConfig, vecs: np.ndarray, ids: np.ndarray) -> tuple[Any, dict[str, Any]]:
-    """An ``IndexIDMap(IndexHNSWSQ)`` over every row (graph position i holds row i), reinforced."""
+    """An ``IndexIDMap(IndexHNSWSQ)`` over every row (graph position i holds row i)."""
     faiss = load_faiss()
     cfg = config
     n, dim = vecs.shape
@@ -84,25 +65,44 @@ def build_hnsw(config: FaissConfig, vecs: np.ndarray, ids: np.ndarray) -> tuple[
         cfg.hnsw_ef_construction,
         n,
     )
+    release_pages(vecs)
     for s in range(0, n, ADD_CHUNK):
         ann.add_with_ids(np.ascontiguousarray(vecs[s : s + ADD_CHUNK]), np.asarray(ids[s : s + ADD_CHUNK]))
-    reinforce(cfg, ann, vecs, 0, lambda pos: np.asarray(vecs[pos], dtype=np.float32))  # position i is row i
+        release_pages(vecs)
     built = {"tier_built": "hnsw", "hnsw_m": cfg.hnsw_m, "hnsw_ef_construction": cfg.hnsw_ef_construction}
-    return ann, {**built, "hnsw_codes": cfg.hnsw_codes, "hnsw_fill_links": cfg.hnsw_fill_links}
+    return ann, {**built, "hnsw_codes": cfg.hnsw_codes}
 
 
-def reinforce(
-    config: FaissConfig, ann: Any, vectors: np.ndarray, start: int, vectors_at: Callable[[np.ndarray], np.ndarray]
-) -> None:
-    """More level-0 links for graph positions ``start ..`` (see :func:`..hnsw.links.reinforce_links`)."""
-    if config.hnsw_fill_links <= 0 or vectors.shape[0] == 0:
-        return
-    if (reason := faiss_version_reason()) is not None:  # it writes FAISS's link arrays in place
-        log.warning("%s: HNSW links are not reinforced", reason)
-        return
-    t = time.perf_counter()
-    added = reinforce_links(ann, vectors, start, config.hnsw_fill_links, vectors_at)
-    log.info("HNSW: %d level-0 links added for %d vectors in %.1fs", added, vectors.shape[0], time.perf_counter() - t)
+#: A fold re-trains the codes' value ranges (a rebuild) when more than this fraction of the new
+#: vectors' values fall outside the trained ranges widened by :data:`RANGE_MARGIN` of their width
+#: (such values are clipped to the range's end by the 8-bit codes; the exact re-rank then has to
+#: make up for a coarser candidate list). Same-distribution adds stay far below it: 1M CLIP-like
+#: vectors folded into a graph trained on the first 50k put 0.0000 of their values there
+#: (bench/README.md, "The FAISS default without the kernel").
+OUT_OF_RANGE_MAX = 0.001
+RANGE_MARGIN = 0.05
+
+
+def out_of_range(ann: Any, vectors: np.ndarray) -> float:
+    """The fraction of ``vectors``' values outside the SQ codes' trained ranges widened by
+    :data:`RANGE_MARGIN` (0.0 for structures without such ranges)."""
+    faiss = load_faiss()
+    try:
+        inner = faiss.downcast_index(ann.index)
+        sq = faiss.downcast_index(inner.storage).sq
+    except AttributeError:
+        return 0.0
+    trained = faiss.vector_to_array(sq.trained)
+    d = vectors.shape[1]
+    if trained.size != 2 * d or vectors.shape[0] == 0:
+        return 0.0
+    vmin, vdiff = trained[:d], trained[d:]
+    lo, hi = vmin - RANGE_MARGIN * vdiff, vmin + (1 + RANGE_MARGIN) * vdiff
+    outside = 0
+    for s in range(0, vectors.shape[0], ADD_CHUNK):
+        block = np.asarray(vectors[s : s + ADD_CHUNK])
+        outside += int(np.count_nonzero((block < lo) | (block > hi)))
+    return outside / (vectors.shape[0] * d)
 
 
 def build_ivf(config: FaissConfig, vecs: np.ndarray, ids: np.ndarray, *, for_gpu: bool) -> tuple[Any, dict[str, Any]]:

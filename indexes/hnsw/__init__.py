@@ -1,14 +1,13 @@
-"""fgsearch's HNSW search kernel for FAISS graphs.
+"""Checks of the FAISS HNSW graphs the FAISS backend searches (:mod:`.check`).
 
-* ``_hnsw_kernel.c``: the C source (built by ``pip install`` as ``fgsearch.indexes.hnsw._hnsw_kernel``,
-  loaded by :mod:`fgsearch.indexes.native`);
-* :mod:`.kernel`: its ctypes wrapper (:class:`HnswKernel`, which variant the CPU runs);
-* :mod:`.links`: level-0 link reinforcement after a FAISS build.
+fgsearch builds, stores and searches its HNSW graphs with FAISS (``IndexHNSWSQ`` searched with
+``SearchParametersHNSW``); what it adds is a check, once per snapshot, of what FAISS's reader lets
+through and FAISS's search would trust (entry point and levels in range). Issue 24 removed the
+project's own C search kernel and its level-0 link reinforcement (see docs/kernel-decision.md).
 """
 
 from __future__ import annotations
 
-from .kernel import ENV, ISAS, MAX_LEVEL0_LINKS, HnswKernel, kernel_isa, kernel_missing_reason
-from .links import reinforce_links
+from .check import FAISS_RANGE, check_graph, faiss_version_reason
 
-__all__ = ["ENV", "ISAS", "MAX_LEVEL0_LINKS", "HnswKernel", "kernel_isa", "kernel_missing_reason", "reinforce_links"]
+__all__ = ["FAISS_RANGE", "check_graph", "faiss_version_reason"]

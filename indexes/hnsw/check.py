@@ -1,8 +1,9 @@
-"""What fgsearch checks in a FAISS HNSW graph before its C kernel reads it (once per snapshot).
+"""What fgsearch checks in a FAISS HNSW graph before FAISS searches it (once per snapshot).
 
 FAISS (from 1.14.2, the lower bound in pyproject.toml) refuses a graph file whose neighbour ids,
-offsets or level table are out of range when it reads it. The kernel also relies on what FAISS
-does not check, because FAISS's own search never reads it that way:
+offsets or level table are out of range when it reads it. Its search also relies on what its
+reader does not check (a file that breaks these reads another node's lists, or past the end of the
+link array, with no bounds check):
 
 * the entry point's level is the graph's top level (the descent starts there and reads its links
   on every level down to 1), and no node's level is above it;
@@ -10,7 +11,8 @@ does not check, because FAISS's own search never reads it that way:
 * every link on an upper level ``l`` points to a node that has level ``l`` (the descent reads that
   node's list on level ``l``; in a file FAISS accepts, a link to a lower node reads past its list);
 * the codes are ``ntotal * d`` bytes (8 bits per dimension), the trained vector is ``2 * d`` finite
-  floats (``vmin`` then ``vdiff``), and the id map, graph, levels and codes agree on ``ntotal``.
+  floats (``vmin`` then ``vdiff``), and the id map, graph, levels and codes agree on ``ntotal``
+  (infinite or NaN ranges would decode every code to NaN: a search of it returns arbitrary ids).
 
 :func:`check_graph` raises :class:`IndexCorruptError` with one line naming the first violation;
 at 1M vectors it costs what ``bench/bench_indexes.py`` prints as ``graph check`` (a few passes
@@ -25,12 +27,40 @@ from typing import Any
 import numpy as np
 
 from ..errors import IndexCorruptError
-from .kernel import _view
+
+#: FAISS versions that validate a graph's neighbour ids and offsets when they read it (from 1.14.2)
+#: and whose HNSW layout this check reads (``levels``, ``offsets``, ``neighbors``,
+#: ``cum_nneighbor_per_level``, the SQ8 trained vector): the same bounds as the ``faiss-cpu``
+#: requirement in pyproject.toml (tests/indexes/test_hnsw_layout.py checks both)
+FAISS_RANGE = ((1, 14, 2), (2, 0, 0))
+
+
+def faiss_version_reason(version: str | None = None) -> str | None:
+    """Why the installed FAISS (or ``version``) is outside :data:`FAISS_RANGE`; None when inside."""
+    if version is None:
+        import faiss
+
+        version = str(faiss.__version__)
+    parts = tuple(int(p) for p in [*version.split("+")[0].split("."), "0", "0"][:3] if p.isdigit())
+    lo, hi = FAISS_RANGE
+    if len(parts) == 3 and lo <= parts < hi:
+        return None
+    return (
+        f"FAISS {version} is outside {'.'.join(map(str, lo))} to <{hi[0]}, the versions that check a graph "
+        "when they read it and whose layout fgsearch's graph check reads"
+    )
+
+
+def _view(vec: Any, ctype: Any, count: int) -> np.ndarray:
+    """A numpy view (no copy) of a FAISS vector's memory; valid while the vector lives."""
+    if count == 0:
+        return np.zeros(0, dtype=np.dtype(ctype))
+    return np.ctypeslib.as_array(ctypes.cast(int(vec.data()), ctypes.POINTER(ctype)), shape=(count,))
 
 
 def check_graph(ann: Any) -> None:
-    """Raise :class:`IndexCorruptError` unless ``ann`` (``IndexIDMap(IndexHNSWSQ)``, 8-bit) is safe
-    for the kernel to search (see the module docstring). Other structures are left to FAISS."""
+    """Raise :class:`IndexCorruptError` unless ``ann`` (``IndexIDMap(IndexHNSWSQ)``) is safe for
+    FAISS to search (see the module docstring)."""
     import faiss
 
     if not isinstance(ann, faiss.IndexIDMap):
@@ -38,7 +68,7 @@ def check_graph(ann: Any) -> None:
     inner: Any = faiss.downcast_index(ann.index)
     if not isinstance(inner, faiss.IndexHNSWSQ):
         raise IndexCorruptError(f"the HNSW file holds a {type(inner).__name__}, not an HNSW-SQ graph")
-    h = inner.hnsw
+    h: Any = inner.hnsw
     storage: Any = faiss.downcast_index(inner.storage)
     n, d = int(inner.ntotal), int(inner.d)
     _check_sizes(ann, h, storage, n, d, faiss)
@@ -56,13 +86,18 @@ def check_graph(ann: Any) -> None:
     if int(levels.max()) > top + 1 or int(levels.min()) < 1:
         raise IndexCorruptError(f"HNSW graph: node levels out of range [0, {top}]")
     _check_upper_links(h, levels, cum, n)
+    if faiss_version_reason() is not None:  # a FAISS (e.g. faiss-gpu < 1.14.2) that reads ids unchecked
+        nb = _view(h.neighbors, ctypes.c_int32, int(h.neighbors.size()))
+        if nb.size and (int(nb.max()) >= n or int(nb.min()) < -1):
+            raise IndexCorruptError(f"HNSW graph: a neighbour id out of range [0, {n})")
 
 
 def _check_sizes(ann: Any, h: Any, storage: Any, n: int, d: int, faiss: Any) -> None:
-    """The sizes the kernel assumes: codes, trained vector, id map, level table."""
+    """The sizes a search assumes: codes, trained vector, id map, level table (8-bit codes; a
+    4-bit graph's code sizes are FAISS's to check)."""
     sq = storage.sq
     if sq.qtype != faiss.ScalarQuantizer.QT_8bit:
-        return  # 4-bit graphs are searched by FAISS
+        return
     if int(storage.d) != d or int(sq.d) != d or int(storage.code_size) != d or int(sq.code_size) != d:
         raise IndexCorruptError(f"HNSW graph: code size {int(storage.code_size)} for {d} dimensions (8-bit codes)")
     if int(storage.ntotal) != n or int(storage.codes.size()) != n * d:

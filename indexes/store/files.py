@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import zlib
 from collections.abc import Iterator
@@ -106,9 +107,25 @@ def file_digest(path: Path) -> dict[str, Any]:
     return {"size": size, "sha256": h.hexdigest()}
 
 
+def release_pages(arr: np.ndarray) -> None:
+    """Drop the pages of a read-only memory-mapped array from this process (they stay in the page
+    cache; the next read maps them again). A pass over a whole snapshot (a compaction's copy, its
+    CRCs, a calibration's exact search) releases as it goes, so the process's resident memory holds
+    one block of the file, not all of it (issue 24: the 1M build's peak). No-op for other arrays."""
+    m = getattr(arr, "_mmap", None)
+    if isinstance(m, mmap.mmap) and hasattr(m, "madvise") and not m.closed:
+        m.madvise(mmap.MADV_DONTNEED)
+
+
 def block_crcs(vecs: np.ndarray, rows: int = CHECK_BLOCK_ROWS) -> list[int]:
     """CRC-32 of each block of ``rows`` vector rows: localises damage to the ids it affects."""
-    return [zlib.crc32(np.ascontiguousarray(vecs[s : s + rows]).tobytes()) for s in range(0, len(vecs), rows)]
+    out = []
+    for s in range(0, len(vecs), rows):
+        out.append(zlib.crc32(np.ascontiguousarray(vecs[s : s + rows]).tobytes()))
+        if s % (16 * rows) == 0:
+            release_pages(vecs)
+    release_pages(vecs)
+    return out
 
 
 def check_snapshot(path: Path, m: dict[str, Any], ids: np.ndarray, vecs: np.ndarray) -> tuple[list[str], np.ndarray]:

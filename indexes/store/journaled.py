@@ -57,6 +57,7 @@ from .files import (
     fsync_dir,
     load_npy,
     read_manifest,
+    release_pages,
     write_npy,
 )
 from .journal import (
@@ -413,6 +414,7 @@ class JournaledStore(StoredRows):
                         out[from_base] = self.base_vecs[alive_rows[sel[from_base]]]
                     if not from_base.all():
                         out[~from_base] = self.delta.vecs[d_rows[sel[~from_base] - nb_alive]]
+                    release_pages(self.base_vecs)  # never all of the old snapshot resident
                     yield out
 
             write_npy(self.path / vec_name, (n_new, self.dim), "<f4", vec_chunks())

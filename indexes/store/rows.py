@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DimensionMismatchError, IndexCorruptError
-from ..native import pread_rows
 
 _PREAD_MAX_ROWS = 65536
 _DICT_LOOKUP_MAX = 4096
@@ -126,20 +125,17 @@ class StoredRows:
         in_base = rows < nb
         if not in_base.all():
             out[~in_base] = self.delta.vecs[rows[~in_base] - nb]
-        fd = self._base_fd
-        off = self._base_offset
-        if in_base.all():
-            try:
-                if pread_rows(fd, off, rows, out):  # one C call (the HNSW kernel's library)
-                    return out
-            except OSError as e:
-                raise IndexCorruptError(f"{self.path}: cannot read the vectors file ({e})") from e
+        # one preadv per row (30 rows: 48 us, against 37 us for the C loop issue 24 removed)
+        fd, pread = self._base_fd, os.preadv
         mv = out.data.cast("B")
         rb = 4 * self.dim
-        for j in np.flatnonzero(in_base).tolist():
-            got = os.preadv(fd, [mv[j * rb : (j + 1) * rb]], off + int(rows[j]) * rb)
-            if got != rb:
-                raise IndexCorruptError(f"{self.path}: short read from the vectors file")
+        at = np.flatnonzero(in_base)
+        try:
+            for j, pos in zip(at.tolist(), (rows[at] * rb + self._base_offset).tolist(), strict=True):
+                if pread(fd, [mv[j * rb : (j + 1) * rb]], pos) != rb:
+                    raise OSError(f"short read of row {int(rows[j])}")
+        except OSError as e:
+            raise IndexCorruptError(f"{self.path}: cannot read the vectors file ({e})") from e
         return out
 
     def live_ids(self) -> np.ndarray:

@@ -4,8 +4,8 @@
 HNSW graph (and ``pristine.index``, a copy of its FAISS file). For each seed FIRST .. FIRST+COUNT-1
 the worker writes the pristine bytes with a few bytes garbled in one region of the file (region =
 seed mod 24 of 24 equal slices: every part of the file, header to id map, is hit), keeping the
-size, opens the index read-only and searches it (image-like and text-like queries, through the C
-kernel where it takes the graph). It prints ``start SEED`` before and one line after each case:
+size, opens the index read-only and searches it (image-like and text-like queries, with FAISS's
+own HNSW search). It prints ``start SEED`` before and one line after each case:
 ``error SEED MESSAGE`` (an :class:`IndexCorruptError`, one line) or ``ids SEED`` (every id returned
 is a stored id or -1). Anything else (another exception, an id that was never stored) prints
 ``bad SEED ...``; a signal or a hang kills the process, and the test names the seed it started.

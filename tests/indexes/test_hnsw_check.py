@@ -1,9 +1,12 @@
-"""What fgsearch checks in an HNSW graph before its C kernel reads it (fgsearch.indexes.hnsw.check).
+"""What fgsearch checks in an HNSW graph before FAISS's search walks it (fgsearch.indexes.hnsw.check).
 
-Each damage below is one FAISS (1.14.2+) reads without complaint, because its own search never
-reads the graph that way, but the kernel would read past a list or out of the codes. The index
-must refuse it when it opens the snapshot, in one line naming the file; the library turns that
-into the line naming ``fgsearch doctor --repair`` in the API, the CLI and the server.
+Each damage below is one FAISS (1.14.2+) reads without complaint, and its search does not bound:
+a low entry point or a link down to a lower node makes it read past that node's lists (past the
+link array at the last node), a top level past the level table reads past that table, and NaN
+value ranges make every score NaN: FAISS 1.15's search then returns no result at all, silently
+(tried: 50 of 50 queries came back as -1 ids). The index must refuse each when it opens the
+snapshot, in one line naming the file; the library turns that into the line naming
+``fgsearch doctor --repair`` in the API, the CLI and the server.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def _nan_ranges(ann: Any, h: Any, st: Any) -> None:
         (_nan_ranges, "the codes' value ranges"),
     ],
 )
-def test_a_graph_faiss_accepts_but_the_kernel_must_not_read_is_refused_on_open(
+def test_a_graph_faiss_accepts_but_its_search_must_not_walk_is_refused_on_open(
     tmp_path: Path, pristine: tuple[Path, np.ndarray], damage: Callable[..., None], reason: str
 ) -> None:
     folder, fpath, _ = _built(tmp_path, pristine)
@@ -103,7 +106,7 @@ def test_a_graph_faiss_accepts_but_the_kernel_must_not_read_is_refused_on_open(
 
 
 def test_ids_that_are_not_the_snapshots_open_but_a_search_meeting_them_is_an_error(tmp_path: Path, pristine) -> None:
-    """Safe for the kernel (it only hands them back), so the snapshot opens and `verify()` can name
+    """Safe for FAISS's search (it only hands them back), so the snapshot opens and `verify()` can name
     the damaged file; a search whose candidates include one is a one-line error."""
     folder, fpath, _ = _built(tmp_path, pristine)
 

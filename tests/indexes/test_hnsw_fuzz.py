@@ -1,7 +1,7 @@
 """Fuzz: a snapshot's HNSW graph file garbled in place (same size, many seeds, every region).
 
 FAISS (1.14.2+) refuses much of it when it reads the file, fgsearch's own check
-(:mod:`fgsearch.indexes.hnsw.check`) what FAISS lets through and the C kernel would trust; a
+(:mod:`fgsearch.indexes.hnsw.check`) what FAISS's reader lets through and its search would trust; a
 garbled id map is refused by the search that meets a foreign id; garbled codes give other
 (stored) ids. What must never happen: a signal, a hang,
 an exception other than the one-line :class:`IndexCorruptError`, or an id that was never stored.
@@ -52,7 +52,7 @@ def test_a_garbled_graph_is_refused_in_one_line_or_gives_stored_ids_never_a_cras
     with create_index("faiss", folder, x.shape[1], config=cfg) as idx:
         idx.add(ids, x)
         idx.save()
-        assert idx.stats().params["search_kernel"].startswith("fgsearch-")  # the C kernel reads the graph
+        assert idx.stats().params["search"] == "faiss"  # FAISS's own search walks the graph
         faiss_file = folder / idx._extra["faiss_file"]
     shutil.copyfile(faiss_file, folder / "pristine.index")
     np.save(folder / "stored_ids.npy", ids)
@@ -63,7 +63,7 @@ def test_a_garbled_graph_is_refused_in_one_line_or_gives_stored_ids_never_a_cras
     refused = [ln for ln in outcomes if ln.startswith("error ")]
     searched = [ln for ln in outcomes if ln.startswith("ids ")]
     assert len(refused) + len(searched) == SEEDS
-    # both outcomes happen: the fuzz reaches the checks and the kernel's reads of garbled data
+    # both outcomes happen: the fuzz reaches the checks and FAISS's search of garbled data
     assert refused and len(searched) > SEEDS // 10, (len(refused), len(searched))
     on_open = [ln for ln in refused if "cannot read the backend files of generation" in ln]
     on_search = [ln for ln in refused if "returned ids missing from the snapshot" in ln]  # a garbled id map

@@ -1,7 +1,7 @@
-"""The FAISS internals fgsearch's kernel and link reinforcement read, checked against FAISS itself.
+"""The FAISS internals fgsearch's graph check reads (indexes/hnsw/check.py), checked against FAISS itself.
 
 If a FAISS release changes any of them, these tests fail with a message naming what changed; the
-kernel must then be fixed (or the ``faiss-cpu`` upper bound in pyproject.toml kept below that
+check must then be fixed (or the ``faiss-cpu`` upper bound in pyproject.toml kept below that
 release) before the bound is raised.
 """
 
@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from _indexes_data import unit_vectors
 
-from fgsearch.indexes import hnsw
-from fgsearch.indexes.hnsw.kernel import FAISS_RANGE, _view, faiss_version_reason
+from fgsearch.indexes.hnsw.check import FAISS_RANGE, _view, faiss_version_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +33,7 @@ def graph() -> faiss.Index:
     return ann
 
 
-def test_the_requirement_and_the_kernel_agree_on_the_faiss_versions_and_faiss_is_in_them() -> None:
+def test_the_requirement_and_the_check_agree_on_the_faiss_versions_and_faiss_is_in_them() -> None:
     reqs = re.findall(r'^    "faiss-cpu>=([\d.]+),<([\d.]+)",$', (ROOT / "pyproject.toml").read_text(), re.M)
     assert len(reqs) == 1, "pyproject.toml must require faiss-cpu>=LOW,<HIGH (once)"
     lo, hi = reqs[0]
@@ -44,21 +43,15 @@ def test_the_requirement_and_the_kernel_agree_on_the_faiss_versions_and_faiss_is
     assert faiss_version_reason("1.13.2") and faiss_version_reason("2.0.0") and not faiss_version_reason("1.15.1")
 
 
-def test_outside_the_range_faiss_searches_and_links_are_left_as_built(graph, monkeypatch) -> None:
-    monkeypatch.setattr(faiss, "__version__", "1.13.2")
-    assert hnsw.kernel_isa() is None and hnsw.HnswKernel.for_index(graph) is None
-    assert "FAISS 1.13.2 is outside 1.14.2 to <2" in (hnsw.kernel_missing_reason() or "")
-
-
 def test_sq8_codes_decode_as_vmin_plus_code_over_255_times_vdiff(graph) -> None:
     st = faiss.downcast_index(faiss.downcast_index(graph.index).storage)
     d = int(st.d)
     trained = faiss.vector_to_array(st.sq.trained)
-    assert trained.size == 2 * d, f"SQ8 trained vector holds {trained.size} values, the kernel reads 2 x {d}"
+    assert trained.size == 2 * d, f"SQ8 trained vector holds {trained.size} values, the check reads 2 x {d}"
     codes = faiss.vector_to_array(st.codes).reshape(-1, d)[:50]
     theirs = st.sq.decode(np.ascontiguousarray(codes))
     ours = trained[:d] + (codes.astype(np.float32) + 0.5) / 255.0 * trained[d:]
-    np.testing.assert_allclose(ours, theirs, atol=1e-6, err_msg="SQ8 decoding changed: the kernel's folding is wrong")
+    np.testing.assert_allclose(ours, theirs, atol=1e-6, err_msg="SQ8 decoding changed: tiers.out_of_range is wrong")
 
 
 def test_the_link_arrays_are_a_prefix_list_per_node_and_views_alias_faiss_memory(graph) -> None:
@@ -76,7 +69,7 @@ def test_the_link_arrays_are_a_prefix_list_per_node_and_views_alias_faiss_memory
     assert (row[: links.size] >= 0).all(), "a level-0 list is no longer its links, then -1"
     saved = int(row[links.size - 1])
     try:
-        nb[offsets[5] + links.size - 1] = 1234  # written through the view (link reinforcement does this)
+        nb[offsets[5] + links.size - 1] = 1234  # written through the view (tests make extra links so)
         back = faiss.deserialize_index(faiss.serialize_index(graph))
         theirs = faiss.vector_to_array(faiss.downcast_index(back.index).hnsw.neighbors)
         assert theirs[offsets[5] + links.size - 1] == 1234, "the neighbours view is a copy, not FAISS's array"

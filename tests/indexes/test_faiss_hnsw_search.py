@@ -1,0 +1,231 @@
+"""The FAISS backend's HNSW tier searched with FAISS's own search (issue 24 removed fgsearch's C
+kernel and its link reinforcement): removed ids, old snapshots and configs, folding adds instead of
+rebuilding, and the re-rank's ``pread`` of rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from _indexes_data import near_queries, text_like_queries, unit_vectors
+
+from fgsearch.indexes import FaissConfig, IndexCorruptError, create_index, open_index
+from fgsearch.indexes.faiss import tiers
+from fgsearch.indexes.faiss.calibration_queries import recall_at_k
+from fgsearch.indexes.registry import get_backend
+
+DIM = 32
+CFG = FaissConfig(flat_threshold=1000, calibration_queries=100)
+
+
+def _truth(q: np.ndarray, x: np.ndarray, ids: np.ndarray, live: np.ndarray) -> np.ndarray:
+    return ids[live][np.argsort(-(q @ x[live].T), axis=1)[:, :10]]
+
+
+def test_removed_ids_are_never_returned_and_scores_are_exact(tmp_path: Path) -> None:
+    x = unit_vectors(3000, DIM, seed=6, clusters=30)
+    ids = np.arange(x.shape[0], dtype=np.int64) * 2 + 1
+    q = np.concatenate([near_queries(x, 80, seed=3), text_like_queries(x, 80, seed=4)])
+    with create_index("faiss", tmp_path / "f", DIM, config=CFG) as idx:
+        idx.add(ids, x)
+        idx.save()
+        idx.remove(ids[:50])  # since the snapshot: excluded by FAISS's id selector
+        p = idx.stats().params
+        assert (p["tier"], p["search"]) == ("hnsw", "faiss") and "fill_links" not in p
+        got = idx.search(q, 10)
+        assert not np.isin(got.ids, ids[:50]).any()
+        assert recall_at_k(got.ids, _truth(q, x, ids, np.arange(50, x.shape[0]))) >= 0.95
+        np.testing.assert_allclose(got.scores, np.take_along_axis(q @ x.T, (got.ids - 1) // 2, axis=1), atol=1e-5)
+
+
+def test_adds_that_fit_the_codes_are_folded_in_and_adds_that_do_not_rebuild(tmp_path: Path) -> None:
+    x = unit_vectors(3000, DIM, seed=7, clusters=30)
+    ids = np.arange(x.shape[0], dtype=np.int64)
+    q = near_queries(x, 60, seed=8)
+    with create_index("faiss", tmp_path / "f", DIM, config=CFG) as idx:
+        idx.add(ids[:1200], x[:1200])
+        idx.save()
+        assert idx.stats().params["trained_n"] == 1200
+        idx.add(ids[1200:], x[1200:])  # 2.5x the graph, same distribution: no rebuild
+        idx.save()
+        p = idx.stats().params
+        assert (p["trained_n"], idx.count(), p["calibrated_n"]) == (1200, 3000, 3000)
+        assert recall_at_k(idx.search(q, 10).ids, _truth(q, x, ids, np.arange(3000))) >= 0.95
+        # vectors whose values lie far outside the ranges the codes were trained on: rebuilt
+        far = np.zeros((300, DIM), dtype=np.float32)
+        far[np.arange(300), np.arange(300) % DIM] = 1.0
+        idx.add(np.arange(5000, 5300), far)
+        idx.save()
+        assert idx.stats().params["trained_n"] == 3300
+        got = idx.search(far[:20], 1)
+        np.testing.assert_array_equal(got.scores[:, 0], np.ones(20, dtype=np.float32))
+
+
+def test_out_of_range_counts_values_outside_the_widened_trained_ranges() -> None:
+    x = unit_vectors(2000, DIM, seed=9)
+    h = faiss.IndexHNSWSQ(DIM, faiss.ScalarQuantizer.QT_8bit, 8, faiss.METRIC_INNER_PRODUCT)
+    h.train(x)
+    ann = faiss.IndexIDMap(h)
+    assert tiers.out_of_range(ann, x) == 0.0  # the training vectors themselves
+    trained = faiss.vector_to_array(faiss.downcast_index(h.storage).sq.trained)
+    vmin, vdiff = trained[:DIM], trained[DIM:]
+    y = np.tile(vmin + 0.5 * vdiff, (4, 1)).astype(np.float32)
+    y[0, 0] = vmin[0] + (1 + 2 * tiers.RANGE_MARGIN) * vdiff[0]  # outside, past the margin
+    y[1, 1] = vmin[1] - 0.5 * tiers.RANGE_MARGIN * vdiff[1]  # outside, within the margin
+    assert tiers.out_of_range(ann, y) == pytest.approx(1 / (4 * DIM))
+
+
+def _with_extra_links(path: Path) -> int:
+    """Rewrite a snapshot's graph with more level-0 links per node (free slots filled with each
+    node's exact neighbours), as the removed link reinforcement left old snapshots."""
+    ann = faiss.read_index(str(path))
+    inner = faiss.downcast_index(ann.index)
+    h = inner.hnsw
+    n = int(ann.ntotal)
+    vecs = inner.storage.reconstruct_n(0, n)
+    nb = faiss.vector_to_array(h.neighbors)
+    off = faiss.vector_to_array(h.offsets).astype(np.int64)
+    slots = int(faiss.vector_to_array(h.cum_nneighbor_per_level)[1])
+    near = np.argsort(-(vecs @ vecs.T), axis=1)[:, 1 : slots + 1]
+    added = 0
+    for v in range(n):
+        row = nb[off[v] : off[v] + slots]
+        have = row[row >= 0]
+        extra = [int(u) for u in near[v] if u not in have][: slots - have.size]
+        nb[off[v] + have.size : off[v] + have.size + len(extra)] = extra
+        added += len(extra)
+    faiss.copy_array_to_vector(nb, h.neighbors)
+    faiss.write_index(ann, str(path))
+    return added
+
+
+def test_an_old_snapshot_with_reinforced_links_and_fill_links_in_its_manifest_opens_and_searches(
+    tmp_path: Path,
+) -> None:
+    x = unit_vectors(2000, DIM, seed=10, clusters=25)
+    ids = np.arange(x.shape[0], dtype=np.int64) * 3 + 2
+    folder = tmp_path / "f"
+    with create_index("faiss", folder, DIM, config=CFG) as idx:
+        idx.add(ids, x)
+        idx.save()
+        faiss_file = folder / idx._extra["faiss_file"]
+    assert _with_extra_links(faiss_file) > 1000
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["config"]["hnsw_fill_links"] = 24  # what the old code wrote
+    manifest["extra"]["hnsw_fill_links"] = 24
+    manifest["checksums"].pop(faiss_file.name, None)  # rewritten above: not what the manifest hashed
+    manifest_path.write_text(json.dumps(manifest))
+    q = np.concatenate([near_queries(x, 60, seed=11), text_like_queries(x, 60, seed=12)])
+    with open_index("faiss", folder, read_only=True) as ro:
+        assert ro.tier == "hnsw"
+        got = ro.search(q, 10)
+    assert np.isin(got.ids, ids).all()
+    assert recall_at_k(got.ids, _truth(q, x, ids, np.arange(x.shape[0]))) >= 0.95
+    # a library or script that still passes the option: accepted, ignored
+    assert get_backend("faiss").parse_options({"hnsw_fill_links": "16"}) == {"hnsw_fill_links": 16}
+    with create_index("faiss", tmp_path / "g", DIM, config=FaissConfig(flat_threshold=1000, hnsw_fill_links=24)) as g:
+        g.add(ids, x)
+        g.save()
+        assert "hnsw_fill_links" not in g._extra
+
+
+def test_a_short_read_of_the_vectors_file_is_a_one_line_corrupt_error(tmp_path: Path) -> None:
+    x = unit_vectors(200, DIM, seed=13)
+    with create_index("faiss", tmp_path / "f", DIM, config=FaissConfig()) as idx:
+        idx.add(np.arange(200), x)
+        idx.save()
+        rows = np.array([199, 0, 57])
+        np.testing.assert_array_equal(idx._store.read_rows(rows), x[rows])
+        store = idx._store
+        saved = store._base_offset
+        store._base_offset = saved + 4 * DIM  # as if the file were a row shorter than the manifest says
+        try:
+            with pytest.raises(IndexCorruptError, match=r"cannot read the vectors file \(short read of row 199\)"):
+                store.read_rows(np.array([3, 199]))
+        finally:
+            store._base_offset = saved
+
+
+def test_calibration_narrows_efsearch_between_the_ladder_steps() -> None:
+    """The ladder's steps are 1.33-1.5x apart: the breadth is then bisected between the step that
+    missed the goal and the one that reached it (before issue 24 it stopped at the ladder step)."""
+    from fgsearch.indexes.faiss.calibration import _search_ladder
+
+    tried: list[int] = []
+
+    def measure(breadth: int, factor: int) -> dict[str, float]:
+        tried.append(breadth)
+        return {"text": 0.99 if breadth >= 300 else 0.95, "image": 1.0}
+
+    (breadth, factor, recalls), reached = _search_ladder(measure, "hnsw", 0, FaissConfig(), None, 0.98)
+    assert reached and factor == 3 and recalls["text"] == 0.99
+    assert 256 in tried and 384 in tried  # the ladder: 256 missed, 384 reached
+    assert 300 <= breadth <= 304, tried  # then bisected in steps of 16
+    (fixed, _, _), _ = _search_ladder(measure, "hnsw", 0, FaissConfig(), 200, 0.98)
+    assert fixed == 200  # a configured breadth is only measured
+
+
+def test_with_a_faiss_that_does_not_check_ids_on_read_the_graph_check_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fgsearch.indexes.hnsw.check import check_graph
+
+    x = unit_vectors(1500, DIM, seed=14)
+    h = faiss.IndexHNSWSQ(DIM, faiss.ScalarQuantizer.QT_8bit, 8, faiss.METRIC_INNER_PRODUCT)
+    h.train(x)
+    ann = faiss.IndexIDMap(h)
+    ann.add_with_ids(x, np.arange(1500, dtype=np.int64))
+    nb = faiss.vector_to_array(h.hnsw.neighbors)
+    nb[int(np.flatnonzero(nb >= 0)[7])] = 1500  # one past the last node
+    faiss.copy_array_to_vector(nb, h.hnsw.neighbors)
+    check_graph(ann)  # FAISS 1.14.2+ refuses such a file when it reads it: not checked twice
+    monkeypatch.setattr(faiss, "__version__", "1.13.2")  # e.g. an older faiss-gpu-cu12
+    with pytest.raises(IndexCorruptError, match=r"^HNSW graph: a neighbour id out of range \[0, 1500\)$"):
+        check_graph(ann)
+
+
+def test_a_pass_over_a_mapped_snapshot_leaves_its_pages_released(tmp_path: Path) -> None:
+    """A build's passes over the snapshot (CRCs, calibration truths) hold one block resident, not
+    the file (issue 24: every pass made the whole snapshot resident, and the build's peak with it)."""
+    from fgsearch.indexes.store.files import block_crcs, release_pages
+
+    def rss_file() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssFile:"))
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs Linux's /proc")
+    np.save(tmp_path / "v.npy", np.ones((40_000, 256), dtype=np.float32))  # 41 MB
+    v = np.load(tmp_path / "v.npy", mmap_mode="r")
+    before = rss_file()
+    assert float(np.asarray(v).sum()) == 40_000 * 256  # a plain pass maps all of it
+    assert rss_file() - before > 30 * 2**20
+    release_pages(v)
+    assert rss_file() - before < 8 * 2**20
+    assert len(block_crcs(v)) == 10 and rss_file() - before < 8 * 2**20
+    release_pages(np.zeros(3))  # not mapped: nothing to do
+
+
+def test_a_deeper_rerank_is_tried_only_where_it_can_win() -> None:
+    """Recall grows with the breadth: a deeper re-rank that misses the goal at the widest breadth
+    narrower than the chosen one is not tried at the narrower ones (one trial per depth, not ~10)."""
+    from fgsearch.indexes.faiss.calibration import _search_ladder
+
+    tried: list[tuple[int, int]] = []
+
+    def measure(breadth: int, factor: int) -> dict[str, float]:
+        tried.append((breadth, factor))
+        return {"text": 0.99 if breadth >= 300 else 0.95}  # depth does not help
+
+    (breadth, factor, _), reached = _search_ladder(measure, "hnsw", 0, FaissConfig(), None, 0.98)
+    assert reached and factor == 3 and 300 <= breadth <= 304
+    deeper = [t for t in tried if t[1] > 3]
+    assert deeper == [(256, 6), (256, 12), (256, 24)], deeper  # one each (depth 480 starts past 304)
+
+    def helps(breadth: int, factor: int) -> dict[str, float]:  # depth 60 reaches it from ef 96
+        return {"text": 0.99 if breadth >= 300 or (factor >= 6 and breadth >= 96) else 0.95}
+
+    (breadth, factor, _), reached = _search_ladder(helps, "hnsw", 0, FaissConfig(), None, 0.98)
+    assert reached and (breadth, factor) == (96, 6)
