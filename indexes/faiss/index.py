@@ -58,28 +58,26 @@ from typing import Any
 
 import numpy as np
 
-from ..base import SearchResult, empty_result, merge_topk, topk_rows
+from ..base import SearchResult, empty_result, merge_topk
 from ..config import FaissConfig
 from ..errors import IndexCorruptError
 from ..exact import StoreBackedIndex, chunked_queries, exact_topk
 from ..faults import faults
-from ..filtered import allowed_rows, exact_over_rows, plan
+from ..filtered import exact_over_rows
 from ..hnsw.check import check_graph
 from ..store.files import fsync_file, release_pages
 from ..store.journaled import KEPT_FILES
 from . import tiers
-from ._lib import ADD_CHUNK, allowed_selector, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
+from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
 from .calibration import CalibrationSource, calibrate, calibration_sets, measure_sets
 from .gpu import clone_to_gpu, gpu_wanted
+from .search import ann_candidates, filter_plan, hnsw_bytes
 from .served import FILE as SERVED_FILE
 from .served import ServedQueries, served_capacity
 
 log = logging.getLogger(__name__)
 
 KEPT_FILES.add(SERVED_FILE)  # the served-query record outlives snapshots
-
-#: Candidate rows re-scored at once (a batch of queries is re-ranked in slices of this many rows).
-_RERANK_ROWS = 1024
 
 
 class FaissIndex(StoreBackedIndex):
@@ -311,14 +309,7 @@ class FaissIndex(StoreBackedIndex):
     def _adds_fit_codes(self, ann: Any) -> bool:
         """True when the rows since the snapshot fit the HNSW codes' trained value ranges (see
         :func:`.tiers.out_of_range`); False: re-train the codes, i.e. rebuild the graph."""
-        outside = total = 0.0
-        for dvecs, dids in self._store.iter_blocks(ADD_CHUNK, base=False):
-            live = dids >= 0
-            if live.any():
-                rows = int(live.sum())
-                outside += tiers.out_of_range(ann, dvecs[live]) * rows
-                total += rows
-        share = outside / total if total else 0.0
+        share = tiers.out_of_range_share(ann, self._store.iter_blocks(ADD_CHUNK, base=False))
         if share > tiers.OUT_OF_RANGE_MAX:
             log.info("HNSW: %.4f of the new vectors' values fall outside the codes' ranges: rebuilding", share)
             return False
@@ -425,43 +416,11 @@ class FaissIndex(StoreBackedIndex):
 
     # ------------------------------------------------------------------ search
     def _ann_candidates(
-        self,
-        ann: Any,
-        tier: str,
-        q: np.ndarray,
-        k: int,
-        breadth: int,
-        sel: Any,
-        gather: Any,
-        *,
-        rerank_factor: int,
-        use_gpu: bool = False,
+        self, ann: Any, tier: str, q: np.ndarray, k: int, breadth: int, sel: Any, gather: Any, **kw: Any
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate candidates re-ranked by exact inner products; ``gather(ids) -> vectors``.
-        FAISS searches its structure, skipping the ids ``sel`` refuses."""
-        faiss = load_faiss()
-        r = min(max(k * rerank_factor, self._config.min_rerank), max(int(ann.ntotal), 1))
-        if use_gpu and sel is None and self._gpu_ivf is not None:
-            _, cand = self._gpu_ivf.search(q, r)
-        else:
-            if tier == "ivf":
-                params = faiss.SearchParametersIVF()
-                params.nprobe = int(breadth)
-            else:
-                params = faiss.SearchParametersHNSW()
-                params.efSearch = max(int(breadth), r)
-            if sel is not None:
-                params.sel = sel
-            _, cand = ann.search(q, r, params=params)
-        scores = np.full(cand.shape, -np.inf, dtype=np.float32)
-        step = max(1, _RERANK_ROWS // max(cand.shape[1], 1))  # bounded buffers for a large batch
-        for s in range(0, cand.shape[0], step):
-            part = cand[s : s + step]
-            qi, ci = np.nonzero(part >= 0)
-            if qi.size:
-                v = gather(part[qi, ci])
-                scores[s + qi, ci] = np.einsum("ij,ij->i", v, q[s + qi])
-        return topk_rows(cand, scores, k)
+        """:func:`.search.ann_candidates` with this index's re-rank floor (and GPU copy of an IVF)."""
+        gpu = self._gpu_ivf if kw.pop("use_gpu", False) else None
+        return ann_candidates(ann, tier, q, k, breadth, sel, gather, min_rerank=self._config.min_rerank, gpu=gpu, **kw)
 
     def _store_gather(self, cand: np.ndarray) -> np.ndarray:
         rows = self._store.lookup(cand)
@@ -489,21 +448,9 @@ class FaissIndex(StoreBackedIndex):
     def _filter(
         self, allowed: np.ndarray, breadth: int, k: int
     ) -> tuple[tuple[np.ndarray, np.ndarray] | None, Any, np.ndarray | None, int]:
-        """How an allowed-id filter is searched (:func:`..filtered.plan`): ``(rows, ids)`` for the
-        exact path, or the graph's selector over the snapshot's allowed ids, the allowed ids
-        added since (searched exactly and merged) and the widened breadth."""
-        rows, ids = allowed_rows(self._store, allowed)
-        if self._ann is None:
-            return (rows, ids), None, None, breadth
-        in_base = rows < self._store.n_base
-        n_graph = int(self._ann.ntotal)
-        depth = min(max(k * self._rerank_factor(), self._config.min_rerank), max(n_graph, 1))  # as _ann_candidates
-        fixed = self._config.filter_exact_max
-        how = plan(ids.size, n_graph, breadth, depth, in_graph=int(in_base.sum()), fixed_max=fixed)
-        if how.exact:
-            return (rows, ids), None, None, breadth
-        widened = how.breadth if self.tier == "hnsw" else breadth  # IVF: the lists probed are the cost
-        return None, allowed_selector(ids[in_base]), ids[~in_base], widened
+        """How an allowed-id filter is searched (:func:`.search.filter_plan`)."""
+        depth = max(k * self._rerank_factor(), self._config.min_rerank)
+        return filter_plan(self._store, self._ann, self.tier, allowed, breadth, depth, self._config.filter_exact_max)
 
     def search(self, queries: Any, k: int = 10, *, allowed_ids: Any = None) -> SearchResult:
         q, kk, allowed = self._prepare_search(queries, k, allowed_ids)
@@ -589,8 +536,4 @@ class FaissIndex(StoreBackedIndex):
             return total
         if self.tier == "ivf":
             return total + int(ann.ntotal) * (int(ann.code_size) + 8) + int(ann.nlist) * self.dim * 4
-        faiss = load_faiss()
-        graph = faiss.downcast_index(ann.index)
-        code_size = int(faiss.downcast_index(graph.storage).code_size)
-        links = int(graph.hnsw.neighbors.size()) * 4 + int(graph.hnsw.offsets.size()) * 8
-        return total + int(ann.ntotal) * (code_size + 8 + 4) + links
+        return total + hnsw_bytes(ann)

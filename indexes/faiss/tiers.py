@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -135,3 +136,16 @@ def build_ivf(config: FaissConfig, vecs: np.ndarray, ids: np.ndarray, *, for_gpu
     for s in range(0, n, ADD_CHUNK):
         ivf.add_with_ids(np.ascontiguousarray(vecs[s : s + ADD_CHUNK]), np.asarray(ids[s : s + ADD_CHUNK]))
     return ivf, {"tier_built": "ivf", "nlist": nlist, "pq_m": m}
+
+
+def out_of_range_share(ann: Any, blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """:func:`out_of_range` over the live rows of ``(vectors, ids)`` blocks (ids -1: deleted), weighted
+    by rows: the share of the new values outside the codes' widened trained ranges (0 when none)."""
+    outside = total = 0.0
+    for vecs, ids in blocks:
+        live = ids >= 0
+        if live.any():
+            rows = int(live.sum())
+            outside += out_of_range(ann, vecs[live]) * rows
+            total += rows
+    return outside / total if total else 0.0

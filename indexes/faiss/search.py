@@ -1,0 +1,87 @@
+"""The FAISS backend's approximate search: candidates from the structure re-ranked exactly, and how
+an allowed-id filter is searched (:mod:`..filtered`). Functions of the structure and the store, so
+the search and the calibration (which measures the same search) share them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..base import topk_rows
+from ..filtered import allowed_rows, plan
+from ._lib import allowed_selector, load_faiss
+
+#: Candidate rows re-scored at once (a batch of queries is re-ranked in slices of this many rows).
+RERANK_ROWS = 1024
+
+
+def ann_candidates(
+    ann: Any,
+    tier: str,
+    q: np.ndarray,
+    k: int,
+    breadth: int,
+    sel: Any,
+    gather: Any,
+    *,
+    rerank_factor: int,
+    min_rerank: int,
+    gpu: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of ``max(k * rerank_factor, min_rerank)`` candidates that FAISS's search of ``ann``
+    (``"hnsw"``: efSearch ``breadth``; ``"ivf"``: nprobe ``breadth``; ``gpu``: a GPU copy of an IVF,
+    used when nothing is excluded) returns, skipping the ids ``sel`` refuses, re-ranked by exact
+    inner products with the vectors ``gather(ids)`` returns."""
+    faiss = load_faiss()
+    r = min(max(k * rerank_factor, min_rerank), max(int(ann.ntotal), 1))
+    if gpu is not None and sel is None:
+        _, cand = gpu.search(q, r)
+    else:
+        if tier == "ivf":
+            params = faiss.SearchParametersIVF()
+            params.nprobe = int(breadth)
+        else:
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(int(breadth), r)
+        if sel is not None:
+            params.sel = sel
+        _, cand = ann.search(q, r, params=params)
+    scores = np.full(cand.shape, -np.inf, dtype=np.float32)
+    step = max(1, RERANK_ROWS // max(cand.shape[1], 1))  # bounded buffers for a large batch
+    for s in range(0, cand.shape[0], step):
+        part = cand[s : s + step]
+        qi, ci = np.nonzero(part >= 0)
+        if qi.size:
+            v = gather(part[qi, ci])
+            scores[s + qi, ci] = np.einsum("ij,ij->i", v, q[s + qi])
+    return topk_rows(cand, scores, k)
+
+
+def filter_plan(
+    store: Any, ann: Any, tier: str, allowed: np.ndarray, breadth: int, depth: int, fixed_max: int | None
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, Any, np.ndarray | None, int]:
+    """How an allowed-id filter is searched (:func:`..filtered.plan`): ``(rows, ids)`` for the exact
+    path, or the graph's selector over the snapshot's allowed ids, the allowed ids added since (searched
+    exactly and merged) and the widened breadth. ``depth``: the candidates a search re-ranks."""
+    rows, ids = allowed_rows(store, allowed)
+    if ann is None:
+        return (rows, ids), None, None, breadth
+    in_base = rows < store.n_base
+    n_graph = int(ann.ntotal)
+    how = plan(
+        ids.size, n_graph, breadth, min(depth, max(n_graph, 1)), in_graph=int(in_base.sum()), fixed_max=fixed_max
+    )
+    if how.exact:
+        return (rows, ids), None, None, breadth
+    widened = how.breadth if tier == "hnsw" else breadth  # IVF: the lists probed are the cost
+    return None, allowed_selector(ids[in_base]), ids[~in_base], widened
+
+
+def hnsw_bytes(ann: Any) -> int:
+    """Memory of an ``IndexIDMap(IndexHNSWSQ)``: codes, ids (+ the id map), level-0 and upper links."""
+    faiss = load_faiss()
+    graph = faiss.downcast_index(ann.index)
+    code_size = int(faiss.downcast_index(graph.storage).code_size)
+    links = int(graph.hnsw.neighbors.size()) * 4 + int(graph.hnsw.offsets.size()) * 8
+    return int(ann.ntotal) * (code_size + 8 + 4) + links
