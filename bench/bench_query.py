@@ -305,7 +305,7 @@ def filter_sweep(lib: object, queries: np.ndarray, shares: tuple[float, ...]) ->
     widened breadth and at the unfiltered one; the exact path's recall is 1.0 by construction."""
     from dataclasses import replace
 
-    import fgsearch.indexes.faiss.index as faiss_index
+    import fgsearch.indexes.faiss.search as faiss_search
     from fgsearch.indexes.filtered import FilterPlan, exact_max, plan
 
     idx = lib.store.region_index.inner  # type: ignore[attr-defined]
@@ -339,12 +339,12 @@ def filter_sweep(lib: object, queries: np.ndarray, shares: tuple[float, ...]) ->
             t_exact, truth = timed(allowed, ids.size)
             t_graph, got = timed(allowed, 0)
             ef = plan(allowed.size, n, breadth, depth, fixed_max=0).breadth
-            real_plan = faiss_index.plan
-            faiss_index.plan = lambda m, g, b, d, in_graph=None, fixed_max=None: FilterPlan(False, b, m / g)  # type: ignore[assignment]
+            real_plan = faiss_search.plan
+            faiss_search.plan = lambda m, g, b, d, in_graph=None, fixed_max=None: FilterPlan(False, b, m / g)  # type: ignore[assignment]
             try:
                 t_plain, plain = timed(allowed, 0)
             finally:
-                faiss_index.plan = real_plan
+                faiss_search.plan = real_plan
 
             def recall(got: list[np.ndarray], truth: list[np.ndarray] = truth) -> float:
                 return statistics.mean(
