@@ -172,16 +172,10 @@ class OnnxText2Encoder:
 
     def _ids(self, texts: Sequence[str], walk: TextPath) -> np.ndarray:
         """Padded token ids ``[N, L]`` of the walk (truncation warned as the torch encoder does)."""
-        from fgsearch.model.tokenizer import warn_truncated
+        from fgsearch.model.tokenizer import warn_dropped
 
         rows, dropped = self.tokenizer.rows(texts, walk)
-        for text, n in zip(texts, dropped, strict=True):
-            if n:
-                warn_truncated(
-                    f"text truncated to {self.tokenizer.length(walk)} tokens ({walk.value} walk): dropped {n} "
-                    f"tokens from {text[:40]!r}...",
-                    stacklevel=3,
-                )
+        warn_dropped(texts, dropped, self.tokenizer.length(walk), f"{walk.value} walk", stacklevel=3)
         ids = np.asarray(rows, np.int64).reshape(len(texts), self.tokenizer.length(walk))
         if ids.size and int(ids.max()) >= self.table.shape[0]:
             raise InputError(f"token id {int(ids.max())} is outside the model's {self.table.shape[0]} embeddings")

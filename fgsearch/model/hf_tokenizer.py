@@ -22,7 +22,7 @@ from typing import Any
 from fgsearch.errors import CheckpointError, ModelNotFoundError
 from fgsearch.model.files import read_json
 from fgsearch.model.protocol import TextPath
-from fgsearch.model.tokenizer import warn_truncated
+from fgsearch.model.tokenizer import warn_dropped
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -122,13 +122,7 @@ class HFTokenizer:
             texts = [texts]
         rows, dropped = self.rows(texts, walk)
         if warn:
-            for text, n in zip(texts, dropped, strict=True):
-                if n:
-                    warn_truncated(
-                        f"text truncated to {self.length(walk)} tokens ({TextPath(walk).value} walk): dropped {n} "
-                        f"tokens from {text[:40]!r}...",
-                        stacklevel=2,
-                    )
+            warn_dropped(texts, dropped, self.length(walk), f"{TextPath(walk).value} walk", stacklevel=2)
         return torch.tensor(rows, dtype=torch.long).reshape(len(texts), self.length(walk))
 
 

@@ -416,7 +416,7 @@ class OpenVINOEncoder:
         """Padded id rows for the walk's graph, without torch (a query needs none), warning on
         truncation as the torch runtime does."""
 
-        from fgsearch.model.tokenizer import warn_truncated
+        from fgsearch.model.tokenizer import warn_dropped
 
         tok, texts = self.tokenizer, list(texts)
         if hasattr(tok, "tokenize_rows"):  # FG-CLIP's BPE
@@ -424,13 +424,7 @@ class OpenVINOEncoder:
             rows, dropped = t.ids, t.dropped
         else:  # FG-CLIP 2's Hugging Face tokenizer
             rows, dropped = tok.rows(texts, walk)
-        for text, n in zip(texts, dropped, strict=True):
-            if n:
-                warn_truncated(
-                    f"text truncated to {tok.length(walk)} tokens ({walk.value} walk): dropped {n} tokens "
-                    f"from {text[:40]!r}...",
-                    stacklevel=3,
-                )
+        warn_dropped(texts, dropped, tok.length(walk), f"{walk.value} walk", stacklevel=3)
         return np.asarray(rows, np.int64).reshape(len(texts), tok.length(walk))
 
     def encode_texts(

@@ -58,6 +58,17 @@ def warn_truncated(message: str, stacklevel: int = 2) -> None:
     warnings.warn(message, TextTruncatedWarning, stacklevel=stacklevel + 1)
 
 
+def warn_dropped(texts: Sequence[str], dropped: Sequence[int], length: int, where: str, stacklevel: int = 2) -> None:
+    """:func:`warn_truncated` for each text that lost tokens (``dropped[i]`` of them) when cut to
+    ``length`` tokens on ``where`` (e.g. ``"long path"``, ``"box walk"``)."""
+    for text, n in zip(texts, dropped, strict=True):
+        if n:
+            warn_truncated(
+                f"text truncated to {length} tokens ({where}): dropped {n} tokens from {text[:40]!r}...",
+                stacklevel=stacklevel + 1,
+            )
+
+
 @contextmanager
 def collecting_truncations() -> Iterator[list[str]]:
     """Collect the truncation notices of the texts this thread encodes inside the block.
@@ -203,11 +214,5 @@ class Tokenizer:
             texts = [texts]
         tok = self.tokenize_rows(texts, path)
         if warn:
-            for text, n in zip(texts, tok.dropped, strict=True):
-                if n:
-                    warn_truncated(
-                        f"text truncated to {self.length(path)} tokens ({tok.path.value} path): dropped {n} "
-                        f"tokens from {text[:40]!r}...",
-                        stacklevel=3,
-                    )
+            warn_dropped(texts, tok.dropped, self.length(path), f"{tok.path.value} path", stacklevel=3)
         return tok.ids
