@@ -73,9 +73,6 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-# ---- options shared by several commands -------------------------------------------------------------
-
-
 @app.callback()
 def _root(
     version: bool = typer.Option(
@@ -235,7 +232,7 @@ def query(
     from fgsearch.boxes import Box
     from fgsearch.library import Library
     from fgsearch.search import FusionWeights, QueryInfo, SearchQuery, check_query
-    from fgsearch.terminal import console, hits_json, plain, print_hits, write_pictures
+    from fgsearch.terminal import console, hits_json, plain, print_hits, print_paths, write_pictures
 
     opt.check_query(top, paths_out, null)
     show, html_out = opt.picture_targets(show, html_out)
@@ -267,22 +264,10 @@ def query(
         asked = {"text": text, "image": shown, "box": box, "not": negative, "by": by, "k": top}
         typer.echo(hits_json({**asked, "text_path": info.text_path, "region_walk": info.region_walk}, hits))
     elif paths_out:
-        _print_paths([h.path for h in hits], null)
+        print_paths([h.path for h in hits], null)
     else:
         print_hits(out, hits)
     write_pictures(out, hits, text or (f"image {image}" if image else ""), show, html_out)
-
-
-def _print_paths(paths: list[str], null: bool) -> None:
-    """One path per line, control characters escaped; or, with ``null``, the exact bytes + NUL."""
-    if null:
-        out = sys.stdout.buffer
-        for p in paths:
-            out.write(os.fsencode(p) + b"\0")
-        out.flush()
-        return
-    for p in paths:
-        typer.echo(safe(p))
 
 
 # ---- status, doctor ---------------------------------------------------------------------------------
@@ -436,23 +421,9 @@ def demo(
     n: int = typer.Option(60, "--n", help="Number of generated photos."),
 ) -> None:
     """Offline demo: generate FineShapes photos, index them with the shipped demo model, run queries."""
-    from fgsearch.library import Library
-    from fgsearch.render import RenderItem, contact_sheet, html_page
-    from fgsearch.terminal import console, hits_table
-    from fgsearch.trainer.fineshapes import EXAMPLE_QUERIES, make_fineshapes
+    from fgsearch.trainer.demo import run_demo
 
-    data = make_fineshapes(folder / "photos", n=n, seed=1234, heldout=0, overwrite=True)  # its own photos
-    out = console()
-    with Library.open(folder / "library", model="demo", device="cpu") as lib:
-        rep = lib.index(str(data / "images"))
-        out.print(f"indexed {rep.indexed} photos ({rep.regions} regions) in {rep.seconds:.1f}s", highlight=False)
-        for i, q in enumerate(EXAMPLE_QUERIES):
-            hits = lib.search(q, k=4)
-            out.print(hits_table(hits, f"query: {q}", folder.resolve()))
-            items = [RenderItem(h.path, f"#{h.rank} · score {h.score:.3f}", h.box) for h in hits]
-            contact_sheet(items, folder / f"query{i + 1}.png", thumb=160, title=q)
-            html_page(items, folder / f"query{i + 1}.html", title=q)
-    out.print(f"pictures with the boxes drawn: {folder}/query1.png ... query{len(EXAMPLE_QUERIES)}.png (and .html)")
+    run_demo(folder, n)
 
 
 @app.command("eval")

@@ -10,7 +10,9 @@ and is never parsed as rich markup. Rich is imported inside the functions (``--h
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -352,3 +354,15 @@ def write_pictures(out: Any, hits: list[Any], title: str, show: Path | None, htm
     if html_out:
         html_page(items, html_out, title=f"fgsearch: {title}")
         out.print(plain(f"wrote {html_out}"))
+
+
+def print_paths(paths: list[str], null: bool) -> None:
+    """One path per line, control characters escaped; or, with ``null``, the exact bytes + NUL."""
+    if null:
+        out = sys.stdout.buffer
+        for p in paths:
+            out.write(os.fsencode(p) + b"\0")
+        out.flush()
+        return
+    for p in paths:
+        print(safe(p))
