@@ -194,14 +194,27 @@ class RayMapper:
                 if committed not in ready_results:
                     ready, _ = ray.wait(list(pending), num_returns=1)
                     for ref in ready:
-                        ready_results[pending.pop(ref)] = self._get(ref)
+                        index = pending.pop(ref)  # finished: never cancelled, even when its result is an error
+                        ready_results[index] = self._get(ref)
                     fill()
                 while committed in ready_results:
                     yield ready_results.pop(committed)
                     committed += 1
         finally:
-            for ref in pending:  # a failed or interrupted run leaves no work behind on the cluster
-                ray.cancel(ref, force=True)
+            self._cancel(list(pending))
+
+    def _cancel(self, refs: list[Any]) -> None:
+        """A failed or interrupted run leaves no work behind on the cluster: the tasks still running
+        are cancelled. Only those: Ray 2.60's driver aborts ("Tried to complete task that was not
+        pending") when a task that has finished is force-cancelled, so finished tasks are left out and
+        the cancel is the cooperative one (the task is interrupted in its worker; a finished task is
+        untouched and the worker process lives on)."""
+        if not refs:
+            return
+        ray = self.ray
+        _, running = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in running:
+            ray.cancel(ref, force=False)
 
     def _get(self, ref: Any) -> ChunkResult:
         ray = self.ray
