@@ -87,6 +87,7 @@ def calibrate(
     *,
     fixed: int | None,
     truths: Mapping[str, np.ndarray] | None = None,
+    previous: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Pick the search breadth and re-rank depth reaching the recall goal on every query set.
 
@@ -98,7 +99,10 @@ def calibrate(
     the best so far. A configured breadth (``fixed``) is kept and only measured. Returns the
     manifest extras (``nprobe``/``ef_search``, ``rerank_factor`` and a ``calibration`` record).
     ``truths`` (each set's exact top-10 ids), when the caller computed them (a store that streams
-    its vectors, such as pgvector), replaces the exact search over ``vecs``.
+    its vectors, such as pgvector), replaces the exact search over ``vecs``. ``previous``: the
+    (efSearch, re-rank factor) an HNSW search was calibrated to before the collection grew; the
+    search for the new breadth starts there (see :func:`_from_previous`) instead of at the ladder's
+    foot.
     """
     if truths is None:
         truths = _exact_truths(sets, vecs, ids, cfg.block_rows)
@@ -108,7 +112,12 @@ def calibrate(
 
     goal = min(1.0, cfg.recall_target + cfg.calibration_margin)
     nlist = int(ann.nlist) if tier == "ivf" else 0
-    (breadth, factor, recalls), reached = _search_ladder(measure, tier, nlist, cfg, fixed, goal)
+    warm = previous is not None and tier != "ivf" and fixed is None
+    if warm:
+        assert previous is not None
+        (breadth, factor, recalls), reached = _from_previous(measure, cfg, goal, previous)
+    else:
+        (breadth, factor, recalls), reached = _search_ladder(measure, tier, nlist, cfg, fixed, goal)
     name = "nprobe" if tier == "ivf" else "ef_search"
     if not reached:
         log.warning(
@@ -118,6 +127,8 @@ def calibrate(
             "raise pq_m or nlist" if tier == "ivf" else "raise hnsw_m, hnsw_ef_construction or max_ef_search",
         )
     record = _record(sets, cfg, (breadth, factor, recalls), name, goal, reached=reached, fixed=fixed is not None)
+    if warm and previous is not None:
+        record["started_from"] = {"breadth": int(previous[0]), "rerank_factor": int(previous[1])}
     worst = min(recalls.values())
     return {name: breadth, "rerank_factor": factor, "calibrated_recall": worst, "calibration": record}
 
@@ -211,6 +222,59 @@ def _search_ladder(
                 break
             failed = breadth
     return (chosen, True) if chosen is not None else (best, False)
+
+
+def _from_previous(
+    measure: Callable[[int, int], dict[str, float]], cfg: FaissConfig, goal: float, previous: tuple[int, int]
+) -> tuple[_Trial, bool]:
+    """The HNSW ladder of :func:`_search_ladder`, started where the last calibration ended.
+
+    A recalibration follows growth: the breadth that reached the goal at the last calibration is
+    measured first, at its re-rank factor. Reached: the ladder's steps below it are tried downwards
+    until one misses; missed: the steps above it upwards until one reaches the goal; then the
+    bisection of :func:`_narrowed` between the two, and one deeper re-rank (twice the factor, at the
+    widest step narrower than the choice: it only wins with a narrower search). 6-7 trials where the
+    full ladder took ~14 (a 150k graph: 32, 48, ... 384, three bisection steps, three deeper
+    re-ranks), with the same choices on the benchmark's growth (bench/README.md)."""
+    b0, f0 = max(1, int(previous[0])), max(1, int(previous[1]))
+    depth = max(10 * f0, cfg.min_rerank)
+    b0 = min(max(b0, depth), cfg.max_ef_search)
+    ladder = sorted({b for b in ef_ladder(depth) if b <= cfg.max_ef_search} | {b0})
+    at = ladder.index(b0)
+    first = measure(b0, f0)
+    best: _Trial = (b0, f0, first)
+    chosen: _Trial | None = None
+    failed = 0
+    if min(first.values()) >= goal:
+        chosen = best
+        for breadth in reversed(ladder[:at]):
+            recalls = measure(breadth, f0)
+            if min(recalls.values()) < goal:
+                failed = breadth
+                break
+            chosen = (breadth, f0, recalls)
+    else:
+        failed = b0
+        for breadth in ladder[at + 1 :]:
+            recalls = measure(breadth, f0)
+            if min(recalls.values()) > min(best[2].values()):
+                best = (breadth, f0, recalls)
+            if min(recalls.values()) >= goal:
+                chosen = (breadth, f0, recalls)
+                break
+            failed = breadth
+    if chosen is None:
+        return best, False
+    if failed:
+        chosen = _narrowed(measure, chosen, failed, goal)
+    deeper = 2 * f0
+    if deeper <= 16 * cfg.rerank_factor:
+        narrower = [b for b in ef_ladder(max(10 * deeper, cfg.min_rerank)) if b < chosen[0]]
+        if narrower:
+            recalls = measure(narrower[-1], deeper)
+            if min(recalls.values()) >= goal:
+                chosen = (narrower[-1], deeper, recalls)
+    return chosen, True
 
 
 def _narrowed(measure: Callable[[int, int], dict[str, float]], chosen: _Trial, failed: int, goal: float) -> _Trial:

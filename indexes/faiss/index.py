@@ -329,7 +329,10 @@ class FaissIndex(StoreBackedIndex):
         if n >= self._config.recalibrate_growth * max(calibrated_n, 1):
             # adds since the calibration make the graph (or the IVF lists) larger: the breadth
             # that reached the goal then may not reach it now, so measure again at this size
-            extra.update(self._calibrate(ann, vecs, ids, self.tier, exclude=tombstones))
+            previous = None
+            if self.tier == "hnsw" and "ef_search" in self._extra:  # the graph grew: start from its last breadth
+                previous = (int(self._extra["ef_search"]), int(self._extra.get("rerank_factor", 1)))
+            extra.update(self._calibrate(ann, vecs, ids, self.tier, exclude=tombstones, previous=previous))
             extra["calibrated_n"] = n
         return extra
 
@@ -387,15 +390,18 @@ class FaissIndex(StoreBackedIndex):
         *,
         exclude: np.ndarray | None = None,
         served: np.ndarray | None = None,
+        previous: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
-        """Calibrate the search of ``ann`` as this index will run it (see :func:`.calibration.calibrate`)."""
+        """Calibrate the search of ``ann`` as this index will run it (see :func:`.calibration.calibrate`;
+        ``previous``: the breadth and re-rank factor of the last calibration of this graph)."""
         if served is None and self._served.capacity:
             self._served.flush()
             served = self._served.recent(self._config.calibration_queries)
         candidates = self._candidates_fn(ann, vecs, ids, tier, exclude)
         with self._timed("calibration"):
             sets = calibration_sets(vecs, self._config, self._calibration_source, self.dim, served)
-            return calibrate(ann, tier, vecs, ids, self._config, sets, candidates, fixed=self._configured_breadth(tier))
+            fixed = self._configured_breadth(tier)
+            return calibrate(ann, tier, vecs, ids, self._config, sets, candidates, fixed=fixed, previous=previous)
 
     def _candidates_fn(
         self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str, exclude: np.ndarray | None

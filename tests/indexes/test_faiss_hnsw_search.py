@@ -5,6 +5,7 @@ rebuilding, and the re-rank's ``pread`` of rows."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -229,3 +230,37 @@ def test_a_deeper_rerank_is_tried_only_where_it_can_win() -> None:
 
     (breadth, factor, _), reached = _search_ladder(helps, "hnsw", 0, FaissConfig(), None, 0.98)
     assert reached and (breadth, factor) == (96, 6)
+
+
+@pytest.mark.parametrize("needed", [72, 300, 700, 3000])
+@pytest.mark.parametrize("previous", [(96, 3), (248, 3), (336, 3), (1024, 3)])
+def test_a_recalibration_starts_from_the_last_breadth_and_chooses_as_the_full_ladder(
+    needed: int, previous: tuple[int, int]
+) -> None:
+    """After growth the search for the breadth starts at the last calibration's (up or down from
+    there), with the full ladder's choice on a recall curve that grows with the breadth, in fewer
+    trials when the need is near the last breadth; a need past max_ef_search is reported unreached.
+    (The bisection's bracket differs, so the two may differ by less than its step.)"""
+    from fgsearch.indexes.faiss.calibration import _from_previous, _search_ladder
+
+    def curve(tried: list[tuple[int, int]]) -> Callable[[int, int], dict[str, float]]:
+        def measure(breadth: int, factor: int) -> dict[str, float]:
+            tried.append((breadth, factor))
+            return {"text": 0.99 if breadth >= needed else 0.90 + breadth / needed * 0.05, "image": 1.0}
+
+        return measure
+
+    cold: list[tuple[int, int]] = []
+    warm: list[tuple[int, int]] = []
+    cfg = FaissConfig()
+    full, reached_full = _search_ladder(curve(cold), "hnsw", 0, cfg, None, 0.98)
+    started, reached = _from_previous(curve(warm), cfg, 0.98, previous)
+    assert reached == reached_full == (needed <= cfg.max_ef_search)
+    if reached:  # the same factor, and the breadth within the bisection's step (1/8 of its bracket)
+        assert started[1] == full[1] == previous[1]
+        assert needed <= started[0] <= needed + max(8, needed // 8) and needed <= full[0] <= needed + max(
+            8, needed // 8
+        )
+    assert warm[0] == previous  # the last breadth is measured first
+    if abs(needed - previous[0]) <= previous[0] // 2:
+        assert len(warm) < len(cold), (warm, cold)
