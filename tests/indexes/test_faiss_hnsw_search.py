@@ -264,3 +264,17 @@ def test_a_recalibration_starts_from_the_last_breadth_and_chooses_as_the_full_la
     assert warm[0] == previous  # the last breadth is measured first
     if abs(needed - previous[0]) <= previous[0] // 2:
         assert len(warm) < len(cold), (warm, cold)
+
+
+def test_synthetic_text_queries_reach_their_best_match_cosine() -> None:
+    """The text-like sets' bisection (two products with the sample, the cosines of every step from
+    them) lands on the median best-match cosine each variant asks for, as a direct product shows."""
+    from fgsearch.indexes.faiss.calibration_queries import CROSS_MODAL_VARIANTS, cross_modal_sets
+
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((3000, 384)).astype(np.float32) + 3.0 * rng.standard_normal(384).astype(np.float32) / 20
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # a weak cone in 384-d: best matches far below the targets at b=0
+    for name, q in cross_modal_sets(x, 64, 5).items():
+        best = float(np.median((q @ x.T).max(axis=1)))
+        assert abs(best - CROSS_MODAL_VARIANTS[name]["target_cos"]) < 0.01, (name, best)
+        assert np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
