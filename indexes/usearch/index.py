@@ -278,7 +278,7 @@ class UsearchIndex(StoreBackedIndex):
         cfg = self._config
         if served is None and self._served.capacity:
             self._served.flush()
-            served = self._served.recent(cfg.calibration_queries)
+            served = self._served.recent(max(cfg.calibration_queries, cfg.served_min))
         ccfg = cfg.calibration_config()
         with self._timed("calibration"):
             sets = calibration_sets(vecs, ccfg, self._calibration_source, self.dim, served)
@@ -322,7 +322,7 @@ class UsearchIndex(StoreBackedIndex):
         if self._served.capacity == 0:
             return {"recording": False}
         self._served.flush()
-        served = self._served.recent(cfg.calibration_queries)
+        served = self._served.recent(max(cfg.calibration_queries, cfg.served_min))  # a set needs served_min
         total = self._served.total()
         held = min(total, self._served.capacity)
         record: dict[str, Any] = {"recording": True, "held": held, "needed": cfg.served_min, "total_at_check": total}
