@@ -19,12 +19,14 @@ blocks of nodes) and refuses it, with one line naming the first violation, unles
 * the keys of the present nodes are the snapshot's ids, each once, and the deleted nodes carry
   usearch's free key.
 
-The cost is one pass over the graph's links (not its codes); ``bench/bench_indexes.py`` prints
-it for the ``fg-usearch`` build as ``graph check``.
+The cost is one pass over the graph's links (not its codes), in blocks of nodes, and the freed
+blocks are given back to the system afterwards; ``bench/bench_indexes.py`` prints it for the
+``fg-usearch`` backend as ``graph check on open``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
 from pathlib import Path
@@ -41,7 +43,7 @@ FREE_KEY = np.uint64(2**64 - 1)  # the key usearch writes into a deleted node
 MAX_LEVEL = 64  # usearch draws levels with probability 1/connectivity each: never near this
 _HEAD = struct.Struct("<7sHHHBBBBQQQ?")  # index_dense_head_t (64 bytes with its padding)
 _CORE = struct.Struct("<QQQQQ")  # size, connectivity, base connectivity, max level, entry slot
-_NODES_PER_BLOCK = 16384
+_NODES_PER_BLOCK = 4096  # small blocks: the gathers reuse the same heap memory
 
 
 def check_graph_file(path: Path, *, dim: int, dtype: str, connectivity: int, ids: np.ndarray, deleted: int) -> None:
@@ -53,6 +55,17 @@ def check_graph_file(path: Path, *, dim: int, dtype: str, connectivity: int, ids
         _check(buf, total, dim, dtype, connectivity, np.asarray(ids), deleted)
     finally:
         del buf
+        _release_heap()
+
+
+def _release_heap() -> None:
+    """Give the check's freed blocks back to the system (glibc keeps them in the heap otherwise:
+    measured at 50k x 512, +124 B/vector resident after an open, -21 after ``malloc_trim``)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return
+    trim(0)
 
 
 def _fail(why: str) -> IndexCorruptError:
