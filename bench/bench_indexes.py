@@ -14,6 +14,10 @@ Every backend gets the same data and the same query sets in the same run:
   Its build prints where the time went (graph, calibration, snapshot files, the rest: the store)
   and the build process's peak RSS after each 50k flush.
 * ``faiss-ivfpq``: our backend with ``structure="ivfpq"`` (the previous default, IVF-PQ).
+* ``fg-usearch``: our usearch backend (``--backend usearch``, its defaults: i8 codes, connectivity
+  16, expansion_add 128, exact re-rank, expansion_search calibrated as the FAISS default's
+  efSearch), built with the same ingest pattern as ``faiss`` (adds in 50k batches, each flushed,
+  then a save); its graph check on open is printed as ``graph check on open``.
 * ``hnsw-sq8``: plain FAISS ``IndexHNSWSQ`` (8-bit, M=32, FAISS's default efConstruction 40) with an
   exact re-rank of 100 candidates from the memory-mapped float32 data, at efSearch 128/256/512.
 * ``qdrant-edge``: the Qdrant engine embedded in-process (PyPI ``qdrant-edge-py``): HNSW m=32,
@@ -127,7 +131,7 @@ def _rss() -> dict[str, int]:
 
 
 def _config(kind: str, index_dir: Path) -> object:
-    from fgsearch.indexes import FaissConfig, QdrantConfig
+    from fgsearch.indexes import FaissConfig, QdrantConfig, UsearchConfig
 
     if kind == "faiss":
         return FaissConfig()
@@ -135,10 +139,14 @@ def _config(kind: str, index_dir: Path) -> object:
         return FaissConfig(structure="ivfpq")
     if kind == "qdrant":
         return QdrantConfig(path=str(index_dir))
+    if kind == "fg-usearch":
+        return UsearchConfig()
     return None
 
 
 def _ours(kind: str) -> str:
+    if kind == "fg-usearch":
+        return "usearch"
     return "faiss" if kind.startswith("faiss") else kind
 
 
@@ -258,6 +266,8 @@ def worker_query(kind: str, index_dir: Path, data_path: Path, qsets: dict[str, t
         t = time.perf_counter()  # what every open of a snapshot pays for fgsearch's graph check
         check_graph(searcher.index._ann)
         check_ms = 1000 * (time.perf_counter() - t)
+    elif kind == "fg-usearch" and searcher.index.tier == "hnsw":  # timed by the open itself
+        check_ms = 1000 * searcher.index.build_seconds.get("graph check", 0.0)
     if kind != "exact":
         # warm every backend the same way before anything is timed: the timed queries of each set,
         # one at a time, at the widest setting (a 1M index is ~1-3 GB of mapped pages; ten queries
@@ -354,7 +364,7 @@ def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path]
             + (f", graph check on open {check:.1f} ms" if check is not None else ""),
             flush=True,
         )
-        if kind.startswith("faiss") and b.get("build_parts_s"):
+        if (kind.startswith("faiss") or kind == "fg-usearch") and b.get("build_parts_s"):
             parts = ", ".join(f"{k} {v:.1f}s" for k, v in b["build_parts_s"].items())
             print(f"# {kind} {label}: build time by part (served check includes its calibration): {parts}")
             peaks = b["build_peaks"]
@@ -368,14 +378,18 @@ def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path]
 
 
 def _print_build_ratios(label: str, builds: dict[str, dict]) -> None:
-    """Our build's time and peak memory over the fastest peer's, measured in this run."""
-    peers = {k: b for k, b in builds.items() if not k.startswith("faiss") and k not in ("exact", "qdrant")}
-    if "faiss" not in builds or not peers:
-        return
+    """Our builds' (faiss, fg-usearch) time and peak memory over the fastest peer's, measured in this run."""
+    peers = {k: b for k, b in builds.items() if not k.startswith(("faiss", "fg-")) and k not in ("exact", "qdrant")}
+    for mine in ("faiss", "fg-usearch"):
+        if mine in builds and peers:
+            _print_build_ratio(label, mine, builds[mine], peers)
+
+
+def _print_build_ratio(label: str, mine: str, ours: dict, peers: dict[str, dict]) -> None:
     fastest = min(peers, key=lambda k: peers[k]["build_s"])
-    ours, best = builds["faiss"], peers[fastest]
+    best = peers[fastest]
     print(
-        f"# {label}: build faiss / fastest peer ({fastest}): time {ours['build_s']:.1f}s / {best['build_s']:.1f}s = "
+        f"# {label}: build {mine} / fastest peer ({fastest}): time {ours['build_s']:.1f}s / {best['build_s']:.1f}s = "
         f"{ours['build_s'] / best['build_s']:.2f}x, peak RSS {ours['build_peak_B'] / 2**30:.2f} / "
         f"{best['build_peak_B'] / 2**30:.2f} GiB = {ours['build_peak_B'] / best['build_peak_B']:.2f}x, CPU time "
         f"{ours.get('build_cpu_s', float('nan')) / best.get('build_cpu_s', float('nan')):.2f}x",
@@ -420,7 +434,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument(
         "--backends",
-        default="exact,faiss,hnsw-sq8,qdrant-edge,usearch-i8-16,usearch-i8-24,usearch-i8-32,"
+        default="exact,faiss,fg-usearch,hnsw-sq8,qdrant-edge,usearch-i8-16,usearch-i8-24,usearch-i8-32,"
         "usearch-f16-16,usearch-f16-24,usearch-f16-32,hnswlib-16,faiss-ivfpq",
     )
     ap.add_argument("--queries", type=int, default=1000)
@@ -441,7 +455,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke and not args.worker:
         args.n, args.dim, args.queries, args.clusters, args.workdir = [3000], 64, 40, 30, None
-        args.backends, args.data = "exact,faiss,usearch-i8-16,hnswlib-16", "unseen"
+        args.backends, args.data = "exact,faiss,fg-usearch,usearch-i8-16,hnswlib-16", "unseen"
 
     if args.worker:
         run_worker_args(args.worker)

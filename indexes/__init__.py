@@ -23,6 +23,7 @@ Layout, by concern::
     faiss/           FaissIndex, its tiers (HNSW, IVF-PQ), calibration of the search, GPU
     qdrant/          QdrantIndex (embedded or server) + its descriptor
     pgvector/        PgvectorIndex (a PostgreSQL table), its HNSW build + calibration, its descriptor
+    usearch/         UsearchIndex (the store + a usearch HNSW graph, checked, memory-mapped), its descriptor
 
 How to add a backend (a third party does exactly what the built-ins do):
 
@@ -79,6 +80,7 @@ from .registry import (
     unregister_backend,
 )
 from .store import MANIFEST
+from .usearch.config import UsearchConfig
 
 
 def __getattr__(name: str) -> tuple[str, ...]:
@@ -120,6 +122,7 @@ __all__ = [
     "QdrantConfig",
     "SearchResult",
     "UnknownIdError",
+    "UsearchConfig",
     "VectorIndex",
     "backend_names",
     "check_config",

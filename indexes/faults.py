@@ -15,6 +15,8 @@ Points (``subject`` is what the handler receives):
   (``subject``: the index directory).
 * ``"faiss.before_fsync"``: a FAISS snapshot file was written to its temp file, before fsync and
   rename (``subject``: the temp path).
+* ``"usearch.before_fsync"``: a usearch graph file was written to its temp file, before fsync and
+  rename (``subject``: the temp path).
 * ``"qdrant.upsert"``: one batch of points is about to be sent to Qdrant, inside the retry loop
   (``subject``: the collection name); a handler that raises simulates a failed request.
 * ``"pgvector.before_commit"``: a pgvector writer is about to commit its transaction (a flush,
@@ -34,6 +36,7 @@ POINTS: frozenset[str] = frozenset(
         "store.before_rename",
         "store.collect_garbage",
         "faiss.before_fsync",
+        "usearch.before_fsync",
         "qdrant.upsert",
         "pgvector.before_commit",
     }

@@ -151,6 +151,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "faiss": "fgsearch.indexes.faiss:FaissBackend",
     "qdrant": "fgsearch.indexes.qdrant:QdrantBackend",
     "pgvector": "fgsearch.indexes.pgvector:PgvectorBackend",
+    "usearch": "fgsearch.indexes.usearch:UsearchBackend",
 }
 
 

@@ -4,7 +4,7 @@ same data and the same operations (a new engine, or a new tier of one, is a new 
 The reference is the vectors the test holds (:class:`HeldVectors`, brute force), never another
 backend: a persistence fault the exact backend shared would otherwise pass (issue 30.8).
 Exact backends (exact, FAISS's flat tier, Qdrant embedded) must return the true top-k (ties aside);
-FAISS's approximate tiers (HNSW-SQ8, IVF-PQ) must reach recall@10 >= 0.95, with exact scores for
+FAISS's approximate tiers (HNSW-SQ8, IVF-PQ) and usearch must reach recall@10 >= 0.95, with exact scores for
 what they return. Checked after adds, after removals and upserts, after reopening, and after a new
 snapshot.
 """
@@ -24,6 +24,7 @@ from fgsearch.indexes import (
     FaissConfig,
     PgvectorConfig,
     QdrantConfig,
+    UsearchConfig,
     VectorIndex,
     create_index,
     open_index,
@@ -164,6 +165,19 @@ ROWS: list[Row] = [
             check=_calibrated(tier),
         )
         for structure, tier in (("hnsw", "hnsw"), ("ivfpq", "ivf"))
+        for midway in (True, False)
+    ),
+    # usearch: its HNSW graph (i8 codes) built at 1,000 vectors, calibrated like FAISS's; "journal":
+    # the graph is built by a flush, then takes adds/removals at the final save (incremental)
+    *(
+        Row(
+            f"usearch-{'saved' if midway else 'journal'}",
+            "usearch",
+            lambda tmp: UsearchConfig(flat_threshold=1000, calibration_queries=100),
+            exact=False,
+            save_midway=midway,
+            check=_calibrated("hnsw"),
+        )
         for midway in (True, False)
     ),
     Row(

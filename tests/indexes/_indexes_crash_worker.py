@@ -9,7 +9,7 @@ the first commits the pending batch).
 
 ``save KIND PATH STAGE``: open the index the test prepared, add a batch without flushing, then call
 ``save()`` with a hook that prints ``at STAGE`` and blocks at that point of the snapshot write
-(``vectors``: half the vectors file written; ``faiss``: IVF file written, not renamed;
+(``vectors``: half the vectors file written; ``faiss``/``usearch``: the backend file written, not renamed;
 ``manifest``: new manifest written to its temp file, not renamed; ``after``: manifest renamed,
 old files not yet deleted; ``none``: no hook, print ``saving`` and save).
 """
@@ -25,7 +25,16 @@ from typing import Any
 import numpy as np
 from _indexes_data import ann_config, small_journal, unit_vectors
 
-from fgsearch.indexes import MANIFEST, ExactConfig, PgvectorConfig, VectorIndex, create_index, faults, open_index
+from fgsearch.indexes import (
+    MANIFEST,
+    ExactConfig,
+    PgvectorConfig,
+    UsearchConfig,
+    VectorIndex,
+    create_index,
+    faults,
+    open_index,
+)
 
 DIM = 16
 BATCH = 150
@@ -34,6 +43,8 @@ BATCH = 150
 def config(kind: str) -> Any:
     if kind == "exact":
         return ExactConfig(journal=small_journal())
+    if kind == "usearch":
+        return UsearchConfig(flat_threshold=1000, journal=small_journal(), calibration_queries=50)
     if kind == "pgvector":
         return PgvectorConfig(url=os.environ["FGSEARCH_TEST_PG_URL"], table="crash", flat_threshold=1000)
     return ann_config(flat_threshold=1000, journal=small_journal(), calibration_queries=50)
@@ -93,6 +104,8 @@ def install_hook(stage: str) -> None:
         faults.install("store.snapshot_chunk", in_vectors)
     elif stage == "faiss":  # the FAISS file is written, not yet fsynced nor renamed
         faults.install("faiss.before_fsync", lambda path: _block(stage))
+    elif stage == "usearch":  # the usearch graph file is written, not yet fsynced nor renamed
+        faults.install("usearch.before_fsync", lambda path: _block(stage))
     elif stage == "manifest":  # the new manifest is complete in its temp file, not yet renamed
 
         def in_manifest(path: object) -> None:

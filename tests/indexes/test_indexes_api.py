@@ -187,7 +187,7 @@ def test_read_only_and_lock(kind: str, tmp_path: Path) -> None:
 
 def test_factory_rejects_conflicts(tmp_path: Path) -> None:
     with pytest.raises(
-        IndexInputError, match=r"^unknown backend 'annoy'; choose one of exact, faiss, pgvector, qdrant$"
+        IndexInputError, match=r"^unknown backend 'annoy'; choose one of exact, faiss, pgvector, qdrant, usearch$"
     ):
         create_index("annoy", tmp_path / "x", 8)
     with pytest.raises(IndexInputError, match="FaissConfig"):

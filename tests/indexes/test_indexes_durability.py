@@ -1,4 +1,4 @@
-"""Durability of the file-backed backends (exact, faiss): journal, snapshots, kill -9, readers.
+"""Durability of the file-backed backends (exact, faiss, usearch): journal, snapshots, kill -9, readers.
 
 A subprocess (tests/_indexes_crash_worker.py) is SIGKILLed in the middle of a save and in the
 middle of a stream of add/remove/upsert + flush; the index on disk must open and hold exactly the
@@ -97,8 +97,9 @@ def _matches_any(path: Path | None, kind: str, candidates: list[dict[int, np.nda
     return found
 
 
-@pytest.mark.parametrize("kind", FILE_BACKENDS)
-@pytest.mark.parametrize("stop_after", [2, 5, 9])
+@pytest.mark.parametrize(
+    ("kind", "stop_after"), [(k, s) for k in FILE_BACKENDS for s in (2, 5, 9)] + [("usearch", 9)]
+)  # usearch: the store's machinery (tested above) around its graph, built past 1,000 vectors
 def test_kill_during_add_flush_stream(tmp_path: Path, kind: str, stop_after: int) -> None:
     path = tmp_path / "idx"
     proc = _spawn("stream", kind, str(path))
@@ -161,9 +162,11 @@ def _prepare(path: Path, kind: str, n_batches: int) -> None:
             index.flush()
 
 
-SAVE_STAGES = [("exact", s) for s in ("vectors", "manifest", "after")] + [
-    ("faiss", s) for s in ("vectors", "faiss", "manifest", "after")
-]
+SAVE_STAGES = (
+    [("exact", s) for s in ("vectors", "manifest", "after")]
+    + [("faiss", s) for s in ("vectors", "faiss", "manifest", "after")]
+    + [("usearch", s) for s in ("usearch", "manifest", "after")]
+)
 
 
 @pytest.mark.parametrize(("kind", "stage"), SAVE_STAGES)

@@ -162,7 +162,7 @@ def test_registering_a_name_twice_needs_replace(toy: Backend) -> None:
 
 # ------------------------------------------------------------------------------ errors
 def test_kinds_come_from_the_registry() -> None:
-    assert KINDS == backend_names() == ("exact", "faiss", "pgvector", "qdrant")
+    assert KINDS == backend_names() == ("exact", "faiss", "pgvector", "qdrant", "usearch")
     assert get_backend("faiss").config_type is FaissConfig
     assert get_backend("faiss").capabilities == {"files", "tunable_breadth", "calibration"}
     assert get_backend("exact").capabilities == {"files"} and not get_backend("qdrant").capabilities
@@ -176,7 +176,7 @@ def test_unknown_kind_is_a_one_line_error(tmp_path: Path) -> None:
         lambda: open_index("annoy", tmp_path / "a"),
     ):
         with pytest.raises(
-            IndexInputError, match=r"^unknown backend 'annoy'; choose one of exact, faiss, pgvector, qdrant$"
+            IndexInputError, match=r"^unknown backend 'annoy'; choose one of exact, faiss, pgvector, qdrant, usearch$"
         ):
             call()
 
