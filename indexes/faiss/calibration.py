@@ -66,7 +66,7 @@ def calibration_sets(
         sets[str(name)] = (np.ascontiguousarray(q[: cfg.calibration_queries], dtype=np.float32), "given by caller")
     if served is not None and served.shape[0] >= cfg.served_min:
         sets["served"] = (
-            np.ascontiguousarray(served[: cfg.calibration_queries], dtype=np.float32),
+            np.ascontiguousarray(served[: max(cfg.calibration_queries, cfg.served_min)], dtype=np.float32),
             "served: the most recent queries this index answered",
         )
     if len(sets) == 1:
@@ -88,6 +88,8 @@ def calibrate(
     fixed: int | None,
     truths: Mapping[str, np.ndarray] | None = None,
     previous: tuple[int, int] | None = None,
+    breadth_name: str | None = None,
+    hint: str | None = None,
 ) -> dict[str, Any]:
     """Pick the search breadth and re-rank depth reaching the recall goal on every query set.
 
@@ -102,7 +104,8 @@ def calibrate(
     its vectors, such as pgvector), replaces the exact search over ``vecs``. ``previous``: the
     (efSearch, re-rank factor) an HNSW search was calibrated to before the collection grew; the
     search for the new breadth starts there (see :func:`_from_previous`) instead of at the ladder's
-    foot.
+    foot. ``breadth_name`` (the extras' key and the record's name of the breadth) and ``hint`` (the
+    settings the warning names when the goal is missed) are a backend's own (default: FAISS's).
     """
     if truths is None:
         truths = _exact_truths(sets, vecs, ids, cfg.block_rows)
@@ -118,13 +121,13 @@ def calibrate(
         (breadth, factor, recalls), reached = _from_previous(measure, cfg, goal, previous)
     else:
         (breadth, factor, recalls), reached = _search_ladder(measure, tier, nlist, cfg, fixed, goal)
-    name = "nprobe" if tier == "ivf" else "ef_search"
+    name = breadth_name or ("nprobe" if tier == "ivf" else "ef_search")
     if not reached:
         log.warning(
             "recall target %.3f not reached on calibration queries (worst set %.3f); %s",
             goal,
             min(recalls.values()),
-            "raise pq_m or nlist" if tier == "ivf" else "raise hnsw_m, hnsw_ef_construction or max_ef_search",
+            hint or ("raise pq_m or nlist" if tier == "ivf" else "raise hnsw_m, hnsw_ef_construction or max_ef_search"),
         )
     record = _record(sets, cfg, (breadth, factor, recalls), name, goal, reached=reached, fixed=fixed is not None)
     if warm and previous is not None:

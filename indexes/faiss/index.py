@@ -250,7 +250,7 @@ class FaissIndex(StoreBackedIndex):
         if self._served.capacity == 0:
             return {"recording": False}
         self._served.flush()
-        served = self._served.recent(cfg.calibration_queries)
+        served = self._served.recent(max(cfg.calibration_queries, cfg.served_min))  # a set needs served_min
         total = self._served.total()
         record: dict[str, Any] = {
             "recording": True,
@@ -396,7 +396,7 @@ class FaissIndex(StoreBackedIndex):
         ``previous``: the breadth and re-rank factor of the last calibration of this graph)."""
         if served is None and self._served.capacity:
             self._served.flush()
-            served = self._served.recent(self._config.calibration_queries)
+            served = self._served.recent(max(self._config.calibration_queries, self._config.served_min))
         candidates = self._candidates_fn(ann, vecs, ids, tier, exclude)
         with self._timed("calibration"):
             sets = calibration_sets(vecs, self._config, self._calibration_source, self.dim, served)

@@ -266,13 +266,21 @@ class UsearchIndex(StoreBackedIndex):
         extra = {k: v for k, v in self._extra.items() if k not in ("files", "graph_file")}
         n = int(ids.size)
         if n >= self._config.recalibrate_growth * max(int(self._extra.get("calibrated_n", 0)), 1):
-            extra.update(self._calibrate(ann, vecs, ids))
+            previous = None  # the graph grew: the search for the breadth starts at its last one
+            if "expansion_search" in self._extra:
+                previous = (int(self._extra["expansion_search"]), int(self._extra.get("rerank_factor", 1)))
+            extra.update(self._calibrate(ann, vecs, ids, previous=previous))
             extra["calibrated_n"] = n
         return extra
 
     # ------------------------------------------------------------------ calibration
     def _calibrate(
-        self, ann: Any, vecs: np.ndarray, ids: np.ndarray, served: np.ndarray | None = None
+        self,
+        ann: Any,
+        vecs: np.ndarray,
+        ids: np.ndarray,
+        served: np.ndarray | None = None,
+        previous: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
         """``expansion_search`` and the re-rank depth reaching the goal (:func:`..faiss.calibration.calibrate`)."""
         cfg = self._config
@@ -283,12 +291,19 @@ class UsearchIndex(StoreBackedIndex):
         with self._timed("calibration"):
             sets = calibration_sets(vecs, ccfg, self._calibration_source, self.dim, served)
             out = calibrate(
-                ann, "hnsw", vecs, ids, ccfg, sets, self._candidates_fn(ann, vecs, ids), fixed=cfg.expansion_search
+                ann,
+                "hnsw",
+                vecs,
+                ids,
+                ccfg,
+                sets,
+                self._candidates_fn(ann, vecs, ids),
+                fixed=cfg.expansion_search,
+                previous=previous,
+                breadth_name="expansion_search",
+                hint="raise connectivity, expansion_add or max_expansion_search",
             )
-        out["expansion_search"] = out.pop("ef_search")
         record = out["calibration"]
-        record["breadth_name"] = "expansion_search"
-        record["rule"] = str(record["rule"]).replace("ef_search", "expansion_search")
         log.info(
             "usearch: expansion_search=%d, re-rank depth %d gives recall@10 %s",
             record["breadth"],

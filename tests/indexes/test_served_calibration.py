@@ -174,3 +174,20 @@ def test_a_reader_that_cannot_write_the_record_searches_and_says_so(tmp_path: Pa
         s = ro.stats().params["served"]
         assert s["recording"] is False and "cannot write" in s["unavailable"], s
     assert sum("served queries are not recorded" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_fewer_calibration_queries_than_served_min_still_calibrate_on_served_queries(tmp_path: Path) -> None:
+    """``calibration_queries`` below ``served_min``: the served set is taken at ``served_min``
+    queries (a set needs that many), not cut to ``calibration_queries``; the snapshot used to fail
+    with ``KeyError: 'served'`` when the served queries missed the goal and it calibrated again."""
+    cfg = FaissConfig(flat_threshold=1000, hnsw_m=8, hnsw_ef_construction=32, calibration_queries=60, served_min=100)
+    x = unseen_images(3000, seed=5)
+    with create_index("faiss", tmp_path / "i", DIM, config=cfg) as idx:
+        idx.add(np.arange(3000), x)
+        idx.save()
+        for q in far_queries(x, 120, seed=6):
+            idx.search(q[None, :], 10)
+        idx.remove(np.arange(10))
+        idx.save()
+        served = idx.stats().params["served"]
+        assert served["queries"] >= 100 and served["held"] == 120
