@@ -94,7 +94,7 @@ def build(data_path: Path, index_dir: Path, batch: int, smoke: bool) -> None:
 
     data = np.load(data_path, mmap_mode="r")
     n, dim = data.shape
-    cfg = FaissConfig(flat_threshold=1000, calibration_queries=50) if smoke else FaissConfig()
+    cfg = FaissConfig(flat_threshold=1000, calibration_queries=20) if smoke else FaissConfig()
     with Sampler() as sampler:
         for name in ("add", "flush", "compact", "_load"):
             sampler.wrap(journaled.JournaledStore, name)
@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.smoke:
-        args.n, args.dim, args.batch, args.workdir = 3000, 64, 1000, None
+        args.n, args.dim, args.batch, args.workdir = 2000, 32, 1000, None
     if not Path("/proc/self/status").is_file():
         sys.exit("bench_build_memory.py reads /proc/self/status: Linux only")
     if args.worker:
