@@ -120,6 +120,8 @@ def release_pages(arr: np.ndarray) -> None:
 def pread_rows(fd: int, offset: int, rows: np.ndarray, out: np.ndarray) -> None:
     """Read row ``rows[j]`` of a C-ordered 2-D array stored at byte ``offset`` of file ``fd`` into
     ``out[j]`` with one ``preadv`` per row. Raises :class:`OSError` on a short read."""
+    if out.size == 0:
+        return
     rb = out.shape[1] * out.itemsize
     mv = out.data.cast("B")
     pread = os.preadv

@@ -16,7 +16,7 @@ import pytest
 
 from fgsearch.indexes import FaissConfig, create_index
 from fgsearch.indexes.faiss import index as faiss_index
-from fgsearch.indexes.store.files import RowReader, load_npy, read_rows
+from fgsearch.indexes.store.files import RowReader, load_npy, pread_rows, read_rows
 
 ROWS, DIM = 24_000, 128  # a 12 MB snapshot
 
@@ -56,6 +56,7 @@ def test_read_rows_gives_the_rows_without_mapping_them(mapped: tuple[np.ndarray,
     np.testing.assert_array_equal(read_rows(v[100:], rows[:10]), x[100:][rows[:10]])  # a view: its own offset
     np.testing.assert_array_equal(read_rows(x, rows[:10]), x[rows[:10]])  # not mapped: indexed
     assert read_rows(v, np.zeros(0, dtype=np.int64)).shape == (0, DIM)
+    pread_rows(0, 0, np.zeros(0, dtype=np.int64), np.zeros((0, DIM), dtype=np.float32))  # nothing to read
     reader = RowReader(v)
     assert reader.shape == (ROWS, DIM) and len(reader) == ROWS
     np.testing.assert_array_equal(reader[np.array([3, 7])], x[[3, 7]])
