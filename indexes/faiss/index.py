@@ -54,7 +54,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -65,7 +65,7 @@ from ..exact import StoreBackedIndex, chunked_queries, exact_topk
 from ..faults import faults
 from ..filtered import exact_over_rows
 from ..hnsw.check import check_graph
-from ..store.files import fsync_file, release_pages
+from ..store.files import RowReader, fsync_file, read_rows
 from ..store.journaled import KEPT_FILES
 from . import tiers
 from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
@@ -399,7 +399,9 @@ class FaissIndex(StoreBackedIndex):
             served = self._served.recent(max(self._config.calibration_queries, self._config.served_min))
         candidates = self._candidates_fn(ann, vecs, ids, tier, exclude)
         with self._timed("calibration"):
-            sets = calibration_sets(vecs, self._config, self._calibration_source, self.dim, served)
+            # the synthetic sets sample rows all over the snapshot: read them, do not map them
+            rows = cast(np.ndarray, RowReader(vecs))
+            sets = calibration_sets(rows, self._config, self._calibration_source, self.dim, served)
             fixed = self._configured_breadth(tier)
             return calibrate(ann, tier, vecs, ids, self._config, sets, candidates, fixed=fixed, previous=previous)
 
@@ -411,9 +413,8 @@ class FaissIndex(StoreBackedIndex):
         sel = excluding(dead) if dead is not None else None
 
         def gather(cand: np.ndarray) -> np.ndarray:
-            rows = np.array(vecs[np.searchsorted(ids, cand)])
-            release_pages(vecs)  # a calibration's re-ranks touch rows all over the snapshot
-            return rows
+            # read, not mapped: a calibration's re-ranks touch rows all over the snapshot (see read_rows)
+            return read_rows(vecs, np.searchsorted(ids, cand))
 
         def candidates(q: np.ndarray, breadth: int, factor: int) -> np.ndarray:
             return self._ann_candidates(ann, tier, q, 10, breadth, sel, gather, rerank_factor=factor)[0]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import FaissConfig
-from ..store.files import release_pages
+from ..store.files import read_rows, release_pages
 from ._lib import ADD_CHUNK, load_faiss
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def build_hnsw(config: FaissConfig, vecs: np.ndarray, ids: np.ndarray) -> tuple[
     rng = np.random.default_rng(cfg.seed)
     n_train = min(n, cfg.train_sample or 100_000)
     rows = np.sort(rng.choice(n, size=n_train, replace=False))
-    hnsw.train(np.ascontiguousarray(vecs[rows], dtype=np.float32))  # per-dimension value ranges
+    hnsw.train(np.ascontiguousarray(read_rows(vecs, rows), dtype=np.float32))  # per-dimension value ranges
     ann = faiss.IndexIDMap(hnsw)
     ann.own_fields = True
     hnsw.this.disown()  # the IDMap owns (and frees) the graph
@@ -122,7 +122,7 @@ def build_ivf(config: FaissConfig, vecs: np.ndarray, ids: np.ndarray, *, for_gpu
     rng = np.random.default_rng(cfg.seed)
     n_train = min(n, cfg.train_sample or max(50 * nlist, 20_000))
     rows = np.sort(rng.choice(n, size=n_train, replace=False))
-    sample = np.ascontiguousarray(vecs[rows], dtype=np.float32)
+    sample = np.ascontiguousarray(read_rows(vecs, rows), dtype=np.float32)
     log.info("training IVF%d,PQ%d on %d of %d vectors", nlist, m, n_train, n)
     ivf = faiss.index_factory(dim, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
     # PQ k-means on tiny sub-vectors is slow in FAISS: 64 points per centroid (16k residuals)
@@ -135,6 +135,7 @@ def build_ivf(config: FaissConfig, vecs: np.ndarray, ids: np.ndarray, *, for_gpu
     del sample
     for s in range(0, n, ADD_CHUNK):
         ivf.add_with_ids(np.ascontiguousarray(vecs[s : s + ADD_CHUNK]), np.asarray(ids[s : s + ADD_CHUNK]))
+        release_pages(vecs)
     return ivf, {"tier_built": "ivf", "nlist": nlist, "pq_m": m}
 
 

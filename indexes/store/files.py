@@ -117,6 +117,72 @@ def release_pages(arr: np.ndarray) -> None:
         m.madvise(mmap.MADV_DONTNEED)
 
 
+def pread_rows(fd: int, offset: int, rows: np.ndarray, out: np.ndarray) -> None:
+    """Read row ``rows[j]`` of a C-ordered 2-D array stored at byte ``offset`` of file ``fd`` into
+    ``out[j]`` with one ``preadv`` per row. Raises :class:`OSError` on a short read."""
+    if out.size == 0:
+        return
+    rb = out.shape[1] * out.itemsize
+    mv = out.data.cast("B")
+    pread = os.preadv
+    for j, pos in enumerate((np.asarray(rows, dtype=np.int64) * rb + offset).tolist()):
+        if pread(fd, [mv[j * rb : (j + 1) * rb]], pos) != rb:
+            raise OSError(f"short read of row {int(rows[j])}")
+
+
+def read_rows(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``arr[rows]`` (``rows``: integer positions) as a private array. A memory-mapped ``.npy``
+    array is read with ``pread``, not through its mapping: on kernels that cache files in large
+    folios (Linux 6.x on ext4 and xfs) a fault maps the whole folio, up to 2 MiB, so 1,024 rows
+    scattered over a 500 MB snapshot mapped all of it into the process (issue 24: a build's peak
+    RSS held one more copy of the vectors during each calibration). Other arrays are indexed."""
+    rows = np.asarray(rows, dtype=np.int64)
+    name = getattr(arr, "filename", None)
+    if not isinstance(getattr(arr, "_mmap", None), mmap.mmap) or name is None or not arr.flags.c_contiguous:
+        return np.asarray(arr[rows])
+    out = np.empty((rows.size, *arr.shape[1:]), dtype=arr.dtype)
+    if rows.size:
+        if int(rows.min()) < 0 or int(rows.max()) >= arr.shape[0]:
+            raise IndexError(f"row out of range [0, {arr.shape[0]})")
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            pread_rows(fd, _file_position(arr), rows, out.reshape(rows.size, -1))
+        finally:
+            os.close(fd)
+    return out
+
+
+def _file_position(arr: np.ndarray) -> int:
+    """Byte position in its file of the first element of a ``numpy.memmap`` (or a view of one:
+    a view keeps the ``offset`` of the array it came from)."""
+    offset = int(getattr(arr, "offset", 0))
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY  # where numpy.memmap's mapping begins
+    base = np.frombuffer(arr._mmap, dtype=np.uint8)  # type: ignore[attr-defined]
+    try:
+        return start + int(arr.ctypes.data) - int(base.ctypes.data)
+    finally:
+        del base
+
+
+class RowReader:
+    """A 2-D array's rows read by :func:`read_rows` (``reader[rows]``), for code that samples rows
+    of a snapshot by fancy indexing (calibration query sets, a training sample); a slice is a view."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.array = arr
+        self.shape = arr.shape
+        self.dtype = arr.dtype
+        self.ndim = arr.ndim
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            return self.array[key]
+        return read_rows(self.array, key)
+
+
 def block_crcs(vecs: np.ndarray, rows: int = CHECK_BLOCK_ROWS) -> list[int]:
     """CRC-32 of each block of ``rows`` vector rows: localises damage to the ids it affects."""
     out = []

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DimensionMismatchError, IndexCorruptError
+from .files import pread_rows
 
 _PREAD_MAX_ROWS = 65536
 _DICT_LOOKUP_MAX = 4096
@@ -126,14 +127,14 @@ class StoredRows:
         if not in_base.all():
             out[~in_base] = self.delta.vecs[rows[~in_base] - nb]
         # one preadv per row (30 rows: 48 us, against 37 us for the C loop issue 24 removed)
-        fd, pread = self._base_fd, os.preadv
-        mv = out.data.cast("B")
-        rb = 4 * self.dim
         at = np.flatnonzero(in_base)
         try:
-            for j, pos in zip(at.tolist(), (rows[at] * rb + self._base_offset).tolist(), strict=True):
-                if pread(fd, [mv[j * rb : (j + 1) * rb]], pos) != rb:
-                    raise OSError(f"short read of row {int(rows[j])}")
+            if at.size == rows.size:
+                pread_rows(self._base_fd, self._base_offset, rows, out)
+            else:
+                part = np.empty((at.size, self.dim), dtype=np.float32)
+                pread_rows(self._base_fd, self._base_offset, rows[at], part)
+                out[at] = part
         except OSError as e:
             raise IndexCorruptError(f"{self.path}: cannot read the vectors file ({e})") from e
         return out

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -54,7 +54,7 @@ from ..faiss.served import FILE as SERVED_FILE
 from ..faiss.served import ServedQueries, served_capacity
 from ..faults import faults
 from ..filtered import allowed_rows, exact_over_rows, plan
-from ..store.files import fsync_file, release_pages
+from ..store.files import RowReader, fsync_file, read_rows, release_pages
 from ..store.journaled import KEPT_FILES
 from ._lib import load_usearch
 from .check import check_graph_file
@@ -289,7 +289,8 @@ class UsearchIndex(StoreBackedIndex):
             served = self._served.recent(max(cfg.calibration_queries, cfg.served_min))
         ccfg = cfg.calibration_config()
         with self._timed("calibration"):
-            sets = calibration_sets(vecs, ccfg, self._calibration_source, self.dim, served)
+            # the synthetic sets sample rows all over the snapshot: read them, do not map them
+            sets = calibration_sets(cast(np.ndarray, RowReader(vecs)), ccfg, self._calibration_source, self.dim, served)
             out = calibrate(
                 ann,
                 "hnsw",
@@ -317,9 +318,8 @@ class UsearchIndex(StoreBackedIndex):
         being built has its removals deleted, so nothing is excluded)."""
 
         def gather(cand: np.ndarray) -> np.ndarray:
-            rows = np.array(vecs[np.searchsorted(ids, cand)])
-            release_pages(vecs)  # a calibration's re-ranks touch rows all over the snapshot
-            return rows
+            # read, not mapped: a calibration's re-ranks touch rows all over the snapshot (see read_rows)
+            return read_rows(vecs, np.searchsorted(ids, cand))
 
         def candidates(q: np.ndarray, breadth: int, factor: int) -> np.ndarray:
             ann.expansion_search = int(breadth)  # the graph being built: no search shares it
