@@ -75,6 +75,14 @@ Query sets (each reported separately):
   against its image and region embeddings of N generated FineShapes-like photos (real modality
   gap, small dimension). Index calibration there uses synthetic queries only.
 
+``--served N`` (N >= 100): after ``faiss`` and ``fg-usearch`` are measured as built, the index is
+opened for writing, serves N text queries of another draw of the same generator (none of them
+measured; the measurement's own queries are never recorded as served), takes a snapshot, which
+measures recall on them and calibrates again with them as a set, and is measured again: rows
+``faiss+served`` / ``fg-usearch+served``. This is what a library does once users have queried it
+(docs/backends.md, "Served queries"). ``--reuse --reuse-builds`` measures the indexes a ``--keep``
+run left instead of building them again.
+
 Each backend is built in one subprocess (timed: adds in batches of 50k, each followed by
 ``flush()`` as the ingest pipeline does, then ``save()``) and measured in a fresh one that opens
 the index read-only. Latency is single queries on one thread (FAISS OpenMP and Qdrant's search
@@ -117,6 +125,22 @@ def _query_sets(gen: str, data: np.ndarray, nq: int, clusters: int) -> dict[str,
     if gen == "unseen":
         return {"image": image_queries(data, nq, clusters), "text": text_queries(data, nq, clusters)}
     return {"image": make_queries(data, nq), "text": make_text_queries(data, nq)}
+
+
+#: the draw of the queries a library "served" before the measured ones (``--served``): the same
+#: generator as the measured text queries, another draw, none of them measured
+SERVED_DRAW = 7_000
+
+
+def _served_queries(gen: str, data: np.ndarray, nq: int, clusters: int) -> np.ndarray:
+    if gen == "unseen":
+        return text_queries(data, nq, clusters, draw=SERVED_DRAW)
+    return make_text_queries(data, nq, seed=SERVED_DRAW)
+
+
+def _ours_graph(kind: str) -> bool:
+    """A backend of ours whose search breadth is calibrated (and so follows served queries)."""
+    return kind == "faiss" or kind == "fg-usearch"
 
 
 # --------------------------------------------------------------------------- workers
@@ -183,6 +207,35 @@ def _build(kind: str, data_path: Path, index_dir: Path) -> dict[str, float]:
     total = time.perf_counter() - t0
     parts["store and the rest"] = total - sum(v for k, v in parts.items() if k != "served check")
     return {"build_s": total, "add_s": t_add, "build_parts_s": parts, "build_peaks": peaks}
+
+
+def worker_serve(kind: str, index_dir: Path, served_path: Path) -> dict:
+    """A library that served queries: the built index opened for writing, its record of served
+    queries emptied (the measurement's own queries are not recorded: its workers run with
+    FGSEARCH_SERVED_QUERIES=0), every query of ``served_path`` searched once, then a snapshot,
+    which measures recall on them and calibrates again with them as a set (docs/backends.md)."""
+    import faiss
+
+    from fgsearch.indexes import open_index
+    from fgsearch.indexes.faiss.served import FILE
+
+    faiss.omp_set_num_threads(1)
+    (index_dir / FILE).unlink(missing_ok=True)
+    index = open_index(_ours(kind), index_dir, config=_config(kind, index_dir))
+    q = np.load(served_path)
+    t = time.perf_counter()
+    for i in range(q.shape[0]):
+        index.search(q[i : i + 1], 10)
+    serve_s = time.perf_counter() - t
+    faiss.omp_set_num_threads(os.cpu_count() or 1)  # the snapshot runs as a build does
+    t = time.perf_counter()
+    index.save()
+    snapshot_s = time.perf_counter() - t
+    p = index.stats().params
+    index.close()
+    breadth = p.get("ef_search", p.get("expansion_search"))
+    out = {"served_n": int(q.shape[0]), "serve_s": serve_s, "snapshot_s": snapshot_s, "breadth": breadth}
+    return {**out, "served": p.get("served")}
 
 
 class _Searcher:
@@ -336,14 +389,29 @@ def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path]
             print(f"# {label}: qdrant (client local mode) skipped (> --qdrant-max {args.qdrant_max})", flush=True)
             continue
         idx_dir = work / f"{kind}-{label}"
-        shutil.rmtree(idx_dir, ignore_errors=True)
-        b = _run_worker(["--worker", "build", kind, str(data_path), str(idx_dir)], args.timeout)
+        built = idx_dir.with_suffix(".build.json")
+        if args.reuse_builds and built.is_file() and idx_dir.is_dir():
+            b = json.loads(built.read_text())
+            print(f"# {kind} {label}: the build a run left in {idx_dir} reused", flush=True)
+        else:
+            shutil.rmtree(idx_dir, ignore_errors=True)
+            b = _run_worker(["--worker", "build", kind, str(data_path), str(idx_dir)], args.timeout)
         qsets = {
             name: (str(qp), "-" if kind == "exact" else str(qp.with_name(qp.stem + "-truth.npy")))
             for name, qp in qpaths.items()
         }
         query = ["--worker", "query", kind, str(idx_dir), str(data_path), json.dumps(qsets)]
-        results = [(kind, _run_worker(query, args.timeout))]
+        quiet = {"FGSEARCH_SERVED_QUERIES": "0"}  # the measured queries are not recorded as served
+        results = [(kind, _run_worker(query, args.timeout, quiet))]
+        served_path = work / f"queries-{label}-served.npy"
+        if args.served and _ours_graph(kind) and served_path.is_file():
+            sv = _run_worker(["--worker", "serve", kind, str(idx_dir), str(served_path)], args.timeout)
+            print(
+                f"# {kind} {label}: served {sv['served_n']} text queries of another draw in {sv['serve_s']:.1f}s, "
+                f"then a snapshot in {sv['snapshot_s']:.1f}s: breadth {sv['breadth']}, served record {sv['served']}",
+                flush=True,
+            )
+            results.append((f"{kind}+served", _run_worker(query, args.timeout, quiet)))
         for shown, r in results:
             if kind == "exact":
                 for run in r["runs"]:
@@ -419,12 +487,14 @@ def run_worker_args(w: list[str]) -> None:
     """A build or query worker (a subprocess of the main run): prints its result as JSON."""
     if w[0] == "build":
         res = worker_build(w[1], Path(w[2]), Path(w[3]))
+    elif w[0] == "serve":
+        res = worker_serve(w[1], Path(w[2]), Path(w[3]))
     else:
         qsets = {k: (Path(q), None if t == "-" else Path(t)) for k, (q, t) in json.loads(w[4]).items()}
         res = worker_query(w[1], Path(w[2]), Path(w[3]), qsets)
     # also beside the index directory, so a long run's finished backends survive an interruption
-    Path(w[3] if w[0] == "build" else w[2]).with_suffix(f".{w[0]}.json").write_text(json.dumps(res))
-    print(json.dumps(res))
+    Path(w[3] if w[0] == "build" else w[2]).with_suffix(f".{w[0]}.json").write_text(json.dumps(res, default=str))
+    print(json.dumps(res, default=str))
 
 
 def main() -> None:
@@ -449,13 +519,25 @@ def main() -> None:
         help="with --workdir: use the data, queries and exact answers a run left there (--keep) instead "
         "of generating them (e.g. a second process measuring more backends on the same files)",
     )
+    ap.add_argument(
+        "--reuse-builds",
+        action="store_true",
+        help="with --reuse: measure the indexes a --keep run built there instead of building them again",
+    )
+    ap.add_argument(
+        "--served",
+        type=int,
+        default=0,
+        help="also measure faiss and fg-usearch after they served this many text queries of another draw "
+        "(>= 100, the served_min) and took a snapshot: rows named KIND+served",
+    )
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, every peer, in seconds (a temp dir)")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.smoke and not args.worker:
         args.n, args.dim, args.queries, args.clusters, args.workdir = [3000], 64, 40, 30, None
-        args.backends, args.data = "exact,faiss,fg-usearch,usearch-i8-16,hnswlib-16", "unseen"
+        args.backends, args.data, args.served = "exact,faiss,fg-usearch,usearch-i8-16,hnswlib-16", "unseen", 120
 
     if args.worker:
         run_worker_args(args.worker)
@@ -467,6 +549,10 @@ def main() -> None:
     backends.insert(0, "exact")  # ground truth first
     if args.reuse and not args.workdir:
         ap.error("--reuse needs --workdir (the folder a --keep run left)")
+    if args.reuse_builds and not args.reuse:
+        ap.error("--reuse-builds needs --reuse")
+    if args.served and args.served < 100:
+        ap.error("--served needs at least 100 queries (an index calibrates on served queries once 100 are held)")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fgsearch-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -481,13 +567,19 @@ def main() -> None:
                 t = time.perf_counter()
                 qpaths = {"image": work / f"queries-{label}-image.npy", "text": work / f"queries-{label}-text.npy"}
                 truths = [q.with_name(q.stem + "-truth.npy") for q in qpaths.values()]
+                served_path = work / f"queries-{label}-served.npy"
                 if args.reuse and all(p.is_file() for p in [data_path, *qpaths.values(), *truths]):
                     print(f"# {label}: data, queries and exact answers reused from {work}", flush=True)
+                    if args.served and not served_path.is_file():
+                        data = np.load(data_path, mmap_mode="r")
+                        np.save(served_path, _served_queries(gen, data, args.served, args.clusters))
                     rows += run_dataset(label, work, data_path, qpaths, [b for b in backends if b != "exact"], args)
                     continue
                 data = ALL_GENERATORS[gen](data_path, n, args.dim, args.clusters)
                 for name, q in _query_sets(gen, data, args.queries, args.clusters).items():
                     np.save(qpaths[name], q)
+                if args.served:
+                    np.save(served_path, _served_queries(gen, data, args.served, args.clusters))
                 del data
                 print(f"# {label}: data and queries generated in {time.perf_counter() - t:.1f}s", flush=True)
                 rows += run_dataset(label, work, data_path, qpaths, backends, args)

@@ -87,10 +87,14 @@ def image_queries(data: np.ndarray, nq: int, domains: int, seed: int = SEED) -> 
     return proc.photos(np.random.default_rng(seed + 2), nq)[0]
 
 
-def text_queries(data: np.ndarray, nq: int, domains: int, seed: int = SEED, target_cos: float = 0.26) -> np.ndarray:
-    """Captions: a text direction and text-side structure, and a concept's meaning (see the module)."""
+def text_queries(
+    data: np.ndarray, nq: int, domains: int, seed: int = SEED, target_cos: float = 0.26, draw: int | None = None
+) -> np.ndarray:
+    """Captions: a text direction and text-side structure, and a concept's meaning (see the module).
+    ``seed``: the process that made ``data``; ``draw``: another draw of captions from it (default
+    ``seed + 3``), e.g. the queries a library served before the measured ones."""
     proc = _Process(data.shape[1], domains, seed)
-    r = np.random.default_rng(seed + 3)
+    r = np.random.default_rng(seed + 3 if draw is None else draw)
     dom = r.choice(proc.domains, size=nq, p=proc.weights)
     coef = r.standard_normal((nq, SUBSPACE)).astype(np.float32) * 0.5
     meaning = proc.centres[dom] + proc.project(coef, dom)

@@ -53,7 +53,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from typing import Any, cast
 
 import numpy as np
@@ -73,7 +72,7 @@ from .calibration import CalibrationSource, calibrate, calibration_sets, measure
 from .gpu import clone_to_gpu, gpu_wanted
 from .search import ann_candidates, filter_plan, hnsw_bytes
 from .served import FILE as SERVED_FILE
-from .served import ServedQueries, served_capacity
+from .served import ServedQueries, check_served, served_capacity, served_status
 
 log = logging.getLogger(__name__)
 
@@ -244,49 +243,29 @@ class FaissIndex(StoreBackedIndex):
         self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tombstones: np.ndarray, extra: dict[str, Any]
     ) -> dict[str, Any]:
         """Recall@10 of the search as calibrated, on the queries this index served (see
-        :mod:`.served`); calibrates again, with them as a set, when they miss the goal or clear it
-        with room to narrow. Updates ``extra`` and returns the ``served`` record for the manifest."""
-        cfg = self._config
-        if self._served.capacity == 0:
-            return {"recording": False}
-        self._served.flush()
-        served = self._served.recent(max(cfg.calibration_queries, cfg.served_min))  # a set needs served_min
-        total = self._served.total()
-        record: dict[str, Any] = {
-            "recording": True,
-            "held": min(total, self._served.capacity),
-            "needed": cfg.served_min,
-            "total_at_check": total,
-        }
+        :func:`.served.check_served`). Updates ``extra`` and returns the ``served`` record."""
         tier = str(extra.get("tier_built", self.tier))
-        fresh = extra.get("calibration") is not self._extra.get("calibration")  # calibrated in this build
-        cal = extra.get("calibration") or {} if fresh else {}
-        if min(total, self._served.capacity) < cfg.served_min:
-            return record
-        goal = min(1.0, cfg.recall_target + cfg.calibration_margin)
-        if "served" not in cal.get("sets", {}):  # not calibrated on them in this build: measure
-            breadth_name = "nprobe" if tier == "ivf" else "ef_search"
-            breadth = int(self._configured_breadth(tier) or extra.get(breadth_name, 128))
-            factor = int(extra.get("rerank_factor", cfg.rerank_factor))
-            candidates = self._candidates_fn(ann, vecs, ids, tier, tombstones)
-            sets = {"served": (served, "served")}
-            recall = measure_sets(sets, vecs, ids, cfg, candidates, breadth, factor)["served"]
-            fixed = self._configured_breadth(tier) is not None
-            if not fixed and (recall < goal or recall >= goal + 0.01):  # widen, or try narrower
-                extra.update(self._calibrate(ann, vecs, ids, tier, exclude=tombstones, served=served))
-                cal = extra["calibration"]
-            else:
-                cal = {"breadth": breadth, "sets": {"served": {"recall10": round(recall, 4)}}}
-        recall = float(cal["sets"]["served"]["recall10"])
-        record.update(
-            recall10=recall,
-            goal_recall10=goal,
-            below_goal=recall < goal,
-            queries=int(served.shape[0]),
-            measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            breadth=int(cal.get("breadth", extra.get("ef_search", extra.get("nprobe", 0)))),
+        configured = self._configured_breadth(tier)
+        breadth = int(configured or extra.get("nprobe" if tier == "ivf" else "ef_search", 128))
+        candidates = self._candidates_fn(ann, vecs, ids, tier, tombstones)
+
+        def measure(queries: np.ndarray, breadth: int, factor: int) -> float:
+            sets = {"served": (queries, "served")}
+            return measure_sets(sets, vecs, ids, self._config, candidates, breadth, factor)["served"]
+
+        def recalibrate(queries: np.ndarray) -> dict[str, Any]:
+            return self._calibrate(ann, vecs, ids, tier, exclude=tombstones, served=queries)
+
+        return check_served(
+            self._served,
+            self._config,
+            extra,
+            self._extra,
+            breadth=breadth,
+            fixed=configured is not None,
+            measure=measure,
+            recalibrate=recalibrate,
         )
-        return record
 
     def _reopen_for_update(self, n: int) -> tuple[Any, np.ndarray]:
         """The current structure, read again, with the snapshot's removals applied; ``(None, _)``
@@ -527,13 +506,7 @@ class FaissIndex(StoreBackedIndex):
 
     def _served_status(self) -> dict[str, Any]:
         """What ``status`` shows of the served-query record and the recall measured on it."""
-        s = dict(self._extra.get("served") or {})
-        why = self._served.writable() if self._served.capacity else None
-        s["recording"] = self._served.enabled and why is None
-        if why:
-            s["unavailable"] = why
-        s["recorded_since_check"] = max(0, self._served.total() - int(s.get("total_at_check", 0)))
-        return s
+        return served_status(self._served, self._extra)
 
     def _bytes_in_memory(self) -> int:
         """Store memory plus the FAISS structure: codes, ids, graph links or IVF centroids."""

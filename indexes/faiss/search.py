@@ -4,6 +4,7 @@ the search and the calibration (which measures the same search) share them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,8 +48,17 @@ def ann_candidates(
         if sel is not None:
             params.sel = sel
         _, cand = ann.search(q, r, params=params)
+    return rerank(cand, q, k, gather)
+
+
+def rerank(
+    cand: np.ndarray, q: np.ndarray, k: int, gather: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of the candidate ids (-1: none) by exact inner product with the float32 vectors
+    ``gather(ids)`` returns, in bounded blocks of ``RERANK_ROWS`` for a large batch (a graph
+    backend's re-rank: the FAISS default's and usearch's)."""
     scores = np.full(cand.shape, -np.inf, dtype=np.float32)
-    step = max(1, RERANK_ROWS // max(cand.shape[1], 1))  # bounded buffers for a large batch
+    step = max(1, RERANK_ROWS // max(cand.shape[1], 1))
     for s in range(0, cand.shape[0], step):
         part = cand[s : s + step]
         qi, ci = np.nonzero(part >= 0)

@@ -27,7 +27,10 @@ import logging
 import os
 import struct
 import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -177,3 +180,68 @@ class ServedQueries:
         """Delete the record (``served_queries=0``)."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def check_served(
+    served: ServedQueries,
+    cfg: Any,
+    extra: dict[str, Any],
+    before: dict[str, Any],
+    *,
+    breadth: int,
+    fixed: bool,
+    measure: Callable[[np.ndarray, int, int], float],
+    recalibrate: Callable[[np.ndarray], dict[str, Any]],
+) -> dict[str, Any]:
+    """The ``served`` record of a snapshot's manifest: recall@10 of the search as calibrated, on the
+    queries the index served, for any backend that calibrates a breadth (the FAISS default, usearch).
+
+    ``cfg``: the backend's config (``calibration_queries``, ``served_min``, ``recall_target``,
+    ``calibration_margin``, ``rerank_factor``); ``extra``: the new snapshot's extras (updated when
+    it calibrates again), ``before``: the current snapshot's; ``breadth``: the search's breadth as
+    configured or calibrated; ``fixed``: configured (only measured); ``measure(queries, breadth,
+    factor)``: recall@10 against exact search; ``recalibrate(queries)``: the extras of a calibration
+    with them as a set. Calibrates again when they miss the goal (widen) or clear it by 0.01 (narrow).
+    """
+    if served.capacity == 0:
+        return {"recording": False}
+    served.flush()
+    queries = served.recent(max(cfg.calibration_queries, cfg.served_min))  # a set needs served_min
+    total = served.total()
+    held = min(total, served.capacity)
+    record: dict[str, Any] = {"recording": True, "held": held, "needed": cfg.served_min, "total_at_check": total}
+    if held < cfg.served_min:
+        return record
+    goal = min(1.0, cfg.recall_target + cfg.calibration_margin)
+    fresh = extra.get("calibration") is not before.get("calibration")  # calibrated in this build
+    cal = (extra.get("calibration") or {}) if fresh else {}
+    if "served" not in cal.get("sets", {}):  # not calibrated on them in this build: measure
+        factor = int(extra.get("rerank_factor", cfg.rerank_factor))
+        recall = measure(queries, breadth, factor)
+        if not fixed and (recall < goal or recall >= goal + 0.01):  # widen, or try narrower
+            extra.update(recalibrate(queries))
+            cal = extra["calibration"]
+        else:
+            cal = {"breadth": breadth, "sets": {"served": {"recall10": round(recall, 4)}}}
+    recall = float(cal["sets"]["served"]["recall10"])
+    record.update(
+        recall10=recall,
+        goal_recall10=goal,
+        below_goal=recall < goal,
+        queries=int(queries.shape[0]),
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        breadth=int(cal.get("breadth", breadth)),
+    )
+    return record
+
+
+def served_status(served: ServedQueries, extra: dict[str, Any]) -> dict[str, Any]:
+    """What ``status`` shows of the served-query record (``extra``: the snapshot's extras) and the
+    recall measured on it."""
+    s = dict(extra.get("served") or {})
+    why = served.writable() if served.capacity else None
+    s["recording"] = served.enabled and why is None
+    if why:
+        s["unavailable"] = why
+    s["recorded_since_check"] = max(0, served.total() - int(s.get("total_at_check", 0)))
+    return s

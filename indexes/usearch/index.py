@@ -40,18 +40,18 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
-from ..base import SearchResult, empty_result, merge_topk, topk_rows
+from ..base import SearchResult, empty_result, merge_topk
 from ..errors import IndexCorruptError
 from ..exact import StoreBackedIndex, chunked_queries, exact_topk
 from ..faiss.calibration import CalibrationSource, calibrate, calibration_sets, measure_sets
+from ..faiss.search import rerank
 from ..faiss.served import FILE as SERVED_FILE
-from ..faiss.served import ServedQueries, served_capacity
+from ..faiss.served import ServedQueries, check_served, served_capacity, served_status
 from ..faults import faults
 from ..filtered import allowed_rows, exact_over_rows, plan
 from ..store.files import RowReader, fsync_file, read_rows, release_pages
@@ -66,7 +66,6 @@ KEPT_FILES.add(SERVED_FILE)  # the served-query record outlives snapshots
 #: Vectors added to the graph per call (the build reads the snapshot in blocks of this many rows).
 ADD_CHUNK = 65536
 #: Candidate rows re-scored at once (a batch of queries is re-ranked in slices of this many rows).
-RERANK_ROWS = 1024
 #: Queries per call from which a search uses ``threads`` threads (a single query uses one).
 _THREADED_QUERIES = 16
 
@@ -331,42 +330,24 @@ class UsearchIndex(StoreBackedIndex):
 
     def _check_served(self, ann: Any, vecs: np.ndarray, ids: np.ndarray, extra: dict[str, Any]) -> dict[str, Any]:
         """Recall@10 of the search as calibrated on the queries this index served (see
-        :mod:`..faiss.served`); calibrates again, with them as a set, when they miss the goal or
-        clear it with room to narrow. Updates ``extra``; returns the manifest's ``served`` record."""
+        :func:`..faiss.served.check_served`). Updates ``extra``; returns the manifest's ``served`` record."""
         cfg = self._config
-        if self._served.capacity == 0:
-            return {"recording": False}
-        self._served.flush()
-        served = self._served.recent(max(cfg.calibration_queries, cfg.served_min))  # a set needs served_min
-        total = self._served.total()
-        held = min(total, self._served.capacity)
-        record: dict[str, Any] = {"recording": True, "held": held, "needed": cfg.served_min, "total_at_check": total}
-        if held < cfg.served_min:
-            return record
-        goal = min(1.0, cfg.recall_target + cfg.calibration_margin)
-        fresh = extra.get("calibration") is not self._extra.get("calibration")  # calibrated in this build
-        cal = (extra.get("calibration") or {}) if fresh else {}
-        if "served" not in cal.get("sets", {}):  # not calibrated on them in this build: measure
-            breadth = int(cfg.expansion_search or extra.get("expansion_search", 128))
-            factor = int(extra.get("rerank_factor", cfg.rerank_factor))
-            sets = {"served": (served, "served")}
-            ccfg = cfg.calibration_config()
-            recall = measure_sets(sets, vecs, ids, ccfg, self._candidates_fn(ann, vecs, ids), breadth, factor)["served"]
-            if cfg.expansion_search is None and (recall < goal or recall >= goal + 0.01):  # widen, or try narrower
-                extra.update(self._calibrate(ann, vecs, ids, served=served))
-                cal = extra["calibration"]
-            else:
-                cal = {"breadth": breadth, "sets": {"served": {"recall10": round(recall, 4)}}}
-        recall = float(cal["sets"]["served"]["recall10"])
-        record.update(
-            recall10=recall,
-            goal_recall10=goal,
-            below_goal=recall < goal,
-            queries=int(served.shape[0]),
-            measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            breadth=int(cal.get("breadth", extra.get("expansion_search", 0))),
+        candidates = self._candidates_fn(ann, vecs, ids)
+
+        def measure(queries: np.ndarray, breadth: int, factor: int) -> float:
+            sets = {"served": (queries, "served")}
+            return measure_sets(sets, vecs, ids, cfg.calibration_config(), candidates, breadth, factor)["served"]
+
+        return check_served(
+            self._served,
+            cfg,
+            extra,
+            self._extra,
+            breadth=int(cfg.expansion_search or extra.get("expansion_search", 128)),
+            fixed=cfg.expansion_search is not None,
+            measure=measure,
+            recalibrate=lambda queries: self._calibrate(ann, vecs, ids, served=queries),
         )
-        return record
 
     # ------------------------------------------------------------------ search
     def _store_gather(self, cand: np.ndarray) -> np.ndarray:
@@ -469,13 +450,7 @@ class UsearchIndex(StoreBackedIndex):
 
     def _served_status(self) -> dict[str, Any]:
         """What ``status`` shows of the served-query record and the recall measured on it."""
-        s = dict(self._extra.get("served") or {})
-        why = self._served.writable() if self._served.capacity else None
-        s["recording"] = self._served.enabled and why is None
-        if why:
-            s["unavailable"] = why
-        s["recorded_since_check"] = max(0, self._served.total() - int(s.get("total_at_check", 0)))
-        return s
+        return served_status(self._served, self._extra)
 
     def _bytes_in_memory(self) -> int:
         """Store memory plus the graph (codes, links, keys: usearch's own count)."""
@@ -512,18 +487,3 @@ def graph_candidates(
     qi, ci = np.nonzero(valid)
     out[qi, rank[qi, ci] - 1] = keys[qi, ci]
     return out
-
-
-def rerank(
-    cand: np.ndarray, q: np.ndarray, k: int, gather: Callable[[np.ndarray], np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``k`` of the candidate ids by exact inner product with the vectors ``gather(ids)`` returns."""
-    scores = np.full(cand.shape, -np.inf, dtype=np.float32)
-    step = max(1, RERANK_ROWS // max(cand.shape[1], 1))  # bounded buffers for a large batch
-    for s in range(0, cand.shape[0], step):
-        part = cand[s : s + step]
-        qi, ci = np.nonzero(part >= 0)
-        if qi.size:
-            v = gather(part[qi, ci])
-            scores[s + qi, ci] = np.einsum("ij,ij->i", v, q[s + qi])
-    return topk_rows(cand, scores, k)

@@ -191,3 +191,25 @@ def test_fewer_calibration_queries_than_served_min_still_calibrate_on_served_que
         idx.save()
         served = idx.stats().params["served"]
         assert served["queries"] >= 100 and served["held"] == 120
+
+
+def test_every_snapshot_measures_the_queries_served_since_not_the_last_calibrations_record(
+    tmp_path: Path, data
+) -> None:
+    """A snapshot after one that calibrated on served queries measures the queries served since
+    (here easy ones: the search then narrows again), through the served check both graph backends
+    share (``served.check_served``)."""
+    x = data
+    with create_index("faiss", tmp_path / "f", DIM, config=CFG) as idx:
+        idx.add(np.arange(x.shape[0], dtype=np.int64), x)
+        idx.save()
+        idx.search(far_queries(x, 150, seed=7), 10)  # hard: the search widens on them
+        idx.save()
+        wide = idx.stats().params
+        assert "served" in wide["calibration"]["sets"]
+        idx.search(near_queries(x, 150, seed=8), 10)  # then easy ones are what users ask
+        idx.save()
+        p = idx.stats().params
+    assert p["served"]["total_at_check"] == 300
+    assert p["ef_search"] < wide["ef_search"], (wide["served"], p["served"])
+    assert p["served"]["recall10"] >= 0.98 and p["served"]["breadth"] == p["ef_search"]
