@@ -81,7 +81,7 @@ measured; the measurement's own queries are never recorded as served), takes a s
 measures recall on them and calibrates again with them as a set, and is measured again: rows
 ``faiss+served`` / ``fg-usearch+served``. This is what a library does once users have queried it
 (docs/backends.md, "Served queries"). ``--reuse --reuse-builds`` measures the indexes a ``--keep``
-run left instead of building them again.
+run left instead of building them again (``--keep`` keeps them; else each is deleted once measured).
 
 Each backend is built in one subprocess (timed: adds in batches of 50k, each followed by
 ``flush()`` as the ingest pipeline does, then ``save()``) and measured in a fresh one that opens
@@ -440,7 +440,8 @@ def run_dataset(label: str, work: Path, data_path: Path, qpaths: dict[str, Path]
             shown = ", ".join(f"{v:,} vectors {p / 2**30:.2f} GiB" for v, p in peaks if v in marks)
             print(f"# {kind} {label}: build peak RSS so far at {shown}", flush=True)
         builds[kind] = b
-        shutil.rmtree(idx_dir, ignore_errors=True)
+        if not args.keep:  # kept for --reuse-builds; else each index goes once measured (disk)
+            shutil.rmtree(idx_dir, ignore_errors=True)
     _print_build_ratios(label, builds)
     return rows
 
@@ -512,7 +513,7 @@ def main() -> None:
     ap.add_argument("--data", default="clip", help="synthetic generators, comma-separated: clip, isotropic, unseen")
     ap.add_argument("--qdrant-max", type=int, default=100_000, help="skip qdrant-client's local mode above this")
     ap.add_argument("--workdir", type=Path, default=None, help="where data and indexes go (default: temp dir)")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory and the indexes built there")
     ap.add_argument(
         "--reuse",
         action="store_true",
