@@ -8,8 +8,10 @@ libraries and tests.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +220,19 @@ class StoreBackedIndex(VectorIndex):
 
     def _compact(self) -> None:
         self._store.compact()
+
+    @contextlib.contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        """Add the seconds the block takes to ``build_seconds[part]``: what this process spent in
+        each part of building snapshots (a graph backend's; bench_indexes.py prints them)."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t
+            seconds: dict[str, float] = self.__dict__.setdefault("build_seconds", {})
+            seconds[part] = seconds.get(part, 0.0) + dt
+            log.debug("%s snapshot build: %s %.2fs", self.kind, part, dt)
 
     def has_updates(self) -> bool:
         self._check_open()

@@ -48,11 +48,9 @@ How search works (see :class:`~.config.FaissConfig` for every knob):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
@@ -195,17 +193,6 @@ class FaissIndex(StoreBackedIndex):
 
     def _compact(self) -> None:
         self._store.compact(build_extra=self._build_extra)
-
-    @contextlib.contextmanager
-    def _timed(self, part: str) -> Iterator[None]:
-        """Add the seconds the block takes to :attr:`build_seconds` ``[part]``."""
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            dt = time.perf_counter() - t
-            self.build_seconds[part] = self.build_seconds.get(part, 0.0) + dt
-            log.debug("snapshot build: %s %.2fs", part, dt)
 
     def _build_extra(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
         """Build the FAISS file of a new snapshot (called before the snapshot is committed)."""

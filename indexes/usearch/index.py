@@ -34,12 +34,10 @@ How it works (see :class:`.config.UsearchConfig` for every knob):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -175,16 +173,6 @@ class UsearchIndex(StoreBackedIndex):
 
     def _compact(self) -> None:
         self._store.compact(build_extra=self._build_extra)
-
-    @contextlib.contextmanager
-    def _timed(self, part: str) -> Iterator[None]:
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            dt = time.perf_counter() - t
-            self.build_seconds[part] = self.build_seconds.get(part, 0.0) + dt
-            log.debug("usearch snapshot: %s %.2fs", part, dt)
 
     # ------------------------------------------------------------------ snapshots
     def _build_extra(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
