@@ -294,3 +294,44 @@ def test_calibration_truths_are_the_exact_top10_skipping_removed_rows() -> None:
     want = exact_topk(q, [(x, ids)], 10)[0]
     assert np.array_equal(np.concatenate([got["a"], got["b"]]), want)
     assert not np.isin(got["a"], ids[::7]).any() and (got["a"] >= 10_000).all()
+
+
+@pytest.mark.parametrize(("need_far", "previous"), [(700, None), (5000, None), (700, (1024, 3)), (900, (384, 3))])
+def test_a_missed_trial_stops_at_the_first_set_that_misses_and_the_choice_is_the_same(
+    need_far: int, previous: tuple[int, int] | None
+) -> None:
+    """A calibration trial asks whether every set reaches the goal: it stops at the first set that
+    misses (the one that bound the last trial first) and a trial that reaches it measures them all,
+    so the choice is the full measurement's with fewer searches; unreached, the record still has
+    every set's recall (the best trial measured again in full)."""
+    from fgsearch.indexes.faiss.calibration import calibrate
+
+    need = {"image": 40, "text": 200, "text-far": need_far}
+    sets = {name: (np.full((4, DIM), i, dtype=np.float32), name) for i, name in enumerate(need)}
+    truths = {name: np.tile(np.arange(10), (4, 1)) for name in need}
+    searched: list[str] = []
+    trials: list[tuple[int, int]] = []
+
+    def candidates(q: np.ndarray, breadth: int, factor: int) -> np.ndarray:
+        name = list(need)[int(q[0, 0])]
+        searched.append(name)
+        if not trials or trials[-1] != (breadth, factor):
+            trials.append((breadth, factor))
+        hits = 10 if breadth >= need[name] else int(9 * breadth / need[name])
+        return np.where(np.arange(10) < hits, np.arange(10), -5)[None].repeat(4, axis=0)
+
+    cfg = FaissConfig()
+    x, ids = np.zeros((1, DIM)), np.zeros(1)
+    got = calibrate(None, "hnsw", x, ids, cfg, sets, candidates, fixed=None, truths=truths, previous=previous)
+    reached = need_far <= cfg.max_ef_search
+    assert got["calibration"]["reached"] is reached
+    assert set(got["calibration"]["sets"]) == set(need)  # every set's recall in the record
+    if reached:
+        assert need_far <= got["ef_search"] <= need_far + max(8, need_far // 8)
+        assert min(v["recall10"] for v in got["calibration"]["sets"].values()) >= 0.98
+    else:
+        assert got["ef_search"] == cfg.max_ef_search and got["calibrated_recall"] < 0.98
+    assert len(searched) <= len(need) * len(trials)  # never more than every set in every trial
+    if previous == (1024, 3):  # narrowing down from the last breadth: its misses search one set each
+        assert len(searched) < len(need) * len(trials) - len(trials) // 2
+    assert searched.count("text-far") >= searched.count("text")  # the binding set is measured first
