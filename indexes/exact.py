@@ -204,7 +204,7 @@ class StoreBackedIndex(VectorIndex):
         self._store.flush()
         jc = self._config.journal
         if (jc.auto_compact and self._store.wants_compaction(jc.compact_min_bytes, jc.compact_ratio)) or (
-            self._wants_rebuild()
+            self._wants_snapshot(explicit=False)
         ):
             self.save()
 
@@ -212,9 +212,20 @@ class StoreBackedIndex(VectorIndex):
         """Hook: True when derived structures must be rebuilt at the next flush/close."""
         return False
 
+    def _saved_unchanged(self) -> None:
+        """Hook: what a ``save()`` that writes no snapshot still does (a record to delete)."""
+
+    def _wants_snapshot(self, *, explicit: bool) -> bool:
+        """Hook: True when a snapshot is due with no change journaled (a rebuild; a graph backend's
+        check of the queries it served). ``explicit``: asked by ``save()``, not by a flush."""
+        return self._wants_rebuild()
+
     def save(self) -> None:
         self._check_writable()
         self._store.flush()
+        if self._store.unchanged and not self._wants_snapshot(explicit=True):
+            self._saved_unchanged()
+            return  # the snapshot on disk is what a compaction would write again
         self._compact()
         self._after_load()
 

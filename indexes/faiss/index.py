@@ -70,7 +70,7 @@ from .calibration import CalibrationSource, calibrate, calibration_sets, measure
 from .gpu import clone_to_gpu, gpu_wanted
 from .search import ann_candidates, filter_plan, hnsw_bytes
 from .served import FILE as SERVED_FILE
-from .served import ServedQueries, check_served, served_capacity, served_status
+from .served import ServedQueries, check_served, recheck_due, served_capacity, served_status
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,15 @@ class FaissIndex(StoreBackedIndex):
         if n < self._ivf_threshold() / 2 or not self._same_structure():
             return True
         return self.tier == "ivf" and n >= cfg.retrain_growth * int(self._extra.get("trained_n", n))
+
+    def _saved_unchanged(self) -> None:
+        if self._served.capacity == 0:
+            self._served.remove()  # turned off: what was recorded goes, snapshot or not
+
+    def _wants_snapshot(self, *, explicit: bool) -> bool:
+        if self._wants_rebuild():
+            return True
+        return self._ann is not None and recheck_due(self._served, self._extra, self._config, explicit=explicit)
 
     def _compact(self) -> None:
         self._store.compact(build_extra=self._build_extra)

@@ -235,6 +235,22 @@ def check_served(
     return record
 
 
+def recheck_due(served: ServedQueries, extra: dict[str, Any], cfg: Any, *, explicit: bool) -> bool:
+    """Whether enough queries were served since the snapshot's check that a snapshot with no other
+    change is due to check them again (a library that has stopped growing gets no snapshot from
+    growth, so its breadth would otherwise never meet what it serves). ``explicit`` (a ``save()``:
+    every ``fgsearch index`` run ends with one): ``served_min`` new queries; otherwise (any flush,
+    e.g. a writer's close): half the ring as well, so that a busy server does not make a long
+    ingest rewrite its snapshot every ``served_min`` queries."""
+    if served.capacity == 0:
+        return False
+    served.flush()  # this process's own queries count too
+    total = served.total()
+    since = total - int((extra.get("served") or {}).get("total_at_check", 0))
+    need = cfg.served_min if explicit else max(cfg.served_min, served.capacity // 2)
+    return min(total, served.capacity) >= cfg.served_min and since >= need
+
+
 def served_status(served: ServedQueries, extra: dict[str, Any]) -> dict[str, Any]:
     """What ``status`` shows of the served-query record (``extra``: the snapshot's extras) and the
     recall measured on it."""

@@ -218,6 +218,7 @@ class JournaledStore(StoredRows):
         self.base_alive = np.ones(count, dtype=bool)
         self.n_live = count
         self.manifest = manifest
+        self._snapshot_config = manifest.get("config")
         self.generation = int(manifest["generation"])
         self._pending.clear()
         self._pending_bytes = 0
@@ -365,6 +366,21 @@ class JournaledStore(StoredRows):
     @property
     def snapshot_bytes(self) -> int:
         return int(self.n_base) * (4 * self.dim + 8)
+
+    @property
+    def unchanged(self) -> bool:
+        """Whether a compaction would write the snapshot it has again: a generation exists, no
+        change is journaled or queued, and the config, the records' meta and the format are the
+        snapshot's (a writer's save then writes nothing; ``fgsearch index`` on an unchanged
+        folder rewrote every vector and the graph before)."""
+        m = self.manifest
+        return (
+            self.generation >= 1
+            and self.journal_bytes == 0
+            and m.get("format") == FORMAT_VERSION
+            and m.get("config") == self._snapshot_config
+            and self.record_meta == dict(m.get("record_meta") or {})
+        )
 
     @property
     def dirty(self) -> bool:

@@ -49,7 +49,7 @@ from ..exact import StoreBackedIndex, chunked_queries, exact_topk
 from ..faiss.calibration import CalibrationSource, calibrate, calibration_sets, measure_sets
 from ..faiss.search import rerank
 from ..faiss.served import FILE as SERVED_FILE
-from ..faiss.served import ServedQueries, check_served, served_capacity, served_status
+from ..faiss.served import ServedQueries, check_served, recheck_due, served_capacity, served_status
 from ..faults import faults
 from ..filtered import allowed_rows, exact_over_rows, plan
 from ..store.files import RowReader, fsync_file, read_rows, release_pages
@@ -170,6 +170,15 @@ class UsearchIndex(StoreBackedIndex):
         if self._ann is None:
             return n >= threshold
         return n < threshold / 2 or not self._same_structure()
+
+    def _saved_unchanged(self) -> None:
+        if self._served.capacity == 0:
+            self._served.remove()  # turned off: what was recorded goes, snapshot or not
+
+    def _wants_snapshot(self, *, explicit: bool) -> bool:
+        if self._wants_rebuild():
+            return True
+        return self._ann is not None and recheck_due(self._served, self._extra, self._config, explicit=explicit)
 
     def _compact(self) -> None:
         self._store.compact(build_extra=self._build_extra)

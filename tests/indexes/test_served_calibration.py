@@ -10,6 +10,7 @@ measures that, widens the search, and a fresh draw of the same kind reaches the 
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from pathlib import Path
 
@@ -213,3 +214,34 @@ def test_every_snapshot_measures_the_queries_served_since_not_the_last_calibrati
     assert p["served"]["total_at_check"] == 300
     assert p["ef_search"] < wide["ef_search"], (wide["served"], p["served"])
     assert p["served"]["recall10"] >= 0.98 and p["served"]["breadth"] == p["ef_search"]
+
+
+def test_a_library_that_stopped_growing_checks_what_it_served_when_a_writer_closes(tmp_path: Path, data) -> None:
+    """No snapshot comes with growth once a library stops growing: enough queries served since the
+    last check (``served_min``, and half the ring) make a writer's next close write one that checks
+    them; fewer, or none since, write nothing."""
+    x = data
+    cfg = dataclasses.replace(CFG, served_queries=300)  # due after max(100, 300 // 2) = 150 since
+    with create_index("faiss", tmp_path / "f", DIM, config=cfg) as idx:
+        idx.add(np.arange(x.shape[0], dtype=np.int64), x)
+        idx.save()
+        first = idx.stats().params
+    assert first["served"]["held"] == 0
+
+    def serve(n: int, seed: int) -> None:
+        with open_index("faiss", tmp_path / "f", read_only=True, config=cfg) as reader:
+            reader.search(far_queries(x, n, seed=seed), 10)
+
+    def writer_closes() -> dict:
+        open_index("faiss", tmp_path / "f", config=cfg).close()  # a writer that changes nothing
+        with open_index("faiss", tmp_path / "f", read_only=True, config=cfg) as reader:
+            return reader.stats().params
+
+    serve(120, seed=5)
+    assert writer_closes()["generation"] == first["generation"]  # 120 < 150: not due
+    serve(60, seed=6)
+    p = writer_closes()
+    assert p["generation"] == first["generation"] + 1
+    assert p["served"]["total_at_check"] == 180 and p["served"]["queries"] == 100  # the most recent 100
+    assert p["served"]["recall10"] >= 0.98 and p["ef_search"] > first["ef_search"]  # far queries: widened
+    assert writer_closes()["generation"] == p["generation"]  # none served since

@@ -58,9 +58,12 @@ def test_index_reports_every_file_and_reruns_do_nothing(
             or "zero" in reasons[str(tmp_path / "photos" / "empty.jpg")].lower()
         )
         assert all(".hidden" not in p for p in reasons)
+        generations = [i.stats().params["generation"] for i in (lib.global_index, lib.region_index)]
         again = lib.index(tmp_path / "photos", batch_size=4)
         assert again.indexed == 0 and again.reused == 0 and again.unchanged == n_good  # each file counted once:
         assert again.failed == n_bad and again.failed_unchanged == n_bad  # the bad ones as failed, not unchanged
+        # nothing changed: no index writes a new snapshot (a rerun rewrote every vector before)
+        assert [i.stats().params["generation"] for i in (lib.global_index, lib.region_index)] == generations
         assert lib.doctor()["consistent"]
 
 
