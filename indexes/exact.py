@@ -32,6 +32,7 @@ from .base import (
     empty_result,
     exact_topk,
     fmt_ids,
+    merge_topk,
 )
 from .config import ExactConfig, config_from_dict, config_to_dict
 from .errors import DimensionMismatchError, DuplicateIdError, IndexCorruptError, IndexInputError, UnknownIdError
@@ -295,6 +296,21 @@ class StoreBackedIndex(VectorIndex):
         """Exact top-``k`` over the stored rows of ``allowed`` (see :mod:`.filtered`)."""
         rows, ids = allowed_rows(self._store, allowed)
         return exact_over_rows(self._store, queries, k, rows, ids, self._config.block_rows)
+
+    def _with_delta(
+        self, queries: np.ndarray, k: int, found: tuple[np.ndarray, np.ndarray], delta_allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``found`` (the top ``k`` of a structure over the snapshot) merged with the exact top ``k``
+        of the rows added since it (under a filter: of ``delta_allowed``, those allowed)."""
+        if delta_allowed is not None:
+            if not delta_allowed.size:
+                return found
+            return merge_topk(*found, *self._exact_over_allowed(queries, k, delta_allowed), k)
+        if not self._store.delta.n:
+            return found
+        return merge_topk(
+            *found, *exact_topk(queries, self._store.iter_blocks(self._config.block_rows, base=False), k), k
+        )
 
     def _prepare_search(self, queries: Any, k: Any, allowed_ids: Any) -> tuple[np.ndarray, int, Any]:
         self._check_open()

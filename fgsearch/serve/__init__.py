@@ -2,7 +2,8 @@
 
 :mod:`fgsearch.serve.engine` does the work (search, image metadata, verified file bytes,
 thumbnails) without knowing HTTP; :mod:`fgsearch.serve.app` is the FastAPI application (routes,
-bearer auth, limits, JSON errors, the static page in ``static/``). Both need the ``serve`` extra
+JSON errors, the static page in ``static/``) behind :mod:`fgsearch.serve.guard` (bearer auth, the
+body cap, security headers). They need the ``serve`` extra
 (``pip install 'fgsearch[serve]'``); importing this package does not import them.
 """
 

@@ -1,4 +1,5 @@
-"""The FastAPI application of ``fgsearch serve``: routes, auth, limits and JSON errors.
+"""The FastAPI application of ``fgsearch serve``: routes and JSON errors (auth, the body cap and the
+security headers are :mod:`fgsearch.serve.guard`'s middleware).
 
 Routes (every ``/api/`` route needs ``Authorization: Bearer TOKEN`` when the server has a token):
 
@@ -38,21 +39,16 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fgsearch._version import __version__
 from fgsearch.errors import BusyError, FgsearchError, ImageError, InputError, LibraryError
-from fgsearch.serve import tokens_match
 from fgsearch.serve.engine import NotFoundError, SearchService, ServeSettings
+from fgsearch.serve.guard import Guard
+from fgsearch.serve.guard import error_response as _error
 
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-# the page loads nothing from elsewhere and runs no inline script: an injected string cannot run
-PAGE_CSP = (
-    "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-)
 
 
 # ---- request schema -------------------------------------------------------------------------
@@ -137,13 +133,6 @@ def _to_query(req: SearchRequest, image: Any) -> Any:
 
 
 # ---- errors ---------------------------------------------------------------------------------
-def _error(status: int, message: str, headers: dict[str, str] | None = None, field: str | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"status": status, "error": message}
-    if field is not None:
-        body["field"] = field
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 # An InputError names the parameters at fault by the library's names; the API words it with the
 # request's JSON fields (dotted inside ``filters`` and ``weights``; ``image`` is the multipart file).
 API_FIELDS = {
@@ -178,82 +167,6 @@ def _validation_message(errors: Any) -> str:
     return f"{where or 'request'}: {first.get('msg', 'invalid')}" + (
         f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     )
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
-    """``send`` adding the headers in ``extra`` that the response does not set itself."""
-
-    async def wrapped(msg: Message) -> None:
-        if msg["type"] == "http.response.start":
-            have = {k.lower() for k, _ in msg.get("headers", [])}
-            msg = {**msg, "headers": [*msg.get("headers", []), *((k, v) for k, v in extra if k not in have)]}
-        await send(msg)
-
-    return wrapped
-
-
-class Guard:
-    """Pure ASGI middleware: bearer auth on ``/api/`` routes (401), the body cap (413), and the
-    security headers of every response (the page's Content-Security-Policy on ``/`` and ``/static``)."""
-
-    def __init__(self, app: ASGIApp, *, token: str | None, max_body: int) -> None:
-        self.app, self.token, self.max_body = app, token, max_body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        path: str = scope["path"]
-        extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
-        if path == "/" or path.startswith("/static/"):
-            extra.append((b"content-security-policy", PAGE_CSP.encode()))
-        send = _with_headers(send, extra)
-        if self.token and path.startswith("/api") and scope["method"] != "OPTIONS" and not self._authorised(headers):
-            resp = _error(
-                401,
-                "this server needs a token: send the header 'Authorization: Bearer TOKEN' (the page asks for it)",
-                {"WWW-Authenticate": "Bearer"},
-            )
-            await resp(scope, receive, send)
-            return
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await _error(413, f"request body is over the {self.max_body} byte limit")(scope, receive, send)
-            return
-        seen = 0
-        started = False
-
-        async def capped_receive() -> Message:
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_body:
-                    raise _BodyTooLarge
-            return msg
-
-        async def tracking_send(msg: Message) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
-        try:
-            await self.app(scope, capped_receive, tracking_send)
-        except _BodyTooLarge:
-            if started:
-                raise
-            await _error(413, f"request body is over the {self.max_body} byte limit")(scope, receive, send)
-
-    def _authorised(self, headers: dict[str, str]) -> bool:
-        assert self.token is not None
-        scheme, _, value = headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and tokens_match(value.strip(), self.token)
 
 
 # ---- the application ------------------------------------------------------------------------

@@ -55,10 +55,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..base import SearchResult, empty_result, merge_topk
+from ..base import SearchResult, empty_result
 from ..config import FaissConfig
 from ..errors import IndexCorruptError
-from ..exact import StoreBackedIndex, chunked_queries, exact_topk
+from ..exact import chunked_queries, exact_topk
 from ..faults import faults
 from ..filtered import exact_over_rows
 from ..hnsw.check import check_graph
@@ -70,14 +70,14 @@ from .calibration import CalibrationSource, calibrate, calibration_sets, measure
 from .gpu import clone_to_gpu, gpu_wanted
 from .search import ann_candidates, filter_plan, hnsw_bytes
 from .served import FILE as SERVED_FILE
-from .served import ServedQueries, check_served, recheck_due, served_capacity, served_status
+from .served import ServedIndex, check_served
 
 log = logging.getLogger(__name__)
 
 KEPT_FILES.add(SERVED_FILE)  # the served-query record outlives snapshots
 
 
-class FaissIndex(StoreBackedIndex):
+class FaissIndex(ServedIndex):
     """FAISS-backed index: flat below ``flat_threshold``; HNSW-SQ or IVF-PQ with exact re-ranking above."""
 
     kind = "faiss"
@@ -97,8 +97,7 @@ class FaissIndex(StoreBackedIndex):
         if getattr(self, "build_seconds", None) is None:
             #: seconds this process spent in each part of building snapshots (for bench_indexes.py)
             self.build_seconds: dict[str, float] = {}
-        if getattr(self, "_served", None) is None:  # kept across snapshots: it knows if it cannot write
-            self._served = ServedQueries(self._store.path, self.dim, served_capacity(self._config.served_queries))
+        self._open_served()
         tier = extra.get("tier")
         if tier in ("ivf", "hnsw"):
             fpath = self._store.path / extra["faiss_file"]
@@ -126,11 +125,6 @@ class FaissIndex(StoreBackedIndex):
             raise IndexCorruptError(
                 f"cannot read the backend files of generation {self._store.generation}: {fpath} is damaged ({e})"
             ) from e
-
-    def close(self) -> None:
-        if not self.closed and getattr(self, "_served", None) is not None:
-            self._served.flush()  # the queries this process answered since its last write
-        super().close()
 
     def set_calibration_queries(self, source: CalibrationSource | None) -> None:
         """Queries of the kinds this index will serve, used the next time it builds its structure.
@@ -190,18 +184,6 @@ class FaissIndex(StoreBackedIndex):
         if n < self._ivf_threshold() / 2 or not self._same_structure():
             return True
         return self.tier == "ivf" and n >= cfg.retrain_growth * int(self._extra.get("trained_n", n))
-
-    def _saved_unchanged(self) -> None:
-        if self._served.capacity == 0:
-            self._served.remove()  # turned off: what was recorded goes, snapshot or not
-
-    def _wants_snapshot(self, *, explicit: bool) -> bool:
-        if self._wants_rebuild():
-            return True
-        return self._ann is not None and recheck_due(self._served, self._extra, self._config, explicit=explicit)
-
-    def _compact(self) -> None:
-        self._store.compact(build_extra=self._build_extra)
 
     def _build_extra(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
         """Build the FAISS file of a new snapshot (called before the snapshot is committed)."""
@@ -455,7 +437,7 @@ class FaissIndex(StoreBackedIndex):
             elif self._ann is None:
                 i, sc = exact_topk(chunk, self._store.iter_blocks(self._config.block_rows), kk)
             else:
-                i, sc = self._ann_candidates(
+                found = self._ann_candidates(
                     self._ann,
                     self.tier,
                     chunk,
@@ -466,13 +448,7 @@ class FaissIndex(StoreBackedIndex):
                     rerank_factor=self._rerank_factor(),
                     use_gpu=True,
                 )
-                if delta_allowed is not None:
-                    if delta_allowed.size:
-                        di, ds = self._exact_over_allowed(chunk, kk, delta_allowed)
-                        i, sc = merge_topk(i, sc, di, ds, kk)
-                elif self._store.delta.n:
-                    di, ds = exact_topk(chunk, self._store.iter_blocks(self._config.block_rows, base=False), kk)
-                    i, sc = merge_topk(i, sc, di, ds, kk)
+                i, sc = self._with_delta(chunk, kk, found, delta_allowed)
             out_i[s : s + chunk.shape[0]] = i
             out_s[s : s + chunk.shape[0]] = sc
         return SearchResult(ids=out_i, scores=out_s)
@@ -499,10 +475,6 @@ class FaissIndex(StoreBackedIndex):
             calibration=e.get("calibration"),
         )
         return p
-
-    def _served_status(self) -> dict[str, Any]:
-        """What ``status`` shows of the served-query record and the recall measured on it."""
-        return served_status(self._served, self._extra)
 
     def _bytes_in_memory(self) -> int:
         """Store memory plus the FAISS structure: codes, ids, graph links or IVF centroids."""

@@ -57,6 +57,12 @@ def rerank(
     """Top ``k`` of the candidate ids (-1: none) by exact inner product with the float32 vectors
     ``gather(ids)`` returns, in bounded blocks of ``RERANK_ROWS`` for a large batch (a graph
     backend's re-rank: the FAISS default's and usearch's)."""
+    if cand.shape[0] == 1:  # one query (a user's search): the same rule without the batch's bookkeeping
+        keep = cand[0] >= 0
+        scores = np.full(cand.shape, -np.inf, dtype=np.float32)
+        if keep.any():
+            scores[0, keep] = gather(cand[0, keep]) @ q[0]
+        return topk_rows(cand, scores, k)
     scores = np.full(cand.shape, -np.inf, dtype=np.float32)
     step = max(1, RERANK_ROWS // max(cand.shape[1], 1))
     for s in range(0, cand.shape[0], step):

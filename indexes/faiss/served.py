@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ..exact import StoreBackedIndex
+
 log = logging.getLogger(__name__)
 
 FILE = "served_queries.f16"
@@ -261,3 +263,43 @@ def served_status(served: ServedQueries, extra: dict[str, Any]) -> dict[str, Any
         s["unavailable"] = why
     s["recorded_since_check"] = max(0, served.total() - int(s.get("total_at_check", 0)))
     return s
+
+
+class ServedIndex(StoreBackedIndex):
+    """A store-backed index with backend files (``_build_extra``) that keeps the record of the
+    queries it served (the graph backends: the FAISS default and usearch): the ring opened once per
+    process, written at close, a snapshot with no other change once a check of it is due, and what
+    ``status`` shows. A subclass sets ``_extra`` (the snapshot's manifest extras) and ``_ann`` (its
+    structure, ``None`` while exact) in ``_after_load`` and calls :meth:`_open_served` there."""
+
+    _extra: dict[str, Any]
+    _ann: Any
+
+    def _build_extra(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
+        """The backend's files and manifest extras of a new snapshot (see ``JournaledStore.compact``)."""
+        raise NotImplementedError
+
+    def _compact(self) -> None:
+        self._store.compact(build_extra=self._build_extra)
+
+    def _open_served(self) -> None:
+        if getattr(self, "_served", None) is None:  # kept across snapshots: it knows if it cannot write
+            self._served = ServedQueries(self._store.path, self.dim, served_capacity(self._config.served_queries))
+
+    def close(self) -> None:
+        if not self.closed and getattr(self, "_served", None) is not None:
+            self._served.flush()  # the queries this process answered since its last write
+        super().close()
+
+    def _saved_unchanged(self) -> None:
+        if self._served.capacity == 0:
+            self._served.remove()  # turned off: what was recorded goes, snapshot or not
+
+    def _wants_snapshot(self, *, explicit: bool) -> bool:
+        if self._wants_rebuild():
+            return True
+        return self._ann is not None and recheck_due(self._served, self._extra, self._config, explicit=explicit)
+
+    def _served_status(self) -> dict[str, Any]:
+        """What ``status`` shows of the served-query record and the recall measured on it."""
+        return served_status(self._served, self._extra)

@@ -16,9 +16,7 @@ the call returns, so :meth:`flush` and :meth:`save` have nothing to do.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from functools import partial
@@ -45,17 +43,15 @@ from ..base import (
 )
 from ..config import QdrantConfig, config_to_dict
 from ..errors import (
-    BackendUnavailableError,
     CollectionMismatchError,
     DuplicateIdError,
     IndexBackendError,
     IndexExistsError,
-    IndexInputError,
-    IndexLockedError,
     IndexNotFoundError,
     UnknownIdError,
 )
 from ..faults import faults
+from .client import connect, dir_bytes, is_transient, one_line, qdrant
 
 log = logging.getLogger(__name__)
 
@@ -63,40 +59,6 @@ T = TypeVar("T")
 _RETRIEVE_BATCH = 1024
 _SCROLL_BATCH = 10_000
 _QUERY_BATCH = 64
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-
-
-def _qdrant() -> tuple[Any, Any]:
-    try:
-        from qdrant_client import QdrantClient, models
-    except ImportError as e:
-        raise BackendUnavailableError("the qdrant backend needs qdrant-client: pip install 'fgsearch[qdrant]'") from e
-    return QdrantClient, models
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: connection problems, timeouts, 5xx/429 answers."""
-    try:
-        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-    except ImportError:  # pragma: no cover
-        return False
-    if isinstance(exc, UnexpectedResponse):
-        return exc.status_code in _RETRY_STATUS
-    return isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError))
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's text on one line (qdrant-client's messages span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(root, name))
-    return total
 
 
 class QdrantIndex(VectorIndex):
@@ -108,7 +70,7 @@ class QdrantIndex(VectorIndex):
         super().__init__(dim, read_only=read_only)
         self._client = client
         self._config = config
-        _, self._models = _qdrant()
+        _, self._models = qdrant()
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -116,36 +78,9 @@ class QdrantIndex(VectorIndex):
         return f"Qdrant at {config.url}" if config.url else f"embedded Qdrant at {config.path}"
 
     @classmethod
-    def _connect(cls, config: QdrantConfig) -> Any:
-        client_cls, _ = _qdrant()
-        if config.url is None and config.path is None:
-            raise IndexInputError("the qdrant backend needs a path (embedded mode) or QdrantConfig(url=...)")
-        if config.url is not None:
-            client = client_cls(url=config.url, api_key=config.api_key, timeout=int(config.timeout_s))
-            try:
-                client.get_collections()
-            except Exception as e:
-                client.close()
-                raise BackendUnavailableError(
-                    f"cannot reach Qdrant at {config.url}: {_one_line(e)}; "
-                    "check the URL, API key and that the server is running"
-                ) from e
-            return client
-        Path(config.path).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
-        try:
-            return client_cls(path=config.path)
-        except RuntimeError as e:
-            if "already accessed" in str(e):
-                raise IndexLockedError(
-                    f"embedded Qdrant at {config.path} is open in another process; embedded mode "
-                    "allows one process at a time (use a Qdrant server for concurrent access)"
-                ) from e
-            raise
-
-    @classmethod
     def create(cls, config: QdrantConfig, dim: int, *, exist_ok: bool = False) -> QdrantIndex:
         """Create the collection (or, with ``exist_ok``, open a matching existing one)."""
-        client = cls._connect(config)
+        client = connect(config)
         try:
             name = config.collection
             if client.collection_exists(name):
@@ -155,7 +90,7 @@ class QdrantIndex(VectorIndex):
                     )
                 cls._check_collection(client, config, dim)
                 return cls(client, config, dim, read_only=False)
-            _, models = _qdrant()
+            _, models = qdrant()
             quant: Any = None
             if config.quantization == "scalar":
                 quant = models.ScalarQuantization(
@@ -185,7 +120,7 @@ class QdrantIndex(VectorIndex):
     @classmethod
     def open(cls, config: QdrantConfig, *, read_only: bool = False, dim: int | None = None) -> QdrantIndex:
         """Open an existing collection, checking its vector size and distance."""
-        client = cls._connect(config)
+        client = connect(config)
         try:
             if not client.collection_exists(config.collection):
                 raise IndexNotFoundError(
@@ -199,7 +134,7 @@ class QdrantIndex(VectorIndex):
 
     @staticmethod
     def _distance(config: QdrantConfig) -> Any:
-        _, models = _qdrant()
+        _, models = qdrant()
         return models.Distance.DOT if config.distance == "dot" else models.Distance.COSINE
 
     @classmethod
@@ -250,11 +185,11 @@ class QdrantIndex(VectorIndex):
             try:
                 return fn()
             except Exception as e:
-                if attempt >= cfg.max_retries or not _is_transient(e):
+                if attempt >= cfg.max_retries or not is_transient(e):
                     raise
                 delay = cfg.retry_backoff_s * (2**attempt)
                 log.warning(
-                    "%s failed (%s); retry %d/%d in %.1fs", what, _one_line(e), attempt + 1, cfg.max_retries, delay
+                    "%s failed (%s); retry %d/%d in %.1fs", what, one_line(e), attempt + 1, cfg.max_retries, delay
                 )
                 time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -407,7 +342,7 @@ class QdrantIndex(VectorIndex):
     def _undo_partial_add(self, ids: np.ndarray, existing: np.ndarray, written: int, exc: Exception) -> str:
         """Delete the new points a failed add wrote; return a message saying what is left."""
         where = self._where(self._config)
-        err = _one_line(exc)
+        err = one_line(exc)
         if written == 0:
             return f"adding {ids.size} vectors to {where} failed, nothing was written: {err}"
         new = ids[:written][~existing[:written]]
@@ -422,7 +357,7 @@ class QdrantIndex(VectorIndex):
         except Exception as e2:
             return (
                 f"adding {ids.size} vectors to {where} failed after {written} were written ({err}), and "
-                f"removing them failed too ({_one_line(e2)}); call remove(ids, missing='ignore') for these ids"
+                f"removing them failed too ({one_line(e2)}); call remove(ids, missing='ignore') for these ids"
             )
         replaced = int(existing[:written].sum())
         tail = f"; {replaced} existing vectors were already replaced" if replaced else ""
@@ -502,6 +437,6 @@ class QdrantIndex(VectorIndex):
             count=n,
             params=params,
             bytes_in_memory=n * (4 * self.dim + 8) if embedded else None,
-            bytes_on_disk=_dir_bytes(Path(cfg.path)) if embedded and cfg.path else None,
+            bytes_on_disk=dir_bytes(Path(cfg.path)) if embedded and cfg.path else None,
             location=cfg.url or cfg.path,
         )

@@ -29,6 +29,31 @@ CHECK_BLOCK_ROWS = 4096  # vector rows per CRC-32 in the manifest
 _HASH_CHUNK = 1 << 22
 
 
+def empty_manifest(kind: str, dim: int, config: dict[str, Any], journal: str) -> dict[str, Any]:
+    """The manifest of a new index directory: generation 0, no vectors, ``journal`` its journal."""
+    return {
+        "format": FORMAT_VERSION,
+        "kind": kind,
+        "dim": dim,
+        "generation": 0,
+        "count": 0,
+        "vectors": None,
+        "ids": None,
+        "journal": journal,
+        "config": config,
+        "extra": {},
+    }
+
+
+def manifest_files(m: dict[str, Any]) -> set[str]:
+    """The files of an index directory a manifest names: itself, the lock, its journal, its
+    snapshot's vectors, ids and records, and the backend files of its extras."""
+    names = {MANIFEST, LOCK, m["journal"]}
+    names.update(m[key] for key in ("vectors", "ids", "records") if m.get(key))
+    names.update(m.get("extra", {}).get("files", []))
+    return names
+
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory so that renames and new files in it survive a crash."""
     fsync_file(path)

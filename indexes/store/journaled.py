@@ -53,9 +53,11 @@ from .files import (
     atomic_write_bytes,
     block_crcs,
     check_snapshot,
+    empty_manifest,
     file_digest,
     fsync_dir,
     load_npy,
+    manifest_files,
     read_manifest,
     release_pages,
     write_npy,
@@ -127,18 +129,7 @@ class JournaledStore(StoredRows):
             store.dim = dim
             journal = f"journal.{0}.log"
             write_empty_journal(path / journal, dim, 0)
-            manifest = {
-                "format": FORMAT_VERSION,
-                "kind": kind,
-                "dim": dim,
-                "generation": 0,
-                "count": 0,
-                "vectors": None,
-                "ids": None,
-                "journal": journal,
-                "config": config,
-                "extra": {},
-            }
+            manifest = empty_manifest(kind, dim, config, journal)
             fsync_dir(path)
             atomic_write_bytes(path / MANIFEST, json.dumps(manifest, indent=1).encode())
             store._load(manifest)
@@ -369,10 +360,9 @@ class JournaledStore(StoredRows):
 
     @property
     def unchanged(self) -> bool:
-        """Whether a compaction would write the snapshot it has again: a generation exists, no
-        change is journaled or queued, and the config, the records' meta and the format are the
-        snapshot's (a writer's save then writes nothing; ``fgsearch index`` on an unchanged
-        folder rewrote every vector and the graph before)."""
+        """Whether a compaction would write the snapshot it has again (then a save writes nothing):
+        a generation exists, no change is journaled or queued, config, records' meta and format as
+        the snapshot's."""
         m = self.manifest
         return (
             self.generation >= 1
@@ -478,13 +468,7 @@ class JournaledStore(StoredRows):
         self.manifest = dict(self.manifest, config=config)
 
     def referenced_files(self) -> set[str]:
-        m = self.manifest
-        names = {MANIFEST, LOCK, m["journal"]}
-        for key in ("vectors", "ids", "records"):
-            if m.get(key):
-                names.add(m[key])
-        names.update(m.get("extra", {}).get("files", []))
-        return names | KEPT_FILES
+        return manifest_files(self.manifest) | KEPT_FILES
 
     def _collect_garbage(self) -> None:
         """Delete files of older generations and temp files left by an interrupted save."""

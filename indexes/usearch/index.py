@@ -43,13 +43,13 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..base import SearchResult, empty_result, merge_topk
+from ..base import SearchResult, empty_result
 from ..errors import IndexCorruptError
-from ..exact import StoreBackedIndex, chunked_queries, exact_topk
+from ..exact import chunked_queries, exact_topk
 from ..faiss.calibration import CalibrationSource, calibrate, calibration_sets, measure_sets
 from ..faiss.search import rerank
 from ..faiss.served import FILE as SERVED_FILE
-from ..faiss.served import ServedQueries, check_served, recheck_due, served_capacity, served_status
+from ..faiss.served import ServedIndex, check_served
 from ..faults import faults
 from ..filtered import allowed_rows, exact_over_rows, plan
 from ..store.files import RowReader, fsync_file, read_rows, release_pages
@@ -70,7 +70,7 @@ _THREADED_QUERIES = 16
 Candidates = Callable[[np.ndarray, int, int], np.ndarray]
 
 
-class UsearchIndex(StoreBackedIndex):
+class UsearchIndex(ServedIndex):
     """usearch-backed index: exact below ``flat_threshold``; a usearch HNSW graph with exact re-ranking above."""
 
     kind = "usearch"
@@ -87,8 +87,7 @@ class UsearchIndex(StoreBackedIndex):
         if getattr(self, "build_seconds", None) is None:
             #: seconds this process spent in each part of building and opening snapshots (bench_indexes.py)
             self.build_seconds: dict[str, float] = {}
-        if getattr(self, "_served", None) is None:  # kept across snapshots: it knows if it cannot write
-            self._served = ServedQueries(self._store.path, self.dim, served_capacity(self._config.served_queries))
+        self._open_served()
         if self._extra.get("tier") == "hnsw":
             path = self._store.path / self._extra["graph_file"]
             with self._timed("graph check"):
@@ -130,11 +129,6 @@ class UsearchIndex(StoreBackedIndex):
         ann.expansion_search = self._breadth()  # set once: searches widen by asking for more keys
         return ann
 
-    def close(self) -> None:
-        if not self.closed and getattr(self, "_served", None) is not None:
-            self._served.flush()  # the queries this process answered since its last write
-        super().close()
-
     def set_calibration_queries(self, source: CalibrationSource | None) -> None:
         """Queries of the kinds this index will serve, used the next time it calibrates (see
         :meth:`..faiss.FaissIndex.set_calibration_queries`); ``None`` clears it."""
@@ -170,18 +164,6 @@ class UsearchIndex(StoreBackedIndex):
         if self._ann is None:
             return n >= threshold
         return n < threshold / 2 or not self._same_structure()
-
-    def _saved_unchanged(self) -> None:
-        if self._served.capacity == 0:
-            self._served.remove()  # turned off: what was recorded goes, snapshot or not
-
-    def _wants_snapshot(self, *, explicit: bool) -> bool:
-        if self._wants_rebuild():
-            return True
-        return self._ann is not None and recheck_due(self._served, self._extra, self._config, explicit=explicit)
-
-    def _compact(self) -> None:
-        self._store.compact(build_extra=self._build_extra)
 
     # ------------------------------------------------------------------ snapshots
     def _build_extra(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
@@ -412,14 +394,8 @@ class UsearchIndex(StoreBackedIndex):
             elif self._ann is None:
                 i, sc = exact_topk(chunk, self._store.iter_blocks(self._config.block_rows), kk)
             else:
-                i, sc = self._graph_search(chunk, kk, keep=keep, count=count, dead=dead)
-                if delta_allowed is not None:
-                    if delta_allowed.size:
-                        di, ds = self._exact_over_allowed(chunk, kk, delta_allowed)
-                        i, sc = merge_topk(i, sc, di, ds, kk)
-                elif self._store.delta.n:
-                    di, ds = exact_topk(chunk, self._store.iter_blocks(self._config.block_rows, base=False), kk)
-                    i, sc = merge_topk(i, sc, di, ds, kk)
+                found = self._graph_search(chunk, kk, keep=keep, count=count, dead=dead)
+                i, sc = self._with_delta(chunk, kk, found, delta_allowed)
             out_i[s : s + chunk.shape[0]] = i
             out_s[s : s + chunk.shape[0]] = sc
         return SearchResult(ids=out_i, scores=out_s)
@@ -444,10 +420,6 @@ class UsearchIndex(StoreBackedIndex):
             calibration=e.get("calibration"),
         )
         return p
-
-    def _served_status(self) -> dict[str, Any]:
-        """What ``status`` shows of the served-query record and the recall measured on it."""
-        return served_status(self._served, self._extra)
 
     def _bytes_in_memory(self) -> int:
         """Store memory plus the graph (codes, links, keys: usearch's own count)."""

@@ -1,14 +1,15 @@
-"""Subprocess of the graph fuzz test: garbles a snapshot's FAISS file and searches it, case by case.
+"""Subprocess of the graph fuzz tests: garbles a snapshot's graph file and searches it, case by case.
 
-``python _hnsw_fuzz_worker.py FOLDER FIRST COUNT``: FOLDER holds a FAISS index whose snapshot has an
-HNSW graph (and ``pristine.index``, a copy of its FAISS file). For each seed FIRST .. FIRST+COUNT-1
-the worker writes the pristine bytes with a few bytes garbled in one region of the file (region =
-seed mod 24 of 24 equal slices: every part of the file, header to id map, is hit), keeping the
-size, opens the index read-only and searches it (image-like and text-like queries, with FAISS's
-own HNSW search). It prints ``start SEED`` before and one line after each case:
-``error SEED MESSAGE`` (an :class:`IndexCorruptError`, one line) or ``ids SEED`` (every id returned
-is a stored id or -1). Anything else (another exception, an id that was never stored) prints
-``bad SEED ...``; a signal or a hang kills the process, and the test names the seed it started.
+``python _hnsw_fuzz_worker.py KIND FOLDER FIRST COUNT``: FOLDER holds an index of backend KIND
+(``faiss``: its FAISS file, an HNSW graph; ``usearch``: its usearch graph file) whose snapshot has a
+graph, and ``pristine.index``, a copy of that file. For each seed FIRST .. FIRST+COUNT-1 the worker
+writes the pristine bytes with a few bytes garbled in one region of the file (region = seed mod 24
+of 24 equal slices: every part of the file, header to id map, is hit), keeping the size, opens the
+index read-only and searches it (image-like and text-like queries, unfiltered and with an
+allowed-id filter). It prints ``start SEED`` before and one line after each case: ``error SEED
+MESSAGE`` (an :class:`IndexCorruptError`, one line) or ``ids SEED`` (every id returned is a stored
+id or -1). Anything else (another exception, an id that was never stored) prints ``bad SEED ...``;
+a signal or a hang kills the process, and the test names the seed it started.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from _indexes_data import near_queries, text_like_queries, unit_vectors
 from fgsearch.indexes import IndexCorruptError, open_index
 
 REGIONS = 24
+GRAPH_FILE = {"faiss": "faiss_file", "usearch": "graph_file"}  # the manifest's name of the graph file
 
 
 def garble(data: bytes, seed: int) -> bytes:
@@ -43,9 +45,9 @@ def garble(data: bytes, seed: int) -> bytes:
 
 
 def main() -> None:
-    folder, first, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    kind, folder, first, count = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     manifest = json.loads((folder / "manifest.json").read_text())
-    target = folder / manifest["extra"]["faiss_file"]
+    target = folder / manifest["extra"][GRAPH_FILE[kind]]
     pristine = (folder / "pristine.index").read_bytes()
     stored = np.load(folder / "stored_ids.npy")
     x = unit_vectors(400, int(manifest["dim"]), seed=5, clusters=30)
@@ -54,8 +56,9 @@ def main() -> None:
         print(f"start {seed}", flush=True)
         target.write_bytes(garble(pristine, seed))
         try:
-            with open_index("faiss", folder, read_only=True) as idx:
+            with open_index(kind, folder, read_only=True) as idx:
                 got = idx.search(queries, 10).ids
+                got = np.concatenate([got.ravel(), idx.search(queries, 10, allowed_ids=stored[::2]).ids.ravel()])
         except IndexCorruptError as e:
             msg = str(e)
             print(f"{'error' if msg and chr(10) not in msg else 'bad'} {seed} {msg!r}", flush=True)

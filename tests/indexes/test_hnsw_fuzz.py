@@ -29,7 +29,7 @@ SEEDS = 20 * REGIONS  # 20 garbles of each of the 24 regions
 
 def _run(folder: Path, first: int, count: int, timeout: float) -> list[str]:
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(folder), str(first), str(count)],
+        [sys.executable, str(WORKER), "faiss", str(folder), str(first), str(count)],
         capture_output=True,
         text=True,
         cwd=WORKER.parent,

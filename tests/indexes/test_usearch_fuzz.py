@@ -5,7 +5,7 @@ search die of SIGSEGV or hang (seen while writing the check, 8 of 10 garbles of 
 fgsearch's check (:mod:`fgsearch.indexes.usearch.check`) refuses those files before usearch reads
 them; garbled codes (the vector matrix) give other stored ids. What must never happen: a signal, a
 hang, an exception other than the one-line :class:`IndexCorruptError`, or an id that was never
-stored. The searches run in a subprocess (tests/indexes/_usearch_fuzz_worker.py), so a crash fails
+stored. The searches run in a subprocess (tests/indexes/_hnsw_fuzz_worker.py), so a crash fails
 the test and names the seed instead of killing the test run.
 """
 
@@ -23,7 +23,7 @@ from _indexes_data import unit_vectors
 
 from fgsearch.indexes import UsearchConfig, create_index
 
-WORKER = Path(__file__).with_name("_usearch_fuzz_worker.py")
+WORKER = Path(__file__).with_name("_hnsw_fuzz_worker.py")
 SEEDS = 2 * REGIONS  # 2 garbles of each of the 24 regions
 
 
@@ -43,7 +43,7 @@ def test_a_garbled_usearch_graph_is_refused_in_one_line_or_gives_stored_ids_neve
     shutil.copyfile(graph, folder / "pristine.index")
     np.save(folder / "stored_ids.npy", ids[40:])
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(folder), "0", str(SEEDS)],
+        [sys.executable, str(WORKER), "usearch", str(folder), "0", str(SEEDS)],
         capture_output=True,
         text=True,
         cwd=WORKER.parent,
