@@ -58,9 +58,7 @@ import numpy as np
 from ..base import SearchResult, empty_result
 from ..config import FaissConfig
 from ..errors import IndexCorruptError
-from ..exact import chunked_queries, exact_topk
 from ..faults import faults
-from ..filtered import exact_over_rows
 from ..hnsw.check import check_graph
 from ..store.files import RowReader, fsync_file, read_rows
 from ..store.journaled import KEPT_FILES
@@ -421,8 +419,6 @@ class FaissIndex(ServedIndex):
         self._served.record(q)
         if q.shape[0] == 0 or self._store.n_live == 0:
             return empty_result(q.shape[0], kk)
-        out_i = np.empty((q.shape[0], kk), dtype=np.int64)
-        out_s = np.empty((q.shape[0], kk), dtype=np.float32)
         sel: Any = None
         delta_allowed: np.ndarray | None = None
         breadth = self._breadth() if self._ann is not None else 0
@@ -431,27 +427,14 @@ class FaissIndex(ServedIndex):
             exact_rows, sel, delta_allowed, breadth = self._filter(allowed, breadth, kk)
         elif self._ann is not None:
             sel = self._unfiltered_selector()
-        for s, chunk in chunked_queries(q):
-            if exact_rows is not None:
-                i, sc = exact_over_rows(self._store, chunk, kk, *exact_rows, self._config.block_rows)
-            elif self._ann is None:
-                i, sc = exact_topk(chunk, self._store.iter_blocks(self._config.block_rows), kk)
-            else:
-                found = self._ann_candidates(
-                    self._ann,
-                    self.tier,
-                    chunk,
-                    kk,
-                    breadth,
-                    sel,
-                    self._store_gather,
-                    rerank_factor=self._rerank_factor(),
-                    use_gpu=True,
-                )
-                i, sc = self._with_delta(chunk, kk, found, delta_allowed)
-            out_i[s : s + chunk.shape[0]] = i
-            out_s[s : s + chunk.shape[0]] = sc
-        return SearchResult(ids=out_i, scores=out_s)
+        ann, tier, factor = self._ann, self.tier, self._rerank_factor()
+
+        def structure(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return self._ann_candidates(
+                ann, tier, chunk, kk, breadth, sel, self._store_gather, rerank_factor=factor, use_gpu=True
+            )
+
+        return self._search_chunks(q, kk, exact_rows, delta_allowed, structure)
 
     # ------------------------------------------------------------------ stats
     def _params(self) -> dict[str, Any]:

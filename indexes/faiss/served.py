@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from ..exact import StoreBackedIndex
+from ..base import SearchResult
+from ..exact import StoreBackedIndex, chunked_queries, exact_topk
+from ..filtered import exact_over_rows
 
 log = logging.getLogger(__name__)
 
@@ -303,3 +305,27 @@ class ServedIndex(StoreBackedIndex):
     def _served_status(self) -> dict[str, Any]:
         """What ``status`` shows of the served-query record and the recall measured on it."""
         return served_status(self._served, self._extra)
+
+    def _search_chunks(
+        self,
+        q: np.ndarray,
+        k: int,
+        exact_rows: tuple[np.ndarray, np.ndarray] | None,
+        delta_allowed: np.ndarray | None,
+        structure: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    ) -> SearchResult:
+        """The top ``k`` of each query, a bounded chunk of queries at a time: exactly over the
+        ``exact_rows`` of a narrow filter, exactly while there is no structure, else the
+        ``structure``'s answers over the snapshot with the rows added since merged in."""
+        out_i = np.empty((q.shape[0], k), dtype=np.int64)
+        out_s = np.empty((q.shape[0], k), dtype=np.float32)
+        for s, chunk in chunked_queries(q):
+            if exact_rows is not None:
+                i, sc = exact_over_rows(self._store, chunk, k, *exact_rows, self._config.block_rows)
+            elif self._ann is None:
+                i, sc = exact_topk(chunk, self._store.iter_blocks(self._config.block_rows), k)
+            else:
+                i, sc = self._with_delta(chunk, k, structure(chunk), delta_allowed)
+            out_i[s : s + chunk.shape[0]] = i
+            out_s[s : s + chunk.shape[0]] = sc
+        return SearchResult(ids=out_i, scores=out_s)

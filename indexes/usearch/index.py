@@ -45,13 +45,12 @@ import numpy as np
 
 from ..base import SearchResult, empty_result
 from ..errors import IndexCorruptError
-from ..exact import chunked_queries, exact_topk
 from ..faiss.calibration import CalibrationSource, calibrate, calibration_sets, measure_sets
 from ..faiss.search import rerank
 from ..faiss.served import FILE as SERVED_FILE
 from ..faiss.served import ServedIndex, check_served
 from ..faults import faults
-from ..filtered import allowed_rows, exact_over_rows, plan
+from ..filtered import allowed_rows, plan
 from ..store.files import RowReader, fsync_file, read_rows, release_pages
 from ..store.journaled import KEPT_FILES
 from ._lib import load_usearch
@@ -358,8 +357,6 @@ class UsearchIndex(ServedIndex):
         self._served.record(q)
         if q.shape[0] == 0 or self._store.n_live == 0:
             return empty_result(q.shape[0], kk)
-        out_i = np.empty((q.shape[0], kk), dtype=np.int64)
-        out_s = np.empty((q.shape[0], kk), dtype=np.float32)
         exact_rows: tuple[np.ndarray, np.ndarray] | None = None
         keep: np.ndarray | None = None
         delta_allowed: np.ndarray | None = None
@@ -388,17 +385,13 @@ class UsearchIndex(ServedIndex):
                 count = min(n_graph, math.ceil(depth / live_share) + (8 if dead.size else 0))
         elif allowed is not None:
             exact_rows = allowed_rows(self._store, allowed)
-        for s, chunk in chunked_queries(q):
-            if exact_rows is not None:
-                i, sc = exact_over_rows(self._store, chunk, kk, *exact_rows, self._config.block_rows)
-            elif self._ann is None:
-                i, sc = exact_topk(chunk, self._store.iter_blocks(self._config.block_rows), kk)
-            else:
-                found = self._graph_search(chunk, kk, keep=keep, count=count, dead=dead)
-                i, sc = self._with_delta(chunk, kk, found, delta_allowed)
-            out_i[s : s + chunk.shape[0]] = i
-            out_s[s : s + chunk.shape[0]] = sc
-        return SearchResult(ids=out_i, scores=out_s)
+        return self._search_chunks(
+            q,
+            kk,
+            exact_rows,
+            delta_allowed,
+            lambda chunk: self._graph_search(chunk, kk, keep=keep, count=count, dead=dead),
+        )
 
     # ------------------------------------------------------------------ stats
     def _params(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 from _indexes_data import ann_config, near_queries, recall, text_like_queries, unit_vectors
 
 import fgsearch.indexes.faiss.index as faiss_index
+import fgsearch.indexes.faiss.served as graph_base  # the search loop of both graph backends
 from fgsearch.indexes import create_index, open_index
 from fgsearch.indexes.faiss import _lib
 from fgsearch.indexes.filtered import exact_max, plan
@@ -99,13 +100,13 @@ def test_threshold_boundary(indexes: tuple[Path, Path], monkeypatch: pytest.Monk
     """The exact path takes filters of up to ``filter_exact_max`` STORED ids; one more goes to the graph."""
     fpath, _ = indexes
     calls: list[int] = []
-    real = faiss_index.exact_over_rows
+    real = graph_base.exact_over_rows
 
     def spy(store, queries, k, rows, ids, block_rows):  # type: ignore[no-untyped-def]
         calls.append(ids.size)
         return real(store, queries, k, rows, ids, block_rows)
 
-    monkeypatch.setattr(faiss_index, "exact_over_rows", spy)
+    monkeypatch.setattr(graph_base, "exact_over_rows", spy)
     stored = np.setdiff1d(np.arange(N), REMOVED)[:100]
     unknown = np.array([60_000, 60_001, *REMOVED[:5]])  # never stored, or deleted: not counted
     with open_index("faiss", fpath, read_only=True, config=ann_config(filter_exact_max=100)) as idx:
