@@ -32,19 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_data import proc_status
 
 HERE = Path(__file__).resolve().parent
 MIB = 2**20
-
-
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, val = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
-                out[key] = int(val.split()[0]) * 1024
-    return out
 
 
 class Sampler:
@@ -58,7 +49,7 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            s, step = _status(), "/".join(self.steps)
+            s, step = proc_status(), "/".join(self.steps)
             a, f, t = self.peaks.get(step, (0, 0, 0))
             self.peaks[step] = (max(a, s["RssAnon"]), max(f, s["RssFile"]), max(t, s["VmRSS"]))
             time.sleep(0.02)
@@ -112,7 +103,7 @@ def build(data_path: Path, index_dir: Path, batch: int, smoke: bool) -> None:
             "_after_load",
         ):
             sampler.wrap(faiss_index.FaissIndex, name)
-        s0 = _status()
+        s0 = proc_status()
         print(f"# before the build: RssAnon {s0['RssAnon'] / MIB:.0f} MiB, RssFile {s0['RssFile'] / MIB:.0f} MiB")
         index = create_index("faiss", index_dir, dim, config=cfg)
         t0 = time.perf_counter()
@@ -121,7 +112,7 @@ def build(data_path: Path, index_dir: Path, batch: int, smoke: bool) -> None:
             sampler.steps[:] = [f"{e:,}"]
             index.add(np.arange(s, e), np.asarray(data[s:e]))
             index.flush()
-            st = _status()
+            st = proc_status()
             print(
                 f"{e:>9,} vectors {time.perf_counter() - t0:7.1f} s: RssAnon {st['RssAnon'] / MIB:6.0f} MiB, "
                 f"RssFile {st['RssFile'] / MIB:6.0f} MiB (input {e * dim * 4 / MIB:5.0f}), "
@@ -130,7 +121,7 @@ def build(data_path: Path, index_dir: Path, batch: int, smoke: bool) -> None:
             )
         sampler.steps[:] = ["save"]
         index.save()
-        st = _status()
+        st = proc_status()
         parts = {k: round(v, 1) for k, v in index.build_seconds.items()}
         index.close()
         sampler.steps[:] = ["closed"]

@@ -21,6 +21,18 @@ CHUNK = 50_000
 SEED = 1234
 
 
+def proc_status() -> dict[str, int]:
+    """This process's ``VmRSS``, ``RssAnon``, ``RssFile`` and ``VmHWM`` (peak) in bytes, from
+    ``/proc/self/status`` (Linux): what the benchmarks report as resident and peak memory."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, val = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+                out[key] = int(val.split()[0]) * 1024
+    return out
+
+
 def _write_vectors(
     path: Path, n: int, dim: int, seed: int, chunk: Callable[[np.random.Generator, int], np.ndarray]
 ) -> np.ndarray:

@@ -14,17 +14,8 @@ from pathlib import Path
 
 import numpy as np
 from bench_data import CHUNK
+from bench_data import proc_status as _rss
 from index_peers import PeerIndex, build_peer, is_peer, peer_settings
-
-
-def _rss() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, val = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
-                out[key] = int(val.split()[0]) * 1024
-    return out
 
 
 def _config(kind: str, index_dir: Path) -> object:
