@@ -117,11 +117,21 @@ class _Searcher:
             self.peer = None
             self.index = open_index(_ours(kind), index_dir, read_only=kind != "qdrant", config=_config(kind, index_dir))
             self.n = self.index.count()
+            if getattr(self.index, "_entry", None) is not None:
+                # the same graph at the same breadth, started where FAISS's greedy descent stops
+                # instead of at the best entry pivot (fgsearch.indexes.faiss.entry)
+                self.settings = [None, "descent"]
         self.setting: object = self.settings[0]
 
     def search(self, q: np.ndarray, k: int) -> np.ndarray:
         if self.peer is not None:
             return self.peer.search(q, k, self.setting)
+        if self.setting == "descent":
+            entry, self.index._entry = self.index._entry, None
+            try:
+                return np.asarray(self.index.search(q, k).ids)
+            finally:
+                self.index._entry = entry
         return np.asarray(self.index.search(q, k).ids)
 
     def params(self) -> dict:

@@ -53,7 +53,9 @@ class FaissConfig:
     * ``structure``: ``"hnsw"`` (default): FAISS ``IndexHNSWSQ``, a graph of ``hnsw_m`` links per
       vector over scalar-quantised codes (``hnsw_codes``: ``"SQ8"``, 8 bits per dimension, the
       default, or ``"SQ4"``: half the memory, lower recall on text queries at 1M), built with
-      ``hnsw_ef_construction`` and searched with FAISS's own HNSW search; ``"ivfpq"``:
+      ``hnsw_ef_construction`` and searched with FAISS's own HNSW search, started at the best of
+      ``hnsw_entry_pivots`` pivots (``None``: n/256 within [1024, 4096]; ``0``: FAISS's greedy
+      descent of the upper layers, see :mod:`.faiss.entry`); ``"ivfpq"``:
       ``IndexIVFPQ`` (``nlist`` cells, ``pq_m`` bytes per vector), kept for GPUs and comparison.
     * ``nlist`` (IVF cells): ``None`` derives a power of two near ``2 * sqrt(n)``, clamped to
       [64, 65536]; ``pq_m`` (bytes per vector): ``None`` derives ``dim // 4`` (``dim // 8`` when a
@@ -102,6 +104,7 @@ class FaissConfig:
     #: ignored: fgsearch no longer adds level-0 links to FAISS's graph (issue 24); kept so that
     #: libraries and manifests that name it still open
     hnsw_fill_links: int = 0
+    hnsw_entry_pivots: int | None = None
     ef_search: int | None = None
     max_ef_search: int = 2048
     nlist: int | None = None
@@ -137,6 +140,8 @@ class FaissConfig:
             raise IndexInputError(f"max_tombstones must be in [0, 1), got {self.max_tombstones}")
         if self.hnsw_codes not in ("SQ4", "SQ8"):
             raise IndexInputError(f"hnsw_codes must be 'SQ4' or 'SQ8', got {self.hnsw_codes!r}")
+        if self.hnsw_entry_pivots is not None and self.hnsw_entry_pivots < 0:
+            raise IndexInputError(f"hnsw_entry_pivots must be >= 0 or None, got {self.hnsw_entry_pivots}")
         if self.hnsw_fill_links < 0:
             raise IndexInputError(f"hnsw_fill_links must be >= 0, got {self.hnsw_fill_links}")
         if self.served_queries < 0 or self.served_min < 1:

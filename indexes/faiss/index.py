@@ -65,6 +65,7 @@ from ..store.journaled import KEPT_FILES
 from . import tiers
 from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
 from .calibration import CalibrationSource, calibrate, calibration_sets, measure_sets
+from .entry import EntryPivots, is_graph, pivot_count
 from .gpu import clone_to_gpu, gpu_wanted
 from .search import ann_candidates, filter_plan, hnsw_bytes
 from .served import FILE as SERVED_FILE
@@ -92,6 +93,7 @@ class FaissIndex(ServedIndex):
         self._sel_cache: tuple[int, Any] | None = None
         self._extra = extra
         self._tombstones = np.zeros(0, dtype=np.int64)
+        self._entry: EntryPivots | None = None
         if getattr(self, "build_seconds", None) is None:
             #: seconds this process spent in each part of building snapshots (for bench_indexes.py)
             self.build_seconds: dict[str, float] = {}
@@ -113,6 +115,8 @@ class FaissIndex(ServedIndex):
                 self._maybe_gpu()
             else:
                 self._check_graph(fpath)
+                if int(extra.get("entry_pivots", 0)) > 0:  # snapshots before them search from FAISS's descent
+                    self._entry = EntryPivots(self._ann, int(extra["entry_pivots"]), int(extra.get("entry_seed", 0)))
 
     def _check_graph(self, fpath: Any) -> None:
         """Refuse a graph FAISS's search must not walk (see :func:`..hnsw.check.check_graph`). (Ids
@@ -208,6 +212,8 @@ class FaissIndex(ServedIndex):
             tombstones = tombstones[:0]
         else:
             extra = self._fold_delta(ann, vecs, ids, tombstones)
+        if str(extra.get("tier_built", self.tier)) == "hnsw":
+            extra.update(entry_pivots=self._entry_count(ann, "hnsw"), entry_seed=self._config.seed)
         if ann.ntotal != n + tombstones.size:
             raise RuntimeError(f"faiss index holds {ann.ntotal} vectors, snapshot {n}")  # internal bug
         with self._timed("served check"):
@@ -281,7 +287,11 @@ class FaissIndex(ServedIndex):
         extra = {k: v for k, v in self._extra.items() if k not in ("files", "tombstones_file")}
         n = int(ids.size)
         calibrated_n = int(self._extra.get("calibrated_n", self._extra.get("trained_n", 0)))
-        if n >= self._config.recalibrate_growth * max(calibrated_n, 1):
+        # a graph searched from FAISS's descent before, and now from entry pivots (or back): the
+        # calibrated breadth was measured on another search, so measure again
+        had = bool(self._extra.get("entry_pivots"))
+        entry_changed = self.tier == "hnsw" and had != bool(self._entry_count(ann, "hnsw"))
+        if entry_changed or n >= self._config.recalibrate_growth * max(calibrated_n, 1):
             # adds since the calibration make the graph (or the IVF lists) larger: the breadth
             # that reached the goal then may not reach it now, so measure again at this size
             previous = None
@@ -366,15 +376,23 @@ class FaissIndex(ServedIndex):
         """``(queries, breadth, rerank factor) -> top-10 ids`` as a search of ``ann`` runs."""
         dead = exclude if exclude is not None and exclude.size else None
         sel = excluding(dead) if dead is not None else None
+        count = self._entry_count(ann, tier)
+        entry = EntryPivots(ann, count, self._config.seed) if count else None
 
         def gather(cand: np.ndarray) -> np.ndarray:
             # read, not mapped: a calibration's re-ranks touch rows all over the snapshot (see read_rows)
             return read_rows(vecs, np.searchsorted(ids, cand))
 
         def candidates(q: np.ndarray, breadth: int, factor: int) -> np.ndarray:
-            return self._ann_candidates(ann, tier, q, 10, breadth, sel, gather, rerank_factor=factor)[0]
+            return self._ann_candidates(ann, tier, q, 10, breadth, sel, gather, rerank_factor=factor, entry=entry)[0]
 
         return candidates
+
+    def _entry_count(self, ann: Any, tier: str) -> int:
+        """Entry pivots of a graph this index builds (see :mod:`.entry`; 0: FAISS's own descent)."""
+        if tier != "hnsw" or not is_graph(ann):
+            return 0
+        return pivot_count(int(ann.ntotal), self._config.hnsw_entry_pivots)
 
     # ------------------------------------------------------------------ search
     def _ann_candidates(
@@ -427,11 +445,11 @@ class FaissIndex(ServedIndex):
             exact_rows, sel, delta_allowed, breadth = self._filter(allowed, breadth, kk)
         elif self._ann is not None:
             sel = self._unfiltered_selector()
-        ann, tier, factor = self._ann, self.tier, self._rerank_factor()
+        ann, tier, factor, entry = self._ann, self.tier, self._rerank_factor(), self._entry
 
         def structure(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return self._ann_candidates(
-                ann, tier, chunk, kk, breadth, sel, self._store_gather, rerank_factor=factor, use_gpu=True
+                ann, tier, chunk, kk, breadth, sel, self._store_gather, rerank_factor=factor, use_gpu=True, entry=entry
             )
 
         return self._search_chunks(q, kk, exact_rows, delta_allowed, structure)
@@ -449,6 +467,7 @@ class FaissIndex(ServedIndex):
             p.update(hnsw_m=e.get("hnsw_m"), hnsw_ef_construction=e.get("hnsw_ef_construction"))
             p.update(codes=e.get("hnsw_codes", "SQ8"), ef_search=self._breadth(), tombstones=int(self._tombstones.size))
             p.update(search="faiss")  # FAISS's own HNSW search (issue 24 removed fgsearch's C kernel)
+            p.update(entry=f"pivots ({self._entry.count})" if self._entry is not None else "descent")
         p.update(
             mmap=self._mapped,
             calibrated_recall=e.get("calibrated_recall"),
@@ -467,4 +486,4 @@ class FaissIndex(ServedIndex):
             return total
         if self.tier == "ivf":
             return total + int(ann.ntotal) * (int(ann.code_size) + 8) + int(ann.nlist) * self.dim * 4
-        return total + hnsw_bytes(ann)
+        return total + hnsw_bytes(ann) + (self._entry.nbytes if self._entry is not None else 0)

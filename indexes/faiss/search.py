@@ -12,6 +12,7 @@ import numpy as np
 from ..base import topk_rows
 from ..filtered import allowed_rows, plan
 from ._lib import allowed_selector, load_faiss
+from .entry import EntryPivots
 
 #: Candidate rows re-scored at once (a batch of queries is re-ranked in slices of this many rows).
 RERANK_ROWS = 1024
@@ -29,15 +30,19 @@ def ann_candidates(
     rerank_factor: int,
     min_rerank: int,
     gpu: Any = None,
+    entry: EntryPivots | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` of ``max(k * rerank_factor, min_rerank)`` candidates that FAISS's search of ``ann``
-    (``"hnsw"``: efSearch ``breadth``; ``"ivf"``: nprobe ``breadth``; ``gpu``: a GPU copy of an IVF,
-    used when nothing is excluded) returns, skipping the ids ``sel`` refuses, re-ranked by exact
-    inner products with the vectors ``gather(ids)`` returns."""
+    (``"hnsw"``: efSearch ``breadth``, started at the best of the ``entry`` pivots when given (see
+    :mod:`.entry`); ``"ivf"``: nprobe ``breadth``; ``gpu``: a GPU copy of an IVF, used when nothing
+    is excluded) returns, skipping the ids ``sel`` refuses, re-ranked by exact inner products with
+    the vectors ``gather(ids)`` returns."""
     faiss = load_faiss()
     r = min(max(k * rerank_factor, min_rerank), max(int(ann.ntotal), 1))
     if gpu is not None and sel is None:
         _, cand = gpu.search(q, r)
+    elif entry is not None and tier == "hnsw":
+        cand = entry.search(q, r, max(int(breadth), r), sel)
     else:
         if tier == "ivf":
             params = faiss.SearchParametersIVF()
