@@ -15,6 +15,13 @@ every pivot (one matrix product: a greedy walk over the pivots would stop in the
 FAISS's descent does) and FAISS's base-layer search (``search_level_0``) starts at the best one.
 Only the start changes: the walk, the breadth, the id selector and the exact re-rank are FAISS's
 and the backend's as before, and the calibration measures this search as it runs.
+
+Only queries outside the collection's cone start at a pivot: those whose cosine with the pivots'
+mean direction is below the 1st percentile of the pivots' own (:data:`OUTSIDE_QUANTILE`). A query
+inside it (an image query) lands near its answers by the descent, and scoring 4,096 pivots (an
+8 MB matrix-vector product, ~0.16-0.27 ms per query) would cost it more than it saves; measured on
+both generators (bench/README.md, "Entry pivots"). On data without a cone (no common direction)
+about 1 % of queries fall below the floor: the pivots then neither help nor harm.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from ._lib import load_faiss
 PER_PIVOT = 256
 MIN_PIVOTS = 1024
 MAX_PIVOTS = 4096
+#: A query whose cosine with the pivots' mean direction is below this quantile of the pivots' own
+#: starts at a pivot; the others start where FAISS's descent stops.
+OUTSIDE_QUANTILE = 0.01
 
 
 def pivot_count(n: int, configured: int | None = None) -> int:
@@ -64,7 +74,13 @@ class EntryPivots:
         n = int(self.graph.ntotal)
         self.positions = pivot_positions(n, count, seed)
         self.vectors = np.ascontiguousarray(self.graph.storage.reconstruct_batch(self.positions), dtype=np.float32)
+        self._ann = ann
         self._id_map = ann.id_map
+        mean = self.vectors.mean(axis=0) if self.count else np.zeros(self.graph.d, dtype=np.float32)
+        self.direction = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        own = self.vectors @ self.direction if self.count else np.zeros(1, dtype=np.float32)
+        #: queries whose cosine with :attr:`direction` is below this start at a pivot
+        self.floor = float(np.quantile(own, OUTSIDE_QUANTILE))
         self._ids = faiss.rev_swig_ptr(ann.id_map.data(), n) if n else np.zeros(0, dtype=np.int64)
         # how FAISS's search orders an inner-product graph's nodes: by the inner product itself
         # (``is_similarity``, FAISS >= 1.12) or by its negation (older FAISS); a start given with
@@ -88,11 +104,34 @@ class EntryPivots:
         dist = (self._sign * scores[np.arange(q.shape[0]), best]).astype(np.float32).reshape(-1, 1)
         return np.ascontiguousarray(nearest), np.ascontiguousarray(dist)
 
+    def outside(self, q: np.ndarray) -> np.ndarray:
+        """Which queries lie outside the collection's cone (they start at a pivot)."""
+        norms = np.maximum(np.linalg.norm(q, axis=1), 1e-12)
+        return np.asarray((q @ self.direction) / norms < self.floor)
+
     def search(self, q: np.ndarray, r: int, ef_search: int, sel: Any) -> np.ndarray:
-        """Ids ``[nq, r]`` (-1: none) of FAISS's base-layer search at ``ef_search`` started at each
-        query's best pivot, skipping the ids ``sel`` refuses (as ``IndexIDMap`` would)."""
+        """Ids ``[nq, r]`` (-1: none) of FAISS's HNSW search at ``ef_search``, skipping the ids
+        ``sel`` refuses: the base layer walked from each query's best pivot for a query outside
+        the cone (:meth:`outside`), FAISS's whole search (descent included) for the others."""
         faiss = self._faiss
         q = np.ascontiguousarray(q, dtype=np.float32)
+        out = self.outside(q)
+        if out.all():
+            return self.from_pivots(q, r, ef_search, sel)
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = int(ef_search)
+        if sel is not None:
+            params.sel = sel
+        if not out.any():
+            return np.asarray(self._ann.search(q, r, params=params)[1])
+        found = np.empty((q.shape[0], r), dtype=np.int64)
+        found[~out] = self._ann.search(np.ascontiguousarray(q[~out]), r, params=params)[1]
+        found[out] = self.from_pivots(np.ascontiguousarray(q[out]), r, ef_search, sel)
+        return found
+
+    def from_pivots(self, q: np.ndarray, r: int, ef_search: int, sel: Any) -> np.ndarray:
+        """Ids ``[nq, r]`` of FAISS's base-layer search started at each query's best pivot."""
+        faiss = self._faiss
         nq = q.shape[0]
         nearest, dist = self.starts(q)
         params = faiss.SearchParametersHNSW()

@@ -9,7 +9,9 @@ How search works (see :class:`~.config.FaissConfig` for every knob):
   by default, ``hnsw_codes="SQ4"`` for 4-bit; ``hnsw_m`` = 24 links per vector, 48 on the base
   layer: 512 B of codes + ~220 B of graph and ids per 512-d vector) under the
   catalog ids, searched with FAISS's own HNSW search (``SearchParametersHNSW``: ``efSearch`` and an
-  id selector for removed ids), and calibrates the search: the smallest ``efSearch`` (32, 48, 64,
+  id selector for removed ids) started at the best of the graph's entry pivots (:mod:`.entry`: a
+  text query far from every image vector is found from there at a fraction of the breadth FAISS's
+  greedy descent needs), and calibrates the search: the smallest ``efSearch`` (32, 48, 64,
   96, ...) and re-rank depth
   (``3·k`` doubling up to ``48·k``, at least 30) whose recall@10 against exact search reaches
   ``recall_target`` + 0.01 on every calibration set: image-like queries (stored vectors plus

@@ -61,10 +61,54 @@ def test_a_query_at_a_pivot_finds_that_pivot_first() -> None:
     ann = _graph(x, ids)
     entry = EntryPivots(ann, 200, seed=1)
     q = np.ascontiguousarray(x[entry.positions])
-    got = entry.search(q, 30, 64, None)
+    got = entry.from_pivots(q, 30, 64, None)
     assert (got[:, :1] >= 0).all()
     top = np.array([row[np.argmax(q[i] @ x[(row[row >= 0] - 7) // 5].T)] for i, row in enumerate(got)])
     np.testing.assert_array_equal(top, ids[entry.positions])
+
+
+def _cone(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectors in a cone around a common direction (as CLIP's images are), image-like queries and
+    text-like ones: a direction the images do not share plus a little of a stored vector."""
+    r = np.random.default_rng(seed)
+    common = np.zeros(DIM, dtype=np.float32)
+    common[0] = 1.0
+    gap = np.zeros(DIM, dtype=np.float32)
+    gap[1] = 1.0
+    centres = r.standard_normal((20, DIM)).astype(np.float32)
+    x = 1.2 * common + centres[r.integers(0, 20, n)] * 0.2 + r.standard_normal((n, DIM)).astype(np.float32) * 0.05
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    images = x[r.integers(0, n, 60)] + r.standard_normal((60, DIM)).astype(np.float32) * 0.05
+    texts = gap + 0.4 * x[r.integers(0, n, 60)] + r.standard_normal((60, DIM)).astype(np.float32) * 0.05
+    texts[:, 0] = 0.0  # none of the images' common direction
+    norm = lambda a: np.ascontiguousarray(a / np.linalg.norm(a, axis=1, keepdims=True), dtype=np.float32)  # noqa: E731
+    return np.ascontiguousarray(x, dtype=np.float32), norm(images), norm(texts)
+
+
+def test_only_queries_outside_the_collections_cone_start_at_a_pivot(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, images, texts = _cone(4000, seed=31)
+    ids = np.arange(x.shape[0], dtype=np.int64) + 100
+    entry = EntryPivots(_graph(x, ids), 500, seed=2)
+    assert entry.outside(texts).all() and entry.outside(images).mean() <= 0.1
+    assert abs(float(np.mean(entry.outside(x))) - 0.01) < 0.01  # the floor: the stored vectors' 1st percentile
+    walked: list[int] = []
+    real = EntryPivots.from_pivots
+
+    def spy(self: EntryPivots, q: np.ndarray, *a: object) -> np.ndarray:
+        walked.append(q.shape[0])
+        return real(self, q, *a)
+
+    monkeypatch.setattr(EntryPivots, "from_pivots", spy)
+    q = np.concatenate([images, texts])
+    got = entry.search(q, 30, 256, None)
+    assert walked == [int(entry.outside(q).sum())]
+    top = ids[np.argsort(-(q @ x.T), axis=1)[:, :10]]
+    assert recall_at_k(_top10(got, q, x, ids), top) >= 0.95
+
+
+def _top10(cand: np.ndarray, q: np.ndarray, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    scores = np.where(cand >= 0, np.einsum("qkd,qd->qk", x[np.maximum(cand - ids[0], 0)], q), -np.inf)
+    return np.take_along_axis(cand, np.argsort(-scores, axis=1)[:, :10], axis=1)
 
 
 def test_the_entry_search_skips_removed_ids_even_where_it_starts(tmp_path: Path) -> None:
