@@ -248,10 +248,13 @@ def _search_ladder(
         breadths = _breadths(tier, nlist, cfg, max(10 * factor, cfg.min_rerank), fixed)
         if chosen is not None:  # a deeper re-rank only wins with a narrower (cheaper) search
             breadths = [b for b in breadths if b < chosen[0]]
+        if factor != cfg.rerank_factor or chosen is not None:
             if not breadths:
                 continue
             # recall grows with the breadth: when the widest of them misses at this depth, so do
-            # the narrower ones (an HNSW calibration at 150k tried ~40 breadths, most of them here)
+            # the narrower ones (an HNSW calibration at 150k tried ~40 breadths, most of them here;
+            # with no breadth reaching the goal at the first depth, every deeper depth walked its
+            # whole ladder: 203 s of calibration in a 1M build whose goal no breadth reached)
             widest = measure(breadths[-1], factor)
             best = _better(measure, (breadths[-1], factor, widest), best)
             widest = best[2] if best[:2] == (breadths[-1], factor) else widest

@@ -205,7 +205,10 @@ def check_served(
     it calibrates again), ``before``: the current snapshot's; ``breadth``: the search's breadth as
     configured or calibrated; ``fixed``: configured (only measured); ``measure(queries, breadth,
     factor)``: recall@10 against exact search; ``recalibrate(queries)``: the extras of a calibration
-    with them as a set. Calibrates again when they miss the goal (widen) or clear it by 0.01 (narrow).
+    with them as a set. Calibrates again when they miss the goal (widen), or when they clear it by
+    0.01 or reach it at half the breadth (narrow: where recall grows slowly with the breadth, as it
+    does near the goal for text queries far from every image, a breadth can ask for several times
+    what its queries need and still clear the goal by less than 0.01).
     """
     if served.capacity == 0:
         return {"recording": False}
@@ -222,7 +225,12 @@ def check_served(
     if "served" not in cal.get("sets", {}):  # not calibrated on them in this build: measure
         factor = int(extra.get("rerank_factor", cfg.rerank_factor))
         recall = measure(queries, breadth, factor)
-        if not fixed and (recall < goal or recall >= goal + 0.01):  # widen, or try narrower
+        narrower = (
+            not fixed
+            and recall >= goal
+            and (recall >= goal + 0.01 or _reached_at_half(measure, queries, breadth, factor, goal))
+        )
+        if not fixed and (recall < goal or narrower):  # widen, or narrow
             extra.update(recalibrate(queries))
             cal = extra["calibration"]
         else:
@@ -237,6 +245,14 @@ def check_served(
         breadth=int(cal.get("breadth", breadth)),
     )
     return record
+
+
+def _reached_at_half(
+    measure: Callable[[np.ndarray, int, int], float], queries: np.ndarray, breadth: int, factor: int, goal: float
+) -> bool:
+    """Whether the served queries reach ``goal`` at half the breadth (one more measurement)."""
+    half = breadth // 2
+    return half >= 1 and measure(queries, half, factor) >= goal
 
 
 def recheck_due(served: ServedQueries, extra: dict[str, Any], cfg: Any, *, explicit: bool) -> bool:

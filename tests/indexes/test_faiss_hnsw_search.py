@@ -232,6 +232,30 @@ def test_a_deeper_rerank_is_tried_only_where_it_can_win() -> None:
     assert reached and (breadth, factor) == (96, 6)
 
 
+def test_when_no_breadth_reaches_the_goal_each_deeper_rerank_costs_one_trial() -> None:
+    """A goal no breadth reaches at the first depth (the calibration's synthetic sets on data far from
+    them): each deeper depth is tried at its widest breadth only, not along its whole ladder (the
+    old code walked all five ladders: 203 s of calibration in a 1M build)."""
+    from fgsearch.indexes.faiss.calibration import _search_ladder
+
+    tried: list[tuple[int, int]] = []
+
+    def measure(breadth: int, factor: int) -> dict[str, float]:
+        tried.append((breadth, factor))
+        return {"text": 0.9 + breadth / 100_000 + factor / 10_000}
+
+    cfg = FaissConfig()
+    (breadth, factor, _), reached = _search_ladder(measure, "hnsw", 0, cfg, None, 0.98)
+    assert not reached and (breadth, factor) == (cfg.max_ef_search, 48)
+    assert [t for t in tried if t[1] > 3] == [(cfg.max_ef_search, f) for f in (6, 12, 24, 48)]
+
+    def deeper_helps(breadth: int, factor: int) -> dict[str, float]:  # only a depth of 120 reaches it
+        return {"text": 0.99 if factor >= 12 and breadth >= 192 else 0.95}
+
+    (breadth, factor, _), reached = _search_ladder(deeper_helps, "hnsw", 0, cfg, None, 0.98)
+    assert reached and (breadth, factor) == (192, 12)
+
+
 @pytest.mark.parametrize("needed", [72, 300, 700, 3000])
 @pytest.mark.parametrize("previous", [(96, 3), (248, 3), (336, 3), (1024, 3)])
 def test_a_recalibration_starts_from_the_last_breadth_and_chooses_as_the_full_ladder(

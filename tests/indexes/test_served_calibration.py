@@ -245,3 +245,35 @@ def test_a_library_that_stopped_growing_checks_what_it_served_when_a_writer_clos
     assert p["served"]["total_at_check"] == 180 and p["served"]["queries"] == 100  # the most recent 100
     assert p["served"]["recall10"] >= 0.98 and p["ef_search"] > first["ef_search"]  # far queries: widened
     assert writer_closes()["generation"] == p["generation"]  # none served since
+
+
+@pytest.mark.parametrize(("at_half", "narrows"), [(0.985, True), (0.975, False)])
+def test_a_breadth_whose_served_recall_is_flat_near_the_goal_narrows_when_half_of_it_reaches_the_goal(
+    tmp_path: Path, at_half: float, narrows: bool
+) -> None:
+    """Recall grows slowly with the breadth near the goal for text queries far from every image (the
+    unseen generator at 1M: 0.970 at efSearch 384, 0.984 at 1600): a breadth four times what the
+    served queries need cleared the goal (0.98) by less than 0.01 and was kept. Half the breadth is
+    now measured too, and the search calibrates again when that reaches the goal."""
+    from fgsearch.indexes.faiss.served import check_served
+
+    served = ServedQueries(tmp_path, DIM, 500)
+    served.record(np.random.default_rng(5).standard_normal((150, DIM)).astype(np.float32))
+    cfg = dataclasses.replace(CFG, served_min=100)
+    asked: list[int] = []
+
+    def measure(queries: np.ndarray, breadth: int, factor: int) -> float:
+        asked.append(breadth)
+        return 0.985 if breadth >= 1600 else at_half
+
+    calibrated: list[int] = []
+
+    def recalibrate(queries: np.ndarray) -> dict:
+        calibrated.append(queries.shape[0])
+        return {"ef_search": 800, "calibration": {"breadth": 800, "sets": {"served": {"recall10": at_half}}}}
+
+    extra: dict = {"ef_search": 1600, "rerank_factor": 3}
+    record = check_served(served, cfg, extra, {}, breadth=1600, fixed=False, measure=measure, recalibrate=recalibrate)
+    assert asked == [1600, 800]
+    assert bool(calibrated) is narrows
+    assert record["breadth"] == (800 if narrows else 1600) and record["recall10"] == (at_half if narrows else 0.985)
