@@ -248,7 +248,7 @@ def _search_ladder(
         breadths = _breadths(tier, nlist, cfg, max(10 * factor, cfg.min_rerank), fixed)
         if chosen is not None:  # a deeper re-rank only wins with a narrower (cheaper) search
             breadths = [b for b in breadths if b < chosen[0]]
-        if factor != cfg.rerank_factor or chosen is not None:
+        if factor != cfg.rerank_factor:  # every depth after the first (a breadth is chosen only at one)
             if not breadths:
                 continue
             # recall grows with the breadth: when the widest of them misses at this depth, so do

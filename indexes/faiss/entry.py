@@ -67,7 +67,7 @@ def pivot_positions(n: int, count: int, seed: int) -> np.ndarray:
 
 
 class EntryPivots:
-    """The pivots of one graph (an ``IndexIDMap(IndexHNSWSQ)``) and the search that starts at them."""
+    """The pivots of one graph (an ``IndexIDMap(IndexHNSWSQ)``) and its base-layer search from them."""
 
     def __init__(self, ann: Any, count: int, seed: int) -> None:
         faiss = load_faiss()
@@ -76,7 +76,6 @@ class EntryPivots:
         n = int(self.graph.ntotal)
         self.positions = pivot_positions(n, count, seed)
         self.vectors = np.ascontiguousarray(self.graph.storage.reconstruct_batch(self.positions), dtype=np.float32)
-        self._ann = ann
         self._id_map = ann.id_map
         mean = self.vectors.mean(axis=0) if self.count else np.zeros(self.graph.d, dtype=np.float32)
         self.direction = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
@@ -107,32 +106,14 @@ class EntryPivots:
         return np.ascontiguousarray(nearest), np.ascontiguousarray(dist)
 
     def outside(self, q: np.ndarray) -> np.ndarray:
-        """Which queries lie outside the collection's cone (they start at a pivot)."""
+        """Which queries lie outside the collection's cone: they start at a pivot (:meth:`from_pivots`),
+        the others where FAISS's descent stops (``.search.ann_candidates`` splits them)."""
         norms = np.maximum(np.linalg.norm(q, axis=1), 1e-12)
         return np.asarray((q @ self.direction) / norms < self.floor)
 
-    def search(self, q: np.ndarray, r: int, ef_search: int, sel: Any) -> np.ndarray:
-        """Ids ``[nq, r]`` (-1: none) of FAISS's HNSW search at ``ef_search``, skipping the ids
-        ``sel`` refuses: the base layer walked from each query's best pivot for a query outside
-        the cone (:meth:`outside`), FAISS's whole search (descent included) for the others."""
-        faiss = self._faiss
-        q = np.ascontiguousarray(q, dtype=np.float32)
-        out = self.outside(q)
-        if out.all():
-            return self.from_pivots(q, r, ef_search, sel)
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = int(ef_search)
-        if sel is not None:
-            params.sel = sel
-        if not out.any():
-            return np.asarray(self._ann.search(q, r, params=params)[1])
-        found = np.empty((q.shape[0], r), dtype=np.int64)
-        found[~out] = self._ann.search(np.ascontiguousarray(q[~out]), r, params=params)[1]
-        found[out] = self.from_pivots(np.ascontiguousarray(q[out]), r, ef_search, sel)
-        return found
-
     def from_pivots(self, q: np.ndarray, r: int, ef_search: int, sel: Any) -> np.ndarray:
-        """Ids ``[nq, r]`` of FAISS's base-layer search started at each query's best pivot."""
+        """Ids ``[nq, r]`` (-1: none) of FAISS's base-layer search at ``ef_search`` started at each
+        query's best pivot, skipping the ids ``sel`` refuses (as ``IndexIDMap`` would)."""
         faiss = self._faiss
         nq = q.shape[0]
         nearest, dist = self.starts(q)

@@ -33,27 +33,36 @@ def ann_candidates(
     entry: EntryPivots | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` of ``max(k * rerank_factor, min_rerank)`` candidates that FAISS's search of ``ann``
-    (``"hnsw"``: efSearch ``breadth``, started at the best of the ``entry`` pivots when given (see
-    :mod:`.entry`); ``"ivf"``: nprobe ``breadth``; ``gpu``: a GPU copy of an IVF, used when nothing
-    is excluded) returns, skipping the ids ``sel`` refuses, re-ranked by exact inner products with
-    the vectors ``gather(ids)`` returns."""
-    faiss = load_faiss()
+    (``"hnsw"``: efSearch ``breadth``, a query outside the collection's cone started at the best of
+    the ``entry`` pivots when given (see :mod:`.entry`); ``"ivf"``: nprobe ``breadth``; ``gpu``: a
+    GPU copy of an IVF, used when nothing is excluded) returns, skipping the ids ``sel`` refuses,
+    re-ranked by exact inner products with the vectors ``gather(ids)`` returns."""
     r = min(max(k * rerank_factor, min_rerank), max(int(ann.ntotal), 1))
     if gpu is not None and sel is None:
         _, cand = gpu.search(q, r)
-    elif entry is not None and tier == "hnsw":
-        cand = entry.search(q, r, max(int(breadth), r), sel)
-    else:
-        if tier == "ivf":
-            params = faiss.SearchParametersIVF()
-            params.nprobe = int(breadth)
-        else:
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = max(int(breadth), r)
-        if sel is not None:
-            params.sel = sel
-        _, cand = ann.search(q, r, params=params)
+        return rerank(cand, q, k, gather)
+    outside = entry.outside(q) if entry is not None and tier == "hnsw" else np.zeros(q.shape[0], dtype=bool)
+    if entry is None or not outside.any():
+        return rerank(_faiss_search(ann, tier, q, r, breadth, sel), q, k, gather)
+    cand = np.empty((q.shape[0], r), dtype=np.int64)
+    cand[outside] = entry.from_pivots(np.ascontiguousarray(q[outside]), r, max(int(breadth), r), sel)
+    if not outside.all():
+        cand[~outside] = _faiss_search(ann, tier, np.ascontiguousarray(q[~outside]), r, breadth, sel)
     return rerank(cand, q, k, gather)
+
+
+def _faiss_search(ann: Any, tier: str, q: np.ndarray, r: int, breadth: int, sel: Any) -> np.ndarray:
+    """``r`` candidate ids per query (-1: none) of FAISS's own search of ``ann`` at ``breadth``."""
+    faiss = load_faiss()
+    if tier == "ivf":
+        params = faiss.SearchParametersIVF()
+        params.nprobe = int(breadth)
+    else:
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(int(breadth), r)
+    if sel is not None:
+        params.sel = sel
+    return np.asarray(ann.search(q, r, params=params)[1])
 
 
 def rerank(

@@ -225,12 +225,10 @@ def check_served(
     if "served" not in cal.get("sets", {}):  # not calibrated on them in this build: measure
         factor = int(extra.get("rerank_factor", cfg.rerank_factor))
         recall = measure(queries, breadth, factor)
-        narrower = (
-            not fixed
-            and recall >= goal
-            and (recall >= goal + 0.01 or _reached_at_half(measure, queries, breadth, factor, goal))
-        )
-        if not fixed and (recall < goal or narrower):  # widen, or narrow
+        # widen; or narrow (half the breadth is measured only when the goal is cleared by less than 0.01)
+        if not fixed and (
+            recall < goal or recall >= goal + 0.01 or _reached_at_half(measure, queries, breadth, factor, goal)
+        ):
             extra.update(recalibrate(queries))
             cal = extra["calibration"]
         else:
