@@ -330,7 +330,14 @@ def _better(measure: Callable[..., dict[str, float]], trial: _Trial, best: _Tria
     """The better of two trials by their worst set's recall (the best kept when no breadth reaches
     the goal). A trial that stopped at its first miss (see :class:`_Measure`) knows an upper bound
     of its worst set: when that bound does not beat ``best`` neither does the trial; when it does,
-    the trial is measured in full first, so the choice is the full measurement's."""
+    the trial is measured in full first, so the choice is the full measurement's. A wider trial at
+    the best's depth replaces it unmeasured: recall grows with the breadth (as the ladder assumes
+    when it skips a depth whose widest breadth misses), and only the trial kept is measured in
+    full, once, at the end (:func:`calibrate`). Measuring every step up the ladder in full cost a
+    1M build whose goal no breadth reached most of its calibration time (bench/README.md, "The
+    calibration when no breadth reaches the goal")."""
+    if best[0] > 0 and trial[1] == best[1] and trial[0] > best[0]:
+        return trial
     if min(trial[2].values()) <= min(best[2].values()):
         return best
     sets = getattr(measure, "sets", trial[2])

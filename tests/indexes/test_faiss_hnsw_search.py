@@ -359,3 +359,36 @@ def test_a_missed_trial_stops_at_the_first_set_that_misses_and_the_choice_is_the
     if previous == (1024, 3):  # narrowing down from the last breadth: its misses search one set each
         assert len(searched) < len(need) * len(trials) - len(trials) // 2
     assert searched.count("text-far") >= searched.count("text")  # the binding set is measured first
+
+
+@pytest.mark.parametrize("previous", [None, (384, 3)])
+def test_when_no_breadth_reaches_the_goal_the_sets_that_do_are_measured_once_not_at_every_step(
+    previous: tuple[int, int] | None,
+) -> None:
+    """One set misses the goal at every breadth, its recall growing with the breadth: each step up
+    the ladder searches that set alone, and the others are measured again only for the trial kept
+    (the widest), where every improving step used to measure them all (a 1M build whose goal no
+    breadth reached spent most of its calibration there)."""
+    from fgsearch.indexes.faiss.calibration import calibrate
+
+    names = ["image", "text", "text-far"]
+    sets = {name: (np.full((4, DIM), i, dtype=np.float32), name) for i, name in enumerate(names)}
+    truths = {name: np.tile(np.arange(10), (4, 1)) for name in names}
+    searched: list[tuple[str, int]] = []
+    cfg = FaissConfig()
+
+    def candidates(q: np.ndarray, breadth: int, factor: int) -> np.ndarray:
+        name = names[int(q[0, 0])]
+        searched.append((name, breadth))
+        hits = 10 if name != "text-far" else min(9, 1 + int(8 * breadth / cfg.max_ef_search))
+        return np.where(np.arange(10) < hits, np.arange(10), -5)[None].repeat(4, axis=0)
+
+    x, ids = np.zeros((1, DIM)), np.zeros(1)
+    got = calibrate(None, "hnsw", x, ids, cfg, sets, candidates, fixed=None, truths=truths, previous=previous)
+    assert got["calibration"]["reached"] is False
+    assert got["ef_search"] == cfg.max_ef_search and got["calibrated_recall"] == 0.9
+    assert set(got["calibration"]["sets"]) == set(names)  # the kept trial's record has every set
+    steps = {b for name, b in searched if name == "text-far"}
+    assert len(steps) >= 5  # the ladder was walked
+    others = [b for name, b in searched if name != "text-far"]
+    assert len(others) <= 2 * len(names), sorted(others)  # the first trial's and the kept one's
