@@ -2,7 +2,7 @@
 
 "Calibration" means one thing in this package: tuning the approximate search's breadth
 (``efSearch`` for HNSW, ``nprobe`` for IVF) and re-rank depth against exact search. The steps:
-:func:`calibration_sets` (the query sets to satisfy), :func:`_exact_truths` (their exact top 10),
+:func:`calibration_sets` (the query sets to satisfy), :func:`exact_truths` (their exact top 10),
 :func:`_search_ladder` (the narrowest breadth, then the shallowest depth, reaching the goal) and
 :func:`_record` (what was measured and why, for ``stats().params["calibration"]``).
 """
@@ -29,7 +29,15 @@ Candidates = Callable[[np.ndarray, int, int], np.ndarray]
 QuerySets = dict[str, tuple[np.ndarray, str]]
 _Trial = tuple[int, int, dict[str, float]]  # breadth, rerank factor, recall per set
 
-__all__ = ["Calibratable", "CalibrationSource", "calibrate", "calibration_sets", "ef_ladder", "measure_sets"]
+__all__ = [
+    "Calibratable",
+    "CalibrationSource",
+    "calibrate",
+    "calibration_sets",
+    "ef_ladder",
+    "exact_truths",
+    "measure_sets",
+]
 
 
 def ef_ladder(depth: int) -> list[int]:
@@ -108,7 +116,7 @@ def calibrate(
     settings the warning names when the goal is missed) are a backend's own (default: FAISS's).
     """
     if truths is None:
-        truths = _exact_truths(sets, vecs, ids, cfg.block_rows)
+        truths = exact_truths(sets, vecs, ids, cfg.block_rows)
 
     goal = min(1.0, cfg.recall_target + cfg.calibration_margin)
     measure = _Measure(sets, truths, candidates, goal)
@@ -173,11 +181,11 @@ def measure_sets(
     factor: int,
 ) -> dict[str, float]:
     """Recall@10 against exact search of each set at one breadth and re-rank factor."""
-    truths = _exact_truths(sets, vecs, ids, cfg.block_rows)
+    truths = exact_truths(sets, vecs, ids, cfg.block_rows)
     return {name: recall_at_k(candidates(q, breadth, factor), truths[name]) for name, (q, _) in sets.items()}
 
 
-def _exact_truths(sets: QuerySets, vecs: np.ndarray, ids: np.ndarray, block: int) -> dict[str, np.ndarray]:
+def exact_truths(sets: QuerySets, vecs: np.ndarray, ids: np.ndarray, block: int) -> dict[str, np.ndarray]:
     """Each set's exact top-10 ids over the snapshot (the yardstick of recall): one pass over the
     vectors for all sets together (a pass per set before issue 24), releasing the mapped pages as it
     goes (see ``release_pages``)."""

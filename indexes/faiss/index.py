@@ -66,7 +66,7 @@ from ..store.files import RowReader, fsync_file, read_rows
 from ..store.journaled import KEPT_FILES
 from . import tiers
 from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
-from .calibration import CalibrationSource, calibrate, calibration_sets, measure_sets
+from .calibration import CalibrationSource, calibrate, calibration_sets, exact_truths, measure_sets
 from .entry import EntryPivots, is_graph, pivot_count
 from .gpu import clone_to_gpu, gpu_wanted
 from .search import ann_candidates, filter_plan, hnsw_bytes
@@ -369,8 +369,13 @@ class FaissIndex(ServedIndex):
             # the synthetic sets sample rows all over the snapshot: read them, do not map them
             rows = cast(np.ndarray, RowReader(vecs))
             sets = calibration_sets(rows, self._config, self._calibration_source, self.dim, served)
+        with self._timed("calibration truths"):  # the exact pass over every row, timed apart from the trials
+            truths = exact_truths(sets, vecs, ids, self._config.block_rows)
+        with self._timed("calibration"):
             fixed = self._configured_breadth(tier)
-            return calibrate(ann, tier, vecs, ids, self._config, sets, candidates, fixed=fixed, previous=previous)
+            return calibrate(
+                ann, tier, vecs, ids, self._config, sets, candidates, fixed=fixed, truths=truths, previous=previous
+            )
 
     def _candidates_fn(
         self, ann: Any, vecs: np.ndarray, ids: np.ndarray, tier: str, exclude: np.ndarray | None

@@ -308,13 +308,13 @@ def test_calibration_truths_are_the_exact_top10_skipping_removed_rows() -> None:
     """The calibration's yardstick (FAISS's brute force per block) gives exact search's top 10,
     across blocks, with removed rows (id -1) never in it."""
     from fgsearch.indexes.base import exact_topk
-    from fgsearch.indexes.faiss.calibration import _exact_truths
+    from fgsearch.indexes.faiss.calibration import exact_truths
 
     x = unit_vectors(5000, DIM, seed=31)
     ids = np.arange(10_000, 15_000, dtype=np.int64)
     ids[::7] = -1  # removed rows
     q = near_queries(x, 50, seed=32)
-    got = _exact_truths({"a": (q[:20], "x"), "b": (q[20:], "y")}, x, ids, 1024)
+    got = exact_truths({"a": (q[:20], "x"), "b": (q[20:], "y")}, x, ids, 1024)
     want = exact_topk(q, [(x, ids)], 10)[0]
     assert np.array_equal(np.concatenate([got["a"], got["b"]]), want)
     assert not np.isin(got["a"], ids[::7]).any() and (got["a"] >= 10_000).all()
