@@ -392,3 +392,28 @@ def test_when_no_breadth_reaches_the_goal_the_sets_that_do_are_measured_once_not
     assert len(steps) >= 5  # the ladder was walked
     others = [b for name, b in searched if name != "text-far"]
     assert len(others) <= 2 * len(names), sorted(others)  # the first trial's and the kept one's
+
+
+def test_calibration_truths_with_fewer_live_rows_than_k_are_padded_and_blocks_of_any_size_agree() -> None:
+    """The exact pass (one product per KNN_ROWS rows, merging only queries whose k-th best moved)
+    gives the same top 10 whatever the block sizes, and pads with -1 when fewer rows are live."""
+    from fgsearch.indexes.base import exact_topk
+    from fgsearch.indexes.faiss import calibration
+    from fgsearch.indexes.faiss.calibration import exact_truths
+
+    x = unit_vectors(3000, DIM, seed=41)
+    ids = np.arange(3000, dtype=np.int64) * 3
+    q = near_queries(x, 30, seed=42)
+    want = exact_topk(q, [(x, ids)], 10)[0]
+    for block, rows in ((97, 5), (1000, 64), (4096, 8192)):
+        old = calibration.KNN_ROWS
+        calibration.KNN_ROWS = rows
+        try:
+            got = exact_truths({"q": (q, "x")}, x, ids, block)["q"]
+        finally:
+            calibration.KNN_ROWS = old
+        assert np.array_equal(got, want), (block, rows)
+    few = np.full(3000, -1, dtype=np.int64)
+    few[[5, 900, 2999]] = [50, 9000, 29990]
+    got = exact_truths({"q": (q, "x")}, x, few, 256)["q"]
+    assert (got[:, 3:] == -1).all() and set(got[0, :3]) == {50, 9000, 29990}
