@@ -417,3 +417,36 @@ def test_calibration_truths_with_fewer_live_rows_than_k_are_padded_and_blocks_of
     few[[5, 900, 2999]] = [50, 9000, 29990]
     got = exact_truths({"q": (q, "x")}, x, few, 256)["q"]
     assert (got[:, 3:] == -1).all() and set(got[0, :3]) == {50, 9000, 29990}
+
+
+@pytest.mark.parametrize("previous", [None, (1024, 3)])
+def test_when_no_breadth_reaches_the_goal_the_best_measured_trial_serves_even_if_not_the_widest(
+    previous: tuple[int, int] | None,
+) -> None:
+    """Recall need not grow with the breadth (with 30 candidates re-ranked, a wider walk can push
+    true neighbours out of them: at 950k unseen vectors one set measured 0.976 at efSearch 1600 and
+    0.965 at 2048). With no breadth reaching the goal, the breadth kept is the trial whose worst set
+    is highest, as measuring every trial in full would choose, not the widest."""
+    from fgsearch.indexes.faiss.calibration import calibrate
+
+    names = ["image", "text", "text-far"]
+    sets = {name: (np.full((4, DIM), i, dtype=np.float32), name) for i, name in enumerate(names)}
+    truths = {name: np.tile(np.arange(10), (4, 1)) for name in names}
+    cfg = FaissConfig()
+
+    def hits(name: str, breadth: int, factor: int) -> int:
+        if name == "image":
+            return 10
+        if name == "text":  # misses everywhere, but above text-far's peak
+            return 9
+        return 9 if breadth == 1536 and factor == 3 else 7  # text-far peaks at 1536, then falls
+
+    def candidates(q: np.ndarray, breadth: int, factor: int) -> np.ndarray:
+        got = hits(names[int(q[0, 0])], breadth, factor)
+        return np.where(np.arange(10) < got, np.arange(10), -5)[None].repeat(4, axis=0)
+
+    x, ids = np.zeros((1, DIM)), np.zeros(1)
+    got = calibrate(None, "hnsw", x, ids, cfg, sets, candidates, fixed=None, truths=truths, previous=previous)
+    assert got["calibration"]["reached"] is False
+    assert (got["ef_search"], got["rerank_factor"], got["calibrated_recall"]) == (1536, 3, 0.9)
+    assert set(got["calibration"]["sets"]) == set(names)
