@@ -74,15 +74,16 @@ class EntryPivots:
         self._faiss = faiss
         self.graph = faiss.downcast_index(ann.index)
         n = int(self.graph.ntotal)
+        if count <= 0 or n == 0:  # the index builds none then: its search keeps FAISS's descent
+            raise ValueError(f"entry pivots need a count >= 1 and a non-empty graph, got {count} of {n}")
         self.positions = pivot_positions(n, count, seed)
         self.vectors = np.ascontiguousarray(self.graph.storage.reconstruct_batch(self.positions), dtype=np.float32)
         self._id_map = ann.id_map
-        mean = self.vectors.mean(axis=0) if self.count else np.zeros(self.graph.d, dtype=np.float32)
+        mean = self.vectors.mean(axis=0)
         self.direction = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
-        own = self.vectors @ self.direction if self.count else np.zeros(1, dtype=np.float32)
         #: queries whose cosine with :attr:`direction` is below this start at a pivot
-        self.floor = float(np.quantile(own, OUTSIDE_QUANTILE))
-        self._ids = faiss.rev_swig_ptr(ann.id_map.data(), n) if n else np.zeros(0, dtype=np.int64)
+        self.floor = float(np.quantile(self.vectors @ self.direction, OUTSIDE_QUANTILE))
+        self._ids = faiss.rev_swig_ptr(ann.id_map.data(), n)
         # how FAISS's search orders an inner-product graph's nodes: by the inner product itself
         # (``is_similarity``, FAISS >= 1.12) or by its negation (older FAISS); a start given with
         # the wrong sign is a start FAISS believes to be the worst node it has seen

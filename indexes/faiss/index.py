@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import numpy as np
@@ -66,7 +66,8 @@ from ..store.files import RowReader, fsync_file, read_rows
 from ..store.journaled import KEPT_FILES
 from . import tiers
 from ._lib import ADD_CHUNK, excluding, load_faiss, mmap_flags, prefetch, read_faiss_file
-from .calibration import CalibrationSource, calibrate, calibration_sets, exact_truths, measure_sets
+from .calibration import CalibrationSource, calibrate, calibration_sets, exact_truths
+from .calibration_queries import recall_at_k
 from .entry import EntryPivots, is_graph, pivot_count
 from .gpu import clone_to_gpu, gpu_wanted
 from .search import ann_candidates, filter_plan, hnsw_bytes
@@ -96,6 +97,8 @@ class FaissIndex(ServedIndex):
         self._extra = extra
         self._tombstones = np.zeros(0, dtype=np.int64)
         self._entry: EntryPivots | None = None
+        #: a graph being built, the size and pivot count, and its pivots (see _build_entry)
+        self._building_entry: tuple[Any, tuple[int, int], EntryPivots] | None = None
         if getattr(self, "build_seconds", None) is None:
             #: seconds this process spent in each part of building snapshots (for bench_indexes.py)
             self.build_seconds: dict[str, float] = {}
@@ -191,6 +194,12 @@ class FaissIndex(ServedIndex):
 
     def _build_extra(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
         """Build the FAISS file of a new snapshot (called before the snapshot is committed)."""
+        try:
+            return self._build_files(generation, vecs, ids)
+        finally:
+            self._building_entry = None  # the graph built in memory goes with the build
+
+    def _build_files(self, generation: int, vecs: np.ndarray, ids: np.ndarray) -> tuple[dict[str, Any], list[str]]:
         n = int(ids.size)
         if self._served.capacity == 0:
             self._served.remove()  # turned off: what was recorded goes
@@ -232,13 +241,21 @@ class FaissIndex(ServedIndex):
         configured = self._configured_breadth(tier)
         breadth = int(configured or extra.get("nprobe" if tier == "ivf" else "ef_search", 128))
         candidates = self._candidates_fn(ann, vecs, ids, tier, tombstones)
+        known: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the served queries' exact top 10: one pass per check
+
+        def truth(queries: np.ndarray) -> np.ndarray:
+            if "served" not in known or not np.array_equal(known["served"][0], queries):
+                with self._timed("calibration truths"):
+                    found = exact_truths({"served": (queries, "served")}, vecs, ids, self._config.block_rows)
+                known["served"] = (queries, found["served"])
+            return known["served"][1]
 
         def measure(queries: np.ndarray, breadth: int, factor: int) -> float:
-            sets = {"served": (queries, "served")}
-            return measure_sets(sets, vecs, ids, self._config, candidates, breadth, factor)["served"]
+            return recall_at_k(candidates(queries, breadth, factor), truth(queries))
 
         def recalibrate(queries: np.ndarray) -> dict[str, Any]:
-            return self._calibrate(ann, vecs, ids, tier, exclude=tombstones, served=queries)
+            known_truths = {"served": (queries, truth(queries))}
+            return self._calibrate(ann, vecs, ids, tier, exclude=tombstones, served=queries, known=known_truths)
 
         return check_served(
             self._served,
@@ -358,9 +375,12 @@ class FaissIndex(ServedIndex):
         exclude: np.ndarray | None = None,
         served: np.ndarray | None = None,
         previous: tuple[int, int] | None = None,
+        known: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> dict[str, Any]:
         """Calibrate the search of ``ann`` as this index will run it (see :func:`.calibration.calibrate`;
-        ``previous``: the breadth and re-rank factor of the last calibration of this graph)."""
+        ``previous``: the breadth and re-rank factor of the last calibration of this graph;
+        ``known``: ``{set name: (queries, exact top 10)}`` already found, reused for a set of the
+        same queries, e.g. the served check's)."""
         if served is None and self._served.capacity:
             self._served.flush()
             served = self._served.recent(max(self._config.calibration_queries, self._config.served_min))
@@ -370,7 +390,13 @@ class FaissIndex(ServedIndex):
             rows = cast(np.ndarray, RowReader(vecs))
             sets = calibration_sets(rows, self._config, self._calibration_source, self.dim, served)
         with self._timed("calibration truths"):  # the exact pass over every row, timed apart from the trials
-            truths = exact_truths(sets, vecs, ids, self._config.block_rows)
+            truths = {
+                name: top
+                for name, (q, top) in (known or {}).items()
+                if name in sets and np.array_equal(sets[name][0], q)
+            }
+            rest = {name: s for name, s in sets.items() if name not in truths}
+            truths.update(exact_truths(rest, vecs, ids, self._config.block_rows))
         with self._timed("calibration"):
             fixed = self._configured_breadth(tier)
             return calibrate(
@@ -383,8 +409,7 @@ class FaissIndex(ServedIndex):
         """``(queries, breadth, rerank factor) -> top-10 ids`` as a search of ``ann`` runs."""
         dead = exclude if exclude is not None and exclude.size else None
         sel = excluding(dead) if dead is not None else None
-        count = self._entry_count(ann, tier)
-        entry = EntryPivots(ann, count, self._config.seed) if count else None
+        entry = self._build_entry(ann, tier)
 
         def gather(cand: np.ndarray) -> np.ndarray:
             # read, not mapped: a calibration's re-ranks touch rows all over the snapshot (see read_rows)
@@ -394,6 +419,19 @@ class FaissIndex(ServedIndex):
             return self._ann_candidates(ann, tier, q, 10, breadth, sel, gather, rerank_factor=factor, entry=entry)[0]
 
         return candidates
+
+    def _build_entry(self, ann: Any, tier: str) -> EntryPivots | None:
+        """The entry pivots of a graph being built, made once per build for its calibration and its
+        served check (kept until the build ends: see :meth:`_build_extra`)."""
+        count = self._entry_count(ann, tier)
+        if not count:
+            return None
+        held = self._building_entry
+        if held is not None and held[0] is ann and held[1] == (int(ann.ntotal), count):
+            return held[2]
+        entry = EntryPivots(ann, count, self._config.seed)
+        self._building_entry = (ann, (int(ann.ntotal), count), entry)
+        return entry
 
     def _entry_count(self, ann: Any, tier: str) -> int:
         """Entry pivots of a graph this index builds (see :mod:`.entry`; 0: FAISS's own descent)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -277,3 +278,43 @@ def test_a_breadth_whose_served_recall_is_flat_near_the_goal_narrows_when_half_o
     assert asked == [1600, 800]
     assert bool(calibrated) is narrows
     assert record["breadth"] == (800 if narrows else 1600) and record["recall10"] == (at_half if narrows else 0.985)
+
+
+def test_a_served_check_that_calibrates_again_finds_their_exact_top10_once_and_the_pivots_once(
+    tmp_path: Path, data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The served check measures recall at the breadth (and at half of it), then calibrates again
+    with the served queries as a set: their exact top 10 (a pass over every row) is found once for
+    all of it, and the new graph's entry pivots are made once for the check and the calibration
+    (and once more for the snapshot opened after it), where each step made its own."""
+    import fgsearch.indexes.faiss.index as fi
+    from fgsearch.indexes.faiss import calibration
+
+    passes: list[list[str]] = []
+    real_truths = fi.exact_truths
+
+    def spy(sets: dict, *args: Any, **kw: Any) -> dict:
+        passes.append(sorted(sets))
+        return real_truths(sets, *args, **kw)
+
+    made: list[int] = []
+
+    class Counted(fi.EntryPivots):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            made.append(1)
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(fi, "exact_truths", spy)
+    monkeypatch.setattr(calibration, "exact_truths", spy)  # what measure_sets calls
+    monkeypatch.setattr(fi, "EntryPivots", Counted)
+    x = data
+    with create_index("faiss", tmp_path / "f", DIM, config=CFG) as idx:
+        idx.add(np.arange(x.shape[0], dtype=np.int64), x)
+        idx.save()
+        idx.search(near_queries(x, 120, seed=4), 10)
+        passes.clear()
+        made.clear()
+        idx.save()  # no growth: only the served check, which narrows the search
+        assert "served" in idx.stats().params["calibration"]["sets"]
+    assert sum(names.count("served") for names in passes) == 1, passes
+    assert len(made) == 2, made
