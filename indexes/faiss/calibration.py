@@ -19,7 +19,13 @@ from ..base import Calibratable, CalibrationSource, as_queries, topk_rows
 from ..config import FaissConfig
 from ..errors import IndexInputError
 from ..store.files import release_pages
-from .calibration_queries import cross_modal_sets, in_distribution_queries, recall_at_k
+from .calibration_queries import (
+    CROSS_MODAL_VARIANTS,
+    cross_modal_queries,
+    cross_modal_sets,
+    in_distribution_queries,
+    recall_at_k,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,7 @@ __all__ = [
     "CalibrationSource",
     "calibrate",
     "calibration_sets",
+    "drawn_set",
     "ef_ladder",
     "exact_truths",
     "measure_sets",
@@ -81,6 +88,26 @@ def calibration_sets(
         for name, q in cross_modal_sets(vecs, per_set, cfg.seed + 2).items():
             sets[name] = (q, f"synthetic cross-modal, {name} (no text queries given or served yet)")
     return sets
+
+
+def drawn_set(vecs: np.ndarray, cfg: FaissConfig, name: str) -> np.ndarray | None:
+    """The query set ``name`` of :func:`calibration_sets` drawn again as it draws it, for a set the
+    index draws itself (``image`` or a synthetic cross-modal set); None for a set given by the
+    caller or served (see ``FaissIndex._calibration_holds``)."""
+    if name == "image":
+        return in_distribution_queries(vecs, cfg.calibration_queries, cfg.seed + 1)
+    if name not in CROSS_MODAL_VARIANTS:
+        return None
+    i, v = list(CROSS_MODAL_VARIANTS).index(name), CROSS_MODAL_VARIANTS[name]
+    return cross_modal_queries(
+        vecs,
+        max(1, cfg.calibration_queries // 2),
+        cfg.seed + 2 + 101 * i,  # as cross_modal_sets seeds its variants
+        target_cos=v["target_cos"],
+        related=int(v["related"]),
+        gap=v["gap"],
+        common=v["common"],
+    )
 
 
 def calibrate(

@@ -450,3 +450,55 @@ def test_when_no_breadth_reaches_the_goal_the_best_measured_trial_serves_even_if
     assert got["calibration"]["reached"] is False
     assert (got["ef_search"], got["rerank_factor"], got["calibrated_recall"]) == (1536, 3, 0.9)
     assert set(got["calibration"]["sets"]) == set(names)
+
+
+def test_a_snapshot_after_some_growth_checks_the_binding_set_and_calibrates_again_only_when_it_misses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between calibrations (every 1.25x of growth) recall at the calibrated breadth falls as the
+    graph grows. A snapshot that finds the collection 1.1x larger than at the last calibration
+    measures the set that bound it (one set's exact pass, one search) and calibrates again only
+    when that misses the goal; below 1.1x nothing is measured."""
+    import fgsearch.indexes.faiss.index as fi
+    from fgsearch.indexes.faiss.calibration import calibration_sets, drawn_set
+    from fgsearch.indexes.store.files import RowReader
+
+    x = unit_vectors(3000, DIM, seed=51)
+    rng = np.random.default_rng(52)
+    more = x[rng.choice(3000, 500)] * 0.98 + 0.0  # new vectors inside the codes' value ranges (no rebuild)
+    x = np.concatenate([x, more / np.linalg.norm(more, axis=1, keepdims=True)]).astype(np.float32)
+    passes: list[list[str]] = []
+    real_truths = fi.exact_truths
+
+    def spy(sets: dict, *args: object, **kw: object) -> dict:
+        passes.append(sorted(sets))
+        return real_truths(sets, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fi, "exact_truths", spy)
+    cfg = FaissConfig(flat_threshold=1000, calibration_queries=100, served_queries=0)
+    with create_index("faiss", tmp_path / "f", DIM, config=cfg) as idx:
+        idx.add(np.arange(3000), x[:3000])
+        idx.save()
+        assert idx.stats().params["calibrated_n"] == 3000
+        record = idx.stats().params["calibration"]["sets"]
+        binding = min(record, key=lambda k: record[k]["recall10"])
+        passes.clear()
+        idx.add(np.arange(3000, 3200), x[3000:3200])  # 1.07x: nothing measured
+        idx.save()
+        assert passes == [] and idx.stats().params["calibrated_n"] == 3000
+        monkeypatch.setattr(fi, "recall_at_k", lambda found, truth: 1.0)  # as if it held
+        idx.add(np.arange(3200, 3400), x[3200:3400])  # 1.13x: the binding set measured, it holds
+        idx.save()
+        assert passes == [[binding]] and idx.stats().params["calibrated_n"] == 3000
+        passes.clear()
+        monkeypatch.setattr(fi, "recall_at_k", lambda found, truth: 0.5)  # as if it missed now
+        idx.add(np.arange(3400, 3500), x[3400:3500])
+        idx.save()
+        p = idx.stats().params
+        assert p["calibrated_n"] == 3500 and p["calibration"]["started_from"]
+        assert passes[0] == [binding] and binding not in passes[1]  # its exact top 10 reused
+    rows = RowReader(x[:3000])
+    sets = calibration_sets(rows, cfg, None, DIM)  # drawn_set draws a set as calibration_sets does
+    for name, (q, _) in sets.items():
+        assert np.array_equal(drawn_set(rows, cfg, name), q), name
+    assert drawn_set(rows, cfg, "served") is None
