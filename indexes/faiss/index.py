@@ -338,15 +338,23 @@ class FaissIndex(ServedIndex):
         recall 0.966 against 0.98 at calibration), and a calibration comes only at
         ``recalibrate_growth``. One exact pass over that set and one search of it (1M vectors, a
         set of 200-400 queries: 2-3 s, where a calibration takes 8-10 s). Also returns that set's
-        exact top 10 for the calibration that follows a miss. A set the index does not draw itself
-        (the caller's, the served queries: the served check measures those) is not checked here."""
+        exact top 10 for the calibration that follows a miss. The caller's set (a library's
+        captions) is taken as the calibration takes it, a set the index draws is drawn again at this
+        size; the served queries are left to the served check, which measures them at every snapshot."""
         record = self._extra.get("calibration") or {}
         sets = record.get("sets") or {}
         if self.tier != "hnsw" or not sets or self._configured_breadth("hnsw") is not None:
             return True, None
         name = min(sets, key=lambda k: float(sets[k]["recall10"]))
-        q = drawn_set(cast(np.ndarray, RowReader(vecs)), self._config, name)
-        if q is None or "ef_search" not in self._extra:
+        source = str(sets[name].get("source", ""))
+        rows = cast(np.ndarray, RowReader(vecs))
+        q: np.ndarray | None = None
+        if source.startswith("given"):  # the caller's set (a library's captions): as calibration_sets takes it
+            given = calibration_sets(rows, self._config, self._calibration_source, self.dim)
+            q = given[name][0] if name in given and given[name][1] == source else None
+        elif source.startswith("synthetic"):
+            q = drawn_set(rows, self._config, name)
+        if q is None or "ef_search" not in self._extra:  # served: the served check measures those
             return True, None
         with self._timed("calibration truths"):
             truth = exact_truths({name: (q, name)}, vecs, ids, self._config.block_rows)[name]

@@ -502,3 +502,42 @@ def test_a_snapshot_after_some_growth_checks_the_binding_set_and_calibrates_agai
     for name, (q, _) in sets.items():
         assert np.array_equal(drawn_set(rows, cfg, name), q), name
     assert drawn_set(rows, cfg, "served") is None
+
+
+def test_the_growth_check_measures_the_callers_own_set_when_it_bound_the_calibration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library gives its captions as a set named ``text`` (the name of a synthetic set too): when
+    that set bound the last calibration, the check after growth measures those captions, not a
+    synthetic set of the same name."""
+    import fgsearch.indexes.faiss.index as fi
+
+    x = unit_vectors(3000, DIM, seed=53)
+    rng = np.random.default_rng(54)
+    more = x[rng.choice(3000, 400)] * 0.98  # inside the codes' value ranges (no rebuild)
+    x = np.concatenate([x, more / np.linalg.norm(more, axis=1, keepdims=True)]).astype(np.float32)
+    captions = text_like_queries(x[:3000], 80, seed=55)
+    checked: list[tuple[list[str], np.ndarray]] = []
+    real_truths = fi.exact_truths
+
+    def spy(sets: dict, *args: object, **kw: object) -> dict:
+        if len(sets) == 1:
+            ((name, (q, _)),) = sets.items()
+            checked.append(([name], q))
+        return real_truths(sets, *args, **kw)  # type: ignore[arg-type]
+
+    cfg = FaissConfig(flat_threshold=1000, calibration_queries=100, served_queries=0)
+    with create_index("faiss", tmp_path / "f", DIM, config=cfg) as idx:
+        idx.set_calibration_queries(lambda: {"text": captions})
+        idx.add(np.arange(3000), x[:3000])
+        idx.save()
+        record = idx.stats().params["calibration"]["sets"]
+        assert record["text"]["source"] == "given by caller" and "text-far" not in record
+        assert min(record, key=lambda k: record[k]["recall10"]) == "text"  # the captions bound it
+        monkeypatch.setattr(fi, "exact_truths", spy)
+        idx.add(np.arange(3000, 3400), x[3000:3400])  # 1.13x
+        idx.save()
+    assert checked[0][0] == ["text"]  # the check; a calibration after a miss reuses its exact top 10
+    assert all(names != ["text"] for names, _ in checked[1:])
+    want = captions / np.linalg.norm(captions, axis=1, keepdims=True)
+    assert np.allclose(checked[0][1], want[: cfg.calibration_queries], atol=1e-6)
