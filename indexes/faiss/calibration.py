@@ -22,7 +22,6 @@ from ..store.files import release_pages
 from .calibration_queries import (
     CROSS_MODAL_VARIANTS,
     cross_modal_queries,
-    cross_modal_sets,
     in_distribution_queries,
     recall_at_k,
 )
@@ -60,12 +59,7 @@ def calibration_sets(
     """Named query sets (queries, where they came from) the calibration must satisfy: image-like
     queries, the caller's sets, the queries the index served (``served``, once ``served_min`` are
     held) and, with neither of the last two, the synthetic cross-modal sets."""
-    sets: QuerySets = {
-        "image": (
-            in_distribution_queries(vecs, cfg.calibration_queries, cfg.seed + 1),
-            "synthetic: stored vectors plus noise",
-        )
-    }
+    sets: QuerySets = {"image": (_drawn(vecs, cfg, "image"), "synthetic: stored vectors plus noise")}
     given: Mapping[str, Any] = {}
     if source is not None:
         given = source() if callable(source) else source
@@ -84,9 +78,11 @@ def calibration_sets(
             "served: the most recent queries this index answered",
         )
     if len(sets) == 1:
-        per_set = max(1, cfg.calibration_queries // 2)
-        for name, q in cross_modal_sets(vecs, per_set, cfg.seed + 2).items():
-            sets[name] = (q, f"synthetic cross-modal, {name} (no text queries given or served yet)")
+        for name in CROSS_MODAL_VARIANTS:
+            sets[name] = (
+                _drawn(vecs, cfg, name),
+                f"synthetic cross-modal, {name} (no text queries given or served yet)",
+            )
     return sets
 
 
@@ -94,15 +90,18 @@ def drawn_set(vecs: np.ndarray, cfg: FaissConfig, name: str) -> np.ndarray | Non
     """The query set ``name`` of :func:`calibration_sets` drawn again as it draws it, for a set the
     index draws itself (``image`` or a synthetic cross-modal set); None for a set given by the
     caller or served (see ``FaissIndex._calibration_holds``)."""
+    return _drawn(vecs, cfg, name) if name == "image" or name in CROSS_MODAL_VARIANTS else None
+
+
+def _drawn(vecs: np.ndarray, cfg: FaissConfig, name: str) -> np.ndarray:
+    """The set the index draws itself under ``name`` (the one place its size and seed are chosen)."""
     if name == "image":
         return in_distribution_queries(vecs, cfg.calibration_queries, cfg.seed + 1)
-    if name not in CROSS_MODAL_VARIANTS:
-        return None
     i, v = list(CROSS_MODAL_VARIANTS).index(name), CROSS_MODAL_VARIANTS[name]
     return cross_modal_queries(
         vecs,
         max(1, cfg.calibration_queries // 2),
-        cfg.seed + 2 + 101 * i,  # as cross_modal_sets seeds its variants
+        cfg.seed + 2 + 101 * i,
         target_cos=v["target_cos"],
         related=int(v["related"]),
         gap=v["gap"],
